@@ -1,0 +1,1 @@
+"""lmkit.agent — see ../../docs and DESIGN.md; filled by its issue."""

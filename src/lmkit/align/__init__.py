@@ -1,0 +1,1 @@
+"""lmkit.align — see ../../docs and DESIGN.md; filled by its issue."""

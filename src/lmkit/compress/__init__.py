@@ -1,0 +1,1 @@
+"""lmkit.compress — see ../../docs and DESIGN.md; filled by its issue."""

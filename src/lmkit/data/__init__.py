@@ -1,0 +1,1 @@
+"""lmkit.data — see ../../docs and DESIGN.md; filled by its issue."""

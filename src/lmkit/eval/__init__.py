@@ -1,0 +1,1 @@
+"""lmkit.eval — see ../../docs and DESIGN.md; filled by its issue."""

@@ -1,0 +1,1 @@
+"""lmkit.infer — see ../../docs and DESIGN.md; filled by its issue."""

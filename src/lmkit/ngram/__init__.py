@@ -1,0 +1,1 @@
+"""lmkit.ngram — see ../../docs and DESIGN.md; filled by its issue."""

@@ -1,0 +1,1 @@
+"""lmkit.peft — see ../../docs and DESIGN.md; filled by its issue."""

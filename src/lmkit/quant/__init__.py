@@ -1,0 +1,1 @@
+"""lmkit.quant — see ../../docs and DESIGN.md; filled by its issue."""

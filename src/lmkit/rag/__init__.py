@@ -1,0 +1,1 @@
+"""lmkit.rag — see ../../docs and DESIGN.md; filled by its issue."""

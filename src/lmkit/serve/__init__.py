@@ -1,0 +1,1 @@
+"""lmkit.serve — see ../../docs and DESIGN.md; filled by its issue."""

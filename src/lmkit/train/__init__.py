@@ -1,0 +1,1 @@
+"""lmkit.train — see ../../docs and DESIGN.md; filled by its issue."""
