@@ -1,0 +1,72 @@
+"""One Transformer layer: self-attention, optional cross-attention, FFN (or MoE).
+
+Pre-norm (GPT-2, Llama, T5):  x = x + Attn(Norm(x));  x = x + FFN(Norm(x))
+Post-norm (BERT, Vaswani):    x = Norm(x + Attn(x));  x = Norm(x + FFN(x))
+Pre-norm keeps an identity path from output to input, which is why deep stacks train
+without warm-up tricks; post-norm normalises the residual stream itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmkit.models.attention import Attention
+from lmkit.models.config import ModelConfig
+from lmkit.models.ffn import FeedForward
+from lmkit.models.norms import make_norm
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig, cross_attention: bool = False) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attn_norm = make_norm(config)
+        self.self_attn = Attention(config)
+        if cross_attention:
+            self.cross_attn_norm = make_norm(config)
+            self.cross_attn = Attention(config, cross=True)
+        self.mlp_norm = make_norm(config)
+        if config.n_experts:
+            from lmkit.models.moe import MoE
+
+            self.mlp = MoE(config)
+        else:
+            self.mlp = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _residual(self, x, norm, fn):
+        if self.pre_norm:
+            out, w = fn(norm(x))
+            return x + self.dropout(out), w
+        out, w = fn(x)
+        return norm(x + self.dropout(out)), w
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        attn_bias: torch.Tensor | None = None,
+        rope=None,
+        kv_cache=None,
+        is_causal: bool = False,
+        encoder_states: torch.Tensor | None = None,
+        cross_bias: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, weights = self._residual(
+            x,
+            self.attn_norm,
+            lambda h: self.self_attn(
+                h, attn_bias=attn_bias, rope=rope, kv_cache=kv_cache, is_causal=is_causal,
+                return_weights=return_weights,
+            ),
+        )
+        if encoder_states is not None:
+            x, _ = self._residual(
+                x,
+                self.cross_attn_norm,
+                lambda h: self.cross_attn(h, attn_bias=cross_bias, kv_input=encoder_states),
+            )
+        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
+        return x, weights

@@ -1,0 +1,175 @@
+"""`ModelConfig`: one dataclass describes every architecture lmkit builds.
+
+The field names are lmkit's own; `hub/` translates to and from each Hugging Face
+`config.json`. A config is validated on construction and round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmkit.errors import ConfigError
+
+ARCHS = ("decoder", "encoder", "encoder_decoder", "lstm")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_bias", "none")
+ROPE_SCALINGS = (None, "linear", "ntk", "dynamic")
+ROUTERS = ("topk", "switch")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "decoder"
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 6
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # None: = n_heads (MHA); 1: MQA; between: GQA
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int = 2048
+    max_seq_len: int = 2048
+
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"  # "pre" (GPT-2, Llama, T5) or "post" (BERT, original Transformer)
+    norm_bias: bool = True  # LayerNorm only
+    activation: str = "silu"
+    gated_ffn: bool = True  # SwiGLU / GeGLU: down(act(gate(x)) * up(x))
+
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: str | None = None  # linear (position interpolation), ntk (static NTK-aware), dynamic
+    rope_scaling_factor: float = 1.0
+    rope_original_max_seq_len: int | None = None  # for dynamic NTK; None: max_seq_len
+    relative_buckets: int = 32  # T5 relative attention bias
+    relative_max_distance: int = 128
+
+    qkv_bias: bool = False
+    o_bias: bool = False
+    ffn_bias: bool = False
+    lm_head_bias: bool = False
+    tie_embeddings: bool = False
+    scale_attn: bool = True  # T5 does not divide scores by sqrt(head_dim)
+    sliding_window: int | None = None  # a query sees at most this many keys (itself included)
+
+    n_experts: int = 0  # > 0: MoE FFN in every layer
+    n_experts_per_tok: int = 2
+    router: str = "topk"  # topk softmax (Mixtral) or switch (top-1, Switch Transformer)
+    norm_topk_prob: bool = True
+    capacity_factor: float | None = None  # None: no token dropping
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.0
+
+    type_vocab_size: int = 0  # BERT token-type (segment) embeddings
+    n_decoder_layers: int | None = None  # encoder-decoder; None: = n_layers
+
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+
+    model_type: str = ""  # the Hugging Face model_type this config maps to ("" = lmkit-native)
+    extra: dict[str, Any] = field(default_factory=dict)  # round-tripped HF fields we do not use
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if self.arch not in ARCHS:
+            bad("arch", f"must be one of {ARCHS}")
+        if self.norm not in NORMS:
+            bad("norm", f"must be one of {NORMS}")
+        if self.norm_position not in ("pre", "post"):
+            bad("norm_position", "must be 'pre' or 'post'")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", f"must be one of {ACTIVATIONS}")
+        if self.position not in POSITIONS:
+            bad("position", f"must be one of {POSITIONS}")
+        if self.rope_scaling not in ROPE_SCALINGS:
+            bad("rope_scaling", f"must be one of {ROPE_SCALINGS}")
+        if self.router not in ROUTERS:
+            bad("router", f"must be one of {ROUTERS}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                bad(name, "must be a positive integer")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+            bad("n_kv_heads", f"must be positive and divide n_heads={self.n_heads}")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                bad("n_heads", f"must divide d_model={self.d_model} (or set head_dim)")
+            self.head_dim = self.d_model // self.n_heads
+        if self.position == "rope" and self.head_dim % 2:
+            bad("head_dim", "must be even for RoPE")
+        if self.rope_scaling is not None and self.rope_scaling_factor < 1.0:
+            bad("rope_scaling_factor", "must be >= 1 when rope_scaling is set")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            bad("sliding_window", "must be a positive integer or None")
+        if self.n_experts < 0:
+            bad("n_experts", "must be >= 0")
+        if self.n_experts:
+            k = 1 if self.router == "switch" else self.n_experts_per_tok
+            if not 1 <= k <= self.n_experts:
+                bad("n_experts_per_tok", f"must be in [1, n_experts={self.n_experts}]")
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            bad("capacity_factor", "must be positive or None")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(name, "must be in [0, 1)")
+        if self.type_vocab_size < 0:
+            bad("type_vocab_size", "must be >= 0")
+        if self.n_decoder_layers is None:
+            self.n_decoder_layers = self.n_layers
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < self.vocab_size:
+                bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+
+    @property
+    def n_query_groups(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"ModelConfig: not valid JSON ({exc})") from exc
+        if not isinstance(d, dict):
+            raise ConfigError("ModelConfig: JSON must be an object")
+        return cls.from_dict(d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from lmkit.atomic import atomic_write_text
+
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelConfig":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())

@@ -1,0 +1,149 @@
+"""Positional information: sinusoidal and learned absolute embeddings, RoPE (with linear
+and NTK scaling), ALiBi and T5's bucketed relative attention bias.
+
+Absolute encodings are added to the token embeddings; RoPE rotates queries and keys;
+ALiBi and T5 bias are added to the attention scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmkit.models.config import ModelConfig
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    """PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...) (Vaswani et al. 2017)."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+class SinusoidalPositions(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(config.max_seq_len, config.d_model), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.table[position_ids]
+
+
+# ---- RoPE ------------------------------------------------------------------------------
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotary position embedding (Su et al. 2021), "rotate-half" layout.
+
+    Scaling for longer contexts:
+      linear  — position interpolation: positions are divided by the factor;
+      ntk     — NTK-aware: the base becomes theta * factor^(d/(d-2)), so low frequencies
+                stretch while the highest ones (local order) stay nearly unchanged;
+      dynamic — NTK with the factor grown only once the sequence exceeds the trained length.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dim = config.head_dim
+        self.theta = config.rope_theta
+        self.scaling = config.rope_scaling
+        self.factor = config.rope_scaling_factor
+        self.original_max = config.rope_original_max_seq_len or config.max_seq_len
+        base = self.theta
+        if self.scaling == "ntk":
+            base = self.theta * self.factor ** (self.dim / (self.dim - 2))
+        self.register_buffer("inv_freq", self._inv_freq(base), persistent=False)
+
+    def _inv_freq(self, base: float) -> torch.Tensor:
+        return 1.0 / (base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids [B, T] -> cos, sin [B, T, head_dim]."""
+        inv_freq = self.inv_freq
+        pos = position_ids.float()
+        if self.scaling == "linear":
+            pos = pos / self.factor
+        elif self.scaling == "dynamic":
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > self.original_max:
+                base = self.theta * (
+                    (self.factor * seq_len / self.original_max) - (self.factor - 1)
+                ) ** (self.dim / (self.dim - 2))
+                inv_freq = self._inv_freq(base).to(inv_freq.device)
+        freqs = pos[..., None] * inv_freq.to(pos.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D]; cos/sin [B, T, D]."""
+    cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
+
+
+# ---- ALiBi -----------------------------------------------------------------------------
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Geometric slopes 2^(-8i/n) (Press et al. 2021), with the paper's rule for n not a power of 2."""
+
+    def pow2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return torch.tensor(pow2(n_heads))
+    closest = 2 ** math.floor(math.log2(n_heads))
+    extra = pow2(2 * closest)[0::2][: n_heads - closest]
+    return torch.tensor(pow2(closest) + extra)
+
+
+def alibi_bias(n_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Score bias -slope * distance, [H, Tq, Tk] (distance |i-j| when bidirectional)."""
+    dist = q_pos[:, None] - k_pos[None, :]
+    dist = dist.clamp(min=0) if causal else dist.abs()
+    return -alibi_slopes(n_heads).to(dist.device)[:, None, None] * dist[None].float()
+
+
+# ---- T5 relative bias -----------------------------------------------------------------
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """Map key_pos - query_pos to a bucket: exact for small distances, log-spaced up to max_distance."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        n = relative_position.abs()
+    else:
+        n = -torch.clamp(relative_position, max=0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (
+        torch.log(n.float() / max_exact + 1e-30) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, n, large)
+
+
+class T5RelativeBias(nn.Module):
+    """Learned scalar bias per (bucket, head), shared by all layers of one stack."""
+
+    def __init__(self, config: ModelConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets = config.relative_buckets
+        self.max_distance = config.relative_max_distance
+        self.embedding = nn.Embedding(config.relative_buckets, config.n_heads)
+
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """-> bias [H, Tq, Tk]."""
+        rel = k_pos[None, :] - q_pos[:, None]
+        b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.embedding(b).permute(2, 0, 1)
