@@ -1,4 +1,5 @@
-from lmkit.cli import main
+"""`python -m lmkit` runs the CLI module as a script (nothing imports the CLI)."""
 
-if __name__ == "__main__":
-    main()
+import runpy
+
+runpy.run_module("lmkit.cli", run_name="__main__", alter_sys=True)
