@@ -80,6 +80,14 @@ class Attention(nn.Module):
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         dropout = self.attn_dropout if self.training else 0.0
         causal = is_causal and attn_bias is None and t > 1
+        if causal and k.shape[-2] != t:
+            # SDPA's is_causal aligns the mask top-left; with cached keys the new queries are
+            # the last t positions, so build the bottom-right-aligned mask explicitly.
+            s = k.shape[-2]
+            keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+            attn_bias = torch.zeros(t, s, dtype=q.dtype, device=q.device)
+            attn_bias = attn_bias.masked_fill(~keep, torch.finfo(q.dtype).min)
+            causal = False
         if return_weights:
             out, weights = self._explicit(q, k, v, attn_bias, causal, dropout)
         else:

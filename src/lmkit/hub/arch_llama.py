@@ -1,0 +1,343 @@
+"""Hugging Face Llama-family checkpoints: llama, qwen2, mistral, mixtral.
+
+All four are the same decoder: RMSNorm pre-norm, RoPE, SwiGLU FFN, GQA. They differ in
+  llama    optional bias on all attention projections (attention_bias) and on the MLP (mlp_bias)
+  qwen2    bias on q/k/v only; optional sliding window (use_sliding_window, per layer)
+  mistral  sliding window attention
+  mixtral  sliding window (optional) + MoE FFN: 8 experts, top-2, Mixtral routing
+Mixtral experts are written in the format of the published checkpoints
+(`block_sparse_moe.experts.{j}.w1/w2/w3`, gate/down/up); transformers >= 5 keeps them fused
+in memory (`mlp.experts.gate_up_proj` [E, 2F, d], `mlp.experts.down_proj` [E, d, F]) and
+lmkit reads that layout too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmkit.errors import ConfigError
+from lmkit.hub.name_map import NameMap
+from lmkit.models.config import ModelConfig
+
+MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "mistral", "mixtral")
+HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+}
+DEFAULT_THETA = {"llama": 10000.0, "qwen2": 10000.0, "mistral": 10000.0, "mixtral": 1000000.0}
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_new": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS_TO_HF = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+# ---- the name table: lmkit name <-> Hugging Face name ------------------------------------------
+_L = "model.layers.{i}"
+NAME_MAP = NameMap(
+    [
+        ("embed_tokens.weight", "model.embed_tokens.weight"),
+        ("norm.weight", "model.norm.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+        ("layers.{i}.attn_norm.weight", f"{_L}.input_layernorm.weight"),
+        ("layers.{i}.mlp_norm.weight", f"{_L}.post_attention_layernorm.weight"),
+    ]
+    + [
+        (f"layers.{{i}}.self_attn.{p}_proj.{s}", f"{_L}.self_attn.{p}_proj.{s}")
+        for p in "qkvo"
+        for s in ("weight", "bias")
+    ]
+    + [
+        (f"layers.{{i}}.mlp.{p}_proj.{s}", f"{_L}.mlp.{p}_proj.{s}")
+        for p in ("gate", "up", "down")
+        for s in ("weight", "bias")
+    ]
+    + [  # Mixtral MoE
+        ("layers.{i}.mlp.gate.weight", f"{_L}.block_sparse_moe.gate.weight"),
+        ("layers.{i}.mlp.experts.{j}.gate_proj.weight", f"{_L}.block_sparse_moe.experts.{{j}}.w1.weight"),
+        ("layers.{i}.mlp.experts.{j}.down_proj.weight", f"{_L}.block_sparse_moe.experts.{{j}}.w2.weight"),
+        ("layers.{i}.mlp.experts.{j}.up_proj.weight", f"{_L}.block_sparse_moe.experts.{{j}}.w3.weight"),
+    ]
+)
+# buffers some checkpoints carry that lmkit recomputes
+DROP = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+
+# HF config keys this module reads; everything else is kept in ModelConfig.extra and written back
+_CONSUMED = {
+    "model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
+    "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "attention_bias", "mlp_bias",
+    "tie_word_embeddings", "attention_dropout", "initializer_range", "bos_token_id", "eos_token_id",
+    "pad_token_id", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",
+    "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "output_router_logits",
+    "transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache", "pretraining_tp",
+}
+
+
+def _req(hf: dict, key: str) -> Any:
+    if key not in hf or hf[key] is None:
+        raise ConfigError(f"config.json ({hf.get('model_type')}): required key {key!r} is missing")
+    return hf[key]
+
+
+def _rope(hf: dict, model_type: str) -> tuple[float, str | None, float]:
+    params = hf.get("rope_parameters") or {}
+    legacy = hf.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(legacy, dict):
+        raise ConfigError("config.json: rope_parameters / rope_scaling must be objects (per-layer rope is not supported)")
+    theta = float(params.get("rope_theta", hf.get("rope_theta", DEFAULT_THETA[model_type])))
+    kind = params.get("rope_type") or params.get("type") or legacy.get("rope_type") or legacy.get("type") or "default"
+    factor = params.get("factor", legacy.get("factor"))
+    if kind == "default":
+        return theta, None, 1.0
+    if kind in ("linear", "dynamic"):
+        if factor is None or float(factor) < 1.0:
+            raise ConfigError(f"config.json: rope scaling {kind!r} needs a factor >= 1, got {factor!r}")
+        return theta, kind, float(factor)
+    raise ConfigError(
+        f"config.json: rope scaling type {kind!r} is not implemented in lmkit "
+        "(supported: default, linear, dynamic)"
+    )
+
+
+def _sliding_window(hf: dict, model_type: str, n_layers: int) -> int | None:
+    window = hf.get("sliding_window")
+    if model_type == "llama":
+        return None
+    if model_type == "qwen2":
+        if not hf.get("use_sliding_window", False) or window is None:
+            return None
+        types = hf.get("layer_types") or [
+            "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention" for i in range(n_layers)
+        ]
+    else:
+        types = hf.get("layer_types")
+        if window is None:
+            return None
+        if types is None:
+            return int(window)
+    if len(types) != n_layers:
+        raise ConfigError(f"config.json: layer_types has {len(types)} entries for num_hidden_layers={n_layers}")
+    kinds = set(types)
+    if kinds == {"full_attention"}:
+        return None
+    if kinds == {"sliding_attention"}:
+        return int(window)
+    raise ConfigError(
+        f"config.json: layers mix full and sliding-window attention ({sorted(kinds)}); "
+        "lmkit uses one attention pattern for every layer"
+    )
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    model_type = hf.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"arch_llama handles {MODEL_TYPES}, not {model_type!r}")
+    d = int(_req(hf, "hidden_size"))
+    heads = int(_req(hf, "num_attention_heads"))
+    n_layers = int(_req(hf, "num_hidden_layers"))
+    head_dim = hf.get("head_dim")
+    if head_dim is None and d % heads:
+        raise ConfigError(f"config.json: hidden_size={d} is not divisible by num_attention_heads={heads}")
+    kv = hf.get("num_key_value_heads") or heads
+    if heads % kv:
+        raise ConfigError(f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
+    act = hf.get("hidden_act", "silu")
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"config.json: hidden_act={act!r} is not supported (supported: {sorted(ACTIVATIONS)})")
+    theta, scaling, factor = _rope(hf, model_type)
+    if model_type == "llama":
+        qkv_bias = o_bias = bool(hf.get("attention_bias", False))
+        ffn_bias = bool(hf.get("mlp_bias", False))
+    else:
+        qkv_bias, o_bias, ffn_bias = model_type == "qwen2", False, False
+    moe: dict[str, Any] = {}
+    if model_type == "mixtral":
+        moe = dict(
+            n_experts=int(hf.get("num_local_experts", 8)),
+            n_experts_per_tok=int(hf.get("num_experts_per_tok", 2)),
+            router="topk",
+            norm_topk_prob=True,
+            router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
+        )
+    extra = {k: v for k, v in hf.items() if k not in _CONSUMED}
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, list):
+        extra["eos_token_id"] = eos
+        eos = eos[0] if eos else None
+    try:
+        return ModelConfig(
+            arch="decoder",
+            vocab_size=int(_req(hf, "vocab_size")),
+            d_model=d,
+            n_layers=n_layers,
+            n_heads=heads,
+            n_kv_heads=int(kv),
+            head_dim=int(head_dim) if head_dim is not None else None,
+            d_ff=int(_req(hf, "intermediate_size")),
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            norm="rmsnorm",
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            norm_position="pre",
+            activation=ACTIVATIONS[act],
+            gated_ffn=True,
+            position="rope",
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rope_scaling_factor=factor,
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            ffn_bias=ffn_bias,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            sliding_window=_sliding_window(hf, model_type, n_layers),
+            attn_dropout=float(hf.get("attention_dropout", 0.0)),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+            pad_token_id=hf.get("pad_token_id"),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=eos,
+            model_type=model_type,
+            extra=extra,
+            **moe,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"config.json ({model_type}) contradicts itself: {exc}") from exc
+
+
+def _check_representable(cfg: ModelConfig) -> None:
+    mt = cfg.model_type
+    problems = []
+    expect = dict(arch="decoder", norm="rmsnorm", norm_position="pre", position="rope", gated_ffn=True,
+                  lm_head_bias=False, scale_attn=True)
+    problems += [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in expect.items() if getattr(cfg, k) != v]
+    if cfg.activation not in ACTIVATIONS_TO_HF:
+        problems.append(f"activation={cfg.activation!r}")
+    if mt == "llama" and cfg.qkv_bias != cfg.o_bias:
+        problems.append("llama puts a bias on all four attention projections or on none (qkv_bias != o_bias)")
+    if mt == "qwen2" and (not cfg.qkv_bias or cfg.o_bias or cfg.ffn_bias):
+        problems.append("qwen2 needs qkv_bias=True, o_bias=False, ffn_bias=False")
+    if mt in ("mistral", "mixtral") and (cfg.qkv_bias or cfg.o_bias or cfg.ffn_bias):
+        problems.append(f"{mt} has no biases")
+    if mt == "llama" and cfg.sliding_window is not None:
+        problems.append("llama has no sliding window (use mistral)")
+    if mt == "mixtral":
+        if not cfg.n_experts or cfg.router != "topk" or not cfg.norm_topk_prob or cfg.capacity_factor is not None:
+            problems.append("mixtral needs n_experts > 0, router='topk', norm_topk_prob=True, capacity_factor=None")
+        if cfg.ffn_bias:
+            problems.append("mixtral experts have no bias")
+    elif cfg.n_experts:
+        problems.append(f"{mt} has no MoE layers (use mixtral)")
+    if problems:
+        raise ConfigError(f"this model cannot be written as a {mt} checkpoint: " + "; ".join(problems))
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    mt = cfg.model_type
+    if mt not in MODEL_TYPES:
+        raise ConfigError(f"arch_llama writes {MODEL_TYPES}, not model_type={mt!r}")
+    _check_representable(cfg)
+    theta = cfg.rope_theta
+    rope: dict[str, Any] = {"rope_type": "default"}
+    if cfg.rope_scaling == "ntk":
+        # static NTK-aware scaling is exactly RoPE with a larger base; HF has no name for it
+        theta = cfg.rope_theta * cfg.rope_scaling_factor ** (cfg.head_dim / (cfg.head_dim - 2))
+    elif cfg.rope_scaling is not None:
+        if cfg.rope_scaling == "dynamic" and cfg.rope_original_max_seq_len not in (None, cfg.max_seq_len):
+            raise ConfigError("dynamic RoPE in transformers uses max_position_embeddings as the trained length; "
+                              "rope_original_max_seq_len must be None or equal max_seq_len")
+        rope = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
+    rope["rope_theta"] = theta
+    hf: dict[str, Any] = dict(cfg.extra)
+    hf.update(
+        model_type=mt,
+        architectures=[HF_CLASSES[mt]],
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act=ACTIVATIONS_TO_HF[cfg.activation],
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=theta,
+        rope_parameters=rope,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_dropout=cfg.attn_dropout,
+        initializer_range=cfg.initializer_range,
+        bos_token_id=cfg.bos_token_id,
+        pad_token_id=cfg.pad_token_id,
+        use_cache=True,
+    )
+    if not isinstance(cfg.extra.get("eos_token_id"), list):
+        hf["eos_token_id"] = cfg.eos_token_id
+    if cfg.rope_scaling in ("linear", "dynamic"):
+        hf["rope_scaling"] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
+    if mt == "llama":
+        hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.ffn_bias)
+    elif mt == "qwen2":
+        sliding = cfg.sliding_window is not None
+        hf.update(
+            use_sliding_window=sliding,
+            sliding_window=cfg.sliding_window,
+            max_window_layers=0 if sliding else cfg.n_layers,
+            layer_types=[("sliding_attention" if sliding else "full_attention")] * cfg.n_layers,
+        )
+    else:
+        hf["sliding_window"] = cfg.sliding_window
+    if mt == "mixtral":
+        hf.update(
+            num_local_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_tok,
+            router_aux_loss_coef=cfg.router_aux_loss_coef,
+        )
+    return hf
+
+
+_FUSED = re.compile(r"(model\.layers\.\d+)\.mlp\.experts\.(gate_up_proj|down_proj)\Z")
+_V5_GATE = re.compile(r"(model\.layers\.\d+)\.mlp\.gate\.weight\Z")
+
+
+def _unfuse_experts(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers-5 in-memory layout -> per-expert w1/w2/w3 of the published checkpoints."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        m = _FUSED.match(k)
+        g = _V5_GATE.match(k)
+        if g:
+            out[f"{g.group(1)}.block_sparse_moe.gate.weight"] = v
+        elif m and m.group(2) == "gate_up_proj":
+            f = v.shape[1] // 2
+            for j in range(v.shape[0]):
+                out[f"{m.group(1)}.block_sparse_moe.experts.{j}.w1.weight"] = v[j, :f]
+                out[f"{m.group(1)}.block_sparse_moe.experts.{j}.w3.weight"] = v[j, f:]
+        elif m:
+            for j in range(v.shape[0]):
+                out[f"{m.group(1)}.block_sparse_moe.experts.{j}.w2.weight"] = v[j]
+        else:
+            out[k] = v
+    return out
+
+
+def state_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    if cfg.n_experts:
+        sd = _unfuse_experts(sd)
+    out = NAME_MAP.rename_to_ours(sd, drop=DROP)
+    if cfg.tie_embeddings and "embed_tokens.weight" in out:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def state_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    if cfg.tie_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    return NAME_MAP.rename_to_theirs(sd, cfg.model_type)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    from lmkit.models.decoder import DecoderLM
+
+    return DecoderLM(cfg)

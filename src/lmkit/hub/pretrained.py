@@ -1,0 +1,190 @@
+"""Load and save Hugging Face checkpoint directories (config.json + safetensors).
+
+The directory's `model_type` picks an architecture module (`hub/arch_<name>.py`), which
+translates the config and the tensor names; the tensors are then checked one by one against
+the model lmkit builds, so a wrong checkpoint fails with a message naming each bad key
+instead of producing garbage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from lmkit.errors import CheckpointError, ConfigError
+from lmkit.hub.safetensors_io import WEIGHT_PATTERNS, read_state_dict, staged_directory, write_weights
+
+ARCH_MODULES = {
+    "gpt2": "lmkit.hub.arch_gpt2",
+    "llama": "lmkit.hub.arch_llama",
+    "qwen2": "lmkit.hub.arch_llama",
+    "mistral": "lmkit.hub.arch_llama",
+    "mixtral": "lmkit.hub.arch_llama",
+    "bert": "lmkit.hub.arch_bert",
+    "t5": "lmkit.hub.arch_t5",
+}
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ARCH_MODULES)
+
+
+def arch_module(model_type: str | None) -> ModuleType:
+    """The architecture module for a Hugging Face `model_type` (CheckpointError if unsupported)."""
+    if not model_type or model_type not in ARCH_MODULES:
+        raise CheckpointError(
+            f"unsupported model_type {model_type!r}; lmkit can load: {', '.join(supported_model_types())}"
+        )
+    return importlib.import_module(ARCH_MODULES[model_type])
+
+
+def read_hf_config(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{Path(directory)}: no config.json — not a Hugging Face checkpoint directory")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return hf
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """{name: first name of the same tensor} for tied parameters (lm_head sharing the embedding)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = id(t)
+        if key in first:
+            out[name] = first[key]
+        else:
+            first[key] = name
+    return out
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Copy `sd` into `model`, checking every key and shape first; nothing is copied on error.
+
+    Tied parameters may appear under either name. With strict=False, missing tensors keep
+    their initial values (with a warning) and unexpected ones are ignored; shape mismatches
+    are always errors.
+    """
+    own = model.state_dict(keep_vars=True)
+    aliases = _aliases(model)
+    sd = dict(sd)
+    for alias, target in aliases.items():  # a tied weight stored under its other name
+        if alias in sd and target not in sd:
+            sd[target] = sd[alias]
+        sd.pop(alias, None)
+    expected = [k for k in own if k not in aliases]
+    missing = [k for k in expected if k not in sd]
+    unexpected = sorted(k for k in sd if k not in own)
+    mis_shaped = [
+        f"{k}: expected {tuple(own[k].shape)}, found {tuple(sd[k].shape)}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if mis_shaped:
+        problems.append(f"{len(mis_shaped)} tensor(s) with the wrong shape:\n  " + "\n  ".join(mis_shaped))
+    if strict and missing:
+        problems.append(f"{len(missing)} tensor(s) missing from the checkpoint:\n  " + "\n  ".join(missing))
+    if strict and unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected tensor(s) the model has no place for:\n  " + "\n  ".join(unexpected)
+        )
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model: " + "\n".join(problems))
+    if missing:
+        warnings.warn(f"tensors missing from the checkpoint keep their initial values: {missing}", stacklevel=2)
+    with torch.no_grad():
+        for k in expected:
+            if k in sd:
+                dst = own[k]
+                src = sd[k].to(device=dst.device, dtype=dst.dtype if dst.is_floating_point() else sd[k].dtype)
+                dst.copy_(src)
+
+
+def _checkpoint_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype:
+    dtypes = {t.dtype for t in sd.values() if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating parameters only: buffers such as RoPE's inverse frequencies stay fp32."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
+def load_pretrained(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None, strict: bool = True
+) -> nn.Module:
+    """Build the lmkit model of a Hugging Face checkpoint directory and load its weights.
+
+    dtype None keeps the checkpoint's floating dtype (fp32 when it mixes several).
+    The model comes back in eval mode with `model.config` set.
+    """
+    hf = read_hf_config(directory)
+    arch = arch_module(hf.get("model_type"))
+    try:
+        cfg = arch.config_from_hf(hf)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} [in {Path(directory) / 'config.json'}]") from exc
+    raw = read_state_dict(directory)
+    sd = arch.state_from_hf(raw, cfg)
+    model = arch.build_model(cfg)
+    cast_parameters(model, dtype or _checkpoint_dtype(raw))
+    load_state_dict_strict(model, sd, strict=strict)
+    return model.eval()
+
+
+def _generation_config(cfg) -> dict:
+    out = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
+    out = {k: v for k, v in out.items() if v is not None}
+    eos = cfg.extra.get("eos_token_id") if isinstance(cfg.extra, dict) else None
+    if isinstance(eos, list):
+        out["eos_token_id"] = eos
+    return out
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
+    """Write config.json, generation_config.json and safetensors weights, atomically.
+
+    `model.config.model_type` names the Hugging Face architecture to write. Other files in
+    an existing `directory` (tokenizer, README) are kept.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None or not getattr(cfg, "model_type", ""):
+        raise CheckpointError(
+            "save_pretrained needs model.config.model_type set to a Hugging Face architecture "
+            f"({', '.join(supported_model_types())}) so the checkpoint can be read by other tools"
+        )
+    arch = arch_module(cfg.model_type)
+    hf = arch.config_to_hf(cfg)
+    state = model.state_dict()
+    floats = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(floats) == 1:
+        dt = str(floats.pop()).replace("torch.", "")
+        hf.setdefault("dtype", dt)
+        hf.setdefault("torch_dtype", dt)
+    aliases = _aliases(model)
+    state = {k: v for k, v in state.items() if k not in aliases}
+    sd = arch.state_to_hf(state, cfg)
+    with staged_directory(directory, replaces=WEIGHT_PATTERNS + CONFIG_FILES) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        gen = _generation_config(cfg)
+        if gen:
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+        write_weights(sd, tmp, max_shard_bytes)

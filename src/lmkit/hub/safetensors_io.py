@@ -1,0 +1,258 @@
+"""Read and write state dicts as safetensors, single-file or sharded with Hugging Face's index.
+
+safetensors is a flat format: 8 bytes little-endian header length N, N bytes of JSON
+({name: {dtype, shape, data_offsets}}), then raw tensor bytes. Loading it runs no code,
+unlike pickle (`pytorch_model.bin`), which can execute anything on load — so lmkit reads
+only safetensors and refuses .bin files with a message saying how to convert them.
+
+Sharded checkpoints: `model.safetensors.index.json` = {"metadata": {"total_size": bytes},
+"weight_map": {tensor name: shard file}} with shards `model-00001-of-0000K.safetensors`.
+
+Writes are atomic: everything goes into a temporary directory beside the target, files
+already in the target that this write does not replace (tokenizer files, ...) are linked
+in, and the temporary directory is then renamed over the target. An interruption leaves
+the previous checkpoint untouched and no half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from lmkit.errors import CheckpointError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+WEIGHT_PATTERNS = (
+    SINGLE_FILE,
+    INDEX_FILE,
+    "model-*-of-*.safetensors",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+# ---- reading ----------------------------------------------------------------------------
+def read_header(path: str | os.PathLike) -> dict:
+    """Parse and validate a safetensors header without loading tensors (CheckpointError if corrupt)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: {size} bytes is too short to be a safetensors file (corrupt or truncated)")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise CheckpointError(
+                f"{path}: header says {n} bytes of metadata but the file holds {size - 8}; "
+                "the file is corrupt or truncated — download or save it again"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc}); the file is corrupt") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    data_len = size - 8 - n
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise CheckpointError(f"{path}: entry {name!r} of the safetensors header is malformed") from exc
+    if end > data_len:
+        raise CheckpointError(
+            f"{path}: tensors need {end} bytes of data but the file holds {data_len}; "
+            "the file is truncated — download or save it again"
+        )
+    return header
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    read_header(path)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
+
+
+def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (model.safetensors or an index + shards)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory")
+    single = directory / SINGLE_FILE
+    index = directory / INDEX_FILE
+    if single.exists():
+        return _load_file(single)
+    if index.exists():
+        try:
+            meta = json.loads(index.read_text(encoding="utf-8"))
+            weight_map = meta["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise CheckpointError(f"{index}: shard file(s) missing from {directory}: {', '.join(missing)}")
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            part = _load_file(directory / shard)
+            dup = sorted(set(part) & set(state))
+            if dup:
+                raise CheckpointError(f"{directory / shard}: tensors also found in another shard: {dup[:5]}")
+            state.update(part)
+        absent = [k for k, s in weight_map.items() if k not in state]
+        if absent:
+            raise CheckpointError(
+                f"{index}: {len(absent)} tensor(s) listed in the index are in no shard: "
+                + ", ".join(f"{k} (expected in {weight_map[k]})" for k in absent[:10])
+            )
+        return state
+    if list(directory.glob("*.bin")) or list(directory.glob("*.pt")) or list(directory.glob("*.pth")):
+        raise CheckpointError(
+            f"{directory}: only pickle weights (.bin/.pt) found. lmkit reads only safetensors, because "
+            "unpickling a file can run arbitrary code; convert it once in a trusted environment "
+            "(e.g. transformers' model.save_pretrained(dir, safe_serialization=True))"
+        )
+    raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+
+# ---- writing ----------------------------------------------------------------------------
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def staged_directory(directory: str | os.PathLike, replaces: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it becomes `directory`.
+
+    Files of an existing `directory` whose names match none of the `replaces` glob patterns
+    (and that the new contents do not provide) are carried over.
+    """
+    directory = Path(directory)
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    patterns = tuple(replaces)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():  # mkstemp-style writers create 0600 files; use the usual mode
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
+        if directory.exists():
+            os.chmod(tmp, directory.stat().st_mode & 0o7777)
+            for f in directory.iterdir():
+                if (tmp / f.name).exists() or any(fnmatch.fnmatch(f.name, p) for p in patterns):
+                    continue
+                if f.is_dir() and not f.is_symlink():
+                    shutil.copytree(f, tmp / f.name, symlinks=True, copy_function=_link_or_copy)
+                elif f.is_symlink():
+                    os.symlink(os.readlink(f), tmp / f.name)
+                else:
+                    _link_or_copy(str(f), str(tmp / f.name))
+            backup = parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(directory, backup)
+            os.rename(tmp, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.chmod(tmp, 0o777 & ~umask)
+            os.rename(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied weights, slices of one buffer): clone those."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        shared = ptr is not None and ptr in seen
+        if shared or not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.contiguous().clone()
+        if ptr is not None:
+            seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def _shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    if max_shard_bytes is None:
+        return [state]
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes={max_shard_bytes} must be positive")
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    return shards
+
+
+def write_weights(
+    state: dict[str, torch.Tensor],
+    directory: str | os.PathLike,
+    max_shard_bytes: int | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[str]:
+    """Write safetensors file(s) into an existing (staging) directory; returns the file names."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    state = _unshare(state)
+    meta = {"format": "pt", **(metadata or {})}
+    shards = _shards(state, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / SINGLE_FILE), metadata=meta)
+        return [SINGLE_FILE]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map: dict[str, str] = {}
+    for name, shard in zip(names, shards):
+        save_file(shard, str(directory / name), metadata=meta)
+        weight_map.update({k: name for k in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return names + [INDEX_FILE]
+
+
+def write_state_dict(
+    state: dict[str, torch.Tensor], directory: str | os.PathLike, max_shard_bytes: int | None = None
+) -> None:
+    """Atomically (re)place the weights of `directory`; other files there (config, tokenizer) stay."""
+    with staged_directory(directory, replaces=WEIGHT_PATTERNS) as tmp:
+        write_weights(state, tmp, max_shard_bytes)
