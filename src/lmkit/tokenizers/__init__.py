@@ -2,5 +2,6 @@
 chat templates."""
 
 from lmkit.tokenizers.base import Tokenizer
+from lmkit.tokenizers.bpe import AddedToken, BPETokenizer
 
-__all__ = ["Tokenizer"]
+__all__ = ["Tokenizer", "AddedToken", "BPETokenizer"]
