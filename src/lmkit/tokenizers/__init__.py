@@ -3,5 +3,6 @@ chat templates."""
 
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.bpe import AddedToken, BPETokenizer
+from lmkit.tokenizers.chat_template import CHATML, LLAMA3, ChatTemplate, get_template
 
-__all__ = ["Tokenizer", "AddedToken", "BPETokenizer"]
+__all__ = ["Tokenizer", "AddedToken", "BPETokenizer", "CHATML", "LLAMA3", "ChatTemplate", "get_template"]
