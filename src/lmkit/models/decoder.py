@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.block import TransformerBlock
 from lmkit.models.config import ModelConfig
@@ -88,6 +89,11 @@ class DecoderLM(nn.Module):
                 if m is not None:
                     params.pop(id(m.weight), None)
         return sum(p.numel() for p in params.values())
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them:
+        activation memory drops from O(layers) to O(1) layers for ~1/3 more compute."""
+        self.gradient_checkpointing = enabled
 
     def make_cache(self, batch_size: int, max_len: int | None = None):
         from lmkit.models.kv_cache import KVCache
@@ -186,12 +192,19 @@ class DecoderLM(nn.Module):
             m.token_mask = token_mask
         attentions = []
         try:
+            checkpointing = getattr(self, "gradient_checkpointing", False) and self.training and kv_cache is None
             for i, layer in enumerate(self.layers):
-                x, w = layer(
-                    x, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
-                    kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                    return_weights=return_weights,
-                )
+                if checkpointing:
+                    x, w = checkpoint(
+                        layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
+                        return_weights=return_weights,
+                    )
+                else:
+                    x, w = layer(
+                        x, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
+                        kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
+                        return_weights=return_weights,
+                    )
                 if return_weights:
                     attentions.append(w)
         finally:
@@ -203,10 +216,11 @@ class DecoderLM(nn.Module):
         aux_loss = sum(m.aux_loss for m in moes) if moes else None
         loss = None
         if labels is not None:
+            # shift the labels, not the logits: slicing the logits would copy the largest
+            # activation of the model in the forward pass and again in the backward pass
+            targets = F.pad(labels.to(device), (0, 1), value=-100)[:, 1:]
             loss = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                labels[:, 1:].reshape(-1).to(device),
-                ignore_index=-100,
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
             )
             if aux_loss is not None:
                 loss = loss + aux_loss

@@ -1,0 +1,167 @@
+"""`TrainConfig`: every knob of a training run in one validated dataclass.
+
+Loaded from JSON or YAML; an unknown key is an error (a typo such as ``lerning_rate`` must
+not silently fall back to a default and waste a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmkit.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "sgd", "momentum")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
+LOSS_WEIGHTINGS = ("token", "mean")
+
+
+@dataclass
+class TrainConfig:
+    # optimizer
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    momentum: float = 0.9  # optimizer="momentum" only
+    nesterov: bool = False  # optimizer="momentum" only
+    decay_embeddings: bool = False  # apply weight decay to embedding tables too
+    # learning-rate schedule
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio (cosine and linear)
+    # step mechanics
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still reported)
+    loss_weighting: str = "token"  # "token": every target token weighs the same; "mean": mean of micro-batch means
+    shift_labels: bool = True  # labels are shifted inside the model (causal LM); used to count targets
+    precision: str = "fp32"
+    label_smoothing: float = 0.0
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    # distributed
+    strategy: str = "auto"  # auto: DDP when launched by torchrun with >1 process, else none
+    # evaluation, checkpoints, logging
+    eval_every: int = 0  # 0: never
+    eval_steps: int = 50  # batches per evaluation (0: the whole eval set)
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 0  # 0: keep all; k: keep the k newest
+    out_dir: str = "runs/lmkit"
+    seed: int = 0
+    log_every: int = 1
+    tensorboard: bool = False
+    plot: bool = False
+    progress: bool = True  # tqdm progress bar
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("strategy", STRATEGIES),
+            ("loss_weighting", LOSS_WEIGHTINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                bad(name, f"must be one of {allowed}")
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        if (
+            not isinstance(self.betas, tuple)
+            or len(self.betas) != 2
+            or not all(0.0 <= b < 1.0 for b in self.betas)
+        ):
+            bad("betas", "must be two numbers in [0, 1)")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "must be a positive number")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.eps <= 0:
+            bad("eps", "must be > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            bad("momentum", "must be in [0, 1)")
+        if self.nesterov and (self.optimizer != "momentum" or self.momentum == 0):
+            bad("nesterov", "needs optimizer='momentum' with momentum > 0")
+        for name in ("max_steps", "grad_accum_steps", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                bad(name, "must be a positive integer")
+        for name in ("warmup_steps", "eval_every", "eval_steps", "save_every", "keep_checkpoints", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(name, "must be an integer >= 0")
+        if self.warmup_steps > self.max_steps:
+            bad("warmup_steps", f"must not exceed max_steps={self.max_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            bad("min_lr_ratio", "must be in [0, 1]")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            bad("max_grad_norm", "must be >= 0 or None")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            bad("label_smoothing", "must be in [0, 1)")
+        if not self.out_dir:
+            bad("out_dir", "must be a directory path")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError("TrainConfig: expected a mapping of field names to values")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"TrainConfig: unknown keys {unknown}; known keys are {sorted(known)}"
+            )
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"TrainConfig: not valid JSON ({exc})") from exc
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "TrainConfig":
+        import yaml
+
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"TrainConfig: not valid YAML ({exc})") from exc
+        return cls.from_dict(d if d is not None else {})
+
+    def save(self, path: str | os.PathLike) -> None:
+        from lmkit.atomic import atomic_write_text
+
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a .json, .yaml or .yml file."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return cls.from_yaml(text)
+        return cls.from_json(text)

@@ -1,0 +1,550 @@
+"""`Trainer`: the training loop — accumulation, clipping, mixed precision, eval, checkpoints.
+
+One optimizer update ("step") consumes `grad_accum_steps` micro-batches on every rank.
+
+Loss weighting across micro-batches (and ranks). The model returns the *mean* loss of a
+micro-batch. Two ways to combine them:
+  token (default)  every target token weighs the same: the step's loss is
+                   sum_i(mean_i * n_i) / sum_i n_i over all micro-batches of all ranks,
+                   n_i = the micro-batch's target tokens (labels != -100 after the shift).
+                   This equals the loss of one big batch, so N ranks x k micro-batches give
+                   the same gradient as one process with N*k micro-batches or one batch,
+                   whatever the padding — the property the DDP test checks.
+  mean             mean of micro-batch means (each divided by grad_accum_steps, as most
+                   tutorials do). Micro-batches with few real tokens then weigh as much as
+                   full ones, so the result depends on how the data was split.
+Each micro-batch loss is multiplied by its weight *before* backward, so gradients
+accumulate into the right sum; DDP then averages over ranks (hence the factor world_size).
+
+Mixed precision: bf16 runs the forward/backward under `torch.autocast` with fp32 master
+weights (CPU and GPU; no loss scaling needed — bf16 has fp32's exponent range). fp16 needs
+a `GradScaler` (loss scaling keeps small gradients from flushing to zero) and a GPU.
+
+Checkpoints (train/checkpoint.py) hold everything needed to continue *exactly*: weights,
+optimizer and scheduler state, all RNG states, the data position and the step. On CPU a run
+that is stopped and resumed reproduces the uninterrupted run's losses bit for bit.
+Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and stops;
+a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmkit.errors import CheckpointError, ConfigError
+from lmkit.train import checkpoint as ckpt_io
+from lmkit.train import distributed as D
+from lmkit.train.config import TrainConfig
+from lmkit.train.losses import count_targets, cross_entropy
+from lmkit.train.metrics_log import MetricsLogger
+from lmkit.train.optim import build_optimizer
+from lmkit.train.schedule import build_scheduler
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _jsonable(obj: Any) -> bool:
+    try:
+        json.dumps(obj)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+class Trainer:
+    """Train `model` on `train_data` (an iterable of dicts passed as ``model(**batch)``).
+
+    resume: False (fresh run), True (continue from the latest checkpoint in
+    ``config.out_dir`` if there is one), or a path to a checkpoint / run directory.
+    If `train_data` has ``state_dict()`` / ``load_state_dict()``, its position is saved and
+    restored; otherwise the already consumed batches are skipped on resume.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_data: Iterable,
+        eval_data: Iterable | None = None,
+        *,
+        resume: bool | str = False,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.config = config
+        self.dist = D.init_distributed(config.device)
+        self.device = self.dist.device
+        self.strategy = D.choose_strategy(config.strategy, self.dist)
+        self.out_dir = Path(config.out_dir)
+        self._check_precision()
+
+        set_seed(config.seed + self.dist.rank)
+        self.raw_model = model.to(self.device)
+        self.raw_model.train()
+        # names/shapes before any wrapping (FSDP would shard them)
+        self.param_shapes = {k: list(v.shape) for k, v in self.raw_model.state_dict().items()}
+        self.param_names = {id(p): n for n, p in self.raw_model.named_parameters()}
+        self.model_class = type(self.raw_model).__name__  # FSDP renames the class when it wraps
+
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.tokens_seen = 0
+        self.history: list[dict[str, Any]] = []
+
+        ckpt = self._find_resume(resume)
+        ckpt_state = None
+        if ckpt is not None:
+            ckpt_state = ckpt_io.read_state(ckpt)
+            self._check_architecture(ckpt_state, ckpt)
+            self.raw_model.load_state_dict(ckpt_io.read_model_state(ckpt), strict=True)
+
+        if config.gradient_checkpointing:
+            enable = getattr(self.raw_model, "gradient_checkpointing_enable", None)
+            if enable is None:
+                raise ConfigError(
+                    f"gradient_checkpointing=True but {type(self.raw_model).__name__} has no "
+                    "gradient_checkpointing_enable() method; set gradient_checkpointing=False "
+                    "or add the method to the model"
+                )
+            enable()
+
+        self.model = D.wrap_model(self.raw_model, self.dist, self.strategy)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(self.raw_model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+
+        self.train_data = D.shard_data(train_data, self.dist)
+        self.eval_data = D.shard_data(eval_data, self.dist) if eval_data is not None else None
+        self._resumable_data = callable(getattr(train_data, "state_dict", None)) and callable(
+            getattr(train_data, "load_state_dict", None)
+        )
+
+        if ckpt is not None:
+            self._restore(ckpt, ckpt_state)
+        self.logger = MetricsLogger(
+            self.out_dir,
+            tensorboard=config.tensorboard,
+            plot=config.plot,
+            enabled=self.dist.is_main,
+            resume_from_step=self.step if ckpt is not None else None,
+        )
+        self._stop_requested = False
+        self._last_saved_step = self.step if ckpt is not None else -1
+
+    # ---- setup helpers ----------------------------------------------------------------------
+    def _check_precision(self) -> None:
+        p = self.config.precision
+        if p == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                "precision='fp16' needs a CUDA GPU (fp16 training needs loss scaling with "
+                "torch.amp.GradScaler, which lmkit runs on CUDA only); on CPU use 'bf16' or 'fp32'"
+            )
+
+    def _autocast(self):
+        p = self.config.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _find_resume(self, resume: bool | str) -> Path | None:
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            return ckpt_io.latest_checkpoint(self.out_dir)  # none yet: a fresh start
+        return ckpt_io.resolve_checkpoint(resume)
+
+    def _model_config_dict(self) -> dict | None:
+        cfg = getattr(self.raw_model, "config", None)
+        return cfg.to_dict() if hasattr(cfg, "to_dict") else None
+
+    def _check_architecture(self, state: dict, ckpt: Path) -> None:
+        saved_cls = state.get("model_class")
+        here_cls = self.model_class
+        saved_cfg, here_cfg = state.get("model_config"), self._model_config_dict()
+        problems = []
+        if saved_cls and saved_cls != here_cls:
+            problems.append(f"model class {saved_cls} in the checkpoint vs {here_cls} here")
+        if saved_cfg is not None and here_cfg is not None:
+            diff = sorted(
+                k for k in set(saved_cfg) | set(here_cfg)
+                if k != "extra" and saved_cfg.get(k) != here_cfg.get(k)
+            )
+            if diff:
+                problems.append(
+                    "config differs in " + ", ".join(f"{k} ({saved_cfg.get(k)!r} vs {here_cfg.get(k)!r})" for k in diff[:8])
+                )
+        saved_shapes = state.get("param_shapes", {})
+        missing = sorted(set(self.param_shapes) - set(saved_shapes))
+        unexpected = sorted(set(saved_shapes) - set(self.param_shapes))
+        reshaped = sorted(
+            k for k in set(saved_shapes) & set(self.param_shapes) if saved_shapes[k] != self.param_shapes[k]
+        )
+        if missing:
+            problems.append(f"{len(missing)} parameters missing from the checkpoint (e.g. {missing[:3]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected parameters in the checkpoint (e.g. {unexpected[:3]})")
+        if reshaped:
+            k = reshaped[0]
+            problems.append(
+                f"{len(reshaped)} parameters with other shapes (e.g. {k}: {saved_shapes[k]} vs {self.param_shapes[k]})"
+            )
+        if problems:
+            raise CheckpointError(
+                f"checkpoint {ckpt} was saved from a different architecture: " + "; ".join(problems)
+                + ". Build the model with the checkpoint's config (trainer_state.json: model_config) "
+                "or start a fresh run."
+            )
+
+    # ---- state (de)serialisation --------------------------------------------------------------
+    def _full_model_state(self) -> dict[str, torch.Tensor]:
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(
+                self.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        return self.raw_model.state_dict()
+
+    def _full_optimizer_state(self) -> dict[str, Any]:
+        """Optimizer state keyed by parameter *name* (the same format as torch DCP's)."""
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(
+                self.raw_model, self.optimizer,
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+            )
+        sd = self.optimizer.state_dict()
+        order = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        return {
+            "state": {order[i]: s for i, s in sd["state"].items()},
+            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]],
+        }
+
+    def _load_optimizer_state(self, named: dict[str, Any]) -> None:
+        if self.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(
+                self.raw_model, self.optimizer, optim_state_dict=named,
+                options=StateDictOptions(full_state_dict=True),
+            )
+            return
+        order = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        index = {name: i for i, name in enumerate(order)}
+        try:
+            sd = {
+                "state": {index[name]: s for name, s in named["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]],
+            }
+            self.optimizer.load_state_dict(sd)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"the optimizer state does not fit this model/optimizer ({exc}); was the "
+                "checkpoint saved with another optimizer or weight-decay grouping?"
+            ) from exc
+
+    def _restore(self, ckpt: Path, state: dict[str, Any]) -> None:
+        saved_opt = state.get("train_config", {}).get("optimizer")
+        if saved_opt and saved_opt != self.config.optimizer:
+            raise CheckpointError(
+                f"checkpoint {ckpt} was trained with optimizer={saved_opt!r}, this run uses "
+                f"{self.config.optimizer!r}; resume with the same optimizer or start fresh"
+            )
+        self._load_optimizer_state(ckpt_io.read_torch(ckpt, "optimizer.pt"))
+        self.scheduler.load_state_dict(ckpt_io.read_torch(ckpt, "scheduler.pt"))
+        if self.scaler is not None and (ckpt / "scaler.pt").is_file():
+            self.scaler.load_state_dict(ckpt_io.read_torch(ckpt, "scaler.pt"))
+        self.step = int(state["step"])
+        self.epoch = int(state.get("epoch", 0))
+        self.batches_in_epoch = int(state.get("batches_in_epoch", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        if self._resumable_data:
+            data_state = state.get("data_state")
+            if data_state is None and (ckpt / "data_state.pt").is_file():
+                data_state = ckpt_io.read_torch(ckpt, "data_state.pt")
+            if data_state is not None:
+                self.train_data.load_state_dict(data_state)
+        rank_file = f"rng_state_rank{self.dist.rank}.pt"
+        if not (ckpt / rank_file).is_file():
+            rank_file = "rng_state_rank0.pt"  # resumed on more ranks than were saved
+        ckpt_io.restore_rng_state(ckpt_io.read_torch(ckpt, rank_file))
+
+    def save_checkpoint(self) -> Path | None:
+        """Write out_dir/checkpoint-STEP atomically (collective: call on every rank)."""
+        model_state = self._full_model_state()
+        optim_state = self._full_optimizer_state()
+        writer = ckpt_io.CheckpointWriter(self.out_dir, self.step)
+        if self.dist.is_main:
+            writer.prepare()
+        D.barrier()
+        writer.write_torch(f"rng_state_rank{self.dist.rank}.pt", ckpt_io.capture_rng_state())
+        D.barrier()
+        path = None
+        if self.dist.is_main:
+            writer.write_model(model_state, metadata={"step": str(self.step), "format": "pt"})
+            writer.write_torch("optimizer.pt", optim_state)
+            writer.write_torch("scheduler.pt", self.scheduler.state_dict())
+            if self.scaler is not None:
+                writer.write_torch("scaler.pt", self.scaler.state_dict())
+            state: dict[str, Any] = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batches_in_epoch": self.batches_in_epoch,
+                "tokens_seen": self.tokens_seen,
+                "world_size": self.dist.world_size,
+                "strategy": self.strategy,
+                "model_class": self.model_class,
+                "model_config": self._model_config_dict(),
+                "param_shapes": self.param_shapes,
+                "train_config": self.config.to_dict(),
+                "last_metrics": self.history[-1] if self.history else None,
+            }
+            if self._resumable_data:
+                data_state = self.train_data.state_dict()
+                if _jsonable(data_state):
+                    state["data_state"] = data_state
+                else:
+                    writer.write_torch("data_state.pt", data_state)
+            writer.write_json(ckpt_io.STATE_FILE, state)
+            path = writer.commit(keep=self.config.keep_checkpoints)
+        D.barrier()
+        self._last_saved_step = self.step
+        return path
+
+    # ---- data ----------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Endless stream of training batches; restarts the iterable at each epoch end."""
+        it = iter(self.train_data)
+        if not self._resumable_data and self.batches_in_epoch:  # fast-forward after resume
+            it = itertools.islice(it, self.batches_in_epoch, None)
+        empty_passes = 0
+        while True:
+            got_any = False
+            for batch in it:
+                got_any = True
+                self.batches_in_epoch += 1
+                yield batch
+            # a resumed position may sit exactly at an epoch's end: one empty pass is fine
+            empty_passes = 0 if got_any else empty_passes + 1
+            if empty_passes >= 2:
+                raise ConfigError(
+                    "train_data yielded no batches (empty data set, or fewer batches than "
+                    "processes when sharded across ranks)"
+                )
+            self.epoch += 1
+            self.batches_in_epoch = 0
+            it = iter(self.train_data)
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, Any], own: bool = False) -> torch.Tensor:
+        """The model's loss, or ours from the logits (label smoothing; no targets at all,
+        where a mean over zero tokens would be NaN and poison the accumulated gradients)."""
+        cfg = self.config
+        if (own or cfg.label_smoothing > 0) and "labels" in batch:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            out = self.model(**inputs)
+            loss = cross_entropy(
+                out.logits, batch["labels"], label_smoothing=cfg.label_smoothing, shift=cfg.shift_labels
+            )
+            if getattr(out, "aux_loss", None) is not None:
+                loss = loss + out.aux_loss
+            return loss
+        out = self.model(**batch)
+        loss = getattr(out, "loss", None)
+        if loss is None:
+            raise ConfigError(
+                "the model returned no loss: training batches need 'labels' (use -100 for "
+                "positions that must not count)"
+            )
+        return loss
+
+    def _sync_context(self, last: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch."""
+        if last or self.strategy == "none":
+            return contextlib.nullcontext()
+        model = self.model._orig_mod if hasattr(self.model, "_orig_mod") else self.model
+        if self.strategy == "ddp":
+            return model.no_sync()
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+
+            @contextlib.contextmanager
+            def no_sync():
+                model.set_requires_gradient_sync(False)
+                try:
+                    yield
+                finally:
+                    model.set_requires_gradient_sync(True)
+
+            return no_sync()
+        return contextlib.nullcontext()
+
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer update over the given micro-batches; returns the step's metrics."""
+        cfg = self.config
+        world = self.dist.world_size
+        batches = [_to_device(b, self.device) for b in micro_batches]
+        counts = [
+            count_targets(b["labels"], cfg.shift_labels) if "labels" in b else 1 for b in batches
+        ]
+        tokens = sum(int(b["input_ids"].numel()) if "input_ids" in b else 0 for b in batches)
+        totals = D.all_reduce_sum(torch.tensor([float(sum(counts)), float(tokens)], dtype=torch.float64))
+        n_global, tokens_global = totals[0].item(), int(totals[1].item())
+        if cfg.loss_weighting == "token":
+            weights = [c * world / max(n_global, 1.0) for c in counts]
+        else:
+            weights = [1.0 / len(batches)] * len(batches)
+
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for i, batch in enumerate(batches):
+            with self._sync_context(last=i == len(batches) - 1):
+                with self._autocast():
+                    loss = self._loss(batch, own=counts[i] == 0)
+                scaled = loss * weights[i]
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            loss_sum += loss.detach().double().cpu() * (counts[i] if cfg.loss_weighting == "token" else 1.0)
+
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        loss_total = D.all_reduce_sum(loss_sum.reshape(1))[0].item()
+        if cfg.loss_weighting == "token":
+            step_loss = loss_total / max(n_global, 1.0)
+        else:
+            step_loss = loss_total / (len(batches) * world)
+        self.tokens_seen += tokens_global
+        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_global}
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean token cross-entropy on eval_data and perplexity = exp(mean token loss)."""
+        if self.eval_data is None:
+            raise ConfigError("evaluate() needs eval_data")
+        self.model.eval()
+        loss_sum, n_sum = 0.0, 0
+        limit = self.config.eval_steps or None
+        try:
+            for batch in itertools.islice(iter(self.eval_data), limit):
+                batch = _to_device(batch, self.device)
+                labels = batch.get("labels")
+                if labels is None:
+                    raise ConfigError("eval batches need 'labels'")
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                with self._autocast():
+                    out = self.model(**inputs)
+                loss_sum += cross_entropy(out.logits, labels, shift=self.config.shift_labels, reduction="sum").item()
+                n_sum += count_targets(labels, self.config.shift_labels)
+        finally:
+            self.model.train()
+        totals = D.all_reduce_sum(torch.tensor([loss_sum, float(n_sum)], dtype=torch.float64))
+        mean = totals[0].item() / max(totals[1].item(), 1.0)
+        return {"eval_loss": mean, "eval_ppl": math.exp(mean) if mean < 700 else float("inf"), "eval_tokens": int(totals[1].item())}
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop_requested:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def train(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Run to config.max_steps (or stop after step `until`; the lr schedule still spans
+        max_steps) and save a checkpoint at the end. Returns this call's per-step records."""
+        cfg = self.config
+        stop_at = cfg.max_steps if until is None else min(until, cfg.max_steps)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
+                   desc="train", unit="step", dynamic_ncols=True)
+        previous = self._install_signal_handlers()
+        records: list[dict[str, Any]] = []
+        stream = self._batches()
+        t_last, tokens_since = time.perf_counter(), 0
+        try:
+            while self.step < stop_at:
+                micro = [next(stream) for _ in range(cfg.grad_accum_steps)]
+                metrics = self.train_step(micro)
+                self.step += 1
+                tokens_since += metrics.pop("tokens")
+                record: dict[str, Any] = {"step": self.step, **metrics}
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    record["tokens_per_s"] = tokens_since / max(now - t_last, 1e-9)
+                    t_last, tokens_since = now, 0
+                if self.eval_data is not None and cfg.eval_every and (
+                    self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
+                ):
+                    record.update(self.evaluate())
+                    t_last = time.perf_counter()  # eval time is not training throughput
+                record["epoch"] = self.epoch
+                self.history.append(record)
+                records.append(record)
+                if self.step % cfg.log_every == 0 or "eval_loss" in record or self.step == cfg.max_steps:
+                    self.logger.log(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+                stop = self._stop_requested
+                if self.dist.is_distributed:  # every rank must agree to stop (collective saves)
+                    stop = bool(D.all_reduce_sum(torch.tensor([float(stop)], dtype=torch.float64))[0].item())
+                if (cfg.save_every and self.step % cfg.save_every == 0) or stop:
+                    self.save_checkpoint()
+                if stop:
+                    break
+            if self._last_saved_step != self.step:
+                self.save_checkpoint()
+        finally:
+            bar.close()
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            self.logger.close()
+        return records
