@@ -3,40 +3,73 @@
 A template is data, not code: the text that opens and closes each turn. From it we get
 the prompt text (`render`) and, for supervised fine-tuning, the token ids together with a
 mask that is 1 exactly on what the assistant must learn to produce — its reply and the
-end-of-turn token that lets it stop — and 0 on everything it is only shown (`render_with_mask`).
+end-of-turn token that lets it stop — and 0 on everything it is only shown (system and
+user turns, turn headers, the line break after the end-of-turn token): `render_with_mask`.
 
 Built in: ChatML (Qwen2, with its default system prompt) and Llama-3. Both reproduce the
-text of the models' published Jinja templates (tested against `transformers`).
+text of the models' published Jinja templates exactly (tested against `transformers`).
+Define another format with ``ChatTemplate(name=..., turn_start=..., ...)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
 
 from lmkit.errors import TokenizerError
+
+
+class Piece(NamedTuple):
+    """A run of rendered text. `control`: written by the template, so control strings in it
+    are special tokens; otherwise it is message content, where they are plain text.
+    `trained`: part of the assistant's target."""
+
+    text: str
+    trained: bool
+    control: bool
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
     name: str
-    turn_start: str  # "{role}" is replaced by the role
+    turn_start: str  # text before a message's content; "{role}" is replaced by the role
     turn_end: str  # text after the content; starts with end_of_turn
-    end_of_turn: str  # the token the assistant emits to finish its turn
-    bos: str = ""
-    default_system: str | None = None  # inserted when the conversation has no system message
-    strip_content: bool = False
-    roles: tuple[str, ...] = ("system", "user", "assistant", "tool")
+    end_of_turn: str  # the token the assistant emits to finish its turn (trained)
+    bos: str = ""  # written once, before the first turn
+    default_system: str | None = None  # inserted when a conversation starts without a system turn
+    strip_content: bool = False  # strip whitespace around each content (Llama-3's `| trim`)
+    roles: tuple[str, ...] = field(default=("system", "user", "assistant", "tool"))
 
     def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("ChatTemplate.name must not be empty")
+        if "{role}" not in self.turn_start:
+            raise ValueError(f"ChatTemplate.turn_start must contain '{{role}}', got {self.turn_start!r}")
+        if not self.end_of_turn:
+            raise ValueError("ChatTemplate.end_of_turn must not be empty: the model needs a token to stop on")
         if not self.turn_end.startswith(self.end_of_turn):
-            raise ValueError(f"ChatTemplate.turn_end must start with end_of_turn {self.end_of_turn!r}")
+            raise ValueError(f"ChatTemplate.turn_end must start with end_of_turn {self.end_of_turn!r}, got {self.turn_end!r}")
+        object.__setattr__(self, "roles", tuple(self.roles))
+        if "assistant" not in self.roles:
+            raise ValueError(f"ChatTemplate.roles must include 'assistant', got {list(self.roles)}")
+
+    # ---- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roles"] = list(self.roles)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChatTemplate":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"ChatTemplate: unknown fields {sorted(unknown)}")
+        return cls(**data)
 
     @property
     def special_tokens(self) -> list[str]:
-        """Control strings that must be single tokens in the tokenizer."""
-        import re
-
+        """Control strings of the form <|...|> that must be single tokens in the tokenizer."""
         found = re.findall(r"<\|[^|]+\|>", self.bos + self.turn_start + self.turn_end)
         return list(dict.fromkeys(found))
 
@@ -45,40 +78,45 @@ class ChatTemplate:
         return self.turn_start.replace("{role}", "assistant")
 
     # ---- rendering --------------------------------------------------------------------
-    def segments(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
-        """(text, trained) pieces whose concatenation is the rendered conversation."""
+    def pieces(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[Piece]:
+        """Pieces whose concatenation is the rendered conversation."""
         validate_messages(messages, self.roles)
         msgs = list(messages)
-        if self.default_system is not None and (not msgs or msgs[0]["role"] != "system"):
+        if self.default_system is not None and msgs[0]["role"] != "system":
             msgs.insert(0, {"role": "system", "content": self.default_system})
-        out: list[tuple[str, bool]] = []
-        if self.bos:
-            out.append((self.bos, False))
+        out: list[Piece] = [Piece(self.bos, False, True)]
+        rest = self.turn_end[len(self.end_of_turn):]
         for m in msgs:
             content = m["content"].strip() if self.strip_content else m["content"]
-            out.append((self.turn_start.replace("{role}", m["role"]), False))
-            if m["role"] == "assistant":
-                out.append((content + self.end_of_turn, True))
-                rest = self.turn_end[len(self.end_of_turn):]
-                if rest:
-                    out.append((rest, False))
-            else:
-                out.append((content + self.turn_end, False))
+            mine = m["role"] == "assistant"
+            out.append(Piece(self.turn_start.replace("{role}", m["role"]), False, True))
+            out.append(Piece(content, mine, False))
+            out.append(Piece(self.end_of_turn, mine, True))
+            out.append(Piece(rest, False, True))
         if add_generation_prompt:
-            out.append((self.generation_prompt, False))
-        return [(t, trained) for t, trained in out if t]
+            out.append(Piece(self.generation_prompt, False, True))
+        return [p for p in out if p.text]
 
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-        return "".join(t for t, _ in self.segments(messages, add_generation_prompt))
+        """The conversation as text (with `add_generation_prompt`, ready for the reply)."""
+        return "".join(p.text for p in self.pieces(messages, add_generation_prompt))
 
-    def render_with_mask(self, messages: Sequence[dict[str, Any]], tokenizer, add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def render_with_mask(
+        self, messages: Sequence[dict[str, Any]], tokenizer: Any, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
         """Token ids of the rendered conversation and a 0/1 mask over them (1 = assistant target).
 
-        Each piece is encoded on its own; pieces meet at special tokens or line breaks, where
-        byte-level and SentencePiece tokenizers never merge across, so the ids equal those of
-        encoding the whole text at once (tested).
+        `tokenizer`: an lmkit Tokenizer or a `transformers` tokenizer. Each piece is encoded on
+        its own — the template's text with its control tokens, message content with control
+        strings taken as plain text (a user cannot forge a turn) — so a reply is tokenized
+        exactly as the model produces it after the generation prompt. Pieces meet at special
+        tokens or at the line break that ends a turn header, where the usual pre-tokenizers
+        split anyway, so the ids equal those of encoding the whole text (tested against
+        `apply_chat_template`); they can differ only for content that begins with a line break
+        under a pre-tokenizer that joins consecutive line breaks.
         """
-        missing = [t for t in self.special_tokens if tokenizer.token_to_id(t) is None]
+        encode, has_token = _adapter(tokenizer)
+        missing = [t for t in self.special_tokens if not has_token(t)]
         if missing:
             raise TokenizerError(
                 f"the tokenizer has no single token for {missing}; add them as special tokens "
@@ -86,16 +124,40 @@ class ChatTemplate:
             )
         ids: list[int] = []
         mask: list[int] = []
-        for text, trained in self.segments(messages, add_generation_prompt):
-            piece = tokenizer.encode(text, allowed_special="all")
-            ids.extend(piece)
-            mask.extend([int(trained)] * len(piece))
+        for piece in self.pieces(messages, add_generation_prompt):
+            piece_ids = encode(piece.text, piece.control)
+            ids.extend(piece_ids)
+            mask.extend([int(piece.trained)] * len(piece_ids))
         return ids, mask
 
 
+def _adapter(tokenizer: Any) -> tuple[Callable[[str, bool], list[int]], Callable[[str], bool]]:
+    """encode(text, control) and has_token(text) for lmkit and transformers tokenizers."""
+    from lmkit.tokenizers.base import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        def encode(text: str, control: bool) -> list[int]:
+            return tokenizer.encode(text, allowed_special="all" if control else "none")
+
+        return encode, lambda t: tokenizer.token_to_id(t) is not None
+    if callable(getattr(tokenizer, "get_vocab", None)) and callable(getattr(tokenizer, "encode", None)):
+        vocab = tokenizer.get_vocab()
+
+        def encode_hf(text: str, control: bool) -> list[int]:
+            return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not control)
+
+        return encode_hf, lambda t: t in vocab
+    raise TokenizerError(
+        f"render_with_mask needs an lmkit Tokenizer or a transformers tokenizer, got {type(tokenizer).__name__}"
+    )
+
+
 def validate_messages(messages: Sequence[dict[str, Any]], roles: Sequence[str]) -> None:
+    """Raise a TokenizerError naming the first malformed message."""
     if not isinstance(messages, (list, tuple)):
         raise TokenizerError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise TokenizerError("cannot render an empty conversation: give at least one message")
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise TokenizerError(f"message {i} must be a dict with 'role' and 'content', got {type(m).__name__}")

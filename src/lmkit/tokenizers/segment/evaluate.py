@@ -35,22 +35,33 @@ def _spans(words: Sequence[str]) -> list[tuple[int, int]]:
     return out
 
 
+def _words(sentence: str | Sequence[str]) -> Sequence[str]:
+    return sentence.split() if isinstance(sentence, str) else sentence
+
+
 def evaluate(
-    pred: Sequence[Sequence[str]],
-    gold: Sequence[Sequence[str]],
+    pred: Sequence[str | Sequence[str]],
+    gold: Sequence[str | Sequence[str]],
     dictionary: Collection[str] | None = None,
 ) -> SegmentationScore:
-    """Score predicted sentences (lists of words) against gold ones, sentence by sentence."""
+    """Score predicted sentences against gold ones, sentence by sentence. A sentence is a
+    list of words or, as in the bakeoff's files, one string of whitespace-separated words.
+    `dictionary` (the training word list) enables OOV and IV recall."""
     if len(pred) != len(gold):
         raise TokenizerError(f"{len(pred)} predicted sentences but {len(gold)} gold sentences")
     correct = n_pred = n_gold = 0
     oov_total = oov_hit = iv_total = iv_hit = 0
-    for k, (p, g) in enumerate(zip(pred, gold)):
+    for k, (p, g) in enumerate(zip(map(_words, pred), map(_words, gold))):
         if "".join(p) != "".join(g):
-            raise TokenizerError(f"sentence {k}: predicted and gold words do not spell the same text")
+            raise TokenizerError(
+                f"sentence {k}: predicted and gold words do not spell the same text "
+                f"({''.join(p)[:30]!r} vs {''.join(g)[:30]!r})"
+            )
+        if "" in p or "" in g:
+            raise TokenizerError(f"sentence {k}: an empty word (every word needs at least one character)")
         p_spans = set(_spans(p))
         g_spans = _spans(g)
-        n_pred += len(p_spans)
+        n_pred += len(p)
         n_gold += len(g_spans)
         for word, span in zip(g, g_spans):
             hit = span in p_spans
