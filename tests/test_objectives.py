@@ -309,7 +309,11 @@ def test_span_corruption_collator():
     col = SpanCorruptionCollator(eos_id=1, pad_id=0, vocab_size=1000, seed=0)
     exs = [list(range(2, 102)), torch.arange(2, 42), {"input_ids": np.arange(2, 12)}]
     b = col(exs)
-    assert set(b) == {"input_ids", "attention_mask", "labels"}
+    assert set(b) == {"input_ids", "attention_mask", "labels", "decoder_input_ids"}
+    # decoder inputs are the targets shifted right behind the pad (decoder start) id
+    assert (b["decoder_input_ids"][:, 0] == 0).all()
+    shifted = b["labels"][:, :-1].masked_fill(b["labels"][:, :-1] == -100, 0)
+    assert torch.equal(b["decoder_input_ids"][:, 1:], shifted)
     lens = b["attention_mask"].sum(1).tolist()
     assert (b["input_ids"][b["attention_mask"] == 0] == 0).all()
     for r, n in enumerate(lens):

@@ -164,8 +164,8 @@ class SpanCorruptionCollator:
     """Token sequences -> a T5 batch for ``EncoderDecoderLM(**batch)``.
 
     Each example (ids as list/array/tensor, or a dict with input_ids) gets its own noise
-    mask; output: input_ids, attention_mask (right-padded with `pad_id`) and labels
-    (targets, -100 on padding; the model shifts them right itself). The masks of call n
+    mask; output: input_ids, attention_mask (right-padded with `pad_id`), labels
+    (targets, -100 on padding) and decoder_input_ids (labels shifted right after `pad_id`). The masks of call n
     come from (seed, n), saved by `state_dict()`.
     """
 
@@ -227,7 +227,12 @@ class SpanCorruptionCollator:
             input_ids[r, : inp.size] = torch.from_numpy(inp)
             attention[r, : inp.size] = 1
             labels[r, : tgt.size] = torch.from_numpy(tgt)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        # teacher forcing: the decoder reads the targets shifted right, starting from pad
+        # (T5's decoder_start_token_id); given explicitly so evaluation without labels works
+        decoder_input_ids = torch.full_like(labels, self.pad_id)
+        decoder_input_ids[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_id)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+                "decoder_input_ids": decoder_input_ids}
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "calls": self.calls}

@@ -47,7 +47,6 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=config.qkv_bias)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=config.o_bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
         self,
@@ -96,7 +95,7 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=attn_bias, dropout_p=dropout, is_causal=causal, scale=self.scale
             )
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
-        return self.resid_dropout(self.o_proj(out)), weights
+        return self.o_proj(out), weights  # residual dropout is the block's
 
     def _explicit(self, q, k, v, attn_bias, causal, dropout):
         scores = (q @ k.transpose(-2, -1)).float() * self.scale
