@@ -3,6 +3,11 @@ chat templates."""
 
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.bpe import AddedToken, BPETokenizer
+from lmkit.tokenizers.loading import load_tokenizer
 from lmkit.tokenizers.chat_template import CHATML, LLAMA3, ChatTemplate, get_template
+from lmkit.tokenizers.simple import CharTokenizer, WhitespaceTokenizer
+from lmkit.tokenizers.unigram import UnigramTokenizer
+from lmkit.tokenizers.wordpiece import WordPieceTokenizer
 
 __all__ = ["Tokenizer", "AddedToken", "BPETokenizer", "CHATML", "LLAMA3", "ChatTemplate", "get_template"]
+__all__ += ["load_tokenizer", "UnigramTokenizer", "WordPieceTokenizer", "WhitespaceTokenizer", "CharTokenizer"]

@@ -245,4 +245,18 @@ def _bpe_to_hf(tok: BPETokenizer) -> dict:
 
 
 #: model type -> reader(data, source)
-_READERS: dict[str, Callable[[dict, str], Tokenizer]] = {"BPE": _bpe_from_hf}
+def _unigram_from_hf(data: dict, source: str) -> Tokenizer:
+    from lmkit.tokenizers.unigram import UnigramTokenizer
+
+    return UnigramTokenizer.from_hf_dict(data, source)
+
+
+def _wordpiece_from_hf(data: dict, source: str) -> Tokenizer:
+    from lmkit.tokenizers.wordpiece import WordPieceTokenizer
+
+    return WordPieceTokenizer.from_hf_dict(data, source)
+
+
+_READERS: dict[str, Callable[[dict, str], Tokenizer]] = {
+    "BPE": _bpe_from_hf, "Unigram": _unigram_from_hf, "WordPiece": _wordpiece_from_hf,
+}
