@@ -167,6 +167,35 @@ def test_bert_any_head_set_round_trips(tmp_path, heads):
     close(out.hidden_states[-1], a.hidden_states)
 
 
+def test_heads_follow_the_weights(tmp_path):
+    """A BertModel exported without its pooler, and a BertForPreTraining config whose head
+    weights were stripped, load as the backbone (with a warning for promised heads)."""
+    hf = perturb(transformers.BertModel(bert_hf_config(), add_pooling_layer=False))
+    hf.save_pretrained(tmp_path / "bare")
+    with pytest.warns(UserWarning, match=r"\['pooler'\]"):
+        ours = load_pretrained(tmp_path / "bare")
+    assert ours.heads == () and ours.config.extra["heads"] == []
+    ids, mask, types, _, _ = bert_inputs()
+    real = mask.bool()
+    with torch.no_grad():
+        a = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        b = ours(ids, attention_mask=mask, token_type_ids=types)
+    assert b.pooled is None and b.logits is None
+    close(b.hidden_states[real], a[real])
+
+    full = perturb(transformers.BertForPreTraining(bert_hf_config()))
+    full.save_pretrained(tmp_path / "full")
+    sd = load_file(tmp_path / "full" / "model.safetensors")
+    save_file({k: v for k, v in sd.items() if not k.startswith("cls.")}, tmp_path / "full" / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"\['mlm', 'nsp'\]"):
+        ours = load_pretrained(tmp_path / "full")
+    assert ours.heads == ("pooler",)
+    with torch.no_grad():
+        a = full.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        b = ours(ids, attention_mask=mask, token_type_ids=types)
+    close(b.pooled, a.pooler_output)
+
+
 def test_bert_legacy_gamma_beta_names(tmp_path):
     hf = perturb(transformers.BertForPreTraining(bert_hf_config()))
     hf.save_pretrained(tmp_path)
@@ -323,15 +352,42 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     save_file(sd, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"missing[\s\S]*layers\.1\.mlp\.down_proj\.weight"):
         load_pretrained(tmp_path)
-    # a BertForPreTraining config whose weights lack the heads
-    backbone = {k: v for k, v in full.items() if k.startswith("bert.")}
-    save_file(backbone, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"mlm_head\.dense\.weight[\s\S]*nsp_head\.weight"):
+    # a head present only in part is built, so its missing tensors are named
+    partial = {k: v for k, v in full.items() if k not in ("cls.predictions.transform.dense.weight",
+                                                          "cls.seq_relationship.bias")}
+    save_file(partial, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"mlm_head\.dense\.weight[\s\S]*nsp_head\.bias"):
+        load_pretrained(tmp_path)
+    # an NSP head keeps the pooler it reads, so a missing pooler is named too
+    no_pooler = {k: v for k, v in full.items() if not k.startswith("bert.pooler.")}
+    save_file(no_pooler, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"pooler\.dense\.weight"):
         load_pretrained(tmp_path)
     bad = dict(full)
     bad["bert.embeddings.token_type_embeddings.weight"] = torch.zeros(3, 32)
     save_file(bad, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"embed_types\.weight: expected \(2, 32\), found \(3, 32\)"):
+        load_pretrained(tmp_path)
+
+
+def test_t5_bad_checkpoints_are_named(tmp_path):
+    hf = transformers.T5ForConditionalGeneration(t5_hf_config("gated-gelu", False))
+    hf.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    full = dict(sd)
+    del sd["decoder.block.1.layer.1.EncDecAttention.k.weight"]
+    sd["encoder.block.0.layer.1.DenseReluDense.wi.weight"] = torch.zeros(48, 32)  # relu name in a gated model
+    save_file(sd, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing[\s\S]*decoder\.layers\.1\.cross_attn\.k_proj\.weight"
+                                              r"[\s\S]*unexpected[\s\S]*DenseReluDense\.wi\.weight"):
+        load_pretrained(tmp_path)
+    save_file(full, tmp_path / "model.safetensors")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "pad_token_id": V + 1}))
+    with pytest.raises(ConfigError, match=r"t5\) contradicts itself[\s\S]*pad_token_id[\s\S]*config\.json"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "feed_forward_proj": "gated-mish"}))
+    with pytest.raises(ConfigError, match=r"feed_forward_proj='gated-mish'"):
         load_pretrained(tmp_path)
 
 

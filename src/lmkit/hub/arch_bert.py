@@ -11,15 +11,20 @@ BERT is a post-LayerNorm encoder (eps 1e-12) with learned absolute positions, to
     `pooler.dense`;
   * old TensorFlow conversions name LayerNorm parameters gamma/beta.
 
-Which heads a checkpoint has follows its `architectures` entry (BertModel: pooler only;
-BertForMaskedLM: MLM only; BertForPreTraining: all). It is recorded as
-``ModelConfig.extra["heads"]`` (see models/encoder.py), so loading stays strict: a head the
-config promises but the weights lack is reported tensor by tensor. A head set no
-transformers class has exactly (pooler + MLM, or none at all) is also written as
-`lmkit_heads` in config.json, which transformers ignores, so lmkit reads back exactly the
-model it wrote while transformers loads the nearest class. Other task heads
-(classifier, qa_outputs) are not modelled: their tensors are skipped with a warning and the
-backbone loads. Saving writes `architectures` from the model's heads, so transformers'
+Which heads the model gets. `config_from_hf` guesses them from the `architectures` entry
+(BertModel: pooler only; BertForMaskedLM: MLM only; BertForPreTraining: all) and records
+the set as ``ModelConfig.extra["heads"]`` (see models/encoder.py). The weights have the last
+word: `state_from_hf` keeps exactly the heads that have at least one tensor in the
+checkpoint and writes that set back into ``cfg.extra["heads"]`` before `load_pretrained`
+builds the model — so a `BertModel` exported without its pooler (add_pooling_layer=False),
+or a pretraining config whose head weights were stripped, loads as the backbone (with a
+warning naming each promised head that is absent), while loading stays strict for
+everything that is built: a missing backbone tensor, or a head present only in part, is
+reported tensor by tensor. A head set no transformers class has exactly (pooler + MLM, or
+none at all) is also written as `lmkit_heads` in config.json, which transformers ignores,
+so lmkit reads back exactly the model it wrote while transformers loads the nearest class.
+Other task heads (classifier, qa_outputs) are not modelled: their tensors are skipped with
+a warning and the backbone loads. Saving writes `architectures` from the model's heads, so transformers'
 `AutoModel` / `BertForPreTraining` read the checkpoint back.
 """
 
@@ -266,7 +271,32 @@ def state_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
     out = NAME_MAP.rename_to_ours(sd, drop=DROP)
     if cfg.tie_embeddings and "embed_tokens.weight" in out:
         out.pop("mlm_head.decoder.weight", None)
+    _heads_from_weights(out, cfg)
     return out
+
+
+_HEAD_PREFIXES = {"pooler": "pooler.", "mlm": "mlm_head.", "nsp": "nsp_head."}
+
+
+def _heads_from_weights(out: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """Set cfg.extra["heads"] to the heads with at least one tensor in the (renamed) state.
+
+    NSP reads the pooler output, so an NSP head keeps the pooler (whose tensors, if absent,
+    the strict loader then names). Promised heads that are wholly absent are dropped with a
+    warning rather than built with random weights.
+    """
+    promised = _heads(cfg)
+    found = {h for h, prefix in _HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in out)}
+    if "nsp" in found:
+        found.add("pooler")
+    heads = tuple(h for h in ("pooler", "mlm", "nsp") if h in found)
+    absent = [h for h in promised if h not in heads]
+    if absent:
+        warnings.warn(
+            f"bert: the config promises the {absent} head(s) but the checkpoint has no tensors for them; "
+            "the model is built without them", stacklevel=4,
+        )
+    cfg.extra = {**cfg.extra, "heads": list(heads)}
 
 
 def state_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -17,12 +17,14 @@ Parameter names (hub/arch_bert.py maps Hugging Face names onto these):
   embed_tokens.weight when config.tie_embeddings), mlm_head.bias, nsp_head.{weight,bias}.
 
 Heads. A checkpoint may carry any subset of the heads: a plain `BertModel` (such as
-all-MiniLM-L6-v2) has only the pooler, `BertForMaskedLM` only the MLM head. The set is part
-of the config — ``config.extra["heads"]``, a list drawn from ("pooler", "mlm", "nsp"),
-default all three — so a model rebuilt from its config always has the same parameters and
-a load stays strict: a head the config promises but the checkpoint lacks is an error that
-names the missing tensors, never a silently random head. ``EncoderLM(config, heads=...)``
-overrides the set and records it in the model's own copy of the config.
+all-MiniLM-L6-v2) has only the pooler (or nothing, when exported without it),
+`BertForMaskedLM` only the MLM head. The set is part of the config —
+``config.extra["heads"]``, a list drawn from ("pooler", "mlm", "nsp"), default all three —
+so a model rebuilt from its config always has the same parameters, and a strict load of a
+model never leaves a silently random head: a head that is built must find all its tensors.
+hub/arch_bert.py sets the list from the heads whose tensors a checkpoint actually holds.
+``EncoderLM(config, heads=...)`` overrides the set and records it in the model's own copy
+of the config. Gradient checkpointing: `gradient_checkpointing_enable()`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.block import TransformerBlock
 from lmkit.models.config import ModelConfig
@@ -143,6 +146,12 @@ class EncoderLM(nn.Module):
         """Distinct parameters (a tied MLM decoder counts once)."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them
+        (training mode only): activation memory drops from O(layers) to O(1) layers for
+        about one more forward pass of compute."""
+        self.gradient_checkpointing = enabled
+
     # ---- forward ------------------------------------------------------------------------
     def encode(
         self,
@@ -189,8 +198,14 @@ class EncoderLM(nn.Module):
         attn_bias = to_additive_bias(allowed, x.dtype, score_bias)
 
         attentions = []
+        checkpointing = getattr(self, "gradient_checkpointing", False) and self.training
         for layer in self.layers:
-            x, w = layer(x, attn_bias=attn_bias, rope=rope, return_weights=return_weights)
+            if checkpointing:
+                x, w = checkpoint(
+                    layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, return_weights=return_weights
+                )
+            else:
+                x, w = layer(x, attn_bias=attn_bias, rope=rope, return_weights=return_weights)
             if return_weights:
                 attentions.append(w)
         return self.norm(x), attentions

@@ -23,7 +23,8 @@ Parameter names (hub/arch_t5.py maps Hugging Face names onto these):
 Incremental decoding: `decode(..., kv_cache=cache)` with a `KVCache` from `make_cache`
 stores the decoder self-attention keys/values; the cross-attention keys/values are
 recomputed from encoder_states at each step (cheap next to the encoder, and it keeps the
-cache a plain self-attention cache).
+cache a plain self-attention cache). `gradient_checkpointing_enable()` recomputes the layers
+of both stacks in the backward pass (training mode, no cache).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.attention import Attention
 from lmkit.models.block import TransformerBlock
@@ -60,6 +62,7 @@ class Stack(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TransformerBlock(config, cross_attention=is_decoder) for _ in range(n_layers))
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.gradient_checkpointing = False  # set by EncoderDecoderLM.gradient_checkpointing_enable
 
     def forward(
         self,
@@ -93,12 +96,19 @@ class Stack(nn.Module):
             score_bias = self.relative_bias(q_pos, k_pos)  # computed once, shared by every layer
         attn_bias = to_additive_bias(allowed, x.dtype, score_bias)
         attentions = []
+        checkpointing = self.gradient_checkpointing and self.training and kv_cache is None
         for i, layer in enumerate(self.layers):
-            x, w = layer(
-                x, attn_bias=attn_bias, rope=rope,
-                kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                encoder_states=encoder_states, cross_bias=cross_bias, return_weights=return_weights,
-            )
+            if checkpointing:
+                x, w = checkpoint(
+                    layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, encoder_states=encoder_states,
+                    cross_bias=cross_bias, return_weights=return_weights,
+                )
+            else:
+                x, w = layer(
+                    x, attn_bias=attn_bias, rope=rope,
+                    kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
+                    encoder_states=encoder_states, cross_bias=cross_bias, return_weights=return_weights,
+                )
             if return_weights:
                 attentions.append(w)
         return self.dropout(self.norm(x)), attentions
@@ -153,6 +163,13 @@ class EncoderDecoderLM(nn.Module):
     def num_parameters(self) -> int:
         """Distinct parameters (a tied lm_head counts once)."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute each layer's activations (both stacks) in the backward pass instead of
+        storing them (training mode, no KV cache): activation memory drops from O(layers)
+        to O(1) layers for about one more forward pass of compute."""
+        self.encoder.gradient_checkpointing = enabled
+        self.decoder.gradient_checkpointing = enabled
 
     def make_cache(self, batch_size: int, max_len: int | None = None):
         """A `KVCache` for the decoder's self-attention (max_len defaults to config.max_seq_len)."""
