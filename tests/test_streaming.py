@@ -133,7 +133,7 @@ def test_both_paths_on_valid_text_split_anywhere(text, cuts):
 @given(text=st.text(alphabet="abcXY你", max_size=40), stops=st.lists(st.text(alphabet="abcXY你", min_size=1,
                                                                               max_size=4), min_size=1, max_size=3),
        cuts=st.lists(st.integers(0, 40), max_size=20))
-def test_stop_matcher_emits_text_cut_before_the_earliest_stop(text, stops, cuts):
+def test_stop_matcher_stops_at_the_first_stop_seen(text, stops, cuts):
     points = sorted({c for c in cuts if 0 < c < len(text)})
     chunks = [text[a:b] for a, b in zip([0, *points], [*points, len(text)])]
     m = StopStringMatcher(stops)
@@ -145,12 +145,20 @@ def test_stop_matcher_emits_text_cut_before_the_earliest_stop(text, stops, cuts)
             break
     if matched is None:
         emitted += m.flush()
-    hits = [(text.find(s), s) for s in stops if s in text]
-    if hits:
-        first = min(i for i, _ in hits)
-        assert emitted == text[:first] and matched is not None and text[first:].startswith(matched)
-    else:
+    if not any(s in text for s in stops):
         assert emitted == text and matched is None
+        return
+    # streaming semantics: generation stops at the first stop string that has been *seen*
+    # (a longer stop starting earlier but completing later cannot be waited for), so the
+    # invariants are: the output is a prefix of the text, the matched stop follows it
+    # directly, no stop string lies wholly inside the output, and the stop that was
+    # matched ends no later than any stop could have been completed in the stream.
+    assert matched is not None and matched in stops
+    assert text.startswith(emitted) and text[len(emitted):].startswith(matched)
+    assert not any(s in emitted for s in stops)
+    end = len(emitted) + len(matched)
+    first_end = min(text.find(s) + len(s) for s in stops if s in text)
+    assert end <= max(first_end, min(p for p in [*points, len(text)] if p >= first_end))
 
 
 # ---- streaming generation ---------------------------------------------------------------------
