@@ -1,9 +1,11 @@
-"""Logits processors against their transformers namesakes on random scores; OpenAI penalties
-against the formula written out; GenerationConfig validation."""
+"""Logits processors and warpers against their Hugging Face counterparts, on random scores.
+
+Oracle: transformers.generation.logits_process (same inputs, same outputs, -inf included).
+Presence/frequency penalties (not in transformers) are checked against the OpenAI formula
+written out directly. Plus GenerationConfig validation.
+"""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmkit.errors import ConfigError
-from lmkit.infer import GenerationConfig, build_logits_processors
+from lmkit.infer import GenerationConfig
 from lmkit.infer.sampling import (
     MinNewTokensLogitsProcessor,
     MinPLogitsWarper,
@@ -22,194 +24,200 @@ from lmkit.infer.sampling import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
-    choose_tokens,
+    build_logits_processors,
 )
 
 lp = pytest.importorskip("transformers.generation.logits_process")
 
-V = 50
+B, V, T = 4, 50, 12
 
 
-def random_case(seed: int, batch: int = 4, length: int = 12, vocab: int = V, low_vocab: int | None = None):
-    """Random scores and a history with many repeats (small id range) so every processor bites."""
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_case(seed: int, vocab: int = V, length: int = T):
     g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(batch, vocab, generator=g) * 3
-    ids = torch.randint(0, low_vocab or 8, (batch, length), generator=g)
+    scores = torch.randn(B, vocab, generator=g) * 3
+    ids = torch.randint(0, min(vocab, 12), (B, length), generator=g)  # small id range: many repeats
     return ids, scores
 
 
-def same(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.shape == b.shape
-    assert torch.equal(torch.isinf(a), torch.isinf(b)), "different tokens were removed"
-    finite = torch.isfinite(a)
-    torch.testing.assert_close(a[finite], b[finite], rtol=1e-6, atol=1e-6)
+def same(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
 
 
-# ---- each processor vs transformers -------------------------------------------------------
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("penalty", [0.5, 1.3, 2.0])
-def test_repetition_penalty_matches_hf(seed, penalty):
-    ids, scores = random_case(seed)
-    same(RepetitionPenaltyLogitsProcessor(penalty)(ids, scores.clone()),
-         lp.RepetitionPenaltyLogitsProcessor(penalty)(ids, scores.clone()))
+SEEDS = range(6)
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("t", [0.3, 1.0, 1.7])
-def test_temperature_matches_hf(seed, t):
-    ids, scores = random_case(seed)
-    same(TemperatureLogitsWarper(t)(ids, scores), lp.TemperatureLogitsWarper(t)(ids, scores))
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("t", [0.3, 0.7, 1.5])
+def test_temperature(seed, t):
+    ids, s = random_case(seed)
+    same(TemperatureLogitsWarper(t)(ids, s), lp.TemperatureLogitsWarper(t)(ids, s.clone()))
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("k,keep", [(1, 1), (5, 1), (5, 8), (V + 10, 1)])
-def test_top_k_matches_hf(seed, k, keep):
-    ids, scores = random_case(seed)
-    scores[0, :6] = scores[0, 0]  # ties at the k-th value are kept by both
-    same(TopKLogitsWarper(k, keep)(ids, scores), lp.TopKLogitsWarper(k, min_tokens_to_keep=keep)(ids, scores))
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("k,keep", [(1, 1), (5, 1), (3, 4), (V + 10, 1)])
+def test_top_k(seed, k, keep):
+    ids, s = random_case(seed)
+    s[0, :6] = s[0, 0]  # ties at the boundary are kept by both
+    same(TopKLogitsWarper(k, keep)(ids, s), lp.TopKLogitsWarper(k, min_tokens_to_keep=keep)(ids, s.clone()))
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("p,keep", [(0.1, 1), (0.5, 1), (0.9, 3), (0.99, 1), (1e-6, 2)])
-def test_top_p_matches_hf(seed, p, keep):
-    ids, scores = random_case(seed)
-    same(TopPLogitsWarper(p, keep)(ids, scores), lp.TopPLogitsWarper(p, min_tokens_to_keep=keep)(ids, scores))
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("p,keep", [(0.1, 1), (0.5, 1), (0.9, 1), (0.95, 3), (0.0, 1), (1.0, 1)])
+def test_top_p(seed, p, keep):
+    ids, s = random_case(seed)
+    ref = lp.TopPLogitsWarper(p, min_tokens_to_keep=keep) if p > 0 else None
+    if ref is None:  # HF rejects 0; ours keeps min_tokens_to_keep
+        out = TopPLogitsWarper(p, keep)(ids, s)
+        assert (~torch.isinf(out)).sum(-1).eq(keep).all()
+        return
+    same(TopPLogitsWarper(p, keep)(ids, s), ref(ids, s.clone()))
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("m,keep", [(0.0, 1), (0.05, 1), (0.3, 2), (1.0, 1)])
-def test_min_p_matches_hf(seed, m, keep):
-    ids, scores = random_case(seed)
-    same(MinPLogitsWarper(m, keep)(ids, scores), lp.MinPLogitsWarper(m, min_tokens_to_keep=keep)(ids, scores))
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("m,keep", [(0.0, 1), (0.05, 1), (0.2, 1), (0.5, 2), (1.0, 1)])
+def test_min_p(seed, m, keep):
+    ids, s = random_case(seed)
+    same(MinPLogitsWarper(m, keep)(ids, s), lp.MinPLogitsWarper(m, min_tokens_to_keep=keep)(ids, s.clone()))
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_no_repeat_ngram_matches_hf(seed, n):
-    ids, scores = random_case(seed, length=20, low_vocab=4)
-    same(NoRepeatNGramLogitsProcessor(n)(ids, scores), lp.NoRepeatNGramLogitsProcessor(n)(ids, scores))
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
+def test_repetition_penalty(seed, penalty):
+    ids, s = random_case(seed)
+    same(RepetitionPenaltyLogitsProcessor(penalty)(ids, s),
+         lp.RepetitionPenaltyLogitsProcessor(penalty)(ids, s.clone()))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_no_bad_words_matches_hf(seed):
-    ids, scores = random_case(seed, length=10, low_vocab=4)
-    bad = [[7], [3, 9], [1, 2], [0, 1, 2], [2, 2, 3, 11], [5]]  # [5] is EOS: ignored by both
-    ids[0, -2:] = torch.tensor([0, 1])  # make sure some multi-token prefixes match
-    ids[1, -1] = 3
-    ours = NoBadWordsLogitsProcessor(bad, eos_token_id=5)(ids, scores)
-    same(ours, lp.NoBadWordsLogitsProcessor(bad, eos_token_id=5)(ids, scores))
-    assert torch.isinf(ours[0, 2]) and torch.isinf(ours[1, 9]) and torch.isfinite(ours[:, 5]).all()
-
-
-@pytest.mark.parametrize("length", [3, 6, 9])
-def test_min_new_tokens_matches_hf(length):
-    ids, scores = random_case(0, length=length)
-    ours = MinNewTokensLogitsProcessor(3, 6, [4, 7])(ids, scores)
-    same(ours, lp.MinNewTokensLengthLogitsProcessor(3, 6, [4, 7])(ids, scores))
-
-
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), t=st.floats(0.2, 3.0), k=st.integers(1, 60), p=st.floats(0.05, 1.0),
-       rep=st.floats(0.5, 2.0), n=st.integers(0, 3), m=st.one_of(st.none(), st.floats(0.0, 0.5)))
-def test_pipeline_matches_hf_in_hf_order(seed, t, k, p, rep, n, m):
-    """The whole chain build_logits_processors makes equals HF's processors applied in HF's order."""
-    ids, scores = random_case(seed % 1000, low_vocab=6)
-    cfg = GenerationConfig(do_sample=True, temperature=t, top_k=k, top_p=p, repetition_penalty=rep,
-                           no_repeat_ngram_size=n, min_p=m, min_new_tokens=2, max_new_tokens=20, eos_token_id=3)
-    ours = build_logits_processors(cfg, prompt_len=ids.shape[1] - 1)(ids, scores.clone())
-    hf = [lp.RepetitionPenaltyLogitsProcessor(rep)] if rep != 1.0 else []
-    hf += [lp.NoRepeatNGramLogitsProcessor(n)] if n else []
-    hf += [lp.MinNewTokensLengthLogitsProcessor(ids.shape[1] - 1, 2, 3)]
-    hf += [lp.TemperatureLogitsWarper(t)] if t != 1.0 else []
-    hf += [lp.TopKLogitsWarper(k)]
-    hf += [lp.TopPLogitsWarper(p)] if p < 1.0 else []
-    hf += [lp.MinPLogitsWarper(m)] if m is not None else []
-    ref = lp.LogitsProcessorList(hf)(ids, scores.clone())
+def test_repetition_penalty_ignores_padding():
+    ids, s = random_case(0)
+    padded = ids.clone()
+    padded[0, :4] = -1  # left padding of row 0
+    ours = RepetitionPenaltyLogitsProcessor(1.5)(padded, s)
+    ref = torch.stack([lp.RepetitionPenaltyLogitsProcessor(1.5)(r[r >= 0][None], x[None].clone())[0]
+                       for r, x in zip(padded, s)])
     same(ours, ref)
 
 
-# ---- OpenAI penalties vs the formula --------------------------------------------------------
-@pytest.mark.parametrize("presence,frequency", [(0.0, 0.5), (0.7, 0.0), (1.5, -0.4), (-1.0, 2.0)])
-def test_presence_frequency_formula(presence, frequency):
-    ids, scores = random_case(1, length=15)
-    prompt = 5
-    out = PresenceFrequencyPenaltyLogitsProcessor(presence, frequency, prompt)(ids, scores)
-    expect = scores.clone()
-    for b in range(ids.shape[0]):
-        generated = ids[b, prompt:].tolist()
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_no_repeat_ngram(seed, n):
+    ids, s = random_case(seed, length=20)
+    for length in (n - 1, n, 20):
+        if length < 1:
+            continue
+        x = ids[:, :length]
+        same(NoRepeatNGramLogitsProcessor(n)(x, s), lp.NoRepeatNGramLogitsProcessor(n)(x, s.clone()))
+
+
+def test_no_repeat_ngram_bans_a_repeat():
+    ids = torch.tensor([[3, 4, 5, 3, 4]])
+    out = NoRepeatNGramLogitsProcessor(3)(ids, torch.zeros(1, 8))
+    assert torch.isinf(out[0, 5]) and torch.isinf(out).sum() == 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bad_words(seed):
+    ids, s = random_case(seed)
+    bad = [[3], [ids[0, -1].item(), 7], [ids[1, -2].item(), ids[1, -1].item(), 9], [2], [40, 41, 42, 43]]
+    for eos in (None, 2, [2, 5]):
+        same(NoBadWordsLogitsProcessor(bad, eos)(ids, s), lp.NoBadWordsLogitsProcessor(bad, eos)(ids, s.clone()))
+
+
+def test_bad_words_longer_than_context():
+    ids = torch.tensor([[1, 2]])
+    out = NoBadWordsLogitsProcessor([[1, 2, 3, 4]])(ids, torch.zeros(1, 6))
+    assert not torch.isinf(out).any()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_min_new_tokens(seed):
+    ids, s = random_case(seed)
+    for prompt_len, min_new in [(T, 3), (T - 3, 3), (T - 5, 3)]:
+        ours = MinNewTokensLogitsProcessor(prompt_len, min_new, [2, 7])(ids, s)
+        ref = lp.MinNewTokensLengthLogitsProcessor(prompt_len, min_new, [2, 7])(ids, s.clone())
+        same(ours, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(presence=st.floats(-2, 2), frequency=st.floats(-2, 2), prompt_len=st.integers(0, T), seed=st.integers(0, 99))
+def test_presence_frequency_formula(presence, frequency, prompt_len, seed):
+    ids, s = random_case(seed)
+    ours = PresenceFrequencyPenaltyLogitsProcessor(presence, frequency, prompt_len)(ids, s)
+    expected = s.clone()
+    for b in range(B):
+        generated = ids[b, prompt_len:].tolist()
         for tok in set(generated):
-            c = generated.count(tok)
-            expect[b, tok] -= presence * (c > 0) + frequency * c
-    torch.testing.assert_close(out, expect)
-    # prompt tokens that were not generated are untouched
-    only_prompt = set(ids[0, :prompt].tolist()) - set(ids[0, prompt:].tolist())
-    for tok in only_prompt:
-        assert out[0, tok] == scores[0, tok]
+            count = generated.count(tok)
+            expected[b, tok] -= presence * (count > 0) + frequency * count
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-5)
 
 
-def test_presence_penalty_per_row_prompt_length():
-    ids, scores = random_case(2, length=10)
-    per_row = torch.tensor([2, 4, 6, 8])
-    out = PresenceFrequencyPenaltyLogitsProcessor(0.5, 0.25, per_row)(ids, scores)
-    for b in range(4):
-        one = PresenceFrequencyPenaltyLogitsProcessor(0.5, 0.25, int(per_row[b]))(ids[b: b + 1], scores[b: b + 1])
-        torch.testing.assert_close(out[b: b + 1], one)
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), temperature=st.floats(0.2, 3), k=st.integers(0, 60), p=st.floats(0.05, 1.0),
+       m=st.one_of(st.none(), st.floats(0.0, 1.0)), rep=st.floats(0.5, 2.0), n=st.integers(0, 3))
+def test_processor_chain_matches_transformers_order(seed, temperature, k, p, m, rep, n):
+    """The whole list, as built from a config, equals HF's list built from the same options."""
+    ids, s = random_case(seed)
+    cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=k or None, top_p=p, min_p=m,
+                           repetition_penalty=rep, no_repeat_ngram_size=n)
+    ours = build_logits_processors(cfg, prompt_len=4)(ids, s)
+    ref_list = lp.LogitsProcessorList()
+    if rep != 1.0:
+        ref_list.append(lp.RepetitionPenaltyLogitsProcessor(rep))
+    if n:
+        ref_list.append(lp.NoRepeatNGramLogitsProcessor(n))
+    if temperature != 1.0:
+        ref_list.append(lp.TemperatureLogitsWarper(temperature))
+    if k:
+        ref_list.append(lp.TopKLogitsWarper(k))
+    if p < 1.0:
+        ref_list.append(lp.TopPLogitsWarper(p))
+    if m is not None:
+        ref_list.append(lp.MinPLogitsWarper(m))
+    same(ours, ref_list(ids, s.clone()))
 
 
-# ---- padding (negative ids) is invisible -------------------------------------------------
-@pytest.mark.parametrize("make", [
-    lambda: RepetitionPenaltyLogitsProcessor(1.7),
-    lambda: NoRepeatNGramLogitsProcessor(2),
-    lambda: NoRepeatNGramLogitsProcessor(3),
-    lambda: NoBadWordsLogitsProcessor([[1, 2], [3]]),
-])
-def test_left_padding_is_ignored(make):
-    ids, scores = random_case(3, batch=1, length=9, low_vocab=4)
-    padded = torch.cat([torch.full((1, 4), -1), ids], 1)
-    torch.testing.assert_close(make()(padded, scores), make()(ids, scores))
+def test_processors_do_not_modify_their_input():
+    ids, s = random_case(3)
+    before = s.clone()
+    cfg = GenerationConfig(do_sample=True, temperature=0.5, top_k=5, top_p=0.8, min_p=0.1, repetition_penalty=1.2,
+                           presence_penalty=0.5, frequency_penalty=0.3, no_repeat_ngram_size=2, bad_words_ids=[[1]])
+    build_logits_processors(cfg, prompt_len=4, eos_token_ids=[2])(ids, s)
+    assert torch.equal(s, before)
 
 
-def test_presence_penalty_ignores_padding():
-    ids, scores = random_case(3, batch=1, length=9)
-    padded = torch.cat([torch.full((1, 3), -1), ids], 1)
-    a = PresenceFrequencyPenaltyLogitsProcessor(0.5, 0.5, 4)(ids, scores)
-    b = PresenceFrequencyPenaltyLogitsProcessor(0.5, 0.5, 7)(padded, scores)
-    torch.testing.assert_close(a, b)
-
-
-# ---- choosing ---------------------------------------------------------------------------------
-def test_choose_tokens_seeded_and_greedy():
-    scores = torch.randn(3, V)
-    assert torch.equal(choose_tokens(scores, False), scores.argmax(-1))
-    a = choose_tokens(scores, True, torch.Generator().manual_seed(4))
-    b = choose_tokens(scores, True, torch.Generator().manual_seed(4))
-    assert torch.equal(a, b)
-    masked = TopKLogitsWarper(1)(None, scores)
-    assert torch.equal(choose_tokens(masked, True, torch.Generator().manual_seed(0)), scores.argmax(-1))
-
-
-# ---- config --------------------------------------------------------------------------------
-@pytest.mark.parametrize("field,value", [
-    ("max_new_tokens", -1), ("temperature", -0.5), ("top_k", -3), ("top_p", 0.0), ("top_p", 1.5),
-    ("min_p", 2.0), ("repetition_penalty", 0.0), ("num_beams", 0), ("early_stopping", "sometimes"),
-    ("bad_words_ids", [[]]), ("stop", [""]), ("eos_token_id", -1), ("length_penalty", math.inf),
-    ("no_repeat_ngram_size", 1.5),
-])
-def test_config_rejects_bad_values_naming_the_field(field, value):
+# ---- GenerationConfig -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_new_tokens", 0), ("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5),
+     ("top_k", -1), ("min_p", 1.5), ("repetition_penalty", 0.0), ("presence_penalty", 3.0),
+     ("frequency_penalty", float("nan")), ("num_beams", 0), ("early_stopping", "sometimes"),
+     ("bad_words_ids", [[]]), ("bad_words_ids", [1, 2]), ("stop", [""]), ("top_logprobs", 50),
+     ("eos_token_id", -3), ("seed", 1.5), ("do_sample", "yes"), ("no_repeat_ngram_size", -1)],
+)
+def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         GenerationConfig(**{field: value})
 
 
-def test_config_cross_field_rules_and_json_round_trip():
-    with pytest.raises(ConfigError, match="temperature"):
-        GenerationConfig(do_sample=True, temperature=0.0)
-    with pytest.raises(ConfigError, match="num_return_sequences"):
-        GenerationConfig(num_beams=2, num_return_sequences=3)
-    with pytest.raises(ConfigError, match="min_new_tokens"):
-        GenerationConfig(max_new_tokens=3, min_new_tokens=4)
-    with pytest.raises(ConfigError, match="unknown"):
-        GenerationConfig().replace(top_q=0.5)
-    cfg = GenerationConfig(do_sample=True, top_k=5, stop="###", eos_token_id=[2, 3], top_logprobs=3)
-    assert cfg.stop == ["###"] and cfg.logprobs and cfg.eos_ids == [2, 3]
+def test_config_round_trip_and_overrides():
+    cfg = GenerationConfig(max_new_tokens=7, do_sample=True, top_p=0.9, stop="\n\n", eos_token_id=[2, 3], seed=1)
+    assert cfg.stop == ["\n\n"] and cfg.eos_token_ids == [2, 3]
     assert GenerationConfig.from_json(cfg.to_json()) == cfg
-    assert GenerationConfig(eos_token_id=[]).eos_ids == []
+    assert cfg.replace(top_p=0.5).top_p == 0.5
+    with pytest.raises(ConfigError, match="unknown generation option"):
+        cfg.replace(top_q=0.5)
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        GenerationConfig(max_new_tokens=2, min_new_tokens=3)
+    assert GenerationConfig(top_logprobs=3).logprobs is True
+    with pytest.raises(ConfigError, match="beam"):
+        GenerationConfig(num_beams=2, stop=["x"])

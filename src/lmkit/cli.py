@@ -423,56 +423,51 @@ def _sample_text(model, tok, prompt: str, seed: int, max_new_tokens: int = 80) -
 @cli.command("generate")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-p", "--prompt", required=True, help="Text to continue ('-' reads it from stdin).")
-@click.option("--max-new-tokens", type=click.IntRange(0), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="0 = off.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--min-p", type=click.FloatRange(0, 1), default=None)
-@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--num-beams", type=click.IntRange(1), default=1, show_default=True, help="> 1: beam search.")
-@click.option("--stop", multiple=True, help="Stop string (repeatable); not included in the output.")
-@click.option("--seed", type=int, default=None, help="Make sampling reproducible.")
-@click.option("--stream/--no-stream", default=False, help="Print text as it is generated.")
-@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Tokenizer file (default: MODEL_DIR/tokenizer.json).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps ...")
-def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, num_beams,
-                 stop, seed, stream, tokenizer_path, device) -> None:
-    """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR; prints the completion."""
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="0: greedy decoding; > 0: sample at this temperature.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sampling: keep the k best (0: off).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Sampling: nucleus probability mass.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); it is not printed.")
+@click.option("--stream/--no-stream", default=False, help="Print the text as it is generated.")
+@click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
+def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, as_json) -> None:
+    """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (needs MODEL_DIR/tokenizer.json)."""
+    import json
     from pathlib import Path
 
     from lmkit.errors import LmkitError
 
+    tok_path = Path(model_dir) / "tokenizer.json"
+    if not tok_path.is_file():
+        raise click.ClickException(f"{model_dir} has no tokenizer.json next to config.json")
+    text = sys.stdin.read() if prompt == "-" else prompt
     try:
         from lmkit.hub import load_pretrained
-        from lmkit.infer import GenerationConfig, generate, stream_generate
+        from lmkit.infer import GenerationConfig, generate, stream_text
+        from lmkit.infer.generate import encode_prompt
+        from lmkit.tokenizers.bpe import BPETokenizer
 
-        if tokenizer_path is None:
-            tokenizer_path = Path(model_dir) / "tokenizer.json"
-            if not tokenizer_path.is_file():
-                raise click.ClickException(f"{model_dir} has no tokenizer.json; pass --tokenizer PATH")
-            from lmkit.tokenizers.hf_json import load_hf_json
-
-            tok = load_hf_json(tokenizer_path)
-        else:
-            from lmkit.tokenizers.bpe import BPETokenizer
-
-            tok = BPETokenizer.load(tokenizer_path)
-        text = sys.stdin.read() if prompt == "-" else prompt
-        model = load_pretrained(model_dir).to(device)
-        cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=temperature > 0 and num_beams == 1,
-            temperature=temperature if temperature > 0 else 1.0, top_k=top_k or None, top_p=top_p, min_p=min_p,
-            repetition_penalty=repetition_penalty, num_beams=num_beams, stop=list(stop) or None, seed=seed,
-        )
-        if stream and num_beams == 1:
-            for delta in stream_generate(model, tok, text, cfg):
-                click.echo(delta.text, nl=False)
-                sys.stdout.flush()
+        tok = BPETokenizer.from_hf_json(tok_path)
+        model = load_pretrained(model_dir)
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                               temperature=temperature or 1.0, top_k=top_k or None, top_p=top_p, seed=seed,
+                               stop=list(stop) or None)
+        if as_json:
+            out = generate(model, [encode_prompt(tok, text)], cfg, tokenizer=tok)
+            click.echo(json.dumps({"text": out.texts[0], "tokens": out.sequences[0],
+                                   "finish_reason": out.finish_reasons[0]}, ensure_ascii=False))
+        elif stream:
+            click.echo(text, nl=False)
+            for delta in stream_text(model, tok, text, cfg):
+                click.echo(delta, nl=False)
             click.echo()
         else:
-            click.echo(generate(model, text, cfg, tokenizer=tok).text)
-    except (LmkitError, ValueError) as exc:
+            out = generate(model, [encode_prompt(tok, text)], cfg, tokenizer=tok)
+            click.echo(text + out.texts[0])
+    except LmkitError as exc:
         raise click.ClickException(str(exc)) from exc
 # ---- end section: infer ----
 

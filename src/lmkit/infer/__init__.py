@@ -2,35 +2,38 @@
 (repetition, presence, frequency, no-repeat n-gram, bad words), beam search, stop strings,
 streaming, batching with left padding, logprobs, and speculative decoding.
 
-    from lmkit.infer import generate, GenerationConfig
-    out = generate(model, "Once upon a time", tokenizer=tok, max_new_tokens=40, do_sample=True, top_p=0.9, seed=0)
-    print(out.text)
+    from lmkit.infer import generate, generate_text, stream_text
+    out = generate(model, [[1, 5, 7], [1, 9]], max_new_tokens=20)          # token ids in and out
+    text = generate_text(model, tok, "Once upon a time", do_sample=True, top_p=0.9, seed=0)
+    for delta in stream_text(model, tok, "Once upon a time"):
+        print(delta, end="", flush=True)
 """
 
 from lmkit.infer.beam_search import beam_search
 from lmkit.infer.config import GenerationConfig
 from lmkit.infer.generate import (
     GenerationOutput,
-    StreamDelta,
+    Step,
     generate,
     generate_text,
+    iter_steps,
     prepare_prompts,
     resolve_config,
-    stream_generate,
+    stream_text,
 )
 from lmkit.infer.sampling import LogitsProcessor, LogitsProcessorList, build_logits_processors
 from lmkit.infer.speculative import SpeculativeOutput, speculative_generate
 from lmkit.infer.stop import StopStringMatcher
-from lmkit.infer.streaming import IncrementalDetokenizer, TextStream, stream_text
+from lmkit.infer.streaming import IncrementalDetokenizer, TextStream
 
 __all__ = [
     "GenerationConfig",
     "GenerationOutput",
-    "StreamDelta",
+    "Step",
     "generate",
     "generate_text",
-    "stream_generate",
     "stream_text",
+    "iter_steps",
     "beam_search",
     "speculative_generate",
     "SpeculativeOutput",

@@ -1,179 +1,164 @@
-"""Beam search with Hugging Face's semantics (length penalty, early stopping), on a KV cache.
+"""Beam search with Hugging Face's semantics (length penalty, early stopping), vectorised.
 
-Keep the `num_beams` best partial sequences by total log-probability. Each step every beam
-proposes all V continuations; the best 2*num_beams (more with several EOS ids) of the
-num_beams*V candidates are taken, so that even if the best ones all end in EOS there are
-still num_beams running beams to continue. A candidate that ends (EOS, or the length limit)
-and is among the top num_beams becomes a *finished hypothesis* scored
+Keep the `num_beams` best partial sequences ("beams") by total log-probability. Each step
+every beam proposes every token; of the num_beams * V candidates the top
+K = max(2, 1 + n_eos) * num_beams are taken, so that even if the best num_beams all end in
+EOS there are still num_beams live candidates to continue with.
 
-    score = sum of log-probabilities / (generated length) ** length_penalty
-
-(length_penalty > 0 favours longer outputs, < 0 shorter); the num_beams best hypotheses
-per prompt are kept. The search of a prompt stops when, by `early_stopping`:
-  True     num_beams hypotheses are finished;
-  False    the best running beam, scored at its current length, cannot beat the worst
-           finished hypothesis (HF's heuristic, the default);
-  "never"  as False, but with length_penalty > 0 the running beam is scored at the maximum
-           length (the canonical, exact stopping rule).
-This is the vectorised algorithm of transformers' `_beam_search` step by step, so the
-results are the same token for token (the tests check it); the KV cache rows are reordered
-with `KVCache.select` whenever beams swap places. Logits processors see log-probabilities,
-as in HF. With do_sample=True the candidates are drawn without replacement instead of
-taken best-first (beam sampling).
+* A candidate that ends in EOS (or reaches max length) among the top num_beams of this step
+  becomes a finished hypothesis with score  sum_logprob / generated_len ** length_penalty
+  (generated_len counts the new tokens, EOS included). length_penalty > 0 favours longer
+  outputs, < 0 shorter ones. The num_beams best finished hypotheses are kept.
+* The num_beams best candidates that did not finish become the next beams; the KV cache
+  rows are reordered to follow them (`KVCache.select`).
+* Stopping (`early_stopping`):
+    True     stop as soon as num_beams hypotheses are finished;
+    False    stop when no live beam can still beat the worst finished one, estimating the
+             live beam's best final score at the current length (HF's heuristic);
+    "never"  the same test but with the most optimistic length (max length when
+             length_penalty > 0): the canonical, exhaustive beam search.
+The result is the best finished hypothesis of each prompt. With do_sample=True the K
+candidates are drawn without replacement from the (warped) distribution instead (beam
+sampling). Float operations follow transformers' order exactly, so tied scores break the
+same way and the token ids are identical.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from lmkit.infer.config import GenerationConfig
-from lmkit.infer.generate import GenerationOutput, _generator, _make_cache
-from lmkit.infer.sampling import LogitsProcessorList, build_logits_processors
-from lmkit.tokenizers.base import Tokenizer
+from lmkit.infer.fused_step import ModelRunner
+from lmkit.infer.generate import GenerationOutput, make_generator
+from lmkit.infer.sampling import NO_TOKEN, build_logits_processors
 
 
-def _gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t [B, beams, ...], idx [B, k] -> [B, k, ...]."""
-    while idx.dim() < t.dim():
+def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, N, ...], idx [B, M] -> x[b, idx[b, m], ...]."""
+    while idx.dim() < x.dim():
         idx = idx.unsqueeze(-1)
-    return torch.take_along_dim(t, idx, dim=1)
+    return torch.take_along_dim(x, idx, dim=1)
 
 
-@torch.no_grad()  # not inference_mode: the returned tensors stay usable with autograd
-def beam_search(
-    model: torch.nn.Module,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    cfg: GenerationConfig,
-    tokenizer: Tokenizer | None = None,
-    logits_processors: Sequence | None = None,
-) -> GenerationOutput:
-    """Beam search over left-padded prompts ids/mask [B, P] (see `generate`, which calls this)."""
-    b, p = ids.shape
-    k = cfg.num_beams
-    n = cfg.max_new_tokens
-    device = ids.device
-    max_length = p + n
-    eos_ids = cfg.eos_ids
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=device) if eos_ids else None
-    keep = max(2, 1 + len(eos_ids)) * k
-    top_num_beam_mask = torch.arange(keep, device=device) < k
-    lp_exp = cfg.length_penalty
-    early = cfg.early_stopping
-    fill = (cfg.pad_token_id or eos_ids[0]) if eos_ids else -1  # what transformers fills ended beams with
+@torch.inference_mode()
+def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig) -> GenerationOutput:
+    """Best beam per prompt; `prompts` are token-id lists (checked by `generate`)."""
+    device = next(model.parameters()).device
+    nb = cfg.num_beams
+    b = len(prompts)
+    lens = [len(p) for p in prompts]
+    t = max(lens)
+    max_length = t + cfg.max_new_tokens
+    eos = cfg.eos_token_ids
+    keep = max(2, 1 + len(eos)) * nb
+    top_mask = torch.zeros(keep, dtype=torch.bool, device=device)
+    top_mask[:nb] = True
+    procs = build_logits_processors(cfg, t, eos)
+    gen = make_generator(cfg, device)
+    eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+    length_penalty, early = cfg.length_penalty, cfg.early_stopping
 
-    lengths = mask.sum(1)
-    padded = not bool(mask.all())
-    running = torch.full((b, k, max_length), fill, dtype=torch.long, device=device)
-    running[:, :, :p] = ids.masked_fill(~mask, -1)[:, None]  # -1: padding, ignored by the processors
+    prompt = torch.full((b, t), NO_TOKEN, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        prompt[i, t - len(p) :] = torch.tensor(p, dtype=torch.long)
+    prompt = prompt.to(device)
+    running = torch.full((b, nb, max_length), NO_TOKEN, dtype=torch.long, device=device)
+    running[:, :, :t] = prompt[:, None]
     finished_seqs = running.clone()
-    running_scores = torch.zeros(b, k, device=device)
-    running_scores[:, 1:] = -1e9  # only the first beam is live at the start: no duplicate beams
-    finished_scores = torch.full((b, k), -1e9, device=device)
-    is_finished = torch.zeros(b, k, dtype=torch.bool, device=device)
+    running_scores = torch.zeros(b, nb, device=device)
+    running_scores[:, 1:] = -1e9
+    finished_scores = torch.full((b, nb), -1e9, device=device)
+    is_finished = torch.zeros(b, nb, dtype=torch.bool, device=device)
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
-    running_idx = torch.full((b, k, max(n, 1)), -1, dtype=torch.long, device=device)
-    finished_idx = running_idx.clone()
 
-    flat_ids = ids.repeat_interleave(k, 0)
-    flat_mask = mask.repeat_interleave(k, 0)
-    model_mask = torch.cat([flat_mask.long(), flat_mask.new_ones(b * k, n, dtype=torch.long)], 1) if padded else None
-    positions = lengths.repeat_interleave(k, 0)[:, None] + torch.arange(n, device=device)[None]
-    min_keep = len(eos_ids) + 1 if eos_ids else 2
-    processors = build_logits_processors(cfg, p, min_tokens_to_keep=min_keep if cfg.do_sample else 1)
-    if logits_processors:
-        processors = LogitsProcessorList([*processors, *logits_processors])
-    generator = _generator(cfg.seed, device)
-    batch_offset = torch.arange(b, device=device)[:, None] * k
+    # prefill once per prompt, then copy the cache rows (and mask, positions) to every beam
+    mask = None
+    if any(n != t for n in lens):
+        mask = torch.zeros(b, max_length, dtype=torch.long)
+        for i, n in enumerate(lens):
+            mask[i, t - n :] = 1
+        mask = mask.to(device)
+    cache = model.make_cache(b, max_length)
+    runner = ModelRunner(model, b, max_length, mask, cfg.fused)
+    logits = runner.prefill(prompt.clamp(min=0), cache)
+    expand = torch.arange(b, device=device).repeat_interleave(nb)
+    cache.select(expand)
+    runner.select(expand)
+    logits = logits[expand]
+    batch_offset = torch.arange(b, device=device)[:, None] * nb
 
-    cur = p
-    if n > 0:
-        cache = _make_cache(model, b * k, max_length)
-        out = model(flat_ids, attention_mask=model_mask[:, :p] if padded else None, kv_cache=cache,
-                    num_logits_to_keep=1)
-    while n > 0:
-        log_probs = out.logits[:, -1].float().log_softmax(-1)
-        if processors:
-            log_probs = processors(running[:, :, :cur].reshape(b * k, cur), log_probs)
+    cur = t
+    while True:
+        flat_running = running.view(b * nb, max_length)[:, :cur]
+        log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        if procs:
+            log_probs = procs(flat_running, log_probs)
         vocab = log_probs.shape[-1]
-        log_probs = (log_probs.view(b, k, vocab) + running_scores[:, :, None]).view(b, k * vocab)
+        log_probs = log_probs.view(b, nb, vocab) + running_scores[:, :, None]
+        log_probs = log_probs.reshape(b, nb * vocab)
 
-        # the `keep` best continuations over all beams of a prompt
+        # top-K continuations over all beams of a prompt
         if cfg.do_sample:
-            top_i = torch.multinomial(log_probs.softmax(-1), keep, generator=generator)
-            top_lp = log_probs.gather(1, top_i)
+            top_idx = torch.multinomial(torch.softmax(log_probs, dim=-1), keep, generator=gen)
+            top_lp = torch.gather(log_probs, 1, top_idx)
         else:
-            top_lp, top_i = torch.topk(log_probs, keep)
-        src_beam = top_i // vocab
-        top_ids = top_i % vocab
-        top_seqs = _gather_beams(running, src_beam)
-        top_seqs[:, :, cur] = top_ids
-        top_idx = _gather_beams(running_idx, src_beam)
-        top_idx[:, :, cur - p] = src_beam + batch_offset
-        hits = torch.full_like(top_ids, cur + 1 >= max_length, dtype=torch.bool)
-        if eos is not None:
-            hits |= torch.isin(top_ids, eos)
+            top_lp, top_idx = torch.topk(log_probs, keep)
+        src_beam = top_idx // vocab
+        token = top_idx % vocab
+        cand = _gather_beams(running, src_beam)
+        cand[:, :, cur] = token
 
-        # the best num_beams candidates that did not end keep running
-        run_lp = top_lp + hits.float() * -1e9
-        nxt = torch.topk(run_lp, k)[1]
-        running = _gather_beams(top_seqs, nxt)
-        running_scores = _gather_beams(run_lp, nxt)
-        running_idx = _gather_beams(top_idx, nxt)
+        hits = torch.zeros_like(token, dtype=torch.bool) if eos_t is None else torch.isin(token, eos_t)
+        if cur + 1 >= max_length:
+            hits = torch.ones_like(hits)
 
-        # ended candidates among the top num_beams join the finished hypotheses if good enough
-        just_done = hits & top_num_beam_mask[None]
-        done_lp = top_lp / ((cur + 1 - p) ** lp_exp)
-        if early is True:
-            done_lp = done_lp + (is_finished.all(-1, keepdim=True)).float() * -1e9
-        done_lp = done_lp + (~improvable).float() * -1e9
-        done_lp = done_lp + (~just_done).float() * -1e9
-        merged = torch.cat([finished_scores, done_lp], 1)
-        best = torch.topk(merged, k)[1]
-        finished_seqs = _gather_beams(torch.cat([finished_seqs, top_seqs], 1), best)
-        finished_scores = _gather_beams(merged, best)
-        finished_idx = _gather_beams(torch.cat([finished_idx, top_idx], 1), best)
-        is_finished = _gather_beams(torch.cat([is_finished, just_done], 1), best)
+        # live beams for the next step: the best candidates that did not finish
+        live_lp = top_lp + hits.to(torch.float32) * -1.0e9
+        next_idx = torch.topk(live_lp, k=nb)[1]
+        running = _gather_beams(cand, next_idx)
+        running_scores = _gather_beams(live_lp, next_idx)
+        cache_src = _gather_beams(src_beam, next_idx)
 
-        # cache rows follow their beams
-        beam_idx = running_idx[..., cur - p].reshape(-1)
+        # finished hypotheses: only the top num_beams candidates of this step may finish
+        just_finished = hits & top_mask[None, :]
+        fin_lp = top_lp / ((cur + 1 - t) ** length_penalty)
+        full = torch.all(is_finished, dim=-1, keepdim=True) & (early is True)
+        fin_lp += full.to(torch.float32) * -1.0e9
+        fin_lp += (~improvable).to(torch.float32) * -1.0e9
+        fin_lp += (~just_finished) * -1.0e9
+        merged_seqs = torch.cat((finished_seqs, cand), dim=1)
+        merged_scores = torch.cat((finished_scores, fin_lp), dim=1)
+        merged_done = torch.cat((is_finished, just_finished), dim=1)
+        best = torch.topk(merged_scores, k=nb)[1]
+        finished_seqs = _gather_beams(merged_seqs, best)
+        finished_scores = _gather_beams(merged_scores, best)
+        is_finished = _gather_beams(merged_done, best)
+
         cur += 1
-        # can a running beam still beat the worst finished hypothesis?
-        best_len = (max_length - p) if (early == "never" and lp_exp > 0.0) else (cur - p)
-        best_running = running_scores[:, :1] / (best_len ** lp_exp)
-        worst_done = torch.where(is_finished, finished_scores.min(1, keepdim=True)[0], -1.0e9)
-        improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
-        go_on = bool(improvable.any()) and not (early is True and bool(is_finished.all())) and not bool(hits.all())
+        # can a live beam still beat the worst finished hypothesis?
+        if early == "never" and length_penalty > 0.0:
+            best_len = max_length - t
+        else:
+            best_len = cur - t
+        best_possible = running_scores[:, :1] / (best_len**length_penalty)
+        worst = torch.where(is_finished, torch.min(finished_scores, dim=1, keepdim=True)[0], -1.0e9)
+        improvable = improvable & torch.any(best_possible > worst, dim=-1, keepdim=True)
+        go_on = bool(improvable.any()) and not (bool(is_finished.all()) and early is True) and not bool(hits.all())
         if not go_on:
             break
-        cache.select(beam_idx)
-        step_ids = running[:, :, cur - 1].reshape(b * k, 1)
-        out = model(
-            step_ids,
-            attention_mask=model_mask[:, :cur] if padded else None,
-            position_ids=positions[:, cur - 1 - p: cur - p],
-            kv_cache=cache,
-        )
 
-    r = cfg.num_return_sequences
-    seqs = finished_seqs[:, :r].reshape(b * r, max_length)
-    scores = finished_scores[:, :r].reshape(b * r)
-    idx = finished_idx[:, :r].reshape(b * r, -1)
-    gen_lens = (idx >= 0).sum(1)
-    out_len = p + (int(gen_lens.max()) if n > 0 else 0)
-    seqs = seqs[:, :out_len].clone()
-    seqs[:, :p] = ids.repeat_interleave(r, 0)
-    gen = seqs[:, p:].tolist()
-    token_ids = [row[: int(g)] for row, g in zip(gen, gen_lens.tolist())]
-    eos_set = set(eos_ids)
-    finish = ["stop" if row and row[-1] in eos_set else "length" for row in token_ids]
-    reasons = [row[-1] if row and row[-1] in eos_set else None for row in token_ids]
-    texts = None
-    if tokenizer is not None:
-        texts = [tokenizer.decode(row[:-1] if row and row[-1] in eos_set else row) for row in token_ids]
+        flat_src = (cache_src + batch_offset).flatten()
+        if not torch.equal(flat_src, torch.arange(b * nb, device=device)):
+            cache.select(flat_src)
+        logits = runner.step(running[:, :, cur - 1].reshape(b * nb, 1), cache)
+
+    best_seqs = finished_seqs[:, 0, t:].tolist()
+    seqs = [[tok for tok in row if tok != NO_TOKEN] for row in best_seqs]
+    reasons, stop_reasons = [], []
+    for s in seqs:
+        ended = bool(s) and s[-1] in eos
+        reasons.append("stop" if ended else "length")
+        stop_reasons.append(s[-1] if ended else None)
     return GenerationOutput(
-        sequences=seqs, token_ids=token_ids, finish_reasons=finish, stop_reasons=reasons,
-        prompt_lengths=lengths.repeat_interleave(r, 0).tolist(), texts=texts, sequence_scores=scores,
+        seqs, reasons, stop_reasons, scores=finished_scores[:, 0].tolist(), prompt_lengths=lens
     )

@@ -1,14 +1,13 @@
-"""`GenerationConfig`: every knob of decoding in one validated dataclass.
+"""`GenerationConfig`: every decoding knob in one validated dataclass.
 
-Field names follow Hugging Face's `GenerationConfig` where the concept exists there
-(max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty,
-no_repeat_ngram_size, bad_words_ids, num_beams, length_penalty, early_stopping, ...) and
-OpenAI's where it does not (presence_penalty, frequency_penalty, stop, logprobs,
-top_logprobs), so a request from either world maps over field by field.
+Field names follow Hugging Face's `GenerationConfig` where one exists (max_new_tokens,
+do_sample, temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size,
+bad_words_ids, num_beams, length_penalty, early_stopping, eos_token_id, pad_token_id) and
+OpenAI's API otherwise (presence_penalty, frequency_penalty, stop, seed, logprobs,
+top_logprobs), so a reader of either documentation knows what each one does.
 
-Neutral values switch a step off: top_k None/0, top_p 1.0, min_p None, repetition_penalty 1.0,
-presence/frequency 0.0, no_repeat_ngram_size 0. Unlike transformers, which samples with
-top_k=50 unless told otherwise, sampling here uses the whole distribution unless top_k is set.
+Neutral values switch a knob off: temperature 1.0, top_k 0/None, top_p 1.0, min_p None,
+penalties 1.0 (repetition) or 0.0 (presence, frequency), no_repeat_ngram_size 0.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmkit.errors import ConfigError
@@ -24,138 +23,154 @@ from lmkit.errors import ConfigError
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 32
+    max_new_tokens: int = 64
     min_new_tokens: int = 0  # EOS is forbidden before this many new tokens
     do_sample: bool = False  # False: greedy (or beam search when num_beams > 1)
+
+    # warpers (sampling only), applied in this order after the processors
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float = 1.0
     min_p: float | None = None
-    repetition_penalty: float = 1.0  # HF/CTRL: seen logits (prompt included) / p if > 0, * p if < 0
-    presence_penalty: float = 0.0  # OpenAI: logit -= presence * [count > 0] over generated tokens
-    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency * count over generated tokens
+
+    # processors (every mode)
+    repetition_penalty: float = 1.0  # HF/CTRL: prompt and generated tokens, divide >0 / multiply <0 logits
+    presence_penalty: float = 0.0  # OpenAI: logit -= presence * [count > 0], generated tokens only
+    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency * count, generated tokens only
     no_repeat_ngram_size: int = 0
     bad_words_ids: list[list[int]] | None = None
+
+    # beam search
     num_beams: int = 1
-    num_return_sequences: int = 1
-    length_penalty: float = 1.0  # beam score = sum logprob / generated_len ** length_penalty
-    early_stopping: bool | str = False  # True, False (HF heuristic) or "never" (canonical beam search)
-    eos_token_id: int | list[int] | None = None  # None: the model config's
-    pad_token_id: int | None = None  # None: the model config's, else the first EOS, else 0
+    length_penalty: float = 1.0  # finished score = sum logprob / generated_len ** length_penalty
+    early_stopping: bool | str = False  # True, False (HF heuristic) or "never"
+
+    # stopping
+    eos_token_id: int | list[int] | None = None  # None: the model config's eos_token_id
+    pad_token_id: int | None = None  # fed after a row finished; None: pad, else first EOS, else 0
     stop: list[str] | None = None  # stop strings (need a tokenizer); matched across token boundaries
-    seed: int | None = None  # None: torch's global RNG
-    logprobs: bool = False  # return the log-probability of every chosen token
-    top_logprobs: int = 0  # ... and of the this-many most likely alternatives (implies logprobs)
+
+    # randomness and outputs
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    # engine
+    fused: bool = True  # lean fused decode step where the architecture allows (same results, less overhead)
+
+    extra: dict[str, Any] = field(default_factory=dict)  # ignored by lmkit; kept for callers
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> None:
-            raise ConfigError(f"GenerationConfig.{name}={getattr(self, name)!r}: {why}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        for name in ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "top_logprobs"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
-                bad(name, "must be an integer >= 0")
-        for name in ("num_beams", "num_return_sequences"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                bad(name, "must be an integer >= 1")
-        if self.min_new_tokens > self.max_new_tokens:
-            bad("min_new_tokens", f"must not exceed max_new_tokens={self.max_new_tokens}")
-        for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                     "length_penalty"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                bad(name, "must be a finite number")
-            setattr(self, name, float(v))
-        if self.temperature < 0:
-            bad("temperature", "must be >= 0")
-        if self.do_sample and self.temperature == 0:
-            bad("temperature", "0 means greedy decoding: set do_sample=False instead (or a positive temperature)")
-        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 0):
-            bad("top_k", "must be None or an integer >= 0 (0/None: off)")
-        if not 0.0 < self.top_p <= 1.0:
-            bad("top_p", "must be in (0, 1] (1: off)")
-        if self.min_p is not None:
-            if isinstance(self.min_p, bool) or not isinstance(self.min_p, (int, float)) or not 0 <= self.min_p <= 1:
-                bad("min_p", "must be None or in [0, 1]")
-            self.min_p = float(self.min_p)
-        if self.repetition_penalty <= 0:
-            bad("repetition_penalty", "must be > 0 (1: off)")
-        if self.bad_words_ids is not None:
-            ok = isinstance(self.bad_words_ids, (list, tuple)) and len(self.bad_words_ids) > 0 and all(
-                isinstance(w, (list, tuple)) and len(w) > 0 and all(is_int(t) and t >= 0 for t in w)
-                for w in self.bad_words_ids
-            )
-            if not ok:
-                bad("bad_words_ids", "must be a non-empty list of non-empty lists of token ids >= 0")
-            self.bad_words_ids = [list(w) for w in self.bad_words_ids]
-        if self.num_return_sequences > 1 and not self.do_sample and self.num_beams == 1:
-            bad("num_return_sequences",
-                "greedy decoding returns one sequence per prompt: set do_sample=True or num_beams > 1")
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            bad("num_return_sequences", f"must not exceed num_beams={self.num_beams} in beam search")
-        if self.early_stopping not in (True, False, "never"):
-            bad("early_stopping", "must be True, False or 'never'")
-        eos = self.eos_token_id
-        if eos is not None:
-            if is_int(eos):
-                eos = [eos]
-            if not isinstance(eos, (list, tuple)) or not all(is_int(t) and t >= 0 for t in eos):
-                bad("eos_token_id", "must be None, a token id or a list of token ids (>= 0)")
-            self.eos_token_id = list(eos) if len(eos) != 1 else eos[0]
-        if self.pad_token_id is not None and (not is_int(self.pad_token_id) or self.pad_token_id < 0):
-            bad("pad_token_id", "must be None or a token id >= 0")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if isinstance(self.eos_token_id, (list, tuple)):
+            self.eos_token_id = [int(i) for i in self.eos_token_id]
+        self._check_int("max_new_tokens", low=1)
+        self._check_int("min_new_tokens", low=0)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens={self.min_new_tokens} is larger than max_new_tokens={self.max_new_tokens}"
+            )
+        for name in ("do_sample", "logprobs", "fused"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self._check_float("temperature", low=0.0, low_open=True)
+        if self.top_k is not None:
+            self._check_int("top_k", low=0)
+        self._check_float("top_p", low=0.0, high=1.0, low_open=True)
+        if self.min_p is not None:
+            self._check_float("min_p", low=0.0, high=1.0)
+        self._check_float("repetition_penalty", low=0.0, low_open=True)
+        self._check_float("presence_penalty", low=-2.0, high=2.0)
+        self._check_float("frequency_penalty", low=-2.0, high=2.0)
+        self._check_int("no_repeat_ngram_size", low=0)
+        if self.bad_words_ids is not None:
+            ok = isinstance(self.bad_words_ids, (list, tuple)) and len(self.bad_words_ids) > 0 and all(
+                isinstance(seq, (list, tuple)) and len(seq) > 0 and all(_is_int(t) and t >= 0 for t in seq)
+                for seq in self.bad_words_ids
+            )
+            if not ok:
+                raise ConfigError(
+                    f"bad_words_ids must be a non-empty list of non-empty lists of token ids, got {self.bad_words_ids!r}"
+                )
+            self.bad_words_ids = [[int(t) for t in seq] for seq in self.bad_words_ids]
+        self._check_int("num_beams", low=1)
+        self._check_float("length_penalty")
+        if self.early_stopping not in (True, False, "never"):
+            raise ConfigError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if self.eos_token_id is not None:
+            ids = self.eos_token_id if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+            if not all(_is_int(i) and i >= 0 for i in ids):
+                raise ConfigError(f"eos_token_id must be a token id or a list of them, got {self.eos_token_id!r}")
+        if self.pad_token_id is not None and not (_is_int(self.pad_token_id) and self.pad_token_id >= 0):
+            raise ConfigError(f"pad_token_id must be a token id (int >= 0), got {self.pad_token_id!r}")
         if self.stop is not None:
             if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
-                bad("stop", "must be a string or a list of non-empty strings")
-            self.stop = list(self.stop) or None
-        if self.seed is not None and not is_int(self.seed):
-            bad("seed", "must be None or an integer")
-        if self.top_logprobs:
-            self.logprobs = True
-        if self.num_beams > 1 and (self.stop or self.logprobs):
-            bad("num_beams", "beam search does not support stop strings or logprobs; use num_beams=1")
+                raise ConfigError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+            self.stop = list(self.stop)
+        if self.seed is not None and not _is_int(self.seed):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        self._check_int("top_logprobs", low=0, high=20)
+        if self.top_logprobs and not self.logprobs:
+            self.logprobs = True  # asking for alternatives implies the chosen token's logprob too
+        if self.num_beams > 1:
+            if self.stop:
+                raise ConfigError("stop strings are not supported with beam search (num_beams > 1); use eos_token_id")
+            if self.logprobs:
+                raise ConfigError("logprobs are not returned by beam search (num_beams > 1); see GenerationOutput.scores")
+            if self.presence_penalty or self.frequency_penalty:
+                raise ConfigError("presence/frequency penalties are sampling-API options; not supported with num_beams > 1")
 
-    # ---- derived ------------------------------------------------------------------------
+    # ---- validation helpers -------------------------------------------------------------
+    def _check_int(self, name: str, low: int | None = None, high: int | None = None) -> None:
+        value = getattr(self, name)
+        if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
+
+    def _check_float(
+        self, name: str, low: float | None = None, high: float | None = None, low_open: bool = False
+    ) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ConfigError(f"{name} must be <= {high}, got {value!r}")
+        setattr(self, name, float(value))
+
+    # ---- convenience --------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> "GenerationConfig":
+        """A copy with some fields changed (validated again); unknown names are an error."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        return dataclasses.replace(self, **overrides)
+
     @property
-    def eos_ids(self) -> list[int]:
-        """EOS ids as a list (empty when there is none)."""
+    def eos_token_ids(self) -> list[int]:
         if self.eos_token_id is None:
             return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+        return list(self.eos_token_id) if isinstance(self.eos_token_id, list) else [self.eos_token_id]
 
-    def replace(self, **changes: Any) -> "GenerationConfig":
-        """A validated copy with some fields changed (unknown names are a ConfigError)."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"GenerationConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return dataclasses.replace(self, **changes)
-
-    # ---- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GenerationConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"GenerationConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationConfig":
+        return cls().replace(**data)
+
+    @classmethod
     def from_json(cls, text: str) -> "GenerationConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"GenerationConfig: not valid JSON ({exc})") from exc
-        if not isinstance(d, dict):
-            raise ConfigError("GenerationConfig: JSON must be an object")
-        return cls.from_dict(d)
+        return cls.from_dict(json.loads(text))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

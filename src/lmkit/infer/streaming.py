@@ -1,15 +1,19 @@
-"""Streaming: turn a growing list of token ids into text deltas, never splitting a character.
+"""Streaming: turn tokens into text deltas that never split a character.
 
-Byte-level BPE tokens are bytes, not characters: "你" is three UTF-8 bytes that may sit in
-two tokens, and an emoji's four bytes in up to four. Decoding token by token would print
-replacement characters (U+FFFD). `IncrementalDetokenizer` keeps the undecoded tail:
-  byte path     tokenizers with ``decode_bytes`` (lmkit's BPE): bytes go through Python's
-                incremental UTF-8 decoder, which emits a character once its last byte is
-                in and gives exactly what decoding all bytes at once gives;
-  text path     any other tokenizer: decode a short window of recent ids and emit the new
-                suffix once it no longer ends in U+FFFD (the offsets method of HF's
-                TextStreamer and vLLM).
-Either way the concatenated deltas (plus `flush()`) equal ``tokenizer.decode(ids)``.
+Byte-level BPE tokens are byte strings, and a token boundary may fall inside a multi-byte
+UTF-8 character (CJK characters are 3 bytes, most emoji 4, and a rare character is often
+spread over two or three tokens). Decoding each token on its own would print U+FFFD
+replacement characters. `IncrementalDetokenizer` keeps the bytes of an unfinished character
+back until the rest arrives, using Python's incremental UTF-8 decoder, whose output over any
+split of the bytes equals ``bytes.decode("utf-8", "replace")`` of the whole: so the
+concatenated deltas are exactly the non-streamed text.
+
+Tokenizers without byte tokens (anything lacking `token_bytes`) fall back to decoding the
+whole output and emitting the new suffix, holding back a trailing U+FFFD.
+
+`TextStream` adds stop strings: text that might be the start of a stop string is held back
+until the next token shows whether it is; when a stop string completes the stream ends
+with the text before it.
 """
 
 from __future__ import annotations
@@ -18,79 +22,108 @@ import codecs
 from typing import Iterable, Iterator, Sequence
 
 from lmkit.infer.stop import StopStringMatcher
-from lmkit.tokenizers.base import Tokenizer
 
 
 class IncrementalDetokenizer:
-    """``push(id) -> new text``; ``flush() -> the rest`` at the end."""
+    """push(token_id) -> new text (possibly ""); flush() -> whatever is left at the end."""
 
-    def __init__(self, tokenizer: Tokenizer, skip_ids: Iterable[int] = ()) -> None:
+    def __init__(self, tokenizer, skip_ids: Iterable[int] = ()) -> None:
         self.tokenizer = tokenizer
-        self.skip = set(skip_ids)
-        self._bytes = hasattr(tokenizer, "decode_bytes")
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if self._bytes else None
-        self.ids: list[int] = []
-        self._prefix = 0  # text path: ids[_prefix:_read] were decoded and emitted already
-        self._read = 0
+        self.skip_ids = frozenset(int(i) for i in skip_ids)
+        self.byte_level = callable(getattr(tokenizer, "token_bytes", None))
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._ids: list[int] = []
+        self._emitted = 0  # characters already returned (text fallback)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id in self.skip_ids:
+            return b""
+        if self.byte_level:
+            return self.tokenizer.token_bytes(int(token_id))
+        return self.tokenizer.decode([int(token_id)]).encode("utf-8")
 
     def push(self, token_id: int) -> str:
-        if token_id in self.skip:
+        token_id = int(token_id)
+        if token_id in self.skip_ids:
             return ""
-        self.ids.append(token_id)
-        if self._bytes:
-            return self._decoder.decode(self.tokenizer.decode_bytes([token_id]))
-        prefix_text = self.tokenizer.decode(self.ids[self._prefix:self._read])
-        new_text = self.tokenizer.decode(self.ids[self._prefix:])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            # the ids just read become the context window for the next ones
-            self._prefix, self._read = self._read, len(self.ids)
-            return new_text[len(prefix_text):]
-        return ""
+        if self.byte_level:
+            return self._decoder.decode(self.tokenizer.token_bytes(token_id))
+        self._ids.append(token_id)
+        text = self.tokenizer.decode(self._ids)
+        end = len(text) - 1 if text.endswith("\ufffd") else len(text)
+        delta = text[self._emitted : end] if end > self._emitted else ""
+        self._emitted = max(self._emitted, end)
+        return delta
+
+    def push_bytes(self, data: bytes) -> str:
+        return self._decoder.decode(data)
 
     def flush(self) -> str:
-        """Whatever is still held back (an incomplete character comes out as U+FFFD)."""
-        if self._bytes:
+        if self.byte_level:
             return self._decoder.decode(b"", final=True)
-        prefix_text = self.tokenizer.decode(self.ids[self._prefix:self._read])
-        new_text = self.tokenizer.decode(self.ids[self._prefix:])
-        self._prefix = self._read = len(self.ids)
-        return new_text[len(prefix_text):]
+        text = self.tokenizer.decode(self._ids)
+        delta = text[self._emitted :]
+        self._emitted = len(text)
+        return delta
 
 
 class TextStream:
-    """One row's visible text: incremental detokenisation followed by stop-string matching.
+    """Text deltas for one generated sequence, with stop strings held back and cut.
 
-    ``push(id) -> (delta, stop)``: the text to show now and the stop string matched (or None);
-    ``finish() -> (delta, stop)`` at the end. The deltas concatenate to the decoded ids
-    (without `skip_ids`, e.g. EOS) cut before the earliest stop string.
+    push(token_id) -> delta; `stopped` turns True once a stop string completed (the caller
+    should stop generating); finish() -> the last delta.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] | None = None, skip_ids: Iterable[int] = ()) -> None:
+    def __init__(self, tokenizer, stop: Sequence[str] | None = None, skip_ids: Iterable[int] = ()) -> None:
         self.detok = IncrementalDetokenizer(tokenizer, skip_ids)
         self.matcher = StopStringMatcher(stop) if stop else None
-        self.text = ""  # everything emitted so far
+        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._sent = 0  # bytes of the matcher buffer already decoded and returned
+        self.stopped = False
 
-    def _emit(self, delta: str, final: bool) -> tuple[str, str | None]:
+    @property
+    def matched(self) -> str | None:
+        return self.matcher.matched if self.matcher else None
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
         if self.matcher is None:
-            self.text += delta
-            return delta, None
-        out, matched = self.matcher.feed(delta)
-        if final and matched is None:
-            out += self.matcher.flush()
-        self.text += out
-        return out, matched
+            return self.detok.push(token_id)
+        match = self.matcher.push(self.detok.token_bytes(token_id))
+        if match is not None:
+            self.stopped = True
+            return self._release(match, final=True)
+        return self._release(len(self.matcher.buffer) - self.matcher.holdback(), final=False)
 
-    def push(self, token_id: int) -> tuple[str, str | None]:
-        return self._emit(self.detok.push(token_id), final=False)
+    def finish(self) -> str:
+        if self.matcher is None:
+            return self.detok.flush()
+        end = self.matcher.match if self.matcher.match is not None else len(self.matcher.buffer)
+        return self._release(end, final=True)
 
-    def finish(self) -> tuple[str, str | None]:
-        return self._emit(self.detok.flush(), final=True)
+    def _release(self, end: int, final: bool) -> str:
+        end = max(end, self._sent)
+        data = bytes(self.matcher.buffer[self._sent : end])
+        self._sent = end
+        return self._out.decode(data, final=final)
 
 
-def stream_text(model, tokenizer: Tokenizer, prompt: str, config=None, **overrides) -> Iterator[str]:
-    """Text deltas of the completion of `prompt` (see `lmkit.infer.generate.stream_generate`)."""
-    from lmkit.infer.generate import stream_generate
+def stream_tokens_to_text(tokenizer, ids: Iterable[int], stop: Sequence[str] | None = None,
+                          skip_ids: Iterable[int] = ()) -> Iterator[str]:
+    """Deltas for a finished or live iterable of token ids (stops early at a stop string)."""
+    stream = TextStream(tokenizer, stop, skip_ids)
+    for i in ids:
+        delta = stream.push(i)
+        if delta:
+            yield delta
+        if stream.stopped:
+            return
+    tail = stream.finish()
+    if tail:
+        yield tail
 
-    for delta in stream_generate(model, tokenizer, prompt, config, **overrides):
-        if delta.text:
-            yield delta.text
+
+
+
+from lmkit.infer.generate import stream_text  # noqa: E402,F401  (the model-level streaming entry point)
