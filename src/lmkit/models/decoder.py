@@ -35,8 +35,9 @@ from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.block import TransformerBlock
 from lmkit.models.config import ModelConfig
+from lmkit.models.init import init_normal_weights
 from lmkit.models.masks import sliding_window_mask, to_additive_bias
-from lmkit.models.norms import RMSNorm, make_norm
+from lmkit.models.norms import make_norm
 from lmkit.models.output import ModelOutput
 from lmkit.models.positional import RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_bias
 
@@ -69,17 +70,7 @@ class DecoderLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-2/Llama initialisation: N(0, initializer_range) weights, zero biases, unit norms."""
-        std = self.config.initializer_range
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, RMSNorm)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        init_normal_weights(self, self.config.initializer_range)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied lm_head counts once)."""

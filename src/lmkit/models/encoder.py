@@ -38,10 +38,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.block import TransformerBlock
+from lmkit.models.init import init_normal_weights
 from lmkit.models.config import ModelConfig
 from lmkit.models.ffn import activation_fn
 from lmkit.models.masks import to_additive_bias
-from lmkit.models.norms import RMSNorm, make_norm
+from lmkit.models.norms import make_norm
 from lmkit.models.output import ModelOutput
 from lmkit.models.positional import RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_bias
 
@@ -128,18 +129,9 @@ class EncoderLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """BERT initialisation: N(0, initializer_range) weights, zero biases, unit norms."""
-        std = self.config.initializer_range
+        init_normal_weights(self, self.config.initializer_range)
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, RMSNorm)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, MLMHead):
+            if isinstance(m, MLMHead):
                 nn.init.zeros_(m.bias)
 
     def num_parameters(self) -> int:
