@@ -472,5 +472,37 @@ def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, s
 # ---- end section: infer ----
 
 
+# ---- section: per-area commands --------------------------------------------------------
+# Areas with several commands keep them beside their code, in `lmkit/<area>/commands.py`,
+# which exposes `COMMANDS: list[click.Command]` and imports its heavy dependencies lazily.
+_AREA_COMMAND_MODULES = (
+    "lmkit.serve.commands",
+    "lmkit.quant.commands",
+    "lmkit.compress.commands",
+    "lmkit.hub.commands",
+    "lmkit.peft.commands",
+    "lmkit.align.commands",
+    "lmkit.ngram.commands",
+    "lmkit.eval.commands",
+    "lmkit.rag.commands",
+    "lmkit.agent.commands",
+)
+
+
+def _add_area_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in _AREA_COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        for command in importlib.import_module(name).COMMANDS:
+            cli.add_command(command)
+
+
+_add_area_commands()
+# ---- end section: per-area commands ----------------------------------------------------
+
+
 if __name__ == "__main__":
     main()
