@@ -233,3 +233,36 @@ def test_memories():
     msgs = mem.messages()
     assert msgs[0] == {"role": "system", "content": "Summary of the earlier conversation: S2"}
     assert [m["content"] for m in msgs[1:]] == ["q2", "a2", "q3", "a3"]
+
+
+def test_retrieval_tool_formats_numbered_hits_with_sources():
+    from lmkit.agent.retrieval_tool import retrieval_tool
+
+    class Retriever:
+        def retrieve(self, query, k):
+            docs = [{"text": "Paris is the capital of France.", "metadata": {"source": "fr.md"}},
+                    {"text": "Berlin is the capital of Germany.", "metadata": {"source": "de.md"}}]
+            return [d for d in docs if any(w in d["text"].lower() for w in query.lower().split())][:k]
+
+    t = retrieval_tool(Retriever(), k=1)
+    assert t.parameters["required"] == ["query"]
+    assert t({"query": "capital"}) == "[1] (fr.md) Paris is the capital of France."
+    assert t({"query": "tokyo"}) == "No matching passages."
+    chat = ScriptedChat([Reply(None, [call("search_documents", {"query": "germany"})]),
+                         Reply("Berlin [1]")])
+    result = FunctionCallingAgent(chat, [retrieval_tool(Retriever())]).run("Capital of Germany?")
+    assert result.answer == "Berlin [1]" and "(de.md) Berlin" in result.steps[0].observation
+    with pytest.raises(ConfigError):
+        retrieval_tool(object())
+
+
+def test_agent_cli_with_a_user_tool_against_a_missing_server(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lmkit", "agent", "hi", "--base-url", "http://127.0.0.1:9/v1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "Error" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lmkit", "agent", "hi", "--base-url", "http://x/v1", "--tool", "nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "module:function" in r.stderr
