@@ -1,0 +1,260 @@
+"""LoRA adapters in Hugging Face PEFT's file layout, so PEFT loads ours and we load PEFT's.
+
+A directory holds
+    adapter_config.json         {"peft_type": "LORA", "r", "lora_alpha", "target_modules",
+                                 "lora_dropout", "bias", "use_rslora", "modules_to_save",
+                                 "base_model_name_or_path", "task_type": "CAUSAL_LM", ...}
+    adapter_model.safetensors   base_model.model.<HF module>.lora_A.weight  [r, in]
+                                base_model.model.<HF module>.lora_B.weight  [out, r]
+                                (+ trained biases and modules_to_save tensors under their HF names)
+
+lmkit module names are translated to the checkpoint's names through the architecture's
+name table in `lmkit.hub` (for Llama ``layers.0.self_attn.q_proj`` <->
+``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type` keeps its
+lmkit names (only lmkit can read such an adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmkit.errors import CheckpointError, ConfigError
+from lmkit.peft.lora import LoraConfig, inject_lora, lora_configs, lora_state_dict, load_lora_state_dict, set_adapter
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".weight", ".bias")
+
+
+def _name_map(model: nn.Module):
+    """The hub NameMap of the model's architecture, or None (lmkit names are used as they are)."""
+    cfg = getattr(model, "config", None)
+    model_type = getattr(cfg, "model_type", "") if cfg is not None else ""
+    if not model_type:
+        return None
+    from lmkit.hub.pretrained import ARCH_MODULES, arch_module
+
+    if model_type not in ARCH_MODULES:
+        return None
+    return getattr(arch_module(model_type), "NAME_MAP", None)
+
+
+def _split(key: str) -> tuple[str, str]:
+    for suf in (".lora_A.weight", ".lora_B.weight"):
+        if key.endswith(suf):
+            return key[: -len(suf)], suf
+    module, _, param = key.rpartition(".")
+    return module, "." + param
+
+
+def _module_to_theirs(name_map, module: str, param: str = "weight") -> str:
+    if name_map is None:
+        return module
+    hf = name_map.to_theirs(f"{module}.{param}")
+    if hf is None:
+        raise CheckpointError(
+            f"{module!r} has no counterpart in the Hugging Face checkpoint names of this architecture, "
+            "so PEFT could not load this adapter; target other modules"
+        )
+    return hf.rsplit(".", 1)[0]
+
+
+def _module_to_ours(name_map, module: str, param: str = "weight") -> str | None:
+    if name_map is None:
+        return module
+    ours = name_map.to_ours(f"{module}.{param}")
+    return ours.rsplit(".", 1)[0] if ours is not None else None
+
+
+def to_peft_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lmkit adapter keys (lora_state_dict) -> PEFT's keys."""
+    nm = _name_map(model)
+    out = {}
+    for k, v in state.items():
+        module, suf = _split(k)
+        param = "bias" if suf == ".bias" else "weight"
+        out[PREFIX + _module_to_theirs(nm, module, param) + suf] = v.detach().contiguous().cpu()
+    return out
+
+
+def from_peft_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT's keys -> lmkit adapter keys (CheckpointError naming keys that map to nothing)."""
+    nm = _name_map(model)
+    out, bad = {}, []
+    for k, v in state.items():
+        if not k.startswith(PREFIX):
+            bad.append(k)
+            continue
+        module, suf = _split(k[len(PREFIX):])
+        # PEFT writes keys with the adapter name removed; tolerate a stray ".default"
+        param = "bias" if suf == ".bias" else "weight"
+        ours = _module_to_ours(nm, module, param)
+        if ours is None:
+            ours = module if nm is not None and module.split(".")[0] == "layers" else None
+        if ours is None:
+            bad.append(k)
+            continue
+        out[ours + suf] = v
+    if bad:
+        raise CheckpointError(
+            f"the adapter has {len(bad)} tensor(s) whose names do not belong to this model's architecture "
+            f"(an adapter for another architecture?): {bad[:6]}"
+        )
+    return out
+
+
+def _targets_to_theirs(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    nm = _name_map(model)
+    if nm is None:
+        return list(targets)
+    out = []
+    for t in targets:
+        if t == "all-linear":
+            out.append(t)
+            continue
+        # a short name ("q_proj") maps through any module that carries it
+        hits = {n for n, _ in model.named_modules() if n == t or n.endswith("." + t)}
+        mapped = set()
+        for n in hits:
+            n = n.replace(".base_layer", "")
+            hf = nm.to_theirs(f"{n}.weight")
+            if hf is not None:
+                hf_mod = hf.rsplit(".", 1)[0]
+                mapped.add(hf_mod.split(".")[-1] if "." not in t else hf_mod)
+        out.extend(sorted(mapped) or [t])
+    return sorted(set(out))
+
+
+def adapter_config_dict(model: nn.Module, config: LoraConfig, base_model_name_or_path: str | None) -> dict[str, Any]:
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": config.r,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": _targets_to_theirs(model, config.target_modules),
+        "bias": config.bias,
+        "use_rslora": config.use_rslora,
+        "modules_to_save": list(config.modules_to_save) or None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_dora": False,
+        "revision": None,
+    }
+
+
+def save_peft_adapter(
+    model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default",
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    """Write adapter `adapter_name` of `model` as adapter_config.json + adapter_model.safetensors."""
+    from safetensors.torch import save_file
+
+    from lmkit.hub.safetensors_io import staged_directory
+
+    config = lora_configs(model).get(adapter_name)
+    if config is None:
+        raise ConfigError(f"no LoRA adapter named {adapter_name!r}; the model has {sorted(lora_configs(model))}")
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(model, "name_or_path", None)
+    tensors = to_peft_keys(model, lora_state_dict(model, adapter_name))
+    cfg = adapter_config_dict(model, config, base_model_name_or_path)
+    with staged_directory(directory, replaces=(CONFIG_NAME, WEIGHTS_NAME)) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    return Path(directory)
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{Path(directory)}: no {CONFIG_NAME} — not a PEFT adapter directory")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return d
+
+
+def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraConfig:
+    """A LoraConfig from PEFT's adapter_config.json (errors for features lmkit does not have)."""
+    if d.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{where}: peft_type {d.get('peft_type')!r} is not a LoRA adapter")
+    for key, default in (("use_dora", False), ("fan_in_fan_out", False)):
+        if d.get(key, default):
+            raise CheckpointError(f"{where}: {key}=true is not supported by lmkit's LoRA")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if d.get(key):
+            raise CheckpointError(f"{where}: per-module {key} is not supported by lmkit's LoRA")
+    if d.get("layers_to_transform") is not None:
+        raise CheckpointError(f"{where}: layers_to_transform is not supported by lmkit's LoRA")
+    targets = d.get("target_modules")
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            raise CheckpointError(f"{where}: target_modules as a regular expression ({targets!r}) is not supported")
+        targets = [targets]
+    try:
+        return LoraConfig(
+            r=int(d["r"]), alpha=float(d.get("lora_alpha", 8)), dropout=float(d.get("lora_dropout", 0.0)),
+            target_modules=tuple(targets or ()), use_rslora=bool(d.get("use_rslora", False)),
+            bias=d.get("bias", "none"), modules_to_save=tuple(d.get("modules_to_save") or ()),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: invalid LoRA settings ({exc})") from exc
+
+
+def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
+    """Inject the adapter described by `directory` into `model` and load its weights."""
+    from lmkit.hub.safetensors_io import read_state_dict  # noqa: F401  (keeps hub's error style)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    d = read_adapter_config(directory)
+    config = lora_config_from_peft(d, str(directory / CONFIG_NAME))
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} (PEFT's pickled adapter_model.bin is not read)")
+    try:
+        raw = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    state = from_peft_keys(model, raw)
+    # PEFT's target names are HF short names; for the Llama family they equal lmkit's
+    nm = _name_map(model)
+    if nm is not None:
+        ours = set()
+        for k in state:
+            module, suf = _split(k)
+            if suf in (".lora_A.weight", ".lora_B.weight"):
+                ours.add(module.split(".")[-1])
+        if ours:
+            config = LoraConfig(**{**config.to_dict(), "target_modules": tuple(sorted(ours))})
+    had_active = getattr(model, "active_lora_adapter", None)
+    inject_lora(model, config, adapter_name)
+    try:
+        load_lora_state_dict(model, state, adapter_name)
+    except CheckpointError:
+        from lmkit.peft.lora import delete_adapter
+
+        delete_adapter(model, adapter_name)
+        if had_active is not None:
+            set_adapter(model, had_active)
+        raise
+    model.lora_configs[adapter_name] = config
+    return model
