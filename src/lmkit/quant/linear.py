@@ -1,0 +1,130 @@
+"""Quantized replacements for `nn.Linear`.
+
+  Int8Linear       weight-only int8, symmetric absmax per output channel (row of W);
+                   forward dequantizes W to the input dtype and runs an ordinary matmul.
+  LLMInt8Linear    LLM.int8(): int8 weight (per output channel); activations quantized per
+                   row at run time; input feature columns with any |x| > threshold go through
+                   a floating-point matmul instead (mixed-precision decomposition).
+  NF4Linear        QLoRA's NF4 weight (block 64) with optional double quantization.
+  GroupQuantLinear b-bit (4 or 8) asymmetric (zero-point) groups of `group_size` input
+                   columns per output row — the storage of round-to-nearest and GPTQ alike.
+
+All quantized weights are *buffers*, never `nn.Parameter`s, so an optimizer cannot touch them
+(QLoRA trains adapters on top of a frozen NF4 base). A bias stays a Parameter with
+requires_grad=False. `weight_bytes()` counts the bytes of the stored weight (codes and
+constants, not the bias). `dequantize_weight()` returns the dense [out, in] matrix.
+CPU has no int8/int4 GEMM kernels in PyTorch, so these modules *simulate* low-bit compute:
+memory is real, speed is not (see docs/quantization.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmkit.quant.nf4 import NF4Tensor, quantize_nf4
+from lmkit.quant.double_quant import DQ_BLOCK_SIZE, DoubleQuantized
+
+
+def _bias_param(bias: torch.Tensor | None) -> nn.Parameter | None:
+    if bias is None:
+        return None
+    return nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+
+class QuantLinearBase(nn.Module):
+    """Shared bits: in/out features, bias, `extra_repr`, `weight_bytes`."""
+
+    method = "base"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def weight_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers(recurse=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantize_weight(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ---- NF4 ------------------------------------------------------------------------------------
+class NF4Linear(QuantLinearBase):
+    """A frozen NF4 weight. Buffers:
+    weight_packed uint8 [out*in/2]; then either weight_absmax fp32 [n_blocks] or (double quant)
+    weight_absmax_q uint8 [n_blocks], weight_absmax_scale fp32 [ceil(n_blocks/256)],
+    weight_absmax_offset fp32 [] (mean subtracted before the 8-bit quantization).
+    """
+
+    method = "nf4"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, block_size: int = 64,
+                 double_quant: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        n = in_features * out_features
+        if block_size <= 0 or n % block_size:
+            raise ValueError(
+                f"NF4Linear: block_size={block_size} does not divide the {out_features}x{in_features} weight "
+                f"({n} elements); pick a block size that divides it"
+            )
+        self.block_size = block_size
+        self.double_quant = double_quant
+        n_blocks = n // block_size
+        self.register_buffer("weight_packed", torch.zeros((n + 1) // 2, dtype=torch.uint8))
+        if double_quant:
+            self.register_buffer("weight_absmax_q", torch.zeros(n_blocks, dtype=torch.uint8))
+            self.register_buffer("weight_absmax_scale", torch.zeros(-(-n_blocks // DQ_BLOCK_SIZE)))
+            self.register_buffer("weight_absmax_offset", torch.zeros(()))
+        else:
+            self.register_buffer("weight_absmax", torch.zeros(n_blocks))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, block_size: int = 64, double_quant: bool = True) -> "NF4Linear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"NF4Linear.from_linear needs an nn.Linear, got {type(linear).__name__}")
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, block_size, double_quant)
+        m.load_nf4(quantize_nf4(linear.weight.detach(), block_size, double_quant))
+        if linear.bias is not None:
+            m.bias = _bias_param(linear.bias)
+        return m.to(linear.weight.device)
+
+    @torch.no_grad()
+    def load_nf4(self, q: NF4Tensor) -> None:
+        if q.shape != (self.out_features, self.in_features) or q.block_size != self.block_size:
+            raise ValueError(f"NF4 tensor {q.shape}/block {q.block_size} does not fit {self}")
+        self.weight_packed = q.packed.clone()
+        if q.dq is not None:
+            self.weight_absmax_q = q.dq.q.clone()
+            self.weight_absmax_scale = q.dq.absmax.clone()
+            self.weight_absmax_offset = q.dq.offset.clone().reshape(())
+        else:
+            self.weight_absmax = q.absmax.clone()
+
+    def nf4_tensor(self) -> NF4Tensor:
+        dq = None
+        absmax = None
+        if self.double_quant:
+            dq = DoubleQuantized(self.weight_absmax_q, self.weight_absmax_scale.float(),
+                                 self.weight_absmax_offset.float(), DQ_BLOCK_SIZE)
+        else:
+            absmax = self.weight_absmax.float()
+        return NF4Tensor(self.weight_packed, (self.out_features, self.in_features), self.block_size, absmax, dq)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.nf4_tensor().dequantize(dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", block_size={self.block_size}, double_quant={self.double_quant}"
