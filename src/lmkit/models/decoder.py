@@ -102,12 +102,15 @@ class DecoderLM(nn.Module):
         prefix_len: torch.Tensor | None = None,
         return_weights: bool = False,
         num_logits_to_keep: int = 0,
+        document_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids [B, T] -> ModelOutput(logits [B, T, V] (or the last num_logits_to_keep), ...).
 
         attention_mask [B, past + T]: 1 for tokens, 0 for padding, covering cached positions too.
         labels [B, T]: next-token targets are labels shifted left by one; -100 is ignored.
         kv_cache: a `KVCache` (updated in place); the new tokens continue after its seq_len.
+        document_ids [B, T]: several examples packed in one row (SFT packing); a token attends
+        only to earlier tokens with the same id, and default positions restart at 0 per example.
         """
         cfg = self.config
         b, t = input_ids.shape
@@ -131,6 +134,18 @@ class DecoderLM(nn.Module):
             padded = not bool(attention_mask.all())
         else:
             padded = False
+
+        if document_ids is not None:
+            if kv_cache is not None or prefix_len is not None:
+                raise ValueError("document_ids (packed examples) cannot be combined with kv_cache or prefix_len")
+            if document_ids.shape != (b, t):
+                raise ValueError(f"document_ids has shape {tuple(document_ids.shape)}, expected [batch={b}, {t}]")
+            document_ids = document_ids.to(device)
+            if position_ids is None:  # restart at 0 where a new example begins
+                idx = torch.arange(t, device=device).expand(b, t)
+                starts = torch.ones(b, t, dtype=torch.bool, device=device)
+                starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+                position_ids = idx - torch.where(starts, idx, 0).cummax(dim=-1).values
 
         # positions: cumsum of the mask so left padding starts every row at 0
         if position_ids is None or prefix_len is not None:
@@ -158,7 +173,8 @@ class DecoderLM(nn.Module):
             score_bias = alibi_bias(cfg.n_heads, q_idx, k_idx, causal=True)
         elif cfg.position == "t5_bias":
             score_bias = self.relative_bias(q_idx, k_idx)
-        if not padded and window is None and prefix_len is None and score_bias is None and (past == 0 or t == 1):
+        if (not padded and window is None and prefix_len is None and score_bias is None and document_ids is None
+                and (past == 0 or t == 1)):
             attn_bias, is_causal = None, past == 0  # SDPA's causal kernel, or one new query that sees all
         else:
             if window is not None:
@@ -174,6 +190,8 @@ class DecoderLM(nn.Module):
                 allowed = allowed | (in_prefix[:, None, :] & q_in_prefix[:, :, None])
             if padded:
                 allowed = allowed & attention_mask.bool()[:, None, :]
+            if document_ids is not None:  # block-diagonal: no attention across packed examples
+                allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
             attn_bias = to_additive_bias(allowed, x.dtype, score_bias)
             is_causal = False
 
