@@ -462,7 +462,8 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
 
 def lora_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's tensors under PEFT's adapter-name-free keys (lmkit module names):
-    ``<module>.lora_A.weight``, ``<module>.lora_B.weight``, trained biases, and
+    ``<module>.lora_A.weight``, ``<module>.lora_B.weight``, trained biases (an adapted
+    layer's as ``<module>.base_layer.bias``, as PEFT writes it), and
     modules_to_save as ``<module>.<param>``."""
     config = lora_configs(model).get(adapter_name)
     if config is None:
@@ -473,11 +474,11 @@ def lora_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str
             out[f"{name}.lora_A.weight"] = layer.lora_A[adapter_name].weight.detach()
             out[f"{name}.lora_B.weight"] = layer.lora_B[adapter_name].weight.detach()
             if config.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
-                out[f"{name}.bias"] = layer.base_layer.bias.detach()
+                out[f"{name}.base_layer.bias"] = layer.base_layer.bias.detach()
     if config.bias == "all":
         for n, p in model.named_parameters():
             if n.endswith(".bias") and "original_module" not in n and "modules_to_save" not in n:
-                out[n.replace(".base_layer.", ".")] = p.detach()
+                out[n] = p.detach()
     for name, m in model.named_modules():
         if isinstance(m, ModulesToSave) and adapter_name in m.modules_to_save:
             for pn, p in m.modules_to_save[adapter_name].named_parameters():
@@ -495,12 +496,15 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapt
         if adapter_name in layer.lora_A:
             own[f"{name}.lora_A.weight"] = layer.lora_A[adapter_name].weight
             own[f"{name}.lora_B.weight"] = layer.lora_B[adapter_name].weight
-            b = getattr(layer.base_layer, "bias", None)
-            if isinstance(b, torch.Tensor):
-                own[f"{name}.bias"] = b
     for n, p in model.named_parameters():
         if n.endswith(".bias") and "original_module" not in n and "modules_to_save" not in n:
-            own.setdefault(n.replace(".base_layer.", "."), p)
+            own[n] = p
+    # older files name a wrapped layer's bias without ".base_layer"
+    state = {
+        (k[: -len(".bias")] + ".base_layer.bias" if k not in own and k.endswith(".bias")
+         and k[: -len(".bias")] + ".base_layer.bias" in own else k): v
+        for k, v in state.items()
+    }
     for name, m in model.named_modules():
         if isinstance(m, ModulesToSave) and adapter_name in m.modules_to_save:
             for pn, p in m.modules_to_save[adapter_name].named_parameters():

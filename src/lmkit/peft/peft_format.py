@@ -55,6 +55,8 @@ def _split(key: str) -> tuple[str, str]:
 
 
 def _module_to_theirs(name_map, module: str, param: str = "weight") -> str:
+    if module.endswith(".base_layer"):
+        return _module_to_theirs(name_map, module[: -len(".base_layer")], param) + ".base_layer"
     if name_map is None:
         return module
     hf = name_map.to_theirs(f"{module}.{param}")
@@ -67,6 +69,9 @@ def _module_to_theirs(name_map, module: str, param: str = "weight") -> str:
 
 
 def _module_to_ours(name_map, module: str, param: str = "weight") -> str | None:
+    if module.endswith(".base_layer"):
+        inner = _module_to_ours(name_map, module[: -len(".base_layer")], param)
+        return inner + ".base_layer" if inner is not None else None
     if name_map is None:
         return module
     ours = name_map.to_ours(f"{module}.{param}")
@@ -195,9 +200,13 @@ def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraCo
     """A LoraConfig from PEFT's adapter_config.json (errors for features lmkit does not have)."""
     if d.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{where}: peft_type {d.get('peft_type')!r} is not a LoRA adapter")
-    for key, default in (("use_dora", False), ("fan_in_fan_out", False)):
-        if d.get(key, default):
-            raise CheckpointError(f"{where}: {key}=true is not supported by lmkit's LoRA")
+    if d.get("use_dora", False):
+        raise CheckpointError(f"{where}: use_dora=true (DoRA) is not supported by lmkit's LoRA")
+    if d.get("fan_in_fan_out", False):
+        raise CheckpointError(
+            f"{where}: fan_in_fan_out=true means the adapter was made for transposed Conv1D weights "
+            "(Hugging Face's GPT-2 layout), another architecture than this model's Linear layers"
+        )
     for key in ("rank_pattern", "alpha_pattern"):
         if d.get(key):
             raise CheckpointError(f"{where}: per-module {key} is not supported by lmkit's LoRA")
