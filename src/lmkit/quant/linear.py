@@ -128,3 +128,137 @@ class NF4Linear(QuantLinearBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", block_size={self.block_size}, double_quant={self.double_quant}"
+
+
+# ---- weight-only int8 -----------------------------------------------------------------------
+class Int8Linear(QuantLinearBase):
+    """Weight-only int8: W ≈ weight_scale[o] * weight_int8[o, :] (absmax per output channel)."""
+
+    method = "int8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        from lmkit.quant.affine import quantize_affine
+
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        a = quantize_affine(linear.weight.detach(), bits=8, symmetric=True, granularity="channel", axis=0)
+        m.weight_int8 = a.q.contiguous()
+        m.weight_scale = a.scale.contiguous()
+        m.bias = _bias_param(linear.bias)
+        return m.to(linear.weight.device)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.weight_int8.float() * self.weight_scale[:, None].float()).to(dtype)
+
+
+# ---- LLM.int8() -----------------------------------------------------------------------------
+class LLMInt8Linear(Int8Linear):
+    """LLM.int8(): int8 weight per output row; activations int8 per row at run time, except the
+    input features with |x| > threshold, which are multiplied in floating point."""
+
+    method = "llm-int8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, threshold: float = 6.0) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.threshold = threshold
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, threshold: float = 6.0) -> "LLMInt8Linear":
+        base = Int8Linear.from_linear(linear)
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, threshold)
+        m.weight_int8, m.weight_scale, m.bias = base.weight_int8, base.weight_scale, base.bias
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lmkit.quant.llm_int8 import llm_int8_linear
+
+        y = llm_int8_linear(x, self.weight_int8, self.weight_scale, self.threshold)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", threshold={self.threshold}"
+
+
+# ---- b-bit groups (RTN and GPTQ) --------------------------------------------------------------
+class GroupQuantLinear(QuantLinearBase):
+    """Asymmetric b-bit weight (b = 4 or 8) with one (scale, zero) per `group_size` input columns
+    of each output row:  W[o, j] ≈ scale[o, g] * (q[o, j] - zero[o, g]),  g = j // group_size.
+    4-bit codes are packed two per byte along the input dimension (high nibble first).
+    Round-to-nearest (`from_linear`) and GPTQ (`from_codes`) produce exactly this storage."""
+
+    method = "rtn"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
+                 group_size: int = 64) -> None:
+        super().__init__(in_features, out_features, bias)
+        if bits not in (4, 8):
+            raise ValueError(f"GroupQuantLinear: bits={bits} must be 4 or 8")
+        if group_size <= 0 or in_features % group_size:
+            raise ValueError(
+                f"GroupQuantLinear: group_size={group_size} does not divide in_features={in_features}; "
+                "choose a group size that divides it"
+            )
+        if bits == 4 and in_features % 2:
+            raise ValueError(f"4-bit packing needs an even in_features, got {in_features}")
+        self.bits = bits
+        self.group_size = group_size
+        n_groups = in_features // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, in_features * bits // 8, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, n_groups))
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.uint8))
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                   group_size: int, bias: torch.Tensor | None = None) -> "GroupQuantLinear":
+        out_f, in_f = codes.shape
+        m = cls(in_f, out_f, bias is not None, bits, group_size)
+        codes = codes.to(torch.uint8)
+        if bits == 4:
+            codes = (codes[:, 0::2] << 4) | codes[:, 1::2]
+        m.qweight = codes.contiguous()
+        m.scales = scales.float().contiguous()
+        m.zeros = zeros.to(torch.uint8).contiguous()
+        m.bias = _bias_param(bias)
+        return m.to(codes.device)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 64) -> "GroupQuantLinear":
+        """Round-to-nearest (RTN)."""
+        from lmkit.quant.affine import quantize_affine
+
+        a = quantize_affine(linear.weight.detach(), bits=bits, symmetric=False, granularity="block", axis=1,
+                            block_size=group_size)
+        n_groups = linear.in_features // group_size
+        return cls.from_codes(a.q, a.scale.reshape(-1, n_groups), a.zero_point.reshape(-1, n_groups), bits,
+                              group_size, linear.bias)
+
+    def codes(self) -> torch.Tensor:
+        if self.bits == 8:
+            return self.qweight
+        out = torch.empty(self.out_features, self.in_features, dtype=torch.uint8, device=self.qweight.device)
+        out[:, 0::2] = self.qweight >> 4
+        out[:, 1::2] = self.qweight & 0xF
+        return out
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        g = self.group_size
+        q = self.codes().float().reshape(self.out_features, -1, g)
+        w = (q - self.zeros.float()[..., None]) * self.scales.float()[..., None]
+        return w.reshape(self.out_features, self.in_features).to(dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bits={self.bits}, group_size={self.group_size}"
+
+
+class GPTQLinear(GroupQuantLinear):
+    """The same storage as GroupQuantLinear; the codes were chosen by GPTQ."""
+
+    method = "gptq"
+
+
+QUANT_LINEAR_TYPES = (Int8Linear, LLMInt8Linear, NF4Linear, GroupQuantLinear, GPTQLinear)
