@@ -1,0 +1,438 @@
+"""The batching engine: one background thread decodes every running request together.
+
+Serving one request at a time leaves most of the hardware idle: a decode step of a small
+batch reads the same weights as a step of one row, so B rows cost little more than one
+(吞吐量 / throughput grows with the batch while each row's latency barely moves). The engine
+does **continuous batching** (iteration-level scheduling, as in Orca and vLLM):
+
+    loop:
+        admit   waiting requests (排队, the queue) join while the batch has room: their
+                prompts are prefilled together (one forward, left-padded) and each gets its
+                first token from the prefill logits
+        decode  one step for every running row: feed each row's newest token, get logits
+        choose  per row: its own logits processors, greedy or seeded sampling, logprobs,
+                EOS / stop strings / max_tokens (lmkit.infer: processors, TextStream)
+        retire  finished rows leave the batch at once; their slots go to waiting requests
+
+A new request therefore never waits for the whole batch to finish, only for the current step.
+
+KV cache layout. All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
+whose write position `cur` is common; row i holds its n_i cached tokens right-aligned in
+columns [cur - n_i, cur). The columns to the left are hidden by an additive padding bias
+and positions count real tokens only, so every row computes exactly what it would alone
+(the same trick as left padding in `lmkit.infer.generate`). When rows join or leave the
+cache is re-laid out compactly (cur = max n_i, capacity = cur + the most tokens any row
+may still add), a copy proportional to the cache, not to the model.
+
+Decode steps use lmkit.infer's `FusedDecoder` (merged projections) when the architecture
+allows it, else `model.forward` with the mask and positions; prefill uses `ModelRunner`.
+Text comes from `TextStream` (never splits a character, holds back possible stop strings).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from lmkit.errors import ConfigError, LmkitError
+from lmkit.infer.config import GenerationConfig
+from lmkit.infer.fused_step import FusedDecoder, ModelRunner, padding_bias
+from lmkit.infer.generate import check_fits, make_generator, resolve_config
+from lmkit.infer.sampling import build_logits_processors
+from lmkit.infer.streaming import TextStream
+from lmkit.models.kv_cache import KVCache
+
+
+class EngineOverloaded(LmkitError):
+    """The waiting queue is full: the client should retry later (HTTP 503)."""
+
+
+class EngineStopped(LmkitError):
+    """The engine is shutting down and takes no new requests (HTTP 503)."""
+
+
+@dataclass
+class TokenEvent:
+    """One decoding step of one request, delivered to the request's callback (engine thread).
+
+    text: new text (may be "": held back, or an EOS); token: the id chosen this step;
+    logprob / top_logprobs: of that token under the processed distribution, when asked;
+    finish_reason: set on the last event ("stop" or "length"), with stop_reason the EOS id or
+    stop string; error: set (and nothing else) when the engine failed on this request.
+    """
+
+    text: str
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Completion:
+    """A finished request (what `Engine.generate` returns)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stop_reason: int | str | None
+    prompt_tokens: int
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+
+
+class RequestHandle:
+    """Returned by `Engine.submit`; `cancel()` drops the request at the next step."""
+
+    def __init__(self, request_id: str) -> None:
+        self.id = request_id
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class _Row:
+    handle: RequestHandle
+    prompt: list[int]
+    cfg: GenerationConfig
+    callback: Callable[[TokenEvent], None]
+    procs: object = None
+    gen: torch.Generator | None = None
+    history: torch.Tensor | None = None  # [1, prompt + max_new] for the processors
+    stream: TextStream | None = None
+    eos: frozenset = frozenset()
+    generated: int = 0
+    cached: int = 0  # tokens of this row in the KV cache
+    pending: int | None = None  # newest token, not yet fed to the model
+    done: bool = False
+    slot: int = -1  # row index in the current cache (or in the prefill cache while joining)
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    batch_rows: int = 0  # sum over decode steps of the batch size (mean batch = batch_rows / decode_steps)
+    prefills: int = 0
+    errors: int = 0
+    queue_wait_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine:
+    """Continuous-batching generation for one decoder model.
+
+    engine = Engine(model, tokenizer, max_batch_size=8); engine.start()
+    handle = engine.submit(prompt_ids, GenerationConfig(max_new_tokens=32), callback)
+    result = engine.generate(prompt_ids, GenerationConfig(...))   # blocking helper
+    engine.stop()   # finishes running and queued requests first (graceful)
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_waiting: int = 1024,
+                 fused: bool = True) -> None:
+        if type(model).__name__ != "DecoderLM" or not hasattr(model, "make_cache"):
+            raise ConfigError(f"the engine serves decoder language models (DecoderLM), got {type(model).__name__}")
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        cfg = model.config
+        self.fused = None
+        if fused and FusedDecoder.unsupported(model, cfg.max_seq_len) is None:
+            self.fused = FusedDecoder.for_model(model)
+            self.fused.reserve(cfg.max_seq_len)
+        self._waiting: collections.deque[_Row] = collections.deque()
+        self._rows: list[_Row] = []
+        self._cache: KVCache | None = None
+        self._bias: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+        self.stats = EngineStats()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lmkit-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Take no new requests, finish the running and queued ones, then end the thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # ---- requests -----------------------------------------------------------------------
+    def prepare_config(self, config: GenerationConfig) -> GenerationConfig:
+        cfg = resolve_config(self.model, config)
+        if cfg.num_beams > 1:
+            raise ConfigError("beam search is not served (num_beams must be 1)")
+        return cfg
+
+    def submit(self, prompt_ids: list[int], config: GenerationConfig,
+               callback: Callable[[TokenEvent], None]) -> RequestHandle:
+        """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step."""
+        cfg = self.prepare_config(config)
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ConfigError("the prompt is empty: give at least one token")
+        check_fits(self.model, [prompt], cfg)
+        if cfg.stop and self.tokenizer is None:
+            raise ConfigError("stop strings need a tokenizer")
+        handle = RequestHandle(uuid.uuid4().hex)
+        row = _Row(handle, prompt, cfg, callback)
+        with self._lock:
+            if self._stopping:
+                raise EngineStopped("the server is shutting down and takes no new requests")
+            if len(self._waiting) >= self.max_waiting:
+                raise EngineOverloaded(f"{len(self._waiting)} requests are already waiting; retry later")
+            self._waiting.append(row)
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(prompt)
+            self._lock.notify_all()
+        if self._thread is None:
+            self.start()
+        return handle
+
+    def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None) -> Completion:
+        """Blocking: submit and wait for the whole completion."""
+        done = threading.Event()
+        events: list[TokenEvent] = []
+
+        def collect(ev: TokenEvent) -> None:
+            events.append(ev)
+            if ev.finish_reason is not None or ev.error is not None:
+                done.set()
+
+        cfg = self.prepare_config(config)
+        self.submit(prompt_ids, cfg, collect)
+        if not done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if events[-1].error:
+            raise LmkitError(events[-1].error)
+        toks = [e.token for e in events if e.token is not None]
+        return Completion(
+            "".join(e.text for e in events), toks, events[-1].finish_reason, events[-1].stop_reason,
+            len(prompt_ids),
+            [e.logprob for e in events] if cfg.logprobs else None,
+            [e.top_logprobs for e in events] if cfg.top_logprobs else None,
+        )
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._rows and not self._waiting:
+                    if self._stopping:
+                        self._closed = True
+                        return
+                    self._lock.wait(0.5)
+                room = self.max_batch_size - len(self._rows)
+                joining = []
+                while room > 0 and self._waiting:
+                    row = self._waiting.popleft()
+                    if row.handle.cancelled:
+                        continue
+                    joining.append(row)
+                    room -= 1
+            try:
+                with torch.inference_mode():
+                    if joining:
+                        self._admit(joining)
+                    if self._rows:
+                        self._decode_step()
+            except Exception as exc:  # a bug or OOM must not kill the server: fail the requests in flight
+                self.stats.errors += 1
+                msg = f"generation failed: {type(exc).__name__}: {exc}"
+                for row in self._rows + [r for r in joining if r not in self._rows]:
+                    if not row.done:
+                        row.done = True
+                        _safe_call(row.callback, TokenEvent("", error=msg))
+                self._rows, self._cache = [], None
+
+    def _init_row(self, row: _Row) -> None:
+        cfg = row.cfg
+        n = len(row.prompt)
+        row.eos = frozenset(cfg.eos_token_ids)
+        row.procs = build_logits_processors(cfg, n, cfg.eos_token_ids)
+        row.gen = make_generator(cfg, self.device)
+        if row.procs:
+            row.history = torch.empty(1, n + cfg.max_new_tokens, dtype=torch.long, device=self.device)
+            row.history[0, :n] = torch.tensor(row.prompt, dtype=torch.long)
+        if self.tokenizer is not None:
+            row.stream = TextStream(self.tokenizer, cfg.stop, skip_ids=cfg.eos_token_ids)
+        self.stats.queue_wait_s += time.perf_counter() - row.handle.submitted
+
+    def _admit(self, joining: list[_Row]) -> None:
+        """Prefill the newcomers together, choose their first tokens, merge them into the batch."""
+        for row in joining:
+            self._init_row(row)
+        lens = [len(r.prompt) for r in joining]
+        t = max(lens)
+        k = len(joining)
+        ids = torch.zeros(k, t, dtype=torch.long)
+        mask = None
+        if any(n != t for n in lens):
+            mask = torch.zeros(k, t, dtype=torch.long)
+        for j, r in enumerate(joining):
+            ids[j, t - lens[j]:] = torch.tensor(r.prompt, dtype=torch.long)
+            if mask is not None:
+                mask[j, t - lens[j]:] = 1
+            r.slot = j
+            r.cached = lens[j]
+        ids = ids.to(self.device)
+        mask = mask.to(self.device) if mask is not None else None
+        cache = self.model.make_cache(k, t)
+        logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
+        self.stats.prefills += 1
+        self._choose(joining, logits[:, -1])
+        survivors = [r for r in joining if not r.done]
+        old = [r for r in self._rows if not r.done]
+        if survivors:
+            self._relayout(old, survivors, cache, t)
+
+    def _decode_step(self) -> None:
+        rows = self._rows
+        b = len(rows)
+        cache = self._cache
+        past = cache.seq_len
+        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
+        pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
+        if self.fused is not None:
+            logits = self.fused(ids, pos, cache, self._bias)
+        else:
+            mask = self._mask[:, : past + 1] if self._mask is not None else None
+            logits = self.model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache, num_logits_to_keep=1).logits
+        for r in rows:
+            r.cached += 1
+        self.stats.decode_steps += 1
+        self.stats.batch_rows += b
+        self._choose(rows, logits[:, -1])
+        if any(r.done for r in rows):
+            keep = [r for r in rows if not r.done]
+            if keep:
+                self._relayout(keep, [], None, 0)
+            else:
+                self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    # ---- choosing tokens ----------------------------------------------------------------
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """logits [len(rows), V] -> one token per row, through each row's own processors."""
+        scores = logits.float()
+        plain = [j for j, r in enumerate(rows) if not r.procs and not r.cfg.do_sample]
+        greedy_all = scores.argmax(dim=-1).tolist() if plain else None
+        for j, r in enumerate(rows):
+            if r.handle.cancelled:
+                r.done = True
+                continue
+            s = scores[j : j + 1]
+            if r.procs:
+                n = len(r.prompt) + r.generated
+                s = r.procs(r.history[:, :n], s)
+            if r.cfg.do_sample:
+                tok = int(torch.multinomial(torch.softmax(s, dim=-1), 1, generator=r.gen).item())
+            elif greedy_all is not None and not r.procs:
+                tok = greedy_all[j]
+            else:
+                tok = int(s.argmax(dim=-1).item())
+            lp = top = None
+            if r.cfg.logprobs:
+                lsm = torch.log_softmax(s, dim=-1)[0]
+                lp = float(lsm[tok])
+                if r.cfg.top_logprobs:
+                    v, i = torch.topk(lsm, min(r.cfg.top_logprobs, lsm.shape[-1]))
+                    top = dict(zip(i.tolist(), v.tolist()))
+            self._advance(r, tok, lp, top)
+
+    def _advance(self, r: _Row, tok: int, lp: float | None, top: dict | None) -> None:
+        if r.history is not None:
+            r.history[0, len(r.prompt) + r.generated] = tok
+        r.generated += 1
+        r.pending = tok
+        self.stats.generated_tokens += 1
+        text = r.stream.push(tok) if r.stream is not None else ""
+        finish = reason = None
+        if r.stream is not None and r.stream.stopped:
+            finish, reason = "stop", r.stream.matched
+        elif tok in r.eos:
+            finish, reason = "stop", tok
+        elif r.generated >= r.cfg.max_new_tokens:
+            finish = "length"
+        if finish is not None:
+            r.done = True
+            if r.stream is not None:
+                text += r.stream.finish()
+        _safe_call(r.callback, TokenEvent(text, tok, lp, top, finish, reason))
+
+    # ---- cache layout -------------------------------------------------------------------
+    def _relayout(self, old: list[_Row], new: list[_Row], new_cache: KVCache | None, new_cur: int) -> None:
+        """Build the shared cache for rows `old` (in self._cache) + `new` (in new_cache), compactly."""
+        rows = old + new
+        cfg = self.model.config
+        cur = max(r.cached for r in rows)
+        room = max(r.cfg.max_new_tokens - r.generated for r in rows) + 1
+        cap = cur + room
+        cap = -(-cap // 16) * 16  # round up: fewer distinct shapes
+        cache = KVCache(cfg.n_layers, len(rows), cfg.n_kv_heads, cfg.head_dim, cap, dtype=self.dtype,
+                        device=self.device)
+        old_cache, old_cur = self._cache, (self._cache.seq_len if self._cache is not None else 0)
+        for layer in range(cfg.n_layers):
+            nk, nv = cache.keys[layer], cache.values[layer]
+            for j, r in enumerate(rows):
+                src, end = (old_cache, old_cur) if j < len(old) else (new_cache, new_cur)
+                # a joining row's cache holds only its prompt; an old row's holds everything fed so far
+                n = r.cached
+                nk[j, :, cur - n:cur] = src.keys[layer][r.slot, :, end - n:end]
+                nv[j, :, cur - n:cur] = src.values[layer][r.slot, :, end - n:end]
+        cache.lengths = [cur] * cfg.n_layers
+        for j, r in enumerate(rows):
+            r.slot = j
+        self._rows, self._cache = rows, cache
+        if all(r.cached == cur for r in rows):
+            self._bias = self._mask = None
+        else:
+            mask = torch.ones(len(rows), cap, dtype=torch.long)
+            for j, r in enumerate(rows):
+                mask[j, : cur - r.cached] = 0
+            mask = mask.to(self.device)
+            self._mask = mask
+            self._bias = padding_bias(mask, self.dtype if self.dtype.is_floating_point else torch.float32) \
+                if self.fused is not None else None
+
+
+def _safe_call(callback, event: TokenEvent) -> None:
+    try:
+        callback(event)
+    except Exception:  # a broken consumer must not stop the engine
+        pass

@@ -1,0 +1,94 @@
+"""Prometheus metrics in the text exposition format (version 0.0.4), written by hand.
+
+    lmkit_requests_total{path,status}          counter    HTTP requests to /v1 routes
+    lmkit_request_duration_seconds{path}       histogram  latency, first byte to last byte
+    lmkit_prompt_tokens_total                  counter    tokens read (prompts, embedding inputs)
+    lmkit_generation_tokens_total              counter    tokens generated
+    lmkit_running_requests                     gauge      rows in the decode batch now
+    lmkit_waiting_requests                     gauge      requests queued for a batch slot (排队)
+    lmkit_decode_steps_total                   counter    batched decode steps
+    lmkit_decode_batch_rows_total              counter    sum of batch sizes over the steps
+                                                          (mean batch = rows / steps)
+    lmkit_queue_wait_seconds_total             counter    time requests spent queued
+
+A histogram is cumulative buckets `_bucket{le=...}` plus `_sum` and `_count`, as Prometheus
+expects; label values are escaped (backslash, double quote, newline).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
+
+
+def _esc(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(x: float) -> str:
+    return "+Inf" if x == float("inf") else repr(float(x))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.hist: dict[str, list[int]] = {}
+        self.hist_sum: dict[str, float] = defaultdict(float)
+        self.hist_count: dict[str, int] = defaultdict(int)
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+
+    def observe_request(self, path: str, status: int, seconds: float) -> None:
+        if path.startswith("/v1/models/"):
+            path = "/v1/models/{name}"  # keep label cardinality bounded
+        with self._lock:
+            self.requests[(path, str(status))] += 1
+            counts = self.hist.setdefault(path, [0] * len(BUCKETS))
+            for i, le in enumerate(BUCKETS):
+                if seconds <= le:
+                    counts[i] += 1
+            self.hist_sum[path] += seconds
+            self.hist_count[path] += 1
+
+    def add_tokens(self, prompt: int, generated: int) -> None:
+        with self._lock:
+            self.prompt_tokens += int(prompt)
+            self.generation_tokens += int(generated)
+
+    def render(self, engine=None) -> str:
+        out: list[str] = []
+
+        def head(name: str, kind: str, help_: str) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+
+        with self._lock:
+            head("lmkit_requests_total", "counter", "HTTP requests to the /v1 API by path and status code.")
+            for (path, status), n in sorted(self.requests.items()):
+                out.append(f'lmkit_requests_total{{path="{_esc(path)}",status="{_esc(status)}"}} {n}')
+            head("lmkit_request_duration_seconds", "histogram", "Request latency in seconds (to the last byte).")
+            for path, counts in sorted(self.hist.items()):
+                for le, c in zip(BUCKETS, counts):
+                    out.append(f'lmkit_request_duration_seconds_bucket{{path="{_esc(path)}",le="{_num(le)}"}} {c}')
+                out.append(f'lmkit_request_duration_seconds_sum{{path="{_esc(path)}"}} {self.hist_sum[path]!r}')
+                out.append(f'lmkit_request_duration_seconds_count{{path="{_esc(path)}"}} {self.hist_count[path]}')
+            head("lmkit_prompt_tokens_total", "counter", "Prompt (and embedding input) tokens processed.")
+            out.append(f"lmkit_prompt_tokens_total {self.prompt_tokens}")
+            head("lmkit_generation_tokens_total", "counter", "Tokens generated and returned.")
+            out.append(f"lmkit_generation_tokens_total {self.generation_tokens}")
+        if engine is not None:
+            st = engine.stats
+            head("lmkit_running_requests", "gauge", "Requests in the decode batch.")
+            out.append(f"lmkit_running_requests {engine.running}")
+            head("lmkit_waiting_requests", "gauge", "Requests queued for a batch slot.")
+            out.append(f"lmkit_waiting_requests {engine.waiting}")
+            head("lmkit_decode_steps_total", "counter", "Batched decode steps run.")
+            out.append(f"lmkit_decode_steps_total {st.decode_steps}")
+            head("lmkit_decode_batch_rows_total", "counter", "Sum of the batch sizes of the decode steps.")
+            out.append(f"lmkit_decode_batch_rows_total {st.batch_rows}")
+            head("lmkit_queue_wait_seconds_total", "counter", "Seconds requests waited in the queue.")
+            out.append(f"lmkit_queue_wait_seconds_total {st.queue_wait_s!r}")
+        return "\n".join(out) + "\n"

@@ -1,0 +1,89 @@
+"""Request bodies of the OpenAI API (pydantic), with OpenAI's ranges.
+
+Unknown fields are accepted and ignored (clients send options this server does not use,
+such as `user` or `response_format`); known fields are type- and range-checked, and a
+failure becomes a 400 in OpenAI's error shape (see app.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmkit.errors import ConfigError
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: str
+    content: Optional[Union[str, list[dict[str, Any]]]] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_call_id: Optional[str] = None
+
+
+class _Sampling(_Open):
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: Optional[dict[str, Any]] = None
+    stop: Optional[Union[str, list[str]]] = None
+    presence_penalty: Optional[float] = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(default=0.0, ge=-2.0, le=2.0)
+    seed: Optional[int] = None
+    user: Optional[str] = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    logprobs: Optional[bool] = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: Optional[str] = None
+    best_of: Optional[int] = None
+
+    def prompt_token_lists(self, tokenizer) -> list[list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [list(tokenizer.encode(p))]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]
+        out = []
+        for x in p:
+            out.append(list(tokenizer.encode(x)) if isinstance(x, str) else list(x))
+        return out
+
+
+class EmbeddingRequest(_Open):
+    model: Optional[str] = None
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: str = "float"
+    dimensions: Optional[int] = None
+    user: Optional[str] = None
+
+    def token_lists(self, embedder) -> list[list[int]]:
+        x = self.input
+        if isinstance(x, str):
+            return embedder.encode_texts([x])
+        if not x:
+            raise ConfigError("input is empty")
+        if all(isinstance(t, int) for t in x):
+            return [list(x)]
+        if all(isinstance(t, str) for t in x):
+            return embedder.encode_texts(x)
+        return [list(t) for t in x]
