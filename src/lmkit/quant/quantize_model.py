@@ -1,0 +1,178 @@
+"""`quantize_model(model, method, skip=...)`: swap a model's nn.Linear layers for quantized ones.
+
+Methods (post-training quantization, PTQ / 训练后量化, weight quantization):
+  int8       Int8Linear        weight-only int8, absmax per output channel
+  llm-int8   LLMInt8Linear     LLM.int8(): int8 weights + int8 activations with fp outlier columns
+  nf4        NF4Linear         QLoRA NF4, block 64, double quantization
+  rtn        GroupQuantLinear  round-to-nearest b-bit (4 or 8) zero-point groups
+  gptq       GPTQLinear        GPTQ (needs calibration token ids), same storage as rtn
+
+Modules are picked by their lmkit names (`layers.0.self_attn.q_proj`, `lm_head`, ...).
+`skip` (default `["lm_head"]`) names modules to leave in floating point; a name matches a
+module whose full name equals it, ends with ".<name>", or matches it as a glob pattern.
+`targets` (default: every nn.Linear) restricts quantization to matching modules; a target
+that names anything other than an nn.Linear is an error naming its type. The method's
+settings are recorded in `model.quantization` (a dict) for `save_quantized`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from lmkit.quant.linear import (
+    GPTQLinear,
+    GroupQuantLinear,
+    Int8Linear,
+    LLMInt8Linear,
+    NF4Linear,
+    QuantLinearBase,
+)
+
+METHODS = ("int8", "llm-int8", "nf4", "rtn", "gptq")
+DEFAULT_SKIP = ("lm_head",)
+
+
+def name_matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def select_linears(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP,
+                   targets: Iterable[str] | None = None) -> list[str]:
+    """Names of the nn.Linear modules to quantize (errors for targets that are not Linear)."""
+    skip = list(skip or ())
+    chosen: list[str] = []
+    matched_targets: set[str] = set()
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        if targets is not None:
+            hit = [t for t in targets if name_matches(name, [t])]
+            if not hit:
+                continue
+            matched_targets.update(hit)
+            if not isinstance(mod, nn.Linear):
+                if isinstance(mod, QuantLinearBase):
+                    raise ValueError(f"module {name!r} is already quantized ({type(mod).__name__})")
+                # a container (a whole layer) is fine: its Linears are matched by their own names
+                if any(isinstance(m, nn.Linear) for m in mod.modules()):
+                    continue
+                raise ValueError(
+                    f"cannot quantize module {name!r} of type {type(mod).__name__}: quantize_model supports "
+                    "nn.Linear layers only (embeddings, norms and convolutions stay in floating point)"
+                )
+        elif not isinstance(mod, nn.Linear):
+            continue
+        if name_matches(name, skip):
+            continue
+        if isinstance(mod, nn.Linear):
+            chosen.append(name)
+    if targets is not None:
+        missing = [t for t in targets if t not in matched_targets]
+        if missing:
+            raise ValueError(f"quantize_model: targets {missing} match no module of the model")
+    if targets is None:
+        # containers of descendants matched via parents: keep only leaves
+        chosen = [n for n in chosen if isinstance(model.get_submodule(n), nn.Linear)]
+    if not chosen:
+        raise ValueError(
+            f"quantize_model: no nn.Linear layer left to quantize (skip={skip}); the model has "
+            f"{sum(isinstance(m, QuantLinearBase) for m in model.modules())} quantized layers already"
+        )
+    return chosen
+
+
+def make_quantized(linear: nn.Linear, method: str, *, block_size: int = 64, double_quant: bool = True,
+                   bits: int = 4, group_size: int = 64, threshold: float = 6.0) -> QuantLinearBase:
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"cannot quantize a {type(linear).__name__}: only nn.Linear is supported")
+    if method == "int8":
+        return Int8Linear.from_linear(linear)
+    if method == "llm-int8":
+        return LLMInt8Linear.from_linear(linear, threshold)
+    if method == "nf4":
+        return NF4Linear.from_linear(linear, block_size, double_quant)
+    if method == "rtn":
+        return GroupQuantLinear.from_linear(linear, bits, group_size)
+    raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+
+
+def empty_quantized(in_f: int, out_f: int, bias: bool, method: str, settings: dict[str, Any]) -> QuantLinearBase:
+    """A quantized module of the right shapes to load a saved state dict into."""
+    if method == "int8":
+        return Int8Linear(in_f, out_f, bias)
+    if method == "llm-int8":
+        return LLMInt8Linear(in_f, out_f, bias, settings.get("threshold", 6.0))
+    if method == "nf4":
+        return NF4Linear(in_f, out_f, bias, settings.get("block_size", 64), settings.get("double_quant", True))
+    if method in ("rtn", "gptq"):
+        cls = GPTQLinear if method == "gptq" else GroupQuantLinear
+        return cls(in_f, out_f, bias, settings.get("bits", 4), settings.get("group_size", 64))
+    raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, method: str, skip: Iterable[str] | None = DEFAULT_SKIP,
+                   targets: Iterable[str] | None = None, *, block_size: int = 64, double_quant: bool = True,
+                   bits: int = 4, group_size: int = 64, threshold: float = 6.0,
+                   calib: torch.Tensor | None = None, **gptq_kw: Any) -> nn.Module:
+    """Replace the chosen nn.Linear modules in place and return the model (see module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+    skip = list(DEFAULT_SKIP if skip is None else skip)
+    targets = list(targets) if targets is not None else None
+    names = select_linears(model, skip, targets)
+    settings: dict[str, Any] = {"method": method}
+    if method == "nf4":
+        settings.update(block_size=block_size, double_quant=double_quant, bits=4)
+    elif method in ("rtn", "gptq"):
+        settings.update(bits=bits, group_size=group_size)
+    elif method == "llm-int8":
+        settings.update(threshold=threshold, bits=8)
+    else:
+        settings.update(bits=8)
+    # check every layer fits the block/group size before changing anything
+    for n in names:
+        lin = model.get_submodule(n)
+        if method == "nf4" and (lin.weight.numel() % block_size):
+            raise ValueError(f"NF4 block_size={block_size} does not divide the weight of {n!r} "
+                             f"({lin.out_features}x{lin.in_features}); choose a block size that divides it")
+        if method in ("rtn", "gptq") and lin.in_features % group_size:
+            raise ValueError(f"group_size={group_size} does not divide in_features={lin.in_features} of {n!r}; "
+                             "choose a group size that divides it")
+    if method == "gptq":
+        from lmkit.quant.gptq import gptq_quantize
+
+        if calib is None:
+            raise ValueError("GPTQ needs calibration data: pass calib=<LongTensor [n, seq_len] of token ids>")
+        gptq_quantize(model, names, calib, bits=bits, group_size=group_size, **gptq_kw)
+    else:
+        for n in names:
+            lin = model.get_submodule(n)
+            _set_module(model, n, make_quantized(lin, method, block_size=block_size, double_quant=double_quant,
+                                                 bits=bits, group_size=group_size, threshold=threshold))
+    settings.update(skip=skip, modules=names)
+    model.quantization = settings
+    return model
+
+
+def quantized_weight_bytes(model: nn.Module) -> int:
+    return sum(m.weight_bytes() for m in model.modules() if isinstance(m, QuantLinearBase))
+
+
+def linear_weight_bytes(model: nn.Module, names: Iterable[str]) -> int:
+    """fp32 bytes the named Linear weights would take."""
+    total = 0
+    for n in names:
+        m = model.get_submodule(n)
+        total += m.in_features * m.out_features * 4
+    return total
