@@ -54,13 +54,18 @@ class MarkdownHeaderSplitter:
         stack: list[tuple[int, str]] = []
         start, pos, in_fence = 0, 0, False
         path: list[str] = []
+        def emit(end: int) -> None:
+            body = text[start:end]
+            content = body.split("\n", 1)[1] if path and body and self.header_of(body.split("\n", 1)[0].rstrip("\r")) else body
+            if content.strip():  # a header with nothing under it is not a section (as LangChain)
+                out.append((path, start, body))
+
         for line in text.splitlines(keepends=True):
             if _FENCE.match(line):
                 in_fence = not in_fence
             hdr = None if in_fence else self.header_of(line.rstrip("\r\n"))
             if hdr is not None:
-                if text[start:pos].strip():
-                    out.append((path, start, text[start:pos]))
+                emit(pos)
                 level, title = hdr
                 while stack and stack[-1][0] >= level:
                     stack.pop()
@@ -68,8 +73,7 @@ class MarkdownHeaderSplitter:
                 path = [t for _, t in stack]
                 start = pos
             pos += len(line)
-        if text[start:pos].strip():
-            out.append((path, start, text[start:pos]))
+        emit(pos)
         return out
 
     def split_documents(self, documents: Iterable[Document]) -> list[Document]:
