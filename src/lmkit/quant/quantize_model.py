@@ -48,45 +48,42 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def select_linears(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP,
                    targets: Iterable[str] | None = None) -> list[str]:
-    """Names of the nn.Linear modules to quantize (errors for targets that are not Linear)."""
+    """Names of the nn.Linear modules to quantize (errors for targets that are not Linear).
+
+    A target may name a Linear or a container (a whole block, `layers.1.mlp`), whose Linears
+    are then all chosen; a target naming anything else (an Embedding, a norm) is an error.
+    """
     skip = list(skip or ())
-    chosen: list[str] = []
-    matched_targets: set[str] = set()
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-        if targets is not None:
-            hit = [t for t in targets if name_matches(name, [t])]
-            if not hit:
-                continue
-            matched_targets.update(hit)
-            if not isinstance(mod, nn.Linear):
-                if isinstance(mod, QuantLinearBase):
-                    raise ValueError(f"module {name!r} is already quantized ({type(mod).__name__})")
-                # a container (a whole layer) is fine: its Linears are matched by their own names
-                if any(isinstance(m, nn.Linear) for m in mod.modules()):
-                    continue
-                raise ValueError(
-                    f"cannot quantize module {name!r} of type {type(mod).__name__}: quantize_model supports "
-                    "nn.Linear layers only (embeddings, norms and convolutions stay in floating point)"
-                )
-        elif not isinstance(mod, nn.Linear):
-            continue
-        if name_matches(name, skip):
-            continue
-        if isinstance(mod, nn.Linear):
-            chosen.append(name)
-    if targets is not None:
-        missing = [t for t in targets if t not in matched_targets]
-        if missing:
-            raise ValueError(f"quantize_model: targets {missing} match no module of the model")
+    modules = dict(model.named_modules())
     if targets is None:
-        # containers of descendants matched via parents: keep only leaves
-        chosen = [n for n in chosen if isinstance(model.get_submodule(n), nn.Linear)]
+        chosen = [n for n, m in modules.items() if n and isinstance(m, nn.Linear)]
+    else:
+        targets = list(targets)
+        chosen = []
+        for t in targets:
+            hits = [n for n in modules if n and name_matches(n, [t])]
+            if not hits:
+                raise ValueError(f"quantize_model: target {t!r} matches no module of the model")
+            for n in hits:
+                mod = modules[n]
+                if isinstance(mod, QuantLinearBase):
+                    raise ValueError(f"module {n!r} is already quantized ({type(mod).__name__})")
+                if isinstance(mod, nn.Linear):
+                    chosen.append(n)
+                elif any(isinstance(m, nn.Linear) for m in mod.modules()):
+                    chosen += [f"{n}.{c}" for c, m in mod.named_modules() if c and isinstance(m, nn.Linear)]
+                else:
+                    raise ValueError(
+                        f"cannot quantize module {n!r} of type {type(mod).__name__}: quantize_model supports "
+                        "nn.Linear layers only (embeddings, norms and convolutions stay in floating point)"
+                    )
+        chosen = list(dict.fromkeys(chosen))
+    chosen = [n for n in chosen if not name_matches(n, skip)]
     if not chosen:
+        done = sum(isinstance(m, QuantLinearBase) for m in model.modules())
         raise ValueError(
-            f"quantize_model: no nn.Linear layer left to quantize (skip={skip}); the model has "
-            f"{sum(isinstance(m, QuantLinearBase) for m in model.modules())} quantized layers already"
+            f"quantize_model: no nn.Linear layer left to quantize (skip={skip}"
+            + (f"; {done} layers are already quantized" if done else "") + ")"
         )
     return chosen
 
