@@ -99,3 +99,48 @@ def build_chat_dir(path: Path, steps: int = 150, seed: int = 0) -> Path:
     tok.save_hf_json(path / "tokenizer.json")
     (path / "train_loss.txt").write_text(f"{loss.item():.4f}\n")
     return path
+
+
+def cached_chat_dir(tmp_path_factory) -> Path:
+    """The trained chat model directory, built once per pytest session (shared by the serve test files)."""
+    path = tmp_path_factory.getbasetemp() / "serve-chat-model"
+    if not (path / "tokenizer.json").exists():
+        build_chat_dir(path)
+    return path
+
+
+class LiveServer:
+    """uvicorn running `app` on a free 127.0.0.1 port in a background thread."""
+
+    def __init__(self, app) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    timeout_graceful_shutdown=30))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

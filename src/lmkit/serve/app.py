@@ -323,8 +323,8 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     @app.get("/", include_in_schema=False)
     async def index():
         page = WEB_DIR / "index.html"
-        html = page.read_text(encoding="utf-8").replace("{{MODEL_NAME}}", html.escape(model_name))
-        return HTMLResponse(html)
+        text = page.read_text(encoding="utf-8").replace("{{MODEL_NAME}}", html.escape(model_name))
+        return HTMLResponse(text)
 
     @app.get("/health")
     async def health():
