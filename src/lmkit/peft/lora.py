@@ -553,3 +553,38 @@ def load_lora(model: nn.Module, directory, adapter_name: str = "default") -> nn.
     from lmkit.peft.peft_format import load_peft_adapter
 
     return load_peft_adapter(model, directory, adapter_name=adapter_name)
+
+
+def apply_lora(model: nn.Module, config: LoraConfig | None = None) -> nn.Module:
+    """Registry entry point: `inject_lora` with the default adapter name."""
+    return inject_lora(model, config or LoraConfig())
+
+
+def linear_shapes(model_config) -> dict[str, tuple[int, int]]:
+    """(in, out) of each per-layer linear of a dense decoder, by lmkit short name."""
+    c = model_config
+    d, hd = c.d_model, c.head_dim
+    shapes = {
+        "q_proj": (d, c.n_heads * hd), "k_proj": (d, c.n_kv_heads * hd), "v_proj": (d, c.n_kv_heads * hd),
+        "o_proj": (c.n_heads * hd, d),
+    }
+    if c.gated_ffn:
+        shapes.update(gate_proj=(d, c.d_ff), up_proj=(d, c.d_ff), down_proj=(c.d_ff, d))
+    else:
+        shapes.update(up_proj=(d, c.d_ff), down_proj=(c.d_ff, d))
+    return shapes
+
+
+def lora_param_count(model_config, config: LoraConfig) -> int:
+    """Closed form: r (in + out) per adapted matrix (dense decoders; lm_head if targeted)."""
+    if getattr(model_config, "n_experts", 0):
+        raise ConfigError("lora_param_count: mixture-of-experts models are not covered by the closed form")
+    shapes = linear_shapes(model_config)
+    per_layer = sum(
+        config.r * (i + o) for name, (i, o) in shapes.items()
+        if "all-linear" in config.target_modules or name in config.target_modules
+    )
+    total = per_layer * model_config.n_layers
+    if "lm_head" in config.target_modules:
+        total += config.r * (model_config.d_model + model_config.vocab_size)
+    return total
