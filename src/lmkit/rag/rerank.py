@@ -42,7 +42,11 @@ class CrossEncoderReranker:
         from lmkit.models.encoder import EncoderLM
         from lmkit.tokenizers.wordpiece import WordPieceTokenizer
 
-        model = load_pretrained(model_dir, dtype=torch.float32)
+        import warnings
+
+        with warnings.catch_warnings():  # the classifier tensors it skips are read below
+            warnings.filterwarnings("ignore", message=".*task-head tensors.*")
+            model = load_pretrained(model_dir, dtype=torch.float32)
         if not isinstance(model, EncoderLM) or "pooler" not in model.heads:
             raise CheckpointError(f"{model_dir}: a cross-encoder needs a BERT with a pooler")
         sd = read_state_dict(model_dir)
