@@ -77,8 +77,9 @@ def soft_target_loss(
         student_logits, teacher_logits = student_logits[..., :-1, :], teacher_logits[..., :-1, :]
         labels = labels[..., 1:] if labels is not None else None
     v = student_logits.shape[-1]
-    log_q = F.log_softmax(student_logits.reshape(-1, v).float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.reshape(-1, v).float() / temperature, dim=-1)
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # fp32 at least (bf16 logits)
+    log_q = F.log_softmax(student_logits.reshape(-1, v).to(dtype) / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.reshape(-1, v).to(dtype) / temperature, dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # per position
     if labels is not None:
         keep = (labels.reshape(-1) != ignore_index).to(kl.dtype)
