@@ -5,8 +5,9 @@ Here it also gives alignment methods tasks with a known answer, so tests can che
 they learn:
 
 * `letter_preferences`: random prompts and responses over the letters a..h; the "human"
-  prefers the response with more letters from the first half (a-d). The rule is learnable
-  from tokens alone and generalises to unseen pairs.
+  prefers the response with the higher count of first-half letters (a-d) minus second-half
+  letters (e-h). The rule is additive over tokens — learnable by a reward model and by
+  DPO's implicit reward (a sum of per-token log-ratios) — and generalises to unseen pairs.
 * `good_letter_score`: the same rule as a reward in [0, 1] (share of a-d letters) for PPO.
 * `arithmetic_problems`: "a+b=" prompts with the exact answer, for GRPO with a verifiable
   reward (`lmkit.align.rewards.exact_answer`).
@@ -35,20 +36,25 @@ def good_letter_score(text: str) -> float:
     return sum(c in GOOD for c in text) / len(text) if text else 0.0
 
 
+def good_minus_bad(text: str) -> int:
+    """Count of a-d letters minus count of e-h letters (the preference rule)."""
+    return sum(1 if c in GOOD else -1 for c in text if c in LETTERS)
+
+
 def _random_response(rng: random.Random, length: int) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(length))
 
 
 def letter_preferences(n: int, seed: int = 0, prompt_len: tuple[int, int] = (2, 5),
                        response_len: tuple[int, int] = (3, 8)) -> list[PreferencePair]:
-    """n pairs whose chosen response has strictly more a-d letters than the rejected one."""
+    """n pairs whose chosen response has the strictly higher `good_minus_bad` score."""
     rng = random.Random(seed)
     pairs = []
     while len(pairs) < n:
         prompt = _random_response(rng, rng.randint(*prompt_len))
         a = _random_response(rng, rng.randint(*response_len))
         b = _random_response(rng, rng.randint(*response_len))
-        sa, sb = good_letter_score(a), good_letter_score(b)
+        sa, sb = good_minus_bad(a), good_minus_bad(b)
         if sa == sb or a == b:
             continue
         chosen, rejected = (a, b) if sa > sb else (b, a)
