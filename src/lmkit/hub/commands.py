@@ -1,0 +1,107 @@
+"""CLI: `lmkit export gguf` and `lmkit quantize`.
+
+`quantize` lives here rather than in quant/commands.py because it reads Hugging Face
+checkpoint directories (hub), and quant sits above hub in the layering rule.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.lmkit.json",
+                   "generation_config.json", "config.json")
+
+
+@click.group("export")
+def export_group() -> None:
+    """Export a model to other ecosystems' formats."""
+
+
+@export_group.command("gguf")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="the .gguf file to write")
+@click.option("--type", "ftype", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+              help="tensor type of the 2-D weights (norms stay f32)")
+def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
+    """Write the Llama-family checkpoint MODEL_DIR (+ its tokenizer.json) as a llama.cpp GGUF file."""
+    from lmkit.errors import LmkitError
+    from lmkit.hub.gguf import export_gguf_dir
+
+    try:
+        info = export_gguf_dir(model_dir, output, ftype)
+    except (LmkitError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {info['path']}: {info['tensors']} tensors ({info['q8_0']} Q8_0), {info['bytes']} bytes")
+
+
+def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
+    import torch
+
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    tok_path = Path(model_dir) / "tokenizer.json"
+    if not tok_path.exists():
+        raise click.ClickException(f"--calib needs {model_dir}/tokenizer.json to tokenize {path}")
+    tok = load_tokenizer(tok_path)
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    ids = tok.encode(text[: n * seq_len * 16])
+    if len(ids) < seq_len:
+        raise click.ClickException(f"{path}: only {len(ids)} tokens; calibration needs at least {seq_len}")
+    k = min(n, len(ids) // seq_len)
+    return torch.tensor(ids[: k * seq_len]).reshape(k, seq_len)
+
+
+@click.command("quantize")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(["int8", "llm-int8", "nf4", "rtn", "gptq"]), required=True)
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="text file of calibration data (GPTQ)")
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="rtn / gptq")
+@click.option("--group-size", type=int, default=64, show_default=True, help="rtn / gptq")
+@click.option("--block-size", type=int, default=64, show_default=True, help="nf4")
+@click.option("--no-double-quant", is_flag=True, help="nf4: keep the block constants in fp32")
+@click.option("--threshold", type=float, default=6.0, show_default=True, help="llm-int8 outlier threshold")
+@click.option("--skip", multiple=True, default=("lm_head",), show_default=True,
+              help="module names to keep in floating point (repeatable)")
+@click.option("--calib-samples", type=int, default=32, show_default=True)
+@click.option("--calib-seq-len", type=int, default=256, show_default=True)
+def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size, no_double_quant, threshold, skip,
+                 calib_samples, calib_seq_len) -> None:
+    """Quantize the checkpoint MODEL_DIR's Linear layers and save a quantized checkpoint OUTPUT."""
+    import torch
+
+    from lmkit.errors import LmkitError
+    from lmkit.hub.pretrained import load_pretrained
+    from lmkit.quant.checkpoint import save_quantized
+    from lmkit.quant.quantize_model import linear_weight_bytes, quantize_model, quantized_weight_bytes
+
+    if method == "gptq" and calib is None:
+        raise click.ClickException("--method gptq needs --calib FILE (text to calibrate on)")
+    try:
+        model = load_pretrained(model_dir, dtype=torch.float32)
+        calib_ids = _calibration_ids(calib, model_dir, calib_samples, calib_seq_len) if method == "gptq" else None
+        kw = dict(skip=list(skip), bits=int(bits), group_size=group_size, block_size=block_size,
+                  double_quant=not no_double_quant, threshold=threshold)
+        if method == "gptq":
+            kw.update(calib=calib_ids, progress=True)
+        quantize_model(model, method, **kw)
+        save_quantized(model, output)
+    except (LmkitError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name in TOKENIZER_FILES:
+        src = Path(model_dir) / name
+        if src.exists() and name != "config.json":
+            shutil.copy2(src, Path(output) / name)
+    names = model.quantization["modules"]
+    fp32 = linear_weight_bytes(model, names)
+    qb = quantized_weight_bytes(model)
+    click.echo(f"quantized {len(names)} layers with {method}: weights {fp32 / 2**20:.2f} MiB fp32 -> "
+               f"{qb / 2**20:.2f} MiB ({fp32 / qb:.2f}x smaller); wrote {output}")
+
+
+COMMANDS: list[click.Command] = [export_group, quantize_cmd]

@@ -1,0 +1,264 @@
+"""Export Llama-family models (llama, qwen2, mistral) and their byte-level BPE tokenizer to GGUF,
+the single-file format of llama.cpp / Ollama, in F32, F16 or Q8_0.
+
+GGUF = header + typed key/value metadata + tensor infos + aligned tensor data. Written with
+the `gguf` package (extra `gguf`), imported lazily. Names follow llama.cpp:
+
+  lmkit                                   GGUF
+  embed_tokens.weight                     token_embd.weight
+  layers.N.attn_norm.weight               blk.N.attn_norm.weight
+  layers.N.self_attn.{q,k,v,o}_proj.*     blk.N.attn_{q,k,v,output}.*   (q, k permuted, see below)
+  layers.N.mlp_norm.weight                blk.N.ffn_norm.weight
+  layers.N.mlp.{gate,up,down}_proj.weight blk.N.ffn_{gate,up,down}.weight
+  norm.weight                             output_norm.weight
+  lm_head.weight                          output.weight   (omitted when tied: llama.cpp then
+                                                           uses token_embd, as convert_hf_to_gguf does)
+Metadata: general.architecture = "llama", general.name, general.file_type, llama.context_length,
+llama.embedding_length, llama.block_count, llama.feed_forward_length, llama.attention.head_count,
+llama.attention.head_count_kv, llama.rope.freq_base, llama.rope.dimension_count,
+llama.attention.layer_norm_rms_epsilon, llama.vocab_size (+ rope scaling when set), and the
+tokenizer: tokenizer.ggml.model = "gpt2" (byte-level BPE), .pre, .tokens (byte-level unicode
+strings as in tokenizer.json), .token_type (1 normal, 3 control = special, 4 user-defined =
+added, 5 unused = padding rows beyond the tokenizer), .scores, .merges ("a b"), bos/eos ids.
+
+Rotary layout. lmkit (like Hugging Face) rotates the two *halves* of each head
+(rotate_half); llama.cpp's LLAMA graph rotates *adjacent pairs* (GPT-J/"normal" mode), as
+Meta's original checkpoints did. convert_hf_to_gguf.py therefore permutes the rows of Wq
+and Wk within each head: `permute` below is its function, applied with n_head for Q and
+n_head_kv for K. `unpermute` is its inverse (used by the tests).
+
+Tensor types: 1-D tensors (norms, biases) are always F32, as llama.cpp stores them. Q8_0
+stores blocks of 32 values as one fp16 scale d = max|x|/127 + 32 int8 codes round(x/d)
+(8.5 bits per weight); a 2-D tensor whose rows are not a multiple of 32 falls back to F16.
+The file is written to a temporary path and renamed, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmkit.atomic import atomic_path
+from lmkit.errors import CheckpointError, require
+
+FILE_TYPES = ("f32", "f16", "q8_0")
+LLAMA_TYPES = ("llama", "qwen2", "mistral")
+_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "attn_norm": "attn_norm", "mlp_norm": "ffn_norm",
+}
+
+
+def permute(w: torch.Tensor, n_head: int, n_head_kv: int | None = None) -> torch.Tensor:
+    """convert_hf_to_gguf.py's LlamaModel.permute: rotate-half rows -> interleaved-pair rows."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute(w: torch.Tensor, n_head: int, n_head_kv: int | None = None) -> torch.Tensor:
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(name: str) -> str:
+    """lmkit parameter name -> llama.cpp tensor name (KeyError for names GGUF has no place for)."""
+    if name == "embed_tokens.weight":
+        return "token_embd.weight"
+    if name == "norm.weight":
+        return "output_norm.weight"
+    if name == "lm_head.weight":
+        return "output.weight"
+    parts = name.split(".")
+    if parts[0] == "layers":
+        i, rest, suffix = parts[1], ".".join(parts[2:-1]), parts[-1]
+        if rest in _NAMES:
+            return f"blk.{i}.{_NAMES[rest]}.{suffix}"
+    raise KeyError(name)
+
+
+def _check_model(model: nn.Module) -> None:
+    cfg = getattr(model, "config", None)
+    if cfg is None or cfg.arch != "decoder":
+        raise CheckpointError("GGUF export needs an lmkit DecoderLM")
+    problems = []
+    if cfg.position != "rope":
+        problems.append(f"position={cfg.position!r} (llama needs rope)")
+    if cfg.norm != "rmsnorm" or cfg.norm_position != "pre":
+        problems.append(f"norm={cfg.norm!r}/{cfg.norm_position} (llama needs pre-norm rmsnorm)")
+    if not cfg.gated_ffn or cfg.activation != "silu":
+        problems.append("the FFN must be SwiGLU (gated, silu)")
+    if cfg.n_experts:
+        problems.append("MoE experts (mixtral) are not exported")
+    if cfg.ffn_bias or cfg.o_bias or cfg.lm_head_bias:
+        problems.append("biases on the MLP / output projections")
+    if cfg.rope_scaling not in (None, "linear"):
+        problems.append(f"rope_scaling={cfg.rope_scaling!r}")
+    if cfg.sliding_window is not None:
+        problems.append("sliding-window attention")
+    if problems:
+        raise CheckpointError(
+            f"cannot export this model (model_type={cfg.model_type or 'lmkit'}) as GGUF llama: "
+            + "; ".join(problems) + ". Supported: Llama-family decoders (llama, qwen2, mistral without window)."
+        )
+    from lmkit.quant.linear import QuantLinearBase
+
+    if any(isinstance(m, QuantLinearBase) for m in model.modules()):
+        raise CheckpointError("GGUF export needs the floating-point model, not an lmkit-quantized one "
+                              "(GGUF quantizes itself: --type q8_0)")
+
+
+def _token_types(tok, n: int) -> tuple[list[str], list[float], list[int]]:
+    gguf = require("gguf", "gguf")
+    tt = gguf.TokenType
+    added = {t.id: t for t in getattr(tok, "added_tokens", [])}
+    tokens, scores, types = [], [], []
+    for i in range(n):
+        if i < tok.vocab_size:
+            s = tok.id_to_token(i)
+            if s is None:
+                tokens.append(f"[PAD{i}]")
+                scores.append(0.0)
+                types.append(int(tt.UNUSED))
+                continue
+            tokens.append(s)
+            if i in added:
+                types.append(int(tt.CONTROL if added[i].special else tt.USER_DEFINED))
+                scores.append(0.0)
+            else:
+                types.append(int(tt.NORMAL))
+                scores.append(-float(i))  # earlier (lower-rank) tokens score higher
+        else:
+            tokens.append(f"[PAD{i}]")
+            scores.append(0.0)
+            types.append(int(tt.UNUSED))
+    return tokens, scores, types
+
+
+def _pre_name(tok) -> str:
+    from lmkit.tokenizers.pretokenize import PATTERNS
+
+    pattern = getattr(tok, "pattern", None)
+    if pattern == PATTERNS.get("gpt2"):
+        return "gpt2"
+    if pattern == PATTERNS.get("cl100k"):
+        return "llama-bpe"  # Llama-3 uses cl100k's split pattern
+    return "default"
+
+
+def _tensor(writer, name: str, t: torch.Tensor, ftype: str, q8) -> None:
+    gguf = require("gguf", "gguf")
+    a = t.detach().float().cpu().numpy()
+    if a.ndim == 1 or ftype == "f32":
+        writer.add_tensor(name, a.astype(np.float32))
+    elif ftype == "q8_0" and a.shape[-1] % 32 == 0:
+        data = gguf.quants.quantize(a.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        q8.append(name)
+    else:
+        writer.add_tensor(name, a.astype(np.float16))
+
+
+def export_gguf(model: nn.Module, path: str | os.PathLike, tokenizer=None, ftype: str = "f16",
+                name: str | None = None) -> dict:
+    """Write `model` (+ byte-level BPE `tokenizer`) to a GGUF file; returns a small summary."""
+    gguf = require("gguf", "gguf")
+    if ftype not in FILE_TYPES:
+        raise ValueError(f"GGUF type {ftype!r}: choose one of {FILE_TYPES}")
+    _check_model(model)
+    cfg = model.config
+    if tokenizer is not None and not hasattr(tokenizer, "merge_ids"):
+        raise CheckpointError(f"GGUF export supports byte-level BPE tokenizers, not {type(tokenizer).__name__}")
+    path = Path(path)
+    state = model.state_dict()
+    tied = cfg.tie_embeddings
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype]
+    q8: list[str] = []
+    names: list[str] = []
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        w.add_name(name or (cfg.model_type or "lmkit") + "-lmkit")
+        w.add_file_type(int(file_type))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_context_length(cfg.max_seq_len)
+        w.add_embedding_length(cfg.d_model)
+        w.add_block_count(cfg.n_layers)
+        w.add_feed_forward_length(cfg.d_ff)
+        w.add_head_count(cfg.n_heads)
+        w.add_head_count_kv(cfg.n_kv_heads)
+        w.add_rope_freq_base(float(cfg.rope_theta))
+        w.add_rope_dimension_count(cfg.head_dim)
+        if cfg.head_dim * cfg.n_heads != cfg.d_model:
+            w.add_key_length(cfg.head_dim)
+            w.add_value_length(cfg.head_dim)
+        if cfg.rope_scaling == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(cfg.rope_scaling_factor))
+        w.add_layer_norm_rms_eps(float(cfg.norm_eps))
+        w.add_vocab_size(cfg.vocab_size)
+        if tokenizer is not None:
+            tokens, scores, types = _token_types(tokenizer, cfg.vocab_size)
+            w.add_tokenizer_model("gpt2")
+            w.add_tokenizer_pre(_pre_name(tokenizer))
+            w.add_token_list(tokens)
+            w.add_token_scores(scores)
+            w.add_token_types(types)
+            from lmkit.tokenizers.bytes_level import bytes_to_token_str
+
+            w.add_token_merges([f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in tokenizer.merges])
+        bos = cfg.bos_token_id
+        eos = cfg.eos_token_id
+        if tokenizer is not None:
+            specials = tokenizer.special_tokens
+            for cand in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"):
+                if eos is None and cand in specials:
+                    eos = specials[cand]
+            for cand in ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"):
+                if bos is None and cand in specials:
+                    bos = specials[cand]
+        if bos is not None:
+            w.add_bos_token_id(int(bos))
+            w.add_add_bos_token(False)
+        if eos is not None:
+            w.add_eos_token_id(int(eos))
+        if cfg.pad_token_id is not None:
+            w.add_pad_token_id(int(cfg.pad_token_id))
+        for k, t in state.items():
+            if k == "lm_head.weight" and tied:
+                continue
+            try:
+                gname = gguf_name(k)
+            except KeyError:
+                raise CheckpointError(f"parameter {k!r} has no GGUF llama tensor name") from None
+            if ".attn_q." in gname:
+                t = permute(t, cfg.n_heads, cfg.n_heads)
+            elif ".attn_k." in gname:
+                t = permute(t, cfg.n_heads, cfg.n_kv_heads)
+            _tensor(w, gname, t, ftype, q8)
+            names.append(gname)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return {"path": str(path), "tensors": len(names), "q8_0": len(q8), "bytes": path.stat().st_size}
+
+
+def export_gguf_dir(model_dir: str | os.PathLike, path: str | os.PathLike, ftype: str = "f16") -> dict:
+    """A Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json) -> GGUF."""
+    from lmkit.hub.pretrained import load_pretrained
+
+    model = load_pretrained(model_dir, dtype=torch.float32)
+    tok = None
+    tj = Path(model_dir) / "tokenizer.json"
+    if tj.exists():
+        from lmkit.tokenizers.loading import load_tokenizer
+
+        tok = load_tokenizer(tj)
+    return export_gguf(model, path, tok, ftype, name=Path(model_dir).name)
