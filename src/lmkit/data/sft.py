@@ -277,3 +277,49 @@ def assistant_fraction(examples: Iterable[SFTExample]) -> float:
         n += len(ex)
         t += sum(1 for label in ex.labels if label != IGNORE)
     return t / max(n, 1)
+
+
+# ---- a synthetic instruction task (demos, tests, benchmarks) --------------------------------------
+_OPPOSITES = [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("day", "night"),
+              ("open", "closed"), ("old", "new"), ("happy", "sad"), ("light", "dark"), ("early", "late"),
+              ("full", "empty"), ("hard", "soft"), ("high", "low"), ("long", "short"), ("wet", "dry"),
+              ("rich", "poor"), ("loud", "quiet"), ("thick", "thin"), ("left", "right"), ("win", "lose")]
+_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def toy_pretrain_text(n: int, seed: int = 0) -> str:
+    """Plain sentences with the facts of `toy_sft_rows` (a base model to fine-tune learns them first)."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            a, b = rng.choice(_OPPOSITES)
+            lines.append(f"The opposite of {a} is {b}. The opposite of {b} is {a}.")
+        else:
+            i = rng.randrange(len(_NUMBERS) - 1)
+            lines.append(f"After {_NUMBERS[i]} comes {_NUMBERS[i + 1]}.")
+    return "\n".join(lines) + "\n"
+
+
+def toy_sft_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` OpenAI-format rows of a small instruction task: opposites ("What is the opposite of
+    hot?" -> "cold.") and counting ("What comes after four?" -> "five."), in a few phrasings."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            a, b = rng.choice(_OPPOSITES)
+            if rng.random() < 0.5:
+                a, b = b, a
+            q = rng.choice(["What is the opposite of {}?", "Give the opposite of {}.", "Opposite of {}?"]).format(a)
+            ans = f"The opposite of {a} is {b}."
+        else:
+            i = rng.randrange(len(_NUMBERS) - 1)
+            q = rng.choice(["What comes after {}?", "Which number follows {}?", "Count on from {}."]).format(_NUMBERS[i])
+            ans = f"After {_NUMBERS[i]} comes {_NUMBERS[i + 1]}."
+        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]})
+    return rows
