@@ -12,11 +12,13 @@ previous window's end), all earlier tokens in the window serving as context:
 stride == max_length gives disjoint chunks (fast, pessimistic: tokens early in a chunk see
 little context); a small stride gives each token nearly max_length - stride tokens of
 context, at N / stride forward passes. The first token of the text has no context and is
-never scored, so N - 1 tokens are scored in all.
+never scored (nor, with stride == max_length, the first token of each chunk), as in the
+recipe; pass a BOS token in front (`text_perplexity(bos_id=...)`) to score the first one.
 
 We sum the exact per-token log-probabilities. (HF's snippet multiplies each window's mean
 loss by `valid - batch_size` tokens, which is one token short for every window after the
-first: there the first scored label is not at position 0 and the shift drops nothing.)
+first when stride < max_length: there the first scored label is not at position 0 and the
+shift drops nothing.)
 
 Perplexity = exp(NLL / tokens) depends on the tokenizer; bits per byte = NLL / ln 2 / UTF-8
 bytes of the text (and bits per character likewise) do not, so models with different

@@ -44,10 +44,10 @@ def bleu(hypotheses: Sequence[str], references, tokenize: str = "13a", lowercase
     sacrebleu = require("sacrebleu", "eval")
     if not hypotheses:
         raise ValueError("no hypotheses given")
-    res = sacrebleu.corpus_bleu(list(hypotheses), _refs_streams(hypotheses, references), tokenize=tokenize,
-                                lowercase=lowercase)
+    metric = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
+    res = metric.corpus_score(list(hypotheses), _refs_streams(hypotheses, references))
     return {"score": res.score, "precisions": list(res.precisions), "bp": res.bp, "sys_len": res.sys_len,
-            "ref_len": res.ref_len, "signature": str(sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase).get_signature())}
+            "ref_len": res.ref_len, "signature": str(metric.get_signature())}
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
