@@ -49,6 +49,30 @@ def _copy_tokenizer(src, dst) -> None:
             shutil.copyfile(p, Path(dst) / name)
 
 
+class _RunDir:
+    """--run-dir, or a temporary directory removed afterwards (checkpoints and metrics of the
+    training run do not belong in the exported model directory)."""
+
+    def __init__(self, path) -> None:
+        self.path, self._tmp = path, None
+
+    def __enter__(self) -> str:
+        import tempfile
+
+        if self.path:
+            return str(self.path)
+        self._tmp = tempfile.TemporaryDirectory(prefix="lmkit-compress-")
+        return self._tmp.name
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+RUN_DIR = click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+                       help="keep the training run (checkpoints, metrics.jsonl) here; default: a temporary directory")
+
+
 def _train_config(out: str, lr: float, seed: int, steps: int = 1, warmup: int = 0):
     from lmkit.train.config import TrainConfig
 
@@ -76,11 +100,10 @@ def _train_config(out: str, lr: float, seed: int, steps: int = 1, warmup: int = 
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--seq-len", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@RUN_DIR
 def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prunes, prune_every, data, lr,
-              batch_size, seq_len, seed) -> None:
+              batch_size, seq_len, seed, run_dir) -> None:
     """Prune a model (magnitude, global or N:M), optionally fine-tune, and save it."""
-    from pathlib import Path
-
     from lmkit.compress.finetune import prune_and_finetune, prune_model
     from lmkit.compress.masks import format_report, remove_pruning, sparsity_report
     from lmkit.compress.nm_sparsity import parse_nm
@@ -100,8 +123,9 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
             train, val = _loaders(data, model.config.vocab_size, seq_len, batch_size, seed)
             sched = PruneSchedule(final_sparsity=sparsity, n_prunes=n_prunes, prune_every=prune_every,
                                   finetune_steps=finetune_steps)
-            cfg = _train_config(str(Path(out) / "run"), lr, seed)
-            result = prune_and_finetune(model, cfg, train, val, schedule=sched, method=method, targets=targets)
+            with _RunDir(run_dir) as run:
+                cfg = _train_config(run, lr, seed)
+                result = prune_and_finetune(model, cfg, train, val, schedule=sched, method=method, targets=targets)
             model = model.to("cpu")
             if val is not None:
                 click.echo(f"held-out perplexity: dense {result['dense']['eval_ppl']:.3f}  "
@@ -152,8 +176,9 @@ def _parse_overrides(items) -> dict:
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--seq-len", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@RUN_DIR
 def distill_cmd(teacher_dir, student_preset, student_config, student_override, data, out, steps, temperature,
-                alpha, lr, batch_size, seq_len, seed) -> None:
+                alpha, lr, batch_size, seq_len, seed, run_dir) -> None:
     """Train a small student on a teacher's soft targets (knowledge distillation) and save it."""
     import json
     from pathlib import Path
@@ -193,8 +218,9 @@ def distill_cmd(teacher_dir, student_preset, student_config, student_override, d
         set_seed(seed)
         student = build_model(scfg)
         train, val = _loaders(data, t_vocab, seq_len, batch_size, seed)
-        cfg = _train_config(str(Path(out) / "run"), lr, seed, steps, warmup=steps // 20)
-        result = distill(teacher, student, train, val, train_config=cfg, temperature=temperature, alpha=alpha)
+        with _RunDir(run_dir) as run:
+            cfg = _train_config(run, lr, seed, steps, warmup=steps // 20)
+            result = distill(teacher, student, train, val, train_config=cfg, temperature=temperature, alpha=alpha)
         student = student.to("cpu")
         save_pretrained(student, out)
         _copy_tokenizer(teacher_dir, out)
