@@ -1,0 +1,81 @@
+"""`lmkit chat` and `lmkit serve`, run as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_serve_util import GREETING_REPLY, cached_chat_dir
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return cached_chat_dir(tmp_path_factory)
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def test_chat_command_streams_and_keeps_history(model_dir):
+    lines = "Say hello.\n/reset\nSay hello.\n\n/exit\nnever read\n"
+    proc = subprocess.run([sys.executable, "-m", "lmkit", "chat", str(model_dir), "--temperature", "0"],
+                          input=lines, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(GREETING_REPLY) == 2
+    assert "conversation cleared" in proc.stderr
+
+
+def test_chat_command_bad_dir(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lmkit", "chat", str(tmp_path)], input="", capture_output=True,
+                          text=True, timeout=300, env=_env())
+    assert proc.returncode != 0 and "Error" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_command_with_env_key_and_sigterm(model_dir):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(model_dir), "--port", str(port),
+                             "--model-name", "cli-model", "--max-batch-size", "2", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(LMKIT_API_KEY="env-key"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.3)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="env-key", max_retries=0)
+        r = client.chat.completions.create(model="cli-model", messages=[{"role": "user", "content": "Say hello."}],
+                                           temperature=0, max_tokens=30)
+        assert r.choices[0].message.content == GREETING_REPLY
+        assert httpx.get(url + "/v1/models").status_code == 401  # the key from LMKIT_API_KEY is enforced
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (exit by that signal)
+    assert proc.returncode in (0, -signal.SIGTERM)
+    assert "serving 'cli-model'" in proc.stderr.read()
