@@ -266,3 +266,21 @@ def test_agent_cli_with_a_user_tool_against_a_missing_server(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lmkit", "agent", "hi", "--base-url", "http://x/v1", "--tool", "nope"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "module:function" in r.stderr
+
+
+def test_retrieval_tool_over_a_real_rag_index(tmp_path):
+    from lmkit.agent.retrieval_tool import retrieval_tool
+    from lmkit.rag.document import Document
+    from lmkit.rag.embedder import EncoderEmbedder
+    from lmkit.rag.index import RagIndex
+
+    idx = RagIndex.create(tmp_path / "idx", EncoderEmbedder(progress=False))
+    idx.add_documents([
+        Document("HNSW is a graph index for approximate nearest neighbour search.", {"source": "ann.md"}),
+        Document("BM25 ranks documents by term frequency and inverse document frequency.", {"source": "bm25.md"}),
+        Document("LoRA adds trainable low-rank matrices to frozen weights.", {"source": "lora.md"}),
+    ])
+    idx.save()
+    t = retrieval_tool(RagIndex.open(tmp_path / "idx"), k=1)
+    assert t({"query": "approximate nearest neighbour graph"}).startswith("[1] (ann.md) HNSW")
+    assert t({"query": "low-rank adapters"}).startswith("[1] (lora.md) LoRA")

@@ -64,9 +64,9 @@ def agent_cmd(question, model_dir, base_url, model_name, api_key, template, mode
         tools: list = [calculator_tool()]
         if index_dir:
             from lmkit.agent.retrieval_tool import retrieval_tool
-            from lmkit.rag.index import load_index
+            from lmkit.rag.index import RagIndex
 
-            tools.append(retrieval_tool(load_index(index_dir)))
+            tools.append(retrieval_tool(RagIndex.open(index_dir)))
         tools += [Tool.from_function(_user_tool(s)) for s in tool_specs]
         cls = FunctionCallingAgent if mode == "function" else ReActAgent
         agent = cls(chat_model, tools, max_steps=max_steps, max_tokens=max_tokens)
