@@ -137,7 +137,8 @@ def load_preference_jsonl(path: str | os.PathLike) -> list[PreferencePair]:
     return pairs
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Ids of plain text (special-token strings in it stay text), for lmkit and transformers tokenizers."""
     try:
         return list(tokenizer.encode(text, allowed_special="none"))
     except TypeError:  # transformers tokenizers
@@ -154,7 +155,7 @@ def _tokenize_side(pair: PreferencePair, reply, tokenizer, prompt_ids, template,
                 "(the template's generation prompt and the assistant turn disagree)"
             )
         return ids, [0] * len(prompt_ids) + mask[len(prompt_ids):]
-    completion = _encode(tokenizer, reply)
+    completion = encode_text(tokenizer, reply)
     if eos_id is not None:
         completion = completion + [int(eos_id)]
     return prompt_ids + completion, [0] * len(prompt_ids) + [1] * len(completion)
@@ -184,7 +185,7 @@ def tokenize_pair(
             raise PreferenceDataError(f"{where}: chat-format rows need a chat template (template=...)")
         prompt_ids, _ = template.render_with_mask(pair.prompt, tokenizer, add_generation_prompt=True)
     else:
-        prompt_ids = ([int(bos_id)] if bos_id is not None else []) + _encode(tokenizer, pair.prompt)
+        prompt_ids = ([int(bos_id)] if bos_id is not None else []) + encode_text(tokenizer, pair.prompt)
     if not prompt_ids:
         raise PreferenceDataError(f"{where}: the prompt encodes to no tokens; give at least one (e.g. set bos_id)")
     if len(prompt_ids) >= max_len:
