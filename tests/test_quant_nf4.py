@@ -146,3 +146,14 @@ def test_nf4_linear():
     m2 = NF4Linear(128, 96, bias=True)
     m2.load_state_dict(m.state_dict())
     torch.testing.assert_close(m2(x), m(x))
+
+
+def test_casting_the_model_keeps_fp32_constants():
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    m = NF4Linear.from_linear(lin, double_quant=False)
+    w = m.dequantize_weight()
+    m = m.to(torch.bfloat16)
+    assert m.weight_absmax.dtype == torch.float32 and m.bias.dtype == torch.bfloat16
+    torch.testing.assert_close(m.dequantize_weight(), w)
+    assert m(torch.randn(2, 128, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -50,6 +50,17 @@ class QuantLinearBase(nn.Module):
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def _apply(self, fn, recurse=True):
+        """`model.to(device)` moves the quantized buffers; `model.half()` / `.to(bf16)` must not
+        round their fp32 constants (scales, absmax), so those keep their dtype and exact values."""
+        kept = {n: b for n, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        super()._apply(fn, recurse)
+        for n, old in kept.items():
+            new = self._buffers[n]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[n] = old.to(new.device)
+        return self
+
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers(recurse=False))
 
