@@ -39,7 +39,7 @@ def lora(lm):
     from lmkit.peft.lora import LoraConfig, inject_lora
 
     return inject_lora(lm, LoraConfig(r=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj")))
+                                                                     "gate_proj", "up_proj", "down_proj", "lm_head")))
 
 
 def bench_rm(use_lora):
@@ -56,26 +56,28 @@ def bench_rm(use_lora):
     plot_curves(recs, ["loss", "accuracy", "eval_accuracy", "reward_margin"], IMG / f"align_reward_model{sfx}.png",
                 "reward model (Bradley-Terry), held-out accuracy")
     first_eval = next(r for r in recs if "eval_accuracy" in r)
-    return {"method": "reward_model" + sfx, "eval_accuracy_step20": first_eval["eval_accuracy"],
+    return {"method": "reward_model" + sfx, "first_eval_step": first_eval["step"],
+            "eval_accuracy_first": first_eval["eval_accuracy"],
             "eval_accuracy_final": final["eval_accuracy"], "steps": 200, "seconds": round(time.time() - t, 1)}
 
 
 def bench_dpo(use_lora, loss_type="sigmoid"):
     from lmkit.align.dpo import train_dpo
 
-    tr = tokenize_pairs(letter_preferences(1024, seed=1), TOK, 32, bos_id=BOS, eos_id=EOS)
-    ev = tokenize_pairs(letter_preferences(256, seed=2), TOK, 32, bos_id=BOS, eos_id=EOS)
+    # responses of 4-6 letters: DPO's implicit reward is a sum over tokens (see docs/alignment.md)
+    tr = tokenize_pairs(letter_preferences(1024, seed=1, response_len=(4, 6)), TOK, 32, bos_id=BOS, eos_id=EOS)
+    ev = tokenize_pairs(letter_preferences(256, seed=2, response_len=(4, 6)), TOK, 32, bos_id=BOS, eos_id=EOS)
     pol = lora(model()) if use_lora else model()
     t = time.time()
     recs, final = train_dpo(pol, tr, TrainConfig(lr=3e-3 if use_lora else 1e-3, max_steps=200, warmup_steps=10,
-                                                 eval_every=20, out_dir="/tmp/bench_align_dpo", progress=False),
+                                                 eval_every=10, out_dir="/tmp/bench_align_dpo", progress=False),
                             eval_pairs=ev, batch_size=32, beta=0.1, loss_type=loss_type)
     sfx = ("_lora" if use_lora else "") + ("" if loss_type == "sigmoid" else f"_{loss_type}")
     plot_curves(recs, ["loss", "eval_accuracy", "eval_reward_margin", "reward_chosen", "reward_rejected"],
                 IMG / f"align_dpo{sfx}.png", f"DPO ({loss_type}) on synthetic preferences")
     evals = [r for r in recs if "eval_accuracy" in r]
-    return {"method": "dpo" + sfx, "eval_accuracy_step20": evals[0]["eval_accuracy"],
-            "eval_accuracy_final": final["eval_accuracy"], "eval_margin_step20": evals[0]["eval_reward_margin"],
+    return {"method": "dpo" + sfx, "first_eval_step": evals[0]["step"], "eval_accuracy_first": evals[0]["eval_accuracy"],
+            "eval_accuracy_final": final["eval_accuracy"], "eval_margin_first": evals[0]["eval_reward_margin"],
             "eval_margin_final": final["eval_reward_margin"], "seconds": round(time.time() - t, 1)}
 
 
