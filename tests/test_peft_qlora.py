@@ -123,6 +123,6 @@ def test_qlora_trains_within_5_percent_of_lora(task, tmp_path):
     for rep in (lora, qlora):
         assert rep.eval_loss < 0.9 * rep.base_eval_loss  # beats the frozen base on held-out data
         assert rep.base_unchanged  # frozen weights (NF4 codes and constants included) bit-identical
-    assert qlora.trainable_params == lora.trainable_params
+    assert qlora.trainable_params == lora.trainable_params and qlora.total_params == lora.total_params
     assert abs(qlora.eval_loss - lora.eval_loss) <= 0.05 * lora.eval_loss
     assert 0.5 < qlora.extra["bytes_per_weight"] < 0.53

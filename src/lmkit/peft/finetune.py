@@ -248,12 +248,14 @@ def run_finetune(
         mem_before = torch.cuda.memory_allocated(device)
     rss_before = _peak_rss_bytes()
 
-    params_before = {id(p) for p in model.parameters()}
+    kept_alive = list(model.parameters())  # hold them so that no new tensor can reuse an id
+    params_before = {id(p) for p in kept_alive}
     model, config, allocator = apply_method(method, model, method_config, total_steps=train_config.max_steps)
     model.to(device)
     trainable, _ = _param_count(model)
     added = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in params_before)
     total = base_total + added
+    del kept_alive
     if trainable == 0:
         raise ConfigError(f"method {method!r} left no trainable parameters")
     snapshot = _frozen_snapshot(model) if (check_base and method != "full") else None
