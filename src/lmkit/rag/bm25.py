@@ -10,7 +10,9 @@ penalised). A term in more than half the documents would get a negative idf; as 
 A repeated query token counts each time. Scores are computed from an inverted index, so
 only documents that share a token are touched. Documents can be added and removed; the
 statistics (N, avgdl, df) are recomputed lazily. Tokens come from `LexicalTokenizer`
-(Chinese segmentation, lower-cased English), or any callable.
+(Chinese segmentation plus, by default, Chinese character bigrams; lower-cased English), or
+any callable. The bigram setting is saved with the index so queries are tokenized the way
+the documents were.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from typing import Callable, Sequence
 
 class BM25:
     def __init__(self, tokenizer: Callable[[str], list[str]] | None = None, k1: float = 1.5, b: float = 0.75,
-                 epsilon: float = 0.25) -> None:
+                 epsilon: float = 0.25, cjk_bigrams: bool = True) -> None:
         if k1 < 0 or not 0 <= b <= 1:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         if tokenizer is None:
             from lmkit.rag.lexical import shared_tokenizer
 
-            tokenizer = shared_tokenizer()
+            tokenizer = shared_tokenizer(cjk_bigrams)
+        self.cjk_bigrams = cjk_bigrams
         self.tokenizer = tokenizer
         self.k1, self.b, self.epsilon = k1, b, epsilon
         self.ids: list[str] = []
@@ -103,12 +106,12 @@ class BM25:
         return [(self.ids[i], s[i]) for i in top]
 
     def to_dict(self) -> dict:
-        return {"k1": self.k1, "b": self.b, "epsilon": self.epsilon, "ids": self.ids,
+        return {"k1": self.k1, "b": self.b, "epsilon": self.epsilon, "cjk_bigrams": self.cjk_bigrams, "ids": self.ids,
                 "tf": [dict(c) for c in self.tf]}
 
     @classmethod
     def from_dict(cls, d: dict, tokenizer=None) -> "BM25":
-        bm = cls(tokenizer, d["k1"], d["b"], d["epsilon"])
+        bm = cls(tokenizer, d["k1"], d["b"], d["epsilon"], bool(d.get("cjk_bigrams", False)))
         bm.add(d["ids"], tokens=[list(Counter(c).elements()) for c in d["tf"]])
         return bm
 

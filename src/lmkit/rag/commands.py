@@ -23,7 +23,7 @@ def _reranker(kind, index, chat):
     if kind == "none":
         return None
     if kind == "biencoder":
-        return rr.BiEncoderReranker(index.embedder)
+        return rr.BiEncoderReranker(index.embedder, index.store)
     if kind == "llm":
         if chat is None:
             raise click.ClickException("--rerank llm needs a chat model (--base-url/--model or --local)")

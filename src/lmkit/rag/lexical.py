@@ -3,7 +3,9 @@
 `LexicalTokenizer` runs lmkit's maximum-probability segmenter (jieba's dictionary and
 algorithm, HMM off) over the text — it also keeps runs of ASCII letters/digits together —
 then lower-cases, drops whitespace and punctuation tokens and a short list of stop words
-(的, 是, 什么, the, of …), which carry no topic. Without a dictionary (jieba not installed) it
+(的, 是, 什么, the, of …), which carry no topic. ``cjk_bigrams=True`` also emits every pair of
+adjacent Chinese characters (marked "#xy"), so a word the dictionary cuts differently in the
+query and the document (大模型 = 大/模型) still matches. Without a dictionary (jieba not installed) it
 falls back to single CJK characters plus ASCII words. The dictionary is loaded once per
 process (`shared_tokenizer`).
 """
@@ -21,6 +23,7 @@ STOPWORDS_EN = set("a an the of to in on for and or is are was were be been it t
                    "at from what which how why when who do does did can could should would i you we they".split())
 _WORD = re.compile(r"[a-z0-9]+(?:[._+#-][a-z0-9]+)*")
 _CJK = re.compile(r"[\u3400-\u9fff]")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff]{2,}")
 
 
 def _is_punct(tok: str) -> bool:
@@ -28,13 +31,14 @@ def _is_punct(tok: str) -> bool:
 
 
 class LexicalTokenizer:
-    def __init__(self, dictionary=None, stopwords: bool = True) -> None:
+    def __init__(self, dictionary=None, stopwords: bool = True, cjk_bigrams: bool = False) -> None:
         self.segmenter = None
         if dictionary is not None:
             from lmkit.tokenizers.segment import MaxProbSegmenter
 
             self.segmenter = MaxProbSegmenter(dictionary)
         self.stop = (STOPWORDS_ZH | STOPWORDS_EN) if stopwords else set()
+        self.cjk_bigrams = cjk_bigrams
 
     def __call__(self, text: str) -> list[str]:
         text = unicodedata.normalize("NFKC", text)
@@ -53,15 +57,23 @@ class LexicalTokenizer:
                 out.append(tok)
             else:
                 out.extend(w for w in _WORD.findall(tok) if w not in self.stop)
+        if self.cjk_bigrams:  # overlapping character pairs: robust to segmentation differences
+            for run in _CJK_RUN.findall(text):
+                out.extend("#" + run[i:i + 2] for i in range(len(run) - 1))
         return out
 
 
 @lru_cache(maxsize=1)
-def shared_tokenizer() -> LexicalTokenizer:
-    """The default tokenizer: jieba's dictionary in lmkit's segmenter, if jieba is installed."""
+def _dictionary():
     try:
         from lmkit.tokenizers.segment import Dictionary, jieba_dictionary_path
 
-        return LexicalTokenizer(Dictionary.load(jieba_dictionary_path()))
+        return Dictionary.load(jieba_dictionary_path())
     except Exception:  # no jieba: character-level Chinese
-        return LexicalTokenizer(None)
+        return None
+
+
+@lru_cache(maxsize=4)
+def shared_tokenizer(cjk_bigrams: bool = False) -> LexicalTokenizer:
+    """The default tokenizer: jieba's dictionary in lmkit's segmenter, if jieba is installed."""
+    return LexicalTokenizer(_dictionary(), cjk_bigrams=cjk_bigrams)

@@ -89,14 +89,24 @@ class CrossEncoderReranker:
 
 
 class BiEncoderReranker:
-    def __init__(self, embedder: Any) -> None:
-        self.embedder = embedder
+    """``store``: an `EmbeddedStore` built with the same embedder, whose stored vectors are
+    reused instead of embedding the passages again."""
+
+    def __init__(self, embedder: Any, store: Any = None) -> None:
+        self.embedder, self.store = embedder, store
 
     def rerank(self, query: str, hits: Sequence[Hit], top_n: int | None = None) -> list[Hit]:
+        import numpy as np
+
         if not hits:
             return []
         q = self.embedder.embed_query(query)
-        p = self.embedder.embed_documents([h.text for h in hits])
+        p = None
+        if self.store is not None and hasattr(self.store, "vectors_of"):
+            p = self.store.vectors_of([h.id for h in hits])
+        if p is None:
+            p = self.embedder.embed_documents([h.text for h in hits])
+        p = np.asarray(p)
         return _reorder(hits, (p @ q).tolist(), top_n)
 
 

@@ -47,7 +47,9 @@ class TokenWindowSplitter(TextSplitter):
         start = 0
         while start < len(ids):
             window = ids[start:start + self.chunk_size]
-            out.append(self.tokenizer.decode(window))
+            text_ = self.tokenizer.decode(window)
+            if text_:
+                out.append(text_)
             if start + self.chunk_size >= len(ids):
                 break
             start += step

@@ -149,6 +149,11 @@ class EmbeddedStore(VectorStore):
     def count(self) -> int:
         return len(self._ids)
 
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray | None:
+        """The stored (unit) vectors of `ids`, or None if any id is unknown."""
+        rows = [self._row.get(str(i)) for i in ids]
+        return None if any(r is None for r in rows) else self._vectors[rows]
+
     def vectors(self) -> np.ndarray:
         return self._vectors
 
