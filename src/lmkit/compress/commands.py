@@ -18,11 +18,15 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
-def _loaders(data: str, vocab_size: int, seq_len: int, batch_size: int, seed: int):
-    """(train loader, val loader or None) over a shard directory."""
+def _loaders(data: str, config, seq_len: int, batch_size: int, seed: int):
+    """(train loader, val loader or None) over a shard directory, for a model with `config`."""
     from lmkit.data.packing import PackedDataset, PackedLoader
     from lmkit.data.shards import TokenShards
     from lmkit.errors import ConfigError, LmkitError
+
+    vocab_size = config.vocab_size
+    if seq_len > config.max_seq_len:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the model's max_seq_len={config.max_seq_len}; lower it")
 
     train = TokenShards(data, "train")
     if train.vocab_size > vocab_size:
@@ -119,14 +123,15 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
             raise click.UsageError("--finetune-steps / --n-prunes > 1 need --data (a shard directory to train on)")
         model = load_pretrained(model_dir, dtype=None)
         if data is not None:
-            model = model.float()
-            train, val = _loaders(data, model.config.vocab_size, seq_len, batch_size, seed)
+            dtype = next(model.parameters()).dtype
+            model = model.float()  # fine-tune with fp32 master weights, save in the original dtype
+            train, val = _loaders(data, model.config, seq_len, batch_size, seed)
             sched = PruneSchedule(final_sparsity=sparsity, n_prunes=n_prunes, prune_every=prune_every,
                                   finetune_steps=finetune_steps)
             with _RunDir(run_dir) as run:
                 cfg = _train_config(run, lr, seed)
                 result = prune_and_finetune(model, cfg, train, val, schedule=sched, method=method, targets=targets)
-            model = model.to("cpu")
+            model = model.to(device="cpu", dtype=dtype)
             if val is not None:
                 click.echo(f"held-out perplexity: dense {result['dense']['eval_ppl']:.3f}  "
                            f"pruned {result['pruned']['eval_ppl']:.3f}  "
@@ -217,7 +222,9 @@ def distill_cmd(teacher_dir, student_preset, student_config, student_override, d
             raise ConfigError("lmkit distill trains decoder-only (causal LM) students from decoder teachers")
         set_seed(seed)
         student = build_model(scfg)
-        train, val = _loaders(data, t_vocab, seq_len, batch_size, seed)
+        train, val = _loaders(data, scfg, seq_len, batch_size, seed)
+        if seq_len > teacher.config.max_seq_len:
+            raise ConfigError(f"--seq-len {seq_len} is longer than the teacher's max_seq_len={teacher.config.max_seq_len}")
         with _RunDir(run_dir) as run:
             cfg = _train_config(run, lr, seed, steps, warmup=steps // 20)
             result = distill(teacher, student, train, val, train_config=cfg, temperature=temperature, alpha=alpha)
