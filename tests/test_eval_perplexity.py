@@ -84,7 +84,7 @@ def test_single_window_equals_full_forward(pair):
     assert rep.n_windows == 1 and rep.bits_per_token == pytest.approx(float(loss) / math.log(2), rel=1e-5)
 
 
-def test_more_context_does_not_hurt_much_and_bits_per_byte(pair):
+def test_bits_per_byte_and_per_char(pair):
     from lmkit.tokenizers.simple import CharTokenizer
 
     _, ours = pair
