@@ -124,6 +124,20 @@ def test_prompt_tuning_kv_cache_continuation_equals_full():
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+def test_virtual_token_generation_with_kv_cache_equals_full_recompute(method):
+    model = METHODS[method].apply(decoder(), METHODS[method].config_cls(n_virtual_tokens=3)).eval()
+    perturb_trainable(model)
+    prompts = [[3, 7, 1, 9, 4], [5, 6, 2]]
+    out = generate(model, prompts, max_new_tokens=5)
+    for prompt, new in zip(prompts, out.sequences):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(5):
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+        assert new == seq[len(prompt):]
+
+
 def test_prompt_init_text_and_vocab():
     base = decoder()
     table = base.embed_tokens.weight.detach().clone()

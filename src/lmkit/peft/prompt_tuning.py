@@ -16,7 +16,9 @@ token_type_ids (0), replaces the placeholders' embeddings through a forward hook
 model's `embed_tokens`, and returns logits / hidden states for the real positions only.
 Virtual tokens take positions 0..n-1, the real tokens follow (as in PEFT). With a KVCache the
 virtual tokens are inserted on the first forward (empty cache) and kept in the cache; later
-calls only extend the attention mask. Keep `max_len` of a cache n larger (`make_cache` does).
+calls only extend the attention mask and shift position_ids. `make_cache` returns a cache n
+slots larger whose `seq_len` counts real tokens only, so `lmkit.infer.generate` works on a
+prompt-tuned model unchanged.
 """
 
 from __future__ import annotations
@@ -54,6 +56,28 @@ class PromptTuningConfig(MethodConfig):
             self.init_token_ids = [int(i) for i in self.init_token_ids]
 
 
+class VirtualTokenCache:
+    """A KVCache that also holds the n virtual tokens but reports only the real ones in
+    `seq_len` (what callers such as `generate` count); everything else is delegated."""
+
+    def __init__(self, inner, n_virtual: int) -> None:
+        self.inner = inner
+        self.n_virtual = n_virtual
+
+    @property
+    def seq_len(self) -> int:
+        return max(self.inner.seq_len - self.n_virtual, 0)
+
+    def truncate(self, n: int) -> None:
+        self.inner.truncate(n + self.n_virtual)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 class VirtualTokenModel(nn.Module):
     """Insert the n virtual token embeddings produced by `encoder()` ([n, d]) into the input.
 
@@ -82,8 +106,9 @@ class VirtualTokenModel(nn.Module):
         out[mask] = src.to(out.dtype)
         return out
 
-    def make_cache(self, batch_size: int, max_len: int | None = None):
-        return self.base_model.make_cache(batch_size, (max_len or self.config.max_seq_len) + self.n_virtual)
+    def make_cache(self, batch_size: int, max_len: int | None = None) -> VirtualTokenCache:
+        inner = self.base_model.make_cache(batch_size, (max_len or self.config.max_seq_len) + self.n_virtual)
+        return VirtualTokenCache(inner, self.n_virtual)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
@@ -116,6 +141,8 @@ class VirtualTokenModel(nn.Module):
                 labels: torch.Tensor | None = None, kv_cache=None, **kwargs) -> ModelOutput:
         b, t = input_ids.shape
         n = self.n_virtual
+        if isinstance(kv_cache, VirtualTokenCache):
+            kv_cache = kv_cache.inner
         if kv_cache is not None and kv_cache.seq_len > 0:
             # continuing a cached sequence: the virtual tokens are already in the cache
             if self.n_after:
