@@ -221,3 +221,31 @@ def test_cli_index_ask_eval(docs_dir, tmp_path, embedder):
     assert r.exit_code != 0 and "not an lmkit RAG index" in r.output
     r = runner.invoke(cli, ["rag", "ask", str(out), "q", "--rerank", "llm"])
     assert r.exit_code != 0 and "needs a chat model" in r.output
+
+
+def test_cli_pgvector_store_end_to_end(docs_dir, tmp_path, embedder):
+    pgserver = pytest.importorskip("pgserver")
+    pytest.importorskip("psycopg")
+    import tempfile
+
+    from lmkit.cli import cli
+
+    d = tempfile.mkdtemp(prefix="lmkit-pg-")
+    os.chmod(d, 0o755)
+    srv = pgserver.get_server(os.path.join(d, "data"), cleanup_mode="delete")
+    try:
+        runner = CliRunner()
+        out = tmp_path / "pg_idx"
+        r = runner.invoke(cli, ["rag", "index", str(docs_dir), "-o", str(out), "--store", "pgvector",
+                                "--dsn", srv.get_uri(), "--collection", "docs_chunks"])
+        assert r.exit_code == 0, r.output
+        cfg = json.loads((out / "index.json").read_text())
+        assert cfg["store"] == {"kind": "pgvector", "dsn": srv.get_uri(), "collection": "docs_chunks"}
+        assert not (out / "store").exists()
+        r = runner.invoke(cli, ["rag", "ask", str(out), "Which index finds nearest neighbours?", "--json"])
+        assert r.exit_code == 0, r.output
+        assert "HNSW" in json.loads(r.output)["sources"][0]["text"]
+        r = runner.invoke(cli, ["rag", "ask", str(out), "q", "--dsn", "postgresql://u:pw@127.0.0.1:1/x"])
+        assert r.exit_code != 0 and "cannot reach PostgreSQL" in r.output and "pw" not in r.output
+    finally:
+        srv.cleanup()

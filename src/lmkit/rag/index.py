@@ -125,7 +125,11 @@ class RagIndex:
         else:
             from lmkit.rag.store_pgvector import PgVectorStore
 
-            store = PgVectorStore(dsn or os.environ.get("LMKIT_PG_DSN") or sc["dsn"], sc["collection"], identity=ident)
+            dsn = dsn or os.environ.get("LMKIT_PG_DSN") or sc["dsn"]
+            if "***" in dsn:
+                raise ConfigError(f"{path} uses PostgreSQL at {sc['dsn']} (password not stored): pass --dsn with "
+                                  "the password, or set LMKIT_PG_DSN")
+            store = PgVectorStore(dsn, sc["collection"], identity=ident)
         check_identity(store.identity, embedder.identity)
         bm = BM25.from_dict(json.loads((path / "bm25.json").read_text(encoding="utf-8")))
         return cls(path, config, store, bm, embedder)
