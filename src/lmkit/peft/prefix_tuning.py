@@ -40,7 +40,7 @@ from torch import nn
 from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
 from lmkit.peft.method_common import (
-    MethodConfig, bad, blocks_of, check_int, check_prob, freeze, kv_dim, model_config_of,
+    MethodConfig, blocks_of, check_int, check_prob, freeze, kv_dim, model_config_of,
 )
 
 

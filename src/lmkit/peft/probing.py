@@ -71,6 +71,9 @@ class SequenceClassifier(nn.Module):
             nn.init.normal_(self.head.weight, std=self.config.initializer_range)
             self.head.bias.zero_()
 
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        self.base_model.gradient_checkpointing_enable(enabled)
+
     def features(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
         h = self.base_model(input_ids, attention_mask=attention_mask, **kwargs).hidden_states
         return pool(h, attention_mask, self.pooling)

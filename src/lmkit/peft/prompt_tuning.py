@@ -113,6 +113,9 @@ class VirtualTokenModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        self.base_model.gradient_checkpointing_enable(enabled)
+
     def _layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """-> (index of each original token in the new sequence [B, T], virtual mask [B, T+n])."""
         b, t = input_ids.shape
