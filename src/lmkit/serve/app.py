@@ -323,6 +323,9 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     @app.get("/", include_in_schema=False)
     async def index():
         page = WEB_DIR / "index.html"
+        if not page.is_file():
+            raise APIError(404, f"the web page {page} is not installed (package data missing); the API at /v1 "
+                                "works without it", "not_found_error")
         text = page.read_text(encoding="utf-8").replace("{{MODEL_NAME}}", html.escape(model_name))
         return HTMLResponse(text)
 
