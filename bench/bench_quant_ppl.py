@@ -133,8 +133,8 @@ def main() -> None:
         ("RTN int4 (group 64)", "rtn", {"bits": 4, "group_size": 64}),
         ("GPTQ int4 (group 64)", "gptq", {"bits": 4, "group_size": 64, "calib": calib}),
         ("GPTQ int4 (group 64, act-order)", "gptq", {"bits": 4, "group_size": 64, "calib": calib, "act_order": True}),
-        ("RTN int4 (one group per row)", "rtn", {"bits": 4, "group_size": 192}),
-        ("GPTQ int4 (one group per row)", "gptq", {"bits": 4, "group_size": 192, "calib": calib}),
+        ("RTN int4 (one group per row)", "rtn", {"bits": 4, "group_size": None}),
+        ("GPTQ int4 (one group per row)", "gptq", {"bits": 4, "group_size": None, "calib": calib}),
     ]
     results = {}
     for label, method, kw in configs:

@@ -98,6 +98,16 @@ def test_checkpoint_round_trip(tmp_path, method):
     torch.testing.assert_close(again(ids).logits, q(ids).logits)
 
 
+def test_one_group_per_row(tmp_path):
+    model = tiny()
+    q = quantize_model(model, "gptq", group_size=None, calib=torch.randint(0, 96, (4, 12)))
+    down = q.layers[0].mlp.down_proj
+    assert down.group_size == 128 and down.scales.shape == (64, 1)
+    save_quantized(q, tmp_path / "q")
+    ids = torch.randint(0, 96, (2, 10))
+    torch.testing.assert_close(load_quantized(tmp_path / "q")(ids).logits, q(ids).logits)
+
+
 def test_checkpoint_into_wrong_architecture(tmp_path):
     save_quantized(quantize_model(tiny(), "nf4"), tmp_path / "q")
     with pytest.raises(CheckpointError, match="d_model"):

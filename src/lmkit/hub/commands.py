@@ -62,7 +62,8 @@ def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text file of calibration data (GPTQ)")
 @click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="rtn / gptq")
-@click.option("--group-size", type=int, default=64, show_default=True, help="rtn / gptq")
+@click.option("--group-size", type=int, default=64, show_default=True,
+              help="rtn / gptq: input columns per (scale, zero); 0 = one group per output row")
 @click.option("--block-size", type=int, default=64, show_default=True, help="nf4")
 @click.option("--no-double-quant", is_flag=True, help="nf4: keep the block constants in fp32")
 @click.option("--threshold", type=float, default=6.0, show_default=True, help="llm-int8 outlier threshold")
@@ -85,7 +86,7 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
     try:
         model = load_pretrained(model_dir, dtype=torch.float32)
         calib_ids = _calibration_ids(calib, model_dir, calib_samples, calib_seq_len) if method == "gptq" else None
-        kw = dict(skip=list(skip), bits=int(bits), group_size=group_size, block_size=block_size,
+        kw = dict(skip=list(skip), bits=int(bits), group_size=group_size or None, block_size=block_size,
                   double_quant=not no_double_quant, threshold=threshold)
         if method == "gptq":
             kw.update(calib=calib_ids, progress=True)

@@ -131,7 +131,7 @@ def _stage(name: str) -> str:
 
 
 @torch.no_grad()
-def gptq_quantize(model: nn.Module, names: list[str], calib: torch.Tensor, bits: int = 4, group_size: int = 64,
+def gptq_quantize(model: nn.Module, names: list[str], calib: torch.Tensor, bits: int = 4, group_size: int | None = 64,
                   block_size: int = 128, damp: float = 0.01, act_order: bool = False, batch_size: int = 8,
                   progress: bool = False) -> None:
     """GPTQ the named nn.Linear modules of `model` in place (they become GPTQLinear).
@@ -188,6 +188,6 @@ def gptq_quantize(model: nn.Module, names: list[str], calib: torch.Tensor, bits:
             lin.weight.copy_(dequantize_groups(codes, scales, zeros).to(lin.weight.dtype))  # later stages see it
             results[n] = (codes, scales, zeros, lin.bias)
     for n, (codes, scales, zeros, bias) in results.items():
-        new = GPTQLinear.from_codes(codes, scales, zeros, bits, group_size, bias)
+        new = GPTQLinear.from_codes(codes, scales, zeros, bits, group_size or codes.shape[1], bias)
         _set_module(model, n, new.to(device))
     model.train(was_training)

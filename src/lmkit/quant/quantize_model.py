@@ -5,6 +5,7 @@ Methods (post-training quantization, PTQ / 训练后量化, weight quantization)
   llm-int8   LLMInt8Linear     LLM.int8(): int8 weights + int8 activations with fp outlier columns
   nf4        NF4Linear         QLoRA NF4, block 64, double quantization
   rtn        GroupQuantLinear  round-to-nearest b-bit (4 or 8) zero-point groups
+                               (group_size None: one group per output row)
   gptq       GPTQLinear        GPTQ (needs calibration token ids), same storage as rtn
 
 Modules are picked by their lmkit names (`layers.0.self_attn.q_proj`, `lm_head`, ...).
@@ -99,7 +100,7 @@ def make_quantized(linear: nn.Linear, method: str, *, block_size: int = 64, doub
     if method == "nf4":
         return NF4Linear.from_linear(linear, block_size, double_quant)
     if method == "rtn":
-        return GroupQuantLinear.from_linear(linear, bits, group_size)
+        return GroupQuantLinear.from_linear(linear, bits, group_size or linear.in_features)
     raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
 
 
@@ -113,18 +114,20 @@ def empty_quantized(in_f: int, out_f: int, bias: bool, method: str, settings: di
         return NF4Linear(in_f, out_f, bias, settings.get("block_size", 64), settings.get("double_quant", True))
     if method in ("rtn", "gptq"):
         cls = GPTQLinear if method == "gptq" else GroupQuantLinear
-        return cls(in_f, out_f, bias, settings.get("bits", 4), settings.get("group_size", 64))
+        return cls(in_f, out_f, bias, settings.get("bits", 4), settings.get("group_size", 64) or in_f)
     raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
 
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, method: str, skip: Iterable[str] | None = DEFAULT_SKIP,
                    targets: Iterable[str] | None = None, *, block_size: int = 64, double_quant: bool = True,
-                   bits: int = 4, group_size: int = 64, threshold: float = 6.0,
+                   bits: int = 4, group_size: int | None = 64, threshold: float = 6.0,
                    calib: torch.Tensor | None = None, **gptq_kw: Any) -> nn.Module:
     """Replace the chosen nn.Linear modules in place and return the model (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+    if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
+        raise ValueError(f"group_size={group_size!r} must be a positive integer, or None for one group per row")
     skip = list(DEFAULT_SKIP if skip is None else skip)
     targets = list(targets) if targets is not None else None
     names = select_linears(model, skip, targets)
@@ -143,7 +146,7 @@ def quantize_model(model: nn.Module, method: str, skip: Iterable[str] | None = D
         if method == "nf4" and (lin.weight.numel() % block_size):
             raise ValueError(f"NF4 block_size={block_size} does not divide the weight of {n!r} "
                              f"({lin.out_features}x{lin.in_features}); choose a block size that divides it")
-        if method in ("rtn", "gptq") and lin.in_features % group_size:
+        if method in ("rtn", "gptq") and group_size is not None and lin.in_features % group_size:
             raise ValueError(f"group_size={group_size} does not divide in_features={lin.in_features} of {n!r}; "
                              "choose a group size that divides it")
     if method == "gptq":
