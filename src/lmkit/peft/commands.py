@@ -10,6 +10,7 @@ import click
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.txt", "merges.txt", "vocab.json")
+PER_SEQUENCE_METHODS = ("prefix", "prompt", "ptuning", "ptuning2", "probe")
 METHOD_CHOICES = ["full", "lora", "qlora", "adalora", "adapter", "fusion", "adapterdrop", "prefix", "prompt",
                   "ptuning", "ptuning2", "bitfit", "probe"]
 
@@ -107,11 +108,16 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
             held = [examples[i] for i in order[:n_eval]]
             examples = [examples[i] for i in order[n_eval:]]
         pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        if pack and method in PER_SEQUENCE_METHODS:
+            # a soft prompt / prefix belongs to one sequence: packed rows would share one
+            click.echo(f"note: {method} adds virtual tokens per sequence; examples are padded, not packed", err=True)
+            pack = False
         train = sft_loader(examples, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, seed=seed)
         held_loader = sft_loader(held, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, shuffle=False)
         tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 10), out_dir=str(out / "run"),
                          seed=seed, device=device, precision=precision, eval_steps=0)
         report = run_finetune(method, model, tokenizer, train, held_loader, method_config, tc)
+        model = report.model
         out.mkdir(parents=True, exist_ok=True)
         if method == "full":
             save_pretrained(model, out)

@@ -229,8 +229,9 @@ def run_finetune(
     *,
     check_base: bool = True,
 ) -> FinetuneReport:
-    """Fine-tune `model` in place with `method` on `train_data`; returns the measured report.
-    (`tokenizer` is accepted for methods that need one; the core methods do not.)"""
+    """Fine-tune `model` in place with `method` on `train_data`; returns the measured report,
+    whose `.model` is the trained model (the same object, or the wrapper a method such as
+    prompt tuning puts around it). `tokenizer` is accepted for methods that need one."""
     from lmkit.train.trainer import Trainer
 
     if method not in all_methods():
@@ -282,7 +283,7 @@ def run_finetune(
         extra["adalora_ranks"] = allocator.ranks()
         extra["adalora_budget_history"] = allocator.history
     steps = len(records)
-    return FinetuneReport(
+    report = FinetuneReport(
         method=method, trainable_params=trainable, total_params=total,
         trainable_pct=100.0 * trainable / max(total, 1), peak_memory_bytes=int(peak), memory_kind=kind,
         state_bytes=state_bytes(model, trainer.optimizer), base_eval_loss=base_eval, eval_loss=eval_loss,
@@ -290,6 +291,8 @@ def run_finetune(
         steps_per_s=steps / seconds if seconds > 0 else math.inf,
         base_unchanged=_unchanged(model, snapshot) if snapshot is not None else None, extra=extra,
     )
+    report.model = model  # the trained model (a method may wrap the one passed in); not serialised
+    return report
 
 
 def _device(cfg: TrainConfig) -> torch.device:
