@@ -142,12 +142,14 @@ def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Weights + buffers + gradients + optimizer state, in bytes."""
-    ts = list(model.parameters()) + list(model.buffers()) + [p.grad for p in model.parameters()]
+    """Weights + buffers + gradients + optimizer state, in bytes. A trainable parameter's
+    gradient counts even when it was freed after the last step (it exists during every step)."""
+    ts = list(model.parameters()) + list(model.buffers())
     if optimizer is not None:
         for st in optimizer.state.values():
             ts += [v for v in st.values() if torch.is_tensor(v)]
-    return _tensor_bytes(ts)
+    grads = _tensor_bytes(p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+    return _tensor_bytes(ts) + grads
 
 
 def _peak_rss_bytes() -> int:
