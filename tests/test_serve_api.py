@@ -379,12 +379,12 @@ def test_graceful_shutdown_finishes_in_flight_streams(model_dir, local):
     engine = Engine(model, tok, max_batch_size=2)
     app = create_app(engine, model_name=NAME)
     prompt = "Once upon a time"
-    text, finish, _ = expected(local, tok.encode(prompt), 300)
+    text, finish, _ = expected(local, tok.encode(prompt), 900)
     live = LiveServer(app).__enter__()
     got, first = [], threading.Event()
 
     def reader():
-        body = {"model": NAME, "prompt": prompt, "max_tokens": 300, "temperature": 0, "stream": True}
+        body = {"model": NAME, "prompt": prompt, "max_tokens": 900, "temperature": 0, "stream": True}
         with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=120) as resp:
             for line in resp.iter_lines():
                 if line:

@@ -27,8 +27,8 @@ from lmkit.tokenizers.bpe import BPETokenizer
 V = 300
 
 
-def _model(kind: str = "llama", seed: int = 0) -> DecoderLM:
-    common = dict(arch="decoder", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=128,
+def _model(kind: str = "llama", seed: int = 0, ctx: int = 128) -> DecoderLM:
+    common = dict(arch="decoder", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=ctx,
                   initializer_range=0.2, eos_token_id=2)
     if kind == "llama":
         cfg = ModelConfig(model_type="llama", n_kv_heads=2, norm="rmsnorm", activation="silu", gated_ffn=True,
@@ -132,7 +132,13 @@ def test_sampling_processors_logprobs_per_request(llama, tok):
     assert got[4].finish_reason == "stop" or len(got[4].token_ids) == 25
 
 
-def test_late_request_joins_the_running_batch(llama):
+@pytest.fixture(scope="module")
+def long_llama():
+    return _model("llama", ctx=2048)
+
+
+def test_late_request_joins_the_running_batch(long_llama):
+    llama = long_llama
     engine = Engine(llama, None, max_batch_size=4).start()
     events = []
     long_done = threading.Event()
@@ -145,7 +151,7 @@ def test_late_request_joins_the_running_batch(llama):
             long_done.set()
 
     try:
-        engine.submit([5, 6, 7], GenerationConfig(max_new_tokens=100, eos_token_id=[]), on_long)
+        engine.submit([5, 6, 7], GenerationConfig(max_new_tokens=2000, eos_token_id=[]), on_long)
         assert first_token.wait(30)
         short = engine.generate([9, 10], GenerationConfig(max_new_tokens=3, eos_token_id=[]), timeout=60)
         assert not long_done.is_set()  # the short request did not wait for the long one to finish
@@ -156,7 +162,8 @@ def test_late_request_joins_the_running_batch(llama):
     assert engine.stats.batch_rows > engine.stats.decode_steps  # some steps decoded both rows together
 
 
-def test_cancel_overload_and_stop(llama):
+def test_cancel_overload_and_stop(long_llama):
+    llama = long_llama
     engine = Engine(llama, None, max_batch_size=1, max_waiting=1)
     seen, started = [], threading.Event()
 
@@ -164,7 +171,7 @@ def test_cancel_overload_and_stop(llama):
         seen.append(ev)
         started.set()
 
-    h = engine.submit([5, 6], GenerationConfig(max_new_tokens=120, eos_token_id=[]), on_first)  # runs
+    h = engine.submit([5, 6], GenerationConfig(max_new_tokens=2000, eos_token_id=[]), on_first)  # runs
     assert started.wait(30)
     queued = []
     engine.submit([5, 6], GenerationConfig(max_new_tokens=3, eos_token_id=[]), queued.append)  # waits
@@ -175,7 +182,7 @@ def test_cancel_overload_and_stop(llama):
     while not (queued and queued[-1].finish_reason) and time.time() < deadline:
         time.sleep(0.01)
     assert [e.finish_reason for e in queued][-1] == "length" and len(queued) == 3
-    assert not any(e.finish_reason for e in seen) and len(seen) < 120  # cancelled: never finished
+    assert not any(e.finish_reason for e in seen) and len(seen) < 2000  # cancelled: never finished
     # a callback that raises does not stop the engine
     engine.max_waiting = 10
     engine.submit([5], GenerationConfig(max_new_tokens=2), lambda ev: 1 / 0)
