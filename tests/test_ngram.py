@@ -369,7 +369,7 @@ def test_entropy_matches_scipy():
         entropy([0.5, 0.6])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.lists(st.sampled_from("a b c d e".split()), min_size=1, max_size=8), min_size=3, max_size=15),
        st.integers(1, 4), st.sampled_from(["kn", "katz", "addk"]), st.lists(st.sampled_from("a b c z".split()), max_size=3))
 def test_distributions_are_normalised(sents, n, method, ctx):

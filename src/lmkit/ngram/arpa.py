@@ -25,7 +25,7 @@ import numpy as np
 from lmkit.atomic import atomic_path
 from lmkit.ngram.backoff import BackoffLM
 from lmkit.ngram.base import NGramLM
-from lmkit.ngram.keys import GramTable
+from lmkit.ngram.keys import GramCodec, GramTable
 from lmkit.ngram.vocab import BOS, BOS_ID, EOS, UNK, Vocabulary
 
 
@@ -134,8 +134,7 @@ def read_arpa(path: str | os.PathLike) -> BackoffLM:
             raise ArpaError(f"{path}: {kk}-gram uses word {exc.args[0]!r} missing from the unigrams") from None
         p = np.array([x[0] for x in sec])
         b = np.array([x[2] for x in sec])
-        t0 = GramTable(ids, V, keys=np.zeros(0))  # placeholder to get the codec
-        keys = t0.codec.encode(ids)
+        keys = GramCodec(V, kk).encode(ids)
         order_idx = np.argsort(keys, kind="stable")
         keys = keys[order_idx]
         if len(keys) > 1 and np.any(keys[1:] == keys[:-1]):

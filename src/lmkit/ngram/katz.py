@@ -10,7 +10,10 @@ words in proportion to the lower-order model, normalised over the unseen ones:
 alpha(h) = beta(h) / (1 - sum_{w seen after h} p_katz(w|h')). Where Good–Turing is undefined
 (some n_r = 0, or d_r outside (0, 1) — small corpora), we use d_r = (r - 0.5) / r (absolute
 discount 0.5) for that r and record it. At the unigram level the freed mass is spread
-uniformly over the vocabulary (without <s>), which gives <unk> a probability.
+uniformly over the vocabulary (without <s>), which gives <unk> a probability; if no unigram
+count is <= K (Good–Turing frees nothing) the unigrams use absolute discounting 0.5 instead.
+If every vocabulary word has been seen after h (no unseen mass below), p*(.|h) is
+renormalised to sum to one and bo(h) = 0 (log10 -99).
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ def katz(counts: NGramCounts, vocab: Vocabulary, k_max: int = 5) -> BackoffLM:
                 raise ValueError("cannot estimate Katz backoff: the corpus has no words")
             pstar = dc / total
             beta = 1.0 - float(pstar[mask].sum())
+            if beta <= 1e-12:  # no count <= K: Good-Turing frees nothing; keep mass for <unk>
+                pstar = np.where(c > 0, c - 0.5, 0.0) / total
+                beta = 1.0 - float(pstar[mask].sum())
+                meta["unigram_absolute_discount"] = 0.5
             p = pstar + beta / int(mask.sum())
             p[~mask] = 0.0
             probs.append(p)
@@ -80,6 +87,10 @@ def katz(counts: NGramCounts, vocab: Vocabulary, k_max: int = 5) -> BackoffLM:
             denom = 1.0 - np.add.reduceat(lower, starts)
             with np.errstate(divide="ignore", invalid="ignore"):
                 alpha = np.where((denom > 1e-12) & (beta > 1e-15), beta / denom, 0.0)
+            # every vocabulary word was seen after h: nothing to back off to, renormalise p*
+            full = (denom <= 1e-12) & (beta > 1e-15)
+            if full.any():
+                pstar = pstar / np.where(full, 1.0 - beta, 1.0)[group]
             probs.append(pstar)
             ctx = tables[k - 2].find(t.grams[starts, :-1])
             bos[k - 2][ctx] = log10_safe(alpha)
