@@ -249,3 +249,51 @@ def test_cli_pgvector_store_end_to_end(docs_dir, tmp_path, embedder):
         assert r.exit_code != 0 and "cannot reach PostgreSQL" in r.output and "pw" not in r.output
     finally:
         srv.cleanup()
+
+
+def test_cli_generation_rerank_and_judge_with_scripted_model(docs_dir, tmp_path, embedder, monkeypatch):
+    import lmkit.rag.commands as rc
+    from lmkit.cli import cli
+
+    def reply(prompt):
+        if "Rate how well" in prompt:
+            return "8" if "HNSW" in prompt else "1"
+        if "supported by the context" in prompt:
+            return "YES"
+        if "[RESULT]" in prompt:
+            return "Relevant.\n[RESULT] 2"
+        return "A vector database stores embeddings [1]."
+
+    monkeypatch.setattr(rc, "_chat_model", lambda *a: Scripted(reply))
+    runner = CliRunner()
+    out = tmp_path / "gen_idx"
+    assert runner.invoke(cli, ["rag", "index", str(docs_dir), "-o", str(out)]).exit_code == 0
+    r = runner.invoke(cli, ["rag", "ask", str(out), "What stores embeddings?", "--rerank", "llm", "-k", "3",
+                            "--base-url", "http://unused"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("A vector database stores embeddings [1].") and "[1] " in r.output
+    assert "rag.md § RAG > Vector databases" in r.output.splitlines()[2]  # the LLM reranker put it first
+    r = runner.invoke(cli, ["rag", "ask", str(out), "What stores embeddings?", "--rerank", "biencoder", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["sources"][0]["metadata"]["section"] == "RAG > Vector databases"
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "What stores embeddings?", "gold": [{"section": "RAG > Vector databases"}]}))
+    r = runner.invoke(cli, ["rag", "eval", str(out), str(qa), "--mode", "bm25", "--judge", "--base-url", "x"])
+    row = json.loads(r.output)
+    assert row["faithfulness"] == 1.0 and row["answer_relevancy"] == 1.0 and row["hit@1"] == 1.0
+
+
+def test_index_recovers_from_interrupted_save(docs_dir, tmp_path, embedder):
+    from lmkit.rag.index import RagIndex
+    from lmkit.rag.split_recursive import RecursiveCharacterSplitter
+
+    docs, _ = load_directory(docs_dir)
+    idx = RagIndex.create(tmp_path / "i", embedder)
+    idx.add_documents(RecursiveCharacterSplitter(200, 0).split_documents(docs[:2]))
+    idx.save()
+    bm25_before = (tmp_path / "i" / "bm25.json").read_text()
+    idx.add_documents(RecursiveCharacterSplitter(200, 0).split_documents(docs[2:]))
+    idx.store.persist()  # ...and the process dies before bm25.json is written
+    (tmp_path / "i" / "bm25.json").write_text(bm25_before)
+    again = RagIndex.open(tmp_path / "i", embedder=embedder)
+    assert sorted(again.bm25.ids) == sorted(idx.bm25.ids)
+    assert again.retrieve("重排 命中率", k=1, mode="bm25")[0].metadata["source"].endswith("zh.txt")

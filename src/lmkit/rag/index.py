@@ -132,6 +132,11 @@ class RagIndex:
             store = PgVectorStore(dsn, sc["collection"], identity=ident)
         check_identity(store.identity, embedder.identity)
         bm = BM25.from_dict(json.loads((path / "bm25.json").read_text(encoding="utf-8")))
+        if store.count() != len(bm.ids):  # a save interrupted between the store and bm25.json
+            ids = bm.ids if len(bm.ids) > store.count() else None
+            hits = store.get(ids) if ids is not None else store.get(getattr(store, "_ids", bm.ids))
+            bm = BM25(cjk_bigrams=bm.cjk_bigrams)
+            bm.add([h.id for h in hits], [h.text for h in hits])
         return cls(path, config, store, bm, embedder)
 
     # ---- retrieval -------------------------------------------------------------------------
