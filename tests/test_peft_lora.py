@@ -283,3 +283,23 @@ def test_mark_only_lora_trainable_bias_modes(base_dir):
     assert "layers.0.self_attn.k_proj.bias" in trainable and "layers.0.self_attn.q_proj.base_layer.bias" in trainable
     sd = lora_state_dict(model)
     assert "layers.0.self_attn.k_proj.bias" in sd and "layers.0.self_attn.q_proj.base_layer.bias" in sd
+
+
+def test_gpt2_keeps_lmkit_names_and_tied_head_refuses_merge(tmp_path):
+    """HF GPT-2 fuses q/k/v into one transposed Conv1D, so its adapters keep lmkit's names
+    (flagged in adapter_config.json); merging into a tied lm_head would change the embedding."""
+    from lmkit.models.decoder import DecoderLM
+    from lmkit.models.presets import preset
+
+    cfg = preset("gpt2-tiny", vocab_size=50, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=32)
+    torch.manual_seed(0)
+    model = inject_lora(DecoderLM(cfg), LoraConfig(r=2, target_modules=("q_proj", "o_proj", "lm_head")))
+    randomize([p for p in model.parameters() if p.requires_grad])
+    save_lora(model, tmp_path / "g")
+    assert json.loads((tmp_path / "g" / "adapter_config.json").read_text())["lmkit_module_names"] is True
+    torch.manual_seed(0)
+    again = load_lora(DecoderLM(cfg), tmp_path / "g")
+    x = torch.randint(0, 50, (1, 6))
+    assert torch.equal(logits(again, x), logits(model, x))
+    with pytest.raises(ConfigError, match="tied embeddings"):
+        merge_lora(model)

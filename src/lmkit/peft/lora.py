@@ -400,6 +400,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
     name = active_adapter(model)
     if name is None:
         raise ConfigError("the model has no LoRA adapter to merge")
+    owners: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and not isinstance(m, LoraLinear):
+            owners.setdefault(id(w), []).append(n)
+    for n, layer in _lora_layers(model):
+        w = getattr(layer.base_layer, "weight", None)
+        if name in layer.lora_A and w is not None and len(set(owners.get(id(w), []))) > 1:
+            raise ConfigError(
+                f"cannot merge into {n}: its weight is shared with {sorted(set(owners[id(w)]))} (tied embeddings); "
+                "merging would change the other module too — untie the weights first or keep the adapter unmerged"
+            )
     for _, layer in _lora_layers(model):
         if name in layer.lora_A:
             layer.merge(name)

@@ -10,8 +10,10 @@ A directory holds
 
 lmkit module names are translated to the checkpoint's names through the architecture's
 name table in `lmkit.hub` (for Llama ``layers.0.self_attn.q_proj`` <->
-``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type` keeps its
-lmkit names (only lmkit can read such an adapter).
+``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type`, and GPT-2
+(whose Hugging Face layers are fused, transposed Conv1D modules: ``c_attn`` holds q, k and v),
+keeps lmkit's names and marks ``"lmkit_module_names": true`` in the config: only lmkit reads
+such an adapter. A PEFT GPT-2 adapter (``fan_in_fan_out``) is refused with that reason.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from lmkit.peft.lora import LoraConfig, inject_lora, lora_configs, lora_state_di
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+LMKIT_NAMES_KEY = "lmkit_module_names"  # set when the adapter keeps lmkit's names (not PEFT-loadable)
+LMKIT_NAMES_ONLY = ("gpt2",)  # HF GPT-2 fuses q/k/v into one transposed Conv1D (c_attn)
 _SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".weight", ".bias")
 
 
@@ -175,8 +179,19 @@ def save_peft_adapter(
         raise ConfigError(f"no LoRA adapter named {adapter_name!r}; the model has {sorted(lora_configs(model))}")
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(model, "name_or_path", None)
-    tensors = to_peft_keys(model, lora_state_dict(model, adapter_name))
+    state = lora_state_dict(model, adapter_name)
     cfg = adapter_config_dict(model, config, base_model_name_or_path)
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    try:
+        if model_type in LMKIT_NAMES_ONLY:
+            raise CheckpointError(f"{model_type}: Hugging Face fuses or transposes these layers")
+        tensors = to_peft_keys(model, state)
+    except CheckpointError:
+        # no PEFT-loadable naming for these layers (GPT-2's fused, transposed Conv1D c_attn):
+        # keep lmkit's module names, readable by lmkit only, and say so in the config
+        tensors = {PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
+        cfg["target_modules"] = list(config.target_modules)
+        cfg[LMKIT_NAMES_KEY] = True
     with staged_directory(directory, replaces=(CONFIG_NAME, WEIGHTS_NAME)) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -243,9 +258,16 @@ def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_na
         raw = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
-    state = from_peft_keys(model, raw)
+    if d.get(LMKIT_NAMES_KEY):
+        bad = [k for k in raw if not k.startswith(PREFIX)]
+        if bad:
+            raise CheckpointError(f"{weights}: unexpected tensor names {bad[:6]}")
+        state = {k[len(PREFIX):]: v for k, v in raw.items()}
+        nm = None
+    else:
+        state = from_peft_keys(model, raw)
+        nm = _name_map(model)
     # PEFT's target names are HF short names; for the Llama family they equal lmkit's
-    nm = _name_map(model)
     if nm is not None:
         ours = set()
         for k in state:
