@@ -2,17 +2,17 @@
 the figures are perplexities, and the last line is a ratio).
 
 Pruning: a dense Llama-style model is trained on bench/corpus/en.txt, pruned to 50%
-(layer-wise magnitude, global magnitude, 2:4, and gradual cubic-schedule magnitude), then
+(layer-wise magnitude, global magnitude, 2:4, gradual cubic-schedule magnitude; and 70%), then
 fine-tuned with the masks held fixed. Reported: held-out perplexity of the dense model,
 of the pruned model before fine-tuning, after fine-tuning, and of the dense model trained
 for the same extra steps (the fair control: fine-tuning also means more training).
 
-Distillation: a teacher (wider, deeper) is trained; a small student is trained twice from the
-same initialisation on the same batches for the same steps — once with the distillation
-loss (T, alpha), once on hard labels only — and their held-out perplexities are compared.
+Distillation: the dense model is the teacher; a ~12x smaller student is trained from the same
+initialisation on the same batches for the same steps — on hard labels only, and with the
+distillation loss for each (T, alpha) of --kd-grid — and the held-out perplexities compared.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_compress_quality.py            # ~ a few minutes
-    OMP_NUM_THREADS=1 python3 bench/bench_compress_quality.py --quick    # smaller/faster
+    OMP_NUM_THREADS=1 python3 bench/bench_compress_quality.py            # ~10 min on a busy 2-core CPU
+    OMP_NUM_THREADS=1 python3 bench/bench_compress_quality.py --quick    # ~2 min
 
 Last line: "pruned+finetuned/dense ppl <r1>  distilled/baseline ppl <r2>".
 """
@@ -84,53 +84,57 @@ def train(m, data, val, out, steps, lr, warmup=0, schedule="cosine"):
     return tr.evaluate()["eval_ppl"]
 
 
-def pruning(args, tok, train_data, val, work):
+def train_dense(args, tok, train_data, val, work):
+    m = model(tok.vocab_size, args.d, args.layers, 4, args.ff, seed=0)
+    t0 = time.time()
+    ppl = train(m, train_data(), val, f"{work}/dense", args.steps, 3e-3, warmup=args.steps // 20)
+    return m, ppl, time.time() - t0
+
+
+def pruning(args, dense, ppl_dense, train_data, val, work):
     from lmkit.compress import PruneSchedule, prune_and_finetune, sparsity_report
     from lmkit.train import TrainConfig
 
-    v = tok.vocab_size
-    dense = model(v, args.d, args.layers, 4, args.ff, seed=0)
-    t0 = time.time()
-    ppl_dense = train(dense, train_data(), val, f"{work}/dense", args.steps, 3e-3, warmup=args.steps // 20)
-    rows = [("dense", ppl_dense, None, None, time.time() - t0)]
+    rows = [("dense", ppl_dense, None, None)]
     ft = args.ft_steps
     # control: the dense model trained ft more steps at the fine-tuning lr
     ctrl = copy.deepcopy(dense)
-    rows.append(("dense + same extra steps", train(ctrl, train_data(), val, f"{work}/ctrl", ft, 1e-3), None, None, 0))
+    rows.append(("dense + the same extra steps", train(ctrl, train_data(), val, f"{work}/ctrl", ft, 1e-3), None, None))
     for name, method, sched in [
         ("magnitude, layer-wise, one-shot", "magnitude", PruneSchedule(0.5, n_prunes=1, finetune_steps=ft)),
         ("magnitude, global, one-shot", "global", PruneSchedule(0.5, n_prunes=1, finetune_steps=ft)),
         ("2:4 structured, one-shot", "2:4", PruneSchedule(0.5, n_prunes=1, finetune_steps=ft)),
-        ("magnitude, layer-wise, cubic 4 steps", "magnitude",
+        ("magnitude, layer-wise, gradual (cubic, 4 steps)", "magnitude",
          PruneSchedule(0.5, n_prunes=4, prune_every=ft // 8, finetune_steps=ft - 3 * (ft // 8))),
+        ("magnitude, layer-wise, 70%, one-shot", "magnitude", PruneSchedule(0.7, n_prunes=1, finetune_steps=ft)),
     ]:
         m = copy.deepcopy(dense)
-        t0 = time.time()
-        cfg = TrainConfig(lr=1e-3, out_dir=f"{work}/{method}-{sched.n_prunes}", progress=False, eval_steps=0,
-                          log_every=10_000, min_lr_ratio=0.1, keep_checkpoints=1)
+        cfg = TrainConfig(lr=1e-3, out_dir=f"{work}/{method}-{sched.n_prunes}-{sched.final_sparsity}", progress=False,
+                          eval_steps=0, log_every=10_000, min_lr_ratio=0.1, keep_checkpoints=1)
         r = prune_and_finetune(m, cfg, train_data(), val, schedule=sched, method=method)
         sp = sparsity_report(m)["sparsity"]
-        rows.append((name, r["finetuned"]["eval_ppl"], r["pruned"]["eval_ppl"], sp, time.time() - t0))
+        rows.append((name, r["finetuned"]["eval_ppl"], r["pruned"]["eval_ppl"], sp))
     return rows
 
 
-def distillation(args, tok, train_data, val, work):
+def distillation(args, teacher, ppl_teacher, tok, train_data, val, work):
     from lmkit.compress import distill
 
     v = tok.vocab_size
-    teacher = model(v, args.teacher_d, args.teacher_layers, 4, args.teacher_ff, seed=1)
-    ppl_teacher = train(teacher, train_data(), val, f"{work}/teacher", args.teacher_steps, 3e-3,
-                        warmup=args.teacher_steps // 20)
     base = model(v, args.student_d, args.student_layers, 2, args.student_ff, seed=2)
-    kd = copy.deepcopy(base)
-    n_params = sum(p.numel() for p in base.parameters())
-    t_params = sum(p.numel() for p in teacher.parameters())
-    ppl_base = train(base, train_data(), val, f"{work}/student-ce", args.student_steps, 3e-3,
-                     warmup=args.student_steps // 20)
-    r = distill(teacher, kd, train_data(), val, temperature=args.temperature, alpha=args.alpha,
-                train_config=tcfg(f"{work}/student-kd", args.student_steps, 3e-3, args.student_steps // 20))
-    return dict(teacher_ppl=ppl_teacher, teacher_params=t_params, student_params=n_params,
-                baseline_ppl=ppl_base, distilled_ppl=r["eval_ppl"])
+    init = copy.deepcopy(base)
+    count = lambda m: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())  # noqa: E731
+    steps = args.student_steps
+    ppl_base = train(base, train_data(), val, f"{work}/student-ce", steps, 3e-3, warmup=steps // 20)
+    runs = []
+    for item in args.kd_grid.split(","):
+        T, alpha = (float(x) for x in item.split(":"))
+        kd = copy.deepcopy(init)
+        r = distill(teacher, kd, train_data(), val, temperature=T, alpha=alpha,
+                    train_config=tcfg(f"{work}/student-kd-{T}-{alpha}", steps, 3e-3, steps // 20))
+        runs.append((T, alpha, r["eval_ppl"]))
+    return dict(teacher_ppl=ppl_teacher, teacher_params=count(teacher), student_params=count(init),
+                baseline_ppl=ppl_base, runs=runs)
 
 
 def main(argv=None) -> int:
@@ -145,39 +149,42 @@ def main(argv=None) -> int:
     ap.add_argument("--ff", type=int, default=344)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--ft-steps", type=int, default=200)
-    ap.add_argument("--teacher-d", type=int, default=128)
-    ap.add_argument("--teacher-layers", type=int, default=4)
-    ap.add_argument("--teacher-ff", type=int, default=344)
-    ap.add_argument("--teacher-steps", type=int, default=800)
     ap.add_argument("--student-d", type=int, default=32)
     ap.add_argument("--student-layers", type=int, default=1)
     ap.add_argument("--student-ff", type=int, default=88)
     ap.add_argument("--student-steps", type=int, default=400)
-    ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--kd-grid", default="1:0.5,1:0.9,2:0.5,4:0.5",
+                    help="T:alpha settings; the first is the headline (lmkit's defaults)")
     ap.add_argument("--only", choices=["prune", "distill"], default=None)
     a = ap.parse_args(argv)
     if a.quick:
-        a.chars, a.vocab, a.d, a.ff, a.steps, a.ft_steps = 300_000, 512, 64, 172, 300, 100
-        a.teacher_d, a.teacher_layers, a.teacher_ff, a.teacher_steps, a.student_steps = 64, 2, 172, 300, 200
+        a.chars, a.vocab, a.d, a.ff, a.steps, a.ft_steps, a.student_steps = 300_000, 512, 64, 172, 300, 100, 200
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, args {vars(a)}", flush=True)
     tok, train_data, val = build_data(a.chars, a.vocab, a.seq, a.batch)
     r1 = r2 = float("nan")
     with tempfile.TemporaryDirectory() as work:
+        dense, ppl_dense, secs = train_dense(a, tok, train_data, val, work)
+        n = sum(p.numel() for p in {id(p): p for p in dense.parameters()}.values())
+        print(f"dense model: {n:,} parameters, {a.steps} steps in {secs:.0f} s, held-out ppl {ppl_dense:.2f}", flush=True)
         if a.only in (None, "prune"):
-            rows = pruning(a, tok, train_data, val, work)
-            print("\n| model | sparsity (targets) | ppl after pruning, before fine-tuning | held-out ppl | ratio to dense |")
+            rows = pruning(a, dense, ppl_dense, train_data, val, work)
+            print("\n| model | sparsity (targets) | ppl right after pruning | held-out ppl | ratio to dense |")
             print("|---|---|---|---|---|")
-            dense = rows[0][1]
-            for name, ppl, pruned, sp, secs in rows:
+            for name, ppl, pruned, sp in rows:
                 print(f"| {name} | {'' if sp is None else f'{sp:.1%}'} | {'' if pruned is None else f'{pruned:.2f}'} "
-                      f"| {ppl:.2f} | {ppl / dense:.3f} |")
-            r1 = rows[2][1] / dense
+                      f"| {ppl:.2f} | {ppl / ppl_dense:.3f} |", flush=True)
+            r1 = rows[2][1] / ppl_dense
         if a.only in (None, "distill"):
-            d = distillation(a, tok, train_data, val, work)
-            print("\n" + json.dumps(d, indent=1))
-            r2 = d["distilled_ppl"] / d["baseline_ppl"]
+            d = distillation(a, dense, ppl_dense, tok, train_data, val, work)
+            print(f"\nteacher (the dense model): {d['teacher_params']:,} parameters, ppl {d['teacher_ppl']:.2f}; "
+                  f"student: {d['student_params']:,} parameters, {a.student_steps} steps")
+            print("\n| student | T | alpha | held-out ppl | ratio to no-teacher |")
+            print("|---|---|---|---|---|")
+            print(f"| hard labels only (no teacher) | | | {d['baseline_ppl']:.2f} | 1.000 |")
+            for T, alpha, ppl in d["runs"]:
+                print(f"| distilled | {T:g} | {alpha:g} | {ppl:.2f} | {ppl / d['baseline_ppl']:.3f} |", flush=True)
+            r2 = d["runs"][0][2] / d["baseline_ppl"]
     print(f"pruned+finetuned/dense ppl {r1:.3f}  distilled/baseline ppl {r2:.3f}")
     return 0
 
