@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
 from lmkit.models.config import ModelConfig  # noqa: E402
 from lmkit.models.decoder import DecoderLM  # noqa: E402
-from lmkit.quant.linear import NF4Linear  # noqa: E402
 from lmkit.quant.quantize_model import linear_weight_bytes, quantize_model, quantized_weight_bytes  # noqa: E402
 from lmkit.tokenizers.bpe import BPETokenizer  # noqa: E402
 
