@@ -185,3 +185,38 @@ def test_cli_export_and_quantize(tmp_path, tok):
     res = runner.invoke(cli, ["quantize", str(tmp_path / "model"), "-o", str(tmp_path / "z"), "--method", "nf4",
                               "--block-size", "100"])
     assert res.exit_code != 0 and "does not divide" in res.output
+
+
+def test_qkv_bias_is_permuted_like_the_weights(tmp_path, tok):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=320, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=64,
+                      model_type="qwen2", qkv_bias=True)
+    m = DecoderLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("bias"):
+                p.normal_()
+    export_gguf(m, tmp_path / "q.gguf", tok, "f32")
+    r = gguf.GGUFReader(str(tmp_path / "q.gguf"))
+    t = {x.name: torch.from_numpy(np.array(x.data)) for x in r.tensors}
+    sd = m.state_dict()
+    torch.testing.assert_close(unpermute(t["blk.0.attn_q.bias"], 4, 4), sd["layers.0.self_attn.q_proj.bias"])
+    torch.testing.assert_close(unpermute(t["blk.0.attn_k.bias"], 4, 2), sd["layers.0.self_attn.k_proj.bias"])
+    torch.testing.assert_close(t["blk.0.attn_v.bias"], sd["layers.0.self_attn.v_proj.bias"])
+    # the permutation is what turns rotate-half RoPE into llama.cpp's adjacent-pair RoPE:
+    # q·k scores computed both ways agree
+    from lmkit.models.positional import RotaryEmbedding, apply_rope
+
+    rope = RotaryEmbedding(cfg)
+    pos = torch.arange(6)[None]
+    cos, sin = rope(pos, torch.float32)
+    x = torch.randn(1, 6, 64)
+    q = (x @ sd["layers.0.self_attn.q_proj.weight"].T).view(1, 6, 4, 16).transpose(1, 2)
+    qp = (x @ permute(sd["layers.0.self_attn.q_proj.weight"], 4, 4).T).view(1, 6, 4, 16).transpose(1, 2)
+    ours = apply_rope(q, cos, sin)
+    theta = pos[0, :, None].float() * rope.inv_freq[None, :]  # [6, 8]
+    c, s = torch.cos(theta)[None, None], torch.sin(theta)[None, None]
+    a, b = qp[..., 0::2], qp[..., 1::2]  # llama.cpp "normal" rope: rotate adjacent pairs
+    pairs = torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
+    # the head dims are only reordered, so every within-head q·q' score is the same
+    torch.testing.assert_close(pairs @ pairs.transpose(-1, -2), ours @ ours.transpose(-1, -2), atol=1e-4, rtol=1e-4)
