@@ -244,7 +244,6 @@ def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraCo
 
 def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
     """Inject the adapter described by `directory` into `model` and load its weights."""
-    from lmkit.hub.safetensors_io import read_state_dict  # noqa: F401  (keeps hub's error style)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
