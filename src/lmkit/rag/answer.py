@@ -5,8 +5,8 @@ source) and asks the model to answer only from them and cite the numbers it used
 `Answer` lists the sources behind each number, and ``cited`` the numbers that actually
 appear in the reply (a citation to a number that was not given is dropped from ``cited``).
 
-`extractive_answer` needs no generator: it splits the top passages into sentences (Chinese
-and English end punctuation), scores each sentence by BM25-style overlap of lexical tokens
+`extractive_answer` needs no generator: it splits the top passages (header lines, HTML tags
+and Markdown emphasis removed) into sentences (Chinese and English end punctuation), scores each sentence by BM25-style overlap of lexical tokens
 with the question (plus a small bonus for the passage's rank), and returns the best few,
 each followed by the number of the passage it came from — every word is a quotation.
 """
@@ -76,6 +76,16 @@ def generate_answer(model: Any, query: str, hits: Sequence[Hit], max_tokens: int
 
 
 _SENT = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]*")
+_TAG = re.compile(r"<[^>\n]*>")
+_LINK_LINE = re.compile(r"^\s*(?:[-*+]\s*)?\[[^\]]*\]\([^)]*\)?\s*$")  # a table-of-contents entry
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+
+
+def _prose(text: str) -> str:
+    """Passage text without header lines, HTML tags and Markdown emphasis, for quoting."""
+    lines = [ln for ln in text.splitlines()
+             if not ln.lstrip().startswith(("#", "<h", "![", "|")) and not _LINK_LINE.match(ln)]
+    return _LINK.sub(r"\1", _TAG.sub("", "\n".join(lines))).replace("**", "")
 
 
 def extractive_answer(query: str, hits: Sequence[Hit], max_sentences: int = 3, tokenizer=None,
@@ -87,9 +97,9 @@ def extractive_answer(query: str, hits: Sequence[Hit], max_sentences: int = 3, t
     q = Counter(tokenizer(query))
     cands = []
     for n, h in enumerate(hits[:passages], 1):
-        for m in _SENT.finditer(h.text):
-            s = m.group(0).strip()
-            if len(s) < 4 or s.startswith(("#", "<h", "![", "|")):
+        for m in _SENT.finditer(_prose(h.text)):
+            s = m.group(0).strip(" \t+-*>")
+            if len(s) < 4:
                 continue
             toks = tokenizer(s)
             if not toks:
