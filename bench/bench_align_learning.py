@@ -145,8 +145,7 @@ def bench_grpo(use_lora, steps=400, sft_steps=60):
 
     def cb(rec):
         if rec["step"] % 25 == 0:
-            rec["greedy_accuracy"] = greedy_accuracy(lm, problems)
-            curve.append({"step": rec["step"], "greedy_accuracy": rec["greedy_accuracy"]})
+            curve.append({"step": rec["step"], "greedy_accuracy": greedy_accuracy(lm, problems)})
 
     t = time.time()
     recs = train_grpo(lm, prompts, GRPOConfig(steps=steps, batch_size=16, group_size=8, max_new_tokens=3,

@@ -23,7 +23,7 @@ def plot_curves(records: Sequence[dict[str, Any]], keys: Sequence[str], png_path
     keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        pts = [(r[x_key], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        pts = sorted({r[x_key]: r[key] for r in records if isinstance(r.get(key), (int, float))}.items())
         ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel(x_key, fontsize=8)
