@@ -1,8 +1,8 @@
 """Full fine-tuning vs LoRA vs QLoRA vs AdaLoRA on one small SFT task, plus LoRA with the peer
 (transformers + peft) on the same base, data and batches.
 
-Each method runs in its own process, so its peak resident memory is its own (ru_maxrss only
-grows). Prints a Markdown table (method, trainable params, % of total, peak RSS growth,
+Each method runs in its own process; peak memory is the process's peak RSS during training
+(VmHWM reset when training starts, Python + torch baseline included, same for every lmkit row). Prints a Markdown table (method, trainable params, % of total, peak RSS in training,
 weights+grads+optimizer bytes, s/step, held-out loss) and, last, ours/peer = lmkit LoRA
 seconds per step / peft LoRA seconds per step.
 
@@ -57,6 +57,9 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
         before = rss()
         pm = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
                                                         task_type="CAUSAL_LM"))
+        from lmkit.peft.finetune import _proc_status, _reset_peak_rss
+
+        hwm = _reset_peak_rss()
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 3))
@@ -77,6 +80,7 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
             sched.step()
             opt.zero_grad(set_to_none=True)
         sec = time.perf_counter() - t0
+        peak_train = _proc_status("VmHWM") if hwm else None
 
         class Wrap(torch.nn.Module):
             def __init__(self, m):
@@ -89,8 +93,9 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
         held_loss = evaluate_loss(Wrap(pm), held, "cpu")
         trainable = sum(p.numel() for p in params)
         total = sum(p.numel() for p in pm.parameters())
+        peak = peak_train if peak_train is not None else rss() - before
         return {"method": "peft LoRA (peer)", "trainable_params": trainable, "total_params": total,
-                "trainable_pct": 100 * trainable / total, "peak_rss_growth": rss() - before,
+                "trainable_pct": 100 * trainable / total, "peak_rss_growth": peak,
                 "state_bytes": None, "s_per_step": sec / steps, "eval_loss": held_loss, "base_eval_loss": None}
 
     from lmkit.peft.adalora import AdaLoraConfig
@@ -113,7 +118,7 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
                          progress=False, device="cpu", eval_steps=0, save_every=0)
         rep = run_finetune(method, model, tok, train, held, cfg, tc)
     return {"method": method, "trainable_params": rep.trainable_params, "total_params": rep.total_params,
-            "trainable_pct": rep.trainable_pct, "peak_rss_growth": rss() - before, "state_bytes": rep.state_bytes,
+            "trainable_pct": rep.trainable_pct, "peak_rss_growth": rep.peak_memory_bytes, "state_bytes": rep.state_bytes,
             "s_per_step": rep.seconds / rep.steps, "eval_loss": rep.eval_loss, "base_eval_loss": rep.base_eval_loss,
             "base_unchanged": rep.base_unchanged, "bytes_per_weight": rep.extra.get("bytes_per_weight"),
             "adalora_ranks": rep.extra.get("adalora_ranks")}
@@ -159,7 +164,7 @@ def main() -> None:
     print(f"task: toy SFT (opposites/counting, ChatML), tiny Llama d_model={args.d_model}, 2 layers; "
           f"{args.steps} steps, batch 8 packed rows of 128; frozen-base held-out loss {base:.4f}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
-    print("| method | trainable params | % of total | peak RSS growth | weights+grads+Adam state | s/step | held-out loss |")
+    print("| method | trainable params | % of total | peak RSS in training | weights+grads+Adam state | s/step | held-out loss |")
     print("|---|---|---|---|---|---|---|")
     for x in rows:
         sb = "n/a" if x["state_bytes"] is None else f"{x['state_bytes'] / 2**20:.2f} MiB"

@@ -14,9 +14,11 @@ Measured for every run:
   trainable / total parameters (distinct tensors; NF4 codes count as weights, not params:
       `total_params` is the parameter count of the model *before* the method was applied
       plus the parameters it added);
-  peak memory: on CUDA `torch.cuda.max_memory_allocated` over the run; on CPU the growth of
-      the process's peak resident set (ru_maxrss) during the run, which only grows, so
-      compare methods in separate processes (bench/bench_peft_methods.py does);
+  peak memory of training (from the adapted model to the end): on CUDA
+      `torch.cuda.max_memory_allocated`; on Linux CPU the process's peak resident set
+      (VmHWM, reset through /proc/self/clear_refs when training starts; it includes the
+      Python + torch baseline, so compare methods run the same way — bench_peft_methods.py
+      runs each in a fresh process); elsewhere the growth of ru_maxrss;
   state_bytes: bytes of weights + buffers + gradients + optimizer state after training — the
       part of memory the method decides (the notes' memory formula: see docs/finetuning.md);
   held-out loss of the frozen base before training and of the tuned model after;
@@ -157,6 +159,27 @@ def _peak_rss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
+def _proc_status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return _proc_status("VmHWM") is not None
+    except OSError:
+        return False
+
+
 def _config_for(method: str, method_config):
     if method_config is not None:
         return method_config
@@ -245,12 +268,6 @@ def run_finetune(
     base_eval = evaluate_loss(model, eval_data, device, train_config.eval_steps or None) if eval_data is not None else None
 
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        mem_before = torch.cuda.memory_allocated(device)
-    rss_before = _peak_rss_bytes()
-
     kept_alive = list(model.parameters())  # hold them so that no new tensor can reuse an id
     params_before = {id(p) for p in kept_alive}
     model, config, allocator = apply_method(method, model, method_config, total_steps=train_config.max_steps)
@@ -263,6 +280,13 @@ def run_finetune(
         raise ConfigError(f"method {method!r} left no trainable parameters")
     snapshot = _frozen_snapshot(model) if (check_base and method != "full") else None
 
+    # peak memory of the training run: from here (model adapted, before the optimizer exists)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    hwm = False if cuda else _reset_peak_rss()
+    rss_start = _proc_status("VmRSS") if hwm else None
+    rss_before = _peak_rss_bytes()
     trainer = Trainer(model, train_config, train_data, eval_data)
     if allocator is not None:
         trainer.optimizer.register_step_post_hook(lambda opt, args, kwargs: allocator.update_and_allocate(trainer.step))
@@ -271,12 +295,14 @@ def run_finetune(
     seconds = time.perf_counter() - t0
     eval_loss = evaluate_loss(model, eval_data, device, train_config.eval_steps or None) if eval_data is not None else None
 
-    if cuda:
-        peak, kind = torch.cuda.max_memory_allocated(device) - mem_before, "cuda max_memory_allocated"
-        peak = max(peak, 0) + mem_before
-    else:
-        peak, kind = max(_peak_rss_bytes() - rss_before, 0), "growth of peak RSS (CPU)"
     extra: dict[str, Any] = {"config": config.to_dict() if hasattr(config, "to_dict") else None}
+    if cuda:
+        peak, kind = torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+    elif hwm:
+        peak, kind = _proc_status("VmHWM"), "peak RSS of the process during training (CPU)"
+        extra["rss_at_start"] = rss_start
+    else:
+        peak, kind = max(_peak_rss_bytes() - rss_before, 0), "growth of the process's peak RSS (CPU)"
     if method == "qlora":
         from lmkit.peft.qlora import nf4_storage
 
