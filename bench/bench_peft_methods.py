@@ -114,7 +114,9 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
     }[method]
     before = rss()
     with tempfile.TemporaryDirectory() as tmp:
-        tc = TrainConfig(max_steps=steps, lr=lr if method != "full" else lr / 5, warmup_steps=3, out_dir=tmp,
+        # full fine-tuning moves every weight: lr / 5; AdaLoRA starts from Λ = 0 with small P, Q: lr * 3
+        method_lr = {"full": lr / 5, "adalora": lr * 3}.get(method, lr)
+        tc = TrainConfig(max_steps=steps, lr=method_lr, warmup_steps=3, out_dir=tmp,
                          progress=False, device="cpu", eval_steps=0, save_every=0)
         rep = run_finetune(method, model, tok, train, held, cfg, tc)
     return {"method": method, "trainable_params": rep.trainable_params, "total_params": rep.total_params,
