@@ -25,6 +25,7 @@ import base64
 import hmac
 import html
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +57,31 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
           422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+
+
+class _Pipe:
+    """Engine thread -> event loop: items are batched so the loop is woken once per burst, not per item."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._items: list = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, item) -> None:  # any thread
+        with self._lock:
+            self._items.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:  # the event loop's thread
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for item in items:
+            self.queue.put_nowait(item)
 
 
 def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "chatml",
@@ -252,42 +278,54 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
         except ConfigError as exc:
             raise APIError(400, str(exc)) from None
 
-    def start_choices(prompts_cfgs: list[tuple[list[int], GenerationConfig]]):
-        """Submit every choice; returns (queue of (index, TokenEvent), handles)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+    def start_choices(prompts_cfgs: list[tuple[list[int], GenerationConfig]], per_token: bool = True):
+        """Submit every choice; returns (queue of (index, [TokenEvent, ...]), handles).
+
+        per_token: deliver events as they come (streaming); else each choice's events arrive
+        once, together, when it finishes (no wake-up of the event loop per token).
+        """
+        pipe = _Pipe(asyncio.get_running_loop())
         handles = []
         try:
             for idx, (ids, cfg) in enumerate(prompts_cfgs):
-                def cb(ev: TokenEvent, idx=idx) -> None:
-                    loop.call_soon_threadsafe(queue.put_nowait, (idx, ev))
+                if per_token:
+                    def cb(ev: TokenEvent, idx=idx) -> None:
+                        pipe.put((idx, [ev]))
+                else:
+                    buf: list[TokenEvent] = []
+
+                    def cb(ev: TokenEvent, idx=idx, buf=buf) -> None:
+                        buf.append(ev)
+                        if ev.finish_reason is not None or ev.error is not None:
+                            pipe.put((idx, buf))
                 handles.append(submit(ids, cfg, cb))
         except Exception:
             for h in handles:
                 h.cancel()
             raise
-        return queue, handles
+        return pipe.queue, handles
 
     async def collect(prompts_cfgs) -> list[dict]:
         """Run choices to the end: per choice {text, tokens, logprobs, top, finish_reason}."""
-        queue, handles = start_choices(prompts_cfgs)
+        queue, handles = start_choices(prompts_cfgs, per_token=False)
         results = [{"text": [], "tokens": [], "logprobs": [], "top": [], "finish_reason": None}
                    for _ in prompts_cfgs]
         left = len(prompts_cfgs)
         try:
             while left:
-                idx, ev = await queue.get()
+                idx, evs = await queue.get()
                 r = results[idx]
-                if ev.error:
-                    raise APIError(500, ev.error, "server_error")
-                r["text"].append(ev.text)
-                if ev.token is not None:
-                    r["tokens"].append(ev.token)
-                    r["logprobs"].append(ev.logprob)
-                    r["top"].append(ev.top_logprobs)
-                if ev.finish_reason is not None:
-                    r["finish_reason"] = ev.finish_reason
-                    left -= 1
+                for ev in evs:
+                    if ev.error:
+                        raise APIError(500, ev.error, "server_error")
+                    r["text"].append(ev.text)
+                    if ev.token is not None:
+                        r["tokens"].append(ev.token)
+                        r["logprobs"].append(ev.logprob)
+                        r["top"].append(ev.top_logprobs)
+                    if ev.finish_reason is not None:
+                        r["finish_reason"] = ev.finish_reason
+                        left -= 1
         finally:
             for h in handles:
                 h.cancel()  # no-op for finished requests; frees the batch slot if the client went away
@@ -404,7 +442,7 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
                                    "choices": [{"index": idx, "text": prompt_texts[meta[idx]], "logprobs": None,
                                                 "finish_reason": None}]})
                 while left:
-                    idx, ev = await queue.get()
+                    idx, (ev,) = await queue.get()
                     if ev.error:
                         yield sse(error_body(ev.error, "server_error"))
                         break
@@ -491,7 +529,7 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
                 for idx in range(n):
                     yield chunk(idx, {"role": "assistant", "content": ""})
                 while left:
-                    idx, ev = await queue.get()
+                    idx, (ev,) = await queue.get()
                     if ev.error:
                         yield sse(error_body(ev.error, "server_error"))
                         break
