@@ -406,3 +406,37 @@ def test_pooling_matches_a_per_row_reference(lengths, left, pooling):
         rows = h[i][mask[i].bool()]
         want = {"cls": rows[0], "last": rows[-1], "mean": rows.mean(0)}[pooling]
         torch.testing.assert_close(got[i], want)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    arch=st.sampled_from(["decoder", "encoder"]),
+    kv=st.sampled_from([1, 2, 4]),
+    norm=st.sampled_from(["rmsnorm", "layernorm"]),
+    biases=st.booleans(), gated=st.booleans(), n_layers=st.integers(1, 3),
+    m=st.integers(1, 9), p=st.integers(1, 5), hidden=st.sampled_from([None, 8]),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    k=st.integers(0, 1),
+)
+def test_closed_form_counts_for_random_architectures(arch, kv, norm, biases, gated, n_layers, m, p, hidden, flags, k):
+    """Every method's trainable count equals its closed form, over GQA/MQA, norms, biases, FFN kinds."""
+    a, b, c = flags
+    cfg = ModelConfig(arch=arch, vocab_size=24, d_model=16, n_layers=n_layers, n_heads=4, n_kv_heads=kv, d_ff=24,
+                      max_seq_len=32, norm=norm, qkv_bias=biases, o_bias=biases, ffn_bias=biases, gated_ffn=gated,
+                      norm_position="post" if arch == "encoder" else "pre", lm_head_bias=biases and arch == "decoder")
+    make = (lambda: DecoderLM(cfg)) if arch == "decoder" else (lambda: EncoderLM(cfg))
+    configs = [
+        ("adapter", dict(bottleneck=m, positions=("attn", "ffn") if a else ("ffn",), train_norms=b)),
+        ("adapterdrop", dict(drop_layers=min(k, n_layers - 1), stochastic=c, adapter=AdapterConfig(bottleneck=m))),
+        ("prefix", dict(n_virtual_tokens=p, projection=a, hidden_size=hidden)),
+        ("prompt", dict(n_virtual_tokens=p)),
+        ("ptuning", dict(n_virtual_tokens=p, encoder="lstm" if a else "mlp", hidden_size=hidden)),
+        ("ptuning2", dict(n_virtual_tokens=p, num_labels=3 if b else 0)),
+        ("bitfit", dict(add_missing_bias=True, train_norms=b)),
+        ("probe", dict(num_labels=2 + m % 3, pooling="mean")),
+    ]
+    for name, opts in configs:
+        spec = get_method(name)
+        mc = spec.config_cls(**opts)
+        model = spec.apply(make(), mc)
+        assert count_trainable(model) == spec.param_count(cfg, mc), (name, opts)
