@@ -228,3 +228,22 @@ def test_adapter_fusion_two_stages(tmp_path):
     site = base.layers[1].mlp.adapter_site
     w = site.last_fusion_weights
     assert w.shape[-1] == 2 and torch.allclose(w.sum(-1), torch.ones(()))
+
+
+def test_linear_probe_matches_logistic_regression_on_the_same_features(tmp_path):
+    """Oracle: scikit-learn's logistic regression on the frozen, mean-pooled features reaches
+    the same held-out accuracy as lmkit's trained probe (both are linear classifiers)."""
+    sklearn_lm = pytest.importorskip("sklearn.linear_model")
+    spec = METHODS["probe"]
+    model = spec.apply(encoder(), spec.config_cls(pooling="mean"))
+    ids, mask, labels = classification(1024, seed=1)
+    t_ids, t_mask, t_labels = classification(256, seed=2)
+    batches = [{"input_ids": ids[i:i + 64], "attention_mask": mask[i:i + 64], "labels": labels[i:i + 64]}
+               for i in range(0, len(ids), 64)]
+    train(model, batches, 0.1, 400, tmp_path, shift=False)
+    ours = accuracy(model, t_ids, t_mask, t_labels)
+    with torch.no_grad():
+        model.eval()
+        x, tx = model.features(ids, mask).numpy(), model.features(t_ids, t_mask).numpy()
+    ref = sklearn_lm.LogisticRegression(C=10.0, max_iter=2000).fit(x, labels.numpy()).score(tx, t_labels.numpy())
+    assert abs(ours - ref) <= 0.05, (ours, ref)
