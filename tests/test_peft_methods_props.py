@@ -77,10 +77,11 @@ def test_prefix_finalize_drops_mlp_and_keeps_outputs():
     assert torch.equal(before, after)
 
 
-@pytest.mark.parametrize("method", ["prefix", "ptuning2"])
-def test_deep_prompt_generation_with_kv_cache_equals_full_recompute(method):
+@pytest.mark.parametrize("method", ["prefix", "ptuning2", "adapter", "adapterdrop"])
+def test_generation_with_kv_cache_equals_full_recompute(method):
     base = decoder()
-    model = METHODS[method].apply(base, METHODS[method].config_cls(n_virtual_tokens=3))
+    opts = {"n_virtual_tokens": 3} if method in ("prefix", "ptuning2") else {}
+    model = METHODS[method].apply(base, METHODS[method].config_cls(**opts))
     perturb_trainable(model)
     prompts = [[3, 7, 1, 9, 4], [5, 6, 2]]  # different lengths: left padding inside generate
     out = generate(model, prompts, max_new_tokens=6)
