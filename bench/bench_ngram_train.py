@@ -64,21 +64,26 @@ def main() -> None:
     print(f"lmkit  train (count + KN estimate): {t_ours:8.3f} s   peak traced memory {m_ours / 2**20:8.1f} MiB")
     print(f"nltk   fit   (count only)         : {t_ref:8.3f} s   peak traced memory {m_ref / 2**20:8.1f} MiB")
     t0 = time.perf_counter()
-    ppl_ours = ours.perplexity(test)
+    r_ours = ours.evaluate(test)
     t_sc_ours = time.perf_counter() - t0
     from nltk.lm.preprocessing import pad_both_ends
     from nltk.util import ngrams
 
     t0 = time.perf_counter()
-    total, n = 0.0, 0
+    total, n, total_iv, n_iv = 0.0, 0, 0.0, 0
     for s in test:
         for g in ngrams(pad_both_ends(s, n=order), order):
-            total += ref.logscore(g[-1], g[:-1])
+            lp = ref.logscore(g[-1], g[:-1])
+            total += lp
             n += 1
+            if g[-1] in ref.vocab:  # NLTK gives out-of-vocabulary words probability 0
+                total_iv += lp
+                n_iv += 1
     t_sc_ref = time.perf_counter() - t0
     ppl_ref = 2 ** (-total / n) if math.isfinite(total) else float("inf")
-    print(f"held-out ({len(test)} lines) KN perplexity: lmkit {ppl_ours:.2f} ({t_sc_ours:.3f} s), "
-          f"nltk {ppl_ref:.2f} ({t_sc_ref:.2f} s)")
+    print(f"held-out ({len(test)} lines, {r_ours.n_oov} OOV) KN perplexity: lmkit {r_ours.perplexity:.2f} "
+          f"(without OOV {r_ours.perplexity_excluding_oov:.2f}; {t_sc_ours:.3f} s), nltk {ppl_ref:.2f} "
+          f"(without OOV {2 ** (-total_iv / n_iv):.2f}; {t_sc_ref:.2f} s)")
     print(f"memory ours/peer: {m_ours / m_ref:.3f}")
     print(f"time ours/peer: {t_ours / t_ref:.3f}")
 

@@ -12,7 +12,9 @@ alpha(h) = beta(h) / (1 - sum_{w seen after h} p_katz(w|h')). Where Good–Turin
 discount 0.5) for that r and record it. At the unigram level the freed mass is spread
 uniformly over the vocabulary (without <s>), which gives <unk> a probability; if no unigram
 count is <= K (Good–Turing frees nothing) the unigrams use absolute discounting 0.5 instead.
-If every vocabulary word has been seen after h (no unseen mass below), p*(.|h) is
+A context whose continuations were all seen more than K times would likewise free no mass
+(unseen words would get probability 0 and perplexity explodes): its counts are discounted
+absolutely by 0.5. If every vocabulary word has been seen after h (no unseen mass below), p*(.|h) is
 renormalised to sum to one and bo(h) = 0 (log10 -99).
 """
 
@@ -83,6 +85,14 @@ def katz(counts: NGramCounts, vocab: Vocabulary, k_max: int = 5) -> BackoffLM:
             ch = np.add.reduceat(c.astype(np.float64), starts)
             pstar = dc / ch[group]
             beta = 1.0 - np.add.reduceat(pstar, starts)
+            # every continuation of h seen more than K times: Good-Turing frees nothing and unseen
+            # words would get probability 0; discount those contexts absolutely by 0.5 instead
+            stuck = beta <= 1e-12
+            if stuck.any():
+                rows = stuck[group]
+                pstar[rows] = (c[rows] - 0.5) / ch[group][rows]
+                beta = 1.0 - np.add.reduceat(pstar, starts)
+                meta.setdefault("absolute_discount_contexts", []).append(int(stuck.sum()))
             lower = probs[k - 2][tables[k - 2].find(t.grams[:, 1:])]
             denom = 1.0 - np.add.reduceat(lower, starts)
             with np.errstate(divide="ignore", invalid="ignore"):
