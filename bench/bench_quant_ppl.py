@@ -1,12 +1,13 @@
 """Quantization quality, memory and speed on a small Llama-style model trained with lmkit.
 
 1. Train a byte-level BPE tokenizer (lmkit) and a DecoderLM (RoPE, RMSNorm, SwiGLU, GQA) on
-   bench/corpus/en.txt (the trained model is cached under runs/bench_quant_model).
+   bench/corpus/en.txt (the trained model is cached under runs/bench_quant_model_<steps>;
+   2000 steps take ~25 min on 2 shared CPU cores).
 2. Held-out perplexity (last 10 % of the corpus, never trained on) for fp32 and every method,
    weight memory of the quantized Linear layers vs fp32, forward tokens/s.
 3. Peer: bitsandbytes' NF4 (quantize_4bit/dequantize_4bit on CPU) applied to the same weights.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_quant_ppl.py [--steps 600]
+    OMP_NUM_THREADS=1 flock /tmp/lmkit-bench.lock python3 bench/bench_quant_ppl.py [--steps 2000]
 
 Last line: NF4 perplexity ours / bitsandbytes.
 """
@@ -104,15 +105,15 @@ def bnb_nf4(model):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--calib", type=int, default=32, help="GPTQ calibration sequences (from the training split)")
-    ap.add_argument("--cache", default=str(ROOT.parent / "runs" / "bench_quant_model"))
+    ap.add_argument("--cache", default=None, help="default: runs/bench_quant_model_<steps>")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cache = Path(args.cache)
+    cache = Path(args.cache or ROOT.parent / "runs" / f"bench_quant_model_{args.steps}")
     tok, train_ids, test_ids = data(ROOT / "corpus" / "en.txt", cache, args.vocab)
     print(f"tokens: train {len(train_ids)}, held-out {len(test_ids)}; vocab {tok.vocab_size}")
     model = train(tok, train_ids, cache, args.steps, args.seq, args.batch)
