@@ -134,8 +134,13 @@ def load_pretrained(
     """Build the lmkit model of a Hugging Face checkpoint directory and load its weights.
 
     dtype None keeps the checkpoint's floating dtype (fp32 when it mixes several).
-    The model comes back in eval mode with `model.config` set.
+    The model comes back in eval mode with `model.config` set. A quantized checkpoint written by
+    `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model.
     """
+    if not (Path(directory) / "config.json").exists() and (Path(directory) / "quantization.json").exists():
+        from lmkit.quant.checkpoint import load_quantized
+
+        return load_quantized(directory).eval()
     hf = read_hf_config(directory)
     arch = arch_module(hf.get("model_type"))
     try:
