@@ -210,3 +210,19 @@ def test_request_validation(llama):
         engine.submit([5], GenerationConfig(num_beams=2), print)
     with pytest.raises(ConfigError, match="max_batch_size"):
         Engine(llama, None, max_batch_size=0)
+
+
+@pytest.mark.parametrize("method", ["int8", "nf4"])
+def test_quantized_model_runs_through_the_forward_path(method):
+    quant = pytest.importorskip("lmkit.quant.quantize_model")
+    model = _model("llama", seed=5)
+    quant.quantize_model(model, method)
+    engine = Engine(model, None, max_batch_size=2).start()
+    assert engine.fused is None  # quantized linears: the generic model.forward path
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    try:
+        got, _ = _run_all(engine, prompts, [GenerationConfig(max_new_tokens=6 + 3 * i) for i in range(3)])
+    finally:
+        engine.stop()
+    for i, (p, r) in enumerate(zip(prompts, got)):
+        assert r.token_ids == generate(model, [p], max_new_tokens=6 + 3 * i).sequences[0]

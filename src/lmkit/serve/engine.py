@@ -404,9 +404,10 @@ class Engine:
         room = max(r.cfg.max_new_tokens - r.generated for r in rows) + 1
         cap = cur + room
         cap = -(-cap // 16) * 16  # round up: fewer distinct shapes
-        cache = KVCache(cfg.n_layers, len(rows), cfg.n_kv_heads, cfg.head_dim, cap, dtype=self.dtype,
-                        device=self.device)
         old_cache, old_cur = self._cache, (self._cache.seq_len if self._cache is not None else 0)
+        src0 = (old_cache if old else new_cache).keys[0]  # the dtype the model writes (quantized models: float)
+        cache = KVCache(cfg.n_layers, len(rows), cfg.n_kv_heads, cfg.head_dim, cap, dtype=src0.dtype,
+                        device=src0.device)
         for layer in range(cfg.n_layers):
             nk, nv = cache.keys[layer], cache.values[layer]
             for j, r in enumerate(rows):
@@ -427,8 +428,7 @@ class Engine:
                 mask[j, : cur - r.cached] = 0
             mask = mask.to(self.device)
             self._mask = mask
-            self._bias = padding_bias(mask, self.dtype if self.dtype.is_floating_point else torch.float32) \
-                if self.fused is not None else None
+            self._bias = padding_bias(mask, src0.dtype) if self.fused is not None else None
 
 
 def _safe_call(callback, event: TokenEvent) -> None:
