@@ -373,6 +373,26 @@ def test_health_metrics_and_page(server, client):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and NAME in page.text
 
 
+def test_client_disconnect_cancels_the_request(server):
+    import time
+
+    engine = server.app.state.engine
+    body = {"model": NAME, "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0, "stream": True}
+    before = engine.stats.generated_tokens
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as resp:
+        lines = resp.iter_lines()
+        for _ in range(3):
+            next(lines)
+    # the connection is closed: the engine drops the row instead of generating all 900 tokens
+    deadline = time.time() + 30
+    while engine.running and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.running == 0
+    time.sleep(0.2)
+    assert engine.stats.generated_tokens - before < 900
+
+
 # ---- graceful shutdown -------------------------------------------------------------------------
 def test_graceful_shutdown_finishes_in_flight_streams(model_dir, local):
     model, tok = local

@@ -118,6 +118,7 @@ class LiveServer:
 
         import uvicorn
 
+        self.app = app
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
