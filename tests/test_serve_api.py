@@ -393,6 +393,30 @@ def test_client_disconnect_cancels_the_request(server):
     assert engine.stats.generated_tokens - before < 900
 
 
+def test_engine_failure_is_a_500_in_openai_shape_and_the_engine_recovers(local):
+    model, tok = local
+    engine = Engine(model, tok, max_batch_size=2)
+    real_step = engine._decode_step
+    calls = {"n": 0}
+
+    def broken_once():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated out of memory")
+        return real_step()
+
+    engine._decode_step = broken_once
+    with LiveServer(create_app(engine, model_name=NAME)) as live:
+        resp = httpx.post(live.url + "/v1/completions", json={"model": NAME, "prompt": "Once", "max_tokens": 20,
+                                                              "temperature": 0}, timeout=60)
+        assert resp.status_code == 500
+        error = _openai_error(resp)
+        assert error["type"] == "server_error" and "simulated out of memory" in error["message"]
+        ok = httpx.post(live.url + "/v1/completions", json={"model": NAME, "prompt": "Once", "max_tokens": 5,
+                                                            "temperature": 0}, timeout=60)
+        assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == expected(local, tok.encode("Once"), 5)[0]
+
+
 # ---- graceful shutdown -------------------------------------------------------------------------
 def test_graceful_shutdown_finishes_in_flight_streams(model_dir, local):
     model, tok = local
