@@ -107,12 +107,14 @@ def pruning(args, dense, ppl_dense, train_data, val, work):
         ("magnitude, layer-wise, gradual (cubic, 4 steps)", "magnitude",
          PruneSchedule(0.5, n_prunes=4, prune_every=ft // 8, finetune_steps=ft - 3 * (ft // 8))),
         ("magnitude, layer-wise, 70%, one-shot", "magnitude", PruneSchedule(0.7, n_prunes=1, finetune_steps=ft)),
+        ("FFN neurons: half of every FFN's channels removed", "neurons",
+         PruneSchedule(0.5, n_prunes=1, finetune_steps=ft)),
     ]:
         m = copy.deepcopy(dense)
         cfg = TrainConfig(lr=1e-3, out_dir=f"{work}/{method}-{sched.n_prunes}-{sched.final_sparsity}", progress=False,
                           eval_steps=0, log_every=10_000, min_lr_ratio=0.1, keep_checkpoints=1)
         r = prune_and_finetune(m, cfg, train_data(), val, schedule=sched, method=method)
-        sp = sparsity_report(m)["sparsity"]
+        sp = sparsity_report(m)["sparsity"] if method != "neurons" else None
         rows.append((name, r["finetuned"]["eval_ppl"], r["pruned"]["eval_ppl"], sp))
     return rows
 

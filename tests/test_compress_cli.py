@@ -108,3 +108,12 @@ def test_cli_errors_are_clear(setup, tmp_path):
               "vocab_size=100", "--data", setup / "shards", "-o", tmp_path / "s", ok=False)
     assert r.exit_code == 1 and "vocabulary mismatch" in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "s" / "config.json").exists()
+
+
+def test_prune_neurons_writes_a_smaller_model(setup, tmp_path):
+    out = tmp_path / "narrow"
+    r = lmkit("prune", setup / "model", "-o", out, "--sparsity", 0.5, "--method", "neurons")
+    assert "FFN width 32" in r.stdout
+    small = load_pretrained(out)
+    assert small.config.d_ff == 32
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 32

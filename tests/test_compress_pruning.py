@@ -319,3 +319,63 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ConfigError):
         prune_nm(odd, 2, 4)
     assert all(torch.equal(before[k], v) for k, v in odd.state_dict().items())
+
+
+# ---- structured: removing FFN neurons ------------------------------------------------------------------
+@pytest.mark.parametrize("gated,bias", [(True, False), (False, True)])
+def test_removing_dead_ffn_neurons_keeps_the_function_exactly(gated, bias):
+    """Channels whose output column is zero contribute nothing: removing them (they rank lowest)
+    must leave the logits unchanged while the FFN matrices shrink."""
+    from lmkit.compress import prune_ffn_neurons
+
+    m = tiny(gated_ffn=gated, ffn_bias=bias, activation="silu" if gated else "gelu")
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.mlp.down_proj.weight[:, 1::2] = 0  # half the channels are dead
+    x = torch.randint(0, VOCAB, (2, 10))
+    want = m.eval()(x).logits
+    n_before = sum(p.numel() for p in m.parameters())
+    kept = prune_ffn_neurons(m, 0.5)
+    assert all(torch.equal(k, torch.arange(0, 64, 2)) for k in kept.values())
+    assert m.config.d_ff == 32 and m.layers[0].mlp.down_proj.weight.shape == (32, 32)
+    torch.testing.assert_close(m(x).logits, want, rtol=1e-5, atol=1e-5)
+    per_layer = (3 if gated else 2) * 32 * 32 + (32 * (2 if gated else 1) if bias else 0)
+    assert n_before - sum(p.numel() for p in m.parameters()) == 2 * per_layer
+
+
+def test_neuron_importance_formula_and_hf_round_trip(tmp_path):
+    from lmkit.compress import neuron_importance, prune_ffn_neurons
+    from lmkit.hub.pretrained import save_pretrained
+
+    m = tiny(model_type="llama")
+    f = m.layers[0].mlp
+    up, gate, down = (w.detach().numpy().astype("float64") for w in (f.up_proj.weight, f.gate_proj.weight,
+                                                                      f.down_proj.weight))
+    import numpy as np
+
+    want = np.linalg.norm(down, axis=0) * (np.linalg.norm(up, axis=1) + np.linalg.norm(gate, axis=1))
+    np.testing.assert_allclose(neuron_importance(f).numpy(), want, rtol=1e-5)
+    prune_ffn_neurons(m, 24)
+    save_pretrained(m, tmp_path / "small")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "small")
+    assert hf.config.intermediate_size == 24
+    x = torch.randint(0, VOCAB, (1, 9))
+    torch.testing.assert_close(hf(x).logits, m.eval()(x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_neuron_pruning_then_finetuning(tmp_path):
+    m = tiny()
+    data = batches(6)
+    r = prune_and_finetune(m, train_config(tmp_path, 1), data, data[:2], method="neurons",
+                           schedule=PruneSchedule(0.25, finetune_steps=3))
+    assert m.config.d_ff == 48 and len(r["history"]) == 3
+    assert r["parameters"] == sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+    with pytest.raises(ConfigError, match="keep"):
+        from lmkit.compress import prune_ffn_neurons
+
+        prune_ffn_neurons(tiny(), 0)
+    with pytest.raises(ConfigError, match="MoE"):
+        from lmkit.compress import prune_ffn_neurons
+
+        prune_ffn_neurons(tiny(n_experts=2, n_experts_per_tok=1), 0.5)

@@ -3,7 +3,8 @@
 Pruning (masks.py, magnitude.py, nm_sparsity.py, schedule.py, finetune.py):
   magnitude_prune(model, 0.5, scope="layer"|"global"), prune_nm(model, 2, 4),
   keep_masks(trainer) re-applies masks after each optimizer step, sparsity_report(model),
-  remove_pruning(model), prune_and_finetune(...) with a PruneSchedule (cubic, Zhu & Gupta).
+  remove_pruning(model), prune_and_finetune(...) with a PruneSchedule (cubic, Zhu & Gupta);
+  prune_ffn_neurons(model, keep) removes whole FFN channels (a smaller dense model, structured.py).
 Knowledge distillation (distillation.py):
   distillation_loss(student_logits, teacher_logits, labels, temperature=T, alpha=a),
   DistillationModel(student, teacher), distill(teacher, student, data, train_config=...).
@@ -29,6 +30,7 @@ from lmkit.compress.masks import (
 )
 from lmkit.compress.nm_sparsity import is_nm_sparse, nm_mask, prune_nm
 from lmkit.compress.schedule import PruneSchedule
+from lmkit.compress.structured import neuron_importance, prune_ffn_neurons
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -43,8 +45,10 @@ __all__ = [
     "keep_masks",
     "magnitude_prune",
     "masks_from_zeros",
+    "neuron_importance",
     "nm_mask",
     "prune_and_finetune",
+    "prune_ffn_neurons",
     "prune_model",
     "prune_nm",
     "remove_pruning",

@@ -90,7 +90,8 @@ def _train_config(out: str, lr: float, seed: int, steps: int = 1, warmup: int = 
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
               help="fraction of the target weights set to zero (N:M methods: N/M by construction)")
 @click.option("--method", default="magnitude", show_default=True,
-              help="magnitude (every layer to --sparsity), global (one threshold over all targets), or N:M such as 2:4")
+              help="magnitude (every layer to --sparsity), global (one threshold over all targets), N:M such as "
+                   "2:4, or neurons (remove that fraction of every FFN's channels: a smaller dense model)")
 @click.option("--targets", default=None, help="comma-separated module names (default q,k,v,o,gate,up,down_proj)")
 @click.option("--finetune-steps", type=click.IntRange(0), default=0, show_default=True,
               help="fine-tune with the masks held fixed after the last pruning step (needs --data)")
@@ -107,7 +108,7 @@ def _train_config(out: str, lr: float, seed: int, steps: int = 1, warmup: int = 
 @RUN_DIR
 def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prunes, prune_every, data, lr,
               batch_size, seq_len, seed, run_dir) -> None:
-    """Prune a model (magnitude, global or N:M), optionally fine-tune, and save it."""
+    """Prune a model (magnitude, global, N:M or FFN neurons), optionally fine-tune, and save it."""
     from lmkit.compress.finetune import prune_and_finetune, prune_model
     from lmkit.compress.masks import format_report, remove_pruning, sparsity_report
     from lmkit.compress.nm_sparsity import parse_nm
@@ -122,6 +123,7 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
         if (finetune_steps or n_prunes > 1) and data is None:
             raise click.UsageError("--finetune-steps / --n-prunes > 1 need --data (a shard directory to train on)")
         model = load_pretrained(model_dir, dtype=None)
+        n_before = _count(model)
         if data is not None:
             dtype = next(model.parameters()).dtype
             model = model.float()  # fine-tune with fp32 master weights, save in the original dtype
@@ -138,14 +140,23 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
                            f"after fine-tuning {result['finetuned']['eval_ppl']:.3f}")
         else:
             prune_model(model, None if ":" in method else sparsity, method, targets)
-        report = sparsity_report(model, targets)
+        report = None if method == "neurons" else sparsity_report(model, targets)
         remove_pruning(model)
         save_pretrained(model, out)
         _copy_tokenizer(model_dir, out)
     except LmkitError as exc:
         raise _fail(exc) from exc
-    click.echo(format_report(report))
+    if report is not None:
+        click.echo(format_report(report))
+    else:
+        n_after = _count(model)
+        click.echo(f"FFN width {model.config.d_ff}; parameters {n_before:,} -> {n_after:,} "
+                   f"({1 - n_after / n_before:.1%} fewer)")
     click.echo(f"saved {out}")
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _parse_overrides(items) -> dict:

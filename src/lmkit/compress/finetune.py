@@ -4,6 +4,8 @@
   magnitude  layer-wise magnitude pruning (every layer to the same sparsity)
   global     global magnitude pruning (one threshold over all targets)
   N:M        e.g. 2:4 structured sparsity (the sparsity is N/M by construction)
+  neurons    remove that fraction of every FFN's intermediate channels (a smaller dense model;
+             structured.py) — one-shot only, since the parameters are replaced
 
 `prune_and_finetune` runs lmkit's Trainer for `schedule.total_steps` steps, pruning at each
 of the schedule's events and re-applying the masks after every optimizer step, and reports
@@ -23,7 +25,7 @@ from lmkit.compress.nm_sparsity import parse_nm, prune_nm
 from lmkit.compress.schedule import PruneSchedule
 from lmkit.errors import ConfigError
 
-METHODS = ("magnitude", "global", "N:M (e.g. 2:4)")
+METHODS = ("magnitude", "global", "N:M (e.g. 2:4)", "neurons")
 
 
 def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitude",
@@ -33,6 +35,13 @@ def prune_model(model: nn.Module, sparsity: float | None, method: str = "magnitu
         return magnitude_prune(model, sparsity, "layer", targets)
     if method == "global":
         return magnitude_prune(model, sparsity, "global", targets)
+    if method == "neurons":
+        from lmkit.compress.structured import prune_ffn_neurons
+
+        if sparsity is None or not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"sparsity={sparsity!r}: the fraction of FFN channels to remove, in [0, 1)")
+        d_ff = model.config.d_ff
+        return prune_ffn_neurons(model, max(1, d_ff - round(sparsity * d_ff)))
     if ":" in method:
         n, m = parse_nm(method)
         if sparsity is not None and abs(sparsity - (1 - n / m)) > 1e-9:
@@ -68,9 +77,25 @@ def prune_and_finetune(
             )
     total = max(schedule.total_steps, 1)
     cfg = dataclasses.replace(train_config, max_steps=total, warmup_steps=min(train_config.warmup_steps, total))
+    result: dict[str, Any] = {"events": schedule.events()}
+    if method == "neurons":  # the modules are replaced: prune first, then build the optimizer
+        if schedule.n_prunes != 1:
+            raise ConfigError("neuron pruning replaces the FFN modules: use one pruning event (n_prunes=1)")
+        if eval_data is not None:
+            result["dense"] = Trainer(model, cfg, train_data, eval_data).evaluate()
+        prune_model(model, schedule.final_sparsity, method)
+        trainer = Trainer(model, cfg, train_data, eval_data)
+        if eval_data is not None:
+            result["pruned"] = trainer.evaluate()
+        if schedule.total_steps:
+            trainer.train()
+        if eval_data is not None:
+            result["finetuned"] = trainer.evaluate()
+        result["parameters"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        result["history"] = trainer.history
+        return result
     trainer = Trainer(model, cfg, train_data, eval_data)
     hook = keep_masks(trainer)
-    result: dict[str, Any] = {"events": schedule.events()}
     try:
         if eval_data is not None:
             result["dense"] = trainer.evaluate()
