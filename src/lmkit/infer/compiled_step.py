@@ -1,0 +1,277 @@
+"""A `torch.compile`d decode step over a static-shape KV cache (like HF's "static cache").
+
+`FusedDecoder` (infer/fused_step.py) already merges projections and folds norm gains, but in
+eager mode every step still launches ~240 small operators, and their dispatch costs about as
+much as the weight GEMMs at batch 1 on a CPU. Compiling the step removes that overhead: the
+inductor fuses the norms, rotary embedding, bias arithmetic and activations into a few C++
+loops, and with `freezing` it pre-packs the (constant) weights for the GEMM library.
+
+A compiled graph must see the same shapes every step, or it would be recompiled for every
+new sequence length. So this step never looks at "the keys so far": it
+
+* writes the new key/value into the preallocated cache buffer [B, kv_heads, max_len, d] at
+  the write position with `index_copy_` (the position is a tensor, not a Python int, so the
+  graph does not depend on it);
+* attends over the *whole* buffer with an additive bias that hides slots past the current
+  position (and left padding): exp(min - max) underflows to exactly 0, so the unused slots
+  contribute nothing — the same softmax as attending over the written prefix only;
+* updates the cache's Python-side lengths after the call, so `KVCache` stays consistent and
+  prefill by `model.forward`, eager fused steps and compiled steps mix freely.
+
+Shapes then depend only on (batch, max_len): the step is compiled once per such pair and the
+compiled function is cached (per model, per weight version, per shape) in this process, so a
+server or a benchmark pays the compile time once (a few seconds up to a minute: see
+docs/parts/infer-speed-benchmarks.md). Steps of more than one token (speculative decoding's
+verification) and caches of another size go to the eager `FusedDecoder`.
+
+`CompiledDecoder(model)(input_ids, positions, cache, pad_bias, last_only)` has the same
+signature and result as `FusedDecoder.__call__`; `CompiledDecoder.unsupported(model,
+max_len)` says when it cannot run (then use `FusedDecoder` / `model.forward`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from lmkit.infer.fused_step import FusedDecoder
+
+# per model: {(weights key, batch, max_len, has_pad, mode, compile): step}; dropped with the model
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+class _StaticStep(torch.nn.Module):
+    """One decode token per row over the full preallocated cache; weights held as buffers.
+
+    forward(ids [B,1], pos [B,1], cur [1] (write slot), bias [B,1,1,L], *keys, *values) -> logits [B,1,V]
+    The cache buffers are written in place (index_copy_ at `cur`).
+    """
+
+    def __init__(self, fused: FusedDecoder, manual_attention: bool = True) -> None:
+        super().__init__()
+        self.h, self.hkv, self.d = fused.h, fused.hkv, fused.d
+        self.scale = fused.scale
+        self.rms, self.eps, self.gated, self.d_ff = fused.rms, fused.eps, fused.gated, fused.d_ff
+        self.act = fused.act
+        self.rope = fused.rope
+        self.n_layers = len(fused.layers)
+        self.manual_attention = manual_attention
+        self.register_buffer("embed", fused.embed.detach())
+        if fused.pos_embed is not None:
+            self.register_buffer("pos_embed", fused.pos_embed.detach())
+        if self.rope:
+            self.register_buffer("cos", fused._cos.detach())
+            self.register_buffer("sin", fused._sin.detach())
+        names = ("qkv_w", "qkv_b", "o_w", "o_b", "ff_w", "ff_b", "dn_w", "dn_b")
+        for i, tensors in enumerate(fused.layers):
+            for name, t in zip(names, tensors):
+                # weights as [out, in] contiguous (what F.linear / the frozen mkldnn packer expect)
+                if t is not None and name.endswith("_w"):
+                    t = t.t().contiguous()
+                self.register_buffer(f"{name}{i}", None if t is None else t.detach())
+        self.register_buffer("norm_w", fused.norm_w.detach())
+        self.register_buffer("norm_b", None if fused.norm_b is None else fused.norm_b.detach())
+        self.register_buffer("lm_w", fused.lm_w.t().detach())
+        self.register_buffer("lm_b", None if fused.lm_b is None else fused.lm_b.detach())
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rms:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return F.layer_norm(x, (x.shape[-1],), None, None, self.eps)
+
+    def _attend(self, q, k, v, bias):
+        """q [B, h, 1, d] over the whole buffer k, v [B, hkv, L, d] with bias [B, 1, 1, L] -> [B, h, 1, d]."""
+        if not self.manual_attention:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale, enable_gqa=self.hkv != self.h)
+        # written as broadcast multiply + reductions: the inductor turns this into a few fused loops
+        # (no library call per head), which is faster than SDPA for one query row
+        b, h, _, d = q.shape
+        g = h // self.hkv
+        qg = q.view(b, self.hkv, g, 1, d) * self.scale
+        s = (qg * k[:, :, None]).sum(-1) + bias  # [B, hkv, g, L] + [B, 1, 1, L]
+        p = torch.softmax(s, dim=-1)
+        o = (p[..., None] * v[:, :, None]).sum(-2)  # [B, hkv, g, d]
+        return o.view(b, h, 1, d)
+
+    def forward(self, ids, pos, cur, bias, *kv):
+        b = ids.shape[0]
+        h, hkv, d = self.h, self.hkv, self.d
+        keys, values = kv[: self.n_layers], kv[self.n_layers :]
+        length = kv[0].shape[2]
+        # hide the slots after the one written now (the padding part of the bias comes in `bias`)
+        slots = torch.arange(length, device=ids.device)
+        bias = torch.where(slots > cur, torch.finfo(bias.dtype).min, bias)
+        x = F.embedding(ids.view(b), self.embed)  # [B, D]
+        if self.rope:
+            cos = self.cos[pos][:, None]  # [B, 1, 1, d]
+            sin = self.sin[pos][:, None]
+        else:
+            x = x + F.embedding(pos.view(b), self.pos_embed)
+        half = d // 2
+        for i in range(self.n_layers):
+            qkv = F.linear(self._norm(x), getattr(self, f"qkv_w{i}"), getattr(self, f"qkv_b{i}"))
+            qkv = qkv.view(b, 1, h + 2 * hkv, d).transpose(1, 2)  # [B, heads, 1, d]
+            qk = qkv[:, : h + hkv]
+            if self.rope:
+                qk = qk * cos + torch.cat([qk[..., half:], qk[..., :half]], dim=-1) * sin
+            k_buf, v_buf = keys[i], values[i]
+            k_buf.index_copy_(2, cur, qk[:, h:])
+            v_buf.index_copy_(2, cur, qkv[:, h + hkv :])
+            o = self._attend(qk[:, :h], k_buf, v_buf, bias)
+            x = x + F.linear(o.reshape(b, h * d), getattr(self, f"o_w{i}"), getattr(self, f"o_b{i}"))
+            f = F.linear(self._norm(x), getattr(self, f"ff_w{i}"), getattr(self, f"ff_b{i}"))
+            f = self.act(f[:, : self.d_ff]) * f[:, self.d_ff :] if self.gated else self.act(f)
+            x = x + F.linear(f, getattr(self, f"dn_w{i}"), getattr(self, f"dn_b{i}"))
+        x = self._norm(x) * self.norm_w
+        if self.norm_b is not None:
+            x = x + self.norm_b
+        return F.linear(x, self.lm_w, self.lm_b).view(b, 1, -1)
+
+
+def _static_bias(pad_bias: torch.Tensor | None, b: int, max_len: int, dtype, device) -> torch.Tensor:
+    """[B, 1, 1, max_len] padding bias (zeros when there is no padding), materialised once."""
+    if pad_bias is None:
+        return torch.zeros(b, 1, 1, max_len, dtype=dtype, device=device)
+    bias = pad_bias[..., :max_len]
+    if bias.shape[-1] < max_len:  # pad bias shorter than the cache: slots past it are hidden by `step_bias`
+        bias = F.pad(bias, (0, max_len - bias.shape[-1]))
+    return bias.expand(b, 1, 1, max_len).contiguous()
+
+
+class CompiledDecoder:
+    """Decode step compiled with the inductor over a static cache; same call as `FusedDecoder`.
+
+    __call__(input_ids [B, T], positions [B, T], cache, pad_bias [B,1,1,>=S] or None, last_only)
+    -> logits [B, 1, V] (or [B, T, V]). One-token steps on a full-size `KVCache` run compiled;
+    anything else runs the eager `FusedDecoder`.
+
+    compile=False runs the same static-cache computation eagerly (for tests and for checking
+    what the compiler buys); mode is torch.compile's mode (None = default, or
+    "max-autotune-no-cudagraphs"); freezing folds the weights in as constants and pre-packs them.
+    """
+
+    def __init__(self, model, compile: bool = True, mode: str | None = None, freezing: bool = True,
+                 cpp_wrapper: bool = True, manual_attention: bool = True) -> None:
+        self.fused = FusedDecoder.for_model(model)
+        self._model_ref = weakref.ref(model)
+        self.compile, self.mode, self.freezing, self.cpp_wrapper = compile, mode, freezing, cpp_wrapper
+        self.manual_attention = manual_attention
+        self._bias_src = None  # (pad_bias identity, static bias) for the current generation
+        self._slots: dict[tuple[int, str], torch.Tensor] = {}
+
+    @staticmethod
+    def unsupported(model, max_len: int | None = None) -> str | None:
+        """Why the compiled step cannot run this model (None: it can)."""
+        why = FusedDecoder.unsupported(model, max_len)
+        if why is not None:
+            return why
+        p = next(model.parameters())
+        if p.device.type != "cpu":
+            return f"compiled step is built and measured for CPU only (model on {p.device.type})"
+        if not p.dtype.is_floating_point:
+            return f"{p.dtype} weights"
+        if not hasattr(torch, "compile"):
+            return "torch.compile is not available"
+        if shutil.which("g++") is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+            return "no C++ compiler found (the inductor CPU backend needs one)"
+        if model.config.position == "rope" and max_len is not None and max_len > model.config.max_seq_len:
+            return f"max_len {max_len} exceeds the model's max_seq_len"
+        return None
+
+    def reserve(self, n: int) -> None:
+        self.fused.reserve(n)
+
+    # ---- the compiled function, cached per (weights, shape) --------------------------------
+    def _step_fn(self, b: int, max_len: int, dtype, device):
+        model = self._model_ref()
+        fused = FusedDecoder.for_model(model)  # rebuilt (new key) when a weight changed
+        if fused is not self.fused:
+            self.fused = fused
+        if fused.rope:
+            fused.reserve(max_len)
+        key = (id(fused), b, max_len, str(dtype), self.compile, self.mode, self.freezing, self.cpp_wrapper,
+               self.manual_attention)
+        with _LOCK:
+            per_model = _COMPILED.setdefault(model, {})
+            hit = per_model.get(key)
+            if hit is not None and hit[0] is fused:
+                return hit[1]
+            # one fused decoder per model is live at a time: drop steps built from stale weights
+            for k in [k for k, v in per_model.items() if v[0] is not fused]:
+                del per_model[k]
+            module = _StaticStep(fused, self.manual_attention).eval()
+            fn = module
+            if self.compile:
+                fn = _compile(module, self.mode, self.freezing, self.cpp_wrapper)
+            per_model[key] = (fused, fn, module)
+            return fn
+
+    def _slot(self, past: int, device) -> torch.Tensor:
+        """The write position `past` as a 1-element long tensor (views of one table, no allocation per step)."""
+        table = self._slots.get(str(device))
+        if table is None or table.numel() <= past:
+            table = torch.arange(max(past + 1, 4096), device=device)
+            self._slots[str(device)] = table
+        return table[past : past + 1]
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, cache, pad_bias: torch.Tensor | None = None,
+                 last_only: bool = True) -> torch.Tensor:
+        b, t = input_ids.shape
+        past = cache.seq_len
+        k0 = cache.keys[0] if cache.keys else None
+        if (t != 1 or k0 is None or past + 1 > cache.max_len or k0.shape[0] != b
+                or any(n != past for n in cache.lengths)):
+            return self.fused(input_ids, positions, cache, pad_bias, last_only)
+        max_len = cache.max_len
+        fn = self._step_fn(b, max_len, k0.dtype, k0.device)
+        bias = self._bias(pad_bias, b, max_len, k0.dtype, k0.device)
+        slot = self._slot(past, k0.device)
+        logits = fn(input_ids, positions, slot, bias, *cache.keys, *cache.values)
+        cache.lengths = [past + 1] * cache.n_layers
+        return logits
+
+    def _bias(self, pad_bias, b, max_len, dtype, device) -> torch.Tensor:
+        """The padding part of the static bias [B,1,1,max_len], built once per generation (per pad_bias)."""
+        src = self._bias_src
+        if src is None or src[0] is not pad_bias or src[1].shape != (b, 1, 1, max_len) or src[1].dtype != dtype:
+            src = self._bias_src = (pad_bias, _static_bias(pad_bias, b, max_len, dtype, device))
+        return src[1]
+
+
+def _compile(module: torch.nn.Module, mode: str | None, freezing: bool, cpp_wrapper: bool = True):
+    """torch.compile(fullgraph, static shapes) with inductor options set while it compiles.
+
+    freezing: weights become constants, pre-packed for MKL; cpp_wrapper: the generated code that
+    calls the kernels is C++ instead of Python (saves ~0.2 ms per step at batch 1 on the bench CPU).
+    """
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module, fullgraph=True, dynamic=False, mode=mode)
+    options = {"freezing": freezing, "cpp_wrapper": cpp_wrapper}
+    state = {"first": True}
+
+    def run(*args):
+        if state["first"]:  # compilation happens on the first call: the options must be on then
+            with inductor_config.patch(options):
+                out = compiled(*args)
+            state["first"] = False
+            return out
+        return compiled(*args)
+
+    return run
+
+
+def use_compiled(runner, model, total: int, **options) -> bool:
+    """Swap `runner`'s eager fused step (a `ModelRunner`) for the compiled one when the model allows.
+
+    This is the one change `ModelRunner` needs to use the compiled step; returns whether it did.
+    """
+    if runner.fused is None or CompiledDecoder.unsupported(model, total) is not None:
+        return False
+    runner.fused = CompiledDecoder(model, **options)
+    return True

@@ -1,0 +1,182 @@
+"""The static-cache decode step (infer/compiled_step.py) against transformers and lmkit's eager step.
+
+Tiny randomly initialised HF Llama (GQA, RoPE, RMSNorm, SwiGLU) and GPT-2 (learned positions,
+LayerNorm with bias, GELU) are saved and loaded into lmkit. `generate` is run with its
+`ModelRunner` swapped for one that uses `CompiledDecoder` (as `ModelRunner` will once wired);
+greedy token ids over left-padded batches must equal `transformers.generate`'s. The static-cache
+math is checked eagerly (compile=False) for both architectures; one compiled run (inductor,
+tiny model: a few seconds to compile) checks the compiled graph and the compile cache. A
+hypothesis property checks attention over the whole preallocated buffer with the slot bias
+against SDPA over the written prefix only.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lmkit.infer.compiled_step as cs
+from lmkit.hub import load_pretrained
+from lmkit.infer import generate
+from lmkit.infer.fused_step import FusedDecoder, ModelRunner
+
+gen_mod = importlib.import_module("lmkit.infer.generate")  # the module; lmkit.infer.generate is also the function
+
+transformers = pytest.importorskip("transformers")
+
+V = 97
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [18, 19, 20, 21, 22, 23, 24]]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _hf_config(name: str):
+    if name == "gpt2":
+        return transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                       bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    return transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                    bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def pair(request, tmp_path_factory):
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(_hf_config(request.param), attn_implementation="eager").eval()
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    return hf, load_pretrained(path)
+
+
+def hf_generate(hf, prompts, new):
+    t = max(map(len, prompts))
+    ids = torch.tensor([[0] * (t - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, pad_token_id=0, eos_token_id=None, max_new_tokens=new,
+                          do_sample=False)
+    return out[:, t:].tolist()
+
+
+@pytest.fixture
+def use_static(monkeypatch):
+    """Make `generate` run its decode steps through CompiledDecoder(**options); records the decoders used."""
+    used = []
+
+    def install(**options):
+        class Runner(ModelRunner):
+            def __init__(self, model, batch_size, total, mask, fused=True):
+                super().__init__(model, batch_size, total, mask, fused)
+                assert cs.use_compiled(self, model, total, **options)
+                used.append(self.fused)
+
+        monkeypatch.setattr(gen_mod, "ModelRunner", Runner)
+        return used
+
+    return install
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_static_cache_step_matches_transformers(pair, use_static, batch):
+    hf, model = pair
+    prompts = PROMPTS[:batch]
+    used = use_static(compile=False)
+    ours = generate(model, prompts, max_new_tokens=12, eos_token_id=[]).sequences
+    assert used and isinstance(used[0], cs.CompiledDecoder)
+    assert ours == hf_generate(hf, prompts, 12)
+
+
+def test_static_step_logits_match_fused_step(pair):
+    """Per-step logits of the static-cache step equal the eager fused step's (padding included)."""
+    _, model = pair
+    prompts = PROMPTS
+    t = max(map(len, prompts))
+    total = t + 7
+    ids = torch.tensor([[0] * (t - len(p)) + p for p in prompts])
+    mask = torch.zeros(len(prompts), total, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        mask[i, t - len(p):] = 1
+    with torch.inference_mode():
+        outs = []
+        for step_cls in (None, cs.CompiledDecoder):
+            runner = ModelRunner(model, len(prompts), total, mask, True)
+            if step_cls is not None:
+                runner.fused = step_cls(model, compile=False)
+            cache = model.make_cache(len(prompts), total)
+            logits = [runner.prefill(ids, cache)]
+            for _ in range(5):
+                logits.append(runner.step(logits[-1][:, -1].argmax(-1, keepdim=True), cache))
+            # a 2-token step (speculative verification) goes to the eager fused step, still correct
+            logits.append(runner.step(torch.tensor([[3, 4]] * len(prompts)), cache, last_only=False))
+            assert cache.seq_len == total
+            outs.append(logits)
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_step_matches_transformers_and_is_cached(pair, use_static):
+    hf, model = pair
+    if model.config.position != "rope":
+        pytest.skip("one compiled architecture is enough for the default run (the eager tests cover GPT-2)")
+    prompts = PROMPTS[:2]
+    used = use_static(compile=True)
+    first = generate(model, prompts, max_new_tokens=10, eos_token_id=[]).sequences
+    assert first == hf_generate(hf, prompts, 10)
+
+    def compiled():
+        return {k: v[1] for k, v in cs._COMPILED[model].items() if k[4]}  # key[4]: compile flag
+
+    entries = compiled()
+    assert len(entries) == 1
+    other = [[30, 31, 32, 33, 34, 35], [40]]  # same batch and prompt length: same static shapes
+    assert generate(model, other, max_new_tokens=10, eos_token_id=[]).sequences == hf_generate(hf, other, 10)
+    assert len(used) == 2 and compiled() == entries  # compiled once, reused by the second generate call
+    # changing a weight invalidates the compiled step (weights are frozen into it)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+        hf.lm_head.weight.mul_(1.5)
+    assert generate(model, prompts, max_new_tokens=10, eos_token_id=[]).sequences == hf_generate(hf, prompts, 10)
+    assert len(compiled()) == 1 and set(compiled().values()).isdisjoint(entries.values())
+
+
+def test_unsupported(pair):
+    _, model = pair
+    assert cs.CompiledDecoder.unsupported(model, 32) is None
+    model.train()
+    try:
+        assert "training" in cs.CompiledDecoder.unsupported(model, 32)
+    finally:
+        model.eval()
+    assert cs.CompiledDecoder.unsupported(torch.nn.Linear(2, 2)) == FusedDecoder.unsupported(torch.nn.Linear(2, 2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 3), hkv=st.sampled_from([1, 2]), g=st.sampled_from([1, 2]), length=st.integers(2, 12),
+       data=st.data())
+def test_attention_over_static_buffer_equals_prefix_attention(b, hkv, g, length, data):
+    past = data.draw(st.integers(0, length - 1))
+    torch.manual_seed(past * 31 + length)
+    d, h = 8, hkv * g
+    q = torch.randn(b, h, 1, d)
+    k = torch.randn(b, hkv, length, d) * 3  # slots past `past` hold garbage: must not matter
+    v = torch.randn(b, hkv, length, d) * 3
+    pad = torch.zeros(b, 1, 1, length)
+    pad[0, ..., : min(past, 1)] = torch.finfo(torch.float32).min  # row 0 left-padded by one slot (when past > 0)
+    bias = torch.where(torch.arange(length) > past, torch.finfo(torch.float32).min, pad)
+    step = cs._StaticStep.__new__(cs._StaticStep)
+    step.manual_attention, step.h, step.hkv, step.scale = True, h, hkv, d**-0.5
+    got = step._attend(q, k, v, bias)
+    kr = k[:, :, : past + 1].repeat_interleave(g, dim=1)
+    vr = v[:, :, : past + 1].repeat_interleave(g, dim=1)
+    want = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=pad[..., : past + 1])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
