@@ -23,6 +23,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from lmkit.errors import TokenizerError  # noqa: E402
 from lmkit.tokenizers import bpe as bpe_module  # noqa: E402
+from lmkit.tokenizers import text_files  # noqa: E402
 from lmkit.tokenizers.bpe import BPETokenizer  # noqa: E402
 from lmkit.tokenizers.bytes_level import bytes_to_unicode, token_str_to_bytes  # noqa: E402
 from lmkit.tokenizers.hf_json import load_hf_json  # noqa: E402
@@ -376,7 +377,7 @@ def test_bad_training_input(tmp_path):
 
 
 def test_invalid_utf8_names_file_and_offset(tmp_path, monkeypatch):
-    monkeypatch.setattr(bpe_module, "_READ_BLOCK", 64)  # force several blocks
+    monkeypatch.setattr(text_files, "_READ_BLOCK", 64)  # force several blocks
     bad = tmp_path / "bad.txt"
     good = ("line of fine text\n" * 20).encode()
     bad.write_bytes(good + b"ok \xff\xfe more\n")

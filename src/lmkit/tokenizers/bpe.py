@@ -43,29 +43,28 @@ Files: lmkit's JSON (``save``/``load``), Hugging Face ``tokenizer.json``
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
-from itertools import chain, islice, repeat
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from itertools import chain, repeat
+from typing import Iterable, Sequence
 
 import regex
 
-from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.bytes_level import bytes_to_token_str, token_str_to_bytes
+from lmkit.tokenizers.json_files import check_format, corrupt_file_errors, read_json, write_json
 from lmkit.tokenizers.pretokenize import PreTokenizer
+from lmkit.tokenizers.text_files import iter_text
+from lmkit.tokenizers.word_cache import CachesWords
 
 FORMAT = "lmkit.bpe"
 FORMAT_VERSION = 1
 NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")
 _NO_RANK = 1 << 62  # "not a merge": larger than any rank
 _LONG_WORD = 64  # bytes; longer pre-tokens use the heap merge
-_READ_BLOCK = 1 << 20  # bytes of lines read at a time while training from files
 
 
 @dataclass(frozen=True)
@@ -87,26 +86,7 @@ class AddedToken:
     normalized: bool = False
 
 
-class _WordCache(dict):
-    """pre-token -> token ids; runs BPE on a miss. Capped: the oldest half goes when full."""
-
-    __slots__ = ("_bpe", "_cap")
-
-    def __init__(self, bpe, cap: int) -> None:
-        super().__init__()
-        self._bpe = bpe
-        self._cap = cap
-
-    def __missing__(self, word: str) -> tuple[int, ...]:
-        ids = self._bpe(word)
-        if len(self) >= self._cap:
-            for key in list(islice(self, len(self) // 2)):
-                self.pop(key, None)
-        self[word] = ids
-        return ids
-
-
-class BPETokenizer(Tokenizer):
+class BPETokenizer(CachesWords, Tokenizer):
     """Byte-level BPE tokenizer. Build it with :meth:`train`, :meth:`load`,
     :meth:`from_hf_json` or :meth:`from_tiktoken`.
 
@@ -206,17 +186,7 @@ class BPETokenizer(Tokenizer):
         for t in self._added:
             table[t.id] = t.content.encode("utf-8")
         self._decode_table = table
-        self._splitters: dict[frozenset, regex.Pattern | None] = {}
-        self._cache = _WordCache(self._bpe_word, self.cache_size)
-
-    def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_splitters")}
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._splitters = {}
-        self._cache = _WordCache(self._bpe_word, self.cache_size)
+        self._reset_caches()  # pre-token -> ids (``_segment_word`` on a miss); splitters
 
     # ---- the Tokenizer interface -------------------------------------------------------
     @property
@@ -314,6 +284,8 @@ class BPETokenizer(Tokenizer):
             elif not rs:
                 break
         return tuple(ids)
+
+    _segment_word = _bpe_word  # what the word cache runs on a miss
 
     def _bpe_long(self, ids: list[int]) -> tuple[int, ...]:
         """Same rule as ``_bpe_word`` with a heap of (rank, position) over a linked list."""
@@ -558,15 +530,12 @@ class BPETokenizer(Tokenizer):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write lmkit's JSON format atomically (``save_hf_json`` writes ``tokenizer.json``)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=None) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "BPETokenizer":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise TokenizerError(f"{source}: not an lmkit BPE tokenizer (no \"format\": \"{FORMAT}\")")
-        if data.get("version") != FORMAT_VERSION:
-            raise TokenizerError(f"{source}: unsupported lmkit BPE format version {data.get('version')!r}")
-        try:
+        check_format(data, source, FORMAT, FORMAT_VERSION, "BPE")
+        with corrupt_file_errors(source):
             tokens = {int(i): token_str_to_bytes(s) for s, i in data["vocab"].items()}
             mode = data.get("merge_mode", "merges")
             if mode not in ("merges", "ranks"):
@@ -581,17 +550,11 @@ class BPETokenizer(Tokenizer):
                 added_tokens=added,
                 ignore_merges=bool(data.get("ignore_merges", False)),
             )
-        except TokenizerError as exc:
-            raise TokenizerError(f"{source}: corrupt tokenizer file: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TokenizerError(
-                f"{source}: corrupt tokenizer file ({type(exc).__name__}: {exc}); re-create or re-download it"
-            ) from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Load lmkit's JSON format or a Hugging Face ``tokenizer.json`` (BPE model)."""
-        data = _read_json(path)
+        data = read_json(path)
         if isinstance(data, dict) and "model" in data and "format" not in data:
             from lmkit.tokenizers.hf_json import tokenizer_from_hf_dict
 
@@ -640,41 +603,6 @@ class BPETokenizer(Tokenizer):
 
 
 # ---- training internals --------------------------------------------------------------------
-def iter_text(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[tuple[str, str]]:
-    """(text block, where it came from) for texts and UTF-8 files, files read ~1 MB at a time.
-
-    Invalid UTF-8 raises a ``TokenizerError`` naming the file and the byte offset.
-    """
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    for src in sources:
-        if isinstance(src, os.PathLike):
-            path = Path(src)
-            if not path.is_file():
-                raise TokenizerError(f"training file {str(path)!r} does not exist")
-            offset = 0
-            with open(path, "rb") as f:
-                while True:
-                    lines = f.readlines(_READ_BLOCK)
-                    if not lines:
-                        break
-                    block = b"".join(lines)
-                    try:
-                        text = block.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        pos = offset + exc.start
-                        raise TokenizerError(
-                            f"{path}: invalid UTF-8 at byte offset {pos} (byte 0x{block[exc.start]:02x}); "
-                            "convert the file to UTF-8 first"
-                        ) from None
-                    offset += len(block)
-                    yield text, str(path)
-        elif isinstance(src, str):
-            yield src, "<text>"
-        else:
-            raise TokenizerError(f"training input must be str (text) or a path, got {type(src).__name__}")
-
-
 def count_pretokens(
     sources: str | os.PathLike | Iterable[str | os.PathLike],
     tokenizer: BPETokenizer,
@@ -830,20 +758,6 @@ def merge_words(
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _read_json(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer file {str(path)!r} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(f"{path}: corrupt tokenizer file (not UTF-8 at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(
-            f"{path}: corrupt tokenizer file (invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg})"
-        ) from None
-
-
 _WORKER_STATE: dict = {}
 
 

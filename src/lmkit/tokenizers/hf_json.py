@@ -28,7 +28,8 @@ import regex
 from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
-from lmkit.tokenizers.bpe import NORMALIZERS, AddedToken, BPETokenizer, _read_json
+from lmkit.tokenizers.bpe import NORMALIZERS, AddedToken, BPETokenizer
+from lmkit.tokenizers.json_files import read_json
 from lmkit.tokenizers.bytes_level import bytes_to_token_str, token_str_to_bytes
 from lmkit.tokenizers.pretokenize import GPT2_PATTERN, PreTokenizer
 
@@ -36,7 +37,7 @@ from lmkit.tokenizers.pretokenize import GPT2_PATTERN, PreTokenizer
 # ---- entry points ---------------------------------------------------------------------------
 def load_hf_json(path: str | os.PathLike) -> Tokenizer:
     """Read a ``tokenizer.json`` into the lmkit tokenizer class for its model type."""
-    return tokenizer_from_hf_dict(_read_json(path), source=str(path))
+    return tokenizer_from_hf_dict(read_json(path), source=str(path))
 
 
 def tokenizer_from_hf_dict(data: dict, source: str = "<tokenizer.json>") -> Tokenizer:

@@ -9,16 +9,16 @@ is not in the vocabulary becomes ``<unk>`` -- the weakness subword tokenizers fi
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
+from lmkit.tokenizers.json_files import corrupt_file_errors, read_json, write_json
+from lmkit.tokenizers.special_tokens import encode_with_specials
 from lmkit.tokenizers.text_files import iter_lines
 
 DEFAULT_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -82,36 +82,13 @@ class _VocabTokenizer(Tokenizer):
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
         """Ids of the units of `text` (``<unk>`` for units outside the vocabulary)."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode expects str, got {type(text).__name__}")
-        splitter = self._special_splitter(allowed_special)
-        if splitter is None:
-            return self._encode_plain(text)
-        ids: list[int] = []
-        for k, part in enumerate(splitter.split(text)):
-            if k % 2:
-                ids.append(self._specials[part])
-            elif part:
-                ids.extend(self._encode_plain(part))
-        return ids
+        return encode_with_specials(text, allowed_special, self._specials, self._splitters, self._encode_plain)
 
     def _encode_plain(self, text: str) -> list[int]:
         get, unk = self._ids.get, self.unk_id
         specials = self._specials
         # a unit spelled like a special token is not that token unless allowed
         return [unk if u in specials else get(u, unk) for u in self.units(text)]
-
-    def _special_splitter(self, allowed_special) -> re.Pattern | None:
-        if allowed_special == "none" or not allowed_special:
-            return None
-        names = frozenset(self._specials) if allowed_special == "all" else frozenset(allowed_special)
-        unknown = names - set(self._specials)
-        if unknown:
-            raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)}")
-        if names not in self._splitters:
-            self._splitters[names] = re.compile(
-                "(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + ")")
-        return self._splitters[names]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         out = []
@@ -164,7 +141,7 @@ class _VocabTokenizer(Tokenizer):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write lmkit's JSON format atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>"):
@@ -172,30 +149,13 @@ class _VocabTokenizer(Tokenizer):
             raise TokenizerError(f"{source}: not an lmkit {cls.__name__} file (no \"format\": \"{cls.FORMAT}\")")
         if data.get("version") != FORMAT_VERSION:
             raise TokenizerError(f"{source}: unsupported {cls.FORMAT} format version {data.get('version')!r}")
-        try:
+        with corrupt_file_errors(source, hint="re-create it"):
             return cls(list(data["vocab"]), unk_token=str(data["unk_token"]),
                        special_tokens=list(data.get("special_tokens", [])), lowercase=bool(data.get("lowercase")))
-        except TokenizerError as exc:
-            raise TokenizerError(f"{source}: corrupt tokenizer file: {exc}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TokenizerError(
-                f"{source}: corrupt tokenizer file ({type(exc).__name__}: {exc}); re-create it") from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike):
-        path = Path(path)
-        if not path.is_file():
-            raise TokenizerError(f"tokenizer file {str(path)!r} does not exist")
-        data = path.read_bytes()
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise TokenizerError(f"{path}: corrupt tokenizer file (not UTF-8 at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise TokenizerError(
-                f"{path}: corrupt tokenizer file (invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg})"
-            ) from None
-        return cls.from_dict(obj, source=str(path))
+        return cls.from_dict(read_json(path), source=str(Path(path)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_tokens={list(self._specials)})"

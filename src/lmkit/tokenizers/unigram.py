@@ -39,7 +39,6 @@ Hugging Face ``tokenizer.json`` with a Unigram model (``from_tokenizer_json``).
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import random
@@ -47,13 +46,16 @@ import re
 from array import array
 from heapq import nlargest
 from itertools import chain, islice
-from pathlib import Path
 from typing import Iterable, Sequence
 
-from lmkit.atomic import atomic_write_bytes, atomic_write_text
+from lmkit.atomic import atomic_write_bytes
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, parse_json,
+                                         read_file_bytes, write_json)
+from lmkit.tokenizers.special_tokens import encode_with_specials
 from lmkit.tokenizers.spm_model import Charsmap, PieceType, SpmModel, parse_model, serialize_model
+from lmkit.tokenizers.word_cache import CachesWords
 
 FORMAT = "lmkit.unigram"
 FORMAT_VERSION = 1
@@ -70,26 +72,7 @@ def byte_piece(b: int) -> str:
     return f"<0x{b:02X}>"
 
 
-class _Cache(dict):
-    """word -> Viterbi result; computed on a miss. Capped: the oldest half goes when full."""
-
-    __slots__ = ("_fn", "_cap")
-
-    def __init__(self, fn, cap: int) -> None:
-        super().__init__()
-        self._fn = fn
-        self._cap = cap
-
-    def __missing__(self, word: str):
-        value = self._fn(word)
-        if len(self) >= self._cap:
-            for key in list(islice(self, len(self) // 2)):
-                self.pop(key, None)
-        self[word] = value
-        return value
-
-
-class UnigramTokenizer(Tokenizer):
+class UnigramTokenizer(CachesWords, Tokenizer):
     """SentencePiece-compatible Unigram tokenizer.
 
     ``pieces`` lists ``(piece, score, type)`` in id order; types are :class:`PieceType`
@@ -196,16 +179,7 @@ class UnigramTokenizer(Tokenizer):
         self._specials = {p: i for i, (p, t) in enumerate(zip(pieces, types))
                           if t in (PieceType.CONTROL, PieceType.UNKNOWN)}
         self._vocab_chars = frozenset(chain.from_iterable(lookup))
-        self._splitters: dict[frozenset, re.Pattern | None] = {}
-        self._cache = _Cache(self._word_entry, self.cache_size)
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_splitters")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._splitters = {}
-        self._cache = _Cache(self._word_entry, self.cache_size)
+        self._reset_caches()  # word -> Viterbi entry (``_segment_word`` on a miss); splitters
 
     # ---- the Tokenizer interface -------------------------------------------------------
     @property
@@ -301,34 +275,11 @@ class UnigramTokenizer(Tokenizer):
         raise TokenizerError("cannot encode this text: it uses every noncharacter U+FDD0..U+FDEF, U+FFFE, U+FFFF")
 
     # ---- encoding ----------------------------------------------------------------------
-    def _special_splitter(self, allowed_special: str | Iterable[str]) -> re.Pattern | None:
-        if allowed_special == "none" or not allowed_special:
-            return None
-        names = frozenset(self._specials) if allowed_special == "all" else frozenset(allowed_special)
-        unknown = names - set(self._specials)
-        if unknown:
-            raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)}")
-        if names not in self._splitters:
-            alts = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-            self._splitters[names] = re.compile(f"({alts})") if alts else None
-        return self._splitters[names]
-
     def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
         """Viterbi segmentation of `text` as ids. With ``allowed_special``, control pieces
         (``<s>``…) written in the text become their ids; the text between them is encoded
         separately (each part gets its own dummy prefix)."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode expects str, got {type(text).__name__}")
-        splitter = self._special_splitter(allowed_special)
-        if splitter is None:
-            return self._encode_text(text)
-        ids: list[int] = []
-        for k, part in enumerate(splitter.split(text)):
-            if k % 2:
-                ids.append(self._specials[part])
-            elif part:
-                ids.extend(self._encode_text(part))
-        return ids
+        return encode_with_specials(text, allowed_special, self._specials, self._splitters, self._encode_text)
 
     def encode_as_pieces(self, text: str) -> list[str]:
         return [self._pieces[i] for i in self.encode(text)]
@@ -426,6 +377,8 @@ class UnigramTokenizer(Tokenizer):
         ids.reverse()
         node_scores.reverse()
         return tuple(ids), score[n], tuple(node_scores), gap
+
+    _segment_word = _word_entry  # what the word cache runs on a miss
 
     def _viterbi_f32(self, s: str, base0: float, placeholder: str | None) -> tuple[list[int], float]:
         """SentencePiece's EncodeOptimized on normalised `s`, from path score `base0`:
@@ -693,15 +646,12 @@ class UnigramTokenizer(Tokenizer):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write lmkit's JSON format atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "UnigramTokenizer":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise TokenizerError(f"{source}: not an lmkit Unigram tokenizer (no \"format\": \"{FORMAT}\")")
-        if data.get("version") != FORMAT_VERSION:
-            raise TokenizerError(f"{source}: unsupported lmkit Unigram format version {data.get('version')!r}")
-        try:
+        check_format(data, source, FORMAT, FORMAT_VERSION, "Unigram")
+        with corrupt_file_errors(source):
             pieces = [(p, float(s), PieceType[t]) for p, s, t in data["pieces"]]
             blob = data.get("precompiled_charsmap")
             return cls(
@@ -716,19 +666,13 @@ class UnigramTokenizer(Tokenizer):
                 unk_surface=str(data.get("unk_surface", " \u2047 ")),
                 prefix_only_if_no_space=bool(data.get("prefix_only_if_no_space", False)),
             )
-        except TokenizerError as exc:
-            raise TokenizerError(f"{source}: corrupt tokenizer file: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TokenizerError(
-                f"{source}: corrupt tokenizer file ({type(exc).__name__}: {exc}); re-create or re-download it"
-            ) from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "UnigramTokenizer":
         """Load lmkit's JSON, a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json``."""
-        raw = _read_bytes(path)
+        raw = read_file_bytes(path)
         if raw.lstrip()[:1] == b"{":
-            data = _parse_json(raw, path)
+            data = parse_json(raw, path)
             if isinstance(data, dict) and "model" in data and "format" not in data:
                 return cls.from_hf_dict(data, source=str(path))
             return cls.from_dict(data, source=str(path))
@@ -741,7 +685,7 @@ class UnigramTokenizer(Tokenizer):
         if isinstance(model_file, (bytes, bytearray)):
             raw, source = bytes(model_file), "<model bytes>"
         else:
-            raw, source = _read_bytes(model_file), str(model_file)
+            raw, source = read_file_bytes(model_file), str(model_file)
         m = parse_model(raw, source)
         if m.model_type != "unigram":
             raise TokenizerError(f"{source}: SentencePiece model type is {m.model_type!r}, not 'unigram'")
@@ -788,17 +732,13 @@ class UnigramTokenizer(Tokenizer):
         ``Replace(" {2,}", " ")`` / ``Strip``), pre-tokenizer ``Metaspace`` (optionally
         after ``WhitespaceSplit``); byte fallback; added tokens as control/user pieces.
         """
-        try:
+        with hf_json_errors(source):
             return _from_hf_dict(cls, data)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{source}: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TokenizerError(f"{source}: corrupt tokenizer.json ({type(exc).__name__}: {exc})") from exc
 
     @classmethod
     def from_tokenizer_json(cls, path: str | os.PathLike) -> "UnigramTokenizer":
         """Load a Hugging Face ``tokenizer.json`` whose model is Unigram."""
-        return cls.from_hf_dict(_parse_json(_read_bytes(path), path), source=str(path))
+        return cls.from_hf_dict(parse_json(read_file_bytes(path), path), source=str(path))
 
     def __repr__(self) -> str:
         return (f"UnigramTokenizer(vocab_size={self.vocab_size}, normalizer={self.normalizer_name!r}, "
@@ -822,24 +762,6 @@ def _as_id(idx) -> int:
     except (TypeError, ValueError, OverflowError):
         pass
     raise TokenizerError(f"token id {idx!r} is not an integer")
-
-
-def _read_bytes(path: str | os.PathLike) -> bytes:
-    path = Path(path)
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer file {str(path)!r} does not exist")
-    return path.read_bytes()
-
-
-def _parse_json(raw: bytes, path) -> object:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(f"{path}: corrupt tokenizer file (not UTF-8 at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(
-            f"{path}: corrupt tokenizer file (invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg})"
-        ) from None
 
 
 def _from_hf_dict(cls, data: dict) -> UnigramTokenizer:

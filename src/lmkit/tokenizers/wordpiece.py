@@ -19,10 +19,7 @@ lmkit's JSON (``save``/``load``).
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -30,6 +27,10 @@ from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.basic_tokenizer import BasicTokenizer
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, parse_json,
+                                         read_file_bytes, write_json)
+from lmkit.tokenizers.special_tokens import encode_with_specials
+from lmkit.tokenizers.word_cache import CachesWords
 
 FORMAT = "lmkit.wordpiece"
 FORMAT_VERSION = 1
@@ -38,24 +39,7 @@ _DEFAULT_SPECIALS = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[
                      "pad_token": "[PAD]", "mask_token": "[MASK]"}
 
 
-class _WordCache(dict):
-    __slots__ = ("_fn", "_cap")
-
-    def __init__(self, fn, cap: int) -> None:
-        super().__init__()
-        self._fn = fn
-        self._cap = cap
-
-    def __missing__(self, word: str) -> tuple[int, ...]:
-        ids = self._fn(word)
-        if len(self) >= self._cap:
-            for key in list(islice(self, len(self) // 2)):
-                self.pop(key, None)
-        self[word] = ids
-        return ids
-
-
-class WordPieceTokenizer(Tokenizer):
+class WordPieceTokenizer(CachesWords, Tokenizer):
     """BERT WordPiece tokenizer over a vocabulary given in id order."""
 
     def __init__(
@@ -100,16 +84,7 @@ class WordPieceTokenizer(Tokenizer):
         self._specials = {t: self._ids[t] for t in names}
         self.basic = BasicTokenizer(do_lower_case, tokenize_chinese_chars, strip_accents, clean_text)
         self._maxlen = max(len(t) for t in self._ids)
-        self._splitters: dict[frozenset, re.Pattern] = {}
-        self._cache = _WordCache(self._wordpiece, self.cache_size)
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_splitters")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._splitters = {}
-        self._cache = _WordCache(self._wordpiece, self.cache_size)
+        self._reset_caches()  # word -> ids (``_segment_word`` on a miss); special-token splitters
 
     # ---- the Tokenizer interface -------------------------------------------------------
     @property
@@ -169,39 +144,18 @@ class WordPieceTokenizer(Tokenizer):
             start = end
         return tuple(ids)
 
+    _segment_word = _wordpiece  # what the word cache runs on a miss
+
     def tokenize(self, text: str) -> list[str]:
         """Token strings of `text` (no [CLS]/[SEP])."""
         return [self._vocab[i] for i in self.encode(text)]
-
-    def _special_splitter(self, allowed_special: str | Iterable[str]) -> re.Pattern | None:
-        if allowed_special == "none" or not allowed_special:
-            return None
-        names = frozenset(self._specials) if allowed_special == "all" else frozenset(allowed_special)
-        unknown = names - set(self._specials)
-        if unknown:
-            raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)}")
-        if names not in self._splitters:
-            self._splitters[names] = re.compile(
-                "(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + ")")
-        return self._splitters[names]
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = "none",
                add_special_tokens: bool = False) -> list[int]:
         """Ids of `text`. ``allowed_special`` lets ``[CLS]``, ``[MASK]``… written in the text
         through as their ids (Hugging Face always does that); ``add_special_tokens`` wraps
         the result in ``[CLS] … [SEP]``."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode expects str, got {type(text).__name__}")
-        splitter = self._special_splitter(allowed_special)
-        if splitter is None:
-            ids = self._encode_plain(text)
-        else:
-            ids = []
-            for k, part in enumerate(splitter.split(text)):
-                if k % 2:
-                    ids.append(self._specials[part])
-                elif part:
-                    ids.extend(self._encode_plain(part))
+        ids = encode_with_specials(text, allowed_special, self._specials, self._splitters, self._encode_plain)
         if add_special_tokens:
             ids = self._wrap(ids, None)[0]
         return ids
@@ -292,7 +246,7 @@ class WordPieceTokenizer(Tokenizer):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write lmkit's JSON format atomically (``save_vocab`` writes ``vocab.txt``)."""
-        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        write_json(path, self.to_dict())
 
     def save_vocab(self, path: str | os.PathLike) -> None:
         """Write ``vocab.txt`` (one token per line)."""
@@ -300,11 +254,8 @@ class WordPieceTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "WordPieceTokenizer":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise TokenizerError(f"{source}: not an lmkit WordPiece tokenizer (no \"format\": \"{FORMAT}\")")
-        if data.get("version") != FORMAT_VERSION:
-            raise TokenizerError(f"{source}: unsupported lmkit WordPiece format version {data.get('version')!r}")
-        try:
+        check_format(data, source, FORMAT, FORMAT_VERSION, "WordPiece")
+        with corrupt_file_errors(source):
             opts = {k: data[k] for k in ("do_lower_case", "tokenize_chinese_chars", "strip_accents", "clean_text",
                                          *SPECIAL_NAMES, "continuing_subword_prefix",
                                          "max_input_chars_per_word", "cleanup") if k in data}
@@ -312,12 +263,6 @@ class WordPieceTokenizer(Tokenizer):
             if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
                 raise ValueError("vocab must be a list of strings")
             return cls(vocab, **opts)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{source}: corrupt tokenizer file: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TokenizerError(
-                f"{source}: corrupt tokenizer file ({type(exc).__name__}: {exc}); re-create or re-download it"
-            ) from exc
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WordPieceTokenizer":
@@ -327,7 +272,7 @@ class WordPieceTokenizer(Tokenizer):
             return cls.from_pretrained_dir(path)
         raw = _read_text(path)
         if raw.lstrip().startswith("{"):
-            data = _parse_json(raw, path)
+            data = parse_json(raw, path)
             if isinstance(data, dict) and "model" in data and "format" not in data:
                 return cls.from_hf_dict(data, source=str(path))
             return cls.from_dict(data, source=str(path))
@@ -356,7 +301,7 @@ class WordPieceTokenizer(Tokenizer):
             raise TokenizerError(f"{d}: neither tokenizer.json nor vocab.txt found")
         opts: dict = {}
         if (d / "tokenizer_config.json").is_file():
-            cfg = _parse_json(_read_text(d / "tokenizer_config.json"), d / "tokenizer_config.json")
+            cfg = parse_json(_read_text(d / "tokenizer_config.json"), d / "tokenizer_config.json")
             if isinstance(cfg, dict):
                 for key in ("do_lower_case", "tokenize_chinese_chars", "strip_accents", *SPECIAL_NAMES):
                     if isinstance(cfg.get(key), (bool, str)) or (key == "strip_accents" and key in cfg):
@@ -367,18 +312,14 @@ class WordPieceTokenizer(Tokenizer):
     def from_tokenizer_json(cls, path: str | os.PathLike) -> "WordPieceTokenizer":
         """A Hugging Face ``tokenizer.json`` whose model is WordPiece."""
         path = Path(path)
-        return cls.from_hf_dict(_parse_json(_read_text(path), path), source=str(path))
+        return cls.from_hf_dict(parse_json(_read_text(path), path), source=str(path))
 
     @classmethod
     def from_hf_dict(cls, data: dict, source: str = "<tokenizer.json>") -> "WordPieceTokenizer":
         """A ``tokenizer.json`` dict: ``BertNormalizer`` (or none / Lowercase), ``BertPreTokenizer``,
         ``WordPiece`` model, ``TemplateProcessing``/``BertProcessing`` post-processor."""
-        try:
+        with hf_json_errors(source):
             return _from_hf_dict(cls, data)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{source}: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TokenizerError(f"{source}: corrupt tokenizer.json ({type(exc).__name__}: {exc})") from exc
 
     def __repr__(self) -> str:
         return (f"WordPieceTokenizer(vocab_size={self.vocab_size}, do_lower_case={self.basic.do_lower_case}, "
@@ -431,22 +372,11 @@ def _truncate(a: list[int], b: list[int] | None, room: int, strategy: str):
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer file {str(path)!r} does not exist")
-    data = path.read_bytes()
+    data = read_file_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TokenizerError(f"{path}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-
-
-def _parse_json(raw: str, path) -> object:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(
-            f"{path}: corrupt tokenizer file (invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg})"
-        ) from None
 
 
 def _from_hf_dict(cls, data: dict) -> WordPieceTokenizer:
