@@ -43,6 +43,7 @@ from lmkit.infer.fused_step import FusedDecoder
 # per model: {(weights key, batch, max_len, has_pad, mode, compile): step}; dropped with the model
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+_RECOMPILE_LIMIT = 64
 
 
 class _StaticStep(torch.nn.Module):
@@ -163,6 +164,7 @@ class CompiledDecoder:
         self.manual_attention = manual_attention
         self._bias_src = None  # (pad_bias identity, static bias) for the current generation
         self._slots: dict[tuple[int, str], torch.Tensor] = {}
+        self._memo = None  # (shape, compiled step) of the last call
 
     @staticmethod
     def unsupported(model, max_len: int | None = None) -> str | None:
@@ -228,7 +230,10 @@ class CompiledDecoder:
                 or any(n != past for n in cache.lengths)):
             return self.fused(input_ids, positions, cache, pad_bias, last_only)
         max_len = cache.max_len
-        fn = self._step_fn(b, max_len, k0.dtype, k0.device)
+        shape = (b, max_len, k0.dtype, k0.device)
+        if self._memo is None or self._memo[0] != shape:  # weights are checked once per shape per decoder
+            self._memo = (shape, self._step_fn(*shape))
+        fn = self._memo[1]
         bias = self._bias(pad_bias, b, max_len, k0.dtype, k0.device)
         slot = self._slot(past, k0.device)
         logits = fn(input_ids, positions, slot, bias, *cache.keys, *cache.values)
@@ -249,15 +254,24 @@ def _compile(module: torch.nn.Module, mode: str | None, freezing: bool, cpp_wrap
     freezing: weights become constants, pre-packed for MKL; cpp_wrapper: the generated code that
     calls the kernels is C++ instead of Python (saves ~0.2 ms per step at batch 1 on the bench CPU).
     """
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    compiled = torch.compile(module, fullgraph=True, dynamic=False, mode=mode)
+    options = {}
+    skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
+    if skip is not None:
+        # the step module's weights never change after it is built (a weight change builds a new
+        # module and compiles again), so dynamo need not re-check ~50 buffers on every call
+        options["guard_filter_fn"] = skip
+    compiled = torch.compile(module, fullgraph=True, dynamic=False, mode=mode, options=options or None)
     options = {"freezing": freezing, "cpp_wrapper": cpp_wrapper}
     state = {"first": True}
 
     def run(*args):
         if state["first"]:  # compilation happens on the first call: the options must be on then
-            with inductor_config.patch(options):
+            # every (model, batch, max_len) is another graph of the same forward's code object:
+            # raise dynamo's per-code-object limit (8) so a server with many shapes keeps compiling
+            with inductor_config.patch(options), dynamo_config.patch(recompile_limit=_RECOMPILE_LIMIT):
                 out = compiled(*args)
             state["first"] = False
             return out
