@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.hub.hf_config import (check_writable, config_contradictions, drop_tied_head, mismatches, required,
+                                 without_tied_head)
 from lmkit.hub.name_map import NameMap
 from lmkit.models.config import ModelConfig
 
@@ -118,9 +120,7 @@ _CONSUMED = {
 
 
 def _req(hf: dict, key: str) -> Any:
-    if key not in hf or hf[key] is None:
-        raise ConfigError(f"config.json (bert): required key {key!r} is missing")
-    return hf[key]
+    return required(hf, key, "bert")
 
 
 def heads_from_architectures(hf: dict) -> tuple[str, ...]:
@@ -164,7 +164,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     extra = {k: v for k, v in hf.items() if k not in _CONSUMED}
     extra["heads"] = list(heads_from_architectures(hf))
     hidden_dropout = float(hf.get("hidden_dropout_prob", 0.1))
-    try:
+    with config_contradictions("bert"):
         return ModelConfig(
             arch="encoder",
             vocab_size=int(_req(hf, "vocab_size")),
@@ -195,8 +195,6 @@ def config_from_hf(hf: dict) -> ModelConfig:
             model_type="bert",
             extra=extra,
         )
-    except ConfigError as exc:
-        raise ConfigError(f"config.json (bert) contradicts itself: {exc}") from exc
 
 
 def _heads(cfg: ModelConfig) -> tuple[str, ...]:
@@ -209,15 +207,14 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     expect = dict(arch="encoder", norm="layernorm", norm_position="post", norm_bias=True, gated_ffn=False,
                   position="learned", qkv_bias=True, o_bias=True, ffn_bias=True, scale_attn=True, n_experts=0,
                   sliding_window=None, n_kv_heads=cfg.n_heads, head_dim=cfg.d_model // cfg.n_heads)
-    problems = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in expect.items() if getattr(cfg, k) != v]
+    problems = mismatches(cfg, expect)
     if cfg.activation not in ACTIVATIONS_TO_HF:
         problems.append(f"activation={cfg.activation!r}")
     if cfg.d_model % cfg.n_heads:
         problems.append("n_heads must divide d_model")
     if cfg.type_vocab_size <= 0:
         problems.append("type_vocab_size=0 (BERT always has token-type embeddings; use 1 or 2)")
-    if problems:
-        raise ConfigError("this model cannot be written as a bert checkpoint: " + "; ".join(problems))
+    check_writable(problems, "bert")
     hf: dict[str, Any] = {k: v for k, v in cfg.extra.items() if k != "heads"}
     heads = _heads(cfg)
     if HEADS_OF[ARCH_OF[heads]] != heads:
@@ -269,8 +266,7 @@ def state_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
     if dec_bias is not None:
         sd["cls.predictions.bias"] = dec_bias
     out = NAME_MAP.rename_to_ours(sd, drop=DROP)
-    if cfg.tie_embeddings and "embed_tokens.weight" in out:
-        out.pop("mlm_head.decoder.weight", None)
+    drop_tied_head(out, cfg, head="mlm_head.decoder.weight")
     _heads_from_weights(out, cfg)
     return out
 
@@ -301,7 +297,7 @@ def _heads_from_weights(out: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
 
 def state_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     heads = _heads(cfg)
-    sd = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "mlm_head.decoder.weight")}
+    sd = without_tied_head(sd, cfg, head="mlm_head.decoder.weight")
     # a plain BertModel checkpoint has unprefixed names; models with heads prefix the backbone
     prefix = "" if ARCH_OF[heads] == "BertModel" else PREFIX
     out = {}

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.hub.hf_config import (check_writable, config_contradictions, drop_tied_head, eos_and_extra, eos_to_hf,
+                                 mismatches, required, without_tied_head)
 from lmkit.hub.name_map import NameMap
 from lmkit.models.config import ModelConfig
 
@@ -66,9 +68,7 @@ _CONSUMED = {
 
 
 def _req(hf: dict, key: str) -> Any:
-    if key not in hf or hf[key] is None:
-        raise ConfigError(f"config.json (gpt2): required key {key!r} is missing")
-    return hf[key]
+    return required(hf, key, "gpt2")
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -83,12 +83,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ConfigError("config.json (gpt2): scale_attn_by_inverse_layer_idx=true is not supported")
     if hf.get("add_cross_attention"):
         raise ConfigError("config.json (gpt2): add_cross_attention=true (GPT-2 as a seq2seq decoder) is not supported")
-    eos = hf.get("eos_token_id", 50256)
-    extra = {k: v for k, v in hf.items() if k not in _CONSUMED}
-    if isinstance(eos, list):
-        extra["eos_token_id"] = eos
-        eos = eos[0] if eos else None
-    try:
+    eos, extra = eos_and_extra(hf, _CONSUMED, default=50256)
+    with config_contradictions("gpt2"):
         return ModelConfig(
             arch="decoder",
             vocab_size=int(_req(hf, "vocab_size")),
@@ -118,21 +114,18 @@ def config_from_hf(hf: dict) -> ModelConfig:
             model_type="gpt2",
             extra=extra,
         )
-    except ConfigError as exc:
-        raise ConfigError(f"config.json (gpt2) contradicts itself: {exc}") from exc
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     expect = dict(arch="decoder", norm="layernorm", norm_position="pre", norm_bias=True, gated_ffn=False,
                   position="learned", qkv_bias=True, o_bias=True, ffn_bias=True, lm_head_bias=False,
                   n_experts=0, sliding_window=None, n_kv_heads=cfg.n_heads, head_dim=cfg.d_model // cfg.n_heads)
-    problems = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in expect.items() if getattr(cfg, k) != v]
+    problems = mismatches(cfg, expect)
     if cfg.activation not in ACTIVATIONS_TO_HF:
         problems.append(f"activation={cfg.activation!r}")
     if cfg.d_model % cfg.n_heads:
         problems.append("n_heads must divide d_model")
-    if problems:
-        raise ConfigError("this model cannot be written as a gpt2 checkpoint: " + "; ".join(problems))
+    check_writable(problems, "gpt2")
     hf: dict[str, Any] = dict(cfg.extra)
     hf.update(
         model_type="gpt2",
@@ -155,8 +148,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         pad_token_id=cfg.pad_token_id,
         use_cache=True,
     )
-    if not isinstance(cfg.extra.get("eos_token_id"), list):
-        hf["eos_token_id"] = cfg.eos_token_id
+    eos_to_hf(hf, cfg)
     return hf
 
 
@@ -175,19 +167,17 @@ def state_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
                 out[f"{m.group(1)}.{part}_proj.{m.group(2)}"] = t
         else:
             out[k] = v  # a mis-shaped c_attn passes through and is reported by the strict loader
-    if cfg.tie_embeddings and "embed_tokens.weight" in out:
-        out.pop("lm_head.weight", None)
-    return out
+    return drop_tied_head(out, cfg)
 
 
 def state_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     merged: dict[str, torch.Tensor] = {}
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for k, v in sd.items():
+    for k, v in without_tied_head(sd, cfg).items():
         m = _QKV_PARTS.match(k)
         if m:
             parts.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = v
-        elif not (cfg.tie_embeddings and k == "lm_head.weight"):
+        else:
             merged[k] = v
     for (base, kind), qkv in parts.items():
         merged[f"{base}.qkv_proj.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)

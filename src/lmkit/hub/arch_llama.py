@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.hub.hf_config import (check_writable, config_contradictions, drop_tied_head, eos_and_extra, eos_to_hf,
+                                 mismatches, required, without_tied_head)
 from lmkit.hub.name_map import NameMap
 from lmkit.models.config import ModelConfig
 
@@ -78,9 +80,7 @@ _CONSUMED = {
 
 
 def _req(hf: dict, key: str) -> Any:
-    if key not in hf or hf[key] is None:
-        raise ConfigError(f"config.json ({hf.get('model_type')}): required key {key!r} is missing")
-    return hf[key]
+    return required(hf, key, hf.get("model_type"))
 
 
 def _rope(hf: dict, model_type: str) -> tuple[float, str | None, float]:
@@ -163,12 +163,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
             norm_topk_prob=True,
             router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
         )
-    extra = {k: v for k, v in hf.items() if k not in _CONSUMED}
-    eos = hf.get("eos_token_id")
-    if isinstance(eos, list):
-        extra["eos_token_id"] = eos
-        eos = eos[0] if eos else None
-    try:
+    eos, extra = eos_and_extra(hf, _CONSUMED)
+    with config_contradictions(model_type):
         return ModelConfig(
             arch="decoder",
             vocab_size=int(_req(hf, "vocab_size")),
@@ -202,8 +198,6 @@ def config_from_hf(hf: dict) -> ModelConfig:
             extra=extra,
             **moe,
         )
-    except ConfigError as exc:
-        raise ConfigError(f"config.json ({model_type}) contradicts itself: {exc}") from exc
 
 
 def _check_representable(cfg: ModelConfig) -> None:
@@ -211,7 +205,7 @@ def _check_representable(cfg: ModelConfig) -> None:
     problems = []
     expect = dict(arch="decoder", norm="rmsnorm", norm_position="pre", position="rope", gated_ffn=True,
                   lm_head_bias=False, scale_attn=True)
-    problems += [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in expect.items() if getattr(cfg, k) != v]
+    problems += mismatches(cfg, expect)
     if cfg.activation not in ACTIVATIONS_TO_HF:
         problems.append(f"activation={cfg.activation!r}")
     if mt == "llama" and cfg.qkv_bias != cfg.o_bias:
@@ -229,8 +223,7 @@ def _check_representable(cfg: ModelConfig) -> None:
             problems.append("mixtral experts have no bias")
     elif cfg.n_experts:
         problems.append(f"{mt} has no MoE layers (use mixtral)")
-    if problems:
-        raise ConfigError(f"this model cannot be written as a {mt} checkpoint: " + "; ".join(problems))
+    check_writable(problems, mt)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -272,8 +265,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         pad_token_id=cfg.pad_token_id,
         use_cache=True,
     )
-    if not isinstance(cfg.extra.get("eos_token_id"), list):
-        hf["eos_token_id"] = cfg.eos_token_id
+    eos_to_hf(hf, cfg)
     if cfg.rope_scaling in ("linear", "dynamic"):
         hf["rope_scaling"] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
     if mt == "llama":
@@ -326,15 +318,11 @@ def state_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
     if cfg.n_experts:
         sd = _unfuse_experts(sd)
     out = NAME_MAP.rename_to_ours(sd, drop=DROP)
-    if cfg.tie_embeddings and "embed_tokens.weight" in out:
-        out.pop("lm_head.weight", None)
-    return out
+    return drop_tied_head(out, cfg)
 
 
 def state_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    if cfg.tie_embeddings:
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    return NAME_MAP.rename_to_theirs(sd, cfg.model_type)
+    return NAME_MAP.rename_to_theirs(without_tied_head(sd, cfg), cfg.model_type)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

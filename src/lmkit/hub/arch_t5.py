@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
+from lmkit.hub.hf_config import (check_writable, config_contradictions, eos_and_extra, eos_to_hf, mismatches,
+                                 required, without_tied_head)
 from lmkit.hub.name_map import NameMap
 from lmkit.models.config import ModelConfig
 
@@ -107,9 +109,7 @@ _CONSUMED = {
 
 
 def _req(hf: dict, key: str) -> Any:
-    if key not in hf or hf[key] is None:
-        raise ConfigError(f"config.json (t5): required key {key!r} is missing")
-    return hf[key]
+    return required(hf, key, "t5")
 
 
 def _rescaled(hf: dict) -> bool:
@@ -128,15 +128,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
     activation, gated = _ffn_from_hf(str(hf.get("feed_forward_proj", "relu")))
     if hf.get("is_encoder_decoder") is False:
         raise ConfigError("config.json (t5): is_encoder_decoder=false is not supported (T5 encoder- or decoder-only)")
-    eos = hf.get("eos_token_id", 1)
-    extra = {k: v for k, v in hf.items() if k not in _CONSUMED}
-    if isinstance(eos, list):
-        extra["eos_token_id"] = eos
-        eos = eos[0] if eos else None
+    eos, extra = eos_and_extra(hf, _CONSUMED, default=1)
     pad = hf.get("pad_token_id", 0)
     start = hf.get("decoder_start_token_id")
     n_layers = int(_req(hf, "num_layers"))
-    try:
+    with config_contradictions("t5"):
         return ModelConfig(
             arch="encoder_decoder",
             vocab_size=int(_req(hf, "vocab_size")),
@@ -169,19 +165,16 @@ def config_from_hf(hf: dict) -> ModelConfig:
             model_type="t5",
             extra=extra,
         )
-    except ConfigError as exc:
-        raise ConfigError(f"config.json (t5) contradicts itself: {exc}") from exc
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     expect = dict(arch="encoder_decoder", norm="rmsnorm", norm_position="pre", position="t5_bias",
                   qkv_bias=False, o_bias=False, ffn_bias=False, lm_head_bias=False, scale_attn=False,
                   n_experts=0, sliding_window=None, n_kv_heads=cfg.n_heads)
-    problems = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in expect.items() if getattr(cfg, k) != v]
+    problems = mismatches(cfg, expect)
     if cfg.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
         problems.append(f"activation={cfg.activation!r}")
-    if problems:
-        raise ConfigError("this model cannot be written as a t5 checkpoint: " + "; ".join(problems))
+    check_writable(problems, "t5")
     hf: dict[str, Any] = dict(cfg.extra)
     hf.update(
         model_type="t5",
@@ -207,8 +200,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         n_positions=cfg.max_seq_len,
         use_cache=True,
     )
-    if not isinstance(cfg.extra.get("eos_token_id"), list):
-        hf["eos_token_id"] = cfg.eos_token_id
+    eos_to_hf(hf, cfg)
     if cfg.bos_token_id is not None:
         hf["bos_token_id"] = cfg.bos_token_id
     return hf
@@ -238,8 +230,7 @@ def state_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, to
 
 
 def state_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    sd = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
-    return name_map(cfg.gated_ffn).rename_to_theirs(sd, "t5")
+    return name_map(cfg.gated_ffn).rename_to_theirs(without_tied_head(sd, cfg), "t5")
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
