@@ -42,6 +42,20 @@ from lmkit.models.output import ModelOutput
 from lmkit.models.positional import RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_bias
 
 
+def add_position_modules(module: nn.Module, config: ModelConfig, bidirectional: bool) -> None:
+    """Register on `module` the position encoding ``config.position`` asks for, under the names
+    the parameter scheme uses: ``embed_positions`` (learned), ``sinusoidal``, ``rotary``, or
+    ``relative_bias`` (t5_bias; `bidirectional` buckets for encoders). Shared by every stack."""
+    if config.position == "learned":
+        module.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
+    elif config.position == "sinusoidal":
+        module.sinusoidal = SinusoidalPositions(config)
+    elif config.position == "rope":
+        module.rotary = RotaryEmbedding(config)
+    elif config.position == "t5_bias":
+        module.relative_bias = T5RelativeBias(config, bidirectional=bidirectional)
+
+
 class DecoderLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -50,14 +64,7 @@ class DecoderLM(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.position = config.position
-        if config.position == "learned":
-            self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
-        elif config.position == "sinusoidal":
-            self.sinusoidal = SinusoidalPositions(config)
-        elif config.position == "rope":
-            self.rotary = RotaryEmbedding(config)
-        elif config.position == "t5_bias":
-            self.relative_bias = T5RelativeBias(config, bidirectional=False)
+        add_position_modules(self, config, bidirectional=False)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()

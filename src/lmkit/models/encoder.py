@@ -40,11 +40,12 @@ from torch.utils.checkpoint import checkpoint
 from lmkit.models.block import TransformerBlock
 from lmkit.models.init import init_normal_weights
 from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import add_position_modules
 from lmkit.models.ffn import activation_fn
 from lmkit.models.masks import to_additive_bias
 from lmkit.models.norms import make_norm
 from lmkit.models.output import ModelOutput
-from lmkit.models.positional import RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_bias
+from lmkit.models.positional import alibi_bias
 
 HEADS = ("pooler", "mlm", "nsp")
 
@@ -102,14 +103,7 @@ class EncoderLM(nn.Module):
         self.heads = encoder_heads(config)
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
-        if config.position == "learned":
-            self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
-        elif config.position == "sinusoidal":
-            self.sinusoidal = SinusoidalPositions(config)
-        elif config.position == "rope":
-            self.rotary = RotaryEmbedding(config)
-        elif config.position == "t5_bias":
-            self.relative_bias = T5RelativeBias(config, bidirectional=True)
+        add_position_modules(self, config, bidirectional=True)
         if config.type_vocab_size:
             self.embed_types = nn.Embedding(config.type_vocab_size, config.d_model)
         self.embed_norm = make_norm(config) if config.norm_position == "post" else nn.Identity()

@@ -37,11 +37,12 @@ from torch.utils.checkpoint import checkpoint
 from lmkit.models.attention import Attention
 from lmkit.models.block import TransformerBlock
 from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import add_position_modules
 from lmkit.models.ffn import FeedForward
 from lmkit.models.masks import to_additive_bias
 from lmkit.models.norms import RMSNorm, make_norm
 from lmkit.models.output import ModelOutput
-from lmkit.models.positional import RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_bias
+from lmkit.models.positional import T5RelativeBias, alibi_bias
 
 
 class Stack(nn.Module):
@@ -51,14 +52,7 @@ class Stack(nn.Module):
         super().__init__()
         self.config = config
         self.is_decoder = is_decoder
-        if config.position == "learned":
-            self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
-        elif config.position == "sinusoidal":
-            self.sinusoidal = SinusoidalPositions(config)
-        elif config.position == "rope":
-            self.rotary = RotaryEmbedding(config)
-        elif config.position == "t5_bias":
-            self.relative_bias = T5RelativeBias(config, bidirectional=not is_decoder)
+        add_position_modules(self, config, bidirectional=not is_decoder)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TransformerBlock(config, cross_attention=is_decoder) for _ in range(n_layers))
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
