@@ -35,21 +35,11 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from lmkit.models.ffn import activation_fn
+
 MAX_FUSED_BYTES = 2 * 2**30  # larger models are bandwidth-bound anyway: not worth a second copy of the weights
 _GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, FusedDecoder]]" = weakref.WeakKeyDictionary()
-
-
-def _act(name: str):
-    if name == "silu":
-        return F.silu
-    if name == "relu":
-        return F.relu
-    if name == "gelu":
-        return F.gelu
-    if name == "gelu_tanh":
-        return lambda x: F.gelu(x, approximate="tanh")
-    raise ValueError(f"unknown activation {name!r}")
 
 
 class FusedDecoder:
@@ -115,7 +105,7 @@ class FusedDecoder:
         self.eps = cfg.norm_eps
         self.gated = cfg.gated_ffn
         self.d_ff = cfg.d_ff
-        self.act = _act(cfg.activation)
+        self.act = activation_fn(cfg.activation)
         self.rope = cfg.position == "rope"
         self.embed = model.embed_tokens.weight
         self.pos_embed = model.embed_positions.weight if cfg.position == "learned" else None

@@ -351,18 +351,14 @@ def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None =
     Deltas never split a UTF-8 character and never show text that may turn out to be part
     of a stop string; joined, they equal `generate_text(...)` with the same arguments.
     """
-    from lmkit.infer.streaming import TextStream
+    from lmkit.infer.streaming import stream_tokens_to_text
 
     cfg = resolve_config(model, config, **overrides)
-    stream = TextStream(tokenizer, cfg.stop, skip_ids=cfg.eos_token_ids)
-    for step in iter_steps(model, [encode_prompt(tokenizer, prompt)], cfg, tokenizer=tokenizer):
-        if step.done_before[0]:
-            break
-        delta = stream.push(step.tokens[0])
-        if delta:
-            yield delta
-        if stream.stopped:
-            return
-    tail = stream.finish()
-    if tail:
-        yield tail
+
+    def tokens() -> Iterator[int]:
+        for step in iter_steps(model, [encode_prompt(tokenizer, prompt)], cfg, tokenizer=tokenizer):
+            if step.done_before[0]:
+                return
+            yield step.tokens[0]
+
+    yield from stream_tokens_to_text(tokenizer, tokens(), cfg.stop, skip_ids=cfg.eos_token_ids)
