@@ -11,6 +11,8 @@ import os
 from abc import ABC, abstractmethod
 from typing import Iterable, Sequence
 
+from lmkit.errors import TokenizerError
+
 
 class Tokenizer(ABC):
     """Text <-> token ids. Subclasses: one file per algorithm (bpe.py, unigram.py, ...)."""
@@ -56,6 +58,35 @@ class Tokenizer(ABC):
 
     def __len__(self) -> int:
         return self.vocab_size
+
+
+class ListVocabTokenizer(Tokenizer):
+    """A tokenizer whose vocabulary is a list of token strings in id order: subclasses set
+    ``self._vocab`` (id -> token), ``self._ids`` (token -> id) and ``self._specials``
+    (special token -> id); the lookups of the interface come from here."""
+
+    _vocab: list[str]
+    _ids: dict[str, int]
+    _specials: dict[str, int]
+
+    @property
+    def special_tokens(self) -> dict[str, int]:  # type: ignore[override]
+        return dict(self._specials)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    def id_to_token(self, idx: int) -> str:
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(self._vocab):
+            raise TokenizerError(f"token id {idx!r} is not in this vocabulary (size {len(self._vocab)})")
+        return self._vocab[idx]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._ids.get(token)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._ids)
 
 
 def _encode_one(tok: Tokenizer, text: str, **kw) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lmkit.errors import TokenizerError
-from lmkit.tokenizers.base import Tokenizer
+from lmkit.tokenizers.base import ListVocabTokenizer
 from lmkit.tokenizers.json_files import corrupt_file_errors, read_json, write_json
 from lmkit.tokenizers.special_tokens import encode_with_specials
 from lmkit.tokenizers.text_files import iter_lines
@@ -25,7 +25,7 @@ DEFAULT_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 FORMAT_VERSION = 1
 
 
-class _VocabTokenizer(Tokenizer):
+class _VocabTokenizer(ListVocabTokenizer):
     """A closed vocabulary of units; subclasses say what a unit is."""
 
     FORMAT = ""
@@ -61,25 +61,6 @@ class _VocabTokenizer(Tokenizer):
         return self.units(line)
 
     # ---- the Tokenizer interface -------------------------------------------------------
-    @property
-    def special_tokens(self) -> dict[str, int]:  # type: ignore[override]
-        return dict(self._specials)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    def id_to_token(self, idx: int) -> str:
-        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(self._vocab):
-            raise TokenizerError(f"token id {idx!r} is not in this vocabulary (size {len(self._vocab)})")
-        return self._vocab[idx]
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._ids.get(token)
-
-    def get_vocab(self) -> dict[str, int]:
-        return dict(self._ids)
-
     def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
         """Ids of the units of `text` (``<unk>`` for units outside the vocabulary)."""
         return encode_with_specials(text, allowed_special, self._specials, self._splitters, self._encode_plain)

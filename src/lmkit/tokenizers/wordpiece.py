@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
-from lmkit.tokenizers.base import Tokenizer
+from lmkit.tokenizers.base import ListVocabTokenizer
 from lmkit.tokenizers.basic_tokenizer import BasicTokenizer
 from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, parse_json,
                                          read_file_bytes, write_json)
@@ -39,7 +39,7 @@ _DEFAULT_SPECIALS = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[
                      "pad_token": "[PAD]", "mask_token": "[MASK]"}
 
 
-class WordPieceTokenizer(CachesWords, Tokenizer):
+class WordPieceTokenizer(CachesWords, ListVocabTokenizer):
     """BERT WordPiece tokenizer over a vocabulary given in id order."""
 
     def __init__(
@@ -86,41 +86,25 @@ class WordPieceTokenizer(CachesWords, Tokenizer):
         self._maxlen = max(len(t) for t in self._ids)
         self._reset_caches()  # word -> ids (``_segment_word`` on a miss); special-token splitters
 
-    # ---- the Tokenizer interface -------------------------------------------------------
-    @property
-    def special_tokens(self) -> dict[str, int]:  # type: ignore[override]
-        return dict(self._specials)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    def id_to_token(self, idx: int) -> str:
-        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(self._vocab):
-            raise TokenizerError(f"token id {idx!r} is not in this vocabulary (size {len(self._vocab)})")
-        return self._vocab[idx]
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._ids.get(token)
-
-    def get_vocab(self) -> dict[str, int]:
-        return dict(self._ids)
+    # ---- special-token ids ----------------------------------------------------------------
+    def _optional_id(self, token: str | None) -> int | None:
+        return self._ids.get(token) if token else None
 
     @property
     def cls_token_id(self) -> int | None:
-        return self._ids.get(self.cls_token) if self.cls_token else None
+        return self._optional_id(self.cls_token)
 
     @property
     def sep_token_id(self) -> int | None:
-        return self._ids.get(self.sep_token) if self.sep_token else None
+        return self._optional_id(self.sep_token)
 
     @property
     def pad_token_id(self) -> int | None:
-        return self._ids.get(self.pad_token) if self.pad_token else None
+        return self._optional_id(self.pad_token)
 
     @property
     def mask_token_id(self) -> int | None:
-        return self._ids.get(self.mask_token) if self.mask_token else None
+        return self._optional_id(self.mask_token)
 
     # ---- encoding ----------------------------------------------------------------------
     def _wordpiece(self, word: str) -> tuple[int, ...]:
