@@ -141,12 +141,40 @@ def test_compiled_step_matches_transformers_and_is_cached(pair, use_static):
     other = [[30, 31, 32, 33, 34, 35], [40]]  # same batch and prompt length: same static shapes
     assert generate(model, other, max_new_tokens=10, eos_token_id=[]).sequences == hf_generate(hf, other, 10)
     assert len(used) == 2 and compiled() == entries  # compiled once, reused by the second generate call
-    # changing a weight invalidates the compiled step (weights are frozen into it)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(1.5)
-        hf.lm_head.weight.mul_(1.5)
-    assert generate(model, prompts, max_new_tokens=10, eos_token_id=[]).sequences == hf_generate(hf, prompts, 10)
+    # changing a weight invalidates the compiled step (weights are frozen into it as constants)
+    noise = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(5))
+    try:
+        with torch.no_grad():
+            model.lm_head.weight.add_(noise)
+            hf.lm_head.weight.add_(noise)
+        changed = generate(model, prompts, max_new_tokens=10, eos_token_id=[]).sequences
+        assert changed != first and changed == hf_generate(hf, prompts, 10)
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.sub_(noise)
+            hf.lm_head.weight.sub_(noise)
     assert len(compiled()) == 1 and set(compiled().values()).isdisjoint(entries.values())
+
+
+def test_two_models_same_shapes_keep_their_own_weights(pair, use_static):
+    """Two compiled steps of the same shapes (same code, other frozen weights) must not be mixed up."""
+    hf, model = pair
+    if model.config.position != "rope":
+        pytest.skip("compiled path checked on Llama")
+    torch.manual_seed(7)
+    other_hf = transformers.AutoModelForCausalLM.from_config(_hf_config("llama"), attn_implementation="eager").eval()
+    other = type(model)(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p_ours, p_hf in zip([other.lm_head.weight], [other_hf.lm_head.weight]):
+            p_ours.copy_(p_hf)
+    other_hf.load_state_dict({**hf.state_dict(), "lm_head.weight": other_hf.lm_head.weight})
+    prompts = PROMPTS[:2]
+    use_static(compile=True)
+    a = generate(model, prompts, max_new_tokens=8, eos_token_id=[]).sequences
+    b = generate(other, prompts, max_new_tokens=8, eos_token_id=[]).sequences
+    assert a == hf_generate(hf, prompts, 8) and b == hf_generate(other_hf, prompts, 8) and a != b
+    assert generate(model, prompts, max_new_tokens=8, eos_token_id=[]).sequences == a
 
 
 def test_unsupported(pair):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import types
 import weakref
 
 import torch
@@ -248,6 +249,23 @@ class CompiledDecoder:
         return src[1]
 
 
+def _fresh_entry(module: torch.nn.Module):
+    """`lambda *a: module(*a)` with a code object of its own.
+
+    Dynamo keeps its compiled graphs per code object. Compiling the module itself would key
+    every step of every model on `Module.__call__`'s one code object, told apart only by guards
+    on the module (which we skip, see `_compile`, and which count towards dynamo's limit of 8
+    graphs per code object). A fresh code object per compiled step keeps exactly one graph
+    each: no guard on the module is needed, and no step can run another's frozen weights.
+    """
+
+    def entry(*args):
+        return module(*args)
+
+    code = entry.__code__.replace(co_name=f"lmkit_compiled_step_{id(module):x}")
+    return types.FunctionType(code, entry.__globals__, code.co_name, None, entry.__closure__)
+
+
 def _compile(module: torch.nn.Module, mode: str | None, freezing: bool, cpp_wrapper: bool = True):
     """torch.compile(fullgraph, static shapes) with inductor options set while it compiles.
 
@@ -263,7 +281,7 @@ def _compile(module: torch.nn.Module, mode: str | None, freezing: bool, cpp_wrap
         # the step module's weights never change after it is built (a weight change builds a new
         # module and compiles again), so dynamo need not re-check ~50 buffers on every call
         options["guard_filter_fn"] = skip
-    compiled = torch.compile(module, fullgraph=True, dynamic=False, mode=mode, options=options or None)
+    compiled = torch.compile(_fresh_entry(module), fullgraph=True, dynamic=False, mode=mode, options=options or None)
     options = {"freezing": freezing, "cpp_wrapper": cpp_wrapper}
     state = {"first": True}
 
