@@ -24,29 +24,12 @@ import time
 from pathlib import Path
 
 import tiktoken
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from bench_bpe_train import EOT, hf_bpe, versions  # same HF settings and version line as the training bench
+from tokenizers import Tokenizer, decoders
 
 from lmkit.tokenizers.bpe import BPETokenizer
 from lmkit.tokenizers.bytes_level import token_str_to_bytes
 from lmkit.tokenizers.pretokenize import GPT2_PATTERN
-
-EOT = "<|endoftext|>"
-
-
-def versions() -> str:
-    import platform
-
-    import regex
-    import tokenizers
-
-    extra = ""
-    try:
-        import tiktoken
-
-        extra = f", tiktoken {tiktoken.__version__}"
-    except ImportError:
-        pass
-    return f"Python {platform.python_version()}, tokenizers {tokenizers.__version__}{extra}, regex {regex.__version__}"
 
 
 def timed(fn):
@@ -60,12 +43,9 @@ def main() -> None:
     text = corpus.read_text(encoding="utf-8")
     mb = len(text.encode("utf-8")) / 1e6
 
-    hf = Tokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf, trainer = hf_bpe(8192)
     hf.decoder = decoders.ByteLevel()
-    hf.train([str(corpus)], trainers.BpeTrainer(
-        vocab_size=8192, min_frequency=2, special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    hf.train([str(corpus)], trainer)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "tokenizer.json"
         hf.save(str(path))

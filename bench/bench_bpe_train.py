@@ -48,11 +48,18 @@ def train_ours(path: Path, vocab: int) -> tuple[float, int]:
     return time.perf_counter() - t, tok.vocab_size
 
 
-def train_hf(path: Path, vocab: int) -> tuple[float, int]:
+def hf_bpe(vocab: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
+    """An untrained Hugging Face byte-level BPE (GPT-2 split, no prefix space) and its trainer:
+    256-byte alphabet, min_frequency=2, one special token -- lmkit's training settings."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=[EOT],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    return tok, trainer
+
+
+def train_hf(path: Path, vocab: int) -> tuple[float, int]:
+    tok, trainer = hf_bpe(vocab)
     t = time.perf_counter()
     tok.train([str(path)], trainer)
     return time.perf_counter() - t, tok.get_vocab_size()
