@@ -18,16 +18,6 @@ from lmkit.models.encoder import HEADS, EncoderLM, encoder_heads
 V = 61
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models run faster without thread hand-offs, and parallel
-    test workers do not oversubscribe the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def bert_config(**kw) -> ModelConfig:
     base = dict(arch="encoder", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=32,
                 norm="layernorm", norm_eps=1e-12, norm_position="post", activation="gelu", gated_ffn=False,

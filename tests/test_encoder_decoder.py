@@ -15,16 +15,6 @@ from lmkit.models.kv_cache import KVCache
 V = 53
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models run faster without thread hand-offs, and parallel
-    test workers do not oversubscribe the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def t5_config(**kw) -> ModelConfig:
     base = dict(arch="encoder_decoder", vocab_size=V, d_model=32, n_layers=2, n_decoder_layers=2, n_heads=4,
                 head_dim=8, d_ff=48, max_seq_len=64, norm="rmsnorm", norm_eps=1e-6, norm_position="pre",

@@ -32,14 +32,6 @@ TOL = 1e-4
 V = 97
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def perturb(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     """Move every parameter (norm gains, biases) off its initial value, reproducibly."""
     g = torch.Generator().manual_seed(0)
