@@ -132,7 +132,7 @@ def test_ppo_raises_reward_with_bounded_kl(use_lora):
         assert not any(p.requires_grad for n, p in lm.named_parameters() if "lora_" not in n)
 
 
-def _sft_warmup(lm, problems, steps):
+def _sft_warmup(lm, problems, steps, out_dir):
     from lmkit.train import Trainer
 
     rows = [([2] + TOK.encode(p + a) + [3], [-100] * (1 + len(p)) + TOK.encode(a) + [3]) for p, a in problems]
@@ -144,12 +144,12 @@ def _sft_warmup(lm, problems, steps):
         ids[i, : len(x)], labels[i, : len(y)], att[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
     batches = [{"input_ids": ids[i:i + 16], "labels": labels[i:i + 16], "attention_mask": att[i:i + 16]}
                for i in range(0, len(rows), 16)]
-    Trainer(lm, TrainConfig(lr=3e-3, max_steps=steps, warmup_steps=10, out_dir="/tmp/lmkit-test-align-sft",
+    Trainer(lm, TrainConfig(lr=3e-3, max_steps=steps, warmup_steps=10, out_dir=str(out_dir),
                             progress=False), batches).train()
     return lm.eval()
 
 
-def test_grpo_raises_arithmetic_accuracy_after_sft():
+def test_grpo_raises_arithmetic_accuracy_after_sft(tmp_path):
     """Verifiable reward (exact answer of a+b=, a, b in 0..4) after a short SFT warm-up."""
     from lmkit.align.rewards import exact_answer
     from lmkit.align.rollout import sample_rollouts
@@ -159,7 +159,7 @@ def test_grpo_raises_arithmetic_accuracy_after_sft():
     torch.manual_seed(0)
     lm = DecoderLM(ModelConfig(vocab_size=TOK.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=16,
                                pad_token_id=0, eos_token_id=3, bos_token_id=2, model_type="llama", tie_embeddings=True))
-    _sft_warmup(lm, problems, 100)
+    _sft_warmup(lm, problems, 100, tmp_path / "sft")
     prompts_ = [[2] + TOK.encode(p) for p, _ in problems]
 
     def sampled_accuracy(seed):  # 16 samples per problem at temperature 1: pass@1 as GRPO optimises it
