@@ -281,7 +281,11 @@ def _compile(module: torch.nn.Module, mode: str | None, freezing: bool, cpp_wrap
         # the step module's weights never change after it is built (a weight change builds a new
         # module and compiles again), so dynamo need not re-check ~50 buffers on every call
         options["guard_filter_fn"] = skip
-    compiled = torch.compile(_fresh_entry(module), fullgraph=True, dynamic=False, mode=mode, options=options or None)
+    if mode is not None:  # torch.compile takes a mode or options, not both: spell the mode out as options
+        from torch._inductor import list_mode_options
+
+        options = {**list_mode_options(mode), **options}
+    compiled = torch.compile(_fresh_entry(module), fullgraph=True, dynamic=False, options=options or None)
     options = {"freezing": freezing, "cpp_wrapper": cpp_wrapper}
     state = {"first": True}
 
