@@ -81,6 +81,7 @@ def use_static(monkeypatch):
                 used.append(self.fused)
 
         monkeypatch.setattr(gen_mod, "ModelRunner", Runner)
+        monkeypatch.setattr(importlib.import_module("lmkit.infer.beam_search"), "ModelRunner", Runner)
         return used
 
     return install
@@ -94,6 +95,22 @@ def test_static_cache_step_matches_transformers(pair, use_static, batch):
     ours = generate(model, prompts, max_new_tokens=12, eos_token_id=[]).sequences
     assert used and isinstance(used[0], cs.CompiledDecoder)
     assert ours == hf_generate(hf, prompts, 12)
+
+
+def test_static_cache_step_beam_search_matches_transformers(pair, use_static):
+    """Beam search reorders cache rows and the padding bias every step (cache.select / runner.select)."""
+    hf, model = pair
+    prompts = PROMPTS[:3]
+    used = use_static(compile=False)
+    ours = generate(model, prompts, max_new_tokens=8, num_beams=3, eos_token_id=[]).sequences
+    assert used
+    t = max(map(len, prompts))
+    ids = torch.tensor([[0] * (t - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=mask, pad_token_id=0, eos_token_id=None, max_new_tokens=8,
+                          do_sample=False, num_beams=3)
+    assert ours == ref[:, t:].tolist()
 
 
 def test_static_step_logits_match_fused_step(pair):
