@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from lmkit.infer.fused_step import FusedDecoder
 
-# per model: {(weights key, batch, max_len, has_pad, mode, compile): step}; dropped with the model
+# per model: {(fused decoder id, batch, max_len, dtype, options...): (fused, step, module)}; dropped with the model
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _RECOMPILE_LIMIT = 64
