@@ -75,7 +75,7 @@ def use_static(monkeypatch):
 
     def install(**options):
         class Runner(ModelRunner):
-            def __init__(self, model, batch_size, total, mask, fused=True):
+            def __init__(self, model, batch_size, total, mask, fused=True, compiled=False):
                 super().__init__(model, batch_size, total, mask, fused)
                 assert cs.use_compiled(self, model, total, **options)
                 used.append(self.fused)
@@ -226,3 +226,29 @@ def test_attention_over_static_buffer_equals_prefix_attention(b, hkv, g, length,
     vr = v[:, :, : past + 1].repeat_interleave(g, dim=1)
     want = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=pad[..., : past + 1])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_compile_flag_reaches_the_runner(monkeypatch):
+    """`generate(..., compile=True)` asks ModelRunner for the compiled step; the default does not."""
+    import importlib
+
+    from lmkit.infer import generate
+    from lmkit.infer.config import GenerationConfig
+    from lmkit.models.config import ModelConfig
+    from lmkit.models.decoder import DecoderLM
+
+    fused_step = importlib.import_module("lmkit.infer.fused_step")
+    seen = []
+    monkeypatch.setattr("lmkit.infer.compiled_step.use_compiled",
+                        lambda runner, model, total, **kw: seen.append(total) or False)
+    cfg = ModelConfig(arch="decoder", vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=64,
+                      norm="rmsnorm", activation="silu", gated_ffn=True, position="rope")
+    torch.manual_seed(0)
+    model = DecoderLM(cfg).eval()
+    a = generate(model, [[1, 2, 3]], max_new_tokens=4, eos_token_id=[])
+    assert seen == []
+    b = generate(model, [[1, 2, 3]], max_new_tokens=4, eos_token_id=[], compile=True)
+    assert seen == [7] and a.sequences == b.sequences
+    with pytest.raises(Exception, match="compile"):
+        GenerationConfig(compile="yes")
+    assert fused_step.ModelRunner is not None

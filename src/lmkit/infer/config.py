@@ -57,6 +57,9 @@ class GenerationConfig:
 
     # engine
     fused: bool = True  # lean fused decode step where the architecture allows (same results, less overhead)
+    # torch.compile'd static-cache decode step (infer/compiled_step.py): fastest on CPU once compiled, but the
+    # first call per (batch, length) shape compiles for ~10 s; worth it for servers and benchmarks
+    compile: bool = False
 
     extra: dict[str, Any] = field(default_factory=dict)  # ignored by lmkit; kept for callers
 
@@ -71,7 +74,7 @@ class GenerationConfig:
             raise ConfigError(
                 f"min_new_tokens={self.min_new_tokens} is larger than max_new_tokens={self.max_new_tokens}"
             )
-        for name in ("do_sample", "logprobs", "fused"):
+        for name in ("do_sample", "logprobs", "fused", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self._check_float("temperature", low=0.0, low_open=True)

@@ -229,13 +229,15 @@ def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 class ModelRunner:
     """Feeds tokens to a model for one generation: prefill through `model.forward`, later steps
-    through `FusedDecoder` when the architecture allows, else `model.forward`.
+    through `FusedDecoder` when the architecture allows (through the compiled `CompiledDecoder`
+    when compiled=True and it allows), else `model.forward`.
 
     mask [B, total] (1 real / 0 left padding, None when no row is padded) covers the prompt and
     every position still to be generated; positions are derived from it once.
     """
 
-    def __init__(self, model, batch_size: int, total: int, mask: torch.Tensor | None, fused: bool = True) -> None:
+    def __init__(self, model, batch_size: int, total: int, mask: torch.Tensor | None, fused: bool = True,
+                 compiled: bool = False) -> None:
         self.model = model
         device = next(model.parameters()).device
         self.mask = mask
@@ -247,6 +249,10 @@ class ModelRunner:
         if fused and FusedDecoder.unsupported(model, total) is None:
             self.fused = FusedDecoder.for_model(model)
             self.fused.reserve(total)
+            if compiled:  # torch.compile'd static-cache step (infer/compiled_step.py); compiles once per shape
+                from lmkit.infer.compiled_step import use_compiled
+
+                use_compiled(self, model, total)
         dtype = next(model.parameters()).dtype
         self.pad_bias = padding_bias(mask, dtype if dtype.is_floating_point else torch.float32) \
             if mask is not None and self.fused is not None else None

@@ -200,7 +200,7 @@ class _Decoder:
     def steps(self) -> Iterator[Step]:
         cfg, model, b, t = self.cfg, self.model, self.b, self.t
         cache = model.make_cache(b, self.total)
-        runner = ModelRunner(model, b, self.total, self.mask, cfg.fused)
+        runner = ModelRunner(model, b, self.total, self.mask, cfg.fused, compiled=cfg.compile)
         logits = runner.prefill(self.tokens[:, :t].clamp(min=0), cache)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
         done_list = [False] * b
