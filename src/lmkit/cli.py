@@ -433,7 +433,10 @@ def _sample_text(model, tok, prompt: str, seed: int, max_new_tokens: int = 80) -
 @click.option("--stop", multiple=True, help="Stop string (repeatable); it is not printed.")
 @click.option("--stream/--no-stream", default=False, help="Print the text as it is generated.")
 @click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
-def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, as_json) -> None:
+@click.option("--compile", "compile_step", is_flag=True,
+              help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
+def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, as_json,
+                 compile_step) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (needs MODEL_DIR/tokenizer.json)."""
     import json
     from pathlib import Path
@@ -454,7 +457,7 @@ def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, s
         model = load_pretrained(model_dir)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                temperature=temperature or 1.0, top_k=top_k or None, top_p=top_p, seed=seed,
-                               stop=list(stop) or None)
+                               stop=list(stop) or None, compile=compile_step)
         if as_json:
             out = generate(model, [encode_prompt(tok, text)], cfg, tokenizer=tok)
             click.echo(json.dumps({"text": out.texts[0], "tokens": out.sequences[0],
