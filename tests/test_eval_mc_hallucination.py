@@ -58,7 +58,7 @@ def test_mc_hand_computation(task_file):
 
 def test_mc_bad_task_files(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    for line, msg in [("{", "invalid JSON"), ('{"context": "x", "choices": ["a"], "gold": 0}', ">= 2"),
+    for line, msg in [("{", "not valid JSON"), ('{"context": "x", "choices": ["a"], "gold": 0}', ">= 2"),
                       ('{"context": "x", "choices": ["a", "b"], "gold": 5}', "index"),
                       ('{"context": "x", "choices": ["a", "b"]}', "index")]:
         bad.write_text(line + "\n")

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from lmkit.errors import LmkitError
+from lmkit.jsonl import iter_jsonl
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -122,16 +123,7 @@ def load_preference_jsonl(path: str | os.PathLike) -> list[PreferencePair]:
     path = Path(path)
     if not path.is_file():
         raise PreferenceDataError(f"preference file {str(path)!r} does not exist")
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise PreferenceDataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            pairs.append(parse_preference_row(row, n, str(path)))
+    pairs = [parse_preference_row(row, n, str(path)) for n, row in iter_jsonl(path, PreferenceDataError)]
     if not pairs:
         raise PreferenceDataError(f"{path}: no preference rows found")
     return pairs

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from lmkit.errors import ConfigError, LmkitError, TokenizerError
+from lmkit.jsonl import iter_jsonl
 
 IGNORE = -100
 
@@ -110,13 +111,7 @@ def read_sft_file(path: str | os.PathLike) -> list[list[dict[str, str]]]:
             except ValueError as exc:
                 raise SFTDataError(f"{path}: example {i} (0-based): {exc}") from exc
     else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SFTDataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        for lineno, row in iter_jsonl(path, SFTDataError):
             try:
                 out.append(row_to_messages(row))
             except ValueError as exc:

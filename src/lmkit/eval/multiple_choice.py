@@ -23,7 +23,6 @@ Task files are JSONL, one example per line:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkit.errors import ConfigError
+from lmkit.jsonl import iter_jsonl
 
 
 @dataclass
@@ -50,13 +50,7 @@ def load_task(path: str | os.PathLike) -> list[MCExample]:
     if not path.is_file():
         raise ConfigError(f"task file {str(path)!r} does not exist")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+    for lineno, d in iter_jsonl(path, ConfigError):
         ctx = next((d[k] for k in ("context", "query", "question") if k in d), None)
         gold = next((d[k] for k in ("gold", "label", "answer") if k in d), None)
         choices = d.get("choices")

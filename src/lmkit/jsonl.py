@@ -1,0 +1,23 @@
+"""Reading JSON Lines files with errors that name the file and line (data, tasks, preference pairs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from lmkit.errors import ConfigError
+
+
+def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; a line that is not JSON raises `error`."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
