@@ -28,15 +28,15 @@ def rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def loaders(task_dir: Path, batch: int, seq_len: int):
+def loaders(task_dir: Path, batch: int, seq_len: int, pack: bool = True):
     from lmkit.data.sft import load_sft_examples, sft_loader
     from lmkit.tokenizers.loading import load_tokenizer
 
     tok = load_tokenizer(task_dir)
     tr = load_sft_examples(task_dir / "train.jsonl", tok, "chatml")
     ev = load_sft_examples(task_dir / "eval.jsonl", tok, "chatml")
-    return tok, sft_loader(tr, batch, pack=True, seq_len=seq_len, seed=0), \
-        sft_loader(ev, 16, pack=True, seq_len=seq_len, shuffle=False)
+    return tok, sft_loader(tr, batch, pack=pack, seq_len=seq_len, seed=0), \
+        sft_loader(ev, 16, pack=pack, seq_len=seq_len, shuffle=False)
 
 
 def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
@@ -45,7 +45,8 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
     torch.set_num_threads(1)
     from lmkit.hub import load_pretrained
 
-    tok, train, held = loaders(task_dir, 8, 128)
+    # a soft prompt / prefix belongs to one sequence: those methods get padded rows (as `lmkit finetune` does)
+    tok, train, held = loaders(task_dir, 8, 128, pack=method not in ("prefix", "prompt", "ptuning", "ptuning2"))
     targets = ("all-linear",)
     if method == "peft-lora":
         import peft
@@ -105,7 +106,11 @@ def worker(method: str, task_dir: Path, steps: int, lr: float, r: int) -> dict:
     from lmkit.train.config import TrainConfig
 
     model = load_pretrained(task_dir)
+    from lmkit.peft.bitfit import BitFitConfig
+
     cfg = {
+        "bitfit": BitFitConfig(add_missing_bias=True),  # the Llama-style base has no biases to tune
+        "adapter": None, "adapterdrop": None, "prefix": None, "prompt": None, "ptuning": None, "ptuning2": None,
         "full": None,
         "lora": LoraConfig(r=r, alpha=2 * r, target_modules=targets),
         "qlora": QLoraConfig(r=r, alpha=2 * r, target_modules=targets),
@@ -155,7 +160,10 @@ def main() -> None:
         for m in args.methods.split(","):
             out = subprocess.run([sys.executable, __file__, "--worker", m, "--task-dir", str(d), "--steps",
                                   str(args.steps), "--lr", str(args.lr), "--r", str(args.r)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{m}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+                continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
     import peft
