@@ -10,15 +10,21 @@ load from other processes hits both alike; the medians are reported.
 Also printed: where lmkit's time per decode step goes (the weight GEMMs alone, the fused
 step, the plain module forward), to show how much is arithmetic and how much overhead.
 
+--compile runs lmkit's decode steps through the compiled static-cache step
+(`generate(..., compile=True)`, infer/compiled_step.py). Its first call per (batch, cache
+length) compiles; that time is printed separately and the timed runs reuse the compiled step.
+--mode / --no-freezing / --no-cpp-wrapper change the compile options.
+
 Ratio = new tokens/s of lmkit / new tokens/s of transformers (higher is better for lmkit).
 Last line: `ratio ours/HF batch1: X`.
 
-    python3 bench/bench_generate.py [--repeats 5] [--threads N]
+    python3 bench/bench_generate.py [--repeats 5] [--threads N] [--compile [--mode M]]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -51,16 +57,16 @@ def run_hf(hf, ids: torch.Tensor, new: int) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out[:, ids.shape[1] :]
 
 
-def run_ours(model, ids: torch.Tensor, new: int) -> tuple[float, torch.Tensor]:
+def run_ours(model, ids: torch.Tensor, new: int, compile: bool = False) -> tuple[float, torch.Tensor]:
     from lmkit.infer import generate
 
     start = time.perf_counter()
-    out = generate(model, ids, max_new_tokens=new, eos_token_id=[])
+    out = generate(model, ids, max_new_tokens=new, eos_token_id=[], compile=compile)
     return time.perf_counter() - start, torch.tensor(out.sequences)
 
 
-def step_breakdown(model, batch: int, prompt_len: int, steps: int = 64) -> dict[str, float]:
-    """ms per decode step: weight GEMMs alone, lmkit's fused step, lmkit's module forward."""
+def step_breakdown(model, batch: int, prompt_len: int, steps: int = 64, compile: bool = False) -> dict[str, float]:
+    """ms per decode step: weight GEMMs alone, lmkit's (compiled and) fused step, lmkit's module forward."""
     import torch.nn.functional as F
 
     from lmkit.infer.fused_step import ModelRunner
@@ -78,9 +84,10 @@ def step_breakdown(model, batch: int, prompt_len: int, steps: int = 64) -> dict[
             for m, x in zip(lins, xs):
                 F.linear(x, m.weight)
         out["GEMMs only"] = (time.perf_counter() - start) / steps * 1e3
-        for name, fused in (("fused step", True), ("module forward", False)):
+        kinds = [("fused step", True, False), ("module forward", False, False)]
+        for name, fused, compiled in ([("compiled step", True, True)] if compile else []) + kinds:
             cache = model.make_cache(batch, prompt_len + steps + 8)
-            runner = ModelRunner(model, batch, prompt_len + steps + 8, None, fused)
+            runner = ModelRunner(model, batch, prompt_len + steps + 8, None, fused, compiled=compiled)
             runner.prefill(ids, cache)
             tok = ids[:, -1:]
             for _ in range(4):
@@ -98,7 +105,16 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true", help="lmkit: generate(..., compile=True)")
+    ap.add_argument("--mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
+    ap.add_argument("--no-freezing", action="store_true")
+    ap.add_argument("--no-cpp-wrapper", action="store_true")
     args = ap.parse_args()
+    if args.mode or args.no_freezing or args.no_cpp_wrapper:  # ModelRunner looks use_compiled up at each call
+        import lmkit.infer.compiled_step as cs
+
+        cs.use_compiled = functools.partial(cs.use_compiled, mode=args.mode, freezing=not args.no_freezing,
+                                            cpp_wrapper=not args.no_cpp_wrapper)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -115,11 +131,17 @@ def main() -> None:
     for batch in (1, 8):
         ids = torch.randint(3, 8192, (batch, args.prompt_len), generator=g)
         run_hf(hf, ids, 8)
-        run_ours(ours, ids, 8)
+        if args.compile:
+            first, _ = run_ours(ours, ids, args.new_tokens, True)  # compiles the step for (batch, prompt + new)
+            second, _ = run_ours(ours, ids, args.new_tokens, True)
+            print(f"batch {batch}: compile: first generate call {first:.2f} s, second {second:.3f} s "
+                  f"(compile cost ~{first - second:.1f} s, paid once per process and shape)")
+        else:
+            run_ours(ours, ids, 8)
         t_hf, t_ours = [], []
         for r in range(args.repeats):
             th, ref = run_hf(hf, ids, args.new_tokens)
-            to, mine = run_ours(ours, ids, args.new_tokens)
+            to, mine = run_ours(ours, ids, args.new_tokens, args.compile)
             if r == 0 and not torch.equal(ref, mine):
                 diverge = (ref != mine).float().argmax(-1).tolist()
                 print(f"  note: token ids differ from transformers (first difference at steps {diverge})")
@@ -131,7 +153,7 @@ def main() -> None:
         print(f"batch {batch}: lmkit {tps_ours:8.1f} new tok/s | transformers {tps_hf:8.1f} new tok/s | "
               f"ratio {ratios[batch]:.2f}  (median of {args.repeats}; runs lmkit "
               f"{', '.join(f'{t:.3f}' for t in t_ours)} s; HF {', '.join(f'{t:.3f}' for t in t_hf)} s)")
-        parts = step_breakdown(ours, batch, args.prompt_len)
+        parts = step_breakdown(ours, batch, args.prompt_len, compile=args.compile)
         print("  ms per decode step: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     print(f"ratio ours/HF batch8: {ratios[8]:.2f}")
     print(f"ratio ours/HF batch1: {ratios[1]:.2f}")
