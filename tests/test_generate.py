@@ -27,14 +27,6 @@ V = 97
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [17], [18, 19, 20, 21, 22, 23, 24]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _hf_config(name: str):
     # initializer_range 0.2 spreads the logits, so random models have clear argmaxes (no float ties)
     if name == "gpt2":

@@ -28,34 +28,9 @@ gen_mod = importlib.import_module("lmkit.infer.generate")  # the module; lmkit.i
 
 transformers = pytest.importorskip("transformers")
 
-V = 97
+from test_generate import V, _hf_config, pair  # noqa: E402,F401  (the same tiny HF models and their lmkit twins)
+
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [18, 19, 20, 21, 22, 23, 24]]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _hf_config(name: str):
-    if name == "gpt2":
-        return transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                       bos_token_id=1, eos_token_id=2, initializer_range=0.2)
-    return transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                    bos_token_id=1, eos_token_id=2, initializer_range=0.2)
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def pair(request, tmp_path_factory):
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(_hf_config(request.param), attn_implementation="eager").eval()
-    path = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(path)
-    return hf, load_pretrained(path)
 
 
 def hf_generate(hf, prompts, new):
