@@ -478,9 +478,9 @@ def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, s
 # ---- section: per-area commands --------------------------------------------------------
 # Areas with several commands keep them beside their code, in `lmkit/<area>/commands.py`,
 # which exposes `COMMANDS: list[click.Command]` and imports its heavy dependencies lazily.
+# (`lmkit quantize` lives in hub/commands.py: it reads checkpoints, and quant sits above hub.)
 _AREA_COMMAND_MODULES = (
     "lmkit.serve.commands",
-    "lmkit.quant.commands",
     "lmkit.compress.commands",
     "lmkit.hub.commands",
     "lmkit.peft.commands",
@@ -494,11 +494,8 @@ _AREA_COMMAND_MODULES = (
 
 def _add_area_commands() -> None:
     import importlib
-    import importlib.util
 
     for name in _AREA_COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
         for command in importlib.import_module(name).COMMANDS:
             cli.add_command(command)
 
