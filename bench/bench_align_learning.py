@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lmkit.align.curves import plot_curves
+from lmkit.train.metrics_log import plot_curves
 from lmkit.align.synthetic import LETTERS, arithmetic_problems, letter_preferences, toy_char_tokenizer
 from lmkit.data.preference import tokenize_pairs
 from lmkit.models.config import ModelConfig

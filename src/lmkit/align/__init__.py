@@ -5,7 +5,7 @@
 * `ppo`           PPO-RLHF with a value head (`value_head`), GAE (`gae`), KL control (`kl_controller`)
 * `grpo`          group-normalised advantages, k3 KL, no value model; `train_grpo`
 * `rewards`       verifiable / rule-based reward functions; `synthetic` toy tasks
-* `logprobs`, `reference`, `rollout`, `objective`, `curves`: the shared pieces
+* `logprobs`, `reference`, `rollout`, `objective`: the shared pieces (PNG curves: `lmkit.train.metrics_log.plot_curves`)
 Preference data lives in `lmkit.data.preference`. See docs/alignment.md.
 """
 

@@ -88,7 +88,7 @@ def _save_policy(model, model_dir: str, out: str, lora: bool, merge: bool) -> st
 
 def _plot(records, keys, out: str, title: str) -> None:
     try:
-        from lmkit.align.curves import plot_curves
+        from lmkit.train.metrics_log import plot_curves
 
         plot_curves(records, keys, Path(out) / "curves.png", title)
     except ImportError:  # matplotlib missing: the metrics.jsonl is still there

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lmkit.errors import require
 
@@ -97,14 +97,32 @@ class MetricsLogger:
         return None
 
 
-def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
-    """Train loss (and eval loss where present) against step, saved as a PNG."""
+def _pyplot():
     require("matplotlib", "plot")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(fig, png_path: str | os.PathLike, dpi: int) -> Path:
+    """Write the figure atomically and release it."""
+    from lmkit.atomic import atomic_path
+
+    png_path = Path(png_path)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return png_path
+
+
+def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
+    """Train loss (and eval loss where present) against step, saved as a PNG."""
+    plt = _pyplot()
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
@@ -118,10 +136,23 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png_path = Path(png_path)
-    from lmkit.atomic import atomic_path
+    return _save_png(fig, png_path, dpi=100)
 
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return png_path
+
+def plot_curves(records: Sequence[dict[str, Any]], keys: Sequence[str], png_path: str | os.PathLike,
+                title: str = "", x_key: str = "step") -> Path:
+    """One panel per metric in `keys` (records lacking a key are skipped), e.g. RL reward, KL, entropy."""
+    plt = _pyplot()
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = sorted({r[x_key]: r[key] for r in records if isinstance(r.get(key), (int, float))}.items())
+        ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, ms=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(x_key, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_png(fig, png_path, dpi=80)
