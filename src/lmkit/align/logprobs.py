@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmkit.train.losses import cross_entropy
+
 
 @dataclass
 class CompletionLogprobs:
@@ -37,8 +39,7 @@ class CompletionLogprobs:
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """[B, T, V] logits, [B, T] ids -> [B, T-1] log-probability of each next token (fp32)."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return -cross_entropy(logits, input_ids, shift=True, reduction="none")
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmkit.errors import ConfigError
 from lmkit.jsonl import iter_jsonl
+from lmkit.train.losses import cross_entropy
 
 
 @dataclass
@@ -113,9 +113,8 @@ class LMScorer:
             logits = self.model(inp[None].to(device)).logits[0].float()
         finally:
             self.model.train(was)
-        logp = F.log_softmax(logits[-len(cont):], dim=-1)
-        target = torch.tensor(cont, device=logp.device)
-        return float(logp.gather(-1, target[:, None]).sum())
+        target = torch.tensor(cont, device=logits.device)
+        return float(-cross_entropy(logits[-len(cont):], target, reduction="sum"))
 
 
 def evaluate_mc(examples: Sequence[MCExample], scorer: Callable[[str, str], float], norm: str = "chars") -> dict:

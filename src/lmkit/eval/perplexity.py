@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from lmkit.errors import ConfigError
+from lmkit.train.losses import cross_entropy
 
 
 @dataclass
@@ -91,8 +91,7 @@ def sliding_window_nll(model, input_ids: Sequence[int] | torch.Tensor, max_lengt
             new = end - prev_end
             window = ids[begin:end].to(device)[None]
             logits = model(window).logits[0].float()
-            logp = F.log_softmax(logits[:-1], dim=-1)
-            tok_lp = logp.gather(-1, window[0, 1:, None])[:, 0]  # log p(window[j] | ...), j = 1..L-1
+            tok_lp = -cross_entropy(logits, window[0], shift=True, reduction="none")  # log p(window[j] | ...), j >= 1
             first = max(window.shape[1] - new, 1)
             nll -= float(tok_lp[first - 1:].double().sum())
             count += window.shape[1] - first
