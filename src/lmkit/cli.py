@@ -320,33 +320,6 @@ def pretrain(config_path: str, resume: bool) -> None:
         click.echo(f"Hugging Face checkpoint: {result['export_dir']}")
 
 
-def _quickstart_corpus() -> str:
-    """English text every Python install has: the language reference topics shipped in
-    pydoc_data, then the longer docstrings of the standard library's modules."""
-    import ast
-    import sysconfig
-    from pathlib import Path
-
-    from pydoc_data.topics import topics
-
-    parts = [topics[k] for k in sorted(topics)]
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
-    for path in sorted(root.rglob("*.py")):
-        if skip & set(path.parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 200:
-                    parts.append(doc)
-    return "\n\n".join(p.strip() for p in parts) + "\n"
-
-
 @cli.command()
 @click.option("--out", default="lmkit-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="where the corpus, tokenizer, checkpoints and the final model go")
@@ -359,6 +332,7 @@ def quickstart(out: str, steps: int, vocab_size: int, seed: int) -> None:
     from pathlib import Path
 
     from lmkit.atomic import atomic_write_text
+    from lmkit.corpus import english_text
     from lmkit.data.shards import ShardConfig, prepare_shards
     from lmkit.tokenizers import BPETokenizer
     from lmkit.train.pretrain import PretrainConfig, run_pretrain, unigram_baseline_ppl
@@ -367,7 +341,7 @@ def quickstart(out: str, steps: int, vocab_size: int, seed: int) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = out_dir / "corpus.txt"
-    text = _quickstart_corpus()
+    text = english_text()
     atomic_write_text(corpus, text)
     click.echo(f"[1/5] corpus: {len(text) / 1e6:.1f} MB of Python documentation -> {corpus}")
 
