@@ -27,6 +27,7 @@ import tiktoken
 from bench_bpe_train import EOT, hf_bpe, versions  # same HF settings and version line as the training bench
 from tokenizers import Tokenizer, decoders
 
+from lmkit.corpus import write_corpora
 from lmkit.tokenizers.bpe import BPETokenizer
 from lmkit.tokenizers.bytes_level import token_str_to_bytes
 from lmkit.tokenizers.pretokenize import GPT2_PATTERN
@@ -39,7 +40,7 @@ def timed(fn):
 
 
 def main() -> None:
-    corpus = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "corpus" / "en.txt")
+    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else write_corpora(Path(__file__).parent / "corpus") / "en.txt"
     text = corpus.read_text(encoding="utf-8")
     mb = len(text.encode("utf-8")) / 1e6
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from lmkit.corpus import write_corpora
 from lmkit.tokenizers.bpe import BPETokenizer
 
 EOT = "<|endoftext|>"
@@ -66,7 +67,7 @@ def train_hf(path: Path, vocab: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    here = Path(__file__).parent / "corpus"
+    here = write_corpora(Path(__file__).parent / "corpus")
     corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else here / "en.txt"
     corpus2 = Path(sys.argv[2]) if len(sys.argv) > 2 else here / "mixed.txt"
     runs = [(corpus, 8192), (corpus, 32000)] + ([(corpus2, 32000)] if corpus2.exists() else [])

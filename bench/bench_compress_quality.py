@@ -37,7 +37,9 @@ def build_data(chars: int, vocab: int, seq: int, batch: int, seed: int = 0):
     from lmkit.data.packing import PackedDataset, PackedLoader
     from lmkit.tokenizers import BPETokenizer
 
-    text = (ROOT / "bench" / "corpus" / "en.txt").read_text(encoding="utf-8")[:chars]
+    from lmkit.corpus import write_corpora
+
+    text = (write_corpora(ROOT / "bench" / "corpus") / "en.txt").read_text(encoding="utf-8")[:chars]
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "train.txt"
         p.write_text(text[: int(len(text) * 0.9)], encoding="utf-8")

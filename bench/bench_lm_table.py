@@ -36,7 +36,9 @@ BATCH = 16
 
 
 def load_split():
-    lines = [ln for ln in (ROOT / "bench/corpus/en.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    from lmkit.corpus import write_corpora
+
+    lines = [ln for ln in (write_corpora(ROOT / "bench" / "corpus") / "en.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
     train = [ln for i, ln in enumerate(lines) if i % 10 != 9]
     test = [ln for i, ln in enumerate(lines) if i % 10 == 9]
     return train, test

@@ -37,7 +37,9 @@ def measure(fn):
 def main() -> None:
     n_lines = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     order = 3
-    lines = [ln.split() for ln in (ROOT / "bench/corpus/en.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    from lmkit.corpus import write_corpora
+
+    lines = [ln.split() for ln in (write_corpora(ROOT / "bench" / "corpus") / "en.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
     train, test = lines[:n_lines], lines[n_lines:n_lines + 20]
     n_tok = sum(map(len, train))
 

@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
+from lmkit.corpus import write_corpora  # noqa: E402
 from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
 from lmkit.models.config import ModelConfig  # noqa: E402
 from lmkit.models.decoder import DecoderLM  # noqa: E402
@@ -114,7 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cache = Path(args.cache or ROOT.parent / "runs" / f"bench_quant_model_{args.steps}")
-    tok, train_ids, test_ids = data(ROOT / "corpus" / "en.txt", cache, args.vocab)
+    tok, train_ids, test_ids = data(write_corpora(ROOT / "corpus") / "en.txt", cache, args.vocab)
     print(f"tokens: train {len(train_ids)}, held-out {len(test_ids)}; vocab {tok.vocab_size}")
     model = train(tok, train_ids, cache, args.steps, args.seq, args.batch)
     test_ids = test_ids[: 64 * args.seq + 1]

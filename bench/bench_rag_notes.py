@@ -1,4 +1,4 @@
-"""Retrieval quality over the Chinese notes (../shared/data/notes): hit@1, hit@5, MRR, nDCG@5 of
+"""Retrieval quality over the Chinese notes shipped with lmkit (lmkit.corpus.notes_dir()): hit@1, hit@5, MRR, nDCG@5 of
 BM25, dense (all-MiniLM-L6-v2), hybrid (RRF k=60) and hybrid + rerank, on our QA set
 bench/data/notes_qa.jsonl (77 paraphrased questions, each with its gold section(s)).
 
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTES = ROOT.parent / "shared" / "data" / "notes"
 
 
 def main() -> None:
@@ -29,6 +28,7 @@ def main() -> None:
     ap.add_argument("--chunk-overlap", type=int, default=80)
     args = ap.parse_args()
 
+    from lmkit.corpus import notes_dir
     from lmkit.rag.bm25 import BM25
     from lmkit.rag.embedder import EncoderEmbedder
     from lmkit.rag.evaluate import evaluate_retrieval, index_chunks
@@ -43,7 +43,7 @@ def main() -> None:
         idx = RagIndex.open(args.index, embedder=emb)
     else:
         out = args.index or tempfile.mkdtemp(prefix="notes-index-")
-        docs, report = load_directory(NOTES)
+        docs, report = load_directory(notes_dir())
         chunks = MarkdownHeaderSplitter(args.chunk_size, args.chunk_overlap).split_documents(docs)
         idx = RagIndex.create(out, emb)
         idx.add_documents(chunks)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jieba
 
+from lmkit.corpus import write_corpora
 from lmkit.tokenizers.segment import (
     Dictionary,
     MaxProbSegmenter,
@@ -37,7 +38,7 @@ def best_time(fn, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    corpus = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "corpus")
+    corpus = Path(sys.argv[1]) if len(sys.argv) > 1 else write_corpora(Path(__file__).parent / "corpus")
     lines = (corpus / "zh.txt").read_text(encoding="utf-8").splitlines()
     n_chars = sum(map(len, lines))
     jieba.setLogLevel(60)

@@ -38,6 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def english_corpus() -> Path:
+    from lmkit.corpus import write_corpora
+
+    return write_corpora(ROOT / "bench" / "corpus") / "en.txt"
+
+
 def build_model_dir(path: Path) -> None:
     import torch
 
@@ -46,7 +52,7 @@ def build_model_dir(path: Path) -> None:
     from lmkit.models.presets import preset
     from lmkit.tokenizers.bpe import BPETokenizer
 
-    text = (ROOT / "bench" / "corpus" / "en.txt").read_text(encoding="utf-8")[:2_000_000]
+    text = english_corpus().read_text(encoding="utf-8")[:2_000_000]
     tok = BPETokenizer.train([text], vocab_size=8192, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     torch.manual_seed(0)
     cfg = preset("llama-small", vocab_size=tok.vocab_size, n_kv_heads=6, max_seq_len=512, eos_token_id=None,
@@ -57,7 +63,7 @@ def build_model_dir(path: Path) -> None:
 
 
 def prompts_from_corpus(n: int) -> list[str]:
-    text = (ROOT / "bench" / "corpus" / "en.txt").read_text(encoding="utf-8")
+    text = english_corpus().read_text(encoding="utf-8")
     sents = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text[:200_000]) if 60 <= len(s.strip()) <= 160]
     return sents[:n]
 

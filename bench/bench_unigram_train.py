@@ -30,17 +30,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from lmkit.corpus import write_corpora  # noqa: E402
 from lmkit.tokenizers.unigram import UnigramTokenizer  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=ROOT / "bench" / "corpus" / "en.txt")
+    ap.add_argument("--corpus", type=Path, default=None, help="default: bench/corpus/en.txt (built by lmkit.corpus)")
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     import sentencepiece as spm
 
+    if args.corpus is None:
+        args.corpus = write_corpora(ROOT / "bench" / "corpus") / "en.txt"
     lines = args.corpus.read_text(encoding="utf-8").splitlines()
     cut = int(len(lines) * 0.9)
     train, held = lines[:cut], lines[cut:]

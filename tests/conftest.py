@@ -1,16 +1,14 @@
-"""Shared fixtures: the benchmark corpora (built deterministically from the Python install)."""
+"""Shared fixtures: the benchmark corpora (built deterministically by lmkit.corpus from the Python
+install and the notes shipped with lmkit)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MAKE_CORPUS = ROOT.parent / "shared" / "bench" / "make_corpus.py"
 
 # Nothing in the tests may reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,13 +24,9 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    """en.txt, code.txt, zh.txt, mixed.txt from ../shared/bench/make_corpus.py."""
-    cached = ROOT / "bench" / "corpus"
-    if all((cached / f).exists() for f in ("en.txt", "code.txt", "zh.txt")):
-        return cached
-    out = tmp_path_factory.mktemp("corpus")
-    if not MAKE_CORPUS.exists():
-        pytest.skip(f"{MAKE_CORPUS} not found (shared/ must sit beside the checkout)")
-    subprocess.run([sys.executable, str(MAKE_CORPUS), str(out)], check=True, capture_output=True)
-    return out
+def corpus_dir() -> Path:
+    """en.txt, code.txt, zh.txt, mixed.txt from lmkit.corpus, cached in bench/corpus (git-ignored;
+    the benchmarks read the same files). The first session builds them in about a minute."""
+    from lmkit.corpus import write_corpora
+
+    return write_corpora(ROOT / "bench" / "corpus")

@@ -4,20 +4,19 @@ sentences and token budgets keep their invariants (substrings at the recorded of
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
 lc = pytest.importorskip("langchain_text_splitters")
 
+from lmkit.corpus import notes_dir  # noqa: E402
 from lmkit.rag.document import Document  # noqa: E402
 from lmkit.rag.split_chinese import ChineseSentenceSplitter, split_sentences  # noqa: E402
 from lmkit.rag.split_markdown import MarkdownHeaderSplitter  # noqa: E402
 from lmkit.rag.split_recursive import RecursiveCharacterSplitter  # noqa: E402
 from lmkit.rag.split_tokens import TokenBudgetSplitter, TokenWindowSplitter  # noqa: E402
 
-NOTES = Path(__file__).resolve().parents[2] / "shared" / "data" / "notes"
+NOTES = notes_dir()  # the Chinese LLM notes shipped with lmkit
 
 ENGLISH = """Retrieval-augmented generation (RAG) combines a retriever with a generator.
 
@@ -39,9 +38,8 @@ CHINESE = ("为什么需要RAG？大模型存在幻觉问题，它会一本正�
 
 def _samples() -> list[str]:
     out = [ENGLISH, CHINESE, "", "   ", "a", "x\n\n\n\ny", "word " * 50]
-    if NOTES.is_dir():
-        text = sorted(NOTES.glob("*.txt"))[1].read_text(encoding="utf-8")
-        out.append(text[:6000])
+    text = sorted(NOTES.glob("*.txt"))[1].read_text(encoding="utf-8")
+    out.append(text[:6000])
     return out
 
 
