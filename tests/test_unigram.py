@@ -297,3 +297,24 @@ def test_bpe_sentencepiece_model_is_refused(tmp_path, corpus_dir):
     path = _spm_train(tmp_path, "bpe", _lines(corpus_dir, "en")[:500], model_type="bpe", vocab_size=300)
     with pytest.raises(TokenizerError, match="not 'unigram'"):
         UnigramTokenizer.from_sentencepiece(path)
+
+
+def test_hf_tokenizer_json_breaks_exact_ties_in_float64(tmp_path):
+    """Hugging Face sums path scores in float64: two paths with the same pieces in another order
+    tie exactly, and the first one found wins; float32 rounding (SentencePiece) picks the other."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = [("<unk>", 0.0), ("▁-", -7.385317802429199), ("-----------", -8.095890998840332),
+             ("-", -5.263601779937744)]
+    hf = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=0, byte_fallback=False))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    hf.save(str(tmp_path / "tokenizer.json"))
+    loaded = UnigramTokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+    assert loaded.float64_paths and UnigramTokenizer.load(tmp_path / "tokenizer.json").float64_paths
+    text = "-" * 13
+    assert loaded.encode(text) == hf.encode(text).ids == [1, 3, 2]
+    sentencepiece_like = UnigramTokenizer([(p, s, PieceType.UNKNOWN if i == 0 else PieceType.NORMAL)
+                                           for i, (p, s) in enumerate(vocab)])
+    assert sentencepiece_like.encode(text) == [1, 2, 3]
+    saved = tmp_path / "lmkit.json"
+    loaded.save(saved)
+    assert UnigramTokenizer.load(saved).encode(text) == [1, 3, 2]

@@ -77,10 +77,12 @@ class UnigramTokenizer(CachesWords, Tokenizer):
 
     ``pieces`` lists ``(piece, score, type)`` in id order; types are :class:`PieceType`
     (exactly one ``UNKNOWN`` piece is required; the ``BYTE`` pieces ``<0x00>``..``<0xFF>``
-    are required with ``byte_fallback``). Scores are kept as float32, like SentencePiece.
-    ``prefix_only_if_no_space`` skips the dummy prefix when the text already starts with a
-    space (Hugging Face's ``Metaspace``; set by :meth:`from_tokenizer_json`). Build it with :meth:`train`, :meth:`load`, :meth:`from_sentencepiece` or
-    :meth:`from_tokenizer_json`.
+    are required with ``byte_fallback``). Scores and path sums are float32, like SentencePiece;
+    ``float64_paths`` keeps them in float64 instead, as Hugging Face's Unigram does (on an exact
+    tie, float32 rounding can pick the other path). ``prefix_only_if_no_space`` skips the dummy
+    prefix when the text already starts with a space (Hugging Face's ``Metaspace``). Both are set
+    by :meth:`from_tokenizer_json`. Build it with :meth:`train`, :meth:`load`,
+    :meth:`from_sentencepiece` or :meth:`from_tokenizer_json`.
     """
 
     def __init__(
@@ -96,9 +98,12 @@ class UnigramTokenizer(CachesWords, Tokenizer):
         literal_meta_bytes: bool = False,
         unk_surface: str = " \u2047 ",
         prefix_only_if_no_space: bool = False,
+        float64_paths: bool = False,
         cache_size: int = 1 << 18,
     ) -> None:
         self.byte_fallback = bool(byte_fallback)
+        self.float64_paths = bool(float64_paths)
+        self._round = float if self.float64_paths else _f32
         self.prefix_only_if_no_space = bool(prefix_only_if_no_space)
         self.add_dummy_prefix = bool(add_dummy_prefix)
         self.remove_extra_whitespaces = bool(remove_extra_whitespaces)
@@ -125,7 +130,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
             if math.isnan(score):
                 raise TokenizerError(f"piece #{k} {piece!r} has a NaN score")
             self._pieces.append(piece)
-            self._scores.append(_f32(score))
+            self._scores.append(self._round(score))
             self._types.append(ptype)
         self._build()
 
@@ -144,13 +149,13 @@ class UnigramTokenizer(CachesWords, Tokenizer):
         normal = [s for s, t in zip(scores, types) if t == PieceType.NORMAL]
         self._min_score = min(normal, default=0.0)
         self._max_score = max(normal, default=0.0)
-        self._unk_score = _f32(self._min_score - UNK_PENALTY)
+        self._unk_score = self._round(self._min_score - UNK_PENALTY)
         lookup: dict[str, tuple[int, float]] = {}
         for i, (p, s, t) in enumerate(zip(pieces, scores, types)):
             if t == PieceType.NORMAL:
                 lookup[p] = (i, s)
             elif t == PieceType.USER_DEFINED:  # SentencePiece's bonus: always preferred
-                lookup[p] = (i, _f32(len(p.encode("utf-8")) * self._max_score - 0.1))
+                lookup[p] = (i, self._round(len(p.encode("utf-8")) * self._max_score - 0.1))
         self._lookup = lookup
         self._prefixes = {p[:k] for p in lookup for k in range(1, len(p) + 1)}
         self._maxlen = max(map(len, lookup), default=1)
@@ -289,7 +294,11 @@ class UnigramTokenizer(CachesWords, Tokenizer):
         s = self._normalize(text, ph)
         if not s:
             return []
-        if not self._word_split:
+        if self.float64_paths and ph is None and self._word_split:  # Hugging Face: float64, word by word
+            ids = [i for w in self._word_re.findall(s) for i in self._cache[w][0]]
+        elif self.float64_paths and ph is None:
+            ids = list(self._word_entry(s)[0])
+        elif not self._word_split:
             ids = self._viterbi_f32(s, 0.0, ph)[0]
         else:
             ids = self._encode_words(self._word_re.findall(s), ph)
@@ -571,7 +580,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
             remove_extra_whitespaces=self.remove_extra_whitespaces, escape_whitespaces=self.escape_whitespaces,
             normalizer_name=self.normalizer_name,
             precompiled_charsmap=self._charsmap.blob if self._charsmap else b"",
-            prefix_only_if_no_space=self.prefix_only_if_no_space,
+            prefix_only_if_no_space=self.prefix_only_if_no_space, float64_paths=self.float64_paths,
         )
         total, chars = 0.0, 0
         for text in texts:
@@ -640,6 +649,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
             "literal_meta_bytes": self.literal_meta_bytes,
             "unk_surface": self.unk_surface,
             "prefix_only_if_no_space": self.prefix_only_if_no_space,
+            "float64_paths": self.float64_paths,
             "precompiled_charsmap": base64.b64encode(self._charsmap.blob).decode() if self._charsmap else None,
             "pieces": [[p, s, t.name] for p, s, t in self.pieces],
         }
@@ -665,6 +675,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
                 literal_meta_bytes=bool(data.get("literal_meta_bytes", False)),
                 unk_surface=str(data.get("unk_surface", " \u2047 ")),
                 prefix_only_if_no_space=bool(data.get("prefix_only_if_no_space", False)),
+                float64_paths=bool(data.get("float64_paths", False)),
             )
 
     @classmethod
@@ -821,4 +832,5 @@ def _from_hf_dict(cls, data: dict) -> UnigramTokenizer:
     # Metaspace prepends "▁" only when the text does not start with one already
     return cls(pieces, byte_fallback=byte_fallback, add_dummy_prefix=add_prefix,
                remove_extra_whitespaces=remove_extra, precompiled_charsmap=blob,
-               normalizer_name="precompiled" if blob else "identity", prefix_only_if_no_space=True)
+               normalizer_name="precompiled" if blob else "identity", prefix_only_if_no_space=True,
+               float64_paths=True)
