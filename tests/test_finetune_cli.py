@@ -79,9 +79,10 @@ def test_adalora_finetune_and_merge(model_dir, tmp_path):
 
 def test_sft_full_finetune(model_dir, tmp_path):
     out = tmp_path / "sft"
-    r = run("sft", model_dir / "data.jsonl", model_dir, "-o", out, "--steps", 20, "--lr", 2e-3, "--seq-len", 128,
+    r = run("sft", model_dir, model_dir / "data.jsonl", "-o", out, "--steps", 20, "--lr", 2e-3, "--seq-len", 128,
             "--eval-data", model_dir / "eval.jsonl", "--device", "cpu")
     assert r.exit_code == 0, r.output
+    assert "deprecated" not in r.output
     report = json.loads((out / "finetune_report.json").read_text())
     assert report["eval_loss"] < report["base_eval_loss"]
     assert report["trainable_params"] == report["total_params"]
@@ -110,3 +111,21 @@ def test_bad_inputs(model_dir, tmp_path):
     r = run("finetune", model_dir, "--data", model_dir / "data.jsonl", "--method", "prompt", "--r", 4,
             "-o", tmp_path / "x")
     assert r.exit_code != 0 and "apply to lora" in r.output
+
+
+def test_sft_old_argument_order_still_works_with_a_note(model_dir, tmp_path):
+    r = run("sft", model_dir / "data.jsonl", model_dir, "-o", tmp_path / "old", "--steps", 1, "--seq-len", 64,
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "`lmkit sft DATA MODEL` is deprecated" in r.output and "`lmkit sft MODEL DATA`" in r.output
+    assert (tmp_path / "old" / "config.json").is_file()
+
+
+def test_lengths_beyond_the_context_are_errors(model_dir, tmp_path):
+    context = load_pretrained(model_dir).config.max_seq_len
+    for option in ("--seq-len", "--max-len"):
+        r = run("finetune", model_dir, "--data", model_dir / "data.jsonl", "-o", tmp_path / "x", "--steps", 1,
+                option, context + 1)
+        assert r.exit_code == 1, r.output
+        assert f"{option} {context + 1} is longer than the model's context of {context} tokens" in r.output
+        assert not (tmp_path / "x").exists()
