@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from lmkit.cli import LmkitGroup, cli
-from lmkit.cli_grammar import RenamedOptionsCommand, check_fits_context, model_then_data
+from lmkit.cli_grammar import RenamedOptionsCommand, check_fits_context, model_then_data, positional_or_option
 from lmkit.errors import ConfigError, TokenizerError
 
 
@@ -96,6 +96,17 @@ def test_model_then_data_accepts_the_old_order_with_a_note(tmp_path, capsys):
     assert "`lmkit sft DATA MODEL` is deprecated" in capsys.readouterr().err
     with pytest.raises(click.BadParameter, match="not a model directory"):
         model_then_data(str(data), str(data), "sft")
+
+
+def test_positional_or_option(capsys):
+    assert positional_or_option("a.jsonl", None, "DATA", "--data") == "a.jsonl"
+    assert capsys.readouterr().err == ""
+    assert positional_or_option(None, "a.jsonl", "DATA", "--data") == "a.jsonl"
+    assert "--data DATA is deprecated" in capsys.readouterr().err
+    with pytest.raises(click.UsageError, match="missing argument DATA"):
+        positional_or_option(None, None, "DATA", "--data")
+    with pytest.raises(click.UsageError, match="give DATA once"):
+        positional_or_option("a", "b", "DATA", "--data")
 
 
 # ---- lengths beyond the context ---------------------------------------------------------------

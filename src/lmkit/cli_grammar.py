@@ -58,6 +58,19 @@ def model_then_data(model: str, data: str, command: str) -> tuple[str, str]:
     return model, data
 
 
+def positional_or_option(value: str | None, old_value: str | None, name: str, old: str) -> str:
+    """An argument that used to be an option (`--data FILE`, now `DATA`): either spelling works,
+    the old one with a deprecation note; giving neither, or both, is a usage error."""
+    if value is not None and old_value is not None:
+        raise click.UsageError(f"give {name} once: as an argument, not also as {old}")
+    if old_value is not None:
+        deprecation_note(f"{old} {name}", f"{name} as an argument")
+        return old_value
+    if value is None:
+        raise click.UsageError(f"missing argument {name}")
+    return value
+
+
 def check_fits_context(option: str, value: int | None, context: int) -> None:
     """A length option beyond the model's context is an error, never silently accepted."""
     if value is not None and value > context:

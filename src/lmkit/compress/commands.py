@@ -2,8 +2,8 @@
 
     lmkit prune MODEL_DIR -o OUT --sparsity 0.5 --method magnitude|global|2:4 \
         [--finetune-steps 200 --data SHARDS] [--n-prunes 4 --prune-every 50]
-    lmkit distill --teacher DIR --student-preset llama-tiny [--student-override d_model=64] \
-        --data SHARDS -o OUT --steps 500 [--temperature 1 --alpha 0.5]
+    lmkit distill TEACHER_DIR SHARDS --student-preset llama-tiny [--student-override d_model=64] \
+        -o OUT --steps 500 [--temperature 1 --alpha 0.5]
 
 SHARDS is a directory written by `lmkit data prepare` with the model's tokenizer (its
 validation split, if any, gives the held-out perplexity that is reported).
@@ -168,14 +168,16 @@ def _parse_overrides(items) -> dict:
 
 
 @click.command("distill")
-@click.option("--teacher", "teacher_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="teacher model directory (Hugging Face format)")
+@click.argument("teacher_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("data", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--teacher", "teacher_option", hidden=True, type=click.Path(exists=True, file_okay=False),
+              help="the old spelling of TEACHER_DIR")
+@click.option("--data", "data_option", hidden=True, type=click.Path(exists=True, file_okay=False),
+              help="the old spelling of DATA")
 @click.option("--student-preset", default=None, help="preset for the student, e.g. llama-tiny")
 @click.option("--student-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of ModelConfig fields for the student")
 @click.option("--student-override", multiple=True, help="KEY=VALUE ModelConfig field (repeatable), e.g. d_model=64")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="shard directory made with the teacher's tokenizer")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="directory for the student")
 @click.option("--steps", type=click.IntRange(1), default=500, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
@@ -186,9 +188,10 @@ def _parse_overrides(items) -> dict:
 @click.option("--seq-len", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @RUN_DIR
-def distill_cmd(teacher_dir, student_preset, student_config, student_override, data, out, steps, temperature,
-                alpha, lr, batch_size, seq_len, seed, run_dir) -> None:
-    """Train a small student on a teacher's soft targets (knowledge distillation) and save it."""
+def distill_cmd(teacher_dir, data, teacher_option, data_option, student_preset, student_config, student_override, out,
+                steps, temperature, alpha, lr, batch_size, seq_len, seed, run_dir) -> None:
+    """Train a small student on the soft targets of TEACHER_DIR (knowledge distillation) over DATA,
+    a shard directory made with the teacher's tokenizer, and save it."""
     import json
     from pathlib import Path
 
@@ -200,6 +203,10 @@ def distill_cmd(teacher_dir, student_preset, student_config, student_override, d
     from lmkit.models.presets import PRESETS
     from lmkit.train.trainer import set_seed
 
+    from lmkit.cli_grammar import positional_or_option
+
+    teacher_dir = positional_or_option(teacher_dir, teacher_option, "TEACHER_DIR", "--teacher")
+    data = positional_or_option(data, data_option, "DATA", "--data")
     if (student_preset is None) == (student_config is None):
         raise click.UsageError("give exactly one of --student-preset or --student-config")
     teacher = load_pretrained(teacher_dir).float()

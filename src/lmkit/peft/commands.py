@@ -157,7 +157,7 @@ def _train_options(f):
                           "context if shorter; longer than the context is an error)")(f)
     f = click.option("--pack/--no-pack", default=True, show_default=True, help="pack several examples per row")(f)
     f = click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="held-out SFT file (default: hold out --eval-fraction of --data)")(f)
+                     help="held-out SFT file (default: hold out --eval-fraction of DATA)")(f)
     f = click.option("--eval-fraction", type=float, default=0.1, show_default=True)(f)
     f = click.option("--template", default="chatml", show_default=True, help="chat template: chatml | llama3")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
@@ -170,8 +170,9 @@ def _train_options(f):
 
 @click.command("finetune")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="SFT data: OpenAI messages JSONL or Alpaca JSON/JSONL")
+@click.argument("data", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", "data_option", hidden=True, type=click.Path(exists=True, dir_okay=False),
+              help="the old spelling of DATA")
 @click.option("--method", type=click.Choice(METHOD_CHOICES), default="lora", show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output directory")
 @click.option("--r", type=int, default=None, help="LoRA rank (AdaLoRA: init_r)")
@@ -181,11 +182,16 @@ def _train_options(f):
 @click.option("--rslora", is_flag=True, help="scale by alpha/sqrt(r) (rsLoRA)")
 @click.option("--option", "options", multiple=True, help="method config field KEY=VALUE (repeatable)")
 @_train_options
-def finetune_cmd(model_dir, data, method, out, r, alpha, dropout, target_modules, rslora, options, steps, lr,
-                 batch_size, seq_len, pack, eval_data, eval_fraction, template, seed, device, precision, max_len):
-    """Fine-tune MODEL_DIR (a Hugging Face checkpoint directory with its tokenizer) on SFT data
-    with any method; writes the adapter (LoRA: PEFT's adapter files) or the model to --out and
-    reports trainable vs total parameters, peak memory and held-out loss."""
+def finetune_cmd(model_dir, data, data_option, method, out, r, alpha, dropout, target_modules, rslora, options,
+                 steps, lr, batch_size, seq_len, pack, eval_data, eval_fraction, template, seed, device, precision,
+                 max_len):
+    """Fine-tune MODEL_DIR (a Hugging Face checkpoint directory with its tokenizer) on DATA (OpenAI
+    messages JSONL or Alpaca JSON/JSONL) with any method; writes the adapter (LoRA: PEFT's adapter
+    files) or the model to --out and reports trainable vs total parameters, peak memory and
+    held-out loss."""
+    from lmkit.cli_grammar import positional_or_option
+
+    data = positional_or_option(data, data_option, "DATA", "--data")
     cfg = _method_config(method, r, alpha, dropout, target_modules, rslora, _parse_options(options))
     lr = lr if lr is not None else (1e-4 if method == "full" else 1e-3)
     _run(method, model_dir, data, eval_data, out, template, cfg, steps, lr, batch_size, seq_len, pack,
