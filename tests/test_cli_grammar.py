@@ -201,3 +201,10 @@ def test_the_endpoint_model_defaults_to_the_one_it_serves(models_server):
     _Models.ids = ["a", "b"]
     with pytest.raises(ConfigError, match="serves 2 models .*'a', 'b'.*--model"):
         served_model(models_server, "k")
+
+
+def test_the_old_output_spelling_still_works_on_a_real_command(chat_model_dir, tmp_path):
+    r = CliRunner().invoke(cli, ["quantize", str(chat_model_dir), "--output", str(tmp_path / "q"), "--method", "int8"])
+    assert r.exit_code == 0, r.output
+    assert "--output is deprecated and will be removed; use --out" in r.stderr and "wrote" in r.stdout
+    assert (tmp_path / "q" / "quantization.json").is_file()
