@@ -101,6 +101,11 @@ def test_agent_cli_against_the_server(server):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["stop_reason"] in ("answer", "max_steps", "repeated_call") and isinstance(out["answer"], str)
+    # no --model: the one model the server lists ("tiny"); no --max-tokens: the server sizes each reply
+    r = subprocess.run([sys.executable, "-m", "lmkit", "agent", "What is 6 * 7?", "--base-url", server.url + "/v1",
+                        "--api-key", KEY, "--max-steps", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout)["answer"], str)
     r = subprocess.run([sys.executable, "-m", "lmkit", "agent", "hi", "--base-url", server.url + "/v1",
                         "--api-key", "wrong"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "401" in r.stderr and "Traceback" not in r.stderr

@@ -42,14 +42,15 @@ def run(*args):
 
 
 def test_reward_train_then_ppo_with_the_reward_model(model_dir, tmp_path):
-    r = run("reward-train", model_dir, model_dir / "prefs.jsonl", "-o", tmp_path / "rm", "--max-steps", 10, "--lr", 3e-3)
+    r = run("reward-train", model_dir, model_dir / "prefs.jsonl", "-o", tmp_path / "rm", "--steps", 10, "--lr", 3e-3)
     assert r.exit_code == 0, r.output
     info = last_json(r.output)
     assert 0.0 <= info["eval_accuracy"] <= 1.0 and info["train_pairs"] == 58
     assert (tmp_path / "rm" / "reward_head.safetensors").is_file() and (tmp_path / "rm" / "tokenizer.json").is_file()
     r = run("ppo", model_dir, model_dir / "letters.txt", "-o", tmp_path / "ppo", "--reward-model", tmp_path / "rm",
-            "--iterations", 2, "--batch-size", 4, "--max-new-tokens", 4)
+            "--iterations", 2, "--batch-size", 4, "--max-new-tokens", 4)  # the old spelling of --steps
     assert r.exit_code == 0, r.output
+    assert "--iterations is deprecated" in r.output and "use --steps" in r.output
     assert last_json(r.output)["saved"] == "model"
     load_pretrained(tmp_path / "ppo")
     lines = (tmp_path / "ppo" / "run" / "metrics.jsonl").read_text().splitlines()
@@ -58,8 +59,9 @@ def test_reward_train_then_ppo_with_the_reward_model(model_dir, tmp_path):
 
 def test_dpo_lora_saves_an_adapter_and_grpo_merged(model_dir, tmp_path):
     r = run("dpo", model_dir, model_dir / "prefs.jsonl", "-o", tmp_path / "dpo", "--lora", "--max-steps", 5,
-            "--beta", 0.2)
+            "--beta", 0.2)  # the old spelling of --steps still works, with a note
     assert r.exit_code == 0, r.output
+    assert "--max-steps is deprecated" in r.output and "use --steps" in r.output
     assert last_json(r.output)["saved"] == "LoRA adapter"
     assert (tmp_path / "dpo" / "adapter_config.json").is_file()
     from lmkit.peft.lora import load_lora

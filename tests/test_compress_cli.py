@@ -82,13 +82,12 @@ def test_prune_with_finetuning_on_shards(setup, tmp_path):
 
 def test_distill_trains_a_smaller_student(setup, tmp_path):
     out = tmp_path / "student"
-    r = lmkit("distill", "--teacher", setup / "model", "--student-preset", "llama-tiny",
+    r = lmkit("distill", setup / "model", setup / "shards", "--student-preset", "llama-tiny",
               "--student-override", "d_model=16", "--student-override", "n_layers=1", "--student-override", "d_ff=32",
-              "--student-override", "n_heads=2", "--student-override", "n_kv_heads=1",
-              "--data", setup / "shards", "-o", out, "--steps", 3, "--seq-len", 32, "--batch-size", 4,
+              "--student-override", "n_heads=2", "--student-override", "n_kv_heads=1", "-o", out, "--steps", 3, "--seq-len", 32, "--batch-size", 4,
               "--run-dir", tmp_path / "run")
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
-    assert "student held-out perplexity" in r.stdout
+    assert "student held-out perplexity" in r.stdout and "deprecated" not in r.stderr
     student = load_pretrained(out)
     teacher = load_pretrained(setup / "model")
     assert student.config.vocab_size == teacher.config.vocab_size and student.config.d_model == 16
@@ -106,7 +105,10 @@ def test_cli_errors_are_clear(setup, tmp_path):
     assert r.exit_code == 1 and "no module" in r.stderr
     r = lmkit("distill", "--teacher", setup / "model", "--student-preset", "llama-tiny", "--student-override",
               "vocab_size=100", "--data", setup / "shards", "-o", tmp_path / "s", ok=False)
-    assert r.exit_code == 1 and "vocabulary mismatch" in r.stderr
+    assert r.exit_code == 1 and "vocabulary mismatch" in r.stderr  # the old --teacher/--data spellings still work
+    assert "--teacher TEACHER_DIR is deprecated" in r.stderr and "--data DATA is deprecated" in r.stderr
+    r = lmkit("distill", setup / "model", "--student-preset", "llama-tiny", "-o", tmp_path / "s", ok=False)
+    assert r.exit_code == 2 and "missing argument DATA" in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "s" / "config.json").exists()
 
 

@@ -35,7 +35,7 @@ def run(*args):
 
 
 def finetune(model_dir, out, method, *extra, steps=30, lr=1e-2):
-    r = run("finetune", model_dir, "--data", model_dir / "data.jsonl", "--eval-data", model_dir / "eval.jsonl",
+    r = run("finetune", model_dir, model_dir / "data.jsonl", "--eval-data", model_dir / "eval.jsonl",
             "--method", method, "-o", out, "--steps", steps, "--lr", lr, "--seq-len", 128, "--device", "cpu", *extra)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "finetune_report.json").read_text())
@@ -79,9 +79,10 @@ def test_adalora_finetune_and_merge(model_dir, tmp_path):
 
 def test_sft_full_finetune(model_dir, tmp_path):
     out = tmp_path / "sft"
-    r = run("sft", model_dir / "data.jsonl", model_dir, "-o", out, "--steps", 20, "--lr", 2e-3, "--seq-len", 128,
+    r = run("sft", model_dir, model_dir / "data.jsonl", "-o", out, "--steps", 20, "--lr", 2e-3, "--seq-len", 128,
             "--eval-data", model_dir / "eval.jsonl", "--device", "cpu")
     assert r.exit_code == 0, r.output
+    assert "deprecated" not in r.output
     report = json.loads((out / "finetune_report.json").read_text())
     assert report["eval_loss"] < report["base_eval_loss"]
     assert report["trainable_params"] == report["total_params"]
@@ -95,18 +96,36 @@ def test_registry_method_through_the_same_driver(model_dir, tmp_path):
 
 
 def test_bad_inputs(model_dir, tmp_path):
-    r = run("finetune", model_dir, "--data", model_dir / "data.jsonl", "--method", "lora", "--target-modules",
+    r = run("finetune", model_dir, model_dir / "data.jsonl", "--method", "lora", "--target-modules",
             "attn", "-o", tmp_path / "x", "--steps", 1)
     assert r.exit_code != 0 and "available" in r.output and "q_proj" in r.output
-    r = run("finetune", model_dir, "--data", model_dir / "data.jsonl", "--method", "lora", "--r", 500,
+    r = run("finetune", model_dir, model_dir / "data.jsonl", "--method", "lora", "--r", 500,
             "-o", tmp_path / "x", "--steps", 1)
     assert r.exit_code != 0 and "larger than" in r.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(toy_sft_rows(1)[0]) + "\n" + '{"messages": [{"role": "user"}]}\n', encoding="utf-8")
-    r = run("finetune", model_dir, "--data", bad, "-o", tmp_path / "x", "--steps", 1)
-    assert r.exit_code != 0 and "bad.jsonl:2" in r.output
+    r = run("finetune", model_dir, "--data", bad, "-o", tmp_path / "x", "--steps", 1)  # the old spelling of DATA
+    assert r.exit_code != 0 and "bad.jsonl:2" in r.output and "--data DATA is deprecated" in r.output
     r = run("merge", model_dir, tmp_path, "-o", tmp_path / "m")
     assert r.exit_code != 0 and "adapter_config.json" in r.output
-    r = run("finetune", model_dir, "--data", model_dir / "data.jsonl", "--method", "prompt", "--r", 4,
+    r = run("finetune", model_dir, model_dir / "data.jsonl", "--method", "prompt", "--r", 4,
             "-o", tmp_path / "x")
     assert r.exit_code != 0 and "apply to lora" in r.output
+
+
+def test_sft_old_argument_order_still_works_with_a_note(model_dir, tmp_path):
+    r = run("sft", model_dir / "data.jsonl", model_dir, "-o", tmp_path / "old", "--steps", 1, "--seq-len", 64,
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "`lmkit sft DATA MODEL` is deprecated" in r.output and "`lmkit sft MODEL DATA`" in r.output
+    assert (tmp_path / "old" / "config.json").is_file()
+
+
+def test_lengths_beyond_the_context_are_errors(model_dir, tmp_path):
+    context = load_pretrained(model_dir).config.max_seq_len
+    for option in ("--seq-len", "--max-len"):
+        r = run("finetune", model_dir, model_dir / "data.jsonl", "-o", tmp_path / "x", "--steps", 1,
+                option, context + 1)
+        assert r.exit_code == 1, r.output
+        assert f"{option} {context + 1} is longer than the model's context of {context} tokens" in r.output
+        assert not (tmp_path / "x").exists()

@@ -106,12 +106,13 @@ class Scripted:
     """A ChatModel double: replies from a function of the last user message; records prompts."""
 
     def __init__(self, fn):
-        self.fn, self.calls = fn, []
+        self.fn, self.calls, self.max_tokens = fn, [], []
 
     def chat(self, messages, *, tools=None, max_tokens=256, temperature=0.0, stop=None, seed=None):
         from lmkit.serve.chat_model import ChatResult
 
         self.calls.append(messages)
+        self.max_tokens.append(max_tokens)
         return ChatResult(self.fn(messages[-1]["content"]))
 
 
@@ -273,6 +274,12 @@ def test_cli_generation_rerank_and_judge_with_scripted_model(docs_dir, tmp_path,
     assert r.exit_code == 0, r.output
     assert r.output.startswith("A vector database stores embeddings [1].") and "[1] " in r.output
     assert "rag.md § RAG > Vector databases" in r.output.splitlines()[2]  # the LLM reranker put it first
+    answering = Scripted(reply)
+    monkeypatch.setattr(rc, "_chat_model", lambda *a: answering)
+    for extra, expected in (([], None), (["--max-tokens", "7"], 7)):  # None: sized to the model's context
+        r = runner.invoke(cli, ["rag", "ask", str(out), "What stores embeddings?", "--base-url", "x", *extra])
+        assert r.exit_code == 0, r.output
+        assert answering.max_tokens[-1] == expected
     r = runner.invoke(cli, ["rag", "ask", str(out), "What stores embeddings?", "--rerank", "biencoder", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["sources"][0]["metadata"]["section"] == "RAG > Vector databases"
     qa = tmp_path / "qa.jsonl"

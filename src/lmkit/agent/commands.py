@@ -26,7 +26,8 @@ def _user_tool(spec: str):
 @click.option("--model-dir", type=click.Path(exists=True, file_okay=False),
               help="Run a local Hugging Face checkpoint (with tokenizer.json).")
 @click.option("--base-url", help="An OpenAI-compatible endpoint instead, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--model", "model_name", default="lmkit", show_default=True, help="Model name sent to --base-url.")
+@click.option("--model", "model_name", default=None,
+              help="Model name sent to --base-url (default: the one model the server lists at /v1/models).")
 @click.option("--api-key", envvar="LMKIT_API_KEY", default=None, help="API key for --base-url (or $LMKIT_API_KEY).")
 @click.option("--template", default="chatml", show_default=True, help="Chat template of a local model.")
 @click.option("--mode", type=click.Choice(["function", "react"]), default="function", show_default=True,
@@ -35,7 +36,9 @@ def _user_tool(spec: str):
               help="A RAG index (lmkit rag index) to give the agent as a search tool.")
 @click.option("--tool", "tool_specs", multiple=True, help="Extra tool module:function (repeatable).")
 @click.option("--max-steps", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=None,
+              help="Longest reply per step (default: what the model's context leaves after the prompt, at most "
+                   "512 for --model-dir; the server's choice for --base-url).")
 @click.option("--verbose", "-v", is_flag=True, help="Print each tool call and its result.")
 @click.option("--json", "as_json", is_flag=True, help="Print {answer, steps, stop_reason} as JSON.")
 def agent_cmd(question, model_dir, base_url, model_name, api_key, template, mode, index_dir, tool_specs,
@@ -48,36 +51,24 @@ def agent_cmd(question, model_dir, base_url, model_name, api_key, template, mode
     from lmkit.agent.function_calling import FunctionCallingAgent
     from lmkit.agent.react import ReActAgent
     from lmkit.agent.tools import Tool
-    from lmkit.errors import LmkitError
+    from lmkit.rag.chat_client import open_chat_model
 
     if bool(model_dir) == bool(base_url):
         raise click.UsageError("give exactly one of --model-dir and --base-url")
-    try:
-        if model_dir:
-            from lmkit.serve.chat_model import LocalChatModel
+    user_tools = [_user_tool(s) for s in tool_specs]  # a bad --tool is a usage error, before any network call
+    tools: list = [calculator_tool()]
+    if index_dir:
+        from lmkit.agent.retrieval_tool import retrieval_tool
+        from lmkit.rag.index import RagIndex
 
-            chat_model = LocalChatModel.from_dir(model_dir, template=template)
-        else:
-            from lmkit.serve.chat_model import OpenAIChatModel
-
-            chat_model = OpenAIChatModel(base_url, model=model_name, api_key=api_key)
-        tools: list = [calculator_tool()]
-        if index_dir:
-            from lmkit.agent.retrieval_tool import retrieval_tool
-            from lmkit.rag.index import RagIndex
-
-            tools.append(retrieval_tool(RagIndex.open(index_dir)))
-        tools += [Tool.from_function(_user_tool(s)) for s in tool_specs]
-        cls = FunctionCallingAgent if mode == "function" else ReActAgent
-        agent = cls(chat_model, tools, max_steps=max_steps, max_tokens=max_tokens)
-    except LmkitError as exc:
-        raise click.ClickException(str(exc)) from exc
+        tools.append(retrieval_tool(RagIndex.open(index_dir)))
+    tools += [Tool.from_function(fn) for fn in user_tools]
+    chat_model = open_chat_model(base_url, model_name, api_key, local=model_dir, template=template)
+    cls = FunctionCallingAgent if mode == "function" else ReActAgent
+    agent = cls(chat_model, tools, max_steps=max_steps, max_tokens=max_tokens)  # None: sized to the context
 
     def ask(q: str) -> None:
-        try:
-            result = agent.run(q)
-        except LmkitError as exc:
-            raise click.ClickException(str(exc)) from exc
+        result = agent.run(q)
         if as_json:
             click.echo(json.dumps({"answer": result.answer, "stop_reason": result.stop_reason,
                                    "steps": [{"tool": s.tool, "arguments": s.arguments, "observation": s.observation}

@@ -53,7 +53,7 @@ class FunctionCallingAgent:
 
     def __init__(self, chat_model: Any, tools: list[Tool | Any] | Toolbox, *, memory: Memory | None = None,
                  system_prompt: str | None = None, max_steps: int = 8, max_repeats: int = 3,
-                 max_tokens: int = 512, temperature: float = 0.0) -> None:
+                 max_tokens: int | None = 512, temperature: float = 0.0) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         if max_repeats < 1:

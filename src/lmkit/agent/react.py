@@ -79,7 +79,7 @@ class ReActAgent:
 
     def __init__(self, chat_model: Any, tools: list[Tool | Any] | Toolbox, *, memory: Memory | None = None,
                  prompt: str = REACT_PROMPT, max_steps: int = 8, max_repeats: int = 3,
-                 max_tokens: int = 256, temperature: float = 0.0) -> None:
+                 max_tokens: int | None = 256, temperature: float = 0.0) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         for key in ("{tools}", "{tool_names}", "{input}", "{scratchpad}"):

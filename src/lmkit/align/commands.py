@@ -14,20 +14,21 @@ from pathlib import Path
 
 import click
 
+from lmkit.cli_grammar import RenamedOptionsCommand
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.txt", "merges.txt", "vocab.json")
 
 
 # ---- shared helpers ----------------------------------------------------------------------------
 def _load(model_dir: str):
-    from lmkit.errors import LmkitError
     from lmkit.hub import load_pretrained
     from lmkit.tokenizers import load_tokenizer
 
     try:
         model = load_pretrained(model_dir)
         tok = load_tokenizer(model_dir)
-    except (LmkitError, OSError) as exc:
+    except OSError as exc:  # an unreadable file; an LmkitError is reported by the root group
         raise click.ClickException(f"cannot load {model_dir}: {exc}") from exc
     if type(model).__name__ != "DecoderLM":
         raise click.ClickException(f"{model_dir} is a {type(model).__name__}; alignment needs a decoder-only model")
@@ -96,13 +97,10 @@ def _plot(records, keys, out: str, title: str) -> None:
 
 
 def _pairs(path: str, tok, max_len: int, bos: int | None, eos: int | None, template):
-    from lmkit.data.preference import PreferenceDataError, load_preference_jsonl, tokenize_pairs
+    from lmkit.data.preference import load_preference_jsonl, tokenize_pairs
 
-    try:
-        return tokenize_pairs(load_preference_jsonl(path), tok, max_len, bos_id=bos, eos_id=eos, template=template,
-                              source=path)
-    except PreferenceDataError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return tokenize_pairs(load_preference_jsonl(path), tok, max_len, bos_id=bos, eos_id=eos, template=template,
+                          source=path)
 
 
 def _split(pairs, eval_path, eval_fraction, seed):
@@ -119,14 +117,10 @@ def _split(pairs, eval_path, eval_fraction, seed):
 
 
 def _train_config(out: str, steps: int, lr: float, seed: int, eval_every: int, progress: bool = True):
-    from lmkit.errors import ConfigError
     from lmkit.train import TrainConfig
 
-    try:
-        return TrainConfig(lr=lr, max_steps=steps, warmup_steps=min(10, steps // 10), eval_every=eval_every,
-                           out_dir=str(Path(out) / "run"), seed=seed, progress=progress)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return TrainConfig(lr=lr, max_steps=steps, warmup_steps=min(10, steps // 10), eval_every=eval_every,
+                       out_dir=str(Path(out) / "run"), seed=seed, progress=progress)
 
 
 def _prompts(path: str, tok, bos: int | None, template, max_len: int):
@@ -175,19 +169,14 @@ def _reward(reward_model: str | None, reward_fn: str | None):
         raise click.ClickException("give exactly one of --reward-model DIR or --reward-fn module:function")
     if reward_model is not None:
         from lmkit.align.reward_model import load_reward_model
-        from lmkit.errors import LmkitError
 
         try:
             return None, load_reward_model(reward_model)
-        except (LmkitError, OSError) as exc:
+        except OSError as exc:  # an unreadable file; an LmkitError is reported by the root group
             raise click.ClickException(str(exc)) from exc
     from lmkit.align.rewards import load_reward_fn
-    from lmkit.errors import ConfigError
 
-    try:
-        return load_reward_fn(reward_fn), None
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return load_reward_fn(reward_fn), None
 
 
 def _common(f):
@@ -210,16 +199,16 @@ def _common(f):
 
 
 # ---- commands ---------------------------------------------------------------------------------
-@click.command("reward-train")
+@click.command("reward-train", cls=RenamedOptionsCommand, renamed={"--max-steps": "--steps"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="held out when --eval-data is not given")
-@click.option("--max-steps", type=int, default=200, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="optimizer steps")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--margin", type=float, default=0.0, show_default=True, help="Bradley-Terry margin m: -log sigma(r_c - r_r - m)")
 @_common
-def reward_train(model_dir, data, eval_data, eval_fraction, max_steps, batch_size, margin, out, lr, seed, chat_template,
+def reward_train(model_dir, data, eval_data, eval_fraction, steps, batch_size, margin, out, lr, seed, chat_template,
                  lora, lora_r, lora_alpha, lora_targets, merge):
     """Train a reward model on preference pairs (JSONL: prompt, chosen, rejected) from MODEL_DIR."""
     from lmkit.align.reward_model import RewardModel, save_reward_model, train_reward_model
@@ -233,7 +222,7 @@ def reward_train(model_dir, data, eval_data, eval_fraction, max_steps, batch_siz
     evals = evals or held
     backbone = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
     rm = RewardModel(backbone)
-    cfg = _train_config(out, max_steps, lr or (1e-4 if not lora else 1e-3), seed, max(1, max_steps // 10) if evals else 0)
+    cfg = _train_config(out, steps, lr or (1e-4 if not lora else 1e-3), seed, max(1, steps // 10) if evals else 0)
     records, final = train_reward_model(rm, pairs, cfg, eval_pairs=evals, batch_size=batch_size, pad_id=pad,
                                         margin=margin)
     save_reward_model(rm, out)
@@ -242,24 +231,23 @@ def reward_train(model_dir, data, eval_data, eval_fraction, max_steps, batch_siz
     click.echo(json.dumps({"out": out, "train_pairs": len(pairs), **{k: round(v, 4) for k, v in final.items()}}))
 
 
-@click.command("dpo")
+@click.command("dpo", cls=RenamedOptionsCommand, renamed={"--max-steps": "--steps"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(exists=True, dir_okay=False))
 @click.option("--ref-model", type=click.Path(exists=True, file_okay=False), default=None,
               help="reference model (default: MODEL_DIR itself, or the LoRA base)")
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True)
-@click.option("--max-steps", type=int, default=200, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="optimizer steps")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--beta", type=float, default=0.1, show_default=True)
 @click.option("--loss", "loss_type", type=click.Choice(["sigmoid", "ipo"]), default="sigmoid", show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="cDPO: assumed label-flip rate")
 @_common
-def dpo(model_dir, data, ref_model, eval_data, eval_fraction, max_steps, batch_size, beta, loss_type, label_smoothing,
+def dpo(model_dir, data, ref_model, eval_data, eval_fraction, steps, batch_size, beta, loss_type, label_smoothing,
         out, lr, seed, chat_template, lora, lora_r, lora_alpha, lora_targets, merge):
     """Direct preference optimisation of MODEL_DIR on preference pairs (JSONL: prompt, chosen, rejected)."""
     from lmkit.align.dpo import train_dpo
-    from lmkit.errors import ConfigError
 
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
@@ -270,12 +258,9 @@ def dpo(model_dir, data, ref_model, eval_data, eval_fraction, max_steps, batch_s
     evals = evals or held
     ref = _load(ref_model)[0] if ref_model else None
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
-    cfg = _train_config(out, max_steps, lr or (5e-6 if not lora else 5e-4), seed, max(1, max_steps // 10) if evals else 0)
-    try:
-        records, final = train_dpo(policy, pairs, cfg, ref_model=ref, eval_pairs=evals, batch_size=batch_size,
-                                   pad_id=pad, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = _train_config(out, steps, lr or (5e-6 if not lora else 5e-4), seed, max(1, steps // 10) if evals else 0)
+    records, final = train_dpo(policy, pairs, cfg, ref_model=ref, eval_pairs=evals, batch_size=batch_size,
+                               pad_id=pad, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
     what = _save_policy(policy, model_dir, out, lora, merge)
     _plot(records, ["loss", "reward_margin", "accuracy", "eval_accuracy", "eval_reward_margin"], out, f"DPO ({loss_type})")
     click.echo(json.dumps({"out": out, "saved": what, "train_pairs": len(pairs),
@@ -296,39 +281,36 @@ def _rl_options(f):
     return f
 
 
-@click.command("ppo")
+@click.command("ppo", cls=RenamedOptionsCommand, renamed={"--iterations": "--steps"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("prompts", type=click.Path(exists=True, dir_okay=False))
 @_rl_options
-@click.option("--iterations", type=int, default=100, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=100, show_default=True,
+              help="PPO iterations: each generates a batch of rollouts, then updates on it")
 @click.option("--mini-batch-size", type=int, default=None, help="default: half the batch")
 @click.option("--ppo-epochs", type=int, default=4, show_default=True)
 @click.option("--init-kl-coef", type=float, default=0.2, show_default=True)
 @click.option("--target-kl", type=float, default=6.0, show_default=True)
 @click.option("--fixed-kl/--adaptive-kl", default=False, help="keep the KL coefficient fixed")
 @_common
-def ppo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperature, batch_size, iterations,
+def ppo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperature, batch_size, steps,
         mini_batch_size, ppo_epochs, init_kl_coef, target_kl, fixed_kl, out, lr, seed, chat_template, lora, lora_r,
         lora_alpha, lora_targets, merge):
     """PPO-RLHF of MODEL_DIR on PROMPTS (.jsonl with "prompt" or text lines) with a reward model or function."""
     from lmkit.align.ppo import PPOConfig, train_ppo
-    from lmkit.errors import ConfigError
 
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
     fn, rm = _reward(reward_model, reward_fn)
     ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template), model.config.max_seq_len)
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
-    try:
-        cfg = PPOConfig(iterations=iterations, batch_size=batch_size,
-                        mini_batch_size=mini_batch_size or max(1, batch_size // 2), ppo_epochs=ppo_epochs,
-                        max_new_tokens=max_new_tokens, temperature=temperature, init_kl_coef=init_kl_coef,
-                        target_kl=target_kl, adaptive_kl=not fixed_kl, lr=lr or (1e-5 if not lora else 1e-4),
-                        seed=seed, out_dir=str(Path(out) / "run"), progress=True)
-        records = train_ppo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
-                            pad_id=pad, reward_kwargs=kwargs)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = PPOConfig(iterations=steps, batch_size=batch_size,
+                    mini_batch_size=mini_batch_size or max(1, batch_size // 2), ppo_epochs=ppo_epochs,
+                    max_new_tokens=max_new_tokens, temperature=temperature, init_kl_coef=init_kl_coef,
+                    target_kl=target_kl, adaptive_kl=not fixed_kl, lr=lr or (1e-5 if not lora else 1e-4),
+                    seed=seed, out_dir=str(Path(out) / "run"), progress=True)
+    records = train_ppo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
+                        pad_id=pad, reward_kwargs=kwargs)
     what = _save_policy(policy, model_dir, out, lora, merge)
     _plot(records, ["score", "kl", "kl_coef", "entropy"], out, "PPO")
     last = records[-1]
@@ -349,21 +331,17 @@ def grpo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperatur
          num_iterations, out, lr, seed, chat_template, lora, lora_r, lora_alpha, lora_targets, merge):
     """GRPO of MODEL_DIR on PROMPTS with a verifiable reward function (or a reward model)."""
     from lmkit.align.grpo import GRPOConfig, train_grpo
-    from lmkit.errors import ConfigError
 
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
     fn, rm = _reward(reward_model, reward_fn)
     ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template), model.config.max_seq_len)
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
-    try:
-        cfg = GRPOConfig(steps=steps, batch_size=batch_size, group_size=group_size, max_new_tokens=max_new_tokens,
-                         temperature=temperature, beta=beta, num_iterations=num_iterations,
-                         lr=lr or (1e-5 if not lora else 1e-4), seed=seed, out_dir=str(Path(out) / "run"), progress=True)
-        records = train_grpo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
-                             pad_id=pad, reward_kwargs=kwargs)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = GRPOConfig(steps=steps, batch_size=batch_size, group_size=group_size, max_new_tokens=max_new_tokens,
+                     temperature=temperature, beta=beta, num_iterations=num_iterations,
+                     lr=lr or (1e-5 if not lora else 1e-4), seed=seed, out_dir=str(Path(out) / "run"), progress=True)
+    records = train_grpo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
+                         pad_id=pad, reward_kwargs=kwargs)
     what = _save_policy(policy, model_dir, out, lora, merge)
     _plot(records, ["reward", "kl", "completion_len", "frac_zero_std"], out, "GRPO")
     click.echo(json.dumps({"out": out, "saved": what, "reward_first": round(records[0]["reward"], 4),

@@ -2,8 +2,8 @@
 
     lmkit prune MODEL_DIR -o OUT --sparsity 0.5 --method magnitude|global|2:4 \
         [--finetune-steps 200 --data SHARDS] [--n-prunes 4 --prune-every 50]
-    lmkit distill --teacher DIR --student-preset llama-tiny [--student-override d_model=64] \
-        --data SHARDS -o OUT --steps 500 [--temperature 1 --alpha 0.5]
+    lmkit distill TEACHER_DIR SHARDS --student-preset llama-tiny [--student-override d_model=64] \
+        -o OUT --steps 500 [--temperature 1 --alpha 0.5]
 
 SHARDS is a directory written by `lmkit data prepare` with the model's tokenizer (its
 validation split, if any, gives the held-out perplexity that is reported).
@@ -14,19 +14,16 @@ from __future__ import annotations
 import click
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
-
-
 def _loaders(data: str, config, seq_len: int, batch_size: int, seed: int):
     """(train loader, val loader or None) over a shard directory, for a model with `config`."""
     from lmkit.data.packing import PackedDataset, PackedLoader
     from lmkit.data.shards import TokenShards
     from lmkit.errors import ConfigError, LmkitError
 
+    from lmkit.cli_grammar import check_fits_context
+
     vocab_size = config.vocab_size
-    if seq_len > config.max_seq_len:
-        raise ConfigError(f"--seq-len {seq_len} is longer than the model's max_seq_len={config.max_seq_len}; lower it")
+    check_fits_context("--seq-len", seq_len, config.max_seq_len)
 
     train = TokenShards(data, "train")
     if train.vocab_size > vocab_size:
@@ -113,39 +110,35 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
     from lmkit.compress.masks import format_report, remove_pruning, sparsity_report
     from lmkit.compress.nm_sparsity import parse_nm
     from lmkit.compress.schedule import PruneSchedule
-    from lmkit.errors import LmkitError
     from lmkit.hub.pretrained import load_pretrained, save_pretrained
 
-    try:
-        if ":" in method:
-            n, m = parse_nm(method)
-            sparsity = 1 - n / m
-        if (finetune_steps or n_prunes > 1) and data is None:
-            raise click.UsageError("--finetune-steps / --n-prunes > 1 need --data (a shard directory to train on)")
-        model = load_pretrained(model_dir, dtype=None)
-        n_before = _count(model)
-        if data is not None:
-            dtype = next(model.parameters()).dtype
-            model = model.float()  # fine-tune with fp32 master weights, save in the original dtype
-            train, val = _loaders(data, model.config, seq_len, batch_size, seed)
-            sched = PruneSchedule(final_sparsity=sparsity, n_prunes=n_prunes, prune_every=prune_every,
-                                  finetune_steps=finetune_steps)
-            with _RunDir(run_dir) as run:
-                cfg = _train_config(run, lr, seed)
-                result = prune_and_finetune(model, cfg, train, val, schedule=sched, method=method, targets=targets)
-            model = model.to(device="cpu", dtype=dtype)
-            if val is not None:
-                click.echo(f"held-out perplexity: dense {result['dense']['eval_ppl']:.3f}  "
-                           f"pruned {result['pruned']['eval_ppl']:.3f}  "
-                           f"after fine-tuning {result['finetuned']['eval_ppl']:.3f}")
-        else:
-            prune_model(model, None if ":" in method else sparsity, method, targets)
-        report = None if method == "neurons" else sparsity_report(model, targets)
-        remove_pruning(model)
-        save_pretrained(model, out)
-        _copy_tokenizer(model_dir, out)
-    except LmkitError as exc:
-        raise _fail(exc) from exc
+    if ":" in method:
+        n, m = parse_nm(method)
+        sparsity = 1 - n / m
+    if (finetune_steps or n_prunes > 1) and data is None:
+        raise click.UsageError("--finetune-steps / --n-prunes > 1 need --data (a shard directory to train on)")
+    model = load_pretrained(model_dir, dtype=None)
+    n_before = _count(model)
+    if data is not None:
+        dtype = next(model.parameters()).dtype
+        model = model.float()  # fine-tune with fp32 master weights, save in the original dtype
+        train, val = _loaders(data, model.config, seq_len, batch_size, seed)
+        sched = PruneSchedule(final_sparsity=sparsity, n_prunes=n_prunes, prune_every=prune_every,
+                              finetune_steps=finetune_steps)
+        with _RunDir(run_dir) as run:
+            cfg = _train_config(run, lr, seed)
+            result = prune_and_finetune(model, cfg, train, val, schedule=sched, method=method, targets=targets)
+        model = model.to(device="cpu", dtype=dtype)
+        if val is not None:
+            click.echo(f"held-out perplexity: dense {result['dense']['eval_ppl']:.3f}  "
+                       f"pruned {result['pruned']['eval_ppl']:.3f}  "
+                       f"after fine-tuning {result['finetuned']['eval_ppl']:.3f}")
+    else:
+        prune_model(model, None if ":" in method else sparsity, method, targets)
+    report = None if method == "neurons" else sparsity_report(model, targets)
+    remove_pruning(model)
+    save_pretrained(model, out)
+    _copy_tokenizer(model_dir, out)
     if report is not None:
         click.echo(format_report(report))
     else:
@@ -175,14 +168,16 @@ def _parse_overrides(items) -> dict:
 
 
 @click.command("distill")
-@click.option("--teacher", "teacher_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="teacher model directory (Hugging Face format)")
+@click.argument("teacher_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("data", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--teacher", "teacher_option", hidden=True, type=click.Path(exists=True, file_okay=False),
+              help="the old spelling of TEACHER_DIR")
+@click.option("--data", "data_option", hidden=True, type=click.Path(exists=True, file_okay=False),
+              help="the old spelling of DATA")
 @click.option("--student-preset", default=None, help="preset for the student, e.g. llama-tiny")
 @click.option("--student-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of ModelConfig fields for the student")
 @click.option("--student-override", multiple=True, help="KEY=VALUE ModelConfig field (repeatable), e.g. d_model=64")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="shard directory made with the teacher's tokenizer")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="directory for the student")
 @click.option("--steps", type=click.IntRange(1), default=500, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
@@ -193,57 +188,59 @@ def _parse_overrides(items) -> dict:
 @click.option("--seq-len", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @RUN_DIR
-def distill_cmd(teacher_dir, student_preset, student_config, student_override, data, out, steps, temperature,
-                alpha, lr, batch_size, seq_len, seed, run_dir) -> None:
-    """Train a small student on a teacher's soft targets (knowledge distillation) and save it."""
+def distill_cmd(teacher_dir, data, teacher_option, data_option, student_preset, student_config, student_override, out,
+                steps, temperature, alpha, lr, batch_size, seq_len, seed, run_dir) -> None:
+    """Train a small student on the soft targets of TEACHER_DIR (knowledge distillation) over DATA,
+    a shard directory made with the teacher's tokenizer, and save it."""
     import json
     from pathlib import Path
 
     from lmkit.compress.distillation import distill
-    from lmkit.errors import ConfigError, LmkitError
+    from lmkit.errors import ConfigError
     from lmkit.hub.pretrained import load_pretrained, save_pretrained
     from lmkit.models.build import build_model
     from lmkit.models.config import ModelConfig
     from lmkit.models.presets import PRESETS
     from lmkit.train.trainer import set_seed
 
+    from lmkit.cli_grammar import positional_or_option
+
+    teacher_dir = positional_or_option(teacher_dir, teacher_option, "TEACHER_DIR", "--teacher")
+    data = positional_or_option(data, data_option, "DATA", "--data")
     if (student_preset is None) == (student_config is None):
         raise click.UsageError("give exactly one of --student-preset or --student-config")
-    try:
-        teacher = load_pretrained(teacher_dir).float()
-        if student_preset is not None:
-            if student_preset not in PRESETS:
-                raise ConfigError(f"unknown preset {student_preset!r}; available: {sorted(PRESETS)}")
-            fields = dict(PRESETS[student_preset])
-        else:
-            fields = json.loads(Path(student_config).read_text(encoding="utf-8"))
-        fields.update(_parse_overrides(student_override))
-        t_vocab = teacher.config.vocab_size
-        if fields.get("vocab_size", t_vocab) != t_vocab:
-            raise ConfigError(
-                f"vocabulary mismatch: the student config says vocab_size={fields['vocab_size']} but the "
-                f"teacher has {t_vocab}; distillation needs the teacher's vocabulary (drop vocab_size)"
-            )
-        fields["vocab_size"] = t_vocab
-        fields.setdefault("max_seq_len", max(seq_len, teacher.config.max_seq_len))
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            fields.setdefault(key, getattr(teacher.config, key))
-        scfg = ModelConfig.from_dict(fields)
-        if scfg.arch != "decoder" or teacher.config.arch != "decoder":
-            raise ConfigError("lmkit distill trains decoder-only (causal LM) students from decoder teachers")
-        set_seed(seed)
-        student = build_model(scfg)
-        train, val = _loaders(data, scfg, seq_len, batch_size, seed)
-        if seq_len > teacher.config.max_seq_len:
-            raise ConfigError(f"--seq-len {seq_len} is longer than the teacher's max_seq_len={teacher.config.max_seq_len}")
-        with _RunDir(run_dir) as run:
-            cfg = _train_config(run, lr, seed, steps, warmup=steps // 20)
-            result = distill(teacher, student, train, val, train_config=cfg, temperature=temperature, alpha=alpha)
-        student = student.to("cpu")
-        save_pretrained(student, out)
-        _copy_tokenizer(teacher_dir, out)
-    except LmkitError as exc:
-        raise _fail(exc) from exc
+    teacher = load_pretrained(teacher_dir).float()
+    if student_preset is not None:
+        if student_preset not in PRESETS:
+            raise ConfigError(f"unknown preset {student_preset!r}; available: {sorted(PRESETS)}")
+        fields = dict(PRESETS[student_preset])
+    else:
+        fields = json.loads(Path(student_config).read_text(encoding="utf-8"))
+    fields.update(_parse_overrides(student_override))
+    t_vocab = teacher.config.vocab_size
+    if fields.get("vocab_size", t_vocab) != t_vocab:
+        raise ConfigError(
+            f"vocabulary mismatch: the student config says vocab_size={fields['vocab_size']} but the "
+            f"teacher has {t_vocab}; distillation needs the teacher's vocabulary (drop vocab_size)"
+        )
+    fields["vocab_size"] = t_vocab
+    fields.setdefault("max_seq_len", max(seq_len, teacher.config.max_seq_len))
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        fields.setdefault(key, getattr(teacher.config, key))
+    scfg = ModelConfig.from_dict(fields)
+    if scfg.arch != "decoder" or teacher.config.arch != "decoder":
+        raise ConfigError("lmkit distill trains decoder-only (causal LM) students from decoder teachers")
+    set_seed(seed)
+    student = build_model(scfg)
+    train, val = _loaders(data, scfg, seq_len, batch_size, seed)
+    if seq_len > teacher.config.max_seq_len:
+        raise ConfigError(f"--seq-len {seq_len} is longer than the teacher's max_seq_len={teacher.config.max_seq_len}")
+    with _RunDir(run_dir) as run:
+        cfg = _train_config(run, lr, seed, steps, warmup=steps // 20)
+        result = distill(teacher, student, train, val, train_config=cfg, temperature=temperature, alpha=alpha)
+    student = student.to("cpu")
+    save_pretrained(student, out)
+    _copy_tokenizer(teacher_dir, out)
     n_s = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values())
     n_t = sum(p.numel() for p in {id(p): p for p in teacher.parameters()}.values())
     click.echo(f"student {n_s:,} parameters (teacher {n_t:,}, {n_t / max(n_s, 1):.1f}x)")

@@ -1,4 +1,4 @@
-"""CLI: `lmkit export gguf` and `lmkit quantize`.
+"""CLI: `lmkit info`, `lmkit convert`, `lmkit export gguf` and `lmkit quantize`.
 
 `quantize` lives here rather than in quant/commands.py because it reads Hugging Face
 checkpoint directories (hub), and quant sits above hub in the layering rule.
@@ -11,8 +11,47 @@ from pathlib import Path
 
 import click
 
+from lmkit.cli_grammar import RenamedOptionsCommand
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.lmkit.json",
                    "generation_config.json", "config.json")
+
+
+@click.command("info")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def info(directory: str) -> None:
+    """Architecture, parameters by component and weight memory of a checkpoint DIRECTORY."""
+    from lmkit.hub.describe import describe_checkpoint
+
+    click.echo(describe_checkpoint(directory))
+
+
+@click.command("convert")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("target", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="cast the weights")
+@click.option("--max-shard-size", default=None, help="e.g. 2GB or 500MB: shard the safetensors")
+def convert(source: str, target: str, dtype: str | None, max_shard_size: str | None) -> None:
+    """Re-save a Hugging Face checkpoint SOURCE as TARGET (cast, re-shard), validating every tensor."""
+    import torch
+
+    from lmkit.hub import load_pretrained, save_pretrained
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    model = load_pretrained(source, dtype=dtypes[dtype] if dtype else None)
+    save_pretrained(model, target, max_shard_bytes=_parse_size(max_shard_size))
+    click.echo(f"wrote {target}")
+
+
+def _parse_size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", text.upper())
+    if not m:
+        raise click.BadParameter(f"cannot read size {text!r}; use e.g. 500MB or 2GB")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
 
 
 @click.group("export")
@@ -20,22 +59,21 @@ def export_group() -> None:
     """Export a model to other ecosystems' formats."""
 
 
-@export_group.command("gguf")
+@export_group.command("gguf", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", required=True, type=click.Path(dir_okay=False),
               help="the .gguf file to write")
 @click.option("--type", "ftype", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
               help="tensor type of the 2-D weights (norms stay f32)")
 def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
     """Write the Llama-family checkpoint MODEL_DIR (+ its tokenizer.json) as a llama.cpp GGUF file."""
-    from lmkit.errors import LmkitError
     from lmkit.hub.gguf import export_gguf_dir
 
     try:
-        info = export_gguf_dir(model_dir, output, ftype)
-    except (LmkitError, ValueError) as exc:
+        written = export_gguf_dir(model_dir, output, ftype)
+    except ValueError as exc:  # a model GGUF cannot hold; an LmkitError is reported by the root group
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {info['path']}: {info['tensors']} tensors ({info['q8_0']} Q8_0), {info['bytes']} bytes")
+    click.echo(f"wrote {written['path']}: {written['tensors']} tensors ({written['q8_0']} Q8_0), {written['bytes']} bytes")
 
 
 def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
@@ -43,10 +81,7 @@ def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
 
     from lmkit.tokenizers.loading import load_tokenizer
 
-    tok_path = Path(model_dir) / "tokenizer.json"
-    if not tok_path.exists():
-        raise click.ClickException(f"--calib needs {model_dir}/tokenizer.json to tokenize {path}")
-    tok = load_tokenizer(tok_path)
+    tok = load_tokenizer(model_dir)
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     ids = tok.encode(text[: n * seq_len * 16])
     if len(ids) < seq_len:
@@ -55,9 +90,9 @@ def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
     return torch.tensor(ids[: k * seq_len]).reshape(k, seq_len)
 
 
-@click.command("quantize")
+@click.command("quantize", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", "output", required=True, type=click.Path(file_okay=False))
 @click.option("--method", type=click.Choice(["int8", "llm-int8", "nf4", "rtn", "gptq"]), required=True)
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text file of calibration data (GPTQ)")
@@ -76,7 +111,6 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
     """Quantize the checkpoint MODEL_DIR's Linear layers and save a quantized checkpoint OUTPUT."""
     import torch
 
-    from lmkit.errors import LmkitError
     from lmkit.hub.pretrained import load_pretrained
     from lmkit.quant.checkpoint import save_quantized
     from lmkit.quant.quantize_model import linear_weight_bytes, quantize_model, quantized_weight_bytes
@@ -92,7 +126,7 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
             kw.update(calib=calib_ids, progress=True)
         quantize_model(model, method, **kw)
         save_quantized(model, output)
-    except (LmkitError, ValueError) as exc:
+    except ValueError as exc:  # e.g. an unsupported bits/group combination
         raise click.ClickException(str(exc)) from exc
     for name in TOKENIZER_FILES:
         src = Path(model_dir) / name
@@ -105,4 +139,4 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
                f"{qb / 2**20:.2f} MiB ({fp32 / qb:.2f}x smaller); wrote {output}")
 
 
-COMMANDS: list[click.Command] = [export_group, quantize_cmd]
+COMMANDS: list[click.Command] = [info, convert, export_group, quantize_cmd]

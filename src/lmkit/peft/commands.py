@@ -10,6 +10,7 @@ import click
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.txt", "merges.txt", "vocab.json")
+DEFAULT_SEQ_LEN = 512
 PER_SEQUENCE_METHODS = ("prefix", "prompt", "ptuning", "ptuning2", "probe")
 METHOD_CHOICES = ["full", "lora", "qlora", "adalora", "adapter", "fusion", "adapterdrop", "prefix", "prompt",
                   "ptuning", "ptuning2", "bitfit", "probe"]
@@ -83,7 +84,7 @@ def _method_config(method: str, r, alpha, dropout, targets, rslora, options: dic
 
 def _run(method, model_dir, data, eval_data, out, template, method_config, steps, lr, batch_size, seq_len, pack,
          eval_fraction, seed, device, precision, max_len):
-    from lmkit.errors import LmkitError
+    from lmkit.cli_grammar import check_fits_context
     from lmkit.data.sft import load_sft_examples, sft_loader
     from lmkit.hub import load_pretrained, save_pretrained
     from lmkit.peft.finetune import run_finetune
@@ -91,51 +92,52 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
     from lmkit.train.config import TrainConfig
 
     model_dir, out = Path(model_dir), Path(out)
-    try:
-        tokenizer = load_tokenizer(model_dir)
-        model = load_pretrained(model_dir)
-        examples = load_sft_examples(data, tokenizer, template, max_len=max_len or seq_len)
-        if eval_data:
-            held = load_sft_examples(eval_data, tokenizer, template, max_len=max_len or seq_len)
-        else:
-            if len(examples) < 2:
-                raise click.ClickException("need at least 2 examples to hold one out (or pass --eval-data)")
-            import random
+    tokenizer = load_tokenizer(model_dir)
+    model = load_pretrained(model_dir)
+    context = model.config.max_seq_len
+    check_fits_context("--seq-len", seq_len, context)
+    check_fits_context("--max-len", max_len, context)
+    seq_len = seq_len if seq_len is not None else min(DEFAULT_SEQ_LEN, context)
+    examples = load_sft_examples(data, tokenizer, template, max_len=max_len or seq_len)
+    if eval_data:
+        held = load_sft_examples(eval_data, tokenizer, template, max_len=max_len or seq_len)
+    else:
+        if len(examples) < 2:
+            raise click.ClickException("need at least 2 examples to hold one out (or pass --eval-data)")
+        import random
 
-            order = list(range(len(examples)))
-            random.Random(seed).shuffle(order)
-            n_eval = max(1, int(round(len(examples) * eval_fraction)))
-            held = [examples[i] for i in order[:n_eval]]
-            examples = [examples[i] for i in order[n_eval:]]
-        pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-        if pack and method in PER_SEQUENCE_METHODS:
-            # a soft prompt / prefix belongs to one sequence: packed rows would share one
-            click.echo(f"note: {method} adds virtual tokens per sequence; examples are padded, not packed", err=True)
-            pack = False
-        train = sft_loader(examples, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, seed=seed)
-        held_loader = sft_loader(held, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, shuffle=False)
-        tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 10), out_dir=str(out / "run"),
-                         seed=seed, device=device, precision=precision, eval_steps=0)
-        report = run_finetune(method, model, tokenizer, train, held_loader, method_config, tc)
-        model = report.model
-        out.mkdir(parents=True, exist_ok=True)
-        if method == "full":
-            save_pretrained(model, out)
-            _copy_tokenizer(model_dir, out)
-        elif method in ("lora", "qlora"):
-            from lmkit.peft.lora import save_lora
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, int(round(len(examples) * eval_fraction)))
+        held = [examples[i] for i in order[:n_eval]]
+        examples = [examples[i] for i in order[n_eval:]]
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    if pack and method in PER_SEQUENCE_METHODS:
+        # a soft prompt / prefix belongs to one sequence: packed rows would share one
+        click.echo(f"note: {method} adds virtual tokens per sequence; examples are padded, not packed", err=True)
+        pack = False
+    train = sft_loader(examples, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, seed=seed)
+    held_loader = sft_loader(held, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, shuffle=False)
+    tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 10), out_dir=str(out / "run"),
+                     seed=seed, device=device, precision=precision, eval_steps=0)
+    report = run_finetune(method, model, tokenizer, train, held_loader, method_config, tc)
+    model = report.model
+    out.mkdir(parents=True, exist_ok=True)
+    if method == "full":
+        save_pretrained(model, out)
+        _copy_tokenizer(model_dir, out)
+    elif method in ("lora", "qlora"):
+        from lmkit.peft.lora import save_lora
 
-            save_lora(model, out, base_model_name_or_path=str(model_dir))
-        elif method == "adalora":
-            from lmkit.peft.adalora import save_adalora
+        save_lora(model, out, base_model_name_or_path=str(model_dir))
+    elif method == "adalora":
+        from lmkit.peft.adalora import save_adalora
 
-            save_adalora(model, out)
-        else:
-            from lmkit.peft.method_io import save_method
+        save_adalora(model, out)
+    else:
+        from lmkit.peft.method_io import save_method
 
-            save_method(model, out, method, method_config)
-    except LmkitError as exc:
-        raise click.ClickException(str(exc)) from exc
+        save_method(model, out, method, method_config)
     from lmkit.atomic import atomic_write_text
 
     atomic_write_text(out / "finetune_report.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
@@ -150,23 +152,27 @@ def _train_options(f):
     f = click.option("--steps", type=int, default=200, show_default=True, help="optimizer steps")(f)
     f = click.option("--lr", type=float, default=None, help="learning rate (default: 1e-4 full, 1e-3 others)")(f)
     f = click.option("--batch-size", type=int, default=8, show_default=True)(f)
-    f = click.option("--seq-len", type=int, default=512, show_default=True, help="packed row length / max example length")(f)
+    f = click.option("--seq-len", type=click.IntRange(1), default=None,
+                     help=f"packed row length / max example length (default: {DEFAULT_SEQ_LEN} or the model's "
+                          "context if shorter; longer than the context is an error)")(f)
     f = click.option("--pack/--no-pack", default=True, show_default=True, help="pack several examples per row")(f)
     f = click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="held-out SFT file (default: hold out --eval-fraction of --data)")(f)
+                     help="held-out SFT file (default: hold out --eval-fraction of DATA)")(f)
     f = click.option("--eval-fraction", type=float, default=0.1, show_default=True)(f)
     f = click.option("--template", default="chatml", show_default=True, help="chat template: chatml | llama3")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     f = click.option("--device", default="auto", show_default=True)(f)
     f = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)(f)
-    f = click.option("--max-len", type=int, default=None, help="truncate examples to this many tokens (default: --seq-len)")(f)
+    f = click.option("--max-len", type=click.IntRange(1), default=None,
+                     help="truncate examples to this many tokens (default: --seq-len)")(f)
     return f
 
 
 @click.command("finetune")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="SFT data: OpenAI messages JSONL or Alpaca JSON/JSONL")
+@click.argument("data", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", "data_option", hidden=True, type=click.Path(exists=True, dir_okay=False),
+              help="the old spelling of DATA")
 @click.option("--method", type=click.Choice(METHOD_CHOICES), default="lora", show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output directory")
 @click.option("--r", type=int, default=None, help="LoRA rank (AdaLoRA: init_r)")
@@ -176,11 +182,16 @@ def _train_options(f):
 @click.option("--rslora", is_flag=True, help="scale by alpha/sqrt(r) (rsLoRA)")
 @click.option("--option", "options", multiple=True, help="method config field KEY=VALUE (repeatable)")
 @_train_options
-def finetune_cmd(model_dir, data, method, out, r, alpha, dropout, target_modules, rslora, options, steps, lr,
-                 batch_size, seq_len, pack, eval_data, eval_fraction, template, seed, device, precision, max_len):
-    """Fine-tune MODEL_DIR (a Hugging Face checkpoint directory with its tokenizer) on SFT data
-    with any method; writes the adapter (LoRA: PEFT's adapter files) or the model to --out and
-    reports trainable vs total parameters, peak memory and held-out loss."""
+def finetune_cmd(model_dir, data, data_option, method, out, r, alpha, dropout, target_modules, rslora, options,
+                 steps, lr, batch_size, seq_len, pack, eval_data, eval_fraction, template, seed, device, precision,
+                 max_len):
+    """Fine-tune MODEL_DIR (a Hugging Face checkpoint directory with its tokenizer) on DATA (OpenAI
+    messages JSONL or Alpaca JSON/JSONL) with any method; writes the adapter (LoRA: PEFT's adapter
+    files) or the model to --out and reports trainable vs total parameters, peak memory and
+    held-out loss."""
+    from lmkit.cli_grammar import positional_or_option
+
+    data = positional_or_option(data, data_option, "DATA", "--data")
     cfg = _method_config(method, r, alpha, dropout, target_modules, rslora, _parse_options(options))
     lr = lr if lr is not None else (1e-4 if method == "full" else 1e-3)
     _run(method, model_dir, data, eval_data, out, template, cfg, steps, lr, batch_size, seq_len, pack,
@@ -188,13 +199,18 @@ def finetune_cmd(model_dir, data, method, out, r, alpha, dropout, target_modules
 
 
 @click.command("sft")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False))
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
+@click.argument("data", type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output model directory")
 @_train_options
-def sft_cmd(data, model_dir, out, steps, lr, batch_size, seq_len, pack, eval_data, eval_fraction, template, seed,
+def sft_cmd(model_dir, data, out, steps, lr, batch_size, seq_len, pack, eval_data, eval_fraction, template, seed,
             device, precision, max_len):
-    """Supervised fine-tuning: train every weight of MODEL_DIR on DATA (loss on assistant tokens only)."""
+    """Supervised fine-tuning: train every weight of MODEL_DIR on DATA (loss on assistant tokens only).
+
+    (The old order `lmkit sft DATA MODEL_DIR` still works, with a deprecation note.)"""
+    from lmkit.cli_grammar import model_then_data
+
+    model_dir, data = model_then_data(model_dir, data, "sft")
     _run("full", model_dir, data, eval_data, out, template, None, steps, lr if lr is not None else 1e-4, batch_size,
          seq_len, pack, eval_fraction, seed, device, precision, max_len)
 
@@ -206,29 +222,25 @@ def sft_cmd(data, model_dir, out, steps, lr, batch_size, seq_len, pack, eval_dat
 def merge_cmd(model_dir, adapter_dir, out):
     """Fold a LoRA (PEFT layout, ours or PEFT's) or AdaLoRA adapter into the full-precision base
     and write a plain checkpoint that any tool can load."""
-    from lmkit.errors import LmkitError
     from lmkit.hub import load_pretrained, save_pretrained
 
     adapter = Path(adapter_dir)
-    try:
-        model = load_pretrained(model_dir)
-        if (adapter / "adapter_config.json").is_file():
-            from lmkit.peft.lora import load_lora, unload_lora
+    model = load_pretrained(model_dir)
+    if (adapter / "adapter_config.json").is_file():
+        from lmkit.peft.lora import load_lora, unload_lora
 
-            model = unload_lora(load_lora(model, adapter), merge=True)
-        elif (adapter / "adalora_config.json").is_file():
-            from lmkit.peft.adalora import load_adalora, merge_adalora
+        model = unload_lora(load_lora(model, adapter), merge=True)
+    elif (adapter / "adalora_config.json").is_file():
+        from lmkit.peft.adalora import load_adalora, merge_adalora
 
-            model = merge_adalora(load_adalora(model, adapter))
-        else:
-            raise click.ClickException(
-                f"{adapter}: no adapter_config.json (LoRA) or adalora_config.json (AdaLoRA); other methods add "
-                "modules that cannot be folded into the base weights"
-            )
-        save_pretrained(model, out)
-        _copy_tokenizer(Path(model_dir), Path(out))
-    except LmkitError as exc:
-        raise click.ClickException(str(exc)) from exc
+        model = merge_adalora(load_adalora(model, adapter))
+    else:
+        raise click.ClickException(
+            f"{adapter}: no adapter_config.json (LoRA) or adalora_config.json (AdaLoRA); other methods add "
+            "modules that cannot be folded into the base weights"
+        )
+    save_pretrained(model, out)
+    _copy_tokenizer(Path(model_dir), Path(out))
     click.echo(f"merged {adapter} into {model_dir} -> {out}")
 
 

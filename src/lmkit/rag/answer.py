@@ -66,7 +66,7 @@ def citations_in(text: str, n_sources: int) -> list[int]:
     return nums
 
 
-def generate_answer(model: Any, query: str, hits: Sequence[Hit], max_tokens: int = 512,
+def generate_answer(model: Any, query: str, hits: Sequence[Hit], max_tokens: int | None = 512,
                     system: str = ANSWER_SYSTEM, prompt: str = ANSWER_PROMPT) -> Answer:
     from lmkit.rag.llm import complete
 

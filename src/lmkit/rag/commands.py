@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import click
 
+from lmkit.cli_grammar import RenamedOptionsCommand
+
 
 def _chat_model(base_url, model, api_key, local):
-    if local:
-        from lmkit.serve.chat_model import LocalChatModel
+    """The generator: a local model or an endpoint (its one served model by default), replies sized
+    to the model's context; None for extractive answers."""
+    from lmkit.rag.chat_client import open_chat_model
 
-        return LocalChatModel.from_dir(local)
-    if base_url:
-        from lmkit.serve.chat_model import OpenAIChatModel
-
-        return OpenAIChatModel(base_url, model or "default", api_key)
-    return None
+    return open_chat_model(base_url, model, api_key, local)
 
 
 def _reranker(kind, index, chat):
@@ -35,7 +33,8 @@ def _reranker(kind, index, chat):
 
 _llm_options = [
     click.option("--base-url", default=None, help="OpenAI-compatible endpoint (lmkit serve, vLLM, Ollama) for generation."),
-    click.option("--model", "model_name", default=None, help="Model name at --base-url."),
+    click.option("--model", "model_name", default=None,
+                 help="Model name at --base-url (default: the one model the server lists at /v1/models)."),
     click.option("--api-key", default=None, envvar="OPENAI_API_KEY", help="API key for --base-url."),
     click.option("--local", default=None, type=click.Path(exists=True, file_okay=False),
                  help="A local lmkit/HF chat model directory to generate with."),
@@ -49,13 +48,9 @@ def _with_llm(f):
 
 
 def _open(index_path, dsn):
-    from lmkit.errors import LmkitError
     from lmkit.rag.index import RagIndex
 
-    try:
-        return RagIndex.open(index_path, dsn=dsn)
-    except LmkitError as exc:
-        raise click.ClickException(str(exc)) from None
+    return RagIndex.open(index_path, dsn=dsn)
 
 
 @click.group("rag")
@@ -63,9 +58,9 @@ def rag() -> None:
     """Retrieval-augmented generation over your documents."""
 
 
-@rag.command("index")
+@rag.command("index", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
 @click.argument("docs", type=click.Path(exists=True))
-@click.option("-o", "--output", required=True, type=click.Path(), help="Index folder to create.")
+@click.option("-o", "--out", "output", required=True, type=click.Path(), help="Index folder to create.")
 @click.option("--store", type=click.Choice(["embedded", "pgvector"]), default="embedded", show_default=True)
 @click.option("--dsn", default=None, envvar="LMKIT_PG_DSN", help="PostgreSQL DSN for --store pgvector.")
 @click.option("--collection", default=None, help="Table name in PostgreSQL (default from the index name).")
@@ -78,7 +73,6 @@ def rag() -> None:
 @click.option("--batch-size", default=32, show_default=True, type=int)
 def index_cmd(docs, output, store, dsn, collection, embedder, splitter, chunk_size, chunk_overlap, ann, batch_size):
     """Load DOCS (a file or folder: txt, md, html, pdf, jsonl), split, embed and index them."""
-    from lmkit.errors import LmkitError
     from lmkit.rag.embedder import EncoderEmbedder
     from lmkit.rag.index import RagIndex
     from lmkit.rag.loaders import load_directory
@@ -109,7 +103,7 @@ def index_cmd(docs, output, store, dsn, collection, embedder, splitter, chunk_si
         if ann and store == "embedded":
             idx.store.build_ann()
         idx.save()
-    except (LmkitError, ValueError) as exc:
+    except ValueError as exc:  # e.g. chunk sizes that do not fit; an LmkitError is reported by the root group
         raise click.ClickException(str(exc)) from None
     click.echo(f"indexed {len(chunks)} chunks from {len(report.loaded)} file(s) into {output} ({store})")
 
@@ -125,22 +119,25 @@ def index_cmd(docs, output, store, dsn, collection, embedder, splitter, chunk_si
               default="none", show_default=True)
 @click.option("--dsn", default=None, envvar="LMKIT_PG_DSN", help="PostgreSQL DSN (pgvector indexes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer and sources as JSON.")
+@click.option("--max-tokens", type=click.IntRange(1), default=None,
+              help="Longest generated answer (default: what the model's context leaves after the prompt, "
+                   "at most 512 for --local; the server's choice for --base-url).")
 @_with_llm
-def ask_cmd(index_path, question, k, mode, rerank_kind, rewrite, dsn, as_json, base_url, model_name, api_key, local):
+def ask_cmd(index_path, question, k, mode, rerank_kind, rewrite, dsn, as_json, max_tokens, base_url, model_name,
+            api_key, local):
     """Answer QUESTION from the index, with numbered citations (extractive without a generator)."""
     import json
 
-    from lmkit.errors import LmkitError
     from lmkit.rag.answer import extractive_answer, generate_answer
 
     idx = _open(index_path, dsn)
-    try:
-        chat = _chat_model(base_url, model_name, api_key, local)
-        hits = idx.retrieve(question, k=k, mode=mode, rewrite=rewrite, chat_model=chat,
-                            reranker=_reranker(rerank_kind, idx, chat))
-        ans = generate_answer(chat, question, hits) if chat is not None else extractive_answer(question, hits)
-    except LmkitError as exc:
-        raise click.ClickException(str(exc)) from None
+    chat = _chat_model(base_url, model_name, api_key, local)
+    hits = idx.retrieve(question, k=k, mode=mode, rewrite=rewrite, chat_model=chat,
+                        reranker=_reranker(rerank_kind, idx, chat))
+    if chat is not None:
+        ans = generate_answer(chat, question, hits, max_tokens=max_tokens)  # None: sized to the context
+    else:
+        ans = extractive_answer(question, hits)
     if as_json:
         click.echo(json.dumps({"answer": ans.text, "mode": ans.mode, "cited": ans.cited,
                                "sources": [{"n": n, "id": h.id, "score": h.score, "metadata": h.metadata, "text": h.text}

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def complete(model: Any, prompt: str, system: str | None = None, max_tokens: int = 256,
+def complete(model: Any, prompt: str, system: str | None = None, max_tokens: int | None = 256,
              temperature: float = 0.0) -> str:
+    """The model's reply to one user prompt; max_tokens=None leaves the length to a model that
+    sizes replies to its context (`lmkit.rag.chat_client.ContextSizedChatModel`, or a server)."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     out = model.chat(messages, max_tokens=max_tokens, temperature=temperature)
     text = out if isinstance(out, str) else getattr(out, "content", None)

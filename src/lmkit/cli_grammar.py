@@ -1,0 +1,78 @@
+"""The one grammar every `lmkit` command follows, and the pieces that enforce it.
+
+`COMMAND MODEL [DATA]` positional order, `--steps` for a number of optimizer steps,
+`-o/--out` for the output, and no length beyond the model's context. Old spellings keep
+working for a while as hidden aliases that print a deprecation note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import click
+
+from lmkit.errors import ConfigError
+
+
+def deprecation_note(old: str, new: str) -> None:
+    """Tell the user (on stderr, so JSON on stdout stays clean) which spelling replaces theirs."""
+    click.echo(f"note: {old} is deprecated and will be removed; use {new}", err=True)
+
+
+class RenamedOptionsCommand(click.Command):
+    """A command that still accepts renamed options under their old spelling.
+
+    The old spellings are not declared options, so `--help` shows only the new ones;
+    `renamed` maps each old spelling (e.g. "--max-steps") to the new one ("--steps").
+    """
+
+    def __init__(self, *args, renamed: Mapping[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out.extend(args[i:])
+                break
+            name, eq, value = arg.partition("=")
+            if name in self.renamed:
+                deprecation_note(name, self.renamed[name])
+                arg = self.renamed[name] + eq + value
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+def model_then_data(model: str, data: str, command: str) -> tuple[str, str]:
+    """(MODEL, DATA) in the grammar's order; the old `COMMAND DATA MODEL` order (a data file
+    first, a model directory second) still works, with a deprecation note."""
+    if Path(model).is_file() and Path(data).is_dir():
+        deprecation_note(f"`lmkit {command} DATA MODEL`", f"`lmkit {command} MODEL DATA`")
+        return data, model
+    if not Path(model).is_dir():
+        raise click.BadParameter(f"{model!r} is not a model directory", param_hint="MODEL")
+    if not Path(data).is_file():
+        raise click.BadParameter(f"{data!r} is not a data file", param_hint="DATA")
+    return model, data
+
+
+def positional_or_option(value: str | None, old_value: str | None, name: str, old: str) -> str:
+    """An argument that used to be an option (`--data FILE`, now `DATA`): either spelling works,
+    the old one with a deprecation note; giving neither, or both, is a usage error."""
+    if value is not None and old_value is not None:
+        raise click.UsageError(f"give {name} once: as an argument, not also as {old}")
+    if old_value is not None:
+        deprecation_note(f"{old} {name}", f"{name} as an argument")
+        return old_value
+    if value is None:
+        raise click.UsageError(f"missing argument {name}")
+    return value
+
+
+def check_fits_context(option: str, value: int | None, context: int) -> None:
+    """A length option beyond the model's context is an error, never silently accepted."""
+    if value is not None and value > context:
+        raise ConfigError(f"{option} {value} is longer than the model's context of {context} tokens; "
+                          f"use at most {context}")

@@ -1,0 +1,74 @@
+"""CLI: `lmkit memory` (training-memory estimate) and `lmkit pretrain` (from a config file)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("memory")
+@click.argument("model", required=False)
+@click.option("--params", "n_params", type=float, default=None, help="parameter count, e.g. 7e9 (instead of MODEL)")
+@click.option("--layers", type=int, default=None, help="number of layers (with --params)")
+@click.option("--hidden", type=int, default=None, help="d_model / hidden_size (with --params)")
+@click.option("--heads", type=int, default=None, help="attention heads (default hidden/128)")
+@click.option("--ffn", type=int, default=None, help="FFN inner size (default 8/3 hidden, SwiGLU)")
+@click.option("--vocab", type=int, default=None, help="vocabulary size (default 32000)")
+@click.option("--seq", type=int, default=2048, show_default=True, help="sequence length")
+@click.option("--batch", type=int, default=1, show_default=True, help="micro-batch size per device")
+@click.option("--method", type=click.Choice(["full", "lora", "qlora"]), default="full", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed", "autocast"]), default="mixed", show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd", "momentum"]), default="adamw", show_default=True)
+@click.option("--checkpointing/--no-checkpointing", default=False, help="gradient checkpointing (recompute)")
+@click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True, help="ZeRO stage")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True, help="data-parallel devices")
+@click.option("--lora-rank", type=int, default=8, show_default=True)
+@click.option("--lora-targets", default="q_proj,v_proj", show_default=True, help="comma-separated module names")
+@click.option("--unit", type=click.Choice(["GB", "GiB", "MB", "MiB"]), default="GB", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the estimate as JSON")
+def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, method, precision, optimizer,
+               checkpointing, zero, devices, lora_rank, lora_targets, unit, as_json) -> None:
+    """Estimate training memory per device for MODEL (a preset such as llama-7b, or a
+    config.json) or for --params N with --layers/--hidden: weights, gradients, optimizer
+    states and activations."""
+    import json as _json
+
+    from lmkit.models.config import ModelConfig
+    from lmkit.train.memory import PRESETS, config_for_memory, estimate_memory
+
+    config = None
+    if model:
+        config = config_for_memory(model)
+    elif layers and hidden:
+        h = hidden
+        config = ModelConfig(
+            vocab_size=vocab or 32000, d_model=h, n_layers=layers, n_heads=heads or max(1, h // 128),
+            d_ff=ffn or int(round(8 * h / 3 / 256)) * 256 or 4 * h, max_seq_len=max(seq, 1),
+        )
+    elif n_params is None:
+        raise click.UsageError(f"give MODEL (a preset: {', '.join(sorted(PRESETS))}; or a config.json) or --params N")
+    est = estimate_memory(
+        config, n_params=int(n_params) if n_params else None, batch=batch, seq=seq, method=method,
+        precision=precision, optimizer=optimizer, checkpointing=checkpointing, zero=zero, devices=devices,
+        lora_rank=lora_rank, lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+    )
+    if as_json:
+        click.echo(_json.dumps(est.to_dict(), indent=2))
+    else:
+        click.echo(est.table(unit))
+
+
+@click.command("pretrain")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML or JSON: data, tokenizer, objective (clm|mlm|span|prefix), model, seq_len, batch_size, train")
+@click.option("--resume", is_flag=True, help="continue from the latest checkpoint in train.out_dir")
+def pretrain(config_path: str, resume: bool) -> None:
+    """Pretrain a model from a config file (see docs/training.md)."""
+    from lmkit.train.pretrain import PretrainConfig, run_pretrain
+
+    result = run_pretrain(PretrainConfig.load(config_path), resume=resume)
+    click.echo(f"eval loss {result['eval_loss']:.4f}  perplexity {result['eval_ppl']:.2f}")
+    if "export_dir" in result:
+        click.echo(f"Hugging Face checkpoint: {result['export_dir']}")
+
+
+COMMANDS: list[click.Command] = [memory_cmd, pretrain]
