@@ -417,6 +417,59 @@ def test_engine_failure_is_a_500_in_openai_shape_and_the_engine_recovers(local):
         assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == expected(local, tok.encode("Once"), 5)[0]
 
 
+def test_failures_carry_a_request_id_are_logged_and_counted_by_cause(local, caplog):
+    import logging
+
+    model, tok = local
+    engine = Engine(model, tok, max_batch_size=2)
+    real_step, real_submit = engine._decode_step, engine.submit
+    fail = {"step": False, "submit": False}
+
+    def step():
+        if fail["step"]:
+            fail["step"] = False
+            raise RuntimeError("simulated out of memory")
+        return real_step()
+
+    def submit(*args, **kw):
+        if fail["submit"]:
+            fail["submit"] = False
+            raise RuntimeError("simulated bug")
+        return real_submit(*args, **kw)
+
+    engine._decode_step, engine.submit = step, submit
+    body = {"model": NAME, "prompt": "Once", "max_tokens": 20, "temperature": 0}
+    caplog.set_level(logging.ERROR, logger="lmkit.serve.failures")
+    with LiveServer(create_app(engine, model_name=NAME)) as live:
+        ok = httpx.post(live.url + "/v1/completions", json=body, timeout=60)
+        assert ok.status_code == 200 and ok.headers["x-request-id"]  # every response has an id
+        fail["step"] = True
+        resp = httpx.post(live.url + "/v1/completions", json=body, timeout=60)
+        rid = resp.headers["x-request-id"]
+        assert resp.status_code == 500 and rid in _openai_error(resp)["message"]
+        fail["step"] = True
+        with httpx.stream("POST", live.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as s:
+            stream_rid = s.headers["x-request-id"]
+            events = [line for line in s.iter_lines() if line]
+        assert events[-1] == "data: [DONE]"
+        errors = [json.loads(e[6:])["error"] for e in events[:-1] if "error" in json.loads(e[6:])]
+        assert len(errors) == 1 and "simulated out of memory" in errors[0]["message"]
+        assert stream_rid in errors[0]["message"]
+        fail["submit"] = True
+        resp = httpx.post(live.url + "/v1/completions", json=body, headers={"x-request-id": "trace-7"}, timeout=60)
+        assert resp.status_code == 500 and resp.headers["x-request-id"] == "trace-7"
+        error = _openai_error(resp)
+        assert error["type"] == "server_error" and "RuntimeError: simulated bug" in error["message"]
+        assert "trace-7" in error["message"]
+        metrics = httpx.get(live.url + "/metrics").text
+    logged = {r.getMessage().split()[1]: r for r in caplog.records if r.name == "lmkit.serve.failures"}
+    assert set(logged) == {rid, stream_rid, "trace-7"}
+    assert "generation_failed" in logged[rid].getMessage() and logged[rid].exc_info
+    assert logged["trace-7"].exc_info[0] is RuntimeError  # the traceback of the bug itself
+    assert 'lmkit_request_failures_total{path="/v1/completions",cause="generation_failed"} 2' in metrics
+    assert 'lmkit_request_failures_total{path="/v1/completions",cause="internal_error"} 1' in metrics
+
+
 # ---- graceful shutdown -------------------------------------------------------------------------
 def test_graceful_shutdown_finishes_in_flight_streams(model_dir, local):
     model, tok = local

@@ -79,3 +79,18 @@ def test_serve_command_with_env_key_and_sigterm(model_dir):
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (exit by that signal)
     assert proc.returncode in (0, -signal.SIGTERM)
     assert "serving 'cli-model'" in proc.stderr.read()
+
+
+def test_serve_on_a_busy_port_says_so_before_announcing_anything(model_dir):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lmkit", "serve", str(model_dir), "--port", str(port)],
+                              capture_output=True, text=True, timeout=300, env=_env())
+    finally:
+        busy.close()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
+    assert "serving" not in proc.stderr and "http://" not in proc.stderr

@@ -55,6 +55,12 @@ def serve_cmd(model_dir, host, port, api_keys, model_name, template, max_batch_s
     try:
         uvicorn = require("uvicorn", "serve")
         require("fastapi", "serve")
+        from lmkit.serve.listen import bind_listen_socket
+
+        sock = bind_listen_socket(host, port)  # a busy port is reported now, before the model loads
+    except LmkitError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
         import torch
 
         if threads:
@@ -75,11 +81,22 @@ def serve_cmd(model_dir, host, port, api_keys, model_name, template, max_batch_s
         app = create_app(engine, model_name=name, template=template, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens)
     except LmkitError as exc:
+        sock.close()
         raise click.ClickException(str(exc)) from exc
+    port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
     auth = f"{len(keys)} API key(s)" if keys else "no API key (anyone who can reach the port may use it)"
     click.echo(f"serving {name!r} ({type(model).__name__}, context {model.config.max_seq_len}) "
                f"on http://{host}:{port}  [web chat: /, API: /v1, {auth}]", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=60))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    if not server.started:
+        raise click.ClickException(f"the server on http://{host}:{port} did not start (see the log above)")
 
 
 @click.command("chat")

@@ -1,6 +1,8 @@
 """Prometheus metrics in the text exposition format (version 0.0.4), written by hand.
 
     lmkit_requests_total{path,status}          counter    HTTP requests to /v1 routes
+    lmkit_request_failures_total{path,cause}   counter    failed requests (5xx or a stream cut short), by
+                                                          cause (see failure_log.py)
     lmkit_request_duration_seconds{path}       histogram  latency, first byte to last byte
     lmkit_prompt_tokens_total                  counter    tokens read (prompts, embedding inputs)
     lmkit_generation_tokens_total              counter    tokens generated
@@ -31,10 +33,16 @@ def _num(x: float) -> str:
     return "+Inf" if x == float("inf") else repr(float(x))
 
 
+def _route_label(path: str) -> str:
+    """The path as a label, with ids folded so the label's cardinality stays bounded."""
+    return "/v1/models/{name}" if path.startswith("/v1/models/") else path
+
+
 class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.failures: dict[tuple[str, str], int] = defaultdict(int)
         self.hist: dict[str, list[int]] = {}
         self.hist_sum: dict[str, float] = defaultdict(float)
         self.hist_count: dict[str, int] = defaultdict(int)
@@ -42,8 +50,7 @@ class Metrics:
         self.generation_tokens = 0
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
-        if path.startswith("/v1/models/"):
-            path = "/v1/models/{name}"  # keep label cardinality bounded
+        path = _route_label(path)
         with self._lock:
             self.requests[(path, str(status))] += 1
             counts = self.hist.setdefault(path, [0] * len(BUCKETS))
@@ -52,6 +59,10 @@ class Metrics:
                     counts[i] += 1
             self.hist_sum[path] += seconds
             self.hist_count[path] += 1
+
+    def observe_failure(self, path: str, cause: str) -> None:
+        with self._lock:
+            self.failures[(_route_label(path), cause)] += 1
 
     def add_tokens(self, prompt: int, generated: int) -> None:
         with self._lock:
@@ -69,6 +80,9 @@ class Metrics:
             head("lmkit_requests_total", "counter", "HTTP requests to the /v1 API by path and status code.")
             for (path, status), n in sorted(self.requests.items()):
                 out.append(f'lmkit_requests_total{{path="{_esc(path)}",status="{_esc(status)}"}} {n}')
+            head("lmkit_request_failures_total", "counter", "Failed requests (5xx or a stream cut short) by cause.")
+            for (path, cause), n in sorted(self.failures.items()):
+                out.append(f'lmkit_request_failures_total{{path="{_esc(path)}",cause="{_esc(cause)}"}} {n}')
             head("lmkit_request_duration_seconds", "histogram", "Request latency in seconds (to the last byte).")
             for path, counts in sorted(self.hist.items()):
                 for le, c in zip(BUCKETS, counts):

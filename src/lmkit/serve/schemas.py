@@ -2,7 +2,7 @@
 
 Unknown fields are accepted and ignored (clients send options this server does not use,
 such as `user` or `response_format`); known fields are type- and range-checked, and a
-failure becomes a 400 in OpenAI's error shape (see app.py).
+failure becomes a 400 in OpenAI's error shape (see api_errors.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,94 @@
+"""POST /v1/chat/completions: chat (stream, n, stop, logprobs/top_logprobs, tools/tool_choice)."""
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from lmkit.errors import ConfigError, TokenizerError
+from lmkit.serve import schemas
+from lmkit.serve.api_errors import APIError
+from lmkit.serve.chat_model import PreparedChat, finish_chat, prepare_chat
+from lmkit.serve.chat_stream import ChatStream
+from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
+from lmkit.serve.event_stream import event_stream_response, failure_event
+from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens, check_model, choice_seed,
+                                       generation_config, sse, stop_list, token_budget, usage, wants_usage)
+from lmkit.serve.server_state import ServerState, server_state
+
+router = APIRouter()
+
+
+def prepare(req: schemas.ChatCompletionRequest, state: ServerState) -> PreparedChat:
+    """The request's messages and tools as prompt ids, stop strings and EOS ids (400 if invalid)."""
+    if req.n > state.max_n:
+        raise APIError(400, f"n must be <= {state.max_n}", param="n")
+    if state.tokenizer is None:
+        raise APIError(400, "this server has no tokenizer: chat needs one")
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    try:
+        return prepare_chat(state.model, state.tokenizer, state.template, messages, tools=req.tools,
+                            tool_choice=req.tool_choice or "auto", stop=stop_list(req.stop))
+    except (ConfigError, TokenizerError) as exc:
+        raise APIError(400, str(exc), param="messages") from None
+
+
+def reply_message(prep: PreparedChat, text: str, finish_reason: str) -> tuple[dict, str]:
+    """(assistant message, finish_reason) of a finished choice: content, or tool calls."""
+    content, calls, finish = finish_chat(prep, text, finish_reason)
+    message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message, finish
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
+                           state: ServerState = Depends(server_state)):
+    check_model(req.model, state.model_name)
+    prep = prepare(req, state)
+    n_prompt = len(prep.prompt_ids)
+    max_tokens = token_budget(n_prompt, chat_max_tokens(req), state.default_max_tokens, state.context, "messages")
+    want_lp = bool(req.logprobs)
+    top = int(req.top_logprobs or 0)
+    if top and not want_lp:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    jobs = [(prep.prompt_ids, generation_config(req, max_tokens, choice_seed(req.seed, i), want_lp, top, prep.stop,
+                                                prep.eos_ids)) for i in range(req.n)]
+    base = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": state.model_name,
+            "system_fingerprint": None}
+
+    if not req.stream:
+        results = await collect_choices(state.engine, jobs)
+        choices, used = [], 0
+        for idx, r in enumerate(results):
+            used += len(r["tokens"])
+            message, finish = reply_message(prep, r["text"], r["finish_reason"])
+            lp = chat_logprobs(state.tokenizer, r["tokens"], r["logprobs"], r["top"]) if want_lp else None
+            choices.append({"index": idx, "message": message, "finish_reason": finish, "logprobs": lp})
+        state.metrics.add_tokens(n_prompt, used)
+        return {**base, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, used)}
+
+    queue, handles = start_choices(state.engine, jobs)
+    stream = ChatStream(prep, len(jobs), base, state.tokenizer, logprobs=want_lp)
+
+    async def events():
+        try:
+            for c in stream.opening():
+                yield sse(c)
+            while not stream.done:
+                idx, (ev,) = await queue.get()
+                if ev.error:
+                    yield failure_event(request, ev.error)
+                    break
+                for c in stream.feed(idx, ev):
+                    yield sse(c)
+            if wants_usage(req):
+                yield sse(stream.usage_chunk(n_prompt))
+            yield SSE_DONE
+            state.metrics.add_tokens(n_prompt, stream.completion_tokens)
+        finally:
+            cancel_all(handles)
+
+    return event_stream_response(events())

@@ -1,0 +1,44 @@
+"""What every route needs to know about the served model, kept on `app.state.server`."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from lmkit.serve.metrics import Metrics
+
+
+@dataclass
+class ServerState:
+    """The engine, the public model name and the request limits, shared by the routes.
+
+    embedder: the `ModelEmbedder` behind /v1/embeddings (made from the engine's model on
+    first use when None).
+    """
+
+    engine: Any
+    model_name: str
+    template: Any  # a resolved ChatTemplate
+    default_max_tokens: int = 256
+    max_n: int = 16
+    embedder: Any = None
+    metrics: Metrics = field(default_factory=Metrics)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def context(self) -> int:
+        return self.model.config.max_seq_len
+
+
+def server_state(request: Request) -> ServerState:
+    """FastAPI dependency: the `ServerState` of the app serving `request`."""
+    return request.app.state.server
