@@ -69,7 +69,7 @@ def step_breakdown(model, batch: int, prompt_len: int, steps: int = 64, compile:
     """ms per decode step: weight GEMMs alone, lmkit's (compiled and) fused step, lmkit's module forward."""
     import torch.nn.functional as F
 
-    from lmkit.infer.fused_step import ModelRunner
+    from lmkit.infer.runner import ModelRunner
 
     lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     xs = [torch.randn(batch, 1, m.in_features) for m in lins]

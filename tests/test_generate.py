@@ -326,7 +326,8 @@ def _lmkit_model(kind: str):
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "mqa-rope-linear", "qwen2", "gpt2", "mistral-wide-window"])
 def test_fused_step_equals_model_forward(kind):
-    from lmkit.infer.fused_step import FusedDecoder, ModelRunner
+    from lmkit.infer.fused_step import FusedDecoder
+    from lmkit.infer.runner import ModelRunner
 
     model = _lmkit_model(kind)
     assert FusedDecoder.unsupported(model, 40) is None

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 import lmkit.infer.compiled_step as cs
 from lmkit.hub import load_pretrained
 from lmkit.infer import generate
-from lmkit.infer.fused_step import FusedDecoder, ModelRunner
+from lmkit.infer.fused_step import FusedDecoder
+from lmkit.infer.runner import ModelRunner
 
-gen_mod = importlib.import_module("lmkit.infer.generate")  # the module; lmkit.infer.generate is also the function
+decode_mod = importlib.import_module("lmkit.infer.decode")  # the greedy/sampling loop behind generate
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,7 +56,7 @@ def use_static(monkeypatch):
                 assert cs.use_compiled(self, model, total, **options)
                 used.append(self.fused)
 
-        monkeypatch.setattr(gen_mod, "ModelRunner", Runner)
+        monkeypatch.setattr(decode_mod, "ModelRunner", Runner)
         monkeypatch.setattr(importlib.import_module("lmkit.infer.beam_search"), "ModelRunner", Runner)
         return used
 
@@ -212,7 +213,7 @@ def test_generate_compile_flag_reaches_the_runner(monkeypatch):
     from lmkit.models.config import ModelConfig
     from lmkit.models.decoder import DecoderLM
 
-    fused_step = importlib.import_module("lmkit.infer.fused_step")
+    runner_mod = importlib.import_module("lmkit.infer.runner")
     seen = []
     monkeypatch.setattr("lmkit.infer.compiled_step.use_compiled",
                         lambda runner, model, total, **kw: seen.append(total) or False)
@@ -226,4 +227,4 @@ def test_generate_compile_flag_reaches_the_runner(monkeypatch):
     assert seen == [7] and a.sequences == b.sequences
     with pytest.raises(Exception, match="compile"):
         GenerationConfig(compile="yes")
-    assert fused_step.ModelRunner is not None
+    assert runner_mod.ModelRunner is not None

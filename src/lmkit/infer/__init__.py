@@ -2,6 +2,10 @@
 (repetition, presence, frequency, no-repeat n-gram, bad words), beam search, stop strings,
 streaming, batching with left padding, logprobs, and speculative decoding.
 
+Every strategy drives one decode core: `runner.py` (the model step: eager, fused or
+compiled), `select.py` (processors, then the chosen tokens and their logprobs), `stop.py`
+(`StopTracker`: EOS ids, stop strings, the token budget) and `output.py` (the result types).
+
     from lmkit.infer import generate, generate_text, stream_text
     out = generate(model, [[1, 5, 7], [1, 9]], max_new_tokens=20)          # token ids in and out
     text = generate_text(model, tok, "Once upon a time", do_sample=True, top_p=0.9, seed=0)
@@ -11,19 +15,14 @@ streaming, batching with left padding, logprobs, and speculative decoding.
 
 from lmkit.infer.beam_search import beam_search
 from lmkit.infer.config import GenerationConfig
-from lmkit.infer.generate import (
-    GenerationOutput,
-    Step,
-    generate,
-    generate_text,
-    iter_steps,
-    prepare_prompts,
-    resolve_config,
-    stream_text,
-)
+from lmkit.infer.generate import generate, generate_text, iter_steps, stream_text
+from lmkit.infer.inputs import prepare_prompts, resolve_config
+from lmkit.infer.output import GenerationOutput, Step
+from lmkit.infer.runner import ModelRunner
 from lmkit.infer.sampling import LogitsProcessor, LogitsProcessorList, build_logits_processors
+from lmkit.infer.select import Selection, select_tokens
 from lmkit.infer.speculative import SpeculativeOutput, speculative_generate
-from lmkit.infer.stop import StopStringMatcher
+from lmkit.infer.stop import StopStringMatcher, StopTracker
 from lmkit.infer.streaming import IncrementalDetokenizer, TextStream
 
 __all__ = [
@@ -43,6 +42,10 @@ __all__ = [
     "LogitsProcessorList",
     "build_logits_processors",
     "StopStringMatcher",
+    "StopTracker",
+    "select_tokens",
+    "Selection",
+    "ModelRunner",
     "IncrementalDetokenizer",
     "TextStream",
 ]

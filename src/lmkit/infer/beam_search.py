@@ -28,9 +28,11 @@ from __future__ import annotations
 import torch
 
 from lmkit.infer.config import GenerationConfig
-from lmkit.infer.fused_step import ModelRunner
-from lmkit.infer.generate import GenerationOutput, make_generator
+from lmkit.infer.inputs import left_pad
+from lmkit.infer.output import GenerationOutput
+from lmkit.infer.runner import ModelRunner
 from lmkit.infer.sampling import NO_TOKEN, build_logits_processors
+from lmkit.infer.select import make_generator
 
 
 def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -58,10 +60,8 @@ def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig) -> Gener
     eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
     length_penalty, early = cfg.length_penalty, cfg.early_stopping
 
-    prompt = torch.full((b, t), NO_TOKEN, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        prompt[i, t - len(p) :] = torch.tensor(p, dtype=torch.long)
-    prompt = prompt.to(device)
+    # prefill once per prompt, then copy the cache rows (and mask, positions) to every beam
+    prompt, mask = left_pad(prompts, max_length, NO_TOKEN, device)
     running = torch.full((b, nb, max_length), NO_TOKEN, dtype=torch.long, device=device)
     running[:, :, :t] = prompt[:, None]
     finished_seqs = running.clone()
@@ -71,13 +71,6 @@ def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig) -> Gener
     is_finished = torch.zeros(b, nb, dtype=torch.bool, device=device)
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
 
-    # prefill once per prompt, then copy the cache rows (and mask, positions) to every beam
-    mask = None
-    if any(n != t for n in lens):
-        mask = torch.zeros(b, max_length, dtype=torch.long)
-        for i, n in enumerate(lens):
-            mask[i, t - n :] = 1
-        mask = mask.to(device)
     cache = model.make_cache(b, max_length)
     runner = ModelRunner(model, b, max_length, mask, cfg.fused)
     logits = runner.prefill(prompt.clamp(min=0), cache)

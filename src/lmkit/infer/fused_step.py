@@ -25,7 +25,8 @@ step is bandwidth-bound and the saved overhead matters little). It writes the mo
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
 Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK, an active
 sliding window, training mode, adapted or quantized layers, forward hooks) are reported by
-`FusedDecoder.unsupported(model)` and run through `model.forward` instead.
+`FusedDecoder.unsupported(model)` and run through `model.forward` instead. `ModelRunner`
+(runner.py) picks the step.
 """
 
 from __future__ import annotations
@@ -225,60 +226,3 @@ def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """1/0 mask [B, S] -> additive bias [B, 1, 1, S] (0 where visible, the dtype's minimum where not)."""
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     return torch.where(mask.bool(), zero, torch.finfo(dtype).min)[:, None, None, :]
-
-
-class ModelRunner:
-    """Feeds tokens to a model for one generation: prefill through `model.forward`, later steps
-    through `FusedDecoder` when the architecture allows (through the compiled `CompiledDecoder`
-    when compiled=True and it allows), else `model.forward`.
-
-    mask [B, total] (1 real / 0 left padding, None when no row is padded) covers the prompt and
-    every position still to be generated; positions are derived from it once.
-    """
-
-    def __init__(self, model, batch_size: int, total: int, mask: torch.Tensor | None, fused: bool = True,
-                 compiled: bool = False) -> None:
-        self.model = model
-        device = next(model.parameters()).device
-        self.mask = mask
-        if mask is not None:
-            self.positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        else:
-            self.positions = torch.arange(total, device=device)[None].expand(batch_size, total)
-        self.fused = None
-        if fused and FusedDecoder.unsupported(model, total) is None:
-            self.fused = FusedDecoder.for_model(model)
-            self.fused.reserve(total)
-            if compiled:  # torch.compile'd static-cache step (infer/compiled_step.py); compiles once per shape
-                from lmkit.infer.compiled_step import use_compiled
-
-                use_compiled(self, model, total)
-        dtype = next(model.parameters()).dtype
-        self.pad_bias = padding_bias(mask, dtype if dtype.is_floating_point else torch.float32) \
-            if mask is not None and self.fused is not None else None
-
-    def prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        """Prompt [B, T] (padding slots may hold any valid id) -> logits of the last position [B, 1, V]."""
-        t = ids.shape[1]
-        mask = self.mask[:, :t] if self.mask is not None else None
-        pos = self.positions[:, :t] if self.mask is not None else None
-        return self.model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache, num_logits_to_keep=1).logits
-
-    def step(self, ids: torch.Tensor, cache, last_only: bool = True) -> torch.Tensor:
-        """New tokens [B, T] continuing `cache` -> logits [B, 1, V] (or [B, T, V])."""
-        past = cache.seq_len
-        s = past + ids.shape[1]
-        pos = self.positions[:, past:s]
-        if self.fused is not None:
-            return self.fused(ids, pos, cache, self.pad_bias, last_only)
-        mask = self.mask[:, :s] if self.mask is not None else None
-        return self.model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache,
-                          num_logits_to_keep=1 if last_only else 0).logits
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Follow a reordering / repetition of the batch rows (beam search)."""
-        self.positions = self.positions[rows]
-        if self.mask is not None:
-            self.mask = self.mask[rows]
-        if self.pad_bias is not None:
-            self.pad_bias = self.pad_bias[rows]

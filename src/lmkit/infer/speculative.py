@@ -33,18 +33,13 @@ import torch
 
 from lmkit.errors import ConfigError
 from lmkit.infer.config import GenerationConfig
-from lmkit.infer.fused_step import ModelRunner
-from lmkit.infer.generate import (
-    GenerationOutput,
-    check_fits,
-    decode_output,
-    make_generator,
-    prepare_prompts,
-    resolve_config,
-    token_bytes_fn,
-)
+from lmkit.infer.inputs import check_fits, prepare_prompts, resolve_config
+from lmkit.infer.output import GenerationOutput
+from lmkit.infer.runner import ModelRunner
 from lmkit.infer.sampling import build_logits_processors
-from lmkit.infer.stop import StopStringMatcher
+from lmkit.infer.select import make_generator, select_tokens, token_logprobs
+from lmkit.infer.stop import StopTracker
+from lmkit.infer.streaming import decode_output
 
 
 @dataclass
@@ -132,7 +127,6 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
     d_device = next(draft.parameters()).device
     n0, max_new = len(prompt), cfg.max_new_tokens
     total = n0 + max_new
-    eos = set(cfg.eos_token_ids)
     procs = build_logits_processors(cfg, n0, cfg.eos_token_ids)
     sample = cfg.do_sample
     buf = torch.zeros(1, total, dtype=torch.long, device=device)  # committed tokens, then drafts
@@ -144,18 +138,16 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
     d_run = ModelRunner(draft, 1, total, None, cfg.fused)
     if n0 > 1:
         t_run.prefill(buf[:, : n0 - 1], t_cache)
-    matcher = StopStringMatcher(cfg.stop) if cfg.stop else None
-    tbytes = token_bytes_fn(tokenizer, cfg.eos_token_ids) if cfg.stop else None
+    stop = StopTracker.for_config(cfg, tokenizer)
     new: list[int] = []
     lps: list[float] = []
     tops: list[dict[int, float]] = []
-    reason: int | str | None = None
 
     def dist(scores: torch.Tensor, upto: int) -> torch.Tensor:
         """Processed scores of one position given the tokens buf[:, :upto]."""
         return procs(buf[:, :upto], scores.float()) if procs else scores.float()
 
-    while committed - n0 < max_new and reason is None:
+    while not stop.done:
         g = min(gamma, max_new - (committed - n0) - 1)
         drafts: list[int] = []
         q_rows = []
@@ -164,14 +156,10 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
             run = d_run.step if d_cache.seq_len else d_run.prefill
             logits = run(feed, d_cache)[:, -1].to(device)
             for j in range(g):
-                s = dist(logits, committed + j)
-                if sample:
-                    qj = torch.softmax(s, dim=-1)
-                    x = int(torch.multinomial(qj, 1, generator=gen))
-                    q_rows.append(qj[0])
-                else:
-                    x = int(s.argmax(-1))
-                    q_rows.append(torch.zeros(0))
+                sel = select_tokens(logits, history=buf[:, : committed + j], processors=procs,
+                                    do_sample=sample, generator=gen)
+                x = int(sel.tokens)
+                q_rows.append(sel.probs[0] if sample else torch.zeros(0))
                 buf[0, committed + j] = x
                 drafts.append(x)
                 if j < g - 1:
@@ -200,24 +188,19 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
             new.append(x)
             kept += 1
             if cfg.logprobs:
-                lsm = torch.log_softmax(scores[j], dim=-1)[0]
-                lps.append(float(lsm[x]))
-                if cfg.top_logprobs:
-                    v, i = torch.topk(lsm, min(cfg.top_logprobs, lsm.shape[-1]))
-                    tops.append(dict(zip(i.tolist(), v.tolist())))
-            if x in eos:
-                reason = x
-            elif matcher is not None and matcher.push(tbytes(x)) is not None:
-                reason = matcher.matched
-            if reason is not None:
+                lp, top = token_logprobs(scores[j], torch.tensor([x], device=device), cfg.top_logprobs)
+                lps.append(float(lp[0]))
+                if top is not None:
+                    tops.append(dict(zip(top[1][0].tolist(), top[0][0].tolist())))
+            if stop.push(x):
                 break
         # the target cache holds everything but the newest token; the draft keeps what is still valid
         t_cache.truncate(committed + kept - 1)
         d_cache.truncate(min(d_cache.seq_len, committed + n_acc))
         committed += kept
     out.sequences.append(new)
-    out.finish_reasons.append("stop" if reason is not None else "length")
-    out.stop_reasons.append(reason)
+    out.finish_reasons.append(stop.finish_reason)
+    out.stop_reasons.append(stop.stop_reason)
     if cfg.logprobs:
         out.logprobs.append(lps)
         if cfg.top_logprobs:

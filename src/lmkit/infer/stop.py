@@ -10,11 +10,17 @@ Working on UTF-8 bytes is exact: UTF-8 is self-synchronising, so the bytes of a 
 can only match at character boundaries of valid text. The result is the byte offset where
 the first stop string starts; the text before it is the output (OpenAI semantics: the stop
 string itself is not returned).
+
+`StopTracker` is the one place that decides when a sequence is finished: an EOS id, a stop
+string (through `StopStringMatcher`) or the token budget. `generate`, speculative decoding,
+the serving engine and `TextStream` all use it. `model_eos_ids` reads a model's EOS ids.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
+
+from lmkit.errors import ConfigError
 
 
 class StopStringMatcher:
@@ -76,3 +82,78 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
         if i >= 0 and (best is None or i < best[0]):
             best = (i, s)
     return (text, None) if best is None else (text[: best[0]], best[1])
+
+
+def token_bytes_fn(tokenizer, skip_ids: Iterable[int] = ()) -> Callable[[int], bytes]:
+    """token id -> the bytes it adds to the text (b"" for EOS and other skipped ids)."""
+    skip = frozenset(int(i) for i in skip_ids)
+    if callable(getattr(tokenizer, "token_bytes", None)):
+        tb = tokenizer.token_bytes
+        return lambda i: b"" if i in skip else tb(int(i))
+    return lambda i: b"" if i in skip else tokenizer.decode([int(i)]).encode("utf-8")
+
+
+def model_eos_ids(model) -> list[int]:
+    """The EOS ids a model's config names (a list in `extra` wins, as HF's generation config)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return []
+    extra = getattr(cfg, "extra", None) or {}
+    eos = extra.get("eos_token_id") if isinstance(extra.get("eos_token_id"), list) else None
+    eos = eos if eos is not None else getattr(cfg, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+class StopTracker:
+    """Whether one generated sequence is finished, fed one token at a time.
+
+    push(token) -> True once the sequence is done. It ends at an EOS id ("stop", stop_reason
+    the id), at a completed stop string ("stop", stop_reason the string; matched on the
+    sequence's bytes, so `token_bytes` is needed) or after `max_tokens` tokens ("length").
+    Checked in that order; tokens pushed after the end are ignored. `count` is the number of
+    tokens of the sequence (the ending one included).
+    """
+
+    def __init__(self, eos_ids: Iterable[int] = (), stop: Sequence[str] | None = None,
+                 max_tokens: int | None = None, token_bytes: Callable[[int], bytes] | None = None) -> None:
+        if stop and token_bytes is None:
+            raise ConfigError("stop strings need the tokenizer (to see the bytes of each token)")
+        self.eos = frozenset(int(i) for i in eos_ids)
+        self.matcher = StopStringMatcher(stop) if stop else None
+        self.token_bytes = token_bytes
+        self.max_tokens = max_tokens
+        self.count = 0
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+
+    @classmethod
+    def for_config(cls, config, tokenizer=None) -> "StopTracker":
+        """The tracker a `GenerationConfig` asks for (EOS ids, stop strings, max_new_tokens)."""
+        eos = config.eos_token_ids
+        tb = token_bytes_fn(tokenizer, eos) if config.stop and tokenizer is not None else None
+        return cls(eos, config.stop, config.max_new_tokens, tb)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int) -> bool:
+        """Add the sequence's next token; returns whether the sequence is now finished."""
+        if self.finish_reason is not None:
+            return True
+        self.count += 1
+        if token in self.eos:
+            self.finish_reason, self.stop_reason = "stop", int(token)
+        elif self.matcher is not None and self.matcher.push(self.token_bytes(token)) is not None:
+            self.finish_reason, self.stop_reason = "stop", self.matcher.matched
+        elif self.max_tokens is not None and self.count >= self.max_tokens:
+            self.finish_reason = "length"
+        return self.finish_reason is not None
+
+    def shown_bytes(self) -> int:
+        """Bytes of the stop matcher's buffer that are output for sure: all before a match, else
+        all but a possible start of a stop string (needs stop strings)."""
+        m = self.matcher
+        return m.match if m.match is not None else len(m.buffer) - m.holdback()

@@ -11,9 +11,11 @@ concatenated deltas are exactly the non-streamed text.
 Tokenizers without byte tokens (anything lacking `token_bytes`) fall back to decoding the
 whole output and emitting the new suffix, holding back a trailing U+FFFD.
 
-`TextStream` adds stop strings: text that might be the start of a stop string is held back
-until the next token shows whether it is; when a stop string completes the stream ends
-with the text before it.
+`TextStream` adds stop strings through a `StopTracker` (stop.py): text that might be the
+start of a stop string is held back until the next token shows whether it is; when a stop
+string completes the stream ends with the text before it. Given a tracker that also knows
+the EOS ids and the token budget (as the serving engine does), the stream is the one place
+that says both what text a row has produced and whether it is finished.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import codecs
 from typing import Iterable, Iterator, Sequence
 
-from lmkit.infer.stop import StopStringMatcher
+from lmkit.infer.stop import StopTracker, token_bytes_fn
 
 
 class IncrementalDetokenizer:
@@ -31,16 +33,10 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.skip_ids = frozenset(int(i) for i in skip_ids)
         self.byte_level = callable(getattr(tokenizer, "token_bytes", None))
+        self.token_bytes = token_bytes_fn(tokenizer, self.skip_ids)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._ids: list[int] = []
         self._emitted = 0  # characters already returned (text fallback)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        if token_id in self.skip_ids:
-            return b""
-        if self.byte_level:
-            return self.tokenizer.token_bytes(int(token_id))
-        return self.tokenizer.decode([int(token_id)]).encode("utf-8")
 
     def push(self, token_id: int) -> str:
         token_id = int(token_id)
@@ -70,31 +66,36 @@ class IncrementalDetokenizer:
 class TextStream:
     """Text deltas for one generated sequence, with stop strings held back and cut.
 
-    push(token_id) -> delta; `stopped` turns True once a stop string completed (the caller
-    should stop generating); finish() -> the last delta.
+    push(token_id) -> delta; `stopped` turns True once the sequence is finished (a stop string
+    completed, or, with a `tracker` that knows them, an EOS id or the token budget): the
+    caller should stop generating; finish() -> the last delta. tracker: a `StopTracker`
+    built with this tokenizer's token bytes; by default one that knows only `stop`.
     """
 
-    def __init__(self, tokenizer, stop: Sequence[str] | None = None, skip_ids: Iterable[int] = ()) -> None:
+    def __init__(self, tokenizer, stop: Sequence[str] | None = None, skip_ids: Iterable[int] = (), *,
+                 tracker: StopTracker | None = None) -> None:
         self.detok = IncrementalDetokenizer(tokenizer, skip_ids)
-        self.matcher = StopStringMatcher(stop) if stop else None
+        self.tracker = tracker if tracker is not None else StopTracker(stop=stop, token_bytes=self.detok.token_bytes)
+        self.matcher = self.tracker.matcher
         self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._sent = 0  # bytes of the matcher buffer already decoded and returned
-        self.stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        return self.tracker.done
 
     @property
     def matched(self) -> str | None:
-        return self.matcher.matched if self.matcher else None
+        reason = self.tracker.stop_reason
+        return reason if isinstance(reason, str) else None
 
     def push(self, token_id: int) -> str:
-        if self.stopped:
+        if self.tracker.done:
             return ""
+        self.tracker.push(token_id)
         if self.matcher is None:
             return self.detok.push(token_id)
-        match = self.matcher.push(self.detok.token_bytes(token_id))
-        if match is not None:
-            self.stopped = True
-            return self._release(match, final=True)
-        return self._release(len(self.matcher.buffer) - self.matcher.holdback(), final=False)
+        return self._release(self.tracker.shown_bytes(), final=self.matcher.match is not None)
 
     def finish(self) -> str:
         if self.matcher is None:
@@ -125,5 +126,6 @@ def stream_tokens_to_text(tokenizer, ids: Iterable[int], stop: Sequence[str] | N
 
 
 
-
-from lmkit.infer.generate import stream_text  # noqa: E402,F401  (the model-level streaming entry point)
+def decode_output(tokenizer, ids: Sequence[int], stop: Sequence[str] | None, eos: Sequence[int]) -> str:
+    """Text of generated ids: EOS dropped, characters never split, cut before a stop string."""
+    return "".join(stream_tokens_to_text(tokenizer, ids, stop, skip_ids=eos))

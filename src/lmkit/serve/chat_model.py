@@ -61,18 +61,6 @@ def resolve_template(template):
     return template if isinstance(template, ChatTemplate) else get_template(template)
 
 
-def model_eos_ids(model) -> list[int]:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return []
-    extra = getattr(cfg, "extra", None) or {}
-    eos = extra.get("eos_token_id") if isinstance(extra.get("eos_token_id"), list) else None
-    eos = eos if eos is not None else getattr(cfg, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
-
-
 def encode_chat(tokenizer, template, messages: Sequence[dict]) -> list[int]:
     """Prompt ids of plain messages plus the generation prompt.
 
@@ -85,7 +73,7 @@ def encode_chat(tokenizer, template, messages: Sequence[dict]) -> list[int]:
     except TokenizerError as exc:
         if "no single token" not in str(exc):
             raise
-    from lmkit.infer.generate import encode_prompt
+    from lmkit.infer.inputs import encode_prompt  # lmkit.infer (torch) only for local models
 
     return encode_prompt(tokenizer, template.render(messages, add_generation_prompt=True))
 
@@ -105,6 +93,8 @@ def prepare_chat(model, tokenizer, template, messages: Sequence[dict], *, tools:
     prefix = tool_choice_prefix(tool_choice, shown)
     if prefix:
         ids = ids + list(tokenizer.encode(prefix))  # plain text: no special tokens
+    from lmkit.infer.stop import model_eos_ids
+
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     eot = tokenizer.token_to_id(tpl.end_of_turn) if hasattr(tokenizer, "token_to_id") else None
     eos = ([eot] if eot is not None else []) + [e for e in model_eos_ids(model) if e != eot]

@@ -10,8 +10,9 @@ does **continuous batching** (iteration-level scheduling, as in Orca and vLLM):
                 prompts are prefilled together (one forward, left-padded) and each gets its
                 first token from the prefill logits
         decode  one step for every running row: feed each row's newest token, get logits
-        choose  per row: its own logits processors, greedy or seeded sampling, logprobs,
-                EOS / stop strings / max_tokens (lmkit.infer: processors, TextStream)
+        choose  per row: its own logits processors, greedy or seeded sampling, logprobs
+                (lmkit.infer.select_tokens), then EOS / stop strings / max_tokens
+                (lmkit.infer's StopTracker, read as text through TextStream)
         retire  finished rows leave the batch at once; their slots go to waiting requests
 
 A new request therefore never waits for the whole batch to finish, only for the current step.
@@ -24,9 +25,10 @@ and positions count real tokens only, so every row computes exactly what it woul
 cache is re-laid out compactly (cur = max n_i, capacity = cur + the most tokens any row
 may still add), a copy proportional to the cache, not to the model.
 
-Decode steps use lmkit.infer's `FusedDecoder` (merged projections) when the architecture
-allows it, else `model.forward` with the mask and positions; prefill uses `ModelRunner`.
-Text comes from `TextStream` (never splits a character, holds back possible stop strings).
+Decode steps go through lmkit.infer's runner (`forward_step`: the fused step when the
+architecture allows it, else `model.forward` with the mask and positions); prefill uses
+`ModelRunner`. Text comes from `TextStream` (never splits a character, holds back possible
+stop strings).
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ import torch
 
 from lmkit.errors import ConfigError, LmkitError
 from lmkit.infer.config import GenerationConfig
-from lmkit.infer.fused_step import FusedDecoder, ModelRunner, padding_bias
-from lmkit.infer.generate import check_fits, make_generator, resolve_config
+from lmkit.infer.fused_step import padding_bias
+from lmkit.infer.inputs import check_fits, left_pad, resolve_config
+from lmkit.infer.runner import ModelRunner, fast_decoder, forward_step
 from lmkit.infer.sampling import build_logits_processors
+from lmkit.infer.select import make_generator, select_tokens
+from lmkit.infer.stop import StopTracker
 from lmkit.infer.streaming import TextStream
 from lmkit.models.kv_cache import KVCache
 
@@ -110,8 +115,8 @@ class _Row:
     procs: object = None
     gen: torch.Generator | None = None
     history: torch.Tensor | None = None  # [1, prompt + max_new] for the processors
-    stream: TextStream | None = None
-    eos: frozenset = frozenset()
+    stop: StopTracker | None = None  # EOS ids, stop strings, max_new_tokens
+    stream: TextStream | None = None  # the text of `stop`'s tokens (with a tokenizer)
     generated: int = 0
     cached: int = 0  # tokens of this row in the KV cache
     pending: int | None = None  # newest token, not yet fed to the model
@@ -154,10 +159,7 @@ class Engine:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         cfg = model.config
-        self.fused = None
-        if fused and FusedDecoder.unsupported(model, cfg.max_seq_len) is None:
-            self.fused = FusedDecoder.for_model(model)
-            self.fused.reserve(cfg.max_seq_len)
+        self.fused = fast_decoder(model, cfg.max_seq_len) if fused else None
         self._waiting: collections.deque[_Row] = collections.deque()
         self._rows: list[_Row] = []
         self._cache: KVCache | None = None
@@ -284,35 +286,25 @@ class Engine:
     def _init_row(self, row: _Row) -> None:
         cfg = row.cfg
         n = len(row.prompt)
-        row.eos = frozenset(cfg.eos_token_ids)
+        row.stop = StopTracker.for_config(cfg, self.tokenizer)
         row.procs = build_logits_processors(cfg, n, cfg.eos_token_ids)
         row.gen = make_generator(cfg, self.device)
         if row.procs:
             row.history = torch.empty(1, n + cfg.max_new_tokens, dtype=torch.long, device=self.device)
             row.history[0, :n] = torch.tensor(row.prompt, dtype=torch.long)
         if self.tokenizer is not None:
-            row.stream = TextStream(self.tokenizer, cfg.stop, skip_ids=cfg.eos_token_ids)
+            row.stream = TextStream(self.tokenizer, skip_ids=cfg.eos_token_ids, tracker=row.stop)
         self.stats.queue_wait_s += time.perf_counter() - row.handle.submitted
 
     def _admit(self, joining: list[_Row]) -> None:
         """Prefill the newcomers together, choose their first tokens, merge them into the batch."""
         for row in joining:
             self._init_row(row)
-        lens = [len(r.prompt) for r in joining]
-        t = max(lens)
-        k = len(joining)
-        ids = torch.zeros(k, t, dtype=torch.long)
-        mask = None
-        if any(n != t for n in lens):
-            mask = torch.zeros(k, t, dtype=torch.long)
+        ids, mask = left_pad([r.prompt for r in joining], fill=0, device=self.device)
+        k, t = ids.shape
         for j, r in enumerate(joining):
-            ids[j, t - lens[j]:] = torch.tensor(r.prompt, dtype=torch.long)
-            if mask is not None:
-                mask[j, t - lens[j]:] = 1
             r.slot = j
-            r.cached = lens[j]
-        ids = ids.to(self.device)
-        mask = mask.to(self.device) if mask is not None else None
+            r.cached = len(r.prompt)
         cache = self.model.make_cache(k, t)
         logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
         self.stats.prefills += 1
@@ -326,14 +318,9 @@ class Engine:
         rows = self._rows
         b = len(rows)
         cache = self._cache
-        past = cache.seq_len
         ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
         pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
-        if self.fused is not None:
-            logits = self.fused(ids, pos, cache, self._bias)
-        else:
-            mask = self._mask[:, : past + 1] if self._mask is not None else None
-            logits = self.model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache, num_logits_to_keep=1).logits
+        logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
         for r in rows:
             r.cached += 1
         self.stats.decode_steps += 1
@@ -350,30 +337,25 @@ class Engine:
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """logits [len(rows), V] -> one token per row, through each row's own processors."""
         scores = logits.float()
-        plain = [j for j, r in enumerate(rows) if not r.procs and not r.cfg.do_sample]
-        greedy_all = scores.argmax(dim=-1).tolist() if plain else None
+        plain = [not r.procs and not r.cfg.do_sample and not r.cfg.logprobs for r in rows]
+        greedy_all = select_tokens(scores).tokens.tolist() if any(plain) else None  # one batched argmax
         for j, r in enumerate(rows):
             if r.handle.cancelled:
                 r.done = True
                 continue
-            s = scores[j : j + 1]
-            if r.procs:
-                n = len(r.prompt) + r.generated
-                s = r.procs(r.history[:, :n], s)
-            if r.cfg.do_sample:
-                tok = int(torch.multinomial(torch.softmax(s, dim=-1), 1, generator=r.gen).item())
-            elif greedy_all is not None and not r.procs:
-                tok = greedy_all[j]
-            else:
-                tok = int(s.argmax(dim=-1).item())
+            if plain[j]:
+                self._advance(r, greedy_all[j], None, None)
+                continue
+            cfg = r.cfg
+            history = r.history[:, : len(r.prompt) + r.generated] if r.procs else None
+            sel = select_tokens(scores[j : j + 1], history=history, processors=r.procs, do_sample=cfg.do_sample,
+                                generator=r.gen, logprobs=cfg.logprobs, top_logprobs=cfg.top_logprobs)
             lp = top = None
-            if r.cfg.logprobs:
-                lsm = torch.log_softmax(s, dim=-1)[0]
-                lp = float(lsm[tok])
-                if r.cfg.top_logprobs:
-                    v, i = torch.topk(lsm, min(r.cfg.top_logprobs, lsm.shape[-1]))
-                    top = dict(zip(i.tolist(), v.tolist()))
-            self._advance(r, tok, lp, top)
+            if sel.logprobs is not None:
+                lp = float(sel.logprobs[0])
+                if sel.top_logprobs is not None:
+                    top = dict(zip(sel.top_logprobs[1][0].tolist(), sel.top_logprobs[0][0].tolist()))
+            self._advance(r, int(sel.tokens[0]), lp, top)
 
     def _advance(self, r: _Row, tok: int, lp: float | None, top: dict | None) -> None:
         if r.history is not None:
@@ -381,19 +363,16 @@ class Engine:
         r.generated += 1
         r.pending = tok
         self.stats.generated_tokens += 1
-        text = r.stream.push(tok) if r.stream is not None else ""
-        finish = reason = None
-        if r.stream is not None and r.stream.stopped:
-            finish, reason = "stop", r.stream.matched
-        elif tok in r.eos:
-            finish, reason = "stop", tok
-        elif r.generated >= r.cfg.max_new_tokens:
-            finish = "length"
-        if finish is not None:
+        if r.stream is not None:
+            text = r.stream.push(tok)  # pushes r.stop too
+        else:
+            r.stop.push(tok)
+            text = ""
+        if r.stop.done:
             r.done = True
             if r.stream is not None:
                 text += r.stream.finish()
-        _safe_call(r.callback, TokenEvent(text, tok, lp, top, finish, reason))
+        _safe_call(r.callback, TokenEvent(text, tok, lp, top, r.stop.finish_reason, r.stop.stop_reason))
 
     # ---- cache layout -------------------------------------------------------------------
     def _relayout(self, old: list[_Row], new: list[_Row], new_cache: KVCache | None, new_cur: int) -> None:
