@@ -18,7 +18,7 @@ from lmkit.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd", "momentum")
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 LOSS_WEIGHTINGS = ("token", "mean")
 
@@ -44,7 +44,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still reported)
     loss_weighting: str = "token"  # "token": every target token weighs the same; "mean": mean of micro-batch means
     shift_labels: bool = True  # labels are shifted inside the model (causal LM); used to count targets
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has bf16 units, else fp32 (train/precision.py)
     label_smoothing: float = 0.0
     gradient_checkpointing: bool = False
     compile: bool = False

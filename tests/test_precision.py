@@ -1,0 +1,128 @@
+"""precision="auto" follows the hardware; bf16 autocast trains like fp32 with fp32 master
+weights; the Trainer's fused AdamW computes the written-out AdamW's update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmkit.errors import ConfigError
+from lmkit.models.config import ModelConfig
+from lmkit.train import AdamW, TrainConfig, Trainer, build_optimizer, param_groups
+from lmkit.train import precision as P
+
+VOCAB = 32
+CPU = torch.device("cpu")
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    from lmkit.models.decoder import DecoderLM
+
+    torch.manual_seed(seed)
+    return DecoderLM(ModelConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64))
+
+
+def pattern_batches(n: int, batch: int = 8, seq: int = 32, seed: int = 0) -> list[dict]:
+    """Learnable data: each row counts up from a random start (token t+1 = token t + 1 mod V)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        start = torch.randint(0, VOCAB, (batch, 1), generator=g)
+        ids = (start + torch.arange(seq)) % VOCAB
+        out.append({"input_ids": ids, "labels": ids.clone()})
+    return out
+
+
+def cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(max_steps=3, lr=1e-2, out_dir=str(tmp_path / "run"), progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---- detection ------------------------------------------------------------------------------
+def test_auto_is_the_default():
+    assert TrainConfig().precision == "auto"
+
+
+def test_auto_picks_fp32_on_a_cpu_forced_to_have_no_bf16(monkeypatch, tmp_path):
+    monkeypatch.setenv(P.CPU_BF16_ENV, "0")
+    assert P.resolve_precision("auto", CPU)[0] == "fp32"
+    tr = Trainer(tiny_model(), cfg(tmp_path), pattern_batches(2))
+    assert tr.precision == "fp32"
+
+
+def test_auto_follows_the_detected_cpu_features(monkeypatch):
+    monkeypatch.delenv(P.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(P, "cpu_bf16_features", lambda: [])
+    assert P.resolve_precision("auto", CPU) == ("fp32", "CPU has neither AVX512-BF16 nor AMX-BF16")
+    monkeypatch.setattr(P, "cpu_bf16_features", lambda: ["amx_bf16"])
+    assert P.resolve_precision("auto", CPU) == ("bf16", "CPU has AMX-BF16")
+    monkeypatch.setattr(P, "cpu_bf16_features", lambda: ["avx512_bf16"])
+    assert P.resolve_precision("auto", CPU)[0] == "bf16"
+
+
+def test_forcing_bf16_and_explicit_choices(monkeypatch):
+    monkeypatch.setenv(P.CPU_BF16_ENV, "1")
+    assert P.resolve_precision("auto", CPU)[0] == "bf16"
+    assert P.resolve_precision("fp32", CPU) == ("fp32", "set in the config")  # an explicit choice wins
+    monkeypatch.setenv(P.CPU_BF16_ENV, "maybe")
+    with pytest.raises(ConfigError, match=P.CPU_BF16_ENV):
+        P.resolve_precision("auto", CPU)
+
+
+def test_detection_agrees_with_torch():
+    caps = torch.cpu.get_capabilities()
+    want = [f for f in ("avx512_bf16", "amx_bf16") if caps.get(f)]
+    assert P.cpu_bf16_features() == want
+
+
+def test_the_choice_is_printed_once(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(P.CPU_BF16_ENV, "0")
+    monkeypatch.setattr(P, "_announced", set())
+    Trainer(tiny_model(), cfg(tmp_path / "a"), pattern_batches(2))
+    Trainer(tiny_model(), cfg(tmp_path / "b"), pattern_batches(2))
+    err = capsys.readouterr().err
+    assert err.count("precision: auto -> fp32") == 1
+
+
+# ---- bf16 training ----------------------------------------------------------------------------
+def train_and_eval(tmp_path, precision: str, steps: int = 40) -> tuple[float, float, Trainer]:
+    data = pattern_batches(steps)
+    config = cfg(tmp_path / precision, precision=precision, max_steps=steps, schedule="constant", eval_steps=0)
+    torch.manual_seed(0)
+    tr = Trainer(tiny_model(), config, data, pattern_batches(4, seed=1))
+    before = tr.evaluate()["eval_loss"]
+    tr.train()
+    return before, tr.evaluate()["eval_loss"], tr
+
+
+def test_bf16_autocast_learns_like_fp32_with_fp32_master_weights(tmp_path):
+    """The direction check on every run: same seed and data, bf16 autocast and fp32 both
+    learn the pattern, and bf16 ends near fp32."""
+    start32, end32, _ = train_and_eval(tmp_path, "fp32")
+    start16, end16, tr = train_and_eval(tmp_path, "bf16")
+    assert tr.precision == "bf16"
+    assert abs(start16 - start32) / start32 < 0.01  # same initial model, only rounding differs
+    assert end32 < 0.5 * start32 and end16 < 0.5 * start16  # both learn
+    assert abs(end16 - end32) / end32 < 0.10
+    # master weights and the optimizer's moments stay fp32
+    assert all(p.dtype == torch.float32 for p in tr.raw_model.parameters())
+    states = [s for s in tr.optimizer.state.values()]
+    assert states and all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.float32 for s in states)
+
+
+# ---- the hot-path optimizer ----------------------------------------------------------------------
+def test_trainer_adamw_is_fused_and_matches_the_written_out_adamw():
+    config = TrainConfig(lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
+    model_a, model_b = tiny_model(), tiny_model()
+    fast = build_optimizer(model_a, config)
+    assert isinstance(fast, torch.optim.AdamW) and all(g["fused"] for g in fast.param_groups)
+    ref = AdamW(param_groups(model_b, 0.1), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    batch = pattern_batches(1)[0]
+    for _ in range(4):
+        for model, opt in ((model_a, fast), (model_b, ref)):
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
