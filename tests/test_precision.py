@@ -86,7 +86,7 @@ def test_the_choice_is_printed_once(monkeypatch, tmp_path, capsys):
 
 
 # ---- bf16 training ----------------------------------------------------------------------------
-def train_and_eval(tmp_path, precision: str, steps: int = 40) -> tuple[float, float, Trainer]:
+def train_and_eval(tmp_path, precision: str, steps: int = 12) -> tuple[float, float, Trainer]:
     data = pattern_batches(steps)
     config = cfg(tmp_path / precision, precision=precision, max_steps=steps, schedule="constant", eval_steps=0)
     torch.manual_seed(0)
@@ -103,8 +103,8 @@ def test_bf16_autocast_learns_like_fp32_with_fp32_master_weights(tmp_path):
     start16, end16, tr = train_and_eval(tmp_path, "bf16")
     assert tr.precision == "bf16"
     assert abs(start16 - start32) / start32 < 0.01  # same initial model, only rounding differs
-    assert end32 < 0.5 * start32 and end16 < 0.5 * start16  # both learn
-    assert abs(end16 - end32) / end32 < 0.10
+    assert end32 < 0.5 * start32 and end16 < 0.5 * start16  # both learn (3.44 -> 0.53 here)
+    assert abs(end16 - end32) / end32 < 0.02  # the issue's parity bound (0.03 % on AVX512-BF16)
     # master weights and the optimizer's moments stay fp32
     assert all(p.dtype == torch.float32 for p in tr.raw_model.parameters())
     states = [s for s in tr.optimizer.state.values()]
@@ -126,3 +126,28 @@ def test_trainer_adamw_is_fused_and_matches_the_written_out_adamw():
             opt.zero_grad(set_to_none=True)
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ---- loss parity at the quickstart's size (issue 25 acceptance; slow) ------------------------------
+@pytest.mark.slow
+def test_quickstart_bf16_matches_fp32_after_300_steps(tmp_path):
+    """300 steps of `lmkit quickstart` (same seed and data) in fp32 and with bf16 autocast
+    forced: the final validation loss agrees within 2 %. Forcing works on any CPU (one without
+    bf16 units emulates it: slower, same numerics)."""
+    import math
+    import os
+    import re
+    import subprocess
+    import sys
+
+    losses = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, **{P.CPU_BF16_ENV: flag})
+        out = subprocess.run(
+            [sys.executable, "-m", "lmkit", "quickstart", "--out", str(tmp_path / flag), "--steps", "300"],
+            env=env, capture_output=True, text=True, timeout=3600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert ("-> bf16" if flag == "1" else "-> fp32") in out.stderr
+        losses[flag] = math.log(float(re.search(r"validation perplexity ([\d.]+)", out.stdout).group(1)))
+    assert abs(losses["1"] - losses["0"]) / losses["0"] < 0.02, losses
