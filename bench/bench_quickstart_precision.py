@@ -12,6 +12,12 @@ validation loss must be within 2 % of fp32's.
 
     python3 bench/bench_quickstart_precision.py [--steps 1200] [--rounds 1] [--before-src DIR]
 
+--step-time measures only the quickstart model's training step instead (llama-tiny, vocab
+2048, batch 16 x 128, fused AdamW, clipping), fp32 vs bf16 autocast interleaved in one
+process, timed by CPU time on one thread: usable on a machine too busy for end-to-end runs.
+
+    python3 bench/bench_quickstart_precision.py --step-time [--repeats 20]
+
 Last line: `ratio fp32/auto time: X` (higher: auto is faster).
 """
 
@@ -49,12 +55,63 @@ def run_quickstart(steps: int, src: Path, force_fp32: bool, out: Path) -> dict[s
     return {"wall": wall, "ppl": ppl, "loss": math.log(ppl), "precision": chosen.group(0) if chosen else "fp32 (old code)"}
 
 
+def step_time(repeats: int) -> None:
+    """CPU time of one quickstart training step, fp32 vs bf16 autocast, interleaved."""
+    import torch
+
+    sys.path.insert(0, str(SRC))
+    from lmkit.models.config import ModelConfig
+    from lmkit.models.decoder import DecoderLM
+    from lmkit.models.presets import PRESETS
+
+    torch.set_num_threads(1)
+    cfg = ModelConfig.from_dict({**PRESETS["llama-tiny"], "vocab_size": 2048})
+    ids = torch.randint(0, 2048, (16, 128), generator=torch.Generator().manual_seed(0))
+
+    def make(bf16: bool):
+        torch.manual_seed(0)
+        model = DecoderLM(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    steps = {"fp32": make(False), "auto": make(True)}
+    for s in steps.values():
+        s(), s()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(repeats):
+        for name in (("fp32", "auto") if r % 2 == 0 else ("auto", "fp32")):
+            t = time.process_time()
+            steps[name]()
+            times[name].append(time.process_time() - t)
+    tokens = ids.numel()
+    print(f"torch {torch.__version__}, 1 thread, CPU time per step, load average {os.getloadavg()}")
+    for name, ts in times.items():
+        print(f"{name:4s} ({'bf16 autocast' if name == 'auto' else 'fp32'}): best {tokens / min(ts):7.0f} tok/s, "
+              f"median {tokens / statistics.median(ts):7.0f} tok/s")
+    print(f"best-step ratio {min(times['fp32']) / min(times['auto']):.3f}")
+    print(f"ratio fp32/auto time: {statistics.median(times['fp32']) / statistics.median(times['auto']):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--before-src", type=Path, default=SRC, help="src/ for the fp32 side (default: this checkout)")
+    ap.add_argument("--step-time", action="store_true", help="time only the training step (see above)")
+    ap.add_argument("--repeats", type=int, default=20, help="--step-time: timed steps per side")
     args = ap.parse_args()
+    if args.step_time:
+        step_time(args.repeats)
+        return
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")

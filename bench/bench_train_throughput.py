@@ -17,7 +17,11 @@ a measured matmul peak in the run's precision (2 n^3 flops of a 2048^3 torch.mat
 of several), and the ratio ours/HF of tokens/s (higher is better for us). Optional
 --compile adds torch.compile'd runs of both (compile time printed).
 
+--cpu-time times each step by the process's CPU time instead of wall time (with --threads 1),
+which leaves out time spent waiting for a core on a machine shared with other jobs.
+
     python3 bench/bench_train_throughput.py [--steps 6] [--precision bf16] [--compile] [--threads 2]
+                                            [--threads 1 --cpu-time]
 
 The last line is `ratio ours/peer: X` (throughput ratio, eager mode).
 """
@@ -25,12 +29,14 @@ The last line is `ratio ours/peer: X` (throughput ratio, eager mode).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
 VOCAB, HIDDEN, LAYERS, HEADS, FFN, BATCH, SEQ = 8192, 384, 6, 6, 1024, 8, 256
+CLOCK = time.perf_counter  # --cpu-time: time.process_time
 
 
 def hf_model():
@@ -80,9 +86,9 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = tor
         torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = CLOCK()
         torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, CLOCK() - t)
     return 2 * n**3 / best
 
 
@@ -107,9 +113,9 @@ def make_step(model, ids, bf16: bool = False):
 
 
 def timed(step) -> float:
-    t = time.perf_counter()
+    t = CLOCK()
     step()
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def run(models: dict, steps: int, warmup: int) -> dict[str, dict[str, float]]:
@@ -144,9 +150,16 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: both models under the same CPU bf16 autocast (and lmkit fp32 beside them)")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile'd models")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time steps by the process's CPU time, not wall time: on a machine shared with other "
+                         "jobs the time spent waiting for a core is left out (use with --threads 1, where "
+                         "no OpenMP thread spins waiting for another)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     import transformers
 
     bf16 = args.precision == "bf16"
@@ -164,7 +177,8 @@ def main() -> None:
     fpt = flops_per_token(hf)
     ours_fpt = flops_per_token(ours)
     assert ours_fpt == fpt, (ours_fpt, fpt)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+          f"{'CPU' if args.cpu_time else 'wall'} time per step, load average {os.getloadavg()}")
     print(f"config: vocab {VOCAB}, hidden {HIDDEN}, layers {LAYERS}, heads {HEADS}, ffn {FFN}, batch {BATCH}x{SEQ}, "
           f"{'bf16 autocast' if bf16 else 'fp32'}")
     print(f"initial loss ours {l_ours:.5f} / HF {l_hf:.5f}")
