@@ -16,7 +16,10 @@ validation loss must be within 2 % of fp32's.
 2048, batch 16 x 128, fused AdamW, clipping), fp32 vs bf16 autocast interleaved in one
 process, timed by CPU time on one thread: usable on a machine too busy for end-to-end runs.
 
-    python3 bench/bench_quickstart_precision.py --step-time [--repeats 20]
+    python3 bench/bench_quickstart_precision.py --step-time [--repeats 20] [--compile]
+
+--compile adds the bf16 step through `torch.compile` and prints its compile time (CPU seconds
+of this process and its compile workers, and wall seconds).
 
 Last line: `ratio fp32/auto time: X` (higher: auto is faster).
 """
@@ -55,7 +58,13 @@ def run_quickstart(steps: int, src: Path, force_fp32: bool, out: Path) -> dict[s
     return {"wall": wall, "ppl": ppl, "loss": math.log(ppl), "precision": chosen.group(0) if chosen else "fp32 (old code)"}
 
 
-def step_time(repeats: int) -> None:
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (inductor's compile workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def step_time(repeats: int, compile_too: bool = False) -> None:
     """CPU time of one quickstart training step, fp32 vs bf16 autocast, interleaved."""
     import torch
 
@@ -68,9 +77,11 @@ def step_time(repeats: int) -> None:
     cfg = ModelConfig.from_dict({**PRESETS["llama-tiny"], "vocab_size": 2048})
     ids = torch.randint(0, 2048, (16, 128), generator=torch.Generator().manual_seed(0))
 
-    def make(bf16: bool):
+    def make(bf16: bool, compiled: bool = False):
         torch.manual_seed(0)
         model = DecoderLM(cfg)
+        if compiled:
+            model = torch.compile(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step() -> None:
@@ -84,19 +95,26 @@ def step_time(repeats: int) -> None:
         return step
 
     steps = {"fp32": make(False), "auto": make(True)}
+    if compile_too:
+        steps["auto compiled"] = make(True, compiled=True)
+        c0, w0 = cpu_seconds(), time.perf_counter()
+        steps["auto compiled"]()
+        print(f"compile (first bf16 step): {cpu_seconds() - c0:.1f} CPU s, {time.perf_counter() - w0:.1f} wall s")
     for s in steps.values():
         s(), s()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(repeats):
-        for name in (("fp32", "auto") if r % 2 == 0 else ("auto", "fp32")):
+        for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
             t = time.process_time()
             steps[name]()
             times[name].append(time.process_time() - t)
     tokens = ids.numel()
     print(f"torch {torch.__version__}, 1 thread, CPU time per step, load average {os.getloadavg()}")
     for name, ts in times.items():
-        print(f"{name:4s} ({'bf16 autocast' if name == 'auto' else 'fp32'}): best {tokens / min(ts):7.0f} tok/s, "
+        print(f"{name:4s} ({'fp32' if name == 'fp32' else 'bf16 autocast'}): best {tokens / min(ts):7.0f} tok/s, "
               f"median {tokens / statistics.median(ts):7.0f} tok/s")
+    if compile_too:
+        print(f"compiled/eager bf16 (median): {statistics.median(times['auto']) / statistics.median(times['auto compiled']):.3f}")
     print(f"best-step ratio {min(times['fp32']) / min(times['auto']):.3f}")
     print(f"ratio fp32/auto time: {statistics.median(times['fp32']) / statistics.median(times['auto']):.3f}")
 
@@ -108,9 +126,10 @@ def main() -> None:
     ap.add_argument("--before-src", type=Path, default=SRC, help="src/ for the fp32 side (default: this checkout)")
     ap.add_argument("--step-time", action="store_true", help="time only the training step (see above)")
     ap.add_argument("--repeats", type=int, default=20, help="--step-time: timed steps per side")
+    ap.add_argument("--compile", action="store_true", help="--step-time: also the compiled bf16 step")
     args = ap.parse_args()
     if args.step_time:
-        step_time(args.repeats)
+        step_time(args.repeats, args.compile)
         return
     import torch
 

@@ -151,3 +151,22 @@ def test_quickstart_bf16_matches_fp32_after_300_steps(tmp_path):
         assert ("-> bf16" if flag == "1" else "-> fp32") in out.stderr
         losses[flag] = math.log(float(re.search(r"validation perplexity ([\d.]+)", out.stdout).group(1)))
     assert abs(losses["1"] - losses["0"]) / losses["0"] < 0.02, losses
+
+
+# ---- compile="auto" ------------------------------------------------------------------------------
+def test_compile_auto_only_for_long_runs(monkeypatch, tmp_path):
+    from lmkit.train import compile_choice as C
+
+    assert TrainConfig().compile == "auto"
+    with pytest.raises(ConfigError, match="compile"):
+        TrainConfig(compile="yes")
+    assert C.resolve_compile("auto", 1200, CPU)[0] is False  # the quickstart's length: would not pay back
+    assert C.resolve_compile(True, 10, CPU) == (True, "set in the config")
+    assert C.resolve_compile(False, 10**6, CPU)[0] is False
+    monkeypatch.setattr(C.shutil, "which", lambda name: "/usr/bin/c++")
+    assert C.resolve_compile("auto", C.AUTO_MIN_STEPS, CPU)[0] is True
+    monkeypatch.setattr(C.shutil, "which", lambda name: None)
+    chosen, why = C.resolve_compile("auto", C.AUTO_MIN_STEPS, CPU)
+    assert chosen is False and "no C++ compiler" in why
+    tr = Trainer(tiny_model(), cfg(tmp_path), pattern_batches(2))
+    assert tr.compiled is False and not hasattr(tr.model, "_orig_mod")

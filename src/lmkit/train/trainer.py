@@ -49,6 +49,7 @@ from torch import nn
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.train import checkpoint as ckpt_io
 from lmkit.train import distributed as D
+from lmkit.train.compile_choice import announce_compile, resolve_compile
 from lmkit.train.config import TrainConfig
 from lmkit.train.losses import count_targets, cross_entropy
 from lmkit.train.metrics_log import MetricsLogger
@@ -138,7 +139,10 @@ class Trainer:
             enable()
 
         self.model = D.wrap_model(self.raw_model, self.dist, self.strategy)
-        if config.compile:
+        self.compiled, why = resolve_compile(config.compile, config.max_steps, self.device)
+        if self.dist.is_main:
+            announce_compile(config.compile, self.compiled, why, config.max_steps)
+        if self.compiled:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
