@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Results must not depend on the CPU the tests run on: precision="auto" trains in fp32 here
+# unless a test asks for bf16 (tests/test_precision.py forces both ways).
+os.environ.setdefault("LMKIT_CPU_BF16", "0")
 
 # Tests use tiny models: one intra-op thread is as fast, and two processes that each spin
 # two OpenMP threads on a 2-core machine slow each other down by an order of magnitude.

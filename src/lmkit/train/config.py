@@ -18,7 +18,7 @@ from lmkit.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd", "momentum")
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 LOSS_WEIGHTINGS = ("token", "mean")
 
@@ -44,10 +44,10 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still reported)
     loss_weighting: str = "token"  # "token": every target token weighs the same; "mean": mean of micro-batch means
     shift_labels: bool = True  # labels are shifted inside the model (causal LM); used to count targets
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has bf16 units, else fp32 (train/precision.py)
     label_smoothing: float = 0.0
     gradient_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | str = "auto"  # auto: only runs of >= 5000 steps, where the compile time pays back (train/compile_choice.py)
     # distributed
     strategy: str = "auto"  # auto: DDP when launched by torchrun with >1 process, else none
     # evaluation, checkpoints, logging
@@ -108,6 +108,8 @@ class TrainConfig:
             bad("max_grad_norm", "must be >= 0 or None")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad("label_smoothing", "must be in [0, 1)")
+        if self.compile not in (True, False, "auto"):
+            bad("compile", "must be true, false or 'auto'")
         if not self.out_dir:
             bad("out_dir", "must be a directory path")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -155,16 +155,34 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
+def _fused_ok(groups: list[dict]) -> bool:
+    """torch's fused AdamW kernel takes plain CPU/CUDA tensors (not DTensors, not meta)."""
+    params = [p for g in groups for p in g["params"]]
+    return all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params) and len(
+        {p.device for p in params}
+    ) == 1
+
+
 def build_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
-    """The optimizer named by `config.optimizer` (a TrainConfig) over weight-decay groups."""
+    """The optimizer named by `config.optimizer` (a TrainConfig) over weight-decay groups.
+
+    The training loop's hot path has no per-parameter Python loop: "adamw" is torch's fused
+    AdamW kernel (one C++/CUDA kernel updates all of a tensor's m, v and p in one pass),
+    or its multi-tensor (foreach) form where the fused kernel does not apply (DTensors under
+    FSDP); "sgd"/"momentum" are torch's foreach SGD. They compute the same update as the
+    written-out classes above (the tests check this), whose loops stay as the reference.
+    """
     groups = param_groups(model, config.weight_decay, config.decay_embeddings)
     if config.optimizer == "adamw":
-        return AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+        kernel = {"fused": True} if _fused_ok(groups) else {"foreach": True}
+        return torch.optim.AdamW(
+            groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, **kernel
+        )
     if config.optimizer == "sgd":
-        return SGD(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     if config.optimizer == "momentum":
-        return SGD(
+        return torch.optim.SGD(
             groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
+            nesterov=config.nesterov, foreach=True,
         )
     raise ConfigError(f"unknown optimizer {config.optimizer!r}")

@@ -19,6 +19,8 @@ accumulate into the right sum; DDP then averages over ranks (hence the factor wo
 Mixed precision: bf16 runs the forward/backward under `torch.autocast` with fp32 master
 weights (CPU and GPU; no loss scaling needed — bf16 has fp32's exponent range). fp16 needs
 a `GradScaler` (loss scaling keeps small gradients from flushing to zero) and a GPU.
+precision="auto" (the default) picks bf16 where the hardware has bf16 units and fp32
+elsewhere (train/precision.py); `self.precision` is the resolved choice.
 
 Checkpoints (train/checkpoint.py) hold everything needed to continue *exactly*: weights,
 optimizer and scheduler state, all RNG states, the data position and the step. On CPU a run
@@ -47,10 +49,12 @@ from torch import nn
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.train import checkpoint as ckpt_io
 from lmkit.train import distributed as D
+from lmkit.train.compile_choice import announce_compile, resolve_compile
 from lmkit.train.config import TrainConfig
 from lmkit.train.losses import count_targets, cross_entropy
 from lmkit.train.metrics_log import MetricsLogger
 from lmkit.train.optim import build_optimizer
+from lmkit.train.precision import announce_precision, autocast, resolve_precision
 from lmkit.train.schedule import build_scheduler
 
 
@@ -98,7 +102,10 @@ class Trainer:
         self.device = self.dist.device
         self.strategy = D.choose_strategy(config.strategy, self.dist)
         self.out_dir = Path(config.out_dir)
+        self.precision, why = resolve_precision(config.precision, self.device)
         self._check_precision()
+        if self.dist.is_main:
+            announce_precision(config.precision, self.precision, why)
 
         set_seed(config.seed + self.dist.rank)
         self.raw_model = model.to(self.device)
@@ -132,11 +139,14 @@ class Trainer:
             enable()
 
         self.model = D.wrap_model(self.raw_model, self.dist, self.strategy)
-        if config.compile:
+        self.compiled, why = resolve_compile(config.compile, config.max_steps, self.device)
+        if self.dist.is_main:
+            announce_compile(config.compile, self.compiled, why, config.max_steps)
+        if self.compiled:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
-        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
         self.train_data = D.shard_data(train_data, self.dist)
         self.eval_data = D.shard_data(eval_data, self.dist) if eval_data is not None else None
@@ -158,19 +168,14 @@ class Trainer:
 
     # ---- setup helpers ----------------------------------------------------------------------
     def _check_precision(self) -> None:
-        p = self.config.precision
-        if p == "fp16" and self.device.type != "cuda":
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(
                 "precision='fp16' needs a CUDA GPU (fp16 training needs loss scaling with "
                 "torch.amp.GradScaler, which lmkit runs on CUDA only); on CPU use 'bf16' or 'fp32'"
             )
 
     def _autocast(self):
-        p = self.config.precision
-        if p == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if p == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.precision, self.device)
 
     def _find_resume(self, resume: bool | str) -> Path | None:
         if resume is False or resume is None:
