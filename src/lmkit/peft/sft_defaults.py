@@ -1,0 +1,62 @@
+"""Default training settings of `lmkit sft` / `lmkit finetune`: chosen so that the model learns
+to end its turn.
+
+The one token a chat model must learn from scratch in SFT is the template's end of turn
+(ChatML's <|im_end|>): one target per reply, against dozens of reply tokens the base model
+can already half-predict. Too few updates at too low a learning rate leave its probability
+near zero at the end of a reply (measured on the README's path: P(<|im_end|>) = 0.003 after
+200 steps of full SFT at lr 1e-4), and the model talks until max_tokens. The defaults below
+were measured on a quickstart model and the toy chat task (see the module's test and
+docs/finetuning.md): greedy replies end with <|im_end|> on >= 90 % of held-out prompts.
+
+    tc = SFT_DEFAULTS.train_config("lora", out_dir="runs/lora/run")   # a TrainConfig
+    SFT_DEFAULTS.lr_for("full"), SFT_DEFAULTS.steps
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmkit.errors import ConfigError
+from lmkit.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class SFTDefaults:
+    steps: int = 200
+    lr_full: float = 1e-3  # every weight trains (small models; see the docstring)
+    lr_peft: float = 2e-3  # LoRA and the other parameter-efficient methods
+    warmup_fraction: float = 0.05  # linear warmup over this share of the steps (at most max_warmup)
+    max_warmup: int = 30
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio, not 0: the last steps still learn
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"SFTDefaults.steps must be >= 1, got {self.steps}")
+        for name in ("lr_full", "lr_peft"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"SFTDefaults.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"SFTDefaults.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"SFTDefaults.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def lr_for(self, method: str) -> float:
+        return self.lr_full if method == "full" else self.lr_peft
+
+    def warmup_for(self, steps: int) -> int:
+        return min(self.max_warmup, int(steps * self.warmup_fraction))
+
+    def train_config(self, method: str, steps: int | None = None, lr: float | None = None,
+                     **fields: Any) -> TrainConfig:
+        """A TrainConfig with these defaults; `steps` / `lr` None take the defaults, `fields`
+        set any other TrainConfig field (out_dir, seed, device, precision ...)."""
+        steps = self.steps if steps is None else int(steps)
+        return TrainConfig(max_steps=steps, lr=self.lr_for(method) if lr is None else float(lr),
+                           warmup_steps=self.warmup_for(steps), schedule=self.schedule,
+                           min_lr_ratio=self.min_lr_ratio, **fields)
+
+
+SFT_DEFAULTS = SFTDefaults()
