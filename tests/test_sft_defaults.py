@@ -14,9 +14,12 @@ def test_train_config_from_defaults():
     full = SFT_DEFAULTS.train_config("full", steps=40, lr=1e-5)
     assert (full.max_steps, full.lr, full.warmup_steps) == (40, 1e-5, 2)
     assert SFT_DEFAULTS.lr_for("full") < SFT_DEFAULTS.lr_for("prompt")
+    assert SFT_DEFAULTS.method_options("lora") == {"target_modules": ("all-linear",)}
+    assert SFT_DEFAULTS.method_options("prefix") == {}
 
 
-@pytest.mark.parametrize("bad", [{"steps": 0}, {"lr_full": 0}, {"warmup_fraction": 1.0}, {"min_lr_ratio": 2}])
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"lr_full": 0}, {"warmup_fraction": 1.0}, {"min_lr_ratio": 2},
+                                 {"lora_target_modules": ()}])
 def test_invalid_defaults(bad):
     with pytest.raises(ConfigError):
         SFTDefaults(**bad)

@@ -31,6 +31,9 @@ class SFTDefaults:
     max_warmup: int = 30
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio, not 0: the last steps still learn
+    # LoRA / QLoRA / AdaLoRA on every linear layer but the LM head (QLoRA paper, PEFT's "all-linear"):
+    # with q_proj/v_proj only, the end of turn was not learned (P(<|im_end|>) 0.01, 45 % of replies ended)
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -40,8 +43,17 @@ class SFTDefaults:
                 raise ConfigError(f"SFTDefaults.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"SFTDefaults.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        if not self.lora_target_modules:
+            raise ConfigError("SFTDefaults.lora_target_modules must name at least one module (or 'all-linear')")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"SFTDefaults.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def method_options(self, method: str) -> dict[str, Any]:
+        """Method config fields these defaults set (when the user did not): LoRA's targets."""
+        if method in ("lora", "qlora", "adalora"):
+            return {"target_modules": tuple(self.lora_target_modules)}
+        return {}
 
     def lr_for(self, method: str) -> float:
         return self.lr_full if method == "full" else self.lr_peft
