@@ -65,7 +65,7 @@ def test_read_back(tmp_path, tok, ftype):
         "general.architecture": "llama", "llama.context_length": 64, "llama.embedding_length": 64,
         "llama.block_count": 2, "llama.feed_forward_length": 96, "llama.attention.head_count": 4,
         "llama.attention.head_count_kv": 2, "llama.rope.freq_base": 5000.0, "llama.rope.dimension_count": 16,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt2",
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
     }
     for k, v in meta.items():
         assert field(r, k) == v, k

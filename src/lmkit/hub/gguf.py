@@ -17,9 +17,10 @@ Metadata: general.architecture = "llama", general.name, general.file_type, llama
 llama.embedding_length, llama.block_count, llama.feed_forward_length, llama.attention.head_count,
 llama.attention.head_count_kv, llama.rope.freq_base, llama.rope.dimension_count,
 llama.attention.layer_norm_rms_epsilon, llama.vocab_size (+ rope scaling when set), and the
-tokenizer: tokenizer.ggml.model = "gpt2" (byte-level BPE), .pre, .tokens (byte-level unicode
+tokenizer: tokenizer.ggml.model = "gpt2" (byte-level BPE), .pre ("gpt-2" or "llama-bpe"), .tokens (byte-level unicode
 strings as in tokenizer.json), .token_type (1 normal, 3 control = special, 4 user-defined =
-added, 5 unused = padding rows beyond the tokenizer), .scores, .merges ("a b"), bos/eos ids.
+added, 5 unused = padding rows beyond the tokenizer), .scores, .merges ("a b"), bos/eos/eot/pad ids and
+tokenizer.chat_template.
 
 Rotary layout. lmkit (like Hugging Face) rotates the two *halves* of each head
 (rotate_half); llama.cpp's LLAMA graph rotates *adjacent pairs* (GPT-J/"normal" mode), as
@@ -146,7 +147,7 @@ def _pre_name(tok) -> str:
 
     pattern = getattr(tok, "pattern", None)
     if pattern == PATTERNS.get("gpt2"):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (llama-vocab.cpp); it does not know "gpt2"
     if pattern == PATTERNS.get("cl100k"):
         return "llama-bpe"  # Llama-3 uses cl100k's split pattern
     return "default"
@@ -166,8 +167,13 @@ def _tensor(writer, name: str, t: torch.Tensor, ftype: str, q8) -> None:
 
 
 def export_gguf(model: nn.Module, path: str | os.PathLike, tokenizer=None, ftype: str = "f16",
-                name: str | None = None) -> dict:
-    """Write `model` (+ byte-level BPE `tokenizer`) to a GGUF file; returns a small summary."""
+                name: str | None = None, chat_template: str | None = None) -> dict:
+    """Write `model` (+ byte-level BPE `tokenizer`) to a GGUF file; returns a small summary.
+
+    With a tokenizer the file records where a reply ends (`hub/end_of_turn.py`): eos = end of
+    document, eot = the chat template's end of turn (<|im_end|>), and the template itself
+    (`chat_template`, a Jinja string; default: the built-in template the tokenizer has the
+    tokens for), so llama.cpp stops after a reply and formats chats itself."""
     gguf = require("gguf", "gguf")
     if ftype not in FILE_TYPES:
         raise ValueError(f"GGUF type {ftype!r}: choose one of {FILE_TYPES}")
@@ -213,23 +219,32 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, tokenizer=None, ftype
             from lmkit.tokenizers.bytes_level import bytes_to_token_str
 
             w.add_token_merges([f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in tokenizer.merges])
-        bos = cfg.bos_token_id
-        eos = cfg.eos_token_id
+        bos, eos, eot, pad = cfg.bos_token_id, cfg.eos_token_id, None, cfg.pad_token_id
         if tokenizer is not None:
-            specials = tokenizer.special_tokens
-            for cand in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"):
-                if eos is None and cand in specials:
-                    eos = specials[cand]
-            for cand in ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"):
-                if bos is None and cand in specials:
-                    bos = specials[cand]
+            from lmkit.hub.end_of_turn import checkpoint_tokens
+
+            tokens = checkpoint_tokens(tokenizer)
+            eos = eos if eos is not None else (tokens.end_of_text or tokens.end_of_turn or (None, None))[1]
+            eot = tokens.end_of_turn[1] if tokens.end_of_turn is not None else None
+            pad = pad if pad is not None else (tokens.pad[1] if tokens.pad is not None else None)
+            if bos is None:
+                specials = tokenizer.special_tokens
+                for cand in ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"):
+                    if bos is None and cand in specials:
+                        bos = specials[cand]
+            if chat_template is None and tokens.template is not None:
+                chat_template = tokens.template.to_jinja()
         if bos is not None:
             w.add_bos_token_id(int(bos))
             w.add_add_bos_token(False)
         if eos is not None:
             w.add_eos_token_id(int(eos))
-        if cfg.pad_token_id is not None:
-            w.add_pad_token_id(int(cfg.pad_token_id))
+        if eot is not None:
+            w.add_eot_token_id(int(eot))
+        if chat_template:
+            w.add_chat_template(chat_template)
+        if pad is not None:
+            w.add_pad_token_id(int(pad))
         for k, t in state.items():
             if k == "lm_head.weight" and tied:
                 continue
@@ -261,4 +276,16 @@ def export_gguf_dir(model_dir: str | os.PathLike, path: str | os.PathLike, ftype
         from lmkit.tokenizers.loading import load_tokenizer
 
         tok = load_tokenizer(tj)
-    return export_gguf(model, path, tok, ftype, name=Path(model_dir).name)
+    return export_gguf(model, path, tok, ftype, name=Path(model_dir).name, chat_template=_saved_template(model_dir))
+
+
+def _saved_template(model_dir: str | os.PathLike) -> str | None:
+    """The Jinja chat template of the checkpoint's tokenizer_config.json, if it has one."""
+    import json
+
+    path = Path(model_dir) / "tokenizer_config.json"
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return template if isinstance(template, str) else None

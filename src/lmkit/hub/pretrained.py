@@ -14,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,11 +165,16 @@ def _generation_config(cfg) -> dict:
     return out
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, max_shard_bytes: int | None = None,
+                    tokenizer: Any = None) -> None:
     """Write config.json, generation_config.json and safetensors weights, atomically.
 
     `model.config.model_type` names the Hugging Face architecture to write. Other files in
-    an existing `directory` (tokenizer, README) are kept.
+    an existing `directory` (tokenizer, README) are kept. With `tokenizer` (an lmkit or a
+    transformers fast tokenizer), its tokenizer.json, tokenizer_config.json (with the chat
+    template) and special_tokens_map.json are written in the same step, and the eos ids
+    (end of document + end of turn) and pad id come from it (`hub/end_of_turn.py`), so the
+    checkpoint stops where its replies end in every tool that loads it.
     """
     cfg = getattr(model, "config", None)
     if cfg is None or not getattr(cfg, "model_type", ""):
@@ -177,6 +183,12 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, max_shard_by
             f"({', '.join(supported_model_types())}) so the checkpoint can be read by other tools"
         )
     arch = arch_module(cfg.model_type)
+    tokens = None
+    if tokenizer is not None:
+        from lmkit.hub.end_of_turn import checkpoint_tokens, with_special_ids
+
+        tokens = checkpoint_tokens(tokenizer)
+        cfg = with_special_ids(cfg, tokens)
     hf = arch.config_to_hf(cfg)
     state = model.state_dict()
     floats = {t.dtype for t in state.values() if t.is_floating_point()}
@@ -187,9 +199,42 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, max_shard_by
     aliases = _aliases(model)
     state = {k: v for k, v in state.items() if k not in aliases}
     sd = arch.state_to_hf(state, cfg)
-    with staged_directory(directory, replaces=WEIGHT_PATTERNS + CONFIG_FILES) as tmp:
+    replaces = WEIGHT_PATTERNS + CONFIG_FILES + (TOKENIZER_FILES if tokenizer is not None else ())
+    with staged_directory(directory, replaces=replaces) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         gen = _generation_config(cfg)
         if gen:
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
         write_weights(sd, tmp, max_shard_bytes)
+        if tokens is not None:
+            _write_tokenizer(tokenizer, tokens, tmp, Path(directory), cfg.max_seq_len)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _write_tokenizer(tokenizer: Any, tokens, tmp: Path, directory: Path, max_len: int | None) -> None:
+    """tokenizer.json + tokenizer_config.json + special_tokens_map.json into `tmp`. Keys of an
+    existing tokenizer_config.json that lmkit does not derive (and its own chat template,
+    when the tokenizer matches no built-in one) are kept."""
+    from lmkit.hub.end_of_turn import tokenizer_files
+    from lmkit.tokenizers.base import Tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        from lmkit.tokenizers.hf_json import save_hf_json
+
+        save_hf_json(tokenizer, tmp / "tokenizer.json")
+    elif hasattr(getattr(tokenizer, "backend_tokenizer", None), "save"):
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+    else:
+        raise CheckpointError(f"save_pretrained cannot write a tokenizer.json for a {type(tokenizer).__name__}")
+    for name, data in tokenizer_files(tokens, max_len).items():
+        old = directory / name
+        if old.is_file():
+            try:
+                previous = json.loads(old.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                previous = {}
+            if isinstance(previous, dict):  # its added_tokens_decoder may name ids of an older vocabulary
+                data = {**{k: v for k, v in previous.items() if k != "added_tokens_decoder"}, **data}
+        (tmp / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

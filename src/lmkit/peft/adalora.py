@@ -340,8 +340,9 @@ def adalora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adalora(model: nn.Module, directory) -> None:
-    """adalora_config.json + adalora.safetensors (lmkit names)."""
+def save_adalora(model: nn.Module, directory, base_model_name_or_path: str | None = None) -> None:
+    """adalora_config.json + adalora.safetensors (lmkit names); the base model path is recorded
+    when given."""
     from pathlib import Path
 
     from safetensors.torch import save_file
@@ -353,8 +354,10 @@ def save_adalora(model: nn.Module, directory) -> None:
         raise ConfigError("the model has no AdaLoRA layers to save")
     tensors = {k: v.contiguous().cpu() for k, v in adalora_state_dict(model).items()}
     with staged_directory(directory, replaces=("adalora_config.json", "adalora.safetensors")) as tmp:
-        (tmp / "adalora_config.json").write_text(json.dumps({"peft_type": "ADALORA", **config.to_dict()}, indent=2)
-                                                  + "\n", encoding="utf-8")
+        meta = {"peft_type": "ADALORA", **config.to_dict()}
+        if base_model_name_or_path is not None:
+            meta["base_model_name_or_path"] = str(base_model_name_or_path)
+        (tmp / "adalora_config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / "adalora.safetensors"), metadata={"format": "pt"})
     return Path(directory)
 
@@ -372,6 +375,7 @@ def load_adalora(model: nn.Module, directory) -> nn.Module:
         raise CheckpointError(f"{directory}: no adalora_config.json — not an lmkit AdaLoRA adapter")
     d = json.loads(cfg_path.read_text(encoding="utf-8"))
     d.pop("peft_type", None)
+    d.pop("base_model_name_or_path", None)
     inject_adalora(model, AdaLoraConfig.from_dict(d))
     state = load_file(str(directory / "adalora.safetensors"))
     own = {}

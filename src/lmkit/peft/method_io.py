@@ -44,7 +44,10 @@ def method_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_method(model: nn.Module, directory: str | os.PathLike, method: str, config) -> Path:
+def save_method(model: nn.Module, directory: str | os.PathLike, method: str, config,
+                base_model_name_or_path: str | None = None) -> Path:
+    """Write the method's weights and config; `base_model_name_or_path` is recorded so the folder
+    can be run on its own (`peft.load_any.load_model_for_inference`)."""
     from safetensors.torch import save_file
 
     get_method(method)  # validates the name
@@ -62,6 +65,8 @@ def save_method(model: nn.Module, directory: str | os.PathLike, method: str, con
         "parameters": sum(t.numel() for t in state.values()),
         "base": {k: getattr(mcfg, k) for k in _BASE_KEYS},
     }
+    if base_model_name_or_path is not None:
+        meta["base_model_name_or_path"] = str(base_model_name_or_path)
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "method": method})
     atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True))

@@ -77,6 +77,24 @@ class ChatTemplate:
     def generation_prompt(self) -> str:
         return self.turn_start.replace("{role}", "assistant")
 
+    def to_jinja(self) -> str:
+        """The template as the Jinja string transformers, vLLM and llama.cpp read from
+        tokenizer_config.json / GGUF (`chat_template`); renders exactly what `render` does."""
+        head, tail = self.turn_start.split("{role}", 1)
+        content = "message['content'] | trim" if self.strip_content else "message['content']"
+        first = f"{{{{ {_jinja_str(self.bos)} }}}}" if self.bos else ""
+        if self.default_system is not None:
+            system = _jinja_str(head + "system" + tail + self.default_system + self.turn_end)
+            first += f"{{% if messages[0]['role'] != 'system' %}}{{{{ {system} }}}}{{% endif %}}"
+        return (
+            "{% for message in messages %}"
+            + (f"{{% if loop.first %}}{first}{{% endif %}}" if first else "")
+            + f"{{{{ {_jinja_str(head)} + message['role'] + {_jinja_str(tail)} + ({content})"
+            f" + {_jinja_str(self.turn_end)} }}}}"
+            "{% endfor %}"
+            f"{{% if add_generation_prompt %}}{{{{ {_jinja_str(self.generation_prompt)} }}}}{{% endif %}}"
+        )
+
     # ---- rendering --------------------------------------------------------------------
     def pieces(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> list[Piece]:
         """Pieces whose concatenation is the rendered conversation."""
@@ -115,13 +133,8 @@ class ChatTemplate:
         `apply_chat_template`); they can differ only for content that begins with a line break
         under a pre-tokenizer that joins consecutive line breaks.
         """
-        encode, has_token = _adapter(tokenizer)
-        missing = [t for t in self.special_tokens if not has_token(t)]
-        if missing:
-            raise TokenizerError(
-                f"the tokenizer has no single token for {missing}; add them as special tokens "
-                f"before using the {self.name} template"
-            )
+        require_template_tokens(self, tokenizer)
+        encode, _ = _adapter(tokenizer)
         ids: list[int] = []
         mask: list[int] = []
         for piece in self.pieces(messages, add_generation_prompt):
@@ -150,6 +163,36 @@ def _adapter(tokenizer: Any) -> tuple[Callable[[str, bool], list[int]], Callable
     raise TokenizerError(
         f"render_with_mask needs an lmkit Tokenizer or a transformers tokenizer, got {type(tokenizer).__name__}"
     )
+
+
+def _jinja_str(text: str) -> str:
+    """`text` as a Jinja string literal (in {{ }}): 'single-quoted', with \\ and ' escaped."""
+    if not text:
+        return "''"
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def missing_template_tokens(template: ChatTemplate, tokenizer: Any) -> list[str]:
+    """The template's control tokens (``<|im_start|>`` ...) that are not single tokens of
+    `tokenizer` (an lmkit Tokenizer or a transformers tokenizer)."""
+    _, has_token = _adapter(tokenizer)
+    return [t for t in template.special_tokens if not has_token(t)]
+
+
+def require_template_tokens(template: ChatTemplate, tokenizer: Any, model: str | None = None) -> None:
+    """The one chat-template policy (chat, serve, sft, dpo, grpo, rag): a tokenizer must have
+    a single token for each of the template's control tokens, or the model would be shown
+    (and trained on) a spelling of them it can never produce as one step. Otherwise raise a
+    TokenizerError that gives the command adding them (`model`: the checkpoint's path)."""
+    missing = missing_template_tokens(template, tokenizer)
+    if missing:
+        option = f"--chat {template.name}" if template.name in TEMPLATES else "--tokens " + " ".join(
+            f"'{t}'" for t in missing)
+        raise TokenizerError(
+            f"the tokenizer has no single token for {missing}, which the {template.name} chat template needs; "
+            f"add them (and grow the model's embeddings) with: lmkit tokenizer add-tokens {model or 'MODEL'} "
+            f"{option}"
+        )
 
 
 def validate_messages(messages: Sequence[dict[str, Any]], roles: Sequence[str]) -> None:

@@ -54,3 +54,11 @@ def encode_with_specials(
         elif part:
             ids.extend(encode_plain(part))
     return ids
+
+
+#: The special tokens every tokenizer lmkit trains reserves from the start (as Qwen2 and
+#: other peer stacks do): end of document, ChatML's turn markers and a padding token, so
+#: that a pretrained model can be chat-tuned without growing its vocabulary.
+END_OF_TEXT = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+CHAT_SPECIAL_TOKENS: tuple[str, ...] = (END_OF_TEXT, "<|im_start|>", "<|im_end|>", PAD_TOKEN)

@@ -220,9 +220,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool | str = False) -> dict[str, A
     result = trainer.evaluate()
     export = Path(cfg.export_dir or Path(cfg.train_config.out_dir) / "hf")
     if trainer.dist.is_main and mcfg.model_type:
-        save_pretrained(trainer.raw_model, export)
-        if hasattr(tok, "save_hf_json"):
-            tok.save_hf_json(export / "tokenizer.json")
+        # with its tokenizer: tokenizer.json, tokenizer_config.json (chat template), eos / pad ids
+        save_pretrained(trainer.raw_model, export, tokenizer=tok if hasattr(tok, "save_hf_json") else None)
         result["export_dir"] = str(export)
     result["parameters"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return result

@@ -1,0 +1,164 @@
+"""`load_model_for_inference(path, adapter=None)`: a full checkpoint or an adapter folder ->
+(model, tokenizer) ready for generation.
+
+A fine-tuning run with a PEFT method writes an adapter folder, not a model; `chat`, `serve`
+and `generate` take one directly. The folder is recognised by its method file:
+
+  adapter_config.json   LoRA / QLoRA in PEFT's layout (records base_model_name_or_path)
+  adalora_config.json   AdaLoRA (lmkit)
+  method_config.json    every other method (adapter, fusion, prefix, prompt, P-tuning v1/v2,
+                        BitFit ...), lmkit's `method_io` format
+
+The base model is the one `adapter` is given with, else the one the folder records. LoRA and
+AdaLoRA are folded into the base weights (inference then costs what the base costs); the
+other methods add modules or virtual tokens that cannot be folded, so the base is wrapped
+(`lmkit.infer.generate` runs such models unchanged: prompt tuning's cache counts real tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmkit.errors import CheckpointError
+
+ADAPTER_FILES = {"adapter_config.json": "lora", "adalora_config.json": "adalora", "method_config.json": "method"}
+MERGEABLE = ("lora", "adalora")
+BASE_KEY = "base_model_name_or_path"
+
+
+def adapter_kind(directory: str | os.PathLike) -> str | None:
+    """"lora", "adalora" or "method" for an adapter folder; None for anything else."""
+    directory = Path(directory)
+    for name, kind in ADAPTER_FILES.items():
+        if (directory / name).is_file():
+            return kind
+    return None
+
+
+def is_full_checkpoint(directory: str | os.PathLike) -> bool:
+    directory = Path(directory)
+    return (directory / "config.json").is_file() or (directory / "quantization.json").is_file()
+
+
+def recorded_base(directory: str | os.PathLike) -> str | None:
+    """The base model path an adapter folder records (``base_model_name_or_path``), if any."""
+    directory = Path(directory)
+    kind = adapter_kind(directory)
+    if kind is None:
+        return None
+    name = next(n for n, k in ADAPTER_FILES.items() if k == kind)
+    try:
+        meta = json.loads((directory / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory / name}: not valid JSON ({exc})") from exc
+    base = meta.get(BASE_KEY) if isinstance(meta, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
+def _resolve_base(adapter: Path, base: str | None) -> Path | None:
+    """The recorded base as an existing checkpoint directory: as written (absolute, or relative
+    to the working directory), else relative to the adapter folder."""
+    if base is None:
+        return None
+    for candidate in (Path(base), adapter / base):
+        if is_full_checkpoint(candidate):
+            return candidate
+    return None
+
+
+def _merge_hint(adapter: Path, kind: str, base: str = "BASE") -> str:
+    if kind in MERGEABLE:
+        return f"; or fold it into its base once: lmkit merge {base} {adapter} -o merged"
+    return ""
+
+
+def require_full_checkpoint(directory: str | os.PathLike, action: str = "this command") -> None:
+    """Raise a CheckpointError naming `lmkit merge` when `directory` is an adapter folder (for
+    commands that need a whole model: quantize, export gguf, eval ...)."""
+    directory = Path(directory)
+    kind = adapter_kind(directory)
+    if kind is not None and not is_full_checkpoint(directory):
+        base = recorded_base(directory) or "BASE"
+        if kind in MERGEABLE:
+            raise CheckpointError(f"{directory} is a {kind} adapter folder, not a model; {action} needs a whole "
+                                  f"model: lmkit merge {base} {directory} -o merged")
+        raise CheckpointError(f"{directory} is an adapter folder ({_method_name(directory)}), not a model; its "
+                              f"method cannot be folded into the base weights, so {action} cannot use it")
+
+
+def _method_name(directory: Path) -> str:
+    try:
+        return json.loads((directory / "method_config.json").read_text(encoding="utf-8")).get("method", "method")
+    except (OSError, ValueError, AttributeError):
+        return "method"
+
+
+def _tokenizer_dir(adapter: Path | None, base: Path) -> Path:
+    if adapter is not None and any((adapter / n).is_file() for n in ("tokenizer.json", "tokenizer.lmkit.json")):
+        return adapter
+    return base
+
+
+def apply_adapter(model: nn.Module, adapter: str | os.PathLike, merge: bool = True) -> nn.Module:
+    """Load the adapter folder `adapter` onto base `model`; LoRA / AdaLoRA are merged into the
+    weights when `merge` (and the base is not quantized). Returns the model to run."""
+    adapter = Path(adapter)
+    kind = adapter_kind(adapter)
+    if kind == "lora":
+        from lmkit.peft.lora import load_lora, unload_lora
+
+        model = load_lora(model, adapter)
+        quantized = getattr(model, "quantization", None) is not None
+        return unload_lora(model, merge=True) if merge and not quantized else model
+    if kind == "adalora":
+        from lmkit.peft.adalora import load_adalora, merge_adalora
+
+        model = load_adalora(model, adapter)
+        return merge_adalora(model) if merge else model
+    if kind == "method":
+        from lmkit.peft.method_io import load_method
+
+        return load_method(model, adapter)
+    raise CheckpointError(f"{adapter}: not an adapter folder (no {', '.join(ADAPTER_FILES)})")
+
+
+def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike | None = None,
+                             dtype: torch.dtype | None = None, merge: bool = True) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer) from a full checkpoint `path`, a full checkpoint plus an
+    `adapter` folder, or an adapter folder `path` that records its base model."""
+    from lmkit.hub.pretrained import load_pretrained
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (a model checkpoint or an adapter folder)")
+    if adapter is None and adapter_kind(path) is not None and not is_full_checkpoint(path):
+        adapter, recorded = path, recorded_base(path)
+        base = _resolve_base(path, recorded)
+        if base is None:
+            kind = adapter_kind(path)
+            why = (f"records the base model {recorded!r}, which is not a checkpoint directory from here"
+                   if recorded else "does not record its base model")
+            raise CheckpointError(
+                f"{path} is a {kind if kind != 'method' else _method_name(path)} adapter folder that {why}; "
+                f"give the base model and the adapter: BASE --adapter {path}" + _merge_hint(path, kind)
+            )
+    else:
+        base = path
+        if not is_full_checkpoint(base):
+            raise CheckpointError(f"{base}: no config.json — not a model checkpoint (nor an adapter folder with "
+                                  f"{', '.join(ADAPTER_FILES)})")
+    adapter = Path(adapter) if adapter is not None else None
+    if adapter is not None and adapter_kind(adapter) is None:
+        raise CheckpointError(f"{adapter}: not an adapter folder (no {', '.join(ADAPTER_FILES)})")
+    model = load_pretrained(base, dtype=dtype)
+    tokenizer = load_tokenizer(_tokenizer_dir(adapter, base))
+    if adapter is not None:
+        model = apply_adapter(model, adapter, merge=merge)
+    return model.eval(), tokenizer
