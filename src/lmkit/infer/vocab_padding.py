@@ -37,8 +37,3 @@ def mask_unrenderable(scores: torch.Tensor, limit: int | None) -> torch.Tensor:
     out[..., limit:] = NEG_INF
     return out
 
-
-def padding_rows(model_rows: int, tokenizer) -> int:
-    """How many of the model's `model_rows` output rows the tokenizer cannot render (0 when none)."""
-    n = renderable_size(tokenizer)
-    return max(0, model_rows - n) if n is not None else 0
