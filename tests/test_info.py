@@ -48,3 +48,21 @@ def test_convert_casts_and_shards(tmp_path):
 def test_info_on_a_non_checkpoint(tmp_path):
     out = run("info", str(tmp_path))
     assert out.returncode != 0 and "config.json" in out.stderr
+
+
+def test_info_reports_vocabulary_padding(tmp_path):
+    """A checkpoint whose embedding has more rows than its tokenizer (as Qwen's) says so."""
+    from lmkit.tokenizers.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(["the quick brown fox jumps over the lazy dog " * 20], vocab_size=300,
+                             special_tokens=["<|endoftext|>"])
+    for rows, expect in ((len(tok) + 64, f"{len(tok):,} ids for {len(tok) + 64:,} embedding rows: 64 padding rows"),
+                         (len(tok), "(no padding)")):
+        d = tmp_path / str(rows)
+        save_pretrained(build_model(preset("llama-tiny", vocab_size=rows, n_layers=2)), d)
+        tok.save_hf_json(d / "tokenizer.json")
+        out = run("info", str(d))
+        assert out.returncode == 0, out.stderr
+        assert expect in out.stdout
+    save_pretrained(build_model(preset("llama-tiny", vocab_size=300, n_layers=2)), tmp_path / "bare")
+    assert "tokenizer" not in run("info", str(tmp_path / "bare")).stdout  # no tokenizer file: no line

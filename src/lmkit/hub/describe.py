@@ -53,4 +53,33 @@ def describe_checkpoint(directory: str | os.PathLike) -> str:
         lines.append(f"  {prec:<14}{human_bytes(mem.bytes_at(prec)):>10}")
     if on_disk:
         lines.append(f"on disk      {human_bytes(on_disk)} of safetensors")
+    vocab_line = describe_vocabulary(directory, cfg.vocab_size)
+    if vocab_line:
+        lines.append(vocab_line)
     return "\n".join(lines)
+
+
+def describe_vocabulary(directory: Path, rows: int) -> str | None:
+    """The tokenizer's size against the model's `rows` embedding rows, and the padding between.
+
+    Checkpoints often pad the embedding beyond the tokenizer (Qwen2: 151,936 rows, 151,665
+    tokens); lmkit never generates the padding ids when the model runs with its tokenizer.
+    None when the directory holds no tokenizer.
+    """
+    from lmkit.errors import LmkitError
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    if not any((directory / n).is_file() for n in ("tokenizer.json", "vocab.txt")) \
+            and not any(directory.glob("*.model")):
+        return None
+    try:
+        n = len(load_tokenizer(directory))
+    except LmkitError as exc:
+        return f"tokenizer    unreadable: {exc}"
+    if n == rows:
+        return f"tokenizer    {n:,} ids = {rows:,} embedding rows (no padding)"
+    if n < rows:
+        return (f"tokenizer    {n:,} ids for {rows:,} embedding rows: {rows - n:,} padding rows "
+                "(never generated with this tokenizer)")
+    return (f"tokenizer    {n:,} ids but only {rows:,} embedding rows: ids >= {rows:,} have no "
+            "embedding (the model cannot read them)")

@@ -5,6 +5,8 @@ streaming, batching with left padding, logprobs, and speculative decoding.
 Every strategy drives one decode core: `runner.py` (the model step: eager, fused or
 compiled), `select.py` (processors, then the chosen tokens and their logprobs), `stop.py`
 (`StopTracker`: EOS ids, stop strings, the token budget) and `output.py` (the result types).
+With a tokenizer, output rows it cannot render (vocabulary padding) are never chosen
+(`vocab_padding.py`).
 
     from lmkit.infer import generate, generate_text, stream_text
     out = generate(model, [[1, 5, 7], [1, 9]], max_new_tokens=20)          # token ids in and out
@@ -24,6 +26,7 @@ from lmkit.infer.select import Selection, select_tokens
 from lmkit.infer.speculative import SpeculativeOutput, speculative_generate
 from lmkit.infer.stop import StopStringMatcher, StopTracker
 from lmkit.infer.streaming import IncrementalDetokenizer, TextStream
+from lmkit.infer.vocab_padding import mask_unrenderable, renderable_size
 
 __all__ = [
     "GenerationConfig",
@@ -44,6 +47,8 @@ __all__ = [
     "StopStringMatcher",
     "StopTracker",
     "select_tokens",
+    "mask_unrenderable",
+    "renderable_size",
     "Selection",
     "ModelRunner",
     "IncrementalDetokenizer",

@@ -33,6 +33,7 @@ from lmkit.infer.output import GenerationOutput
 from lmkit.infer.runner import ModelRunner
 from lmkit.infer.sampling import NO_TOKEN, build_logits_processors
 from lmkit.infer.select import make_generator
+from lmkit.infer.vocab_padding import mask_unrenderable
 
 
 def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -43,8 +44,12 @@ def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig) -> GenerationOutput:
-    """Best beam per prompt; `prompts` are token-id lists (checked by `generate`)."""
+def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig,
+                vocab_limit: int | None = None) -> GenerationOutput:
+    """Best beam per prompt; `prompts` are token-id lists (checked by `generate`).
+
+    vocab_limit: ids >= it (output rows beyond the tokenizer's vocabulary) are never chosen.
+    """
     device = next(model.parameters()).device
     nb = cfg.num_beams
     b = len(prompts)
@@ -83,7 +88,7 @@ def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig) -> Gener
     cur = t
     while True:
         flat_running = running.view(b * nb, max_length)[:, :cur]
-        log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        log_probs = torch.log_softmax(mask_unrenderable(logits[:, -1].float(), vocab_limit), dim=-1)
         if procs:
             log_probs = procs(flat_running, log_probs)
         vocab = log_probs.shape[-1]

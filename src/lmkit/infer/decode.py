@@ -3,9 +3,9 @@
 One prefill forward runs every prompt at once and fills the cache; then each step feeds
 only the newest token of every row (O(T) attention per token instead of O(T^2)). Per step:
 
-    logits of the last position -> select_tokens (processors, warpers, argmax or a draw,
-    logprobs; select.py) -> StopTracker per row (EOS, stop string, max tokens; stop.py)
-    -> next step through the ModelRunner (runner.py)
+    logits of the last position -> select_tokens (ids the tokenizer cannot render masked out,
+    processors, warpers, argmax or a draw, logprobs; select.py) -> StopTracker per row (EOS,
+    stop string, max tokens; stop.py) -> next step through the ModelRunner (runner.py)
 
 Batching: prompts of different lengths are left-padded so every row's newest token sits in
 the same column; an attention mask hides the padding and position ids count real tokens
@@ -30,6 +30,7 @@ from lmkit.infer.runner import ModelRunner
 from lmkit.infer.sampling import NO_TOKEN, LogitsProcessorList, build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens
 from lmkit.infer.stop import StopTracker
+from lmkit.infer.vocab_padding import renderable_size
 
 
 class Decoder:
@@ -47,6 +48,7 @@ class Decoder:
         self.pad = int(cfg.pad_token_id)
         self.procs: LogitsProcessorList = build_logits_processors(cfg, t, cfg.eos_token_ids)
         self.gen = make_generator(cfg, self.device)
+        self.vocab_limit = renderable_size(tokenizer)  # padding rows beyond the tokenizer are never chosen
         # token history (prompt left-padded with NO_TOKEN) for the processors
         prompt, self.mask = left_pad(prompts, self.total, NO_TOKEN, self.device)
         self.tokens = torch.full((b, self.total), NO_TOKEN, dtype=torch.long, device=self.device)
@@ -66,7 +68,8 @@ class Decoder:
         trackers = self.trackers
         for step in range(cfg.max_new_tokens):
             sel = select_tokens(logits[:, -1], history=self.tokens[:, : t + step], processors=self.procs,
-                                do_sample=cfg.do_sample, generator=self.gen, logprobs=cfg.logprobs,
+                                do_sample=cfg.do_sample, generator=self.gen, vocab_limit=self.vocab_limit,
+                                logprobs=cfg.logprobs,
                                 top_logprobs=cfg.top_logprobs)
             nxt = sel.tokens
             if cfg.logprobs:

@@ -25,6 +25,7 @@ from lmkit.infer.output import GenerationOutput, Step
 from lmkit.infer.select import make_generator
 from lmkit.infer.stop import token_bytes_fn
 from lmkit.infer.streaming import decode_output, stream_tokens_to_text
+from lmkit.infer.vocab_padding import renderable_size
 
 # names that lived here before the split, still importable from this module
 __all__ = ["generate", "iter_steps", "generate_text", "stream_text", "GenerationOutput", "Step",
@@ -46,13 +47,14 @@ def generate(
 
     input_ids: prompts as lists of token ids (any lengths) or a [B, T] tensor (with an
     optional 1/0 attention_mask marking padding). tokenizer: needed for stop strings; when
-    given, `GenerationOutput.texts` holds the decoded continuations.
+    given, `GenerationOutput.texts` holds the decoded continuations, and ids it cannot render
+    (embedding rows beyond its vocabulary) are never generated.
     """
     cfg = resolve_config(model, config, **overrides)
     prompts = prepare_prompts(input_ids, attention_mask)
     check_fits(model, prompts, cfg)
     if cfg.num_beams > 1:
-        out = beam_search(model, prompts, cfg)
+        out = beam_search(model, prompts, cfg, renderable_size(tokenizer))
         if tokenizer is not None:
             out.texts = [decode_output(tokenizer, s, None, cfg.eos_token_ids) for s in out.sequences]
         return out

@@ -6,7 +6,9 @@
 
 `generate`, the serving engine and speculative decoding's drafting all call
 `select_tokens` (as nanochat's `sample_next_token` serves its naive generate and its
-engine), so a new decoding feature is written once. Log-probabilities are those of the
+engine), so a new decoding feature is written once. `vocab_limit` (the tokenizer's size)
+keeps padding rows of the output, which no tokenizer id maps to, from ever being chosen
+(vocab_padding.py). Log-probabilities are those of the
 *processed* distribution (OpenAI's semantics): the scores the token was chosen from.
 
 The optional `allowed` mask [B, V] (True = may be chosen) is applied before the processors,
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from lmkit.infer.sampling import NEG_INF, LogitsProcessorList
+from lmkit.infer.vocab_padding import mask_unrenderable
 
 
 @dataclass
@@ -47,6 +50,7 @@ def select_tokens(
     do_sample: bool = False,
     generator: torch.Generator | None = None,
     allowed: torch.Tensor | None = None,
+    vocab_limit: int | None = None,
     logprobs: bool = False,
     top_logprobs: int = 0,
 ) -> Selection:
@@ -55,10 +59,11 @@ def select_tokens(
     history [B, T]: the tokens so far (prompt left-padded with NO_TOKEN), read by the
     processors; processors: penalties and (when sampling) warpers, in order; do_sample:
     draw from the softmax with `generator` (None: torch's global RNG), else argmax;
-    allowed [B, V] bool: only these ids may be chosen; logprobs / top_logprobs: also
+    allowed [B, V] bool: only these ids may be chosen; vocab_limit: ids >= it are never
+    chosen (the rows beyond the tokenizer's vocabulary); logprobs / top_logprobs: also
     return the chosen tokens' log-probabilities / the `top_logprobs` most likely ids.
     """
-    scores = logits.float()
+    scores = mask_unrenderable(logits.float(), vocab_limit)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, NEG_INF)
     if processors:

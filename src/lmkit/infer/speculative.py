@@ -40,6 +40,7 @@ from lmkit.infer.sampling import build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens, token_logprobs
 from lmkit.infer.stop import StopTracker
 from lmkit.infer.streaming import decode_output
+from lmkit.infer.vocab_padding import mask_unrenderable, renderable_size
 
 
 @dataclass
@@ -143,9 +144,12 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
     lps: list[float] = []
     tops: list[dict[int, float]] = []
 
+    limit = renderable_size(tokenizer)  # output rows beyond the tokenizer are never chosen
+
     def dist(scores: torch.Tensor, upto: int) -> torch.Tensor:
         """Processed scores of one position given the tokens buf[:, :upto]."""
-        return procs(buf[:, :upto], scores.float()) if procs else scores.float()
+        scores = mask_unrenderable(scores.float(), limit)
+        return procs(buf[:, :upto], scores) if procs else scores
 
     while not stop.done:
         g = min(gamma, max_new - (committed - n0) - 1)
@@ -157,7 +161,7 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
             logits = run(feed, d_cache)[:, -1].to(device)
             for j in range(g):
                 sel = select_tokens(logits, history=buf[:, : committed + j], processors=procs,
-                                    do_sample=sample, generator=gen)
+                                    do_sample=sample, generator=gen, vocab_limit=limit)
                 x = int(sel.tokens)
                 q_rows.append(sel.probs[0] if sample else torch.zeros(0))
                 buf[0, committed + j] = x

@@ -32,6 +32,7 @@ class ModelEmbedder:
             raise ConfigError(f"pooling must be 'mean', 'last' or 'cls', got {self.pooling!r}")
         self.normalize = normalize
         self.max_len = model.config.max_seq_len
+        self.vocab_rows = model.config.vocab_size  # token ids must index the embedding
         self._lock = threading.Lock()  # the generation engine may use the same model on its own thread
 
     @property
@@ -58,6 +59,9 @@ class ModelEmbedder:
                 raise ConfigError(f"input[{i}] is empty")
             if len(ids) > self.max_len:
                 raise ConfigError(f"input[{i}] has {len(ids)} tokens, more than the model's context ({self.max_len})")
+            bad = next((t for t in ids if not 0 <= t < self.vocab_rows), None)
+            if bad is not None:
+                raise ConfigError(f"input[{i}] holds token id {bad}, outside the vocabulary [0, {self.vocab_rows})")
         device = next(self.model.parameters()).device
         width = max(len(x) for x in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)

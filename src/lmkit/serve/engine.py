@@ -17,6 +17,14 @@ does **continuous batching** (iteration-level scheduling, as in Orca and vLLM):
 
 A new request therefore never waits for the whole batch to finish, only for the current step.
 
+Failure isolation. One request's failure never fails another: whatever goes wrong while
+choosing a row's token (a processor, the tokenizer, a stop string) ends that request with an
+error event and the others continue; a prefill that fails for several newcomers is retried
+one by one, so only the request that cannot run fails. Only a failure of the batched decode
+forward itself (out of memory, say) ends every row of that step. The error event carries the
+exception, so the server logs its real traceback (engine_bridge.py, event_stream.py).
+With a tokenizer, the output rows it cannot render (vocabulary padding) are never chosen.
+
 KV cache layout. All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
 whose write position `cur` is common; row i holds its n_i cached tokens right-aligned in
 columns [cur - n_i, cur). The columns to the left are hidden by an additive padding bias
@@ -51,6 +59,7 @@ from lmkit.infer.sampling import build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens
 from lmkit.infer.stop import StopTracker
 from lmkit.infer.streaming import TextStream
+from lmkit.infer.vocab_padding import mask_unrenderable, renderable_size
 from lmkit.models.kv_cache import KVCache
 
 
@@ -69,7 +78,8 @@ class TokenEvent:
     text: new text (may be "": held back, or an EOS); token: the id chosen this step;
     logprob / top_logprobs: of that token under the processed distribution, when asked;
     finish_reason: set on the last event ("stop" or "length"), with stop_reason the EOS id or
-    stop string; error: set (and nothing else) when the engine failed on this request.
+    stop string; error: set (and nothing else) when the engine failed on this request, with
+    exception the exception that failed it (its traceback, for the server log).
     """
 
     text: str
@@ -79,6 +89,7 @@ class TokenEvent:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -132,7 +143,7 @@ class EngineStats:
     decode_steps: int = 0
     batch_rows: int = 0  # sum over decode steps of the batch size (mean batch = batch_rows / decode_steps)
     prefills: int = 0
-    errors: int = 0
+    errors: int = 0  # requests the engine failed
     queue_wait_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -160,6 +171,7 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         cfg = model.config
         self.fused = fast_decoder(model, cfg.max_seq_len) if fused else None
+        self.vocab_limit = renderable_size(tokenizer)  # rows beyond the tokenizer are never chosen
         self._waiting: collections.deque[_Row] = collections.deque()
         self._rows: list[_Row] = []
         self._cache: KVCache | None = None
@@ -242,7 +254,7 @@ class Engine:
         if not done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if events[-1].error:
-            raise LmkitError(events[-1].error)
+            raise LmkitError(events[-1].error) from events[-1].exception
         toks = [e.token for e in events if e.token is not None]
         return Completion(
             "".join(e.text for e in events), toks, events[-1].finish_reason, events[-1].stop_reason,
@@ -274,14 +286,18 @@ class Engine:
                         self._admit(joining)
                     if self._rows:
                         self._decode_step()
-            except Exception as exc:  # a bug or OOM must not kill the server: fail the requests in flight
+            except Exception as exc:  # the batched step failed (OOM, a bug): fail the requests in flight
+                self._fail(self._rows + [r for r in joining if r not in self._rows], exc)
+                self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    def _fail(self, rows: list[_Row], exc: BaseException) -> None:
+        """End `rows` with an error event carrying `exc`; the other requests are not touched."""
+        msg = f"generation failed: {type(exc).__name__}: {exc}"
+        for row in rows:
+            if not row.done:
+                row.done = True
                 self.stats.errors += 1
-                msg = f"generation failed: {type(exc).__name__}: {exc}"
-                for row in self._rows + [r for r in joining if r not in self._rows]:
-                    if not row.done:
-                        row.done = True
-                        _safe_call(row.callback, TokenEvent("", error=msg))
-                self._rows, self._cache = [], None
+                _safe_call(row.callback, TokenEvent("", error=msg, exception=exc))
 
     def _init_row(self, row: _Row) -> None:
         cfg = row.cfg
@@ -297,22 +313,47 @@ class Engine:
         self.stats.queue_wait_s += time.perf_counter() - row.handle.submitted
 
     def _admit(self, joining: list[_Row]) -> None:
-        """Prefill the newcomers together, choose their first tokens, merge them into the batch."""
+        """Set up the newcomers (a request that cannot be set up fails alone), then join them."""
+        ready = []
         for row in joining:
-            self._init_row(row)
-        ids, mask = left_pad([r.prompt for r in joining], fill=0, device=self.device)
-        k, t = ids.shape
-        for j, r in enumerate(joining):
-            r.slot = j
-            r.cached = len(r.prompt)
-        cache = self.model.make_cache(k, t)
-        logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
+            try:
+                self._init_row(row)
+                ready.append(row)
+            except Exception as exc:
+                self._fail([row], exc)
+        if ready:
+            self._join(ready)
+
+    def _join(self, joining: list[_Row]) -> None:
+        """Prefill the newcomers together, choose their first tokens, merge them into the batch.
+
+        A failed prefill of several newcomers is retried one by one, so only a request that
+        cannot run fails; the running rows are untouched until the merge succeeds.
+        """
+        try:
+            ids, mask = left_pad([r.prompt for r in joining], fill=0, device=self.device)
+            k, t = ids.shape
+            for j, r in enumerate(joining):
+                r.slot = j
+                r.cached = len(r.prompt)
+            cache = self.model.make_cache(k, t)
+            logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
+        except Exception as exc:
+            if len(joining) == 1:
+                self._fail(joining, exc)
+            else:
+                for row in joining:
+                    self._join([row])
+            return
         self.stats.prefills += 1
         self._choose(joining, logits[:, -1])
         survivors = [r for r in joining if not r.done]
         old = [r for r in self._rows if not r.done]
         if survivors:
-            self._relayout(old, survivors, cache, t)
+            try:
+                self._relayout(old, survivors, cache, t)
+            except Exception as exc:  # self._rows and the shared cache are unchanged: only the newcomers fail
+                self._fail(survivors, exc)
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -335,27 +376,38 @@ class Engine:
 
     # ---- choosing tokens ----------------------------------------------------------------
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """logits [len(rows), V] -> one token per row, through each row's own processors."""
-        scores = logits.float()
+        """logits [len(rows), V] -> one token per row, through each row's own processors.
+
+        Ids the tokenizer cannot render are masked out for every row; a row whose choice
+        fails ends with an error event, the others go on.
+        """
+        scores = mask_unrenderable(logits.float(), self.vocab_limit)
         plain = [not r.procs and not r.cfg.do_sample and not r.cfg.logprobs for r in rows]
         greedy_all = select_tokens(scores).tokens.tolist() if any(plain) else None  # one batched argmax
         for j, r in enumerate(rows):
             if r.handle.cancelled:
                 r.done = True
                 continue
-            if plain[j]:
-                self._advance(r, greedy_all[j], None, None)
-                continue
-            cfg = r.cfg
-            history = r.history[:, : len(r.prompt) + r.generated] if r.procs else None
-            sel = select_tokens(scores[j : j + 1], history=history, processors=r.procs, do_sample=cfg.do_sample,
-                                generator=r.gen, logprobs=cfg.logprobs, top_logprobs=cfg.top_logprobs)
-            lp = top = None
-            if sel.logprobs is not None:
-                lp = float(sel.logprobs[0])
-                if sel.top_logprobs is not None:
-                    top = dict(zip(sel.top_logprobs[1][0].tolist(), sel.top_logprobs[0][0].tolist()))
-            self._advance(r, int(sel.tokens[0]), lp, top)
+            try:
+                if plain[j]:
+                    self._advance(r, greedy_all[j], None, None)
+                else:
+                    self._choose_one(r, scores[j : j + 1])
+            except Exception as exc:
+                self._fail([r], exc)
+
+    def _choose_one(self, r: _Row, scores: torch.Tensor) -> None:
+        """scores [1, V] -> the row's token through its processors, sampler and logprobs."""
+        cfg = r.cfg
+        history = r.history[:, : len(r.prompt) + r.generated] if r.procs else None
+        sel = select_tokens(scores, history=history, processors=r.procs, do_sample=cfg.do_sample,
+                            generator=r.gen, logprobs=cfg.logprobs, top_logprobs=cfg.top_logprobs)
+        lp = top = None
+        if sel.logprobs is not None:
+            lp = float(sel.logprobs[0])
+            if sel.top_logprobs is not None:
+                top = dict(zip(sel.top_logprobs[1][0].tolist(), sel.top_logprobs[0][0].tolist()))
+        self._advance(r, int(sel.tokens[0]), lp, top)
 
     def _advance(self, r: _Row, tok: int, lp: float | None, top: dict | None) -> None:
         if r.history is not None:

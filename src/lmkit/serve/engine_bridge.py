@@ -87,9 +87,12 @@ def cancel_all(handles) -> None:
         h.cancel()
 
 
-def generation_failed(message: str) -> APIError:
-    """The 500 for a choice the engine failed."""
-    return APIError(500, message, "server_error", cause=CAUSE_GENERATION)
+def generation_failed(event: TokenEvent) -> APIError:
+    """The 500 for a choice the engine failed; raised `from` the engine's exception, so the
+    failure log shows the real traceback."""
+    err = APIError(500, event.error, "server_error", cause=CAUSE_GENERATION)
+    err.__cause__ = event.exception
+    return err
 
 
 async def collect_choices(engine, jobs: list[Job]) -> list[dict]:
@@ -103,7 +106,7 @@ async def collect_choices(engine, jobs: list[Job]) -> list[dict]:
             r = results[idx]
             for ev in evs:
                 if ev.error:
-                    raise generation_failed(ev.error)
+                    raise generation_failed(ev)
                 r["text"].append(ev.text)
                 if ev.token is not None:
                     r["tokens"].append(ev.token)

@@ -14,7 +14,8 @@ def event_stream_response(events):
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-def failure_event(request, message: str) -> bytes:
-    """The error event for a choice the engine failed mid-stream (logged and counted, with the request id)."""
-    report_failure(request, CAUSE_GENERATION, message)
+def failure_event(request, message: str, exc: BaseException | None = None) -> bytes:
+    """The error event for a choice the engine failed mid-stream (logged with `exc`'s traceback
+    and counted, with the request id)."""
+    report_failure(request, CAUSE_GENERATION, message, exc)
     return sse(error_body(with_request_id(message, getattr(request.state, "request_id", None)), "server_error"))

@@ -80,7 +80,7 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
             while not stream.done:
                 idx, (ev,) = await queue.get()
                 if ev.error:
-                    yield failure_event(request, ev.error)
+                    yield failure_event(request, ev.error, ev.exception)
                     break
                 for c in stream.feed(idx, ev):
                     yield sse(c)

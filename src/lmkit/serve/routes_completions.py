@@ -86,7 +86,7 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
             while left:
                 idx, (ev,) = await queue.get()
                 if ev.error:
-                    yield failure_event(request, ev.error)
+                    yield failure_event(request, ev.error, ev.exception)
                     break
                 used += ev.token is not None
                 lp = None
