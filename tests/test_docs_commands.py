@@ -100,13 +100,15 @@ def _tiny_inputs(cwd: Path) -> None:
     from lmkit.hub import save_pretrained
     from lmkit.peft.finetune import toy_task
 
-    task = toy_task(seed=0, pretrain_steps=20, d_model=32)
+    task = toy_task(seed=0, pretrain_steps=20, d_model=64)  # 64: the docs' --group-size 64 divides it
     save_pretrained(task.base, cwd / "model")
     task.tokenizer.save_hf_json(cwd / "model" / "tokenizer.json")
     task.tokenizer.save(cwd / "tok.json")
     text = toy_pretrain_text(200, 0)
-    for name in ("corpus.txt", "train.txt", "test.txt", "text.txt"):
+    for name in ("train.txt", "test.txt", "text.txt"):
         (cwd / name).write_text(text, encoding="utf-8")
+    # paragraphs (--split-by paragraph), enough that 5 % of them fill one 256-token window
+    (cwd / "corpus.txt").write_text(toy_pretrain_text(3000, 1).replace("\n", "\n\n"), encoding="utf-8")
     prepare_shards([cwd / "corpus.txt"], task.tokenizer, cwd / "SHARDS", ShardConfig(val_fraction=0.1, eos_token="<|im_end|>"), progress=False)
 
     def jsonl(name, rows):
@@ -129,9 +131,9 @@ def _tiny_inputs(cwd: Path) -> None:
 
 
 def _run_yaml(doc: Path, cwd: Path) -> None:
-    """training.md's run.yaml, as printed, with its step counts shrunk."""
+    """training.md's run.yaml, as printed, with its step counts and batch shrunk."""
     block = next(m.group(1) for m in re.finditer(r"^```yaml\n(.*?)^```", doc.read_text(encoding="utf-8"), re.S | re.M))
-    for key, value in (("max_steps", 2), ("warmup_steps", 1), ("eval_every", 1), ("save_every", 2)):
+    for key, value in (("max_steps", 2), ("warmup_steps", 1), ("eval_every", 1), ("save_every", 2), ("batch_size", 2)):
         block = re.sub(rf"^(\s*{key}:)\s*\d+", rf"\g<1> {value}", block, flags=re.M)
     (cwd / "run.yaml").write_text(block, encoding="utf-8")
 
