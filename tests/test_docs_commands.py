@@ -194,3 +194,21 @@ def test_every_doc_with_lmkit_lines_is_run():
         b for b in re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
         if LIFE_OF_A_MODEL not in b), re.M)]
     assert life and all(line.strip() in README_SKIP for line in others), others
+
+
+def test_quickstart_example_data_are_inputs_the_commands_accept(tmp_path):
+    """chat.jsonl, held_out.txt and docs/ that the README's lines read, from a corpus excerpt."""
+    from lmkit.corpus import english_text
+    from lmkit.data.sft import read_sft_file
+    from lmkit.rag.loaders import load_directory
+    from lmkit.train.quickstart_examples import write_example_data
+
+    paths = write_example_data(tmp_path, english_text()[:400_000])
+    conversations = read_sft_file(paths["chat"])
+    assert len(conversations) >= 20
+    assert all([m["role"] for m in c] == ["user", "assistant"] for c in conversations)
+    held_out = paths["held_out"].read_text(encoding="utf-8")
+    assert 5_000 < len(held_out) < 30_000 and held_out not in english_text()
+    assert len(list(paths["docs"].glob("*.md"))) >= 2
+    documents, _ = load_directory(paths["docs"])
+    assert len(documents) == len(list(paths["docs"].glob("*.md")))
