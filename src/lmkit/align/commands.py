@@ -92,8 +92,9 @@ def _plot(records, keys, out: str, title: str) -> None:
         from lmkit.train.metrics_log import plot_curves
 
         plot_curves(records, keys, Path(out) / "curves.png", title)
-    except ImportError:  # matplotlib missing: the metrics.jsonl is still there
-        pass
+    except ImportError:  # matplotlib missing: say so in one line; the metrics.jsonl is still there
+        click.echo("note: curves.png not written (it needs matplotlib: pip install 'lmkit[plot]'); "
+                   f"the numbers are in {Path(out) / 'run' / 'metrics.jsonl'}", err=True)
 
 
 def _pairs(path: str, tok, max_len: int, bos: int | None, eos: int | None, template):

@@ -59,11 +59,15 @@ def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, s
 @click.command("quickstart")
 @click.option("--out", "-o", default="lmkit-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="where the corpus, tokenizer, checkpoints and the final model go")
-@click.option("--steps", default=1200, show_default=True, help="optimizer steps (about 2-3 minutes on 2 CPU cores)")
-@click.option("--vocab-size", default=2048, show_default=True)
+@click.option("--steps", default=1200, show_default=True, envvar="LMKIT_QUICKSTART_STEPS", show_envvar=True,
+              help="optimizer steps (about 2-3 minutes on 2 CPU cores)")
+@click.option("--vocab-size", default=2048, show_default=True, envvar="LMKIT_QUICKSTART_VOCAB_SIZE", show_envvar=True)
 @click.option("--seed", default=0, show_default=True)
 def quickstart(out: str, steps: int, vocab_size: int, seed: int) -> None:
-    """Train a BPE tokenizer and a small Llama-style model on Python's own documentation, then generate."""
+    """Train a BPE tokenizer and a small Llama-style model on Python's own documentation, then generate.
+
+    Beside the model it writes the inputs of the README's next steps: chat.jsonl (chat SFT
+    data), held_out.txt (text it did not train on) and docs/ (Markdown files to index)."""
     import time
 
     from lmkit.hub.pretrained import load_pretrained

@@ -24,13 +24,15 @@ class QuickstartResult:
 
 def run_quickstart(out: str | Path, steps: int = 1200, vocab_size: int = 2048, seed: int = 0,
                    report: Callable[[str], None] = print) -> QuickstartResult:
-    """Train a tokenizer and a model on Python's own documentation under `out`; `report`
+    """Train a tokenizer and a model on Python's own documentation under `out` (beside it the
+    example inputs of the README's next steps: chat.jsonl, held_out.txt, docs/); `report`
     receives one line per stage ([1/5] ... [4/5])."""
     from lmkit.atomic import atomic_write_text
     from lmkit.corpus import english_text
     from lmkit.data.shards import ShardConfig, prepare_shards
     from lmkit.tokenizers import BPETokenizer
     from lmkit.train.pretrain import PretrainConfig, run_pretrain, unigram_baseline_ppl
+    from lmkit.train.quickstart_examples import write_example_data
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -38,6 +40,9 @@ def run_quickstart(out: str | Path, steps: int = 1200, vocab_size: int = 2048, s
     text = english_text()
     atomic_write_text(corpus, text)
     report(f"[1/5] corpus: {len(text) / 1e6:.1f} MB of Python documentation -> {corpus}")
+    examples = write_example_data(out_dir, text)
+    report(f"      examples for the next steps: {examples['chat']} (chat SFT data), "
+           f"{examples['held_out']} (held-out text), {examples['docs']}/ (documents to index)")
 
     tok = BPETokenizer.train([corpus], vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
     tok.save(out_dir / "tokenizer.lmkit.json")
