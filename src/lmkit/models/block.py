@@ -27,7 +27,8 @@ class TransformerBlock(nn.Module):
             self.cross_attn_norm = make_norm(config)
             self.cross_attn = Attention(config, cross=True)
         self.mlp_norm = make_norm(config)
-        if config.n_experts:
+        self.is_moe = bool(config.n_experts)
+        if self.is_moe:
             from lmkit.models.moe import MoE
 
             self.mlp = MoE(config)
@@ -52,8 +53,11 @@ class TransformerBlock(nn.Module):
         is_causal: bool = False,
         encoder_states: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """token_mask: bool [B, T], True = real token; an MoE FFN leaves padding out of its
+        routing statistics and expert capacity (a dense FFN needs no mask)."""
         x, weights = self._residual(
             x,
             self.attn_norm,
@@ -68,5 +72,6 @@ class TransformerBlock(nn.Module):
                 self.cross_attn_norm,
                 lambda h: self.cross_attn(h, attn_bias=cross_bias, kv_input=encoder_states),
             )
-        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
+        ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
+        x, _ = self._residual(x, self.mlp_norm, lambda h: (ffn(h), None))
         return x, weights

@@ -39,6 +39,8 @@ from torch import nn
 
 from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import default_position_ids
+from lmkit.models.masks import real_tokens
 from lmkit.peft.method_common import (
     MethodConfig, blocks_of, check_int, check_prob, freeze, kv_dim, model_config_of,
 )
@@ -110,11 +112,8 @@ class DeepPromptHooks:
         past = cache.seq_len if cache is not None else 0
         pos = a.get("position_ids")
         if pos is None:
-            mask = a.get("attention_mask")
-            if mask is not None and not bool(mask.all()):
-                pos = (mask.to(ids.device).long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            else:
-                pos = torch.arange(past, past + t, device=ids.device)[None].expand(b, t)
+            padding = real_tokens(a.get("attention_mask"), b, past + t, ids.device)
+            pos = default_position_ids(b, t, past, ids.device, padding)
         a["position_ids"] = pos + self.n_tokens
         return (), dict(a)
 
