@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
-from lmkit.peft.lora import LoraConfig, inject_lora, lora_configs, lora_state_dict, load_lora_state_dict, set_adapter
+from lmkit.peft.lora import (
+    LoraConfig, delete_adapter, inject_lora, load_lora_state_dict, lora_configs, lora_state_dict, set_adapter,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -280,11 +282,20 @@ def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_na
     try:
         load_lora_state_dict(model, state, adapter_name)
     except CheckpointError:
-        from lmkit.peft.lora import delete_adapter
-
         delete_adapter(model, adapter_name)
         if had_active is not None:
             set_adapter(model, had_active)
         raise
     model.lora_configs[adapter_name] = config
     return model
+
+
+def save_lora(model: nn.Module, directory, adapter_name: str = "default", base_model_name_or_path: str | None = None) -> None:
+    """Write adapter `adapter_name` in PEFT's layout (adapter_config.json + adapter_model.safetensors)."""
+    save_peft_adapter(model, directory, adapter_name=adapter_name, base_model_name_or_path=base_model_name_or_path)
+
+
+def load_lora(model: nn.Module, directory, adapter_name: str = "default") -> nn.Module:
+    """Read a PEFT-layout LoRA adapter directory (ours or PEFT's) into `model` as `adapter_name`
+    (injecting the layers it needs); returns `model`."""
+    return load_peft_adapter(model, directory, adapter_name=adapter_name)
