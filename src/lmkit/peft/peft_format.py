@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
+from lmkit.hub.hf_config import read_json_object
 from lmkit.peft.lora import (
     LoraConfig, delete_adapter, inject_lora, load_lora_state_dict, lora_configs, lora_state_dict, set_adapter,
 )
@@ -201,16 +202,9 @@ def save_peft_adapter(
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{Path(directory)}: no {CONFIG_NAME} — not a PEFT adapter directory")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    return d
+    return read_json_object(
+        Path(directory) / CONFIG_NAME, f"{Path(directory)}: no {CONFIG_NAME} — not a PEFT adapter directory"
+    )
 
 
 def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraConfig:
