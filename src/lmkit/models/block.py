@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.attention import Attention
 from lmkit.models.config import ModelConfig
@@ -75,3 +76,23 @@ class TransformerBlock(nn.Module):
         ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
         x, _ = self._residual(x, self.mlp_norm, lambda h: (ffn(h), None))
         return x, weights
+
+
+def run_layers(
+    layers: nn.ModuleList, x: torch.Tensor, *, checkpointing: bool = False, kv_cache=None,
+    return_weights: bool = False, **kwargs,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x through every block in turn, with the same keyword arguments (masks, rope, ...) for
+    each; layer i gets layer i of `kv_cache`. With `checkpointing` (training, no cache) each
+    block is recomputed in the backward pass instead of storing its activations.
+    -> (output, per-layer attention weights when return_weights)."""
+    attentions = []
+    for i, layer in enumerate(layers):
+        if checkpointing:
+            x, w = checkpoint(layer, x, use_reentrant=False, return_weights=return_weights, **kwargs)
+        else:
+            x, w = layer(x, kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
+                         return_weights=return_weights, **kwargs)
+        if return_weights:
+            attentions.append(w)
+    return x, attentions

@@ -31,9 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from lmkit.models.block import TransformerBlock
+from lmkit.models.block import TransformerBlock, run_layers
 from lmkit.models.config import ModelConfig
 from lmkit.models.init import init_normal_weights
 from lmkit.models.masks import attention_bias, real_tokens
@@ -119,7 +118,11 @@ class DecoderLM(nn.Module):
         x, rope = self._embed(input_ids, position_ids)
         attn_bias = self._attention_bias(past, t, x, padding, prefix_len, document_ids)
         token_mask = padding[:, past:] if padding is not None else None
-        x, attentions = self._run_layers(x, attn_bias, rope, kv_cache, token_mask, return_weights)
+        checkpointing = getattr(self, "gradient_checkpointing", False) and self.training and kv_cache is None
+        x, attentions = run_layers(
+            self.layers, x, checkpointing=checkpointing, kv_cache=kv_cache, return_weights=return_weights,
+            attn_bias=attn_bias, rope=rope, is_causal=attn_bias is None, token_mask=token_mask,
+        )
         h = self.norm(x)
         logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
 
@@ -160,22 +163,6 @@ class DecoderLM(nn.Module):
             q_pos, k_pos, x.dtype, causal=True, window=cfg.sliding_window, padding=padding, prefix_len=prefix_len,
             document_ids=document_ids, score_bias=position_score_bias(self, q_pos, k_pos, causal=True),
         )
-
-    def _run_layers(self, x, attn_bias, rope, kv_cache, token_mask, return_weights):
-        """Every layer in turn (recomputed in the backward pass under gradient checkpointing)."""
-        is_causal = attn_bias is None
-        attentions = []
-        checkpointing = getattr(self, "gradient_checkpointing", False) and self.training and kv_cache is None
-        for i, layer in enumerate(self.layers):
-            kw = dict(attn_bias=attn_bias, rope=rope, is_causal=is_causal, token_mask=token_mask,
-                      return_weights=return_weights)
-            if checkpointing:
-                x, w = checkpoint(layer, x, use_reentrant=False, **kw)
-            else:
-                x, w = layer(x, kv_cache=kv_cache.layer(i) if kv_cache is not None else None, **kw)
-            if return_weights:
-                attentions.append(w)
-        return x, attentions
 
 
 def check_document_ids(document_ids, batch: int, t: int, device, kv_cache, prefix_len) -> torch.Tensor:

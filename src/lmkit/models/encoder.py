@@ -35,9 +35,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from lmkit.models.block import TransformerBlock
+from lmkit.models.block import TransformerBlock, run_layers
 from lmkit.models.init import init_normal_weights
 from lmkit.models.config import ModelConfig
 from lmkit.models.ffn import activation_fn
@@ -169,17 +168,10 @@ class EncoderLM(nn.Module):
         score_bias = position_score_bias(self, pos, pos, causal=False)
         attn_bias = attention_bias(pos, pos, x.dtype, causal=False, padding=padding, score_bias=score_bias)
 
-        attentions = []
         checkpointing = getattr(self, "gradient_checkpointing", False) and self.training
-        for layer in self.layers:
-            if checkpointing:
-                x, w = checkpoint(
-                    layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, return_weights=return_weights
-                )
-            else:
-                x, w = layer(x, attn_bias=attn_bias, rope=rope, return_weights=return_weights)
-            if return_weights:
-                attentions.append(w)
+        x, attentions = run_layers(
+            self.layers, x, checkpointing=checkpointing, return_weights=return_weights, attn_bias=attn_bias, rope=rope
+        )
         return self.norm(x), attentions
 
     def forward(

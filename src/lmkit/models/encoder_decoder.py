@@ -32,10 +32,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.attention import Attention
-from lmkit.models.block import TransformerBlock
+from lmkit.models.block import TransformerBlock, run_layers
 from lmkit.models.config import ModelConfig
 from lmkit.models.ffn import FeedForward
 from lmkit.models.masks import attention_bias, real_tokens
@@ -87,22 +86,11 @@ class Stack(nn.Module):
             score_bias=position_score_bias(self, q_pos, k_pos, causal=causal),
         )
         is_causal = causal and attn_bias is None
-        attentions = []
-        checkpointing = self.gradient_checkpointing and self.training and kv_cache is None
-        for i, layer in enumerate(self.layers):
-            if checkpointing:
-                x, w = checkpoint(
-                    layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
-                    encoder_states=encoder_states, cross_bias=cross_bias, return_weights=return_weights,
-                )
-            else:
-                x, w = layer(
-                    x, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
-                    kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                    encoder_states=encoder_states, cross_bias=cross_bias, return_weights=return_weights,
-                )
-            if return_weights:
-                attentions.append(w)
+        x, attentions = run_layers(
+            self.layers, x, checkpointing=self.gradient_checkpointing and self.training and kv_cache is None,
+            kv_cache=kv_cache, return_weights=return_weights, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
+            encoder_states=encoder_states, cross_bias=cross_bias,
+        )
         return self.dropout(self.norm(x)), attentions
 
 
