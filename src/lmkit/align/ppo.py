@@ -30,7 +30,6 @@ safe); see docs/alignment.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from dataclasses import dataclass

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.models.config import dataclass_from_dict
 from lmkit.models.module_tree import replace_module
 from lmkit.peft.lora import find_targets, linear_shapes
 
@@ -100,11 +101,7 @@ class AdaLoraConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AdaLoraConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"AdaLoraConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class AdaLoraLinear(nn.Module):

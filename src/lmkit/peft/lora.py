@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.models.config import dataclass_from_dict
 from lmkit.models.module_tree import replace_module
 
 BIAS_MODES = ("none", "all", "lora_only")
@@ -83,11 +84,7 @@ class LoraConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"LoraConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
