@@ -179,13 +179,20 @@ class PrefixEncoder(nn.Module):
         self.prefix = nn.Parameter(kv)
 
 
-def apply_prefix(model: nn.Module, config: PrefixTuningConfig | None = None) -> nn.Module:
-    """Freeze `model` and give every layer a trainable key/value prefix; returns `model`."""
-    config = config or PrefixTuningConfig()
+def freeze_for_deep_prompts(model: nn.Module) -> ModelConfig:
+    """Freeze `model` before prefix tuning or P-tuning v2 adds its per-layer prompts (only
+    one of them, once); returns the model's config."""
     mcfg = model_config_of(model)
     if hasattr(model, "prefix_tuning") or hasattr(model, "deep_prompt"):
         raise ConfigError("this model already has prefix tuning / P-tuning v2 prompts")
     freeze(model)
+    return mcfg
+
+
+def apply_prefix(model: nn.Module, config: PrefixTuningConfig | None = None) -> nn.Module:
+    """Freeze `model` and give every layer a trainable key/value prefix; returns `model`."""
+    config = config or PrefixTuningConfig()
+    mcfg = freeze_for_deep_prompts(model)
     p = next(model.parameters())
     enc = PrefixEncoder(mcfg, config).to(device=p.device, dtype=p.dtype)
     if config.finalized:
