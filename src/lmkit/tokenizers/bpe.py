@@ -57,7 +57,8 @@ from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.bytes_level import bytes_to_token_str, token_str_to_bytes
-from lmkit.tokenizers.json_files import check_format, corrupt_file_errors, hf_json_errors, read_json, write_json
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, is_hf_tokenizer_json,
+                                         read_json, write_json)
 from lmkit.tokenizers.pretokenize import PreTokenizer, byte_level_from_hf, byte_level_to_hf
 from lmkit.tokenizers.text_files import iter_text
 from lmkit.tokenizers.word_cache import CachesWords
@@ -604,7 +605,7 @@ class BPETokenizer(CachesWords, Tokenizer):
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Load lmkit's JSON format or a Hugging Face ``tokenizer.json`` (BPE model)."""
         data = read_json(path)
-        if isinstance(data, dict) and "model" in data and "format" not in data:
+        if is_hf_tokenizer_json(data):
             return cls.from_hf_dict(data, source=str(path))
         return cls.from_dict(data, source=str(path))
 

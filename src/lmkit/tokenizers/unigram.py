@@ -51,8 +51,8 @@ from typing import Iterable, Sequence
 from lmkit.atomic import atomic_write_bytes
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
-from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, parse_json,
-                                         read_file_bytes, write_json)
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, is_hf_tokenizer_json,
+                                         parse_json, read_file_bytes, write_json)
 from lmkit.tokenizers.special_tokens import encode_with_specials
 from lmkit.tokenizers.spm_model import SPACE, Charsmap, PieceType, SpmModel, parse_model, serialize_model
 from lmkit.tokenizers.unigram_trainer import learn_pieces
@@ -671,7 +671,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
         raw = read_file_bytes(path)
         if raw.lstrip()[:1] == b"{":
             data = parse_json(raw, path)
-            if isinstance(data, dict) and "model" in data and "format" not in data:
+            if is_hf_tokenizer_json(data):
                 return cls.from_hf_dict(data, source=str(path))
             return cls.from_dict(data, source=str(path))
         return cls.from_sentencepiece(path)
