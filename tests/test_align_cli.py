@@ -64,7 +64,7 @@ def test_dpo_lora_saves_an_adapter_and_grpo_merged(model_dir, tmp_path):
     assert "--max-steps is deprecated" in r.output and "use --steps" in r.output
     assert last_json(r.output)["saved"] == "LoRA adapter"
     assert (tmp_path / "dpo" / "adapter_config.json").is_file()
-    from lmkit.peft.lora import load_lora
+    from lmkit.peft.peft_format import load_lora
 
     load_lora(load_pretrained(model_dir), tmp_path / "dpo")
     r = run("grpo", model_dir, model_dir / "math.jsonl", "-o", tmp_path / "grpo", "--reward-fn",

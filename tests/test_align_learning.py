@@ -83,7 +83,8 @@ def test_dpo_raises_heldout_accuracy_and_margin(tmp_path, use_lora):
 def test_dpo_reference_online_equals_precomputed(pairs):
     tr, _ = pairs
     batch = collate_pairs(tr[:6], 0)
-    from lmkit.align.dpo import DPOObjective, frozen_copy, precompute_reference_logprobs
+    from lmkit.align.dpo import DPOObjective, precompute_reference_logprobs
+    from lmkit.align.reference import frozen_copy
 
     policy = tiny()
     ref = frozen_copy(tiny(seed=5))

@@ -52,7 +52,7 @@ def test_lora_finetune_peft_loads_it_and_merge(model_dir, tmp_path):
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
     hf = transformers.LlamaForCausalLM.from_pretrained(model_dir).eval()
     pm = peft.PeftModel.from_pretrained(hf, out).eval()
-    from lmkit.peft.lora import load_lora
+    from lmkit.peft.peft_format import load_lora
 
     ours = load_lora(load_pretrained(model_dir), out)
     with torch.no_grad():

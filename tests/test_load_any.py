@@ -58,7 +58,8 @@ def test_full_checkpoint(base):
 
 
 def test_lora_folder_alone_and_with_base(base, tmp_path):
-    from lmkit.peft.lora import LoraConfig, inject_lora, save_lora
+    from lmkit.peft.lora import LoraConfig, inject_lora
+    from lmkit.peft.peft_format import save_lora
 
     tuned = inject_lora(_fresh(base), LoraConfig(r=4, alpha=8))
     _perturb(tuned)
@@ -86,7 +87,8 @@ def test_unmergeable_method_folder(base, tmp_path, method):
 
 
 def test_folder_without_base_names_the_fix(base, tmp_path):
-    from lmkit.peft.lora import LoraConfig, inject_lora, save_lora
+    from lmkit.peft.lora import LoraConfig, inject_lora
+    from lmkit.peft.peft_format import save_lora
     from lmkit.peft.finetune import apply_method
     from lmkit.peft.method_io import save_method
 

@@ -165,3 +165,23 @@ def test_is_causal_with_cached_keys_is_bottom_right_aligned():
         tail_w, _ = attn(x[:, 3:], is_causal=True, kv_cache=cache.layer(0), return_weights=True)
     torch.testing.assert_close(tail, full[:, 3:], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(tail_w, full[:, 3:], atol=1e-6, rtol=1e-5)
+
+
+def test_attention_bias_builder():
+    """masks.attention_bias: None when SDPA needs no mask; cache offsets, padding and cross-attention shapes."""
+    from lmkit.models.masks import attention_bias, causal_bias, real_tokens
+
+    pos = torch.arange(5)
+    assert attention_bias(pos, pos, torch.float32, causal=True) is None  # SDPA's causal kernel
+    assert attention_bias(pos[4:], pos, torch.float32, causal=True) is None  # one new query sees every key
+    assert attention_bias(pos, pos, torch.float32, causal=False) is None  # full attention
+    assert attention_bias(pos, pos, torch.float32, causal=True, window=5) is None  # window covers everything
+    cached = attention_bias(pos[3:], pos, torch.float32, causal=True)  # two new queries after three cached
+    assert torch.equal(cached[0, 0] == 0, pos[None, :] <= pos[3:, None])
+    assert torch.equal(cached[0, 0], causal_bias(2, 5, torch.float32, pos.device))
+    assert real_tokens(torch.ones(2, 5), 2, 5, pos.device) is None
+    with pytest.raises(ValueError, match="attention_mask"):
+        real_tokens(torch.ones(2, 4), 2, 5, pos.device)
+    padding = real_tokens(torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]), 2, 5, pos.device)
+    cross = attention_bias(torch.arange(3), pos, torch.float32, causal=False, padding=padding)
+    assert cross.shape == (2, 1, 1, 5) and bool((cross[1, 0, 0, :2] < -1e30).all()) and bool((cross[:, 0, 0, 2:] == 0).all())

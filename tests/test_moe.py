@@ -104,8 +104,7 @@ def test_load_balancing_loss(router, k):
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[0, :2] = 0
     mask[2, :5] = 0
-    moe.token_mask = mask.bool()
-    moe(x)
+    moe(x, token_mask=mask.bool())
     hf_masked = load_balancing_loss_func((moe.router_logits.detach(),), 4, top_k=k, attention_mask=mask)
     torch.testing.assert_close(moe.load_balancing_loss, hf_masked.float(), atol=1e-6, rtol=1e-5)
     assert abs(float(moe.load_balancing_loss.detach()) - independent_lb(logits.double().numpy(), k, mask.reshape(-1).numpy())) < 1e-5

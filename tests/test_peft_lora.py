@@ -16,18 +16,16 @@ from lmkit.peft.lora import (
     LoraLinear,
     disable_adapters,
     inject_lora,
-    load_lora,
     load_lora_state_dict,
     lora_state_dict,
     mark_only_lora_trainable,
     merge_lora,
-    save_lora,
     set_adapter,
     trainable_parameters,
     unload_lora,
     unmerge_lora,
 )
-from lmkit.peft.peft_format import from_peft_keys
+from lmkit.peft.peft_format import from_peft_keys, load_lora, save_lora
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

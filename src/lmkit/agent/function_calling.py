@@ -39,7 +39,8 @@ class AgentResult:
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _call_key(name: str, arguments: Any) -> str:
+def call_key(name: str, arguments: Any) -> str:
+    """A tool call's identity (name + canonical JSON arguments), for spotting repeated calls."""
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
@@ -86,7 +87,7 @@ class FunctionCallingAgent:
                 fn = call.get("function", {})
                 name, args = fn.get("name", ""), fn.get("arguments", "{}")
                 call_id = call.get("id") or f"call_{len(steps)}_{i}"
-                key = _call_key(name, args)
+                key = call_key(name, args)
                 repeats[key] = repeats.get(key, 0) + 1
                 observation = self.toolbox.call(name, args)
                 steps.append(AgentStep(tool=name, arguments=args, observation=observation,

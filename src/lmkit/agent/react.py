@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from lmkit.agent.function_calling import AgentResult, AgentStep, _call_key
+from lmkit.agent.function_calling import AgentResult, AgentStep, call_key
 from lmkit.agent.memory import BufferMemory, Memory
 from lmkit.agent.tools import Tool, Toolbox
 from lmkit.errors import ConfigError
@@ -117,7 +117,7 @@ class ReActAgent:
             else:
                 name, value = parsed
                 value = _coerce_input(self.toolbox.tools.get(name), value)
-                key = _call_key(name, value)
+                key = call_key(name, value)
                 repeats[key] = repeats.get(key, 0) + 1
                 observation = self.toolbox.call(name, value)
                 thought = output.split("Action", 1)[0].strip()

@@ -72,7 +72,7 @@ def _save_policy(model, model_dir: str, out: str, lora: bool, merge: bool) -> st
     from lmkit.hub import save_pretrained
 
     if lora and not merge:
-        from lmkit.peft.lora import save_lora
+        from lmkit.peft.peft_format import save_lora
 
         save_lora(model, out, base_model_name_or_path=str(Path(model_dir).resolve()))
         what = "LoRA adapter"

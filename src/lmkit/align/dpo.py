@@ -27,7 +27,6 @@ policy; no second copy), or reference log-probs precomputed once before training
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 import torch
@@ -137,14 +136,6 @@ def precompute_reference_logprobs(reference: Reference, pairs: Sequence, batch_s
     return torch.cat(out)
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A frozen deep copy of `model` to serve as pi_ref for a full-model policy."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
-
-
 def train_dpo(policy: nn.Module, train_pairs: Sequence, config, *, ref_model: nn.Module | None = None,
               eval_pairs: Sequence | None = None, batch_size: int = 8, pad_id: int = 0, beta: float = 0.1,
               loss_type: str = "sigmoid", label_smoothing: float = 0.0, precompute_ref: bool = True,
@@ -156,12 +147,9 @@ def train_dpo(policy: nn.Module, train_pairs: Sequence, config, *, ref_model: nn
     log-probs of every pair are computed once up front and the reference is not run again.
     Returns per-step records (loss, reward_margin, accuracy, ...; eval_* every eval_every
     steps) and the final held-out metrics."""
-    from lmkit.align.reference import has_adapters
     from lmkit.data.preference import PairBatches
 
-    if ref_model is None and not has_adapters(policy):
-        ref_model = frozen_copy(policy)
-    reference = Reference(policy, ref_model)
+    reference = Reference.for_policy(policy, ref_model)
     train_extra = eval_extra = None
     if precompute_ref:
         train_extra = {"ref_logps": precompute_reference_logprobs(reference, train_pairs, batch_size, pad_id)}

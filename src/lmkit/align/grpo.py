@@ -32,6 +32,7 @@ from torch import nn
 
 from lmkit.align.gae import masked_mean
 from lmkit.align.logprobs import token_logprobs
+from lmkit.align.online_step import online_optimizer, optimizer_step
 from lmkit.align.reference import Reference
 from lmkit.align.rollout import prompt_batches, sample_rollouts, score_rollouts
 from lmkit.errors import ConfigError
@@ -142,21 +143,14 @@ def train_grpo(
     The reference (for beta > 0): `ref_model`, else the LoRA base (adapters disabled),
     else a frozen copy of the starting policy. Returns one record per step (reward,
     reward_std, kl, clip_ratio, completion length, ...)."""
-    from lmkit.align.dpo import frozen_copy
-    from lmkit.align.ppo import _optimizer
-    from lmkit.align.reference import has_adapters
     from lmkit.train.metrics_log import MetricsLogger
 
     cfg = config
     if not prompts:
         raise ConfigError("GRPO needs at least one prompt")
-    reference = None
-    if cfg.beta > 0:
-        if ref_model is None and not has_adapters(policy):
-            ref_model = frozen_copy(policy)
-        reference = Reference(policy, ref_model)
+    reference = Reference.for_policy(policy, ref_model) if cfg.beta > 0 else None
     eos = eos_token_id if eos_token_id is not None else policy.config.eos_token_id
-    opt = _optimizer(policy, cfg.lr, cfg.weight_decay)
+    opt = online_optimizer(policy, cfg.lr, cfg.weight_decay)
     torch.manual_seed(cfg.seed)
     batches = prompt_batches(prompts, cfg.batch_size, cfg.seed)
     logger = MetricsLogger(cfg.out_dir) if cfg.out_dir else None
@@ -201,11 +195,7 @@ def train_grpo(
             old = old_logp if old_logp is not None else logp.detach()
             loss, stats = grpo_loss(logp, old, ref_logp, adv, mask, epsilon=cfg.epsilon, beta=cfg.beta,
                                     loss_type=cfg.loss_type)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.max_grad_norm)
-            opt.step()
+            optimizer_step(opt, loss, policy, cfg.max_grad_norm)
             stats_acc["loss"].append(float(loss.detach()))
             for k, v in stats.items():
                 stats_acc[k].append(float(v.detach()))

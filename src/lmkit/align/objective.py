@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from lmkit.train.trainer import Trainer, _to_device
+from lmkit.train.trainer import Trainer, to_device
 
 
 class Objective(nn.Module):
@@ -46,7 +46,7 @@ class Objective(nn.Module):
         try:
             for batch in batches:
                 if device is not None:
-                    batch = _to_device(batch, device)
+                    batch = to_device(batch, device)
                 out = self(**batch)
                 n = batch["input_ids"].shape[0] // 2
                 self.record(n, loss=out.loss)

@@ -30,7 +30,6 @@ safe); see docs/alignment.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from torch import nn
 from lmkit.align.gae import compute_gae, masked_mean, whiten
 from lmkit.align.kl_controller import AdaptiveKLController, FixedKLController
 from lmkit.align.logprobs import entropy_from_logits, token_logprobs
+from lmkit.align.online_step import online_optimizer, optimizer_step
 from lmkit.align.reference import Reference
 from lmkit.align.rollout import prompt_batches, sample_rollouts, score_rollouts
 from lmkit.align.value_head import PolicyWithValue
@@ -135,12 +135,6 @@ def _policy_eval(policy: PolicyWithValue, ids, att, temperature: float):
     return logits, values
 
 
-def _optimizer(model: nn.Module, lr: float, weight_decay: float):
-    from lmkit.train.optim import AdamW, param_groups
-
-    return AdamW(param_groups(model, weight_decay), lr=lr)
-
-
 def train_ppo(
     policy: PolicyWithValue | nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -160,8 +154,6 @@ def train_ppo(
     prompts: token-id lists. The reference is `ref_model`, else the LoRA policy's base
     (adapters disabled), else a frozen copy of the starting policy. reward_kwargs: columns
     aligned with `prompts` passed to reward_fn (e.g. answers). Returns one record per iteration."""
-    from lmkit.align.dpo import frozen_copy
-    from lmkit.align.reference import has_adapters
     from lmkit.train.metrics_log import MetricsLogger
 
     cfg = config
@@ -170,13 +162,11 @@ def train_ppo(
     lm = policy.lm
     if not prompts:
         raise ConfigError("PPO needs at least one prompt")
-    if ref_model is None and not has_adapters(lm):
-        ref_model = frozen_copy(lm)
-    reference = Reference(lm, ref_model)
+    reference = Reference.for_policy(lm, ref_model)
     eos = eos_token_id if eos_token_id is not None else lm.config.eos_token_id
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
-    opt = _optimizer(policy, cfg.lr, cfg.weight_decay)
+    opt = online_optimizer(policy, cfg.lr, cfg.weight_decay)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     batches = prompt_batches(prompts, cfg.batch_size, cfg.seed)
@@ -232,12 +222,7 @@ def train_ppo(
                 vf_loss, vf_clipfrac = ppo_value_loss(v, old_values[mb], returns[mb], m, cfg.cliprange_value)
                 entropy = masked_mean(entropy_from_logits(logits[:, :-1]), m)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
-                                                   cfg.max_grad_norm)
-                opt.step()
+                optimizer_step(opt, loss, policy, cfg.max_grad_norm)
                 with torch.no_grad():
                     approx_kl = 0.5 * masked_mean((logp - old_logp[mb]) ** 2, m)
                 for k, val in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy", entropy),

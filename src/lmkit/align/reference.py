@@ -10,12 +10,21 @@ model to call, in eval mode and without gradients, and restores the policy's mod
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen deep copy of `model` to serve as pi_ref for a full-model policy."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -38,6 +47,14 @@ class Reference:
             ref_model.eval()
             for p in ref_model.parameters():
                 p.requires_grad_(False)
+
+    @classmethod
+    def for_policy(cls, policy: nn.Module, ref_model: nn.Module | None = None) -> "Reference":
+        """pi_ref as DPO, PPO and GRPO choose it: `ref_model` if given, else a LoRA policy's
+        base (adapters disabled), else a frozen copy of `policy` taken now."""
+        if ref_model is None and not has_adapters(policy):
+            ref_model = frozen_copy(policy)
+        return cls(policy, ref_model)
 
     @property
     def uses_adapters(self) -> bool:

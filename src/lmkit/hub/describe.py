@@ -6,27 +6,19 @@ The model is built on PyTorch's meta device (shapes only, no memory), so describ
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from lmkit.errors import CheckpointError
 from lmkit.models.summary import count_by_component, human_bytes, human_count, weight_memory
 
 
 def describe_checkpoint(directory: str | os.PathLike) -> str:
-    from lmkit.hub.pretrained import arch_module
+    from lmkit.hub.pretrained import arch_module, read_hf_config
 
     directory = Path(directory)
-    cfg_path = directory / "config.json"
-    if not cfg_path.exists():
-        raise CheckpointError(f"{directory}: no config.json — not a Hugging Face checkpoint directory")
-    try:
-        hf = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    hf = read_hf_config(directory)
     arch = arch_module(hf.get("model_type"))
     cfg = arch.config_from_hf(hf)
     with torch.device("meta"):

@@ -1,17 +1,34 @@
 """The config.json and state-dict plumbing every architecture module (arch_*.py) shares.
 
-Reading: required keys, the eos id (a list of ids is kept in ``extra`` and the first one is
+Reading: a JSON object from a file, required keys, the eos id (a list of ids is kept in ``extra`` and the first one is
 used), and one message when transformers' fields contradict each other. Writing: the list
 of settings a checkpoint format cannot express, the eos id, and leaving out a tied LM head.
 """
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
-from lmkit.errors import ConfigError
+from lmkit.errors import CheckpointError, ConfigError
 from lmkit.models.config import ModelConfig
+
+
+def read_json_object(path: Path, missing: str) -> dict:
+    """The JSON object in `path` (a checkpoint's config.json, an adapter_config.json, ...);
+    a CheckpointError saying `missing` when there is no such file, or naming the file when it
+    is not a JSON object."""
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return data
 
 
 def required(hf: dict, key: str, model_type: str | None) -> Any:

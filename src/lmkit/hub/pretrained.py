@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
+from lmkit.hub.hf_config import read_json_object
 from lmkit.hub.safetensors_io import WEIGHT_PATTERNS, read_state_dict, staged_directory, write_weights
 
 ARCH_MODULES = {
@@ -48,16 +49,10 @@ def arch_module(model_type: str | None) -> ModuleType:
 
 
 def read_hf_config(directory: str | os.PathLike) -> dict:
-    path = Path(directory) / "config.json"
-    if not path.exists():
-        raise CheckpointError(f"{Path(directory)}: no config.json — not a Hugging Face checkpoint directory")
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    return hf
+    """The parsed config.json of a Hugging Face checkpoint directory."""
+    return read_json_object(
+        Path(directory) / "config.json", f"{Path(directory)}: no config.json — not a Hugging Face checkpoint directory"
+    )
 
 
 def _aliases(model: nn.Module) -> dict[str, str]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.models.config import ModelConfig
+from lmkit.models.masks import causal_bias
 from lmkit.models.positional import apply_rope
 
 
@@ -82,11 +83,7 @@ class Attention(nn.Module):
         if causal and k.shape[-2] != t:
             # SDPA's is_causal aligns the mask top-left; with cached keys the new queries are
             # the last t positions, so build the bottom-right-aligned mask explicitly.
-            s = k.shape[-2]
-            keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-            attn_bias = torch.zeros(t, s, dtype=q.dtype, device=q.device)
-            attn_bias = attn_bias.masked_fill(~keep, torch.finfo(q.dtype).min)
-            causal = False
+            attn_bias, causal = causal_bias(t, k.shape[-2], q.dtype, q.device), False
         if return_weights:
             out, weights = self._explicit(q, k, v, attn_bias, causal, dropout)
         else:
@@ -100,9 +97,7 @@ class Attention(nn.Module):
     def _explicit(self, q, k, v, attn_bias, causal, dropout):
         scores = (q @ k.transpose(-2, -1)).float() * self.scale
         if causal:
-            t, s = scores.shape[-2:]
-            keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            scores = scores + causal_bias(*scores.shape[-2:], scores.dtype, q.device)
         if attn_bias is not None:
             scores = scores + attn_bias.float()
         weights = scores.softmax(dim=-1).to(q.dtype)

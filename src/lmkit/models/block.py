@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.attention import Attention
 from lmkit.models.config import ModelConfig
@@ -27,7 +28,8 @@ class TransformerBlock(nn.Module):
             self.cross_attn_norm = make_norm(config)
             self.cross_attn = Attention(config, cross=True)
         self.mlp_norm = make_norm(config)
-        if config.n_experts:
+        self.is_moe = bool(config.n_experts)
+        if self.is_moe:
             from lmkit.models.moe import MoE
 
             self.mlp = MoE(config)
@@ -52,8 +54,11 @@ class TransformerBlock(nn.Module):
         is_causal: bool = False,
         encoder_states: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """token_mask: bool [B, T], True = real token; an MoE FFN leaves padding out of its
+        routing statistics and expert capacity (a dense FFN needs no mask)."""
         x, weights = self._residual(
             x,
             self.attn_norm,
@@ -68,5 +73,26 @@ class TransformerBlock(nn.Module):
                 self.cross_attn_norm,
                 lambda h: self.cross_attn(h, attn_bias=cross_bias, kv_input=encoder_states),
             )
-        x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
+        ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
+        x, _ = self._residual(x, self.mlp_norm, lambda h: (ffn(h), None))
         return x, weights
+
+
+def run_layers(
+    layers: nn.ModuleList, x: torch.Tensor, *, checkpointing: bool = False, kv_cache=None,
+    return_weights: bool = False, **kwargs,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x through every block in turn, with the same keyword arguments (masks, rope, ...) for
+    each; layer i gets layer i of `kv_cache`. With `checkpointing` (training, no cache) each
+    block is recomputed in the backward pass instead of storing its activations.
+    -> (output, per-layer attention weights when return_weights)."""
+    attentions = []
+    for i, layer in enumerate(layers):
+        if checkpointing:
+            x, w = checkpoint(layer, x, use_reentrant=False, return_weights=return_weights, **kwargs)
+        else:
+            x, w = layer(x, kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
+                         return_weights=return_weights, **kwargs)
+        if return_weights:
+            attentions.append(w)
+    return x, attentions

@@ -22,6 +22,16 @@ ROPE_SCALINGS = (None, "linear", "ntk", "dynamic")
 ROUTERS = ("topk", "switch")
 
 
+def dataclass_from_dict(cls: type, d: dict[str, Any]):
+    """`cls(**d)` for a config dataclass, refusing unknown keys with the list of known ones
+    (a typo in a config file must not be silently ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**d)
+
+
 @dataclass
 class ModelConfig:
     arch: str = "decoder"
@@ -145,11 +155,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

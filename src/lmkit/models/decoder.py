@@ -20,7 +20,7 @@ Position ids default to cumsum(attention_mask) - 1, so a left-padded row numbers
 real token 0 exactly as an unpadded one would; with a cache they continue from the cache.
 With a KV cache the window is applied by the mask: the cache keeps every position (no
 rolling buffer), and a prefix-LM prefix must be fed in one chunk to be bidirectional.
-MoE layers are told which tokens are padding (MoE.token_mask) so padding neither counts
+MoE layers are given which tokens are padding (their token_mask argument) so padding neither counts
 in the load-balancing statistics nor takes expert capacity; ModelOutput.aux_loss is the
 sum of the per-layer weighted MoE losses (transformers pools the statistics over layers
 before multiplying instead, which differs when there is more than one MoE layer).
@@ -31,29 +31,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from lmkit.models.block import TransformerBlock
+from lmkit.models.block import TransformerBlock, run_layers
 from lmkit.models.config import ModelConfig
 from lmkit.models.init import init_normal_weights
-from lmkit.models.masks import sliding_window_mask, to_additive_bias
+from lmkit.models.masks import attention_bias, real_tokens
+from lmkit.models.moe import MoE
 from lmkit.models.norms import make_norm
 from lmkit.models.output import ModelOutput
-from lmkit.models.positional import RotaryEmbedding, SinusoidalPositions, T5RelativeBias, alibi_bias
-
-
-def add_position_modules(module: nn.Module, config: ModelConfig, bidirectional: bool) -> None:
-    """Register on `module` the position encoding ``config.position`` asks for, under the names
-    the parameter scheme uses: ``embed_positions`` (learned), ``sinusoidal``, ``rotary``, or
-    ``relative_bias`` (t5_bias; `bidirectional` buckets for encoders). Shared by every stack."""
-    if config.position == "learned":
-        module.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
-    elif config.position == "sinusoidal":
-        module.sinusoidal = SinusoidalPositions(config)
-    elif config.position == "rope":
-        module.rotary = RotaryEmbedding(config)
-    elif config.position == "t5_bias":
-        module.relative_bias = T5RelativeBias(config, bidirectional=bidirectional)
+from lmkit.models.positional import add_absolute_positions, add_position_modules, position_score_bias
 
 
 class DecoderLM(nn.Module):
@@ -119,11 +105,40 @@ class DecoderLM(nn.Module):
         document_ids [B, T]: several examples packed in one row (SFT packing); a token attends
         only to earlier tokens with the same id, and default positions restart at 0 per example.
         """
-        cfg = self.config
         b, t = input_ids.shape
-        past = kv_cache.seq_len if kv_cache is not None else 0
-        s = past + t
         device = input_ids.device
+        past = kv_cache.seq_len if kv_cache is not None else 0
+        self._check_inputs(past + t, labels, num_logits_to_keep)
+        padding = real_tokens(attention_mask, b, past + t, device)
+        if document_ids is not None:
+            document_ids = check_document_ids(document_ids, b, t, device, kv_cache, prefix_len)
+        if position_ids is None:
+            position_ids = default_position_ids(b, t, past, device, padding, document_ids)
+
+        x, rope = self._embed(input_ids, position_ids)
+        attn_bias = self._attention_bias(past, t, x, padding, prefix_len, document_ids)
+        token_mask = padding[:, past:] if padding is not None else None
+        checkpointing = getattr(self, "gradient_checkpointing", False) and self.training and kv_cache is None
+        x, attentions = run_layers(
+            self.layers, x, checkpointing=checkpointing, kv_cache=kv_cache, return_weights=return_weights,
+            attn_bias=attn_bias, rope=rope, is_causal=attn_bias is None, token_mask=token_mask,
+        )
+        h = self.norm(x)
+        logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
+
+        moes = [layer.mlp for layer in self.layers if isinstance(layer.mlp, MoE)]
+        aux_loss = sum(m.aux_loss for m in moes) if moes else None
+        loss = None
+        if labels is not None:
+            loss = next_token_loss(logits, labels)
+            if aux_loss is not None:
+                loss = loss + aux_loss
+        return ModelOutput(
+            logits=logits, loss=loss, hidden_states=h, aux_loss=aux_loss, attentions=attentions, kv_cache=kv_cache
+        )
+
+    def _check_inputs(self, s: int, labels: torch.Tensor | None, num_logits_to_keep: int) -> None:
+        cfg = self.config
         if cfg.position in ("learned", "sinusoidal") and s > cfg.max_seq_len:
             raise ValueError(
                 f"sequence of {s} positions is longer than max_seq_len={cfg.max_seq_len} "
@@ -131,115 +146,59 @@ class DecoderLM(nn.Module):
             )
         if labels is not None and num_logits_to_keep:
             raise ValueError("num_logits_to_keep cannot be combined with labels (the loss needs every logit)")
-        if attention_mask is not None:
-            if attention_mask.shape != (b, s):
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected [batch={b}, "
-                    f"cached + new = {s}]"
-                )
-            attention_mask = attention_mask.to(device)
-            padded = not bool(attention_mask.all())
-        else:
-            padded = False
 
-        if document_ids is not None:
-            if kv_cache is not None or prefix_len is not None:
-                raise ValueError("document_ids (packed examples) cannot be combined with kv_cache or prefix_len")
-            if document_ids.shape != (b, t):
-                raise ValueError(f"document_ids has shape {tuple(document_ids.shape)}, expected [batch={b}, {t}]")
-            document_ids = document_ids.to(device)
-            if position_ids is None:  # restart at 0 where a new example begins
-                idx = torch.arange(t, device=device).expand(b, t)
-                starts = torch.ones(b, t, dtype=torch.bool, device=device)
-                starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-                position_ids = idx - torch.where(starts, idx, 0).cummax(dim=-1).values
+    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor):
+        """Token (+ absolute position) embeddings after dropout, and the RoPE tables (or None)."""
+        x = self.dropout(add_absolute_positions(self, self.embed_tokens(input_ids), position_ids))
+        rope = self.rotary(position_ids, x.dtype) if self.position == "rope" else None
+        return x, rope
 
-        # positions: cumsum of the mask so left padding starts every row at 0
-        if position_ids is None or prefix_len is not None:
-            if padded:
-                key_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            else:
-                key_pos = torch.arange(s, device=device)[None].expand(b, s)
-            if position_ids is None:
-                position_ids = key_pos[:, past:]
-
-        x = self.embed_tokens(input_ids)
-        if cfg.position == "learned":
-            x = x + self.embed_positions(position_ids)
-        elif cfg.position == "sinusoidal":
-            x = x + self.sinusoidal(position_ids).to(x.dtype)
-        x = self.dropout(x)
-        rope = self.rotary(position_ids, x.dtype) if cfg.position == "rope" else None
-
-        # attention mask, built once for all layers
-        q_idx = torch.arange(past, s, device=device)
-        k_idx = torch.arange(s, device=device)
-        window = cfg.sliding_window if cfg.sliding_window is not None and cfg.sliding_window < s else None
-        score_bias = None
-        if cfg.position == "alibi":
-            score_bias = alibi_bias(cfg.n_heads, q_idx, k_idx, causal=True)
-        elif cfg.position == "t5_bias":
-            score_bias = self.relative_bias(q_idx, k_idx)
-        if (not padded and window is None and prefix_len is None and score_bias is None and document_ids is None
-                and (past == 0 or t == 1)):
-            attn_bias, is_causal = None, past == 0  # SDPA's causal kernel, or one new query that sees all
-        else:
-            if window is not None:
-                allowed = sliding_window_mask(q_idx, k_idx, window)[None]
-            else:
-                allowed = (k_idx[None, :] <= q_idx[:, None])[None]
-            if prefix_len is not None:
-                prefix_len = torch.as_tensor(prefix_len, device=device).reshape(b)
-                in_prefix = key_pos < prefix_len[:, None]  # [B, S], counted in real tokens
-                if padded:
-                    in_prefix = in_prefix & attention_mask.bool()
-                q_in_prefix = in_prefix[:, past:]
-                allowed = allowed | (in_prefix[:, None, :] & q_in_prefix[:, :, None])
-            if padded:
-                allowed = allowed & attention_mask.bool()[:, None, :]
-            if document_ids is not None:  # block-diagonal: no attention across packed examples
-                allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
-            attn_bias = to_additive_bias(allowed, x.dtype, score_bias)
-            is_causal = False
-
-        moes = [layer.mlp for layer in self.layers if hasattr(layer.mlp, "aux_loss")]
-        token_mask = attention_mask[:, past:].bool() if padded else None
-        for m in moes:
-            m.token_mask = token_mask
-        attentions = []
-        try:
-            checkpointing = getattr(self, "gradient_checkpointing", False) and self.training and kv_cache is None
-            for i, layer in enumerate(self.layers):
-                if checkpointing:
-                    x, w = checkpoint(
-                        layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
-                        return_weights=return_weights,
-                    )
-                else:
-                    x, w = layer(
-                        x, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
-                        kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                        return_weights=return_weights,
-                    )
-                if return_weights:
-                    attentions.append(w)
-        finally:
-            for m in moes:
-                m.token_mask = None
-        h = self.norm(x)
-        logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
-
-        aux_loss = sum(m.aux_loss for m in moes) if moes else None
-        loss = None
-        if labels is not None:
-            # shift the labels, not the logits: slicing the logits would copy the largest
-            # activation of the model in the forward pass and again in the backward pass
-            targets = F.pad(labels.to(device), (0, 1), value=-100)[:, 1:]
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-            )
-            if aux_loss is not None:
-                loss = loss + aux_loss
-        return ModelOutput(
-            logits=logits, loss=loss, hidden_states=h, aux_loss=aux_loss, attentions=attentions, kv_cache=kv_cache
+    def _attention_bias(self, past, t, x, padding, prefix_len, document_ids) -> torch.Tensor | None:
+        """The self-attention bias shared by every layer, in x's dtype (None: SDPA's causal kernel)."""
+        cfg = self.config
+        device = x.device
+        q_pos = torch.arange(past, past + t, device=device)
+        k_pos = torch.arange(past + t, device=device)
+        return attention_bias(
+            q_pos, k_pos, x.dtype, causal=True, window=cfg.sliding_window, padding=padding, prefix_len=prefix_len,
+            document_ids=document_ids, score_bias=position_score_bias(self, q_pos, k_pos, causal=True),
         )
+
+
+def check_document_ids(document_ids, batch: int, t: int, device, kv_cache, prefix_len) -> torch.Tensor:
+    """Packed-example ids [B, T] on `device`; they rule out a KV cache and a prefix-LM prefix."""
+    if kv_cache is not None or prefix_len is not None:
+        raise ValueError("document_ids (packed examples) cannot be combined with kv_cache or prefix_len")
+    if document_ids.shape != (batch, t):
+        raise ValueError(f"document_ids has shape {tuple(document_ids.shape)}, expected [batch={batch}, {t}]")
+    return document_ids.to(device)
+
+
+def default_position_ids(
+    batch: int,
+    t: int,
+    past: int,
+    device: torch.device,
+    padding: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Positions [B, T] of the new tokens: cumsum(padding) - 1, so a left-padded row numbers
+    its first real token 0 exactly as an unpadded one would; they continue after a cache of
+    `past` slots, and restart at 0 where a new packed example (document_ids) begins."""
+    if document_ids is not None:
+        idx = torch.arange(t, device=device).expand(batch, t)
+        starts = torch.ones(batch, t, dtype=torch.bool, device=device)
+        starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+        return idx - torch.where(starts, idx, 0).cummax(dim=-1).values
+    if padding is not None:
+        return (padding.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+    return torch.arange(past, past + t, device=device)[None].expand(batch, t)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [B, T, V] against labels shifted left by one (-100 ignored).
+
+    The labels are shifted, not the logits: slicing the logits would copy the largest
+    activation of the model in the forward pass and again in the backward pass."""
+    targets = F.pad(labels.to(logits.device), (0, 1), value=-100)[:, 1:]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

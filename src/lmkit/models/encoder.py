@@ -35,17 +35,15 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from lmkit.models.block import TransformerBlock
+from lmkit.models.block import TransformerBlock, run_layers
 from lmkit.models.init import init_normal_weights
 from lmkit.models.config import ModelConfig
-from lmkit.models.decoder import add_position_modules
 from lmkit.models.ffn import activation_fn
-from lmkit.models.masks import to_additive_bias
+from lmkit.models.masks import attention_bias, real_tokens
 from lmkit.models.norms import make_norm
 from lmkit.models.output import ModelOutput
-from lmkit.models.positional import alibi_bias
+from lmkit.models.positional import add_absolute_positions, add_position_modules, position_score_bias
 
 HEADS = ("pooler", "mlm", "nsp")
 
@@ -156,11 +154,7 @@ class EncoderLM(nn.Module):
                 f"({cfg.position} position embeddings have no entry beyond it); truncate the input"
             )
         pos = torch.arange(t, device=device)
-        x = self.embed_tokens(input_ids)
-        if cfg.position == "learned":
-            x = x + self.embed_positions(pos)[None]
-        elif cfg.position == "sinusoidal":
-            x = x + self.sinusoidal(pos)[None].to(x.dtype)
+        x = add_absolute_positions(self, self.embed_tokens(input_ids), pos)
         if cfg.type_vocab_size:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -170,30 +164,14 @@ class EncoderLM(nn.Module):
         x = self.dropout(self.embed_norm(x))
         rope = self.rotary(pos[None].expand(b, t), x.dtype) if cfg.position == "rope" else None
 
-        score_bias = None
-        if cfg.position == "alibi":
-            score_bias = alibi_bias(cfg.n_heads, pos, pos, causal=False)
-        elif cfg.position == "t5_bias":
-            score_bias = self.relative_bias(pos, pos)
-        allowed = None
-        if attention_mask is not None:
-            if attention_mask.shape != (b, t):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(b, t)}")
-            if not bool(attention_mask.all()):
-                allowed = attention_mask.to(device).bool()[:, None, :]  # [B, 1(query), T(key)]
-        attn_bias = to_additive_bias(allowed, x.dtype, score_bias)
+        padding = real_tokens(attention_mask, b, t, device)
+        score_bias = position_score_bias(self, pos, pos, causal=False)
+        attn_bias = attention_bias(pos, pos, x.dtype, causal=False, padding=padding, score_bias=score_bias)
 
-        attentions = []
         checkpointing = getattr(self, "gradient_checkpointing", False) and self.training
-        for layer in self.layers:
-            if checkpointing:
-                x, w = checkpoint(
-                    layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, return_weights=return_weights
-                )
-            else:
-                x, w = layer(x, attn_bias=attn_bias, rope=rope, return_weights=return_weights)
-            if return_weights:
-                attentions.append(w)
+        x, attentions = run_layers(
+            self.layers, x, checkpointing=checkpointing, return_weights=return_weights, attn_bias=attn_bias, rope=rope
+        )
         return self.norm(x), attentions
 
     def forward(

@@ -32,17 +32,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lmkit.models.attention import Attention
-from lmkit.models.block import TransformerBlock
+from lmkit.models.block import TransformerBlock, run_layers
 from lmkit.models.config import ModelConfig
-from lmkit.models.decoder import add_position_modules
 from lmkit.models.ffn import FeedForward
-from lmkit.models.masks import to_additive_bias
+from lmkit.models.masks import attention_bias, real_tokens
 from lmkit.models.norms import RMSNorm, make_norm
 from lmkit.models.output import ModelOutput
-from lmkit.models.positional import T5RelativeBias, alibi_bias
+from lmkit.models.positional import (
+    T5RelativeBias, add_absolute_positions, add_position_modules, position_score_bias,
+)
 
 
 class Stack(nn.Module):
@@ -62,49 +62,35 @@ class Stack(nn.Module):
         self,
         x: torch.Tensor,
         *,
-        allowed: torch.Tensor | None,
         q_pos: torch.Tensor,
         k_pos: torch.Tensor,
+        padding: torch.Tensor | None = None,
         kv_cache=None,
         encoder_states: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
         return_weights: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x: embedded tokens [B, T, d]; allowed: boolean self-attention mask [B|1, T, S] or None."""
+        """x: embedded tokens [B, T, d] at slots q_pos [T] over keys k_pos [S] (cached + new);
+        padding: bool [B, S] (True = real token) or None. The decoder stack is causal."""
         cfg = self.config
         if cfg.position in ("learned", "sinusoidal") and int(k_pos[-1]) >= cfg.max_seq_len:
             raise ValueError(
                 f"sequence of {int(k_pos[-1]) + 1} positions is longer than max_seq_len={cfg.max_seq_len} "
                 f"({cfg.position} position embeddings have no entry beyond it)"
             )
-        if cfg.position == "learned":
-            x = x + self.embed_positions(q_pos)[None]
-        elif cfg.position == "sinusoidal":
-            x = x + self.sinusoidal(q_pos)[None].to(x.dtype)
-        x = self.dropout(x)
+        x = self.dropout(add_absolute_positions(self, x, q_pos))
         rope = self.rotary(q_pos[None].expand(x.shape[0], -1), x.dtype) if cfg.position == "rope" else None
-        score_bias = None
-        if cfg.position == "alibi":
-            score_bias = alibi_bias(cfg.n_heads, q_pos, k_pos, causal=self.is_decoder)
-        elif cfg.position == "t5_bias":
-            score_bias = self.relative_bias(q_pos, k_pos)  # computed once, shared by every layer
-        attn_bias = to_additive_bias(allowed, x.dtype, score_bias)
-        attentions = []
-        checkpointing = self.gradient_checkpointing and self.training and kv_cache is None
-        for i, layer in enumerate(self.layers):
-            if checkpointing:
-                x, w = checkpoint(
-                    layer, x, use_reentrant=False, attn_bias=attn_bias, rope=rope, encoder_states=encoder_states,
-                    cross_bias=cross_bias, return_weights=return_weights,
-                )
-            else:
-                x, w = layer(
-                    x, attn_bias=attn_bias, rope=rope,
-                    kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                    encoder_states=encoder_states, cross_bias=cross_bias, return_weights=return_weights,
-                )
-            if return_weights:
-                attentions.append(w)
+        causal = self.is_decoder
+        attn_bias = attention_bias(
+            q_pos, k_pos, x.dtype, causal=causal, padding=padding,
+            score_bias=position_score_bias(self, q_pos, k_pos, causal=causal),
+        )
+        is_causal = causal and attn_bias is None
+        x, attentions = run_layers(
+            self.layers, x, checkpointing=self.gradient_checkpointing and self.training and kv_cache is None,
+            kv_cache=kv_cache, return_weights=return_weights, attn_bias=attn_bias, rope=rope, is_causal=is_causal,
+            encoder_states=encoder_states, cross_bias=cross_bias,
+        )
         return self.dropout(self.norm(x)), attentions
 
 
@@ -200,14 +186,9 @@ class EncoderDecoderLM(nn.Module):
     def _encode(self, input_ids, attention_mask, return_weights):
         b, s = input_ids.shape
         pos = torch.arange(s, device=input_ids.device)
-        allowed = None
-        if attention_mask is not None:
-            if attention_mask.shape != (b, s):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(b, s)}")
-            if not bool(attention_mask.all()):
-                allowed = attention_mask.to(input_ids.device).bool()[:, None, :]
+        padding = real_tokens(attention_mask, b, s, input_ids.device)
         return self.encoder(
-            self.embed_tokens(input_ids), allowed=allowed, q_pos=pos, k_pos=pos, return_weights=return_weights
+            self.embed_tokens(input_ids), q_pos=pos, k_pos=pos, padding=padding, return_weights=return_weights
         )
 
     def decode(
@@ -233,19 +214,14 @@ class EncoderDecoderLM(nn.Module):
         s = past + t
         q_pos = torch.arange(past, s, device=device)
         k_pos = torch.arange(s, device=device)
-        allowed = (k_pos[None, :] <= q_pos[:, None])[None]  # causal [1, T, S]
-        if decoder_attention_mask is not None:
-            if decoder_attention_mask.shape != (b, s):
-                raise ValueError(
-                    f"decoder_attention_mask has shape {tuple(decoder_attention_mask.shape)}, expected "
-                    f"[batch={b}, cached + new = {s}]"
-                )
-            allowed = allowed & decoder_attention_mask.to(device).bool()[:, None, :]
-        cross_bias = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            cross_bias = to_additive_bias(attention_mask.to(device).bool()[:, None, :], encoder_states.dtype)
+        padding = real_tokens(decoder_attention_mask, b, s, device, name="decoder_attention_mask")
+        src_len = encoder_states.shape[1]
+        cross_bias = attention_bias(
+            q_pos, torch.arange(src_len, device=device), encoder_states.dtype, causal=False,
+            padding=real_tokens(attention_mask, b, src_len, device),
+        )
         h, attentions = self.decoder(
-            self.embed_tokens(decoder_input_ids), allowed=allowed, q_pos=q_pos, k_pos=k_pos, kv_cache=kv_cache,
+            self.embed_tokens(decoder_input_ids), q_pos=q_pos, k_pos=k_pos, padding=padding, kv_cache=kv_cache,
             encoder_states=encoder_states, cross_bias=cross_bias, return_weights=return_weights,
         )
         out = h * cfg.d_model**-0.5 if cfg.tie_embeddings else h

@@ -26,8 +26,8 @@ Capacity (config.capacity_factor, GShard / Switch): each expert processes at mos
   token whose every assignment is dropped gets a zero MoE output, so only the residual
   connection carries it through the layer.
 
-Padding: the owning model may set `self.token_mask` (bool [B, T], True = real token) before
-the forward; padded tokens are then left out of the loss statistics and take no capacity.
+Padding: the owning model passes `token_mask` (bool [B, T], True = real token) to the
+forward; padded tokens are then left out of the loss statistics and take no capacity.
 """
 
 from __future__ import annotations
@@ -92,7 +92,6 @@ class MoE(nn.Module):
         self.z_coef = config.router_z_loss_coef
         self.gate = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_experts))
-        self.token_mask: torch.Tensor | None = None
         # Filled by forward (for losses, logging and tests).
         self.aux_loss: torch.Tensor | None = None
         self.load_balancing_loss: torch.Tensor | None = None
@@ -114,14 +113,15 @@ class MoE(nn.Module):
             return None
         return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, d] -> [B, T, d]; token_mask [B, T] (True = real token) leaves padding out."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         mask = None
-        if self.token_mask is not None:
-            mask = self.token_mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
+        if token_mask is not None:
+            mask = token_mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
             if mask.numel() != flat.shape[0]:
-                raise ValueError(f"MoE.token_mask has {mask.numel()} entries for {flat.shape[0]} tokens")
+                raise ValueError(f"MoE token_mask has {mask.numel()} entries for {flat.shape[0]} tokens")
         logits = self.gate(flat)
         probs, weights, indices = self.route(logits)
         keep = None

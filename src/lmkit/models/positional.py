@@ -147,3 +147,42 @@ class T5RelativeBias(nn.Module):
         rel = k_pos[None, :] - q_pos[:, None]
         b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
         return self.embedding(b).permute(2, 0, 1)
+
+
+# ---- shared by the stacks --------------------------------------------------------------
+def add_position_modules(module: nn.Module, config: ModelConfig, bidirectional: bool) -> None:
+    """Register on `module` the position encoding ``config.position`` asks for, under the names
+    the parameter scheme uses: ``embed_positions`` (learned), ``sinusoidal``, ``rotary``, or
+    ``relative_bias`` (t5_bias; `bidirectional` buckets for encoders). Shared by every stack."""
+    if config.position == "learned":
+        module.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
+    elif config.position == "sinusoidal":
+        module.sinusoidal = SinusoidalPositions(config)
+    elif config.position == "rope":
+        module.rotary = RotaryEmbedding(config)
+    elif config.position == "t5_bias":
+        module.relative_bias = T5RelativeBias(config, bidirectional=bidirectional)
+
+
+def add_absolute_positions(stack: nn.Module, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """x + the learned or sinusoidal embedding of position_ids ([B, T] or [T]) when the stack's
+    config uses one; the other encodings act inside attention, so x comes back unchanged."""
+    position = stack.config.position
+    if position == "learned":
+        return x + stack.embed_positions(position_ids)
+    if position == "sinusoidal":
+        return x + stack.sinusoidal(position_ids).to(x.dtype)
+    return x
+
+
+def position_score_bias(
+    stack: nn.Module, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool
+) -> torch.Tensor | None:
+    """The attention-score bias of the stack's position encoding (ALiBi or T5's relative
+    bias) for queries q_pos over keys k_pos, computed once and shared by every layer; else None."""
+    cfg = stack.config
+    if cfg.position == "alibi":
+        return alibi_bias(cfg.n_heads, q_pos, k_pos, causal=causal)
+    if cfg.position == "t5_bias":
+        return stack.relative_bias(q_pos, k_pos)
+    return None

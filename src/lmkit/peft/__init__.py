@@ -12,15 +12,14 @@ from lmkit.peft.lora import (
     LoraLinear,
     disable_adapters,
     inject_lora,
-    load_lora,
     lora_state_dict,
     mark_only_lora_trainable,
     merge_lora,
-    save_lora,
     set_adapter,
     unload_lora,
     unmerge_lora,
 )
+from lmkit.peft.peft_format import load_lora, save_lora
 
 __all__ = [
     "LoraConfig", "LoraLinear", "disable_adapters", "inject_lora", "load_lora", "lora_state_dict",

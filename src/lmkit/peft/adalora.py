@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.models.config import dataclass_from_dict
+from lmkit.models.module_tree import replace_module
 from lmkit.peft.lora import find_targets, linear_shapes
 
 
@@ -99,11 +101,7 @@ class AdaLoraConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AdaLoraConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"AdaLoraConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class AdaLoraLinear(nn.Module):
@@ -181,9 +179,7 @@ def inject_adalora(model: nn.Module, config: AdaLoraConfig) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, AdaLoraLinear(getattr(parent, child), config.init_r, config.alpha, config.dropout))
+        replace_module(model, name, AdaLoraLinear(model.get_submodule(name), config.init_r, config.alpha, config.dropout))
     model.adalora_config = config
     return model
 
@@ -395,9 +391,7 @@ def merge_adalora(model: nn.Module) -> nn.Module:
     """Fold every ΔW into its base weight and remove the AdaLoRA wrappers (a plain model)."""
     for name, layer in list(adalora_layers(model)):
         layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.base_layer)
+        replace_module(model, name, layer.base_layer)
     if hasattr(model, "adalora_config"):
         del model.adalora_config
     return model

@@ -127,7 +127,7 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
         save_pretrained(model, out)
         _copy_tokenizer(model_dir, out)
     elif method in ("lora", "qlora"):
-        from lmkit.peft.lora import save_lora
+        from lmkit.peft.peft_format import save_lora
 
         save_lora(model, out, base_model_name_or_path=str(model_dir))
     elif method == "adalora":
@@ -227,7 +227,7 @@ def merge_cmd(model_dir, adapter_dir, out):
     adapter = Path(adapter_dir)
     model = load_pretrained(model_dir)
     if (adapter / "adapter_config.json").is_file():
-        from lmkit.peft.lora import load_lora, unload_lora
+        from lmkit.peft import load_lora, unload_lora
 
         model = unload_lora(load_lora(model, adapter), merge=True)
     elif (adapter / "adalora_config.json").is_file():

@@ -111,7 +111,8 @@ def apply_adapter(model: nn.Module, adapter: str | os.PathLike, merge: bool = Tr
     adapter = Path(adapter)
     kind = adapter_kind(adapter)
     if kind == "lora":
-        from lmkit.peft.lora import load_lora, unload_lora
+        from lmkit.peft.lora import unload_lora
+        from lmkit.peft.peft_format import load_lora
 
         model = load_lora(model, adapter)
         quantized = getattr(model, "quantization", None) is not None

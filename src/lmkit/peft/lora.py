@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.models.config import dataclass_from_dict
+from lmkit.models.module_tree import replace_module
 
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -82,11 +84,7 @@ class LoraConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"LoraConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -246,12 +244,6 @@ def _matches(name: str, targets: tuple[str, ...]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def linear_module_names(model: nn.Module) -> list[str]:
     """Distinct short names of the model's linear layers (what target_modules can name)."""
     names = []
@@ -306,7 +298,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "defau
         m = model.get_submodule(name)
         if not isinstance(m, LoraLinear):
             m = LoraLinear(m)
-            _set_submodule(model, name, m)
+            replace_module(model, name, m)
         m.add_adapter(adapter_name, config.r, config.alpha, config.dropout, config.use_rslora)
     for target in config.modules_to_save:
         hits = [n for n, m in model.named_modules() if (n == target or n.endswith("." + target))
@@ -317,7 +309,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str = "defau
             m = model.get_submodule(n)
             if not isinstance(m, ModulesToSave):
                 m = ModulesToSave(m)
-                _set_submodule(model, n, m)
+                replace_module(model, n, m)
             m.add_adapter(adapter_name)
     if not hasattr(model, "lora_configs"):
         model.lora_configs = {}
@@ -432,14 +424,14 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if name in layer.lora_A:
             layer.delete_adapter(name)
         if not layer.lora_A:
-            _set_submodule(model, n, layer.base_layer)
+            replace_module(model, n, layer.base_layer)
     for n, m in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]:
         if name in m.modules_to_save:
             del m.modules_to_save[name]
             if m.active_adapter == name:
                 m.active_adapter = None
         if not len(m.modules_to_save):
-            _set_submodule(model, n, m.original_module)
+            replace_module(model, n, m.original_module)
     del model.lora_configs[name]
     if getattr(model, "active_lora_adapter", None) == name:
         rest = list(model.lora_configs)
@@ -459,10 +451,10 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
         merge_lora(model)
     name = active_adapter(model)
     for n, layer in list(_lora_layers(model)):
-        _set_submodule(model, n, layer.base_layer)
+        replace_module(model, n, layer.base_layer)
     for n, m in [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]:
         keep = m.modules_to_save[name] if merge and name in m.modules_to_save else m.original_module
-        _set_submodule(model, n, keep)
+        replace_module(model, n, keep)
     for attr in ("lora_configs", "active_lora_adapter"):
         if hasattr(model, attr):
             delattr(model, attr)
@@ -549,21 +541,6 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     params = {id(p): p for p in model.parameters()}
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     return trainable, sum(p.numel() for p in params.values())
-
-
-def save_lora(model: nn.Module, directory, adapter_name: str = "default", base_model_name_or_path: str | None = None) -> None:
-    """Write adapter `adapter_name` in PEFT's layout (adapter_config.json + adapter_model.safetensors)."""
-    from lmkit.peft.peft_format import save_peft_adapter
-
-    save_peft_adapter(model, directory, adapter_name=adapter_name, base_model_name_or_path=base_model_name_or_path)
-
-
-def load_lora(model: nn.Module, directory, adapter_name: str = "default") -> nn.Module:
-    """Read a PEFT-layout LoRA adapter directory (ours or PEFT's) into `model` as `adapter_name`
-    (injecting the layers it needs); returns `model`."""
-    from lmkit.peft.peft_format import load_peft_adapter
-
-    return load_peft_adapter(model, directory, adapter_name=adapter_name)
 
 
 def apply_lora(model: nn.Module, config: LoraConfig | None = None) -> nn.Module:

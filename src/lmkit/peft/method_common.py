@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from lmkit.errors import ConfigError
-from lmkit.models.config import ModelConfig
+from lmkit.models.config import ModelConfig, dataclass_from_dict
 
 
 class MethodConfig:
@@ -32,11 +32,7 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
-from lmkit.peft.method_common import MethodConfig, bad, check_choice, check_int, freeze, kv_dim, model_config_of
-from lmkit.peft.prefix_tuning import DeepPromptHooks
+from lmkit.peft.method_common import MethodConfig, bad, check_choice, check_int, kv_dim
+from lmkit.peft.prefix_tuning import DeepPromptHooks, freeze_for_deep_prompts
 from lmkit.peft.probing import POOLINGS, SequenceClassifier
 
 
@@ -64,10 +63,7 @@ class DeepPrompt(nn.Module):
 def apply_ptuning2(model: nn.Module, config: PTuningV2Config | None = None) -> nn.Module:
     """Freeze `model`, add deep prompts (and a classification head if num_labels > 0)."""
     config = config or PTuningV2Config()
-    mcfg = model_config_of(model)
-    if hasattr(model, "prefix_tuning") or hasattr(model, "deep_prompt"):
-        raise ConfigError("this model already has prefix tuning / P-tuning v2 prompts")
-    freeze(model)
+    mcfg = freeze_for_deep_prompts(model)
     p = next(model.parameters())
     model.deep_prompt = DeepPrompt(mcfg, config.n_virtual_tokens, config.init_std).to(device=p.device, dtype=p.dtype)
     model._deep_prompt_hooks = DeepPromptHooks(model, model.deep_prompt, config.n_virtual_tokens, config.shift_positions)

@@ -27,7 +27,10 @@ import torch
 from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
-from lmkit.peft.lora import LoraConfig, inject_lora, lora_configs, lora_state_dict, load_lora_state_dict, set_adapter
+from lmkit.hub.hf_config import read_json_object
+from lmkit.peft.lora import (
+    LoraConfig, delete_adapter, inject_lora, load_lora_state_dict, lora_configs, lora_state_dict, set_adapter,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -199,16 +202,9 @@ def save_peft_adapter(
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{Path(directory)}: no {CONFIG_NAME} — not a PEFT adapter directory")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    return d
+    return read_json_object(
+        Path(directory) / CONFIG_NAME, f"{Path(directory)}: no {CONFIG_NAME} — not a PEFT adapter directory"
+    )
 
 
 def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraConfig:
@@ -280,11 +276,20 @@ def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_na
     try:
         load_lora_state_dict(model, state, adapter_name)
     except CheckpointError:
-        from lmkit.peft.lora import delete_adapter
-
         delete_adapter(model, adapter_name)
         if had_active is not None:
             set_adapter(model, had_active)
         raise
     model.lora_configs[adapter_name] = config
     return model
+
+
+def save_lora(model: nn.Module, directory, adapter_name: str = "default", base_model_name_or_path: str | None = None) -> None:
+    """Write adapter `adapter_name` in PEFT's layout (adapter_config.json + adapter_model.safetensors)."""
+    save_peft_adapter(model, directory, adapter_name=adapter_name, base_model_name_or_path=base_model_name_or_path)
+
+
+def load_lora(model: nn.Module, directory, adapter_name: str = "default") -> nn.Module:
+    """Read a PEFT-layout LoRA adapter directory (ours or PEFT's) into `model` as `adapter_name`
+    (injecting the layers it needs); returns `model`."""
+    return load_peft_adapter(model, directory, adapter_name=adapter_name)

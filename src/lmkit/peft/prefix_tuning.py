@@ -39,6 +39,8 @@ from torch import nn
 
 from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import default_position_ids
+from lmkit.models.masks import real_tokens
 from lmkit.peft.method_common import (
     MethodConfig, blocks_of, check_int, check_prob, freeze, kv_dim, model_config_of,
 )
@@ -110,11 +112,8 @@ class DeepPromptHooks:
         past = cache.seq_len if cache is not None else 0
         pos = a.get("position_ids")
         if pos is None:
-            mask = a.get("attention_mask")
-            if mask is not None and not bool(mask.all()):
-                pos = (mask.to(ids.device).long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            else:
-                pos = torch.arange(past, past + t, device=ids.device)[None].expand(b, t)
+            padding = real_tokens(a.get("attention_mask"), b, past + t, ids.device)
+            pos = default_position_ids(b, t, past, ids.device, padding)
         a["position_ids"] = pos + self.n_tokens
         return (), dict(a)
 
@@ -180,13 +179,20 @@ class PrefixEncoder(nn.Module):
         self.prefix = nn.Parameter(kv)
 
 
-def apply_prefix(model: nn.Module, config: PrefixTuningConfig | None = None) -> nn.Module:
-    """Freeze `model` and give every layer a trainable key/value prefix; returns `model`."""
-    config = config or PrefixTuningConfig()
+def freeze_for_deep_prompts(model: nn.Module) -> ModelConfig:
+    """Freeze `model` before prefix tuning or P-tuning v2 adds its per-layer prompts (only
+    one of them, once); returns the model's config."""
     mcfg = model_config_of(model)
     if hasattr(model, "prefix_tuning") or hasattr(model, "deep_prompt"):
         raise ConfigError("this model already has prefix tuning / P-tuning v2 prompts")
     freeze(model)
+    return mcfg
+
+
+def apply_prefix(model: nn.Module, config: PrefixTuningConfig | None = None) -> nn.Module:
+    """Freeze `model` and give every layer a trainable key/value prefix; returns `model`."""
+    config = config or PrefixTuningConfig()
+    mcfg = freeze_for_deep_prompts(model)
     p = next(model.parameters())
     enc = PrefixEncoder(mcfg, config).to(device=p.device, dtype=p.dtype)
     if config.finalized:

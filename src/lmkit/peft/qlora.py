@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.models.module_tree import replace_module
 from lmkit.peft.lora import LoraConfig, LoraLinear, inject_lora, lora_param_count
 
 
@@ -70,9 +71,7 @@ def quantize_linears(
             )
         names.append(name)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, NF4Linear.from_linear(getattr(parent, child), block_size, double_quant))
+        replace_module(model, name, NF4Linear.from_linear(model.get_submodule(name), block_size, double_quant))
     return names
 
 

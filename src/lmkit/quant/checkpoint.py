@@ -27,6 +27,7 @@ from torch import nn
 
 from lmkit.errors import CheckpointError
 from lmkit.models.config import ModelConfig
+from lmkit.models.module_tree import replace_module
 
 FORMAT = "lmkit.quant"
 VERSION = 1
@@ -111,7 +112,7 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
     from safetensors.torch import load_file
 
     from lmkit.models.build import build_model
-    from lmkit.quant.quantize_model import _set_module, empty_quantized
+    from lmkit.quant.quantize_model import empty_quantized
 
     meta = read_quant_config(directory)
     if model is None:
@@ -131,7 +132,7 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
         if not isinstance(lin, nn.Linear):
             raise CheckpointError(f"{directory}: quantized module {name!r} is a {type(lin).__name__} here, "
                                   "not an nn.Linear")
-        _set_module(model, name, empty_quantized(lin.in_features, lin.out_features, lin.bias is not None,
+        replace_module(model, name, empty_quantized(lin.in_features, lin.out_features, lin.bias is not None,
                                                  method, meta))
     path = Path(directory) / WEIGHTS_FILE
     if not path.exists():

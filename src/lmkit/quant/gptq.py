@@ -32,6 +32,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from lmkit.models.module_tree import replace_module
 from lmkit.quant.affine import affine_params, dequantize_with, qrange, quantize_with
 
 
@@ -139,7 +140,6 @@ def gptq_quantize(model: nn.Module, names: list[str], calib: torch.Tensor, bits:
     calib: LongTensor [n, seq_len] of token ids fed to `model(ids)` (or a list of such batches).
     """
     from lmkit.quant.linear import GPTQLinear
-    from lmkit.quant.quantize_model import _set_module
 
     if isinstance(calib, torch.Tensor):
         if calib.dim() != 2 or calib.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
@@ -189,5 +189,5 @@ def gptq_quantize(model: nn.Module, names: list[str], calib: torch.Tensor, bits:
             results[n] = (codes, scales, zeros, lin.bias)
     for n, (codes, scales, zeros, bias) in results.items():
         new = GPTQLinear.from_codes(codes, scales, zeros, bits, group_size or codes.shape[1], bias)
-        _set_module(model, n, new.to(device))
+        replace_module(model, n, new.to(device))
     model.train(was_training)

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from lmkit.models.module_tree import replace_module
 from lmkit.quant.linear import (
     GPTQLinear,
     GroupQuantLinear,
@@ -39,12 +40,6 @@ DEFAULT_SKIP = ("lm_head",)
 
 def name_matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def select_linears(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP,
@@ -158,7 +153,7 @@ def quantize_model(model: nn.Module, method: str, skip: Iterable[str] | None = D
     else:
         for n in names:
             lin = model.get_submodule(n)
-            _set_module(model, n, make_quantized(lin, method, block_size=block_size, double_quant=double_quant,
+            replace_module(model, n, make_quantized(lin, method, block_size=block_size, double_quant=double_quant,
                                                  bits=bits, group_size=group_size, threshold=threshold))
     settings.update(skip=skip, modules=names)
     model.quantization = settings

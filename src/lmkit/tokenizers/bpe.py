@@ -43,6 +43,7 @@ Files: lmkit's JSON (``save``/``load``), Hugging Face ``tokenizer.json``
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import unicodedata
 from collections import Counter, defaultdict
@@ -52,11 +53,13 @@ from typing import Iterable, Sequence
 
 import regex
 
+from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.bytes_level import bytes_to_token_str, token_str_to_bytes
-from lmkit.tokenizers.json_files import check_format, corrupt_file_errors, read_json, write_json
-from lmkit.tokenizers.pretokenize import PreTokenizer
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, is_hf_tokenizer_json,
+                                         read_json, write_json)
+from lmkit.tokenizers.pretokenize import PreTokenizer, byte_level_from_hf, byte_level_to_hf
 from lmkit.tokenizers.text_files import iter_text
 from lmkit.tokenizers.word_cache import CachesWords
 
@@ -84,6 +87,53 @@ class AddedToken:
     rstrip: bool = False
     single_word: bool = False
     normalized: bool = False
+
+
+def added_tokens_from_hf(data: dict) -> list[AddedToken]:
+    """The ``added_tokens`` of a Hugging Face ``tokenizer.json``."""
+    out = []
+    for t in data.get("added_tokens") or []:
+        out.append(
+            AddedToken(
+                content=str(t["content"]),
+                id=int(t["id"]),
+                special=bool(t.get("special", False)),
+                lstrip=bool(t.get("lstrip", False)),
+                rstrip=bool(t.get("rstrip", False)),
+                single_word=bool(t.get("single_word", False)),
+                normalized=bool(t.get("normalized", False)),
+            )
+        )
+    return out
+
+
+def added_tokens_to_hf(tokens: list[AddedToken]) -> list[dict]:
+    """`tokens` as the ``added_tokens`` list of a Hugging Face ``tokenizer.json``."""
+    return [
+        {"id": t.id, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip,
+         "rstrip": t.rstrip, "normalized": t.normalized, "special": t.special}
+        for t in sorted(tokens, key=lambda t: t.id)
+    ]
+
+
+def normalizer_from_hf(obj: dict | None) -> str | None:
+    """``None`` or one Unicode normal form (NFC/NFD/NFKC/NFKD); anything else is refused."""
+    if obj is None:
+        return None
+    if obj.get("type") == "Sequence":
+        forms = [normalizer_from_hf(n) for n in obj.get("normalizers", [])]
+        forms = [f for f in forms if f is not None]
+        if len(forms) > 1:
+            raise TokenizerError(f"normalizer sequence {forms} is not supported (at most one normal form)")
+        return forms[0] if forms else None
+    if obj.get("type") in NORMALIZERS:
+        return obj["type"]
+    raise TokenizerError(f"normalizer {obj.get('type')!r} is not supported for byte-level BPE")
+
+
+def normalizer_to_hf(form: str | None) -> dict | None:
+    """One Unicode normal form (or None) as a Hugging Face ``normalizer`` object."""
+    return None if form is None else {"type": form}
 
 
 class BPETokenizer(CachesWords, Tokenizer):
@@ -555,27 +605,94 @@ class BPETokenizer(CachesWords, Tokenizer):
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Load lmkit's JSON format or a Hugging Face ``tokenizer.json`` (BPE model)."""
         data = read_json(path)
-        if isinstance(data, dict) and "model" in data and "format" not in data:
-            from lmkit.tokenizers.hf_json import tokenizer_from_hf_dict
-
-            return tokenizer_from_hf_dict(data, source=str(path))
+        if is_hf_tokenizer_json(data):
+            return cls.from_hf_dict(data, source=str(path))
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_hf_json(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Load a Hugging Face ``tokenizer.json`` whose model is BPE."""
-        from lmkit.tokenizers.hf_json import load_hf_json
-
-        tok = load_hf_json(path)
-        if not isinstance(tok, cls):
-            raise TokenizerError(f"{path}: the tokenizer.json model is not BPE")
-        return tok
+        return cls.from_hf_dict(read_json(path), source=str(path))
 
     def save_hf_json(self, path: str | os.PathLike) -> None:
         """Write a Hugging Face ``tokenizer.json`` that ``tokenizers.Tokenizer.from_file`` loads."""
-        from lmkit.tokenizers.hf_json import save_hf_json
+        atomic_write_text(path, json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=2) + "\n")
 
-        save_hf_json(self, path)
+    @classmethod
+    def from_hf_dict(cls, data: dict, source: str = "<tokenizer.json>") -> "BPETokenizer":
+        """A parsed Hugging Face ``tokenizer.json`` whose model is byte-level BPE."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict):
+            raise TokenizerError(f"{source}: corrupt tokenizer.json (no \"model\" object)")
+        if (model.get("type") or ("BPE" if "merges" in model else None)) != "BPE":
+            raise TokenizerError(f"{source}: the tokenizer.json model is not BPE")
+        with hf_json_errors(source):
+            return cls._from_hf_model(data, model)
+
+    @classmethod
+    def _from_hf_model(cls, data: dict, model: dict) -> "BPETokenizer":
+        for field in ("continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(field):
+                raise TokenizerError(f"BPE {field}={model[field]!r} is not supported (byte-level BPE has none)")
+        if model.get("byte_fallback"):
+            raise TokenizerError("BPE with byte_fallback is SentencePiece-style, not byte-level BPE")
+        decoder = data.get("decoder")
+        if decoder is not None and decoder.get("type") != "ByteLevel":
+            raise TokenizerError(f"decoder {decoder.get('type')!r} is not supported (expected ByteLevel)")
+        added = added_tokens_from_hf(data)
+        added_ids = {t.content: t.id for t in added}
+        tokens: dict[int, bytes] = {}
+        str_to_id: dict[str, int] = {}
+        for text, idx in model["vocab"].items():
+            idx = int(idx)
+            try:
+                tokens[idx] = token_str_to_bytes(text)
+            except KeyError:
+                if added_ids.get(text) == idx:
+                    continue  # an added token that lives in the model vocab too: handled as added
+                raise TokenizerError(f"vocab entry {text!r} is not a byte-level token (characters outside the byte alphabet)") from None
+            str_to_id[text] = idx
+        merges = []
+        for k, m in enumerate(model.get("merges") or []):
+            a, b = m.split(" ") if isinstance(m, str) else m
+            if a not in str_to_id or b not in str_to_id:
+                raise TokenizerError(f"merge #{k} {a!r} {b!r} uses a token that is not in the vocab")
+            merges.append((str_to_id[a], str_to_id[b]))
+        return cls(
+            tokens,
+            merges,
+            pre_tokenizer=byte_level_from_hf(data.get("pre_tokenizer")),
+            normalizer=normalizer_from_hf(data.get("normalizer")),
+            added_tokens=added,
+            ignore_merges=bool(model.get("ignore_merges", False)),
+        )
+
+    def to_hf_dict(self) -> dict:
+        """This tokenizer as a Hugging Face ``tokenizer.json`` dict (byte-level BPE model)."""
+        vocab = {bytes_to_token_str(self.token_bytes(i)): i for i in sorted(self._tokens)}
+        merges = [[bytes_to_token_str(a), bytes_to_token_str(b)] for a, b in self.merges]
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added_tokens_to_hf(self.added_tokens),
+            "normalizer": normalizer_to_hf(self.normalizer),
+            "pre_tokenizer": byte_level_to_hf(self.pre_tokenizer),
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": self.ignore_merges,
+                "vocab": vocab,
+                "merges": merges,
+            },
+        }
 
     @classmethod
     def from_tiktoken(

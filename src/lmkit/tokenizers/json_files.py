@@ -49,6 +49,11 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False) + "\n")
 
 
+def is_hf_tokenizer_json(data: object) -> bool:
+    """True for a parsed Hugging Face ``tokenizer.json`` (a "model" object, no lmkit "format")."""
+    return isinstance(data, dict) and "model" in data and "format" not in data
+
+
 def check_format(data: object, source: str, fmt: str, version: int, kind: str) -> None:
     """`data` must be a dict tagged ``"format": fmt`` at ``"version": version``."""
     if not isinstance(data, dict) or data.get("format") != fmt:

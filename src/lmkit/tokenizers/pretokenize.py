@@ -184,3 +184,65 @@ class PreTokenizer:
 
     def to_list(self) -> list[dict]:
         return [dict(s) for s in self.steps]
+
+
+# ---- Hugging Face tokenizer.json form (byte-level BPE) ---------------------------------
+def byte_level_from_hf(obj: dict | None) -> PreTokenizer:
+    """A Hugging Face byte-level ``pre_tokenizer`` object (ByteLevel, optionally after Split /
+    Digits steps) as a `PreTokenizer`; anything else is refused."""
+    if obj is None:
+        raise TokenizerError("no pre_tokenizer: this BPE is not byte-level (ByteLevel pre-tokenizer missing)")
+    parts = obj.get("pretokenizers", []) if obj.get("type") == "Sequence" else [obj]
+    if not parts or parts[-1].get("type") != "ByteLevel":
+        raise TokenizerError(
+            "only byte-level BPE is supported: the pre-tokenizer must end with ByteLevel "
+            f"(got {[p.get('type') for p in parts]})"
+        )
+    steps: list[dict] = []
+    for part in parts:
+        kind = part.get("type")
+        if kind == "ByteLevel":
+            if part is not parts[-1]:
+                raise TokenizerError("ByteLevel must be the last pre-tokenizer step")
+            if part.get("add_prefix_space", True):
+                steps.append({"type": "prefix_space"})
+            if part.get("use_regex", True):
+                steps.append({"type": "split", "pattern": GPT2_PATTERN})
+        elif kind == "Split":
+            if part.get("behavior", "Isolated") != "Isolated" or part.get("invert", False):
+                raise TokenizerError(
+                    f"Split pre-tokenizer with behavior={part.get('behavior')!r} invert={part.get('invert')!r} "
+                    "is not supported (only Isolated, invert=false)"
+                )
+            pat = part["pattern"]
+            source = pat["Regex"] if "Regex" in pat else regex.escape(pat["String"])
+            steps.append({"type": "split", "pattern": source})
+        elif kind == "Digits":
+            steps.append({"type": "split", "pattern": r"\p{N}" if part.get("individual_digits") else r"\p{N}+"})
+        else:
+            raise TokenizerError(f"pre-tokenizer {kind!r} is not supported for byte-level BPE")
+    return PreTokenizer(steps)
+
+
+def byte_level_to_hf(pre: PreTokenizer) -> dict:
+    """`pre` as a Hugging Face ``pre_tokenizer`` object ending with ByteLevel."""
+    steps = pre.to_list()
+    use_regex = add_prefix_space = False
+    if steps and steps[-1] == {"type": "split", "pattern": GPT2_PATTERN}:
+        use_regex = True
+        steps.pop()
+    if steps and steps[-1]["type"] == "prefix_space":
+        add_prefix_space = True
+        steps.pop()
+    if any(s["type"] != "split" for s in steps):
+        raise TokenizerError(
+            "this pre-tokenizer cannot be written as tokenizer.json: a prefix space is only "
+            "expressible right before the GPT-2 split or at the end"
+        )
+    byte_level = {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": True,
+                  "use_regex": use_regex}
+    if not steps:
+        return byte_level
+    splits = [{"type": "Split", "pattern": {"Regex": s["pattern"]}, "behavior": "Isolated", "invert": False}
+              for s in steps]
+    return {"type": "Sequence", "pretokenizers": splits + [byte_level]}

@@ -25,6 +25,9 @@ from enum import IntEnum
 from lmkit.errors import TokenizerError
 
 
+SPACE = "\u2581"  # ▁, SentencePiece's whitespace symbol
+
+
 class PieceType(IntEnum):
     """``ModelProto.SentencePiece.Type``."""
 

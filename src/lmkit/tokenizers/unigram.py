@@ -3,7 +3,7 @@
 A Unigram model is a vocabulary of pieces with log-probabilities (scores). A text is
 segmented into the piece sequence with the highest total score (Viterbi); the model also
 gives the k best segmentations and can *sample* segmentations (subword regularisation).
-Training (``lmkit.tokenizers.unigram_trainer``) grows a large seed vocabulary and prunes
+Training (``train_unigram``; the algorithm is in ``lmkit.tokenizers.unigram_trainer``) grows a large seed vocabulary and prunes
 it with EM; this file holds the model and everything that uses it.
 
 Whitespace, as SentencePiece does it
@@ -51,15 +51,15 @@ from typing import Iterable, Sequence
 from lmkit.atomic import atomic_write_bytes
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import Tokenizer
-from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, parse_json,
-                                         read_file_bytes, write_json)
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, is_hf_tokenizer_json,
+                                         parse_json, read_file_bytes, write_json)
 from lmkit.tokenizers.special_tokens import encode_with_specials
-from lmkit.tokenizers.spm_model import Charsmap, PieceType, SpmModel, parse_model, serialize_model
+from lmkit.tokenizers.spm_model import SPACE, Charsmap, PieceType, SpmModel, parse_model, serialize_model
+from lmkit.tokenizers.unigram_trainer import learn_pieces
 from lmkit.tokenizers.word_cache import CachesWords
 
 FORMAT = "lmkit.unigram"
 FORMAT_VERSION = 1
-SPACE = "\u2581"  # ▁, SentencePiece's whitespace symbol
 UNK_PENALTY = 10.0  # SentencePiece's kUnkPenalty
 _NEG_INF = float("-inf")
 # characters that mark a literal ``▁`` of the input while encoding (Unicode noncharacters)
@@ -631,9 +631,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
     @classmethod
     def train(cls, texts_or_files, vocab_size: int = 8000, **kwargs) -> "UnigramTokenizer":
         """Train on texts and/or UTF-8 files (one sentence per line); see
-        :func:`lmkit.tokenizers.unigram_trainer.train_unigram` for the options."""
-        from lmkit.tokenizers.unigram_trainer import train_unigram
-
+        :func:`train_unigram` for the options."""
         return train_unigram(texts_or_files, vocab_size=vocab_size, **kwargs)
 
     # ---- persistence -------------------------------------------------------------------
@@ -684,7 +682,7 @@ class UnigramTokenizer(CachesWords, Tokenizer):
         raw = read_file_bytes(path)
         if raw.lstrip()[:1] == b"{":
             data = parse_json(raw, path)
-            if isinstance(data, dict) and "model" in data and "format" not in data:
+            if is_hf_tokenizer_json(data):
                 return cls.from_hf_dict(data, source=str(path))
             return cls.from_dict(data, source=str(path))
         return cls.from_sentencepiece(path)
@@ -834,3 +832,46 @@ def _from_hf_dict(cls, data: dict) -> UnigramTokenizer:
                remove_extra_whitespaces=remove_extra, precompiled_charsmap=blob,
                normalizer_name="precompiled" if blob else "identity", prefix_only_if_no_space=True,
                float64_paths=True)
+
+
+def train_unigram(
+    texts_or_files: str | os.PathLike | Iterable[str | os.PathLike],
+    vocab_size: int = 8000,
+    *,
+    byte_fallback: bool = False,
+    add_dummy_prefix: bool = True,
+    remove_extra_whitespaces: bool = True,
+    literal_meta_bytes: bool | None = None,
+    unk_piece: str = "<unk>",
+    control_symbols: Sequence[str] = ("<s>", "</s>"),
+    user_defined_symbols: Sequence[str] = (),
+    **learn_options,
+) -> UnigramTokenizer:
+    """Train a Unigram tokenizer of `vocab_size` pieces (special and byte pieces included).
+
+    Ids: ``<unk>`` is 0, then `control_symbols` (``<s>``, ``</s>``), `user_defined_symbols`,
+    the 256 byte pieces with `byte_fallback`, then the learned pieces by descending score --
+    SentencePiece's layout. ``literal_meta_bytes`` defaults to `byte_fallback`. The other
+    options (max_piece_length, seed_size, shrinking_factor, num_sub_iterations,
+    split_by_unicode_script, split_by_number, split_digits, hard_vocab_limit, show_progress)
+    go to :func:`lmkit.tokenizers.unigram_trainer.learn_pieces`.
+    """
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise TokenizerError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+    meta = [(unk_piece, 0.0, PieceType.UNKNOWN)]
+    meta += [(s, 0.0, PieceType.CONTROL) for s in control_symbols]
+    meta += [(s, 0.0, PieceType.USER_DEFINED) for s in user_defined_symbols]
+    if byte_fallback:
+        meta += [(byte_piece(b), 0.0, PieceType.BYTE) for b in range(256)]
+    names = [m[0] for m in meta]
+    if len(set(names)) != len(names) or any(not n for n in names):
+        raise TokenizerError(f"special/user-defined symbols must be distinct and non-empty: {names}")
+    if literal_meta_bytes is None:
+        literal_meta_bytes = byte_fallback
+    normalizer = UnigramTokenizer([(unk_piece, 0.0, PieceType.UNKNOWN)],
+                                  add_dummy_prefix=add_dummy_prefix, remove_extra_whitespaces=remove_extra_whitespaces)
+    learned = learn_pieces(texts_or_files, normalizer.normalize, vocab_size - len(meta), n_reserved=len(meta),
+                           user_defined_symbols=user_defined_symbols, **learn_options)
+    return UnigramTokenizer(meta + [(p, s, PieceType.NORMAL) for p, s in learned], byte_fallback=byte_fallback,
+                            add_dummy_prefix=add_dummy_prefix, remove_extra_whitespaces=remove_extra_whitespaces,
+                            literal_meta_bytes=literal_meta_bytes)

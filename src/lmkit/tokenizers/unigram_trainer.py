@@ -33,14 +33,13 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from lmkit.errors import TokenizerError
-from lmkit.tokenizers.spm_model import PieceType
+from lmkit.tokenizers.spm_model import SPACE
 from lmkit.tokenizers.text_files import iter_lines
-from lmkit.tokenizers.unigram import SPACE, UnigramTokenizer, byte_piece
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _WILD = -1  # script class that agrees with every other (▁, combining marks)
@@ -57,14 +56,12 @@ SCRIPTS = (
 ).split()
 
 
-def train_unigram(
+def learn_pieces(
     texts_or_files: str | os.PathLike | Iterable[str | os.PathLike],
-    vocab_size: int = 8000,
+    normalize: Callable[[str], str],
+    n_target: int,
     *,
-    byte_fallback: bool = False,
-    add_dummy_prefix: bool = True,
-    remove_extra_whitespaces: bool = True,
-    literal_meta_bytes: bool | None = None,
+    n_reserved: int = 0,
     max_piece_length: int = 16,
     seed_size: int = 1_000_000,
     shrinking_factor: float = 0.75,
@@ -72,68 +69,47 @@ def train_unigram(
     split_by_unicode_script: bool = True,
     split_by_number: bool = True,
     split_digits: bool = False,
-    unk_piece: str = "<unk>",
-    control_symbols: Sequence[str] = ("<s>", "</s>"),
     user_defined_symbols: Sequence[str] = (),
     hard_vocab_limit: bool = True,
     show_progress: bool = False,
-) -> UnigramTokenizer:
-    """Train a Unigram tokenizer of `vocab_size` pieces (special and byte pieces included).
-
-    Ids: ``<unk>`` is 0, then `control_symbols` (``<s>``, ``</s>``), `user_defined_symbols`,
-    the 256 byte pieces with `byte_fallback`, then the learned pieces by descending score --
-    SentencePiece's layout. ``literal_meta_bytes`` defaults to `byte_fallback`.
-    """
-    if not isinstance(vocab_size, int) or vocab_size < 1:
-        raise TokenizerError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+) -> list[tuple[str, float]]:
+    """The `n_target` best (piece, log-probability score) pairs, by descending score, learned
+    from the text normalised by `normalize`. `n_reserved` ids go to special/byte pieces (only
+    for the error messages, which speak of the whole vocabulary). The tokenizer itself is
+    built by `lmkit.tokenizers.unigram.train_unigram`."""
     if not 1 <= max_piece_length <= 64:
         raise TokenizerError(f"max_piece_length must be in 1..64, got {max_piece_length}")
     if not 0.0 < shrinking_factor < 1.0:
         raise TokenizerError(f"shrinking_factor must be in (0, 1), got {shrinking_factor}")
     if num_sub_iterations < 1:
         raise TokenizerError(f"num_sub_iterations must be >= 1, got {num_sub_iterations}")
-    meta = [(unk_piece, 0.0, PieceType.UNKNOWN)]
-    meta += [(s, 0.0, PieceType.CONTROL) for s in control_symbols]
-    meta += [(s, 0.0, PieceType.USER_DEFINED) for s in user_defined_symbols]
-    if byte_fallback:
-        meta += [(byte_piece(b), 0.0, PieceType.BYTE) for b in range(256)]
-    names = [m[0] for m in meta]
-    if len(set(names)) != len(names) or any(not n for n in names):
-        raise TokenizerError(f"special/user-defined symbols must be distinct and non-empty: {names}")
-    if literal_meta_bytes is None:
-        literal_meta_bytes = byte_fallback
-    options = dict(byte_fallback=byte_fallback, add_dummy_prefix=add_dummy_prefix,
-                   remove_extra_whitespaces=remove_extra_whitespaces, literal_meta_bytes=literal_meta_bytes)
-    normalizer = UnigramTokenizer([(unk_piece, 0.0, PieceType.UNKNOWN)],
-                                  add_dummy_prefix=add_dummy_prefix, remove_extra_whitespaces=remove_extra_whitespaces)
-
-    counts, last = _count_words(texts_or_files, normalizer, user_defined_symbols)
+    counts, last = _count_words(texts_or_files, normalize, user_defined_symbols)
     if not counts:
         raise TokenizerError("cannot train a Unigram tokenizer on an empty corpus: no text was found in the input")
-    n_target = vocab_size - len(meta)
+    vocab_size = n_target + n_reserved
     trainer = _Trainer(counts, last, max_piece_length, split_by_unicode_script, split_by_number, split_digits)
     n_chars = trainer.n_chars
     if n_target < n_chars:
         raise TokenizerError(
             f"vocab_size={vocab_size} is too small: the training text has {n_chars} distinct characters "
-            f"and {len(meta)} ids go to special/byte pieces; use vocab_size >= {n_chars + len(meta)}"
+            f"and {n_reserved} ids go to special/byte pieces; use vocab_size >= {n_chars + n_reserved}"
         )
     learned = trainer.run(n_target, seed_size, shrinking_factor, num_sub_iterations, show_progress)
     if len(learned) < n_target and hard_vocab_limit:
         raise TokenizerError(
-            f"vocab_size={vocab_size} is too large for this corpus: only {len(learned) + len(meta)} pieces "
+            f"vocab_size={vocab_size} is too large for this corpus: only {len(learned) + n_reserved} pieces "
             f"can be learned; use a smaller vocab_size or hard_vocab_limit=False"
         )
-    return UnigramTokenizer(meta + [(p, s, PieceType.NORMAL) for p, s in learned], **options)
+    return learned
 
 
-def _count_words(sources, normalizer: UnigramTokenizer, user_defined: Sequence[str]) -> tuple[Counter, Counter]:
+def _count_words(sources, normalize: Callable[[str], str], user_defined: Sequence[str]) -> tuple[Counter, Counter]:
     """(word -> count, word -> count of its occurrences that end a line)."""
     counts: Counter = Counter()
     last: Counter = Counter()
     word_re = re.compile(f"{SPACE}[^{SPACE}]*|[^{SPACE}]+")
     cut = re.compile("|".join(map(re.escape, sorted(user_defined, key=len, reverse=True)))) if user_defined else None
-    norm = normalizer.normalize
+    norm = normalize
     for line in iter_lines(sources):
         for part in cut.split(line) if cut is not None else (line,):
             s = norm(part)

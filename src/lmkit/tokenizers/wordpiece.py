@@ -27,8 +27,8 @@ from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 from lmkit.tokenizers.base import ListVocabTokenizer
 from lmkit.tokenizers.basic_tokenizer import BasicTokenizer
-from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, parse_json,
-                                         read_file_bytes, write_json)
+from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, is_hf_tokenizer_json,
+                                         parse_json, read_file_bytes, write_json)
 from lmkit.tokenizers.special_tokens import encode_with_specials
 from lmkit.tokenizers.word_cache import CachesWords
 
@@ -257,7 +257,7 @@ class WordPieceTokenizer(CachesWords, ListVocabTokenizer):
         raw = _read_text(path)
         if raw.lstrip().startswith("{"):
             data = parse_json(raw, path)
-            if isinstance(data, dict) and "model" in data and "format" not in data:
+            if is_hf_tokenizer_json(data):
                 return cls.from_hf_dict(data, source=str(path))
             return cls.from_dict(data, source=str(path))
         return cls.from_vocab_file(path)

@@ -65,7 +65,8 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with every tensor moved to `device` (other values as they are)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -414,7 +415,7 @@ class Trainer:
         """One optimizer update over the given micro-batches; returns the step's metrics."""
         cfg = self.config
         world = self.dist.world_size
-        batches = [_to_device(b, self.device) for b in micro_batches]
+        batches = [to_device(b, self.device) for b in micro_batches]
         counts = [
             count_targets(b["labels"], cfg.shift_labels) if "labels" in b else 1 for b in batches
         ]
@@ -472,7 +473,7 @@ class Trainer:
         limit = self.config.eval_steps or None
         try:
             for batch in itertools.islice(iter(self.eval_data), limit):
-                batch = _to_device(batch, self.device)
+                batch = to_device(batch, self.device)
                 labels = batch.get("labels")
                 if labels is None:
                     raise ConfigError("eval batches need 'labels'")

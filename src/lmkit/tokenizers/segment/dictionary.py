@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from lmkit.errors import TokenizerError
+from lmkit.tokenizers.segment.max_prob import MaxProbSegmenter
 from lmkit.tokenizers.segment.trie import PrefixTrie
 
 _TAG = re.compile(r"[A-Za-z]+")
@@ -73,8 +74,6 @@ class Dictionary:
         segmenter keep it whole, P(word) > product of P(pieces it is cut into now). For a
         sequence of pieces: the largest frequency of their concatenation that still lets them
         be cut apart. `tune=True` also sets that frequency."""
-        from lmkit.tokenizers.segment.max_prob import MaxProbSegmenter
-
         if self.total <= 0:
             raise TokenizerError("suggest_freq needs a dictionary with at least one word")
         ftotal = float(self.total)

@@ -24,19 +24,27 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterator
-
-from lmkit.tokenizers.segment.dictionary import Dictionary
+from typing import Iterator, Protocol
 
 _BLOCK = re.compile("([\u4e00-\u9fd5a-zA-Z0-9+#&\\._%\\-]+)")
 _SKIP = re.compile("(\r\n|\\s)")
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
+class WordFrequencies(Protocol):
+    """What the segmenter reads of a `Dictionary`: its frequency tables. (Typed by this
+    protocol, not the class, because the dictionary itself segments with this module to
+    suggest frequencies: the import runs one way, dictionary -> max_prob.)"""
+
+    freq: dict[str, int]  # word -> freq > 0, proper prefix -> 0
+    logf: dict[str, float]  # word -> log(freq)
+    total: int
+
+
 class MaxProbSegmenter:
     """Reads the dictionary at every call, so words added later take effect at once."""
 
-    def __init__(self, dictionary: Dictionary) -> None:
+    def __init__(self, dictionary: WordFrequencies) -> None:
         self.dictionary = dictionary
 
     def cut(self, text: str) -> Iterator[str]:
