@@ -70,8 +70,10 @@ def export_group() -> None:
               help="tensor type of the 2-D weights (norms stay f32)")
 def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
     """Write the Llama-family checkpoint MODEL_DIR (+ its tokenizer.json) as a llama.cpp GGUF file."""
+    from lmkit.hub.adapter_folder import require_full_checkpoint
     from lmkit.hub.gguf import export_gguf_dir
 
+    require_full_checkpoint(model_dir, "lmkit export gguf")
     try:
         written = export_gguf_dir(model_dir, output, ftype)
     except ValueError as exc:  # a model GGUF cannot hold; an LmkitError is reported by the root group
@@ -118,6 +120,9 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
     from lmkit.quant.checkpoint import save_quantized
     from lmkit.quant.quantize_model import linear_weight_bytes, quantize_model, quantized_weight_bytes
 
+    from lmkit.hub.adapter_folder import require_full_checkpoint
+
+    require_full_checkpoint(model_dir, "lmkit quantize")
     if method == "gptq" and calib is None:
         raise click.ClickException("--method gptq needs --calib FILE (text to calibrate on)")
     try:
