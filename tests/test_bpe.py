@@ -460,10 +460,12 @@ def test_cli_train_encode_decode_info(tmp_path, corpus_dir):
     assert r.stdout.rstrip("\n") == "Hello world!"
     r = _cli("info", str(out))
     assert r.returncode == 0 and "400" in r.stdout, r.stdout + r.stderr
+    assert "<|im_start|>" in r.stdout and "<|im_end|>" in r.stdout and "<|pad|>" in r.stdout  # reserved by default
     hf_out = tmp_path / "tokenizer.json"
-    r = _cli("train", str(src), "-o", str(hf_out), "--vocab-size", "400", "--format", "hf")
+    r = _cli("train", str(src), "-o", str(hf_out), "--vocab-size", "400", "--format", "hf", "--no-chat-tokens")
     assert r.returncode == 0, r.stderr
     assert HFTokenizer.from_file(str(hf_out)).get_vocab_size() == 400
+    assert "<|im_start|>" not in HFTokenizer.from_file(str(hf_out)).get_vocab()
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"abc\xff")
     r = _cli("train", str(bad), "-o", str(tmp_path / "x.json"), "--vocab-size", "300")

@@ -23,22 +23,6 @@ README = ROOT / "README.md"
 LIFE_OF_A_MODEL = "lmkit quickstart --out runs/qs"
 QUICK_ENV = {"LMKIT_QUICKSTART_STEPS": "20"}
 
-# README lines that fail until other open work is merged (issue 26), by the start of the line,
-# with the reason. When such a line fails, the test xfails (strict=False) after running the rest
-# of the block: a line that needs its output runs on the quickstart model instead
-# (FALLBACK) and must then pass.
-KNOWN_FAILURES = {
-    "lmkit finetune runs/qs/model": "the quickstart tokenizer has no <|im_start|>/<|im_end|> tokens yet "
-                                    "(reserved chat tokens in lmkit tokenizers, issue 26)",
-}
-# Any line failing for the same cause (a tokenizer without the chat tokens) is known too, e.g.
-# `chat`/`serve` on the fallback model once they refuse such a tokenizer.
-CHAT_TOKENS_MISSING = ("no single token for", "tokenizer add-tokens", "add them as special tokens")
-# A line that cannot run when a known-failing line before it failed: line start -> that line's start.
-BLOCKED_BY = {"lmkit merge runs/qs/model runs/lora": "lmkit finetune runs/qs/model",
-              "lmkit agent --base-url": "lmkit serve"}
-FALLBACK = {"runs/chat.gguf": "runs/qs/chat.gguf", "runs/chat": "runs/qs/model"}
-
 
 def _failure_report(outcomes: list[Outcome]) -> str:
     return "\n\n".join(f"$ {o.line}\n(exit {o.returncode})\n{o.output[-3000:]}" for o in outcomes)
@@ -55,31 +39,15 @@ def test_readme_life_of_a_model_runs_verbatim(tmp_path):
         assert name in readme  # the shrinking is documented, not a test-only trick
 
     session = Session(tmp_path, env=QUICK_ENV)
-    failed, known, blocked = [], [], []
+    failed = []
     try:
-        for line in lines:
-            upstream = next((up for start, up in BLOCKED_BY.items() if line.startswith(start)), None)
-            if upstream and any(k.line.startswith(upstream) for k in known):
-                blocked.append(line)
-                continue
-            if known:  # an upstream line failed: its output does not exist, use the base model's
-                for old, new in FALLBACK.items():
-                    line = line.replace(f"{old} ", f"{new} ")
+        for line in lines:  # every line runs, in order, and must exit 0 (issue 26)
             outcome = session.run(line)
-            if outcome.returncode == 0:
-                continue
-            if any(outcome.line.startswith(k) for k in KNOWN_FAILURES) or any(
-                    m in outcome.output for m in CHAT_TOKENS_MISSING):
-                known.append(outcome)
-            else:
+            if outcome.returncode != 0:
                 failed.append(outcome)
     finally:
         session.close()
     assert not failed, _failure_report(failed)
-    if known:
-        reasons = "; ".join(f"{o.line.split(' runs/')[0]}: {KNOWN_FAILURES['lmkit finetune runs/qs/model']}"
-                            for o in known)
-        pytest.xfail(f"{reasons} (blocked: {blocked}); the other lines passed on the quickstart model")
 
 
 # ---- docs/*.md: every line, in order, on a tiny checkpoint -----------------------------------

@@ -42,15 +42,20 @@ def _ids(model, pad_id):
     return eos, pad
 
 
-def _template(name: str | None):
+def _template(name: str | None, tok, model_dir: str):
+    """The chat template `name` (None: plain-text rows), checked against the tokenizer: the one
+    template policy fails with the `lmkit tokenizer add-tokens MODEL_DIR` fix."""
     if name is None:
         return None
     from lmkit.tokenizers import get_template
+    from lmkit.tokenizers.chat_template import require_template_tokens
 
     try:
-        return get_template(name)
+        template = get_template(name)
     except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    require_template_tokens(template, tok, model=model_dir)
+    return template
 
 
 def _maybe_lora(model, lora: bool, r: int, alpha: float, targets: str):
@@ -68,23 +73,23 @@ def _copy_tokenizer(src: str, dst: Path) -> None:
             shutil.copy2(Path(src) / name, dst / name)
 
 
-def _save_policy(model, model_dir: str, out: str, lora: bool, merge: bool) -> str:
+def _save_policy(model, model_dir: str, out: str, lora: bool, merge: bool, tok) -> str:
+    """The adapter or the whole policy; a whole one records its end of turn (eos list, pad and
+    chat template from `tok`)."""
     from lmkit.hub import save_pretrained
 
+    _copy_tokenizer(model_dir, Path(out))
     if lora and not merge:
         from lmkit.peft.peft_format import save_lora
 
         save_lora(model, out, base_model_name_or_path=str(Path(model_dir).resolve()))
-        what = "LoRA adapter"
-    else:
-        if lora:
-            from lmkit.peft.lora import unload_lora
+        return "LoRA adapter"
+    if lora:
+        from lmkit.peft.lora import unload_lora
 
-            model = unload_lora(model, merge=True)
-        save_pretrained(model, out)
-        what = "model"
-    _copy_tokenizer(model_dir, Path(out))
-    return what
+        model = unload_lora(model, merge=True)
+    save_pretrained(model, out, tokenizer=tok if hasattr(tok, "save_hf_json") else None)
+    return "model"
 
 
 def _plot(records, keys, out: str, title: str) -> None:
@@ -216,7 +221,7 @@ def reward_train(model_dir, data, eval_data, eval_fraction, steps, batch_size, m
 
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
-    tmpl = _template(chat_template)
+    tmpl = _template(chat_template, tok, model_dir)
     pairs = _pairs(data, tok, model.config.max_seq_len, model.config.bos_token_id, eos, tmpl)
     evals = _pairs(eval_data, tok, model.config.max_seq_len, model.config.bos_token_id, eos, tmpl) if eval_data else None
     pairs, held = _split(pairs, eval_data, eval_fraction, seed)
@@ -252,7 +257,7 @@ def dpo(model_dir, data, ref_model, eval_data, eval_fraction, steps, batch_size,
 
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
-    tmpl = _template(chat_template)
+    tmpl = _template(chat_template, tok, model_dir)
     pairs = _pairs(data, tok, model.config.max_seq_len, model.config.bos_token_id, eos, tmpl)
     evals = _pairs(eval_data, tok, model.config.max_seq_len, model.config.bos_token_id, eos, tmpl) if eval_data else None
     pairs, held = _split(pairs, eval_data, eval_fraction, seed)
@@ -262,7 +267,7 @@ def dpo(model_dir, data, ref_model, eval_data, eval_fraction, steps, batch_size,
     cfg = _train_config(out, steps, lr or (5e-6 if not lora else 5e-4), seed, max(1, steps // 10) if evals else 0)
     records, final = train_dpo(policy, pairs, cfg, ref_model=ref, eval_pairs=evals, batch_size=batch_size,
                                pad_id=pad, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
-    what = _save_policy(policy, model_dir, out, lora, merge)
+    what = _save_policy(policy, model_dir, out, lora, merge, tok)
     _plot(records, ["loss", "reward_margin", "accuracy", "eval_accuracy", "eval_reward_margin"], out, f"DPO ({loss_type})")
     click.echo(json.dumps({"out": out, "saved": what, "train_pairs": len(pairs),
                            **{k: round(v, 4) for k, v in final.items()}}))
@@ -303,7 +308,7 @@ def ppo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperature
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
     fn, rm = _reward(reward_model, reward_fn)
-    ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template), model.config.max_seq_len)
+    ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template, tok, model_dir), model.config.max_seq_len)
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
     cfg = PPOConfig(iterations=steps, batch_size=batch_size,
                     mini_batch_size=mini_batch_size or max(1, batch_size // 2), ppo_epochs=ppo_epochs,
@@ -312,7 +317,7 @@ def ppo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperature
                     seed=seed, out_dir=str(Path(out) / "run"), progress=True)
     records = train_ppo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
                         pad_id=pad, reward_kwargs=kwargs)
-    what = _save_policy(policy, model_dir, out, lora, merge)
+    what = _save_policy(policy, model_dir, out, lora, merge, tok)
     _plot(records, ["score", "kl", "kl_coef", "entropy"], out, "PPO")
     last = records[-1]
     click.echo(json.dumps({"out": out, "saved": what, "score_first": round(records[0]["score"], 4),
@@ -336,14 +341,14 @@ def grpo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperatur
     model, tok = _load(model_dir)
     eos, pad = _ids(model, None)
     fn, rm = _reward(reward_model, reward_fn)
-    ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template), model.config.max_seq_len)
+    ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template, tok, model_dir), model.config.max_seq_len)
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
     cfg = GRPOConfig(steps=steps, batch_size=batch_size, group_size=group_size, max_new_tokens=max_new_tokens,
                      temperature=temperature, beta=beta, num_iterations=num_iterations,
                      lr=lr or (1e-5 if not lora else 1e-4), seed=seed, out_dir=str(Path(out) / "run"), progress=True)
     records = train_grpo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
                          pad_id=pad, reward_kwargs=kwargs)
-    what = _save_policy(policy, model_dir, out, lora, merge)
+    what = _save_policy(policy, model_dir, out, lora, merge, tok)
     _plot(records, ["reward", "kl", "completion_len", "frac_zero_std"], out, "GRPO")
     click.echo(json.dumps({"out": out, "saved": what, "reward_first": round(records[0]["reward"], 4),
                            "reward_last": round(records[-1]["reward"], 4)}))

@@ -40,14 +40,25 @@ def _loaders(data: str, config, seq_len: int, batch_size: int, seed: int):
     return train_loader, val_loader
 
 
-def _copy_tokenizer(src, dst) -> None:
+def _save_with_tokenizer(model, out, src) -> None:
+    """Save `model` to `out` with the tokenizer of checkpoint `src`, recording the end of turn
+    (eos list, pad, chat template) when lmkit can write that tokenizer, else copying its files."""
     import shutil
     from pathlib import Path
 
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        p = Path(src) / name
-        if p.is_file():
-            shutil.copyfile(p, Path(dst) / name)
+    from lmkit.hub import save_pretrained
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    tok = None
+    if any((Path(src) / n).is_file() for n in ("tokenizer.json", "tokenizer.lmkit.json")):
+        tok = load_tokenizer(src)
+        tok = tok if hasattr(tok, "save_hf_json") else None
+    save_pretrained(model, out, tokenizer=tok)
+    if tok is None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            p = Path(src) / name
+            if p.is_file():
+                shutil.copyfile(p, Path(out) / name)
 
 
 class _RunDir:
@@ -110,7 +121,7 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
     from lmkit.compress.masks import format_report, remove_pruning, sparsity_report
     from lmkit.compress.nm_sparsity import parse_nm
     from lmkit.compress.schedule import PruneSchedule
-    from lmkit.hub.pretrained import load_pretrained, save_pretrained
+    from lmkit.hub.pretrained import load_pretrained
 
     if ":" in method:
         n, m = parse_nm(method)
@@ -137,8 +148,7 @@ def prune_cmd(model_dir, out, sparsity, method, targets, finetune_steps, n_prune
         prune_model(model, None if ":" in method else sparsity, method, targets)
     report = None if method == "neurons" else sparsity_report(model, targets)
     remove_pruning(model)
-    save_pretrained(model, out)
-    _copy_tokenizer(model_dir, out)
+    _save_with_tokenizer(model, out, model_dir)
     if report is not None:
         click.echo(format_report(report))
     else:
@@ -197,7 +207,7 @@ def distill_cmd(teacher_dir, data, teacher_option, data_option, student_preset, 
 
     from lmkit.compress.distillation import distill
     from lmkit.errors import ConfigError
-    from lmkit.hub.pretrained import load_pretrained, save_pretrained
+    from lmkit.hub.pretrained import load_pretrained
     from lmkit.models.build import build_model
     from lmkit.models.config import ModelConfig
     from lmkit.models.presets import PRESETS
@@ -239,8 +249,7 @@ def distill_cmd(teacher_dir, data, teacher_option, data_option, student_preset, 
         cfg = _train_config(run, lr, seed, steps, warmup=steps // 20)
         result = distill(teacher, student, train, val, train_config=cfg, temperature=temperature, alpha=alpha)
     student = student.to("cpu")
-    save_pretrained(student, out)
-    _copy_tokenizer(teacher_dir, out)
+    _save_with_tokenizer(student, out, teacher_dir)
     n_s = sum(p.numel() for p in {id(p): p for p in student.parameters()}.values())
     n_t = sum(p.numel() for p in {id(p): p for p in teacher.parameters()}.values())
     click.echo(f"student {n_s:,} parameters (teacher {n_t:,}, {n_t / max(n_s, 1):.1f}x)")

@@ -20,9 +20,11 @@ def _write_report(path: str | None, report: dict) -> None:
 
 def _load_model(model_dir: str, tokenizer: str | None):
     from lmkit.errors import LmkitError
+    from lmkit.hub.adapter_folder import require_full_checkpoint
     from lmkit.hub.pretrained import load_pretrained
     from lmkit.tokenizers.loading import load_tokenizer
 
+    require_full_checkpoint(model_dir, "lmkit eval")  # an adapter folder: say `lmkit merge`
     try:
         model = load_pretrained(model_dir).float()
         tok = load_tokenizer(tokenizer or model_dir)

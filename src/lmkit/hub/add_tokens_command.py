@@ -1,5 +1,5 @@
-"""CLI: `lmkit tokenizer add-tokens MODEL --chat chatml` / `--tokens ...` (wired into the
-`tokenizer` group by cli.py)."""
+"""CLI: `lmkit tokenizer add-tokens MODEL --chat chatml` / `--tokens ...` (added to the
+`tokenizer` group by hub/commands.py)."""
 
 from __future__ import annotations
 

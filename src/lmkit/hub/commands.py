@@ -1,4 +1,5 @@
-"""CLI: `lmkit info`, `lmkit convert`, `lmkit export gguf` and `lmkit quantize`.
+"""CLI: `lmkit info`, `lmkit convert`, `lmkit export gguf`, `lmkit quantize` and
+`lmkit tokenizer add-tokens`.
 
 `quantize` lives here rather than in quant/commands.py because it reads Hugging Face
 checkpoint directories (hub), and quant sits above hub in the layering rule.
@@ -12,6 +13,8 @@ from pathlib import Path
 import click
 
 from lmkit.cli_grammar import RenamedOptionsCommand
+from lmkit.hub.add_tokens_command import add_tokens_cmd
+from lmkit.tokenizers.commands import tokenizer_group
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.lmkit.json",
                    "generation_config.json", "config.json")
@@ -67,8 +70,10 @@ def export_group() -> None:
               help="tensor type of the 2-D weights (norms stay f32)")
 def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
     """Write the Llama-family checkpoint MODEL_DIR (+ its tokenizer.json) as a llama.cpp GGUF file."""
+    from lmkit.hub.adapter_folder import require_full_checkpoint
     from lmkit.hub.gguf import export_gguf_dir
 
+    require_full_checkpoint(model_dir, "lmkit export gguf")
     try:
         written = export_gguf_dir(model_dir, output, ftype)
     except ValueError as exc:  # a model GGUF cannot hold; an LmkitError is reported by the root group
@@ -115,6 +120,9 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
     from lmkit.quant.checkpoint import save_quantized
     from lmkit.quant.quantize_model import linear_weight_bytes, quantize_model, quantized_weight_bytes
 
+    from lmkit.hub.adapter_folder import require_full_checkpoint
+
+    require_full_checkpoint(model_dir, "lmkit quantize")
     if method == "gptq" and calib is None:
         raise click.ClickException("--method gptq needs --calib FILE (text to calibrate on)")
     try:
@@ -138,5 +146,8 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
     click.echo(f"quantized {len(names)} layers with {method}: weights {fp32 / 2**20:.2f} MiB fp32 -> "
                f"{qb / 2**20:.2f} MiB ({fp32 / qb:.2f}x smaller); wrote {output}")
 
+
+# `lmkit tokenizer add-tokens` grows a checkpoint (hub), so it joins the tokenizer group from here.
+tokenizer_group.add_command(add_tokens_cmd)
 
 COMMANDS: list[click.Command] = [info, convert, export_group, quantize_cmd]

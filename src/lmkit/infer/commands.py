@@ -1,59 +1,14 @@
-"""CLI: `lmkit generate` (continue a prompt) and `lmkit quickstart` (train a small model, then sample).
+"""CLI: `lmkit quickstart` (train a small model, then sample).
 
 The quickstart lives here because it ends by generating: its training pipeline is
-`lmkit.train.quickstart`, and infer sits below train in the layering rule.
+`lmkit.train.quickstart`, and infer sits below train in the layering rule. (`lmkit generate`
+lives in serve/commands.py with `chat` and `serve`: all three run adapter folders, and peft
+sits below infer.)
 """
 
 from __future__ import annotations
 
-import sys
-
 import click
-
-
-@click.command("generate")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-p", "--prompt", required=True, help="Text to continue ('-' reads it from stdin).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="0: greedy decoding; > 0: sample at this temperature.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sampling: keep the k best (0: off).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Sampling: nucleus probability mass.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
-@click.option("--stop", multiple=True, help="Stop string (repeatable); it is not printed.")
-@click.option("--stream/--no-stream", default=False, help="Print the text as it is generated.")
-@click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
-@click.option("--compile", "compile_step", is_flag=True,
-              help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
-def generate_cmd(model_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, as_json,
-                 compile_step) -> None:
-    """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it)."""
-    import json
-
-    from lmkit.hub import load_pretrained
-    from lmkit.infer import GenerationConfig, generate, stream_text
-    from lmkit.infer.generate import encode_prompt
-    from lmkit.tokenizers.loading import load_tokenizer
-
-    text = sys.stdin.read() if prompt == "-" else prompt
-    tok = load_tokenizer(model_dir)
-    model = load_pretrained(model_dir)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                           temperature=temperature or 1.0, top_k=top_k or None, top_p=top_p, seed=seed,
-                           stop=list(stop) or None, compile=compile_step)
-    if as_json:
-        out = generate(model, [encode_prompt(tok, text)], cfg, tokenizer=tok)
-        click.echo(json.dumps({"text": out.texts[0], "tokens": out.sequences[0],
-                               "finish_reason": out.finish_reasons[0]}, ensure_ascii=False))
-    elif stream:
-        click.echo(text, nl=False)
-        for delta in stream_text(model, tok, text, cfg):
-            click.echo(delta, nl=False)
-        click.echo()
-    else:
-        out = generate(model, [encode_prompt(tok, text)], cfg, tokenizer=tok)
-        click.echo(text + out.texts[0])
 
 
 @click.command("quickstart")
@@ -94,4 +49,4 @@ def quickstart(out: str, steps: int, vocab_size: int, seed: int) -> None:
     click.echo(f"  python -c \"from transformers import AutoModelForCausalLM as M; print(M.from_pretrained('{model_dir}'))\"")
 
 
-COMMANDS: list[click.Command] = [generate_cmd, quickstart]
+COMMANDS: list[click.Command] = [quickstart]

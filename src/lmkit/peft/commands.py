@@ -36,14 +36,29 @@ def _parse_options(options: tuple[str, ...]) -> dict:
     return out
 
 
+def _default_targets(method: str) -> tuple[str, ...]:
+    from lmkit.peft.sft_defaults import SFT_DEFAULTS
+
+    return SFT_DEFAULTS.method_options(method)["target_modules"]
+
+
+def _save_full(model, out: Path, model_dir: Path, tokenizer) -> None:
+    """A whole checkpoint that records its end of turn (eos list, pad, chat template): the
+    base's other tokenizer files are copied first, then save_pretrained writes tokenizer.json
+    and tokenizer_config.json from `tokenizer`."""
+    from lmkit.hub import save_pretrained
+
+    _copy_tokenizer(model_dir, out)
+    save_pretrained(model, out, tokenizer=tokenizer if hasattr(tokenizer, "save_hf_json") else None)
+
+
 def _method_config(method: str, r, alpha, dropout, targets, rslora, options: dict):
     from lmkit.errors import ConfigError
 
     core = {}
     if method in ("lora", "qlora"):
         core = {"r": r or 8, "alpha": alpha or 16, "dropout": dropout or 0.0}
-        if targets:
-            core["target_modules"] = tuple(targets.split(","))
+        core["target_modules"] = tuple(targets.split(",")) if targets else _default_targets(method)
         if rslora:
             core["use_rslora"] = True
     elif method == "adalora":
@@ -53,8 +68,7 @@ def _method_config(method: str, r, alpha, dropout, targets, rslora, options: dic
             core["alpha"] = alpha
         if dropout:
             core["dropout"] = dropout
-        if targets:
-            core["target_modules"] = tuple(targets.split(","))
+        core["target_modules"] = tuple(targets.split(",")) if targets else _default_targets(method)
     elif method != "full" and (r or alpha or targets or rslora):
         raise click.ClickException(f"--r/--alpha/--target-modules/--rslora apply to lora, qlora and adalora, not {method}")
     kw = {**core, **options}
@@ -86,13 +100,17 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
          eval_fraction, seed, device, precision, max_len):
     from lmkit.cli_grammar import check_fits_context
     from lmkit.data.sft import load_sft_examples, sft_loader
-    from lmkit.hub import load_pretrained, save_pretrained
+    from lmkit.hub import load_pretrained
     from lmkit.peft.finetune import run_finetune
+    from lmkit.peft.load_any import require_full_checkpoint
+    from lmkit.peft.sft_defaults import SFT_DEFAULTS
+    from lmkit.tokenizers.chat_template import get_template, require_template_tokens
     from lmkit.tokenizers.loading import load_tokenizer
-    from lmkit.train.config import TrainConfig
 
     model_dir, out = Path(model_dir), Path(out)
+    require_full_checkpoint(model_dir, "fine-tuning")
     tokenizer = load_tokenizer(model_dir)
+    require_template_tokens(get_template(template), tokenizer, model=str(model_dir))  # before the weights load
     model = load_pretrained(model_dir)
     context = model.config.max_seq_len
     check_fits_context("--seq-len", seq_len, context)
@@ -118,26 +136,26 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
         pack = False
     train = sft_loader(examples, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, seed=seed)
     held_loader = sft_loader(held, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, shuffle=False)
-    tc = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(10, steps // 10), out_dir=str(out / "run"),
-                     seed=seed, device=device, precision=precision, eval_steps=0)
+    tc = SFT_DEFAULTS.train_config(method, steps, lr, out_dir=str(out / "run"), seed=seed, device=device,
+                                   precision=precision, eval_steps=0)
     report = run_finetune(method, model, tokenizer, train, held_loader, method_config, tc)
     model = report.model
     out.mkdir(parents=True, exist_ok=True)
+    base = str(model_dir.resolve())  # recorded, so `lmkit chat/serve/generate ADAPTER` finds the base
     if method == "full":
-        save_pretrained(model, out)
-        _copy_tokenizer(model_dir, out)
+        _save_full(model, out, model_dir, tokenizer)
     elif method in ("lora", "qlora"):
         from lmkit.peft.peft_format import save_lora
 
-        save_lora(model, out, base_model_name_or_path=str(model_dir))
+        save_lora(model, out, base_model_name_or_path=base)
     elif method == "adalora":
         from lmkit.peft.adalora import save_adalora
 
-        save_adalora(model, out)
+        save_adalora(model, out, base_model_name_or_path=base)
     else:
         from lmkit.peft.method_io import save_method
 
-        save_method(model, out, method, method_config)
+        save_method(model, out, method, method_config, base_model_name_or_path=base)
     from lmkit.atomic import atomic_write_text
 
     atomic_write_text(out / "finetune_report.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
@@ -149,8 +167,13 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
 
 
 def _train_options(f):
-    f = click.option("--steps", type=int, default=200, show_default=True, help="optimizer steps")(f)
-    f = click.option("--lr", type=float, default=None, help="learning rate (default: 1e-4 full, 1e-3 others)")(f)
+    from lmkit.peft.sft_defaults import SFT_DEFAULTS as D
+
+    f = click.option("--steps", type=click.IntRange(1), default=None,
+                     help=f"optimizer steps (default: {D.steps}; warmup then cosine to {D.min_lr_ratio:g} x lr)")(f)
+    f = click.option("--lr", type=float, default=None,
+                     help=f"learning rate (default: {D.lr_full:g} full, {D.lr_peft:g} others; 1e-5..2e-5 for "
+                          "billion-parameter models)")(f)
     f = click.option("--batch-size", type=int, default=8, show_default=True)(f)
     f = click.option("--seq-len", type=click.IntRange(1), default=None,
                      help=f"packed row length / max example length (default: {DEFAULT_SEQ_LEN} or the model's "
@@ -178,7 +201,8 @@ def _train_options(f):
 @click.option("--r", type=int, default=None, help="LoRA rank (AdaLoRA: init_r)")
 @click.option("--alpha", type=float, default=None, help="LoRA alpha")
 @click.option("--dropout", type=float, default=None, help="LoRA dropout")
-@click.option("--target-modules", default=None, help="comma-separated, e.g. q_proj,v_proj or all-linear")
+@click.option("--target-modules", default=None,
+              help="comma-separated, e.g. q_proj,v_proj or all-linear (default: all-linear)")
 @click.option("--rslora", is_flag=True, help="scale by alpha/sqrt(r) (rsLoRA)")
 @click.option("--option", "options", multiple=True, help="method config field KEY=VALUE (repeatable)")
 @_train_options
@@ -193,7 +217,6 @@ def finetune_cmd(model_dir, data, data_option, method, out, r, alpha, dropout, t
 
     data = positional_or_option(data, data_option, "DATA", "--data")
     cfg = _method_config(method, r, alpha, dropout, target_modules, rslora, _parse_options(options))
-    lr = lr if lr is not None else (1e-4 if method == "full" else 1e-3)
     _run(method, model_dir, data, eval_data, out, template, cfg, steps, lr, batch_size, seq_len, pack,
          eval_fraction, seed, device, precision, max_len)
 
@@ -211,7 +234,7 @@ def sft_cmd(model_dir, data, out, steps, lr, batch_size, seq_len, pack, eval_dat
     from lmkit.cli_grammar import model_then_data
 
     model_dir, data = model_then_data(model_dir, data, "sft")
-    _run("full", model_dir, data, eval_data, out, template, None, steps, lr if lr is not None else 1e-4, batch_size,
+    _run("full", model_dir, data, eval_data, out, template, None, steps, lr, batch_size,
          seq_len, pack, eval_fraction, seed, device, precision, max_len)
 
 
@@ -222,7 +245,8 @@ def sft_cmd(model_dir, data, out, steps, lr, batch_size, seq_len, pack, eval_dat
 def merge_cmd(model_dir, adapter_dir, out):
     """Fold a LoRA (PEFT layout, ours or PEFT's) or AdaLoRA adapter into the full-precision base
     and write a plain checkpoint that any tool can load."""
-    from lmkit.hub import load_pretrained, save_pretrained
+    from lmkit.hub import load_pretrained
+    from lmkit.tokenizers.loading import load_tokenizer
 
     adapter = Path(adapter_dir)
     model = load_pretrained(model_dir)
@@ -239,8 +263,7 @@ def merge_cmd(model_dir, adapter_dir, out):
             f"{adapter}: no adapter_config.json (LoRA) or adalora_config.json (AdaLoRA); other methods add "
             "modules that cannot be folded into the base weights"
         )
-    save_pretrained(model, out)
-    _copy_tokenizer(Path(model_dir), Path(out))
+    _save_full(model, Path(out), Path(model_dir), load_tokenizer(model_dir))
     click.echo(f"merged {adapter} into {model_dir} -> {out}")
 
 

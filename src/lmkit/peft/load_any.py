@@ -2,12 +2,8 @@
 (model, tokenizer) ready for generation.
 
 A fine-tuning run with a PEFT method writes an adapter folder, not a model; `chat`, `serve`
-and `generate` take one directly. The folder is recognised by its method file:
-
-  adapter_config.json   LoRA / QLoRA in PEFT's layout (records base_model_name_or_path)
-  adalora_config.json   AdaLoRA (lmkit)
-  method_config.json    every other method (adapter, fusion, prefix, prompt, P-tuning v1/v2,
-                        BitFit ...), lmkit's `method_io` format
+and `generate` take one directly. The folder is recognised by its method file
+(`hub/adapter_folder.py`, which also holds `require_full_checkpoint`).
 
 The base model is the one `adapter` is given with, else the one the folder records. LoRA and
 AdaLoRA are folded into the base weights (inference then costs what the base costs); the
@@ -17,7 +13,6 @@ other methods add modules or virtual tokens that cannot be folded, so the base i
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,39 +21,16 @@ import torch
 from torch import nn
 
 from lmkit.errors import CheckpointError
-
-ADAPTER_FILES = {"adapter_config.json": "lora", "adalora_config.json": "adalora", "method_config.json": "method"}
-MERGEABLE = ("lora", "adalora")
-BASE_KEY = "base_model_name_or_path"
-
-
-def adapter_kind(directory: str | os.PathLike) -> str | None:
-    """"lora", "adalora" or "method" for an adapter folder; None for anything else."""
-    directory = Path(directory)
-    for name, kind in ADAPTER_FILES.items():
-        if (directory / name).is_file():
-            return kind
-    return None
-
-
-def is_full_checkpoint(directory: str | os.PathLike) -> bool:
-    directory = Path(directory)
-    return (directory / "config.json").is_file() or (directory / "quantization.json").is_file()
-
-
-def recorded_base(directory: str | os.PathLike) -> str | None:
-    """The base model path an adapter folder records (``base_model_name_or_path``), if any."""
-    directory = Path(directory)
-    kind = adapter_kind(directory)
-    if kind is None:
-        return None
-    name = next(n for n, k in ADAPTER_FILES.items() if k == kind)
-    try:
-        meta = json.loads((directory / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{directory / name}: not valid JSON ({exc})") from exc
-    base = meta.get(BASE_KEY) if isinstance(meta, dict) else None
-    return base if isinstance(base, str) and base else None
+from lmkit.hub.adapter_folder import (  # noqa: F401  (re-exported: the names load_any always had)
+    ADAPTER_FILES,
+    BASE_KEY,
+    MERGEABLE,
+    adapter_kind,
+    is_full_checkpoint,
+    method_name,
+    recorded_base,
+    require_full_checkpoint,
+)
 
 
 def _resolve_base(adapter: Path, base: str | None) -> Path | None:
@@ -76,27 +48,6 @@ def _merge_hint(adapter: Path, kind: str, base: str = "BASE") -> str:
     if kind in MERGEABLE:
         return f"; or fold it into its base once: lmkit merge {base} {adapter} -o merged"
     return ""
-
-
-def require_full_checkpoint(directory: str | os.PathLike, action: str = "this command") -> None:
-    """Raise a CheckpointError naming `lmkit merge` when `directory` is an adapter folder (for
-    commands that need a whole model: quantize, export gguf, eval ...)."""
-    directory = Path(directory)
-    kind = adapter_kind(directory)
-    if kind is not None and not is_full_checkpoint(directory):
-        base = recorded_base(directory) or "BASE"
-        if kind in MERGEABLE:
-            raise CheckpointError(f"{directory} is a {kind} adapter folder, not a model; {action} needs a whole "
-                                  f"model: lmkit merge {base} {directory} -o merged")
-        raise CheckpointError(f"{directory} is an adapter folder ({_method_name(directory)}), not a model; its "
-                              f"method cannot be folded into the base weights, so {action} cannot use it")
-
-
-def _method_name(directory: Path) -> str:
-    try:
-        return json.loads((directory / "method_config.json").read_text(encoding="utf-8")).get("method", "method")
-    except (OSError, ValueError, AttributeError):
-        return "method"
 
 
 def _tokenizer_dir(adapter: Path | None, base: Path) -> Path:
@@ -147,7 +98,7 @@ def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike
             why = (f"records the base model {recorded!r}, which is not a checkpoint directory from here"
                    if recorded else "does not record its base model")
             raise CheckpointError(
-                f"{path} is a {kind if kind != 'method' else _method_name(path)} adapter folder that {why}; "
+                f"{path} is a {kind if kind != 'method' else method_name(path)} adapter folder that {why}; "
                 f"give the base model and the adapter: BASE --adapter {path}" + _merge_hint(path, kind)
             )
     else:

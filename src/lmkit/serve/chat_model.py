@@ -64,18 +64,15 @@ def resolve_template(template):
 def encode_chat(tokenizer, template, messages: Sequence[dict]) -> list[int]:
     """Prompt ids of plain messages plus the generation prompt.
 
-    Message content is encoded as plain text (a user cannot forge "<|im_start|>system" turns);
-    when the tokenizer lacks the template's special tokens the rendered text is encoded as it is.
+    Message content is encoded as plain text (a user cannot forge "<|im_start|>system" turns).
+    A tokenizer without the template's special tokens is an error naming the fix (the one
+    template policy of chat, serve, sft, dpo, grpo and rag), not ChatML spelled out as text.
     """
-    try:
-        ids, _ = template.render_with_mask(messages, tokenizer, add_generation_prompt=True)
-        return ids
-    except TokenizerError as exc:
-        if "no single token" not in str(exc):
-            raise
-    from lmkit.infer.inputs import encode_prompt  # lmkit.infer (torch) only for local models
+    from lmkit.tokenizers.chat_template import require_template_tokens
 
-    return encode_prompt(tokenizer, template.render(messages, add_generation_prompt=True))
+    require_template_tokens(template, tokenizer)
+    ids, _ = template.render_with_mask(messages, tokenizer, add_generation_prompt=True)
+    return ids
 
 
 def prepare_chat(model, tokenizer, template, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,

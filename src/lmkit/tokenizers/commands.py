@@ -1,4 +1,5 @@
-"""CLI: `lmkit tokenizer train|encode|decode|info` and `lmkit segment` (Chinese word segmentation).
+"""CLI: `lmkit tokenizer train|encode|decode|info` (`add-tokens` is added by hub/commands.py: it
+grows checkpoints, and hub sits below tokenizers) and `lmkit segment` (Chinese word segmentation).
 
 Every tokenizer file is opened with `load_tokenizer`, whatever its algorithm or format.
 """
@@ -25,17 +26,23 @@ def tokenizer_group() -> None:
 @click.option("--vocab-size", type=int, required=True, help="Total tokens: 256 bytes + merges + specials.")
 @click.option("--min-frequency", type=int, default=2, show_default=True, help="Never merge rarer pairs.")
 @click.option("--special", "specials", multiple=True, help="Special token (repeatable), e.g. <|endoftext|>.")
+@click.option("--chat-tokens/--no-chat-tokens", default=True, show_default=True,
+              help="Reserve the chat special tokens (<|endoftext|>, <|im_start|>, <|im_end|>, <|pad|>) first, "
+                   "so the model can be chat-tuned without growing its vocabulary.")
 @click.option("--pattern", default="gpt2", show_default=True, help="Pre-tokenizer split: gpt2, cl100k or a regex.")
 @click.option("--format", "fmt", type=click.Choice(["lmkit", "hf"]), default="lmkit", show_default=True,
               help="lmkit JSON, or a Hugging Face tokenizer.json.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def tokenizer_train(files, out, vocab_size, min_frequency, specials, pattern, fmt, progress) -> None:
+def tokenizer_train(files, out, vocab_size, min_frequency, specials, chat_tokens, pattern, fmt, progress) -> None:
     """Train a byte-level BPE tokenizer on UTF-8 FILES (streamed, never loaded whole)."""
     import time
     from pathlib import Path
 
     from lmkit.tokenizers.bpe import BPETokenizer
+    from lmkit.tokenizers.special_tokens import CHAT_SPECIAL_TOKENS
 
+    if chat_tokens:
+        specials = list(dict.fromkeys([*CHAT_SPECIAL_TOKENS, *specials]))
     start = time.perf_counter()
     tok = BPETokenizer.train(
         [Path(f) for f in files], vocab_size, min_frequency=min_frequency, special_tokens=list(specials),

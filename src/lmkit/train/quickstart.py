@@ -31,6 +31,7 @@ def run_quickstart(out: str | Path, steps: int = 1200, vocab_size: int = 2048, s
     from lmkit.corpus import english_text
     from lmkit.data.shards import ShardConfig, prepare_shards
     from lmkit.tokenizers import BPETokenizer
+    from lmkit.tokenizers.special_tokens import CHAT_SPECIAL_TOKENS
     from lmkit.train.pretrain import PretrainConfig, run_pretrain, unigram_baseline_ppl
     from lmkit.train.quickstart_examples import write_example_data
 
@@ -44,7 +45,7 @@ def run_quickstart(out: str | Path, steps: int = 1200, vocab_size: int = 2048, s
     report(f"      examples for the next steps: {examples['chat']} (chat SFT data), "
            f"{examples['held_out']} (held-out text), {examples['docs']}/ (documents to index)")
 
-    tok = BPETokenizer.train([corpus], vocab_size=vocab_size, special_tokens=["<|endoftext|>"])
+    tok = BPETokenizer.train([corpus], vocab_size=vocab_size, special_tokens=list(CHAT_SPECIAL_TOKENS))
     tok.save(out_dir / "tokenizer.lmkit.json")
     report(f"[2/5] byte-level BPE tokenizer: {tok.vocab_size} tokens")
 
