@@ -30,7 +30,8 @@ def _checkpoint(path, specials):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     from lmkit.peft.finetune import apply_method
-    from lmkit.peft.lora import LoraConfig, inject_lora, save_lora
+    from lmkit.peft.lora import LoraConfig, inject_lora
+    from lmkit.peft.peft_format import save_lora
     from lmkit.peft.method_io import save_method
 
     root = tmp_path_factory.mktemp("run_adapter")
