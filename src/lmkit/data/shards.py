@@ -370,14 +370,14 @@ def prepare_shards(
     config: ShardConfig | None = None,
     *,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> dict[str, Any]:
     """Tokenize a corpus into a shard directory; returns the index written to ``index.json``.
 
     `tokenizer` is a Tokenizer (pickled to the workers) or a tokenizer file (each worker
     loads it). Output is identical for any number of workers.
     """
-    from tqdm.auto import tqdm
+    from lmkit.progress import Progress
 
     config = config or ShardConfig()
     out = Path(out_dir)
@@ -394,7 +394,7 @@ def prepare_shards(
     writers = {s: _SplitWriter(tmp, s, config.shard_tokens) for s in SPLITS}
     try:
         total = sum(f.stat().st_size for f in files)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+        bar = Progress(total=total, unit="B", unit_scale=True, desc="tokenizing", progress=progress)
         with bar:
             docs = (d for f in files for d in read_documents(f, config.split_by))
             init = (eos_id, dtype.name, config.val_fraction, config.seed)
