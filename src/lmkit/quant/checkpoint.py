@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmkit.errors import CheckpointError
+from lmkit.errors import CheckpointError, LmkitError
 from lmkit.models.config import ModelConfig
 
 FORMAT = "lmkit.quant"
@@ -105,20 +105,51 @@ def _check_arch(model: nn.Module, meta: dict[str, Any], directory) -> None:
         )
 
 
+def _check_size(cfg: ModelConfig, weights: Path) -> None:
+    """Refuse a config that cannot fit its weights file before building (and allocating) the model:
+    even at 4 bits a parameter takes half a byte, and every layer or expert takes some bytes."""
+    size = weights.stat().st_size
+    for name in ("n_layers", "n_decoder_layers", "n_experts"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > size // 16:
+            raise CheckpointError(f"{weights.parent / QUANT_FILE}: {name}={value} cannot fit {weights} ({size} bytes)")
+    from lmkit.models.build import build_model
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build_model(cfg).parameters())
+    if n // 4 > size:  # 2 bits a parameter would already be below every method lmkit has
+        raise CheckpointError(f"{weights.parent / QUANT_FILE}: a model of {n:,} parameters cannot fit "
+                              f"{weights} ({size:,} bytes)")
+
+
 def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
                    device: str | torch.device | None = None) -> nn.Module:
     """A quantized model from `directory` (built from its config, or loaded into `model`)."""
+    meta = read_quant_config(directory)
+    where = Path(directory) / QUANT_FILE
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.exists():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    try:
+        return _load_quantized(directory, meta, model, device, path)
+    except CheckpointError:
+        raise
+    except (LmkitError, KeyError, TypeError, ValueError, AttributeError, OverflowError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"{where}: does not describe a loadable model ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_quantized(directory, meta: dict[str, Any], model: nn.Module | None, device, path: Path) -> nn.Module:
     from safetensors.torch import load_file
 
     from lmkit.models.build import build_model
     from lmkit.quant.quantize_model import _set_module, empty_quantized
 
-    meta = read_quant_config(directory)
     if model is None:
         try:
             cfg = ModelConfig.from_dict(meta["arch"]["config"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{directory}: {QUANT_FILE} has no architecture config") from exc
+        _check_size(cfg, path)
         model = build_model(cfg)
     else:
         _check_arch(model, meta, directory)
@@ -133,9 +164,6 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
                                   "not an nn.Linear")
         _set_module(model, name, empty_quantized(lin.in_features, lin.out_features, lin.bias is not None,
                                                  method, meta))
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.exists():
-        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     try:
         sd = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
