@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from lmkit.atomic import recover_directory, replace_directory
+from lmkit.checksums import write_checksums
 from lmkit.errors import ConfigError, LmkitError, TokenizerError
 from lmkit.tokenizers.base import Tokenizer
 
@@ -381,6 +383,7 @@ def prepare_shards(
 
     config = config or ShardConfig()
     out = Path(out_dir)
+    recover_directory(out)
     if out.exists() and not overwrite:
         raise CorpusError(f"{out} already exists; choose another directory or pass overwrite=True (--overwrite)")
     files = corpus_files(paths)
@@ -423,13 +426,8 @@ def prepare_shards(
             "splits": splits,
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():  # overwrite: swap the new directory in, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        write_checksums(tmp)
+        replace_directory(tmp, out)  # overwrite: one atomic swap, then the old directory is dropped
         return index
     finally:
         for w in writers.values():
@@ -441,6 +439,7 @@ def prepare_shards(
 # ---- reading shards ---------------------------------------------------------------------------
 def read_index(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``index.json`` of a shard directory (checked for format)."""
+    recover_directory(directory)
     path = Path(directory) / INDEX_FILE
     if not path.is_file():
         raise CorpusError(f"{directory} is not a shard directory (no {INDEX_FILE}); create one with `lmkit data prepare`")

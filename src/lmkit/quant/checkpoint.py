@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmkit.atomic import recover_directory, replace_directory
+from lmkit.checksums import CHECKSUMS_FILE, write_checksums
 from lmkit.errors import CheckpointError, LmkitError
 from lmkit.models.config import ModelConfig
 
@@ -59,19 +61,25 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike) -> None:
                             "arch": {"class": type(model).__name__, "model_type": cfg.model_type,
                                      "config": cfg.to_dict()}}
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    recover_directory(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         save_file(_dedup_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "lmkit": FORMAT})
         (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (directory / QUANT_FILE).unlink(missing_ok=True)  # the checkpoint is incomplete until the JSON lands
-        os.replace(tmp / WEIGHTS_FILE, directory / WEIGHTS_FILE)
-        os.replace(tmp / QUANT_FILE, directory / QUANT_FILE)
+        if directory.is_dir():  # other files there (tokenizer, README) are kept
+            for f in directory.iterdir():
+                if f.is_file() and not (tmp / f.name).exists() and f.name != CHECKSUMS_FILE:
+                    shutil.copy2(f, tmp / f.name)
+        write_checksums(tmp)
+        os.chmod(tmp, 0o755)
+        replace_directory(tmp, directory)  # an interruption leaves the previous checkpoint whole
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_quant_config(directory: str | os.PathLike) -> dict[str, Any]:
+    recover_directory(directory)
     path = Path(directory) / QUANT_FILE
     if not path.exists():
         raise CheckpointError(f"{directory}: no {QUANT_FILE} — not a quantized lmkit checkpoint "
