@@ -126,3 +126,40 @@ def test_lmkit_tokenizer_with_an_infinite_id(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(LmkitError, match="tok.json"):
         load_tokenizer(path)
+
+
+def test_second_fuzz_round(tmp_path, hf_dir):
+    """Found by the 2000-input run: head_dim 0.5, a non-integer version, an ARPA order 0, a damaged
+    format name, a flipped byte in an adapter tensor name — each now an LmkitError naming the file."""
+    from lmkit.hub import load_pretrained
+    from lmkit.ngram import train_ngram
+    from lmkit.ngram.arpa import ArpaError, read_arpa, write_arpa
+    from lmkit.peft.lora import LoraConfig, inject_lora
+    from lmkit.peft.peft_format import load_peft_adapter, save_peft_adapter
+    from lmkit.quant.checkpoint import load_quantized, save_quantized
+    from lmkit.quant.quantize_model import quantize_model
+    from lmkit.tokenizers import BPETokenizer
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    _edit_json(hf_dir / "config.json", head_dim=0.5)  # was: ZeroDivisionError
+    with pytest.raises(LmkitError, match="config.json"):
+        load_pretrained(hf_dir)
+    save_quantized(quantize_model(_tiny_llama(), "int8"), tmp_path / "q")
+    _edit_json(tmp_path / "q" / "quantization.json", version=None)  # was: TypeError comparing None > 1
+    with pytest.raises(CheckpointError, match="quantization.json"):
+        load_quantized(tmp_path / "q")
+    arpa = tmp_path / "lm.arpa"
+    write_arpa(train_ngram(["the cat sat", "a cat ran"], order=2, method="kn"), arpa)
+    arpa.write_text(arpa.read_text().replace("\\data\\\n", "\\data\\\nngram 0=0\n", 1))  # was: KeyError 0
+    with pytest.raises(ArpaError, match="lm.arpa"):
+        read_arpa(arpa)
+    tok = tmp_path / "tok.json"
+    BPETokenizer.train(["the cat sat on the mat " * 5], vocab_size=270).save(tok)
+    tok.write_text(tok.read_text().replace('"lmkit.bpe"', '"lmkbt.bpe"'))  # was: a message without the file
+    with pytest.raises(LmkitError, match="tok.json"):
+        load_tokenizer(tok)
+    save_peft_adapter(inject_lora(_tiny_llama(), LoraConfig(r=2, alpha=4)), tmp_path / "a")
+    w = tmp_path / "a" / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes().replace(b"layers.0", b"layurs.0", 1))  # was: a message without the file
+    with pytest.raises(CheckpointError, match=str(tmp_path / "a")):
+        load_peft_adapter(_tiny_llama(), tmp_path / "a")

@@ -166,7 +166,7 @@ def load_pretrained(
         raise ConfigError(f"{exc} [in {where}]") from exc
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} [in {where}]") from exc
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RuntimeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, ZeroDivisionError, RuntimeError) as exc:
         raise ConfigError(f"{where}: a setting has the wrong type or value ({type(exc).__name__}: {exc})") from exc
     try:
         sd = arch.state_from_hf(raw, cfg)

@@ -119,7 +119,7 @@ def read_arpa(path: str | os.PathLike) -> BackoffLM:
     if state != "end":
         raise ArpaError(f"{path}: truncated ARPA file (no \\end\\ line)")
     order = max(counts) if counts else 0
-    if order < 1 or sorted(sections) != list(range(1, order + 1)):
+    if order < 1 or sorted(sections) != list(range(1, order + 1)) or sorted(counts) != sorted(sections):
         raise ArpaError(f"{path}: sections {sorted(sections)} do not match \\data\\ orders {sorted(counts)}")
     for kk, n in counts.items():
         if len(sections[kk]) != n:

@@ -253,6 +253,15 @@ def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraCo
 
 def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
     """Inject the adapter described by `directory` into `model` and load its weights."""
+    try:
+        return _load_peft_adapter(model, directory, adapter_name)
+    except CheckpointError as exc:
+        if str(directory) in str(exc):
+            raise
+        raise CheckpointError(f"{directory}: {exc}") from exc
+
+
+def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

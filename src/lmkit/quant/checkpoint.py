@@ -90,6 +90,8 @@ def read_quant_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an {FORMAT} file")
+    if not isinstance(meta.get("version", 0), int):
+        raise CheckpointError(f"{path}: \"version\" must be an integer, got {meta['version']!r}")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: format version {meta['version']} is newer than this lmkit reads ({VERSION})")
     return meta
