@@ -1,5 +1,6 @@
 """`lmkit quickstart`, run as a user would: a subprocess, no arguments beyond a short run."""
 
+import re
 import subprocess
 import sys
 
@@ -22,3 +23,6 @@ def test_quickstart_end_to_end(tmp_path):
     assert model.config.model_type == "llama" and model.config.vocab_size == 600
     assert (out_dir / "model" / "tokenizer.json").exists()
     assert (out_dir / "run" / "metrics.jsonl").exists()
+    # stdout and stderr are files here, not terminals: a few progress lines, no bar redraws
+    written = [line for line in re.split(r"[\r\n]", proc.stdout + proc.stderr) if line.strip()]
+    assert len(written) <= 100, written[:20]

@@ -13,11 +13,17 @@ from lmkit.errors import ConfigError
 def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; a line that is not JSON raises `error`."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:
+                raise error(f"{path}:{lineno}: JSON nested too deeply") from None

@@ -157,9 +157,9 @@ def train_grpo(
     reward_kwargs = reward_kwargs or {}
     g = cfg.group_size
     records: list[dict[str, Any]] = []
-    from tqdm.auto import tqdm
+    from lmkit.progress import Progress
 
-    for step in tqdm(range(cfg.steps), disable=not cfg.progress, desc="grpo", unit="step"):
+    for step in Progress(total=cfg.steps, desc="grpo", unit="step", progress=cfg.progress).track(range(cfg.steps)):
         t0 = time.perf_counter()
         idx = [i for i in next(batches) for _ in range(g)]
         roll = sample_rollouts(policy, [prompts[i] for i in idx], max_new_tokens=cfg.max_new_tokens,

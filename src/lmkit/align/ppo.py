@@ -173,10 +173,10 @@ def train_ppo(
     logger = MetricsLogger(cfg.out_dir) if cfg.out_dir else None
     reward_kwargs = reward_kwargs or {}
     records: list[dict[str, Any]] = []
-    from tqdm.auto import tqdm
+    from lmkit.progress import Progress
 
-    bar = tqdm(range(cfg.iterations), disable=not cfg.progress, desc="ppo", unit="it")
-    for it in bar:
+    bar = Progress(total=cfg.iterations, desc="ppo", unit="it", progress=cfg.progress)
+    for it in bar.track(range(cfg.iterations)):
         t0 = time.perf_counter()
         idx = next(batches)
         roll = sample_rollouts(lm, [prompts[i] for i in idx], max_new_tokens=cfg.max_new_tokens,
@@ -245,7 +245,7 @@ def train_ppo(
             logger.log(record)
         if callback is not None:
             callback(record)
-        bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{mean_kl:.3f}")
+        bar.set_postfix(score=record["score"], kl=mean_kl)
     policy.eval()
     if logger is not None:
         logger.close()

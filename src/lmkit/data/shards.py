@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from lmkit.atomic import recover_directory, replace_directory
+from lmkit.checksums import write_checksums
 from lmkit.errors import ConfigError, LmkitError, TokenizerError
 from lmkit.tokenizers.base import Tokenizer
 
@@ -370,17 +372,18 @@ def prepare_shards(
     config: ShardConfig | None = None,
     *,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> dict[str, Any]:
     """Tokenize a corpus into a shard directory; returns the index written to ``index.json``.
 
     `tokenizer` is a Tokenizer (pickled to the workers) or a tokenizer file (each worker
     loads it). Output is identical for any number of workers.
     """
-    from tqdm.auto import tqdm
+    from lmkit.progress import Progress
 
     config = config or ShardConfig()
     out = Path(out_dir)
+    recover_directory(out)
     if out.exists() and not overwrite:
         raise CorpusError(f"{out} already exists; choose another directory or pass overwrite=True (--overwrite)")
     files = corpus_files(paths)
@@ -394,7 +397,7 @@ def prepare_shards(
     writers = {s: _SplitWriter(tmp, s, config.shard_tokens) for s in SPLITS}
     try:
         total = sum(f.stat().st_size for f in files)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+        bar = Progress(total=total, unit="B", unit_scale=True, desc="tokenizing", progress=progress)
         with bar:
             docs = (d for f in files for d in read_documents(f, config.split_by))
             init = (eos_id, dtype.name, config.val_fraction, config.seed)
@@ -423,13 +426,8 @@ def prepare_shards(
             "splits": splits,
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():  # overwrite: swap the new directory in, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        write_checksums(tmp)
+        replace_directory(tmp, out)  # overwrite: one atomic swap, then the old directory is dropped
         return index
     finally:
         for w in writers.values():
@@ -441,6 +439,7 @@ def prepare_shards(
 # ---- reading shards ---------------------------------------------------------------------------
 def read_index(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``index.json`` of a shard directory (checked for format)."""
+    recover_directory(directory)
     path = Path(directory) / INDEX_FILE
     if not path.is_file():
         raise CorpusError(f"{directory} is not a shard directory (no {INDEX_FILE}); create one with `lmkit data prepare`")

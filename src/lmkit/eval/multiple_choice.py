@@ -51,6 +51,8 @@ def load_task(path: str | os.PathLike) -> list[MCExample]:
         raise ConfigError(f"task file {str(path)!r} does not exist")
     out = []
     for lineno, d in iter_jsonl(path, ConfigError):
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(d).__name__}")
         ctx = next((d[k] for k in ("context", "query", "question") if k in d), None)
         gold = next((d[k] for k in ("gold", "label", "answer") if k in d), None)
         choices = d.get("choices")

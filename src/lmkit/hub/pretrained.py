@@ -68,7 +68,8 @@ def _aliases(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True) -> None:
+def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True,
+                           check_only: bool = False) -> None:
     """Copy `sd` into `model`, checking every key and shape first; nothing is copied on error.
 
     Tied parameters may appear under either name. With strict=False, missing tensors keep
@@ -101,6 +102,8 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict
         )
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + "\n".join(problems))
+    if check_only:
+        return
     if missing:
         warnings.warn(f"tensors missing from the checkpoint keep their initial values: {missing}", stacklevel=2)
     with torch.no_grad():
@@ -124,6 +127,15 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
                 p.data = p.data.to(dtype)
 
 
+def _check_module_counts(cfg, n_tensors: int, where: Path) -> None:
+    """Every layer and expert holds at least one tensor: a config asking for more of them than the
+    checkpoint has tensors is corrupt, and building it (even without memory) would take hours."""
+    for name in ("n_layers", "n_decoder_layers", "n_experts"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > n_tensors:
+            raise ConfigError(f"{where}: {name}={value} cannot fit a checkpoint of {n_tensors} tensors")
+
+
 def load_pretrained(
     directory: str | os.PathLike, dtype: torch.dtype | None = None, strict: bool = True
 ) -> nn.Module:
@@ -138,14 +150,29 @@ def load_pretrained(
 
         return load_quantized(directory).eval()
     hf = read_hf_config(directory)
-    arch = arch_module(hf.get("model_type"))
-    try:
-        cfg = arch.config_from_hf(hf)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} [in {Path(directory) / 'config.json'}]") from exc
+    where = Path(directory) / "config.json"
     raw = read_state_dict(directory)
-    sd = arch.state_from_hf(raw, cfg)
-    model = arch.build_model(cfg)
+    try:
+        arch = arch_module(hf.get("model_type"))
+        cfg = arch.config_from_hf(hf)
+        _check_module_counts(cfg, len(raw), where)
+        with torch.device("meta"):  # shapes only: a corrupt config must not allocate a huge model
+            probe = arch.build_model(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} [in {where}]") from exc
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} [in {where}]") from exc
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, ZeroDivisionError, RuntimeError) as exc:
+        raise ConfigError(f"{where}: a setting has the wrong type or value ({type(exc).__name__}: {exc})") from exc
+    try:
+        sd = arch.state_from_hf(raw, cfg)
+        load_state_dict_strict(probe, sd, strict=strict, check_only=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from exc
+    try:
+        model = arch.build_model(cfg)
+    except (RuntimeError, MemoryError, OverflowError) as exc:  # e.g. buffers for an absurd max_seq_len
+        raise ConfigError(f"{where}: cannot build this model ({type(exc).__name__}: {exc})") from exc
     cast_parameters(model, dtype or _checkpoint_dtype(raw))
     load_state_dict_strict(model, sd, strict=strict)
     return model.eval()

@@ -22,12 +22,12 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
+from lmkit.atomic import recover_directory, replace_directory
 from lmkit.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
@@ -93,6 +93,7 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory (model.safetensors or an index + shards)."""
     directory = Path(directory)
+    recover_directory(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     single = directory / SINGLE_FILE
@@ -152,6 +153,7 @@ def staged_directory(directory: str | os.PathLike, replaces: Iterable[str] = ())
     directory = Path(directory)
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(directory)  # a crash between the two renames of an earlier save
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} exists and is not a directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
@@ -174,10 +176,7 @@ def staged_directory(directory: str | os.PathLike, replaces: Iterable[str] = ())
                     os.symlink(os.readlink(f), tmp / f.name)
                 else:
                     _link_or_copy(str(f), str(tmp / f.name))
-            backup = parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(directory, backup)
-            os.rename(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
+            replace_directory(tmp, directory)
         else:
             os.chmod(tmp, 0o777 & ~umask)
             os.rename(tmp, directory)

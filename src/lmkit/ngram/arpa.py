@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from lmkit.atomic import atomic_path
+from lmkit.errors import LmkitError
 from lmkit.ngram.backoff import BackoffLM
 from lmkit.ngram.base import NGramLM
 from lmkit.ngram.keys import GramCodec, GramTable
 from lmkit.ngram.vocab import BOS, BOS_ID, EOS, UNK, Vocabulary
 
 
-class ArpaError(ValueError):
+class ArpaError(LmkitError, ValueError):
     pass
 
 
@@ -72,9 +73,12 @@ def read_arpa(path: str | os.PathLike) -> BackoffLM:
     sections: dict[int, list[tuple[float, list[str], float]]] = {}
     state = "start"
     k = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise ArpaError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
             if not line:
                 continue
             if state == "start":
@@ -95,8 +99,11 @@ def read_arpa(path: str | os.PathLike) -> BackoffLM:
             if state == "data":
                 if not line.startswith("ngram "):
                     raise ArpaError(f"{path}:{lineno}: expected 'ngram k=N' in \\data\\, got {line!r}")
-                a, b = line[6:].split("=")
-                counts[int(a)] = int(b)
+                try:
+                    a, b = line[6:].split("=")
+                    counts[int(a)] = int(b)
+                except ValueError:
+                    raise ArpaError(f"{path}:{lineno}: expected 'ngram k=N', got {line!r}") from None
                 continue
             parts = line.split()
             if len(parts) not in (k + 1, k + 2):
@@ -112,7 +119,7 @@ def read_arpa(path: str | os.PathLike) -> BackoffLM:
     if state != "end":
         raise ArpaError(f"{path}: truncated ARPA file (no \\end\\ line)")
     order = max(counts) if counts else 0
-    if order < 1 or sorted(sections) != list(range(1, order + 1)):
+    if order < 1 or sorted(sections) != list(range(1, order + 1)) or sorted(counts) != sorted(sections):
         raise ArpaError(f"{path}: sections {sorted(sections)} do not match \\data\\ orders {sorted(counts)}")
     for kk, n in counts.items():
         if len(sections[kk]) != n:

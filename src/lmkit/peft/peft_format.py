@@ -207,6 +207,15 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     )
 
 
+def _names(value: Any, key: str) -> tuple[str, ...]:
+    """A list of module names from the config (None: none); anything else is a TypeError naming `key`."""
+    if not value:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{key} must be a list of module names, got {value!r}")
+    return tuple(value)
+
+
 def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraConfig:
     """A LoraConfig from PEFT's adapter_config.json (errors for features lmkit does not have)."""
     if d.get("peft_type", "LORA") != "LORA":
@@ -232,14 +241,23 @@ def lora_config_from_peft(d: dict[str, Any], where: str = CONFIG_NAME) -> LoraCo
         return LoraConfig(
             r=int(d["r"]), alpha=float(d.get("lora_alpha", 8)), dropout=float(d.get("lora_dropout", 0.0)),
             target_modules=tuple(targets or ()), use_rslora=bool(d.get("use_rslora", False)),
-            bias=d.get("bias", "none"), modules_to_save=tuple(d.get("modules_to_save") or ()),
+            bias=d.get("bias", "none"), modules_to_save=_names(d.get("modules_to_save"), "modules_to_save"),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(f"{where}: invalid LoRA settings ({exc})") from exc
 
 
 def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
     """Inject the adapter described by `directory` into `model` and load its weights."""
+    try:
+        return _load_peft_adapter(model, directory, adapter_name)
+    except CheckpointError as exc:
+        if str(directory) in str(exc):
+            raise
+        raise CheckpointError(f"{directory}: {exc}") from exc
+
+
+def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -272,7 +290,10 @@ def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_na
         if ours:
             config = LoraConfig(**{**config.to_dict(), "target_modules": tuple(sorted(ours))})
     had_active = getattr(model, "active_lora_adapter", None)
-    inject_lora(model, config, adapter_name)
+    try:
+        inject_lora(model, config, adapter_name)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: the adapter does not fit this model ({exc})") from exc
     try:
         load_lora_state_dict(model, state, adapter_name)
     except CheckpointError:

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmkit.errors import CheckpointError
+from lmkit.atomic import recover_directory, replace_directory
+from lmkit.checksums import CHECKSUMS_FILE, write_checksums
+from lmkit.errors import CheckpointError, LmkitError
 from lmkit.models.config import ModelConfig
 from lmkit.models.module_tree import replace_module
 
@@ -60,19 +62,25 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike) -> None:
                             "arch": {"class": type(model).__name__, "model_type": cfg.model_type,
                                      "config": cfg.to_dict()}}
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    recover_directory(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         save_file(_dedup_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "lmkit": FORMAT})
         (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (directory / QUANT_FILE).unlink(missing_ok=True)  # the checkpoint is incomplete until the JSON lands
-        os.replace(tmp / WEIGHTS_FILE, directory / WEIGHTS_FILE)
-        os.replace(tmp / QUANT_FILE, directory / QUANT_FILE)
+        if directory.is_dir():  # other files there (tokenizer, README) are kept
+            for f in directory.iterdir():
+                if f.is_file() and not (tmp / f.name).exists() and f.name != CHECKSUMS_FILE:
+                    shutil.copy2(f, tmp / f.name)
+        write_checksums(tmp)
+        os.chmod(tmp, 0o755)
+        replace_directory(tmp, directory)  # an interruption leaves the previous checkpoint whole
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_quant_config(directory: str | os.PathLike) -> dict[str, Any]:
+    recover_directory(directory)
     path = Path(directory) / QUANT_FILE
     if not path.exists():
         raise CheckpointError(f"{directory}: no {QUANT_FILE} — not a quantized lmkit checkpoint "
@@ -83,6 +91,8 @@ def read_quant_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an {FORMAT} file")
+    if not isinstance(meta.get("version", 0), int):
+        raise CheckpointError(f"{path}: \"version\" must be an integer, got {meta['version']!r}")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: format version {meta['version']} is newer than this lmkit reads ({VERSION})")
     return meta
@@ -106,20 +116,51 @@ def _check_arch(model: nn.Module, meta: dict[str, Any], directory) -> None:
         )
 
 
+def _check_size(cfg: ModelConfig, weights: Path) -> None:
+    """Refuse a config that cannot fit its weights file before building (and allocating) the model:
+    even at 4 bits a parameter takes half a byte, and every layer or expert takes some bytes."""
+    size = weights.stat().st_size
+    for name in ("n_layers", "n_decoder_layers", "n_experts"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > size // 16:
+            raise CheckpointError(f"{weights.parent / QUANT_FILE}: {name}={value} cannot fit {weights} ({size} bytes)")
+    from lmkit.models.build import build_model
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build_model(cfg).parameters())
+    if n // 4 > size:  # 2 bits a parameter would already be below every method lmkit has
+        raise CheckpointError(f"{weights.parent / QUANT_FILE}: a model of {n:,} parameters cannot fit "
+                              f"{weights} ({size:,} bytes)")
+
+
 def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
                    device: str | torch.device | None = None) -> nn.Module:
     """A quantized model from `directory` (built from its config, or loaded into `model`)."""
+    meta = read_quant_config(directory)
+    where = Path(directory) / QUANT_FILE
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.exists():
+        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
+    try:
+        return _load_quantized(directory, meta, model, device, path)
+    except CheckpointError:
+        raise
+    except (LmkitError, KeyError, TypeError, ValueError, AttributeError, OverflowError, RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"{where}: does not describe a loadable model ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_quantized(directory, meta: dict[str, Any], model: nn.Module | None, device, path: Path) -> nn.Module:
     from safetensors.torch import load_file
 
     from lmkit.models.build import build_model
     from lmkit.quant.quantize_model import empty_quantized
 
-    meta = read_quant_config(directory)
     if model is None:
         try:
             cfg = ModelConfig.from_dict(meta["arch"]["config"])
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{directory}: {QUANT_FILE} has no architecture config") from exc
+        _check_size(cfg, path)
         model = build_model(cfg)
     else:
         _check_arch(model, meta, directory)
@@ -134,9 +175,6 @@ def load_quantized(directory: str | os.PathLike, model: nn.Module | None = None,
                                   "not an nn.Linear")
         replace_module(model, name, empty_quantized(lin.in_features, lin.out_features, lin.bias is not None,
                                                  method, meta))
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.exists():
-        raise CheckpointError(f"{directory}: {WEIGHTS_FILE} is missing")
     try:
         sd = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own types

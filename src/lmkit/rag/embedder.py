@@ -84,7 +84,7 @@ def default_model_dir() -> Path:
 class EncoderEmbedder:
     def __init__(self, model_dir: str | os.PathLike | None = None, pooling: str = "mean", normalize: bool = True,
                  batch_size: int = 32, max_seq_length: int | None = None, device: str = "cpu",
-                 progress: bool = True) -> None:
+                 progress: bool | str = True) -> None:
         import torch
 
         from lmkit.hub import load_pretrained
@@ -143,16 +143,17 @@ class EncoderEmbedder:
             return out
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         starts = range(0, len(order), self.batch_size)
-        if self.progress and len(starts) > 1:
-            from tqdm.auto import tqdm
+        from lmkit.progress import Progress
 
-            starts = tqdm(starts, desc="embedding", unit="batch")
-        with torch.inference_mode():
+        bar = Progress(total=len(starts), desc="embedding", unit="batch",
+                       progress=self.progress if len(starts) > 1 else False)
+        with torch.inference_mode(), bar:
             for s in starts:
                 idx = order[s:s + self.batch_size]
                 ids, mask, types = self._batch([texts[i] for i in idx])
                 vec = self.model.embed(ids, mask, pooling=self.pooling, normalize=self.normalize, token_type_ids=types)
                 out[idx] = vec.float().cpu().numpy()
+                bar.update(1)
         return out
 
     def embed_query(self, text: str) -> np.ndarray:

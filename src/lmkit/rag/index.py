@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lmkit.atomic import atomic_write_text
+from lmkit.checksums import write_checksums
 from lmkit.errors import ConfigError
 from lmkit.rag.bm25 import BM25
 from lmkit.rag.document import Document
@@ -99,6 +100,7 @@ class RagIndex:
         self.store.persist()
         atomic_write_text(self.path / "bm25.json", self.bm25.dumps())
         atomic_write_text(self.path / CONFIG, json.dumps(self.config, ensure_ascii=False, indent=1))
+        write_checksums(self.path)
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod

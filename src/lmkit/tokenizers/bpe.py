@@ -733,9 +733,9 @@ def count_pretokens(
     pre, norm = tokenizer.pre_tokenizer, tokenizer.normalizer
     bar = None
     if show_progress:
-        from tqdm import tqdm
+        from lmkit.progress import Progress
 
-        bar = tqdm(desc="counting words", unit="char", unit_scale=True)
+        bar = Progress(desc="counting words", unit="char", progress=show_progress, unit_scale=True)
     for text, _ in iter_text(sources):
         for part in cut.split(text) if cut is not None else (text,):
             if norm is not None:
@@ -818,9 +818,9 @@ def merge_words(
     merges: list[tuple[int, int]] = []
     bar = None
     if show_progress:
-        from tqdm import tqdm
+        from lmkit.progress import Progress
 
-        bar = tqdm(total=n_new_tokens, desc="BPE merges", unit="token")
+        bar = Progress(total=n_new_tokens, desc="BPE merges", unit="token", progress=show_progress)
     heappop, heappush = heapq.heappop, heapq.heappush
     n_new = 0
     while n_new < n_new_tokens and heap:

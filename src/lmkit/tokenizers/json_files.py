@@ -18,7 +18,7 @@ from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
 
 #: errors that mean "the file's content is not what the format says"
-CORRUPT_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+CORRUPT_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 def read_file_bytes(path: str | os.PathLike) -> bytes:

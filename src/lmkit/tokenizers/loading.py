@@ -55,11 +55,19 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TokenizerError(f"{path}: corrupt tokenizer file (invalid JSON: {exc})") from None
-        if isinstance(data, dict) and "format" in data:
-            return _lmkit_class(data["format"]).load(path)
         from lmkit.tokenizers.hf_json import tokenizer_from_hf_dict
+        from lmkit.tokenizers.json_files import CORRUPT_ERRORS
 
-        return tokenizer_from_hf_dict(data, source=str(path))
+        try:
+            if isinstance(data, dict) and "format" in data:
+                return _lmkit_class(data["format"]).load(path)
+            return tokenizer_from_hf_dict(data, source=str(path))
+        except TokenizerError as exc:
+            if str(path) in str(exc):
+                raise
+            raise TokenizerError(f"{path}: {exc}") from exc
+        except CORRUPT_ERRORS as exc:
+            raise TokenizerError(f"{path}: corrupt tokenizer file ({type(exc).__name__}: {exc})") from exc
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -364,9 +364,9 @@ class _Trainer:
         desired = int(n_target * 1.1)
         bar = None
         if show_progress:
-            from tqdm import tqdm
+            from lmkit.progress import Progress
 
-            bar = tqdm(desc="unigram EM", unit="round")
+            bar = Progress(desc="unigram EM", unit="round", progress=show_progress)
         while True:
             blocks = _Blocks(self.table, self.starts, self.lens, alive)
             for _ in range(sub_iters):
@@ -374,8 +374,8 @@ class _Trainer:
                 scores = self._m_step(expected, alive, is_char)
             n_alive = int(alive.sum())
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(pieces=n_alive)
+                bar.update(1)
             if n_alive <= desired:
                 break
             self._prune(blocks, scores, alive, is_char, max(desired, int(shrinking * n_alive)))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from lmkit.atomic import atomic_write_text
+from lmkit.checksums import write_checksums
 from lmkit.errors import CheckpointError
 
 LATEST = "latest"
@@ -120,6 +121,8 @@ class CheckpointWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.tmp.exists():  # left over from a crash: never published, safe to remove
             shutil.rmtree(self.tmp)
+        for doomed in self.out_dir.glob(".deleting-checkpoint-*"):  # a prune a crash interrupted
+            shutil.rmtree(doomed, ignore_errors=True)
         self.tmp.mkdir()
         return self
 
@@ -145,6 +148,7 @@ class CheckpointWriter:
 
     def commit(self, keep: int = 0) -> Path:
         """Rename the temp dir into place, then move the `latest` pointer; prune old ones."""
+        write_checksums(self.tmp)
         _fsync_dir(self.tmp)
         old = None
         if self.final.exists():  # saving the same step twice: swap, then delete the old copy
@@ -159,8 +163,10 @@ class CheckpointWriter:
             shutil.rmtree(old, ignore_errors=True)
         if keep > 0:
             for path in list_checkpoints(self.out_dir)[:-keep]:
-                if path != self.final:
-                    shutil.rmtree(path, ignore_errors=True)
+                if path != self.final:  # unpublish first (one rename), so a kill never leaves half a checkpoint
+                    doomed = self.out_dir / f".deleting-{path.name}"
+                    os.rename(path, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
         return self.final
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = False
     plot: bool = False
-    progress: bool = True  # tqdm progress bar
+    progress: bool | str = True  # True/"auto": bar on a terminal, sparse lines otherwise; "json"; False/"off"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
@@ -94,6 +94,10 @@ class TrainConfig:
             bad("momentum", "must be in [0, 1)")
         if self.nesterov and (self.optimizer != "momentum" or self.momentum == 0):
             bad("nesterov", "needs optimizer='momentum' with momentum > 0")
+        from lmkit.progress import MODES
+
+        if not isinstance(self.progress, bool) and self.progress not in MODES:
+            bad("progress", f"must be true, false or one of {MODES}")
         for name in ("max_steps", "grad_accum_steps", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 bad(name, "must be a positive integer")

@@ -508,10 +508,10 @@ class Trainer:
         max_steps) and save a checkpoint at the end. Returns this call's per-step records."""
         cfg = self.config
         stop_at = cfg.max_steps if until is None else min(until, cfg.max_steps)
-        from tqdm.auto import tqdm
+        from lmkit.progress import Progress
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = Progress(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
+                       progress=cfg.progress if self.dist.is_main else False)
         previous = self._install_signal_handlers()
         records: list[dict[str, Any]] = []
         stream = self._batches()
@@ -537,8 +537,8 @@ class Trainer:
                 records.append(record)
                 if self.step % cfg.log_every == 0 or "eval_loss" in record or self.step == cfg.max_steps:
                     self.logger.log(record)
+                bar.set_postfix(loss=metrics["loss"], lr=metrics["lr"])
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
                 stop = self._stop_requested
                 if self.dist.is_distributed:  # every rank must agree to stop (collective saves)
                     stop = bool(D.all_reduce_sum(torch.tensor([float(stop)], dtype=torch.float64))[0].item())
