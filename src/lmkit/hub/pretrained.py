@@ -8,13 +8,14 @@ instead of producing garbage.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -127,6 +128,19 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
                 p.data = p.data.to(dtype)
 
 
+@contextlib.contextmanager
+def _config_errors(where: Path) -> Iterator[None]:
+    """Inside: reading config.json into a model. Every failure becomes an LmkitError naming the file."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} [in {where}]") from exc
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} [in {where}]") from exc
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, ZeroDivisionError, RuntimeError) as exc:
+        raise ConfigError(f"{where}: a setting has the wrong type or value ({type(exc).__name__}: {exc})") from exc
+
+
 def _check_module_counts(cfg, n_tensors: int, where: Path) -> None:
     """Every layer and expert holds at least one tensor: a config asking for more of them than the
     checkpoint has tensors is corrupt, and building it (even without memory) would take hours."""
@@ -151,21 +165,16 @@ def load_pretrained(
         return load_quantized(directory).eval()
     hf = read_hf_config(directory)
     where = Path(directory) / "config.json"
-    raw = read_state_dict(directory)
-    try:
+    with _config_errors(where):
         arch = arch_module(hf.get("model_type"))
         cfg = arch.config_from_hf(hf)
+    raw = read_state_dict(directory)
+    with _config_errors(where):
+        sd = arch.state_from_hf(raw, cfg)  # may settle parts of cfg from the weights (BERT heads)
         _check_module_counts(cfg, len(raw), where)
         with torch.device("meta"):  # shapes only: a corrupt config must not allocate a huge model
             probe = arch.build_model(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} [in {where}]") from exc
-    except CheckpointError as exc:
-        raise CheckpointError(f"{exc} [in {where}]") from exc
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, ZeroDivisionError, RuntimeError) as exc:
-        raise ConfigError(f"{where}: a setting has the wrong type or value ({type(exc).__name__}: {exc})") from exc
     try:
-        sd = arch.state_from_hf(raw, cfg)
         load_state_dict_strict(probe, sd, strict=strict, check_only=True)
     except CheckpointError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
