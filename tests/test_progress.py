@@ -78,3 +78,27 @@ def test_trainer_in_a_log_file_writes_few_lines(tmp_path, capsys):
     assert 1 <= len(progress) <= 21, err[-2000:]
     with pytest.raises(ConfigError, match="progress"):
         TrainConfig(progress="loud")
+
+
+def test_quiet_and_log_json_flags_choose_the_progress_mode(monkeypatch):
+    """--quiet / --log-json on a long command set the mode every loop inside it resolves to."""
+    import os
+
+    import click
+    from click.testing import CliRunner
+
+    from lmkit.cli_grammar import progress_flags
+    from lmkit.progress import ENV_VAR, resolve_mode
+
+    @click.command()
+    @progress_flags
+    def job() -> None:
+        click.echo(resolve_mode(None))
+
+    for flag, mode in (("--quiet", "off"), ("--log-json", "json")):
+        monkeypatch.delenv(ENV_VAR, raising=False)
+        result = CliRunner().invoke(job, [flag])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == mode
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert os.environ.get(ENV_VAR) is None

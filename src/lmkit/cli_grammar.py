@@ -76,3 +76,26 @@ def check_fits_context(option: str, value: int | None, context: int) -> None:
     if value is not None and value > context:
         raise ConfigError(f"{option} {value} is longer than the model's context of {context} tokens; "
                           f"use at most {context}")
+
+
+def progress_flags(command):
+    """Add ``--quiet`` and ``--log-json`` to a long-running command.
+
+    They choose the progress form of every loop the command runs (lmkit.progress): ``--quiet``
+    prints no progress, ``--log-json`` one JSON object per progress line. The choice goes
+    through ``LMKIT_PROGRESS`` so that it reaches loops deep inside the library unchanged."""
+
+    def choose(mode: str):
+        def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+            if value:
+                import os
+
+                from lmkit.progress import ENV_VAR
+
+                os.environ[ENV_VAR] = mode
+        return callback
+
+    command = click.option("--log-json", is_flag=True, expose_value=False, callback=choose("json"),
+                           help="Progress as one JSON object per line (for log collectors).")(command)
+    return click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=choose("off"),
+                        help="No progress output.")(command)

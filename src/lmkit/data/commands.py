@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from lmkit.cli_grammar import progress_flags
+
 
 @click.group("data")
 def data_group() -> None:
@@ -11,6 +13,7 @@ def data_group() -> None:
 
 
 @data_group.command("prepare")
+@progress_flags
 @click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-t", "--tokenizer", "tokenizer_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Tokenizer file.")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import click
 
+from lmkit.cli_grammar import progress_flags
+
 
 @click.command("quickstart")
+@progress_flags
 @click.option("--out", "-o", default="lmkit-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="where the corpus, tokenizer, checkpoints and the final model go")
 @click.option("--steps", default=1200, show_default=True, envvar="LMKIT_QUICKSTART_STEPS", show_envvar=True,

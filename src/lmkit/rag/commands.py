@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lmkit.cli_grammar import RenamedOptionsCommand
+from lmkit.cli_grammar import RenamedOptionsCommand, progress_flags
 
 
 def _chat_model(base_url, model, api_key, local):
@@ -59,6 +59,7 @@ def rag() -> None:
 
 
 @rag.command("index", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
+@progress_flags
 @click.argument("docs", type=click.Path(exists=True))
 @click.option("-o", "--out", "output", required=True, type=click.Path(), help="Index folder to create.")
 @click.option("--store", type=click.Choice(["embedded", "pgvector"]), default="embedded", show_default=True)

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from lmkit.cli_grammar import progress_flags
+
 
 def _allowed_special(value: str):
     return value if value in ("all", "none") else {s for s in value.split(",") if s}
@@ -21,6 +23,7 @@ def tokenizer_group() -> None:
 
 
 @tokenizer_group.command("train")
+@progress_flags
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Tokenizer file to write.")
 @click.option("--vocab-size", type=int, required=True, help="Total tokens: 256 bytes + merges + specials.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from lmkit.cli_grammar import progress_flags
+
 
 @click.command("memory")
 @click.argument("model", required=False)
@@ -58,6 +60,7 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
 
 
 @click.command("pretrain")
+@progress_flags
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML or JSON: data, tokenizer, objective (clm|mlm|span|prefix), model, seq_len, batch_size, train")
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in train.out_dir")
