@@ -42,6 +42,14 @@ def _ids(model, pad_id):
     return eos, pad
 
 
+def _rollout_eos(model) -> list[int] | None:
+    """Every id that ends a rollout: the checkpoint's eos list (e.g. <|endoftext|> and ChatML's
+    <|im_end|>), not only config.eos_token_id, so chat completions stop at the end of turn."""
+    from lmkit.infer.stop import model_eos_ids
+
+    return model_eos_ids(model) or None
+
+
 def _template(name: str | None, tok, model_dir: str):
     """The chat template `name` (None: plain-text rows), checked against the tokenizer: the one
     template policy fails with the `lmkit tokenizer add-tokens MODEL_DIR` fix."""
@@ -306,7 +314,7 @@ def ppo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperature
     from lmkit.align.ppo import PPOConfig, train_ppo
 
     model, tok = _load(model_dir)
-    eos, pad = _ids(model, None)
+    _, pad = _ids(model, None)
     fn, rm = _reward(reward_model, reward_fn)
     ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template, tok, model_dir), model.config.max_seq_len)
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
@@ -315,7 +323,7 @@ def ppo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperature
                     max_new_tokens=max_new_tokens, temperature=temperature, init_kl_coef=init_kl_coef,
                     target_kl=target_kl, adaptive_kl=not fixed_kl, lr=lr or (1e-5 if not lora else 1e-4),
                     seed=seed, out_dir=str(Path(out) / "run"), progress=True)
-    records = train_ppo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
+    records = train_ppo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=_rollout_eos(model),
                         pad_id=pad, reward_kwargs=kwargs)
     what = _save_policy(policy, model_dir, out, lora, merge, tok)
     _plot(records, ["score", "kl", "kl_coef", "entropy"], out, "PPO")
@@ -339,14 +347,14 @@ def grpo(model_dir, prompts, reward_model, reward_fn, max_new_tokens, temperatur
     from lmkit.align.grpo import GRPOConfig, train_grpo
 
     model, tok = _load(model_dir)
-    eos, pad = _ids(model, None)
+    _, pad = _ids(model, None)
     fn, rm = _reward(reward_model, reward_fn)
     ids, kwargs = _prompts(prompts, tok, model.config.bos_token_id, _template(chat_template, tok, model_dir), model.config.max_seq_len)
     policy = _maybe_lora(model, lora, lora_r, lora_alpha, lora_targets)
     cfg = GRPOConfig(steps=steps, batch_size=batch_size, group_size=group_size, max_new_tokens=max_new_tokens,
                      temperature=temperature, beta=beta, num_iterations=num_iterations,
                      lr=lr or (1e-5 if not lora else 1e-4), seed=seed, out_dir=str(Path(out) / "run"), progress=True)
-    records = train_grpo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=eos,
+    records = train_grpo(policy, ids, cfg, reward_fn=fn, reward_model=rm, tokenizer=tok, eos_token_id=_rollout_eos(model),
                          pad_id=pad, reward_kwargs=kwargs)
     what = _save_policy(policy, model_dir, out, lora, merge, tok)
     _plot(records, ["reward", "kl", "completion_len", "frac_zero_std"], out, "GRPO")

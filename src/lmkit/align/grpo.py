@@ -36,6 +36,7 @@ from lmkit.align.online_step import online_optimizer, optimizer_step
 from lmkit.align.reference import Reference
 from lmkit.align.rollout import prompt_batches, sample_rollouts, score_rollouts
 from lmkit.errors import ConfigError
+from lmkit.infer.stop import model_eos_ids
 
 LOSS_TYPES = ("grpo", "token")
 
@@ -149,7 +150,7 @@ def train_grpo(
     if not prompts:
         raise ConfigError("GRPO needs at least one prompt")
     reference = Reference.for_policy(policy, ref_model) if cfg.beta > 0 else None
-    eos = eos_token_id if eos_token_id is not None else policy.config.eos_token_id
+    eos = eos_token_id if eos_token_id is not None else (model_eos_ids(policy) or None)  # the whole eos list
     opt = online_optimizer(policy, cfg.lr, cfg.weight_decay)
     torch.manual_seed(cfg.seed)
     batches = prompt_batches(prompts, cfg.batch_size, cfg.seed)

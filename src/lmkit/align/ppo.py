@@ -46,6 +46,7 @@ from lmkit.align.reference import Reference
 from lmkit.align.rollout import prompt_batches, sample_rollouts, score_rollouts
 from lmkit.align.value_head import PolicyWithValue
 from lmkit.errors import ConfigError
+from lmkit.infer.stop import model_eos_ids
 
 
 @dataclass
@@ -163,7 +164,7 @@ def train_ppo(
     if not prompts:
         raise ConfigError("PPO needs at least one prompt")
     reference = Reference.for_policy(lm, ref_model)
-    eos = eos_token_id if eos_token_id is not None else lm.config.eos_token_id
+    eos = eos_token_id if eos_token_id is not None else (model_eos_ids(lm) or None)  # the whole eos list
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
     opt = online_optimizer(policy, cfg.lr, cfg.weight_decay)
