@@ -12,8 +12,8 @@ On the held-out prompts, with greedy decoding and `--max-tokens` (chat's default
 measures the share of replies that end with <|im_end|> before the limit in
 
   (a) `lmkit chat DIR/chat --temperature 0` driven through stdin (one /reset per prompt): it
-      prints no special tokens, so the token a reply stopped on is the greedy next token after
-      the prompt and the (re-encoded) reply;
+      prints no special tokens, so a reply whose text is (b)'s for the same prompt stopped on
+      (b)'s token; any other reply, on the greedy next token after prompt + re-encoded reply;
   (b) `lmkit generate DIR/chat -p - --json` on the ChatML prompt (the same text `chat` renders):
       the last token when finish_reason is "stop";
   (c) transformers: AutoModelForCausalLM.generate on DIR/chat with the prompt from the
@@ -74,13 +74,18 @@ def via_chat(model: Path, prompts: list[str], max_tokens: int) -> list[str]:
 
 
 def chat_endings(model, tok, template, prompts: list[str], replies: list[str], max_tokens: int,
-                 eos_ids: list[int]) -> list[int | None]:
-    """The token each chat reply stopped on: the greedy next token after prompt + reply
-    (re-encoded), or None where the reply reached max_tokens."""
+                 eos_ids: list[int], generated: list[tuple[str, int | None]]) -> list[int | None]:
+    """The token each chat reply stopped on (None: it reached max_tokens). A reply whose text
+    is `lmkit generate`'s for the same prompt (greedy, same prompt ids, same eos ids) stopped
+    on the same token; otherwise the greedy next token after prompt + the re-encoded reply
+    (re-encoding can differ from the generated tokens, so this is the fallback)."""
     import torch
 
     ends = []
-    for p, r in zip(prompts, replies):
+    for p, r, (g_text, g_end) in zip(prompts, replies, generated):
+        if r == g_text:
+            ends.append(g_end)
+            continue
         prompt, _ = template.render_with_mask([{"role": "user", "content": p}], tok, add_generation_prompt=True)
         reply = tok.encode(r)
         if len(reply) >= max_tokens:
@@ -92,14 +97,14 @@ def chat_endings(model, tok, template, prompts: list[str], replies: list[str], m
     return ends
 
 
-def via_generate(model: Path, prompts: list[str], max_tokens: int, template) -> list[int | None]:
-    """The token each `lmkit generate --json` reply stopped on (None: it reached the limit)."""
+def via_generate(model: Path, prompts: list[str], max_tokens: int, template) -> list[tuple[str, int | None]]:
+    """(text, the token it stopped on) of each `lmkit generate --json` reply (None: it reached the limit)."""
     ends = []
     for p in prompts:
         text = template.render([{"role": "user", "content": p}], add_generation_prompt=True)
         res = json.loads(lmkit("generate", str(model), "-p", "-", "--json", "--max-new-tokens", str(max_tokens),
                                stdin=text))
-        ends.append(res["tokens"][-1] if res["finish_reason"] == "stop" and res["tokens"] else None)
+        ends.append((res["text"], res["tokens"][-1] if res["finish_reason"] == "stop" and res["tokens"] else None))
     return ends
 
 
@@ -142,9 +147,9 @@ def p_end_of_turn(model, tokenizer, template, held: list[list[dict]], eot: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=None, help="quickstart steps (default: the README's, i.e. quickstart's)")
+    ap.add_argument("--steps", type=int, default=None, help="quickstart steps (default: the README's)")
     ap.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
-    ap.add_argument("--reuse", action="store_true", help="keep DIR/model and DIR/chat where they exist (skip those steps)")
+    ap.add_argument("--reuse", action="store_true", help="keep DIR/model, DIR/chat if they exist")
     ap.add_argument("--every", type=int, default=6, help="hold out every N-th row of chat.jsonl")
     ap.add_argument("--max-tokens", type=int, default=256, help="reply limit (lmkit chat's default)")
     args = ap.parse_args()
@@ -172,11 +177,13 @@ def main() -> None:
     eot = tok.token_to_id(CHATML.end_of_turn)
     prompts = [conv[0]["content"] for conv in held]
     replies = via_chat(out / "chat", prompts, args.max_tokens)
-    ends = {"lmkit generate": via_generate(out / "chat", prompts, args.max_tokens, CHATML)}
+    generated = via_generate(out / "chat", prompts, args.max_tokens, CHATML)
+    ends = {"lmkit generate": [end for _, end in generated]}
     model, ends["transformers.generate"], lengths = via_transformers(out / "chat", held, args.max_tokens)
     eos_ids = model.generation_config.eos_token_id
     eos_ids = [int(e) for e in (eos_ids if isinstance(eos_ids, list) else [eos_ids])]
-    ends = {"lmkit chat": chat_endings(model, tok, CHATML, prompts, replies, args.max_tokens, eos_ids), **ends}
+    chat_ends = chat_endings(model, tok, CHATML, prompts, replies, args.max_tokens, eos_ids, generated)
+    ends = {"lmkit chat": chat_ends, **ends}
     probs = p_end_of_turn(model, tok, CHATML, held, eot)
 
     n = len(held)
@@ -186,6 +193,8 @@ def main() -> None:
         shares[name] = sum(x == eot for x in e) / n
         print(f"{name:22s} stops before max_tokens {stopped}/{n} = {stopped / n:.0%}; "
               f"ends with <|im_end|> {sum(x == eot for x in e)}/{n} = {shares[name]:.0%}")
+    same = sum(r == g for r, (g, _) in zip(replies, generated))
+    print(f"lmkit chat printed the same text as lmkit generate for {same}/{n} prompts")
     print(f"transformers reply length: mean {sum(lengths) / n:.0f}, max {max(lengths)} tokens")
     probs_sorted = sorted(probs)
     print(f"P(<|im_end|>) after held-out replies: mean {sum(probs) / n:.3f}, "
