@@ -61,7 +61,9 @@ class FusedDecoder:
         if cfg.position == "rope" and cfg.rope_scaling == "dynamic":
             return "dynamic NTK rope scaling"
         if cfg.norm_position != "pre":
-            return "post-norm"
+            return f"{cfg.norm_position} norm placement"
+        if cfg.qk_norm:
+            return "q/k norm"
         if cfg.sliding_window is not None and (max_len is None or max_len > cfg.sliding_window):
             return "sliding-window attention"
         for layer in model.layers:

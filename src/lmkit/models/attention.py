@@ -23,6 +23,7 @@ from torch import nn
 
 from lmkit.models.config import ModelConfig
 from lmkit.models.masks import causal_bias
+from lmkit.models.norms import make_norm
 from lmkit.models.positional import apply_rope
 
 
@@ -48,6 +49,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=config.qkv_bias)
         self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, d, bias=config.o_bias)
+        # q/k norm (Qwen3, Gemma 3, OLMo 2) keeps attention logits bounded without clipping
+        self.qk_norm = config.qk_norm
+        if config.qk_norm == "head":
+            self.q_norm, self.k_norm = make_norm(config, hd), make_norm(config, hd)
+        elif config.qk_norm == "full":
+            self.q_norm = make_norm(config, self.n_heads * hd)
+            self.k_norm = make_norm(config, self.n_kv_heads * hd)
 
     def forward(
         self,
@@ -68,8 +76,14 @@ class Attention(nn.Module):
         """
         b, t, _ = x.shape
         src = x if kv_input is None else kv_input
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(src).view(b, src.shape[1], self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.q_proj(x), self.k_proj(src)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, src.shape[1], self.n_kv_heads, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(src).view(b, src.shape[1], self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q = apply_rope(q, *rope)

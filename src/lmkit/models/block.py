@@ -2,6 +2,8 @@
 
 Pre-norm (GPT-2, Llama, T5):  x = x + Attn(Norm(x));  x = x + FFN(Norm(x))
 Post-norm (BERT, Vaswani):    x = Norm(x + Attn(x));  x = Norm(x + FFN(x))
+Sandwich (Gemma 2/3):         x = x + Norm'(Attn(Norm(x)))   (and the same for the FFN)
+Sublayer-output (OLMo 2):     x = x + Norm'(Attn(x))
 Pre-norm keeps an identity path from output to input, which is why deep stacks train
 without warm-up tricks; post-norm normalises the residual stream itself.
 """
@@ -21,13 +23,20 @@ from lmkit.models.norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, cross_attention: bool = False) -> None:
         super().__init__()
-        self.pre_norm = config.norm_position == "pre"
-        self.attn_norm = make_norm(config)
+        self.norm_position = config.norm_position
+        if config.norm_position != "sublayer_output":
+            self.attn_norm = make_norm(config)
+        if config.norm_position in ("sandwich", "sublayer_output"):
+            self.attn_post_norm = make_norm(config)
+            self.mlp_post_norm = make_norm(config)
         self.self_attn = Attention(config)
         if cross_attention:
             self.cross_attn_norm = make_norm(config)
+            if config.norm_position in ("sandwich", "sublayer_output"):
+                self.cross_attn_post_norm = make_norm(config)
             self.cross_attn = Attention(config, cross=True)
-        self.mlp_norm = make_norm(config)
+        if config.norm_position != "sublayer_output":
+            self.mlp_norm = make_norm(config)
         self.is_moe = bool(config.n_experts)
         if self.is_moe:
             from lmkit.models.moe import MoE
@@ -37,12 +46,16 @@ class TransformerBlock(nn.Module):
             self.mlp = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def _residual(self, x, norm, fn):
-        if self.pre_norm:
-            out, w = fn(norm(x))
-            return x + self.dropout(out), w
-        out, w = fn(x)
-        return norm(x + self.dropout(out)), w
+    def _residual(self, x, name: str, fn):
+        """x plus sublayer `fn`, with the norms named `{name}_norm` / `{name}_post_norm`."""
+        where = self.norm_position
+        if where == "post":
+            out, w = fn(x)
+            return getattr(self, f"{name}_norm")(x + self.dropout(out)), w
+        out, w = fn(x if where == "sublayer_output" else getattr(self, f"{name}_norm")(x))
+        if where != "pre":
+            out = getattr(self, f"{name}_post_norm")(out)
+        return x + self.dropout(out), w
 
     def forward(
         self,
@@ -61,7 +74,7 @@ class TransformerBlock(nn.Module):
         routing statistics and expert capacity (a dense FFN needs no mask)."""
         x, weights = self._residual(
             x,
-            self.attn_norm,
+            "attn",
             lambda h: self.self_attn(
                 h, attn_bias=attn_bias, rope=rope, kv_cache=kv_cache, is_causal=is_causal,
                 return_weights=return_weights,
@@ -70,11 +83,11 @@ class TransformerBlock(nn.Module):
         if encoder_states is not None:
             x, _ = self._residual(
                 x,
-                self.cross_attn_norm,
+                "cross_attn",
                 lambda h: self.cross_attn(h, attn_bias=cross_bias, kv_input=encoder_states),
             )
         ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
-        x, _ = self._residual(x, self.mlp_norm, lambda h: (ffn(h), None))
+        x, _ = self._residual(x, "mlp", lambda h: (ffn(h), None))
         return x, weights
 
 

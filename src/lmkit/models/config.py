@@ -20,6 +20,8 @@ ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_bias", "none")
 ROPE_SCALINGS = (None, "linear", "ntk", "dynamic")
 ROUTERS = ("topk", "switch")
+NORM_POSITIONS = ("pre", "post", "sandwich", "sublayer_output")
+QK_NORMS = (None, "head", "full")
 
 
 def dataclass_from_dict(cls: type, d: dict[str, Any]):
@@ -46,7 +48,9 @@ class ModelConfig:
 
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
-    norm_position: str = "pre"  # "pre" (GPT-2, Llama, T5) or "post" (BERT, original Transformer)
+    # "pre" (GPT-2, Llama, T5): x + f(norm(x)); "post" (BERT, Vaswani): norm(x + f(x));
+    # "sandwich" (Gemma 2/3): x + norm2(f(norm1(x))); "sublayer_output" (OLMo 2): x + norm(f(x))
+    norm_position: str = "pre"
     norm_bias: bool = True  # LayerNorm only
     activation: str = "silu"
     gated_ffn: bool = True  # SwiGLU / GeGLU: down(act(gate(x)) * up(x))
@@ -64,6 +68,7 @@ class ModelConfig:
     ffn_bias: bool = False
     lm_head_bias: bool = False
     tie_embeddings: bool = False
+    qk_norm: str | None = None  # "head" (Qwen3, Gemma 3: per head over head_dim) or "full" (OLMo 2: whole projection)
     scale_attn: bool = True  # T5 does not divide scores by sqrt(head_dim)
     sliding_window: int | None = None  # a query sees at most this many keys (itself included)
 
@@ -98,8 +103,10 @@ class ModelConfig:
             bad("arch", f"must be one of {ARCHS}")
         if self.norm not in NORMS:
             bad("norm", f"must be one of {NORMS}")
-        if self.norm_position not in ("pre", "post"):
-            bad("norm_position", "must be 'pre' or 'post'")
+        if self.norm_position not in NORM_POSITIONS:
+            bad("norm_position", f"must be one of {NORM_POSITIONS}")
+        if self.qk_norm not in QK_NORMS:
+            bad("qk_norm", f"must be one of {QK_NORMS}")
         if self.activation not in ACTIVATIONS:
             bad("activation", f"must be one of {ACTIVATIONS}")
         if self.position not in POSITIONS:
