@@ -30,6 +30,9 @@ ARCH_MODULES = {
     "qwen2": "lmkit.hub.arch_llama",
     "mistral": "lmkit.hub.arch_llama",
     "mixtral": "lmkit.hub.arch_llama",
+    "qwen3": "lmkit.hub.arch_llama",
+    "qwen3_moe": "lmkit.hub.arch_llama",
+    "olmo2": "lmkit.hub.arch_llama",
     "bert": "lmkit.hub.arch_bert",
     "t5": "lmkit.hub.arch_t5",
 }

@@ -21,7 +21,7 @@ from lmkit.models.norms import make_norm
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: ModelConfig, cross_attention: bool = False) -> None:
+    def __init__(self, config: ModelConfig, cross_attention: bool = False, layer_idx: int = 0) -> None:
         super().__init__()
         self.norm_position = config.norm_position
         if config.norm_position != "sublayer_output":
@@ -37,7 +37,7 @@ class TransformerBlock(nn.Module):
             self.cross_attn = Attention(config, cross=True)
         if config.norm_position != "sublayer_output":
             self.mlp_norm = make_norm(config)
-        self.is_moe = bool(config.n_experts)
+        self.is_moe = config.is_moe_layer(layer_idx)
         if self.is_moe:
             from lmkit.models.moe import MoE
 

@@ -72,7 +72,9 @@ class ModelConfig:
     scale_attn: bool = True  # T5 does not divide scores by sqrt(head_dim)
     sliding_window: int | None = None  # a query sees at most this many keys (itself included)
 
-    n_experts: int = 0  # > 0: MoE FFN in every layer
+    n_experts: int = 0  # > 0: MoE FFN in the layers of moe_layers
+    moe_layers: list[int] | None = None  # which layers are sparse (None: all); the others keep a dense FFN
+    moe_d_ff: int | None = None  # hidden size of each expert (None: d_ff); Qwen3-MoE's experts are smaller
     n_experts_per_tok: int = 2
     router: str = "topk"  # topk softmax (Mixtral) or switch (top-1, Switch Transformer)
     norm_topk_prob: bool = True
@@ -138,6 +140,13 @@ class ModelConfig:
             k = 1 if self.router == "switch" else self.n_experts_per_tok
             if not 1 <= k <= self.n_experts:
                 bad("n_experts_per_tok", f"must be in [1, n_experts={self.n_experts}]")
+        if self.moe_d_ff is not None and (not isinstance(self.moe_d_ff, int) or self.moe_d_ff <= 0):
+            bad("moe_d_ff", "must be a positive integer or None")
+        if self.moe_layers is not None:
+            if any(not isinstance(i, int) or not 0 <= i < self.n_layers for i in self.moe_layers):
+                bad("moe_layers", f"must list layer indices in [0, n_layers={self.n_layers})")
+            layers = sorted(set(self.moe_layers))
+            self.moe_layers = None if layers == list(range(self.n_layers)) else layers
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             bad("capacity_factor", "must be positive or None")
         for name in ("dropout", "attn_dropout"):
@@ -151,6 +160,10 @@ class ModelConfig:
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
                 bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer i has a mixture-of-experts FFN (else a dense one)."""
+        return self.n_experts > 0 and (self.moe_layers is None or i in self.moe_layers)
 
     @property
     def n_query_groups(self) -> int:

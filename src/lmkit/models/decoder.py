@@ -52,7 +52,7 @@ class DecoderLM(nn.Module):
         self.position = config.position
         add_position_modules(self, config, bidirectional=False)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config, layer_idx=i) for i in range(config.n_layers))
         self.norm = make_norm(config) if config.norm_position != "post" else nn.Identity()
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         self.reset_parameters()

@@ -50,7 +50,8 @@ def _name_map(model: nn.Module):
 
     if model_type not in ARCH_MODULES:
         return None
-    return getattr(arch_module(model_type), "NAME_MAP", None)
+    arch = arch_module(model_type)
+    return arch.name_map(model_type) if hasattr(arch, "name_map") else getattr(arch, "NAME_MAP", None)
 
 
 def _split(key: str) -> tuple[str, str]:
