@@ -10,6 +10,8 @@ dense and one sparse layer with experts narrower than the dense FFN.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -176,6 +178,28 @@ def test_lora_adapter_loads_in_peft(pair, tmp_path):
     keep = mask.bool()
     assert (got - ref)[keep].abs().max() <= 1e-4
     assert (ref - plain)[keep].abs().max() > 1e-2  # the adapter really took part
+
+
+def test_lora_on_moe_experts_keeps_lmkit_names(pair, tmp_path):
+    """PEFT has no per-expert Linear to adapt in transformers 5: such an adapter is marked lmkit-only
+    (PEFT would otherwise load it with the expert updates silently missing) and reloads in lmkit."""
+    from lmkit.peft.lora import LoraConfig, inject_lora
+    from lmkit.peft.peft_format import LMKIT_NAMES_KEY, load_lora, save_lora
+
+    name, _, path, _ = pair
+    if name != "qwen3_moe":
+        pytest.skip("dense family")
+    ours = inject_lora(load_pretrained(path), LoraConfig(r=2, target_modules=("down_proj",)))
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.normal_(generator=torch.Generator().manual_seed(3))
+    save_lora(ours, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())[LMKIT_NAMES_KEY] is True
+    again = load_lora(load_pretrained(path), tmp_path / "a")
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(again(ids, attention_mask=mask).logits, ours(ids, attention_mask=mask).logits)
 
 
 def test_qwen3_moe_fused_transformers5_layout_loads(tmp_path):

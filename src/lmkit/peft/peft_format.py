@@ -10,8 +10,9 @@ A directory holds
 
 lmkit module names are translated to the checkpoint's names through the architecture's
 name table in `lmkit.hub` (for Llama ``layers.0.self_attn.q_proj`` <->
-``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type`, and GPT-2
+``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type`, GPT-2
 (whose Hugging Face layers are fused, transposed Conv1D modules: ``c_attn`` holds q, k and v),
+and an adapter on MoE experts (transformers >= 5 holds them as fused [E, ...] parameters)
 keeps lmkit's names and marks ``"lmkit_module_names": true`` in the config: only lmkit reads
 such an adapter. A PEFT GPT-2 adapter (``fan_in_fan_out``) is refused with that reason.
 """
@@ -187,7 +188,8 @@ def save_peft_adapter(
     cfg = adapter_config_dict(model, config, base_model_name_or_path)
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     try:
-        if model_type in LMKIT_NAMES_ONLY:
+        if model_type in LMKIT_NAMES_ONLY or any(".experts." in k for k in state):
+            # transformers >= 5 also fuses MoE experts into [E, ...] parameters: no Linear for PEFT to adapt
             raise CheckpointError(f"{model_type}: Hugging Face fuses or transposes these layers")
         tensors = to_peft_keys(model, state)
     except CheckpointError:
