@@ -53,7 +53,8 @@ def lmkit_config(name: str) -> ModelConfig:
     if name == "qwen3_moe":  # the first layer sparse, the second dense; experts not renormalised
         return ModelConfig(**common, head_dim=12, qk_norm="head", n_experts=4, n_experts_per_tok=2,
                            norm_topk_prob=False, moe_d_ff=16, moe_layers=[0])
-    return ModelConfig(**common, qk_norm="full", norm_position="sublayer_output", qkv_bias=True, o_bias=True)
+    return ModelConfig(**common, head_dim=12, qk_norm="full", norm_position="sublayer_output", qkv_bias=True,
+                       o_bias=True)
 
 
 def perturb(model: torch.nn.Module, scale: float = 0.1) -> None:
