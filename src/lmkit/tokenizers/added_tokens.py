@@ -80,6 +80,24 @@ def added_tokens_to_hf(tokens: Iterable[AddedToken]) -> list[dict]:
     ]
 
 
+def allowed_names(allowed_special: str | Iterable[str] | None, specials: frozenset[str]) -> frozenset[str]:
+    """The special tokens `allowed_special` lets through: "all", "none" (or None), one name or
+    a collection of names; a name that is not one of `specials` is an error."""
+    if allowed_special == "all":
+        return specials
+    if allowed_special == "none" or allowed_special is None:
+        return frozenset()
+    names = frozenset([allowed_special] if isinstance(allowed_special, str) else allowed_special)
+    unknown = names - specials
+    if unknown:
+        known = ", ".join(sorted(specials)) or "none"
+        raise TokenizerError(
+            f"unknown special token(s) in allowed_special: {', '.join(sorted(map(repr, unknown)))}; "
+            f"this tokenizer's special tokens are: {known}"
+        )
+    return names
+
+
 #: one piece of split text: (text, id of the added token or None, whether the piece starts the input)
 Piece = tuple[str, "int | None", bool]
 

@@ -55,7 +55,8 @@ import regex
 
 from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
-from lmkit.tokenizers.added_tokens import AddedToken, AddedTokenSplitter, added_tokens_from_hf, added_tokens_to_hf
+from lmkit.tokenizers.added_tokens import (AddedToken, AddedTokenSplitter, added_tokens_from_hf, added_tokens_to_hf,
+                                           allowed_names)
 from lmkit.tokenizers.base import Tokenizer
 from lmkit.tokenizers.bpe_merge import apply_merges
 from lmkit.tokenizers.bytes_level import bytes_to_token_str, token_str_to_bytes
@@ -309,19 +310,7 @@ class BPETokenizer(CachesWords, Tokenizer):
         return self.post_processor.apply(out) if add_special_tokens else out
 
     def _allowed(self, allowed_special: str | Iterable[str]) -> frozenset:
-        if allowed_special == "all":
-            return self._special_names
-        if allowed_special == "none" or allowed_special is None:
-            return frozenset()
-        names = frozenset([allowed_special] if isinstance(allowed_special, str) else allowed_special)
-        unknown = names - self._special_names
-        if unknown:
-            known = ", ".join(sorted(self._special_names)) or "none"
-            raise TokenizerError(
-                f"unknown special token(s) in allowed_special: {', '.join(sorted(map(repr, unknown)))}; "
-                f"this tokenizer's special tokens are: {known}"
-            )
-        return names
+        return allowed_names(allowed_special, self._special_names)
 
     def _splitter(self, allowed: frozenset) -> AddedTokenSplitter | None:
         """The added-token splitter for the tokens that are active (cached per `allowed` set)."""

@@ -27,7 +27,8 @@ from typing import Iterable, Sequence
 
 from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
-from lmkit.tokenizers.added_tokens import AddedToken, AddedTokenSplitter, added_tokens_from_hf, added_tokens_to_hf
+from lmkit.tokenizers.added_tokens import (AddedToken, AddedTokenSplitter, added_tokens_from_hf, added_tokens_to_hf,
+                                           allowed_names)
 from lmkit.tokenizers.base import ListVocabTokenizer
 from lmkit.tokenizers.bpe_merge import apply_merges
 from lmkit.tokenizers.hf_decoders import TokenDecoder
@@ -111,6 +112,25 @@ class SentencePieceBPETokenizer(CachesWords, ListVocabTokenizer):
         self._ranks, self._merged = ranks, merged
         self._reset_caches()
 
+    def add_tokens(self, contents: Iterable[str], special: bool = False) -> list[int]:
+        """Add whole strings as tokens matched verbatim (ids from ``vocab_size`` up; a string
+        already in the vocabulary keeps its id, as in ``tokenizers``). Returns their ids."""
+        known = {t.content: t.id for t in self._added}
+        next_id = self.vocab_size
+        out: list[int] = []
+        for content in contents:
+            if not content:
+                raise TokenizerError("an added/special token cannot be empty")
+            if content not in known:
+                idx = self._model_ids.get(content)
+                if idx is None:
+                    idx, next_id = next_id, next_id + 1
+                self._added.append(AddedToken(content, idx, special=special))
+                known[content] = idx
+            out.append(known[content])
+        self._build()
+        return out
+
     # ---- encoding ----------------------------------------------------------------------
     def _segment_word(self, word: str) -> tuple[int, ...]:
         """Characters -> ids (byte fallback, unknowns), then merges (on a cache miss)."""
@@ -172,18 +192,7 @@ class SentencePieceBPETokenizer(CachesWords, ListVocabTokenizer):
         return self.post_processor.apply(out) if add_special_tokens else out
 
     def _allowed(self, allowed_special: str | Iterable[str]) -> frozenset:
-        if allowed_special == "all":
-            return frozenset(self._specials)
-        if allowed_special == "none" or allowed_special is None:
-            return frozenset()
-        names = frozenset([allowed_special] if isinstance(allowed_special, str) else allowed_special)
-        unknown = names - set(self._specials)
-        if unknown:
-            raise TokenizerError(
-                f"unknown special token(s) in allowed_special: {sorted(unknown)}; this tokenizer's special "
-                f"tokens are: {sorted(self._specials) or 'none'}"
-            )
-        return names
+        return allowed_names(allowed_special, frozenset(self._specials))
 
     def _splitter(self, allowed: frozenset) -> AddedTokenSplitter:
         if allowed not in self._splitters:
