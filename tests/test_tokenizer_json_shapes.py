@@ -283,6 +283,10 @@ def test_llama3_write_back(llama3_json, lines, tmp_path):
     save_hf_json(ours, out)
     assert json.loads(out.read_text(encoding="utf-8"))["post_processor"] == llama3_json["post_processor"]
     _assert_same(load_hf_json(out), HFTokenizer.from_file(str(out)), lines[::5] + _special_lines(LLAMA3_NAMES))
+    ours.save(tmp_path / "own.json")  # lmkit's own format keeps the post-processor too
+    own = BPETokenizer.load(tmp_path / "own.json")
+    assert own.encode("Hi <|eot_id|>", "all", add_special_tokens=True) == ours.encode("Hi <|eot_id|>", "all", True)
+    assert own.encode("Hi", add_special_tokens=True)[0] == ours.special_tokens["<|begin_of_text|>"]
 
 
 @pytest.fixture(scope="module")

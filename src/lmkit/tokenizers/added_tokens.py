@@ -119,6 +119,10 @@ class AddedTokenSplitter:
         self._raw = _matcher([(t.content, t) for t in raw])
         self._norm = _matcher([(normalize(t.content) if normalize else t.content, t) for t in norm])
 
+    def finds_nothing(self, text: str) -> bool:
+        """True when `text` surely holds no added token (then it is one normalized piece)."""
+        return self._norm is None and (self._raw is None or self._raw[0].search(text) is None)
+
     def split(self, text: str) -> Iterator[Piece]:
         for piece, tok, start in _find(text, self._raw):
             if tok is not None:

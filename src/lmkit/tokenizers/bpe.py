@@ -298,7 +298,7 @@ class BPETokenizer(CachesWords, Tokenizer):
         wraps the ids in the post-processor's template (e.g. a BOS in front).
         """
         splitter = self._splitter(self._allowed(allowed_special))
-        if splitter is None:
+        if splitter is None or splitter.finds_nothing(text):
             out = self.encode_ordinary(text)
         else:
             out = []
