@@ -325,12 +325,30 @@ def _text_with_tokens(names: dict[str, str]):
     return st.lists(part, max_size=10).map("".join)
 
 
-@pytest.mark.parametrize("pair, names", [("fallback_pair", SPM_NAMES), ("llama3_pair", LLAMA3_NAMES)])
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def spm_pairs(spm_base, tmp_path_factory):
+    """shape name -> (lmkit tokenizer, tokenizers tokenizer), built on first use."""
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            path = tmp_path_factory.mktemp(name) / "tokenizer.json"
+            path.write_text(json.dumps(spm_shapes(spm_base)[name], ensure_ascii=False), encoding="utf-8")
+            made[name] = load_tokenizer(path), HFTokenizer.from_file(str(path))
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("pair, names", [
+    ("fallback_pair", SPM_NAMES), ("llama3_pair", LLAMA3_NAMES), ("llama2_metaspace", SPM_NAMES),
+    ("metaspace_first_split", SPM_NAMES), ("gemma_unk_fused", SPM_NAMES),
+])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_added_token_flags_random_text(request, pair, names, data):
+def test_added_token_flags_random_text(request, spm_pairs, pair, names, data):
     """lstrip / rstrip / single_word / normalized tokens among random text, whitespace runs and each other."""
-    ours, hf = request.getfixturevalue(pair)
+    ours, hf = request.getfixturevalue(pair) if pair.endswith("_pair") else spm_pairs(pair)
     text = data.draw(_text_with_tokens(names))
     want = hf.encode(text, add_special_tokens=False).ids
     assert ours.encode(text, allowed_special="all") == want
@@ -364,3 +382,13 @@ def test_unsupported_parts_are_refused_by_name(spm_base, tmp_path, change, messa
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(TokenizerError, match=message):
         load_tokenizer(path)
+
+
+def test_pickles_for_worker_processes(spm_pairs):
+    import pickle
+
+    ours, hf = spm_pairs("llama2_legacy")
+    again = pickle.loads(pickle.dumps(ours))
+    text = "Hello <s> wörld 🙂 domain  x"
+    assert again.encode(text, "all") == ours.encode(text, "all") == hf.encode(text, add_special_tokens=False).ids
+    assert again.decode(again.encode(text, "all")) == ours.decode(ours.encode(text, "all"))

@@ -66,6 +66,12 @@ class TokenDecoder:
     def to_hf(self) -> dict | None:
         return self.hf
 
+    def __getstate__(self) -> dict:  # the steps are closures: pickle the object they are read from
+        return {"hf": self.hf}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["hf"])
+
 
 def byte_token_value(token: str) -> int | None:
     """``"<0x41>"`` -> 0x41; anything else -> None."""

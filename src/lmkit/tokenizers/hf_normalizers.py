@@ -77,6 +77,12 @@ class TextNormalizer:
     def to_hf(self) -> dict | None:
         return self.hf
 
+    def __getstate__(self) -> dict:  # the steps are closures: pickle the object they are read from
+        return {"hf": self.hf}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["hf"])
+
 
 def _strip(text: str, left: bool, right: bool) -> str:
     if left:
