@@ -14,24 +14,16 @@ token strings to a list of strings, as in ``tokenizers``; the text is their conc
 
 from __future__ import annotations
 
-from typing import Callable
-
 from lmkit.errors import TokenizerError
+from lmkit.tokenizers.hf_component import HfComponent
 from lmkit.tokenizers.hf_normalizers import pattern_from_hf
 from lmkit.tokenizers.metaspace import Metaspace
 
-Step = Callable[[list[str]], list[str]]
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
-class TokenDecoder:
+class TokenDecoder(HfComponent):
     """A chain of decoder steps read from (and written back as) a ``decoder`` object."""
-
-    def __init__(self, hf: dict | None) -> None:
-        self.hf = hf
-        self._steps: list[Step] = []
-        if hf is not None:
-            self._read(hf)
 
     def _read(self, obj: dict) -> None:
         kind = obj.get("type")
@@ -63,14 +55,6 @@ class TokenDecoder:
             tokens = step(tokens)
         return "".join(tokens)
 
-    def to_hf(self) -> dict | None:
-        return self.hf
-
-    def __getstate__(self) -> dict:  # the steps are closures: pickle the object they are read from
-        return {"hf": self.hf}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["hf"])
 
 
 def byte_token_value(token: str) -> int | None:

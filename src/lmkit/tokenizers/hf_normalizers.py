@@ -11,11 +11,11 @@ it that way. Understood: ``Sequence``, ``Replace`` (string or regex), ``Prepend`
 from __future__ import annotations
 
 import unicodedata
-from typing import Callable
 
 import regex
 
 from lmkit.errors import TokenizerError
+from lmkit.tokenizers.hf_component import HfComponent
 
 _FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 _SPACE = regex.compile(r"\p{White_Space}+")
@@ -33,14 +33,8 @@ def pattern_from_hf(pattern: dict) -> regex.Pattern:
     raise TokenizerError(f"pattern {pattern!r} is neither a String nor a Regex")
 
 
-class TextNormalizer:
+class TextNormalizer(HfComponent):
     """A chain of normalizer steps read from (and written back as) a ``normalizer`` object."""
-
-    def __init__(self, hf: dict | None) -> None:
-        self.hf = hf
-        self._steps: list[Callable[[str], str]] = []
-        if hf is not None:
-            self._read(hf)
 
     def _read(self, obj: dict) -> None:
         kind = obj.get("type")
@@ -74,14 +68,6 @@ class TextNormalizer:
             text = step(text)
         return text
 
-    def to_hf(self) -> dict | None:
-        return self.hf
-
-    def __getstate__(self) -> dict:  # the steps are closures: pickle the object they are read from
-        return {"hf": self.hf}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["hf"])
 
 
 def _strip(text: str, left: bool, right: bool) -> str:
