@@ -223,6 +223,7 @@ def _check_representable(cfg: ModelConfig) -> None:
             problems.append("mixtral experts have no bias")
     elif cfg.n_experts:
         problems.append(f"{mt} has no MoE layers (use mixtral)")
+    problems += cfg.gemma_settings()
     check_writable(problems, mt)
 
 

@@ -50,7 +50,9 @@ def _name_map(model: nn.Module):
 
     if model_type not in ARCH_MODULES:
         return None
-    return getattr(arch_module(model_type), "NAME_MAP", None)
+    arch = arch_module(model_type)
+    per_type = getattr(arch, "NAME_MAPS", {})  # tables that differ by model_type (gemma vs gemma2)
+    return per_type.get(model_type) or getattr(arch, "NAME_MAP", None)
 
 
 def _split(key: str) -> tuple[str, str]:
