@@ -184,8 +184,9 @@ def test_lora_adapter_loads_in_peft(pair, tmp_path):
     from lmkit.peft.lora import LoraConfig, inject_lora
     from lmkit.peft.peft_format import save_lora
 
-    name, path, _, _ = pair
-    ours = inject_lora(load_pretrained(path), LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")))
+    _, path, _, _ = pair
+    lora = LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj"))
+    ours = inject_lora(load_pretrained(path), lora)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in ours.parameters():
@@ -251,6 +252,8 @@ def test_config_errors():
         ModelConfig.from_dict({**base, "sliding_window": None})
     with pytest.raises(ConfigError, match="rope_local_theta"):
         ModelConfig.from_dict({**base, "layer_types": None, "rope_local_theta": 10.0})
+    with pytest.raises(ConfigError, match="arch='decoder' only"):
+        ModelConfig.from_dict({**base, "arch": "encoder"})
     with pytest.raises(ConfigError, match="norm_unit_offset"):
         ModelConfig.from_dict({**base, "norm": "layernorm"})
     from lmkit.hub.arch_gemma import config_from_hf, config_to_hf

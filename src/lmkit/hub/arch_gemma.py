@@ -32,7 +32,7 @@ from lmkit.models.config import ModelConfig
 MODEL_TYPES: tuple[str, ...] = ("gemma", "gemma2", "gemma3_text")
 HF_CLASSES = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 MAX_POSITIONS = {"gemma": 8192, "gemma2": 8192, "gemma3_text": 131072}
-FINAL_SOFTCAP = {"gemma": None, "gemma2": 30.0, "gemma3_text": None}  # transformers' defaults
+FINAL_SOFTCAP = {"gemma2": 30.0, "gemma3_text": None}  # transformers' defaults
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "silu": "silu",
                "relu": "relu"}
 ACTIVATIONS_TO_HF = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "silu": "silu", "relu": "relu"}
@@ -46,7 +46,8 @@ _COMMON = (
         ("lm_head.weight", "lm_head.weight"),
         ("layers.{i}.attn_norm.weight", f"{_L}.input_layernorm.weight"),
     ]
-    + [(f"layers.{{i}}.self_attn.{p}_proj.{s}", f"{_L}.self_attn.{p}_proj.{s}") for p in "qkvo" for s in ("weight", "bias")]
+    + [(f"layers.{{i}}.self_attn.{p}_proj.{s}", f"{_L}.self_attn.{p}_proj.{s}")
+       for p in "qkvo" for s in ("weight", "bias")]
     + [(f"layers.{{i}}.mlp.{p}_proj.weight", f"{_L}.mlp.{p}_proj.weight") for p in ("gate", "up", "down")]
 )
 NAME_MAPS = {
@@ -170,7 +171,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             layer_types=_layer_types(hf, model_type, n_layers),
             query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256) if sandwich else None,
             attn_logit_softcapping=hf.get("attn_logit_softcapping", 50.0) if model_type == "gemma2" else None,
-            final_logit_softcapping=hf.get("final_logit_softcapping", FINAL_SOFTCAP[model_type]),
+            final_logit_softcapping=hf.get("final_logit_softcapping", FINAL_SOFTCAP[model_type]) if sandwich else None,
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             initializer_range=float(hf.get("initializer_range", 0.02)),
             pad_token_id=hf.get("pad_token_id", 0),

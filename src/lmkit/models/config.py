@@ -172,6 +172,9 @@ class ModelConfig:
                 bad("layer_types", f"must list one of {LAYER_TYPES} for each of the n_layers={self.n_layers} layers")
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 bad("layer_types", "has sliding_attention layers but sliding_window is None")
+        for name in ("layer_types", "scale_embeddings", "final_logit_softcapping"):
+            if getattr(self, name) not in (None, False) and self.arch != "decoder":
+                bad(name, "is implemented for arch='decoder' only")
         if self.rope_local_theta is not None and (self.position != "rope" or self.layer_types is None):
             bad("rope_local_theta", "needs position='rope' and layer_types")
         if self.norm_unit_offset and self.norm != "rmsnorm":

@@ -161,18 +161,18 @@ class DecoderLM(nn.Module):
 
     def _layer_inputs(self, past, t, x, position_ids, padding, prefix_len, document_ids) -> list[dict]:
         """Per layer: attention bias (None: SDPA's causal kernel), RoPE tables and is_causal.
-        Layers differ only in their sliding window and (Gemma 3) RoPE base, so each kind is built
-        once per forward and shared by the layers of that kind."""
-        kinds: dict[int | None, dict] = {}
-        for i in range(self.config.n_layers):
-            window = self.config.layer_window(i)
-            if window not in kinds:
-                bias = self._attention_bias(past, t, x, padding, prefix_len, document_ids, window)
-                rotary = getattr(self, "rotary_local", None) if window is not None else None
-                rotary = rotary or getattr(self, "rotary", None)
-                rope = rotary(position_ids, x.dtype) if rotary is not None else None
-                kinds[window] = dict(attn_bias=bias, rope=rope, is_causal=bias is None)
-        return [kinds[self.config.layer_window(i)] for i in range(self.config.n_layers)]
+        Layers differ only in their sliding window and (Gemma 3) RoPE base, so each kind is
+        built once per forward and shared by the layers of that kind."""
+        cfg = self.config
+        rotary, local = getattr(self, "rotary", None), getattr(self, "rotary_local", None)
+        rope = rotary(position_ids, x.dtype) if rotary is not None else None
+        local_rope = local(position_ids, x.dtype) if local is not None else rope
+        windows = [cfg.layer_window(i) for i in range(cfg.n_layers)]
+        kinds = {}
+        for window in dict.fromkeys(windows):
+            bias = self._attention_bias(past, t, x, padding, prefix_len, document_ids, window)
+            kinds[window] = dict(attn_bias=bias, rope=rope if window is None else local_rope, is_causal=bias is None)
+        return [kinds[w] for w in windows]
 
     def _attention_bias(self, past, t, x, padding, prefix_len, document_ids, window) -> torch.Tensor | None:
         """The self-attention bias of the layers with sliding `window`, in x's dtype (None: SDPA's causal kernel)."""

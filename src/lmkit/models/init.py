@@ -1,5 +1,6 @@
-"""Weight initialisation shared by GPT-2, Llama and BERT: N(0, std) for every Linear and
-Embedding weight, zero biases, unit norm gains (zero stored gains for Gemma's (1 + w) RMSNorm; T5 uses its own fan-in scheme)."""
+"""Weight initialisation shared by GPT-2, Llama, Gemma and BERT: N(0, std) for every Linear and
+Embedding weight, zero biases, unit norm gains (Gemma's (1 + w) RMSNorm stores 0; T5 uses its
+own fan-in scheme)."""
 
 from __future__ import annotations
 
