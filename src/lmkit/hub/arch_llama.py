@@ -290,6 +290,7 @@ def _check_representable(cfg: ModelConfig) -> None:
             problems.append("qwen3_moe needs router='topk', capacity_factor=None")
     elif cfg.n_experts:
         problems.append(f"{mt} has no MoE layers (use mixtral or qwen3_moe)")
+    problems += cfg.gemma_settings()
     check_writable(problems, mt)
 
 

@@ -103,6 +103,7 @@ def _check_model(model: nn.Module) -> None:
         problems.append(f"rope_scaling={cfg.rope_scaling!r}")
     if cfg.sliding_window is not None:
         problems.append("sliding-window attention")
+    problems += cfg.gemma_settings()
     if problems:
         raise CheckpointError(
             f"cannot export this model (model_type={cfg.model_type or 'lmkit'}) as GGUF llama: "

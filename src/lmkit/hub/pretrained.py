@@ -35,6 +35,9 @@ ARCH_MODULES = {
     "olmo2": "lmkit.hub.arch_llama",
     "bert": "lmkit.hub.arch_bert",
     "t5": "lmkit.hub.arch_t5",
+    "gemma": "lmkit.hub.arch_gemma",
+    "gemma2": "lmkit.hub.arch_gemma",
+    "gemma3_text": "lmkit.hub.arch_gemma",
 }
 CONFIG_FILES = ("config.json", "generation_config.json")
 

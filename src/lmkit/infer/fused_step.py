@@ -24,7 +24,8 @@ fused step holds a second copy of the attention-input and FFN-input weights; mod
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
 Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK, an active
-sliding window, training mode, adapted or quantized layers, forward hooks) are reported by
+sliding window, Gemma's (1 + w) norms / soft-capping / per-layer attention types, training
+mode, adapted or quantized layers, forward hooks) are reported by
 `FusedDecoder.unsupported(model)` and run through `model.forward` instead. `ModelRunner`
 (runner.py) picks the step.
 """
@@ -64,6 +65,8 @@ class FusedDecoder:
             return f"{cfg.norm_position} norm placement"
         if cfg.qk_norm:
             return "q/k norm"
+        if cfg.gemma_settings():  # (1 + w) norms, embedding scale, soft-capping, per-layer attention types
+            return "Gemma settings: " + ", ".join(cfg.gemma_settings())
         if cfg.sliding_window is not None and (max_len is None or max_len > cfg.sliding_window):
             return "sliding-window attention"
         for layer in model.layers:

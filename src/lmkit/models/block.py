@@ -93,19 +93,21 @@ class TransformerBlock(nn.Module):
 
 def run_layers(
     layers: nn.ModuleList, x: torch.Tensor, *, checkpointing: bool = False, kv_cache=None,
-    return_weights: bool = False, **kwargs,
+    return_weights: bool = False, per_layer: list[dict] | None = None, **kwargs,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """x through every block in turn, with the same keyword arguments (masks, rope, ...) for
-    each; layer i gets layer i of `kv_cache`. With `checkpointing` (training, no cache) each
-    block is recomputed in the backward pass instead of storing its activations.
-    -> (output, per-layer attention weights when return_weights)."""
+    each, plus `per_layer[i]` for layer i where they differ (Gemma's local and global layers:
+    own mask and RoPE tables); layer i gets layer i of `kv_cache`. With `checkpointing`
+    (training, no cache) each block is recomputed in the backward pass instead of storing its
+    activations. -> (output, per-layer attention weights when return_weights)."""
     attentions = []
     for i, layer in enumerate(layers):
+        kw = {**kwargs, **per_layer[i]} if per_layer is not None else kwargs
         if checkpointing:
-            x, w = checkpoint(layer, x, use_reentrant=False, return_weights=return_weights, **kwargs)
+            x, w = checkpoint(layer, x, use_reentrant=False, return_weights=return_weights, **kw)
         else:
             x, w = layer(x, kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                         return_weights=return_weights, **kwargs)
+                         return_weights=return_weights, **kw)
         if return_weights:
             attentions.append(w)
     return x, attentions

@@ -22,6 +22,7 @@ ROPE_SCALINGS = (None, "linear", "ntk", "dynamic")
 ROUTERS = ("topk", "switch")
 NORM_POSITIONS = ("pre", "post", "sandwich", "sublayer_output")
 QK_NORMS = (None, "head", "full")
+LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
 def dataclass_from_dict(cls: type, d: dict[str, Any]):
@@ -71,6 +72,17 @@ class ModelConfig:
     qk_norm: str | None = None  # "head" (Qwen3, Gemma 3: per head over head_dim) or "full" (OLMo 2: whole projection)
     scale_attn: bool = True  # T5 does not divide scores by sqrt(head_dim)
     sliding_window: int | None = None  # a query sees at most this many keys (itself included)
+    # per layer "sliding_attention" (uses sliding_window) or "full_attention" (Gemma 2/3 local and
+    # global layers); None: every layer uses sliding_window
+    layer_types: list[str] | None = None
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers, unscaled (Gemma 3); None: one RoPE
+
+    # Gemma: RMSNorm scales by (1 + w) in fp32; token embeddings times sqrt(d_model); tanh soft-capping
+    norm_unit_offset: bool = False
+    scale_embeddings: bool = False
+    attn_logit_softcapping: float | None = None  # scores -> tanh(s / c) * c, before the mask
+    final_logit_softcapping: float | None = None  # logits -> tanh(l / c) * c
+    query_pre_attn_scalar: float | None = None  # scores scaled by this ** -0.5; None: head_dim ** -0.5
 
     n_experts: int = 0  # > 0: MoE FFN in the layers of moe_layers
     moe_layers: list[int] | None = None  # which layers are sparse (None: all); the others keep a dense FFN
@@ -134,6 +146,7 @@ class ModelConfig:
             bad("rope_scaling_factor", "must be >= 1 when rope_scaling is set")
         if self.sliding_window is not None and self.sliding_window <= 0:
             bad("sliding_window", "must be a positive integer or None")
+        self._check_gemma_settings(bad)
         if self.n_experts < 0:
             bad("n_experts", "must be >= 0")
         if self.n_experts:
@@ -164,6 +177,37 @@ class ModelConfig:
     def is_moe_layer(self, i: int) -> bool:
         """Whether layer i has a mixture-of-experts FFN (else a dense one)."""
         return self.n_experts > 0 and (self.moe_layers is None or i in self.moe_layers)
+
+    def _check_gemma_settings(self, bad) -> None:
+        if self.layer_types is not None:
+            self.layer_types = list(self.layer_types)
+            if len(self.layer_types) != self.n_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                bad("layer_types", f"must list one of {LAYER_TYPES} for each of the n_layers={self.n_layers} layers")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                bad("layer_types", "has sliding_attention layers but sliding_window is None")
+        for name in ("layer_types", "scale_embeddings", "final_logit_softcapping"):
+            if getattr(self, name) not in (None, False) and self.arch != "decoder":
+                bad(name, "is implemented for arch='decoder' only")
+        if self.rope_local_theta is not None and (self.position != "rope" or self.layer_types is None):
+            bad("rope_local_theta", "needs position='rope' and layer_types")
+        if self.norm_unit_offset and self.norm != "rmsnorm":
+            bad("norm_unit_offset", "applies to rmsnorm only")
+        for name in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "rope_local_theta"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                bad(name, "must be positive or None")
+
+    def layer_window(self, i: int) -> int | None:
+        """The sliding window of layer i (None: the layer sees every earlier token)."""
+        if self.layer_types is None or self.layer_types[i] == "sliding_attention":
+            return self.sliding_window
+        return None
+
+    def gemma_settings(self) -> list[str]:
+        """The Gemma mechanisms this config switches on, as "name=value", for the code paths and
+        checkpoint formats that do not implement them (fused decode step, GGUF, llama files)."""
+        names = ("norm_unit_offset", "scale_embeddings", "attn_logit_softcapping", "final_logit_softcapping",
+                 "query_pre_attn_scalar", "layer_types", "rope_local_theta")
+        return [f"{n}={getattr(self, n)!r}" for n in names if getattr(self, n) not in (None, False)]
 
     @property
     def n_query_groups(self) -> int:

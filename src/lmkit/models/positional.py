@@ -7,6 +7,7 @@ ALiBi and T5 bias are added to the attention scores.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -152,14 +153,18 @@ class T5RelativeBias(nn.Module):
 # ---- shared by the stacks --------------------------------------------------------------
 def add_position_modules(module: nn.Module, config: ModelConfig, bidirectional: bool) -> None:
     """Register on `module` the position encoding ``config.position`` asks for, under the names
-    the parameter scheme uses: ``embed_positions`` (learned), ``sinusoidal``, ``rotary``, or
-    ``relative_bias`` (t5_bias; `bidirectional` buckets for encoders). Shared by every stack."""
+    the parameter scheme uses: ``embed_positions`` (learned), ``sinusoidal``, ``rotary`` (and
+    ``rotary_local``, the sliding layers' own unscaled RoPE of base ``rope_local_theta``: Gemma 3),
+    or ``relative_bias`` (t5_bias; `bidirectional` buckets for encoders). Shared by every stack."""
     if config.position == "learned":
         module.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
     elif config.position == "sinusoidal":
         module.sinusoidal = SinusoidalPositions(config)
     elif config.position == "rope":
         module.rotary = RotaryEmbedding(config)
+        if config.rope_local_theta is not None:
+            module.rotary_local = RotaryEmbedding(dataclasses.replace(
+                config, rope_theta=config.rope_local_theta, rope_scaling=None, rope_scaling_factor=1.0))
     elif config.position == "t5_bias":
         module.relative_bias = T5RelativeBias(config, bidirectional=bidirectional)
 

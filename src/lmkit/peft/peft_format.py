@@ -52,7 +52,10 @@ def _name_map(model: nn.Module):
     if model_type not in ARCH_MODULES:
         return None
     arch = arch_module(model_type)
-    return arch.name_map(model_type) if hasattr(arch, "name_map") else getattr(arch, "NAME_MAP", None)
+    if hasattr(arch, "name_map"):
+        return arch.name_map(model_type)
+    per_type = getattr(arch, "NAME_MAPS", {})  # tables that differ by model_type (gemma vs gemma2)
+    return per_type.get(model_type) or getattr(arch, "NAME_MAP", None)
 
 
 def _split(key: str) -> tuple[str, str]:
