@@ -301,7 +301,8 @@ def test_pickle_weights_are_refused_not_unpickled(tmp_path):
     [
         ({"hidden_size": 30}, "divisible"),
         ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
+        ({"rope_parameters": {"rope_type": "proportional", "factor": 4.0, "rope_theta": 1e4}, "rope_scaling": None},
+         "proportional"),
         ({"eos_token_id": 5000}, "eos_token_id"),
         ({"hidden_act": "mish"}, "hidden_act"),
         ({"vocab_size": None}, "vocab_size"),

@@ -18,7 +18,14 @@ ARCHS = ("decoder", "encoder", "encoder_decoder", "lstm")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_bias", "none")
-ROPE_SCALINGS = (None, "linear", "ntk", "dynamic")
+ROPE_SCALINGS = (None, "linear", "ntk", "dynamic", "llama3", "yarn", "longrope")
+# the parameters each RoPE scaling kind reads from ModelConfig.rope_params (besides the factor and the
+# original length, which have their own fields); the meaning of each is in models/positional.py
+ROPE_PARAMS: dict[str | None, frozenset[str]] = {
+    "llama3": frozenset({"low_freq_factor", "high_freq_factor"}),
+    "yarn": frozenset({"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}),
+    "longrope": frozenset({"short_factor", "long_factor", "attention_factor"}),
+}
 ROUTERS = ("topk", "switch")
 NORM_POSITIONS = ("pre", "post", "sandwich", "sublayer_output")
 QK_NORMS = (None, "head", "full")
@@ -57,9 +64,11 @@ class ModelConfig:
 
     position: str = "rope"
     rope_theta: float = 10000.0
-    rope_scaling: str | None = None  # linear (position interpolation), ntk (static NTK-aware), dynamic
+    rope_scaling: str | None = None  # linear, ntk, dynamic, llama3, yarn, longrope (models/positional.py)
     rope_scaling_factor: float = 1.0
-    rope_original_max_seq_len: int | None = None  # for dynamic NTK; None: max_seq_len
+    rope_original_max_seq_len: int | None = None  # trained length (dynamic, llama3, yarn, longrope); None: max_seq_len
+    rope_params: dict[str, Any] = field(default_factory=dict)  # the kind's other parameters, see ROPE_PARAMS
+    partial_rotary_factor: float = 1.0  # rotate only the first int(head_dim * f) dims (GPT-NeoX rotary_pct, Phi-4)
     relative_buckets: int = 32  # T5 relative attention bias
     relative_max_distance: int = 128
 
@@ -71,6 +80,7 @@ class ModelConfig:
     qk_norm: str | None = None  # "head" (Qwen3, Gemma 3: per head over head_dim) or "full" (OLMo 2: whole projection)
     scale_attn: bool = True  # T5 does not divide scores by sqrt(head_dim)
     sliding_window: int | None = None  # a query sees at most this many keys (itself included)
+    parallel_residual: bool = False  # GPT-NeoX/Pythia: x + attn(norm1(x)) + ffn(norm2(x)) (pre-norm decoders)
 
     n_experts: int = 0  # > 0: MoE FFN in every layer
     n_experts_per_tok: int = 2
@@ -130,6 +140,9 @@ class ModelConfig:
             bad("head_dim", "must be even for RoPE")
         if self.rope_scaling is not None and self.rope_scaling_factor < 1.0:
             bad("rope_scaling_factor", "must be >= 1 when rope_scaling is set")
+        self._check_rope()
+        if self.parallel_residual and (self.norm_position != "pre" or self.arch != "decoder"):
+            bad("parallel_residual", "needs a pre-norm decoder (norm_position='pre', arch='decoder')")
         if self.sliding_window is not None and self.sliding_window <= 0:
             bad("sliding_window", "must be a positive integer or None")
         if self.n_experts < 0:
@@ -151,6 +164,26 @@ class ModelConfig:
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
                 bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+
+    def _check_rope(self) -> None:
+        """rope_params holds exactly what the scaling kind reads, with the values it needs."""
+        allowed = ROPE_PARAMS.get(self.rope_scaling, frozenset())
+        unknown = sorted(set(self.rope_params) - allowed)
+        if unknown:
+            raise ConfigError(f"ModelConfig.rope_params: {unknown} are not parameters of rope_scaling="
+                              f"{self.rope_scaling!r} (it reads {sorted(allowed) or 'none'})")
+        if not 0.0 < self.partial_rotary_factor <= 1.0:
+            raise ConfigError(f"ModelConfig.partial_rotary_factor={self.partial_rotary_factor!r}: must be in (0, 1]")
+        p = self.rope_params
+        if self.rope_scaling == "llama3":
+            if not {"low_freq_factor", "high_freq_factor"} <= set(p) or p["high_freq_factor"] <= p["low_freq_factor"]:
+                raise ConfigError("ModelConfig.rope_params: llama3 needs low_freq_factor < high_freq_factor")
+        if self.rope_scaling == "longrope":
+            half = len(range(0, int(self.head_dim * self.partial_rotary_factor), 2))
+            for key in ("short_factor", "long_factor"):
+                if not isinstance(p.get(key), list) or len(p[key]) != half:
+                    raise ConfigError(f"ModelConfig.rope_params: longrope needs {key} as a list of {half} numbers "
+                                      "(one per rotated frequency)")
 
     @property
     def n_query_groups(self) -> int:
