@@ -14,12 +14,14 @@ from lmkit.infer.generate import generate
 T = 40  # longer than the original RoPE context the tests set (16)
 
 
-def perturb(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> None:
-    """Move every parameter (norm gains and biases included) off its initial value."""
+def perturb(model: torch.nn.Module, scale: float = 0.1, seed: int = 0, only: str = "") -> None:
+    """Move every parameter (norm gains and biases included; with `only`, those whose name holds it)
+    off its initial value."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+        for name, p in model.named_parameters():
+            if only in name:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def padded_inputs(vocab: int, t: int = T) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,3 +102,31 @@ def assert_greedy_matches(ours, hf, vocab: int, new: int = 8) -> None:
                              min_new_tokens=new).tolist()
     out = generate(ours, prompts, max_new_tokens=new, min_new_tokens=new, eos_token_id=None)
     assert [list(s) for s in out.sequences] == [row[t:] for row in theirs]
+
+
+def assert_lora_loads_in_peft(hf, ours, vocab: int, tmp_path: Path, targets: tuple[str, ...], **lora) -> None:
+    """An lmkit LoRA on `ours` (the twin of `hf`) saved in PEFT's layout loads with peft.PeftModel on
+    transformers' model with equal logits, and back into lmkit with equal logits."""
+    import copy
+
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from lmkit.peft.lora import LoraConfig, inject_lora
+    from lmkit.peft.peft_format import load_peft_adapter, save_peft_adapter
+
+    hf.save_pretrained(tmp_path / "base")
+    tuned = copy.deepcopy(ours)
+    inject_lora(tuned, LoraConfig(target_modules=targets, **lora))
+    perturb(tuned, scale=0.3, seed=3, only="lora_")  # B starts at zero: move every LoRA factor
+    tuned.eval()
+    save_peft_adapter(tuned, tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="eager")
+    theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    again = load_peft_adapter(copy.deepcopy(ours), tmp_path / "adapter").eval()
+    ids = torch.randint(3, vocab, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = tuned(ids).logits
+        assert (want - ours(ids).logits).abs().max() > 1e-3  # the adapter changes the output
+        assert (theirs(input_ids=ids).logits - want).abs().max() <= 1e-4
+        assert (again(ids).logits - want).abs().max() <= 1e-4

@@ -32,6 +32,8 @@ ARCH_MODULES = {
     "mixtral": "lmkit.hub.arch_llama",
     "bert": "lmkit.hub.arch_bert",
     "t5": "lmkit.hub.arch_t5",
+    "gpt_neox": "lmkit.hub.arch_neox",
+    "phi3": "lmkit.hub.arch_phi3",
 }
 CONFIG_FILES = ("config.json", "generation_config.json")
 

@@ -1,0 +1,98 @@
+"""Phi-3 family checkpoints (hub/arch_phi3.py) against transformers' Phi3ForCausalLM.
+
+Random tiny models, both directions through a checkpoint directory, at 40 tokens with left
+padding: default RoPE, LongRoPE past its original context of 16 (Phi-3.5) and partial rotary
+(Phi-4-mini); fused qkv_proj / gate_up_proj split into lmkit's parts and back; the KV cache equals
+the full forward, greedy generate equals transformers.generate, and a LoRA on q/k/v and gate/up
+loads in PEFT (fused, rank 3r / 2r) with equal logits.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmkit.hub.arch_phi3 import config_from_hf
+from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import DecoderLM
+
+transformers = pytest.importorskip("transformers")
+from parity_checks import (assert_cache_matches_full, assert_greedy_matches, assert_lora_loads_in_peft,  # noqa: E402
+                           hf_to_lmkit_to_hf, lmkit_to_hf, perturb)
+
+V = 97
+LONG = [1.0, 1.5, 2.5, 4.0]
+SHORT = [1.0, 1.1, 1.2, 1.3]
+
+
+def hf_config(**kw):
+    base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, original_max_position_embeddings=64,
+                bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.2)
+    return transformers.Phi3Config(**{**base, **kw})
+
+
+CASES = {
+    "phi3": dict(),
+    "phi3.5-longrope": dict(original_max_position_embeddings=16, rope_parameters={
+        "rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG, "rope_theta": 1e4}),
+    "phi4-mini-partial": dict(original_max_position_embeddings=16, partial_rotary_factor=0.5, rope_parameters={
+        "rope_type": "longrope", "short_factor": SHORT[:2], "long_factor": LONG[:2], "rope_theta": 1e4,
+        "partial_rotary_factor": 0.5}),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request, tmp_path_factory):
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config(**CASES[request.param]),
+                                                       attn_implementation="eager").eval()
+    perturb(hf)
+    ours = hf_to_lmkit_to_hf(hf, V, tmp_path_factory.mktemp(request.param))
+    return hf, ours
+
+
+def test_config_is_read(pair):
+    hf, ours = pair
+    cfg = ours.config
+    assert cfg.partial_rotary_factor == hf.config.rope_parameters.get("partial_rotary_factor", 1.0)
+    assert cfg.rope_scaling == (None if hf.config.rope_parameters["rope_type"] == "default" else "longrope")
+    assert "layers.0.self_attn.k_proj.weight" in ours.state_dict()
+
+
+def test_cache_and_generate(pair):
+    hf, ours = pair
+    assert_cache_matches_full(ours, V)
+    assert_greedy_matches(ours, hf, V)
+
+
+def test_lora_adapter_loads_in_peft(pair, tmp_path):
+    pytest.importorskip("peft")
+    hf, ours = pair
+    assert_lora_loads_in_peft(hf, ours, V, tmp_path, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"),
+                              r=2, alpha=4)
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert set(saved["target_modules"]) == {"qkv_proj", "o_proj", "gate_up_proj"}
+    assert saved["rank_pattern"]["model.layers.0.self_attn.qkv_proj"] == 6
+    assert saved["alpha_pattern"]["model.layers.1.mlp.gate_up_proj"] == 8
+
+
+def test_lmkit_built_phi3_loads_in_transformers(tmp_path):
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=64,
+                      rope_scaling="longrope", rope_scaling_factor=4.0, rope_original_max_seq_len=16,
+                      rope_params={"short_factor": SHORT[:2], "long_factor": LONG[:2]}, partial_rotary_factor=0.5,
+                      bos_token_id=1, eos_token_id=2, model_type="phi3")
+    torch.manual_seed(0)
+    lmkit_to_hf(DecoderLM(cfg).eval(), V, tmp_path)
+
+
+def test_legacy_su_rope_and_top_level_original_length():
+    """Phi-3 configs name longrope "su" and keep the original length at the top level (4096 by default)."""
+    hf = hf_config().to_dict()
+    hf.pop("original_max_position_embeddings")
+    hf.update(max_position_embeddings=8192, rope_parameters=None,
+              rope_scaling={"type": "su", "short_factor": SHORT, "long_factor": LONG})
+    cfg = config_from_hf(hf)
+    assert (cfg.rope_scaling, cfg.rope_original_max_seq_len, cfg.rope_scaling_factor) == ("longrope", 4096, 2.0)
