@@ -6,9 +6,12 @@ The field names are lmkit's own; `hub/` translates to and from each Hugging Face
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,22 @@ ROPE_PARAMS: dict[str | None, frozenset[str]] = {
 ROUTERS = ("topk", "switch")
 NORM_POSITIONS = ("pre", "post", "sandwich", "sublayer_output")
 QK_NORMS = (None, "head", "full")
+
+
+_FOREIGN = contextvars.ContextVar("lmkit_foreign_config", default=False)
+
+
+@contextmanager
+def foreign_special_ids():
+    """Inside: a config read from another tool (hub's config.json import). In a decoder-only model a
+    special token id outside the vocabulary (metadata its forward pass never reads, such as GPT-2's
+    default 50256 on a small test vocabulary) becomes None with a warning instead of an error;
+    encoders and encoder-decoders embed their pad / decoder-start ids, so those stay errors."""
+    token = _FOREIGN.set(True)
+    try:
+        yield
+    finally:
+        _FOREIGN.reset(token)
 
 
 def dataclass_from_dict(cls: type, d: dict[str, Any]):
@@ -163,7 +182,11 @@ class ModelConfig:
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
-                bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+                if not (_FOREIGN.get() and self.arch == "decoder"):  # T5 starts decoding from pad / decoder start
+                    bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+                warnings.warn(f"{name}={v} is outside the vocabulary (vocab_size={self.vocab_size}); "
+                              "lmkit ignores it (None)", stacklevel=2)
+                setattr(self, name, None)
 
     def _check_rope(self) -> None:
         """rope_params holds exactly what the scaling kind reads, with the values it needs."""
