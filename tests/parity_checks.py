@@ -90,9 +90,10 @@ def assert_cache_matches_full(ours, vocab: int, prefill: int = 30) -> None:
     assert (torch.cat(steps, dim=1) - full)[keep].abs().max() <= 1e-4
 
 
-def assert_greedy_matches(ours, hf, vocab: int, new: int = 8) -> None:
-    """Greedy lmkit.infer.generate == transformers.generate on a left-padded batch of long prompts."""
-    ids, _ = padded_inputs(vocab, 24)
+def assert_greedy_matches(ours, hf, vocab: int, new: int = 8, prompt_len: int = 24) -> None:
+    """Greedy lmkit.infer.generate == transformers.generate on a left-padded batch of prompts (long
+    ones by default: past the original RoPE context of 16)."""
+    ids, _ = padded_inputs(vocab, prompt_len)
     prompts = [ids[0].tolist(), ids[1, 3:].tolist(), ids[2, 6:].tolist()]
     t = max(map(len, prompts))
     batch = torch.tensor([[0] * (t - len(p)) + p for p in prompts])

@@ -23,7 +23,7 @@ from parity_checks import (assert_cache_matches_full, assert_greedy_matches, ass
                            hf_to_lmkit_to_hf, lmkit_to_hf, perturb)
 
 V = 97
-LONG = [1.0, 1.5, 2.5, 4.0]
+LONG = [1.0, 4.0, 16.0, 64.0]  # far from SHORT, so the switch changes the greedy tokens
 SHORT = [1.0, 1.1, 1.2, 1.3]
 
 
@@ -66,6 +66,13 @@ def test_cache_and_generate(pair):
     hf, ours = pair
     assert_cache_matches_full(ours, V)
     assert_greedy_matches(ours, hf, V)
+
+
+def test_generate_across_the_longrope_switch(pair):
+    """Prompts shorter than the original context of 16, generation past it: transformers' Phi-3 then
+    recomputes the cache with the long factors, and so does lmkit's runner."""
+    hf, ours = pair
+    assert_greedy_matches(ours, hf, V, new=12, prompt_len=10)
 
 
 def test_lora_adapter_loads_in_peft(pair, tmp_path):
