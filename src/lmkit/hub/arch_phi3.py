@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lmkit.errors import ConfigError
+from lmkit.hub.arch_llama import ACTIVATIONS, ACTIVATIONS_TO_HF
 from lmkit.hub.fused_linear import FusedLinear, fuse_parts, split_fused
 from lmkit.hub.hf_config import (check_writable, config_contradictions, drop_tied_head, eos_and_extra, eos_to_hf,
                                  mismatches, required, without_tied_head)
@@ -27,9 +28,6 @@ from lmkit.models.config import ModelConfig
 
 MODEL_TYPES: tuple[str, ...] = ("phi3",)
 ORIGINAL_DEFAULT = 4096  # Phi3Config.original_max_position_embeddings
-ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-               "gelu_new": "gelu_tanh", "relu": "relu"}
-ACTIVATIONS_TO_HF = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
 
 _L = "model.layers.{i}"
 NAME_MAP = NameMap(
