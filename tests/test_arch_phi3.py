@@ -35,7 +35,7 @@ def hf_config(**kw):
 
 
 CASES = {
-    "phi3": dict(),
+    "phi3-window": dict(sliding_window=8),  # Phi-3-mini's sliding window, shorter than the 40 tokens
     "phi3.5-longrope": dict(original_max_position_embeddings=16, rope_parameters={
         "rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG, "rope_theta": 1e4}),
     "phi4-mini-partial": dict(original_max_position_embeddings=16, partial_rotary_factor=0.5, rope_parameters={

@@ -54,6 +54,7 @@ _CONSUMED = {
     "partial_rotary_factor", "tie_word_embeddings", "resid_pdrop", "embd_pdrop", "attention_dropout",
     "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "sliding_window", "transformers_version",
     "_name_or_path", "torch_dtype", "dtype", "use_cache", "head_dim",
+    "attention_bias",  # written by transformers 4, read by neither: Phi-3 layers have no biases
 }
 
 

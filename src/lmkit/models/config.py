@@ -195,8 +195,9 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"ModelConfig.rope_params: {unknown} are not parameters of rope_scaling="
                               f"{self.rope_scaling!r} (it reads {sorted(allowed) or 'none'})")
-        if not 0.0 < self.partial_rotary_factor <= 1.0:
-            raise ConfigError(f"ModelConfig.partial_rotary_factor={self.partial_rotary_factor!r}: must be in (0, 1]")
+        if not 0.0 < self.partial_rotary_factor <= 1.0 or int(self.head_dim * self.partial_rotary_factor) < 2:
+            raise ConfigError(f"ModelConfig.partial_rotary_factor={self.partial_rotary_factor!r}: must be in (0, 1] "
+                              f"and leave at least 2 of head_dim={self.head_dim} dims to rotate")
         p = self.rope_params
         if self.rope_scaling == "llama3":
             if not {"low_freq_factor", "high_freq_factor"} <= set(p) or p["high_freq_factor"] <= p["low_freq_factor"]:
