@@ -75,6 +75,24 @@ def test_generate_across_the_longrope_switch(pair):
     assert_greedy_matches(ours, hf, V, new=12, prompt_len=10)
 
 
+def test_speculative_decoding_across_the_switch(pair):
+    """Speculative decoding truncates the cache after rejected drafts; across the switch it still
+    gives the greedy tokens (a weak draft: the target model with its last layer's FFN zeroed)."""
+    import copy
+
+    from lmkit.infer.generate import generate
+    from lmkit.infer.speculative import speculative_generate
+
+    hf, ours = pair
+    draft = copy.deepcopy(ours)
+    with torch.no_grad():
+        draft.layers[-1].mlp.down_proj.weight.zero_()
+    prompt = torch.randint(3, V, (10,), generator=torch.Generator().manual_seed(7)).tolist()
+    want = generate(ours, [prompt], max_new_tokens=14, min_new_tokens=14).sequences
+    got = speculative_generate(ours, draft, [prompt], max_new_tokens=14, min_new_tokens=14, num_draft_tokens=3)
+    assert got.sequences == want and got.accepted < got.proposed
+
+
 def test_lora_adapter_loads_in_peft(pair, tmp_path):
     pytest.importorskip("peft")
     hf, ours = pair

@@ -87,29 +87,38 @@ class ModelRunner:
 
     def step(self, ids: torch.Tensor, cache, last_only: bool = True) -> torch.Tensor:
         """New tokens [B, T] continuing `cache` -> logits [B, 1, V] (or [B, T, V])."""
-        if self._short_ids is not None and self._outgrows_short_tables(ids, cache):
-            return self._rebuild(ids, cache, last_only)
+        if self._short_ids is not None:
+            fit = self._fitting(ids, cache)
+            if fit < ids.shape[1]:
+                return self._cross_switch(ids, fit, cache, last_only)
+            self._short_ids = torch.cat([self._short_ids, ids], dim=1)
         past = cache.seq_len
         pos = self.positions[:, past : past + ids.shape[1]]
         return forward_step(self.model, self.fused, ids, pos, cache, self.mask, self.pad_bias, last_only)
 
-    def _outgrows_short_tables(self, ids: torch.Tensor, cache) -> bool:
-        """LongRoPE before its switch: True when `ids` take the sequence past the original length
-        (else they are kept with the ids fed so far)."""
-        s = cache.seq_len + ids.shape[1]
-        if int(self.positions[:, :s].max()) + 1 > self._switch:
-            return True
-        self._short_ids = torch.cat([self._short_ids, ids], dim=1)
-        return False
+    def _fitting(self, ids: torch.Tensor, cache) -> int:
+        """LongRoPE before its switch: how many of `ids` still fit the original length."""
+        past = cache.seq_len
+        self._short_ids = self._short_ids[:, :past]  # speculative decoding may have truncated the cache
+        longest = self.positions[:, : past + ids.shape[1]].amax(0).cummax(0).values[past:]
+        return int((longest + 1 <= self._switch).sum())
 
-    def _rebuild(self, ids: torch.Tensor, cache, last_only: bool) -> torch.Tensor:
-        """Empty the cache and run the whole sequence with LongRoPE's long tables -> the new tokens' logits."""
+    def _cross_switch(self, ids: torch.Tensor, fit: int, cache, last_only: bool) -> torch.Tensor:
+        """The first `fit` tokens on the short tables (their logits as one step at a time gives them),
+        then the cache emptied and the whole sequence run on the long tables -> the new tokens' logits."""
+        head = None
+        if fit and not last_only:
+            head = self.step(ids[:, :fit], cache, last_only=False)
+            ids = ids[:, fit:]
         full = torch.cat([self._short_ids, ids], dim=1)
         self._short_ids = None
         cache.truncate(0)
         logits = forward_step(self.model, None, full, self.positions[:, : full.shape[1]], cache, self.mask, None,
                               last_only)
-        return logits if last_only else logits[:, -ids.shape[1]:]
+        if last_only:
+            return logits
+        logits = logits[:, -ids.shape[1]:]
+        return logits if head is None else torch.cat([head, logits], dim=1)
 
     def select(self, rows: torch.Tensor) -> None:
         """Follow a reordering / repetition of the batch rows (beam search)."""
