@@ -90,7 +90,7 @@ def assert_cache_matches_full(ours, vocab: int, prefill: int = 30) -> None:
     assert (torch.cat(steps, dim=1) - full)[keep].abs().max() <= 1e-4
 
 
-def assert_greedy_matches(ours, hf, vocab: int, new: int = 8, prompt_len: int = 24) -> None:
+def assert_greedy_matches(ours, hf, vocab: int, new: int = 8, prompt_len: int = 24, **kw) -> None:
     """Greedy lmkit.infer.generate == transformers.generate on a left-padded batch of prompts (long
     ones by default: past the original RoPE context of 16)."""
     ids, _ = padded_inputs(vocab, prompt_len)
@@ -100,8 +100,8 @@ def assert_greedy_matches(ours, hf, vocab: int, new: int = 8, prompt_len: int = 
     mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
         theirs = hf.generate(batch, attention_mask=mask, pad_token_id=0, max_new_tokens=new, do_sample=False,
-                             min_new_tokens=new).tolist()
-    out = generate(ours, prompts, max_new_tokens=new, min_new_tokens=new, eos_token_id=None)
+                             min_new_tokens=new, **kw).tolist()
+    out = generate(ours, prompts, max_new_tokens=new, min_new_tokens=new, **kw)
     assert [list(s) for s in out.sequences] == [row[t:] for row in theirs]
 
 
