@@ -122,3 +122,22 @@ def test_legacy_su_rope_and_top_level_original_length():
               rope_scaling={"type": "su", "short_factor": SHORT, "long_factor": LONG})
     cfg = config_from_hf(hf)
     assert (cfg.rope_scaling, cfg.rope_original_max_seq_len, cfg.rope_scaling_factor) == ("longrope", 4096, 2.0)
+
+
+def test_peft_trained_adapter_on_fused_layers_loads_in_lmkit(pair, tmp_path):
+    """PEFT's own LoRA on qkv_proj / gate_up_proj (rank 4, one alpha_pattern entry) splits into lmkit's parts."""
+    peft = pytest.importorskip("peft")
+    import copy
+
+    from lmkit.peft.peft_format import load_peft_adapter
+
+    hf, ours = pair
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "gate_up_proj", "o_proj"],
+                             rank_pattern={"o_proj": 2}, alpha_pattern={"gate_up_proj": 3.0})
+    tuned = peft.get_peft_model(copy.deepcopy(hf), config)
+    perturb(tuned, scale=0.3, seed=4, only="lora_")
+    tuned.save_pretrained(tmp_path / "adapter")
+    again = load_peft_adapter(copy.deepcopy(ours), tmp_path / "adapter").eval()
+    ids = torch.randint(3, V, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (again(ids).logits - tuned.eval()(input_ids=ids).logits).abs().max() <= 1e-4

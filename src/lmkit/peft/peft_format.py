@@ -280,8 +280,7 @@ def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_n
     if fused_layers_of(model) and not d.get(LMKIT_NAMES_KEY):
         # split fused layers' LoRA into lmkit's parts, every module at one rank
         raw, r, alpha = unfuse_lora(model, raw, PREFIX, int(d["r"]), float(d.get("lora_alpha", 8)),
-                                    bool(d.get("use_rslora", False)), d.get("rank_pattern") or {},
-                                    d.get("alpha_pattern") or {})
+                                    bool(d.get("use_rslora", False)), d.get("alpha_pattern") or {})
         d = {**d, "r": r, "lora_alpha": alpha, "rank_pattern": {}, "alpha_pattern": {}}
     config = lora_config_from_peft(d, str(directory / CONFIG_NAME))
     if d.get(LMKIT_NAMES_KEY):

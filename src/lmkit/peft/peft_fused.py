@@ -43,6 +43,14 @@ def _scale(alpha: float, r: int, rslora: bool) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
+def _lora_key(key: str) -> tuple[str, str]:
+    """(module, ".lora_A.weight" / ".lora_B.weight"), or (key, "") for any other tensor."""
+    for suffix in (_A, _B):
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    return key, ""
+
+
 def _out_features(model: nn.Module, name: str) -> int:
     module = model.get_submodule(name)
     return getattr(module, "base_layer", module).weight.shape[0]
@@ -56,15 +64,12 @@ def fuse_lora(model: nn.Module, state: dict[str, torch.Tensor], r: int, alpha: f
     rest: dict[str, torch.Tensor] = {}
     groups: dict[tuple[int, str], dict[int, dict[str, torch.Tensor]]] = {}
     for key, value in state.items():
-        module, suffix = (key[: -len(_A)], _A) if key.endswith(_A) else (key[: -len(_B)], _B) if key.endswith(_B) \
-            else (key, "")
+        module, suffix = _lora_key(key)
         hit = next(((n, f.match_ours(module)) for n, f in enumerate(fused) if f.match_ours(module)), None)
-        if hit is None:
+        if hit is None or not suffix:  # a trained bias of a part has no PEFT name: to_peft_keys refuses it
             rest[key] = value
-        elif not suffix:
-            raise CheckpointError(f"{key}: a trained bias of a fused layer part has no PEFT counterpart")
         else:
-            (n, (j, i)) = hit
+            n, (j, i) = hit
             groups.setdefault((n, i), {}).setdefault(j, {})[suffix] = value
     tensors, ranks, alphas, names, parts = {}, {}, {}, set(), set()
     for (n, i), got in groups.items():
@@ -76,11 +81,11 @@ def fuse_lora(model: nn.Module, state: dict[str, torch.Tensor], r: int, alpha: f
         for j, template in enumerate(f.ours):
             if j in got:
                 b = got[j][_B]
-                block = torch.zeros(b.shape[0], big, dtype=b.dtype)
+                block = b.new_zeros(b.shape[0], big)
                 block[:, col:col + b.shape[1]] = b
                 col += b.shape[1]
             else:
-                block = torch.zeros(_out_features(model, template.format(i=i)), big, dtype=a.dtype)
+                block = a.new_zeros(_out_features(model, template.format(i=i)), big)
             rows.append(block)
             parts.add(template.rsplit(".", 1)[-1])
         theirs = f.theirs.format(i=i)
@@ -94,17 +99,17 @@ def fuse_lora(model: nn.Module, state: dict[str, torch.Tensor], r: int, alpha: f
 
 
 def unfuse_lora(model: nn.Module, raw: dict[str, torch.Tensor], prefix: str, r: int, alpha: float, rslora: bool,
-                rank_pattern: dict, alpha_pattern: dict) -> tuple[dict[str, torch.Tensor], int, float]:
+                alpha_pattern: dict) -> tuple[dict[str, torch.Tensor], int, float]:
     """PEFT tensors (keys under `prefix`) -> the same with fused layers split into lmkit's parts (lmkit
-    names, `prefix` kept), every LoRA padded to one rank; -> (tensors, that rank, its alpha)."""
+    names, `prefix` kept), every LoRA padded to one rank; -> (tensors, that rank, its alpha). Each
+    module's rank is its tensors' (so rank_pattern needs no reading), its alpha alpha_pattern's."""
     fused = fused_layers_of(model)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
-        for suffix in (_A, _B):
-            if key.endswith(suffix):
-                modules.setdefault(key[len(prefix): -len(suffix)], {})[suffix] = value
-                break
+        module, suffix = _lora_key(key[len(prefix):])
+        if suffix and key.startswith(prefix):
+            modules.setdefault(module, {})[suffix] = value
         else:
             out[key] = value
 
