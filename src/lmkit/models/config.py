@@ -185,7 +185,7 @@ class ModelConfig:
                 if not (_FOREIGN.get() and self.arch == "decoder"):  # T5 starts decoding from pad / decoder start
                     bad(name, f"must be in [0, vocab_size={self.vocab_size})")
                 warnings.warn(f"{name}={v} is outside the vocabulary (vocab_size={self.vocab_size}); "
-                              "lmkit ignores it (None)", stacklevel=2)
+                              "lmkit ignores it (None)", stacklevel=3)
                 setattr(self, name, None)
 
     def _check_rope(self) -> None:
