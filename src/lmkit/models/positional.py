@@ -1,5 +1,6 @@
 """Positional information: sinusoidal and learned absolute embeddings, RoPE (with linear,
-NTK, dynamic, Llama 3, YaRN and LongRoPE scaling, and partial rotary), ALiBi and T5's bucketed relative attention bias.
+NTK, dynamic, Llama 3, YaRN and LongRoPE scaling, and partial rotary), ALiBi and T5's
+bucketed relative attention bias.
 
 Absolute encodings are added to the token embeddings; RoPE rotates queries and keys;
 ALiBi and T5 bias are added to the attention scores.
