@@ -161,3 +161,14 @@ def test_fused_step_uses_scaled_tables_and_refuses_longrope():
     assert "longrope" in FusedDecoder.unsupported(longrope.eval())
     partial = DecoderLM(ModelConfig(vocab_size=V, d_model=32, n_layers=1, n_heads=4, partial_rotary_factor=0.5))
     assert "partial rotary" in FusedDecoder.unsupported(partial.eval())
+
+
+def test_qwen2_with_yarn_both_ways(tmp_path):
+    """Qwen2.5's long-context configs: yarn in a qwen2 checkpoint."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=1, eos_token_id=2, rope_parameters={**ROPES["yarn"], "rope_theta": 1e4})
+    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    perturb(hf)
+    assert hf_to_lmkit_to_hf(hf, V, tmp_path).config.rope_scaling == "yarn"
