@@ -28,6 +28,7 @@ from torch import nn
 from lmkit.errors import ConfigError
 from lmkit.hub.hf_config import (check_writable, config_contradictions, drop_tied_head, eos_and_extra, eos_to_hf,
                                  mismatches, required, without_tied_head)
+from lmkit.hub.hf_rope import rope_from_hf, rope_to_hf
 from lmkit.hub.name_map import NameMap
 from lmkit.models.config import ModelConfig
 
@@ -112,6 +113,7 @@ _CONSUMED = {
     "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "output_router_logits",
     "transformers_version", "_name_or_path", "torch_dtype", "dtype", "use_cache", "pretraining_tp",
     "num_experts", "moe_intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers",
+    "original_max_position_embeddings",
 }
 
 
@@ -119,24 +121,9 @@ def _req(hf: dict, key: str) -> Any:
     return required(hf, key, hf.get("model_type"))
 
 
-def _rope(hf: dict, model_type: str) -> tuple[float, str | None, float]:
-    params = hf.get("rope_parameters") or {}
-    legacy = hf.get("rope_scaling") or {}
-    if not isinstance(params, dict) or not isinstance(legacy, dict):
-        raise ConfigError("config.json: rope_parameters / rope_scaling must be objects (per-layer rope is not supported)")
-    theta = float(params.get("rope_theta", hf.get("rope_theta", DEFAULT_THETA[model_type])))
-    kind = params.get("rope_type") or params.get("type") or legacy.get("rope_type") or legacy.get("type") or "default"
-    factor = params.get("factor", legacy.get("factor"))
-    if kind == "default":
-        return theta, None, 1.0
-    if kind in ("linear", "dynamic"):
-        if factor is None or float(factor) < 1.0:
-            raise ConfigError(f"config.json: rope scaling {kind!r} needs a factor >= 1, got {factor!r}")
-        return theta, kind, float(factor)
-    raise ConfigError(
-        f"config.json: rope scaling type {kind!r} is not implemented in lmkit "
-        "(supported: default, linear, dynamic)"
-    )
+def _rope(hf: dict, model_type: str) -> dict[str, Any]:
+    """The ModelConfig RoPE fields (default, linear, dynamic, llama3, yarn, longrope; whole heads)."""
+    return rope_from_hf(hf, DEFAULT_THETA[model_type])
 
 
 def _sliding_window(hf: dict, model_type: str, n_layers: int) -> int | None:
@@ -186,7 +173,6 @@ def config_from_hf(hf: dict) -> ModelConfig:
     act = hf.get("hidden_act", "silu")
     if act not in ACTIVATIONS:
         raise ConfigError(f"config.json: hidden_act={act!r} is not supported (supported: {sorted(ACTIVATIONS)})")
-    theta, scaling, factor = _rope(hf, model_type)
     if model_type in ATTENTION_BIAS:
         qkv_bias = o_bias = bool(hf.get("attention_bias", False))
         ffn_bias = model_type == "llama" and bool(hf.get("mlp_bias", False))
@@ -222,9 +208,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             activation=ACTIVATIONS[act],
             gated_ffn=True,
             position="rope",
-            rope_theta=theta,
-            rope_scaling=scaling,
-            rope_scaling_factor=factor,
+            **_rope(hf, model_type),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             ffn_bias=ffn_bias,
@@ -264,7 +248,8 @@ def _check_representable(cfg: ModelConfig) -> None:
     mt = cfg.model_type
     problems = []
     expect = dict(arch="decoder", norm="rmsnorm", norm_position="sublayer_output" if mt == "olmo2" else "pre",
-                  qk_norm=QK_NORM.get(mt), position="rope", gated_ffn=True, lm_head_bias=False, scale_attn=True)
+                  qk_norm=QK_NORM.get(mt), position="rope", gated_ffn=True, lm_head_bias=False, scale_attn=True,
+                  partial_rotary_factor=1.0, parallel_residual=False)
     problems += mismatches(cfg, expect)
     if cfg.activation not in ACTIVATIONS_TO_HF:
         problems.append(f"activation={cfg.activation!r}")
@@ -299,17 +284,6 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if mt not in MODEL_TYPES:
         raise ConfigError(f"arch_llama writes {MODEL_TYPES}, not model_type={mt!r}")
     _check_representable(cfg)
-    theta = cfg.rope_theta
-    rope: dict[str, Any] = {"rope_type": "default"}
-    if cfg.rope_scaling == "ntk":
-        # static NTK-aware scaling is exactly RoPE with a larger base; HF has no name for it
-        theta = cfg.rope_theta * cfg.rope_scaling_factor ** (cfg.head_dim / (cfg.head_dim - 2))
-    elif cfg.rope_scaling is not None:
-        if cfg.rope_scaling == "dynamic" and cfg.rope_original_max_seq_len not in (None, cfg.max_seq_len):
-            raise ConfigError("dynamic RoPE in transformers uses max_position_embeddings as the trained length; "
-                              "rope_original_max_seq_len must be None or equal max_seq_len")
-        rope = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
-    rope["rope_theta"] = theta
     hf: dict[str, Any] = dict(cfg.extra)
     hf.update(
         model_type=mt,
@@ -324,8 +298,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         hidden_act=ACTIVATIONS_TO_HF[cfg.activation],
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps,
-        rope_theta=theta,
-        rope_parameters=rope,
+        **rope_to_hf(cfg),
         tie_word_embeddings=cfg.tie_embeddings,
         attention_dropout=cfg.attn_dropout,
         initializer_range=cfg.initializer_range,
@@ -334,8 +307,6 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         use_cache=True,
     )
     eos_to_hf(hf, cfg)
-    if cfg.rope_scaling in ("linear", "dynamic"):
-        hf["rope_scaling"] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_scaling_factor}
     if mt in ATTENTION_BIAS:
         hf["attention_bias"] = cfg.qkv_bias
     if mt == "llama":

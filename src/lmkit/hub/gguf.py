@@ -101,6 +101,10 @@ def _check_model(model: nn.Module) -> None:
         problems.append("biases on the MLP / output projections")
     if cfg.rope_scaling not in (None, "linear"):
         problems.append(f"rope_scaling={cfg.rope_scaling!r}")
+    if cfg.partial_rotary_factor != 1.0:
+        problems.append(f"partial rotary (partial_rotary_factor={cfg.partial_rotary_factor})")
+    if cfg.parallel_residual:
+        problems.append("parallel residual")
     if cfg.sliding_window is not None:
         problems.append("sliding-window attention")
     problems += cfg.gemma_settings()

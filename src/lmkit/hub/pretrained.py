@@ -38,6 +38,8 @@ ARCH_MODULES = {
     "gemma": "lmkit.hub.arch_gemma",
     "gemma2": "lmkit.hub.arch_gemma",
     "gemma3_text": "lmkit.hub.arch_gemma",
+    "gpt_neox": "lmkit.hub.arch_neox",
+    "phi3": "lmkit.hub.arch_phi3",
 }
 CONFIG_FILES = ("config.json", "generation_config.json")
 

@@ -4,6 +4,7 @@ Pre-norm (GPT-2, Llama, T5):  x = x + Attn(Norm(x));  x = x + FFN(Norm(x))
 Post-norm (BERT, Vaswani):    x = Norm(x + Attn(x));  x = Norm(x + FFN(x))
 Sandwich (Gemma 2/3):         x = x + Norm'(Attn(Norm(x)))   (and the same for the FFN)
 Sublayer-output (OLMo 2):     x = x + Norm'(Attn(x))
+Parallel (GPT-NeoX, Pythia):  x = x + Attn(Norm(x)) + FFN(Norm'(x))   (pre-norm; both read the same x)
 Pre-norm keeps an identity path from output to input, which is why deep stacks train
 without warm-up tricks; post-norm normalises the residual stream itself.
 """
@@ -24,6 +25,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, cross_attention: bool = False, layer_idx: int = 0) -> None:
         super().__init__()
         self.norm_position = config.norm_position
+        self.parallel_residual = config.parallel_residual
         if config.norm_position != "sublayer_output":
             self.attn_norm = make_norm(config)
         if config.norm_position in ("sandwich", "sublayer_output"):
@@ -72,21 +74,22 @@ class TransformerBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """token_mask: bool [B, T], True = real token; an MoE FFN leaves padding out of its
         routing statistics and expert capacity (a dense FFN needs no mask)."""
-        x, weights = self._residual(
-            x,
-            "attn",
-            lambda h: self.self_attn(
-                h, attn_bias=attn_bias, rope=rope, kv_cache=kv_cache, is_causal=is_causal,
-                return_weights=return_weights,
-            ),
-        )
+
+        def attn(h):
+            return self.self_attn(h, attn_bias=attn_bias, rope=rope, kv_cache=kv_cache, is_causal=is_causal,
+                                  return_weights=return_weights)
+
+        ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
+        if self.parallel_residual:
+            a, weights = attn(self.attn_norm(x))
+            return x + self.dropout(a) + self.dropout(ffn(self.mlp_norm(x))), weights
+        x, weights = self._residual(x, "attn", attn)
         if encoder_states is not None:
             x, _ = self._residual(
                 x,
                 "cross_attn",
                 lambda h: self.cross_attn(h, attn_bias=cross_bias, kv_input=encoder_states),
             )
-        ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
         x, _ = self._residual(x, "mlp", lambda h: (ffn(h), None))
         return x, weights
 

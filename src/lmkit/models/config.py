@@ -6,9 +6,12 @@ The field names are lmkit's own; `hub/` translates to and from each Hugging Face
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +21,34 @@ ARCHS = ("decoder", "encoder", "encoder_decoder", "lstm")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_bias", "none")
-ROPE_SCALINGS = (None, "linear", "ntk", "dynamic")
+ROPE_SCALINGS = (None, "linear", "ntk", "dynamic", "llama3", "yarn", "longrope")
+# the parameters each RoPE scaling kind reads from ModelConfig.rope_params (besides the factor and the
+# original length, which have their own fields); the meaning of each is in models/positional.py
+ROPE_PARAMS: dict[str | None, frozenset[str]] = {
+    "llama3": frozenset({"low_freq_factor", "high_freq_factor"}),
+    "yarn": frozenset({"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}),
+    "longrope": frozenset({"short_factor", "long_factor", "attention_factor"}),
+}
 ROUTERS = ("topk", "switch")
 NORM_POSITIONS = ("pre", "post", "sandwich", "sublayer_output")
 QK_NORMS = (None, "head", "full")
 LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
+_FOREIGN = contextvars.ContextVar("lmkit_foreign_config", default=False)
+
+
+@contextmanager
+def foreign_special_ids():
+    """Inside: a config read from another tool (hub's config.json import). In a decoder-only model a
+    special token id outside the vocabulary (metadata its forward pass never reads, such as GPT-2's
+    default 50256 on a small test vocabulary) becomes None with a warning instead of an error;
+    encoders and encoder-decoders embed their pad / decoder-start ids, so those stay errors."""
+    token = _FOREIGN.set(True)
+    try:
+        yield
+    finally:
+        _FOREIGN.reset(token)
 
 
 def dataclass_from_dict(cls: type, d: dict[str, Any]):
@@ -58,9 +84,11 @@ class ModelConfig:
 
     position: str = "rope"
     rope_theta: float = 10000.0
-    rope_scaling: str | None = None  # linear (position interpolation), ntk (static NTK-aware), dynamic
+    rope_scaling: str | None = None  # linear, ntk, dynamic, llama3, yarn, longrope (models/positional.py)
     rope_scaling_factor: float = 1.0
-    rope_original_max_seq_len: int | None = None  # for dynamic NTK; None: max_seq_len
+    rope_original_max_seq_len: int | None = None  # trained length (dynamic, llama3, yarn, longrope); None: max_seq_len
+    rope_params: dict[str, Any] = field(default_factory=dict)  # the kind's other parameters, see ROPE_PARAMS
+    partial_rotary_factor: float = 1.0  # rotate only the first int(head_dim * f) dims (GPT-NeoX rotary_pct, Phi-4)
     relative_buckets: int = 32  # T5 relative attention bias
     relative_max_distance: int = 128
 
@@ -76,6 +104,7 @@ class ModelConfig:
     # global layers); None: every layer uses sliding_window
     layer_types: list[str] | None = None
     rope_local_theta: float | None = None  # RoPE base of the sliding layers, unscaled (Gemma 3); None: one RoPE
+    parallel_residual: bool = False  # GPT-NeoX/Pythia: x + attn(norm1(x)) + ffn(norm2(x)) (pre-norm decoders)
 
     # Gemma: RMSNorm scales by (1 + w) in fp32; token embeddings times sqrt(d_model); tanh soft-capping
     norm_unit_offset: bool = False
@@ -144,6 +173,9 @@ class ModelConfig:
             bad("head_dim", "must be even for RoPE")
         if self.rope_scaling is not None and self.rope_scaling_factor < 1.0:
             bad("rope_scaling_factor", "must be >= 1 when rope_scaling is set")
+        self._check_rope()
+        if self.parallel_residual and (self.norm_position != "pre" or self.arch != "decoder"):
+            bad("parallel_residual", "needs a pre-norm decoder (norm_position='pre', arch='decoder')")
         if self.sliding_window is not None and self.sliding_window <= 0:
             bad("sliding_window", "must be a positive integer or None")
         self._check_gemma_settings(bad)
@@ -172,7 +204,32 @@ class ModelConfig:
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < self.vocab_size:
-                bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+                if not (_FOREIGN.get() and self.arch == "decoder"):  # T5 starts decoding from pad / decoder start
+                    bad(name, f"must be in [0, vocab_size={self.vocab_size})")
+                warnings.warn(f"{name}={v} is outside the vocabulary (vocab_size={self.vocab_size}); "
+                              "lmkit ignores it (None)", stacklevel=3)
+                setattr(self, name, None)
+
+    def _check_rope(self) -> None:
+        """rope_params holds exactly what the scaling kind reads, with the values it needs."""
+        allowed = ROPE_PARAMS.get(self.rope_scaling, frozenset())
+        unknown = sorted(set(self.rope_params) - allowed)
+        if unknown:
+            raise ConfigError(f"ModelConfig.rope_params: {unknown} are not parameters of rope_scaling="
+                              f"{self.rope_scaling!r} (it reads {sorted(allowed) or 'none'})")
+        if not 0.0 < self.partial_rotary_factor <= 1.0 or int(self.head_dim * self.partial_rotary_factor) < 2:
+            raise ConfigError(f"ModelConfig.partial_rotary_factor={self.partial_rotary_factor!r}: must be in (0, 1] "
+                              f"and leave at least 2 of head_dim={self.head_dim} dims to rotate")
+        p = self.rope_params
+        if self.rope_scaling == "llama3":
+            if not {"low_freq_factor", "high_freq_factor"} <= set(p) or p["high_freq_factor"] <= p["low_freq_factor"]:
+                raise ConfigError("ModelConfig.rope_params: llama3 needs low_freq_factor < high_freq_factor")
+        if self.rope_scaling == "longrope":
+            half = len(range(0, int(self.head_dim * self.partial_rotary_factor), 2))
+            for key in ("short_factor", "long_factor"):
+                if not isinstance(p.get(key), list) or len(p[key]) != half:
+                    raise ConfigError(f"ModelConfig.rope_params: longrope needs {key} as a list of {half} numbers "
+                                      "(one per rotated frequency)")
 
     def is_moe_layer(self, i: int) -> bool:
         """Whether layer i has a mixture-of-experts FFN (else a dense one)."""
