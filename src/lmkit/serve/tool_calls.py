@@ -181,6 +181,39 @@ def normalize_messages(messages: Sequence[dict], tools: Sequence[dict] | None = 
     return out
 
 
+def template_messages(messages: Sequence[dict]) -> list[dict]:
+    """OpenAI chat messages -> the messages a checkpoint's Jinja template reads, as transformers
+    users pass them: text content, "developer" as "system", tool calls kept as structured
+    `tool_calls` whose JSON-string arguments become objects (templates apply `tojson` to them),
+    tool results as "tool" messages. Keys with a None value are dropped."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ConfigError("messages must be a non-empty list of {'role', 'content'} objects")
+    out: list[dict] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ConfigError(f"messages[{i}] must be an object with a 'role'")
+        msg = {k: v for k, v in m.items() if v is not None}
+        msg["role"] = "system" if m["role"] == "developer" else "tool" if m["role"] == "function" else m["role"]
+        msg["content"] = content_text(m.get("content"))
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [_structured_call(c) for c in m["tool_calls"]]
+        out.append(msg)
+    return out
+
+
+def _structured_call(call: dict) -> dict:
+    if not isinstance(call, dict):
+        raise ConfigError(f"a tool call must be an object, got {call!r:.80}")
+    fn = dict(call.get("function", call))
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            pass  # keep the raw string
+    return {**call, "type": call.get("type", "function"), "function": fn}
+
+
 # ---- model output -> tool calls -----------------------------------------------------------
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
