@@ -287,4 +287,14 @@ def _write_tokenizer(tokenizer: Any, tokens, tmp: Path, directory: Path, max_len
                 previous = {}
             if isinstance(previous, dict):  # its added_tokens_decoder may name ids of an older vocabulary
                 data = {**{k: v for k, v in previous.items() if k != "added_tokens_decoder"}, **data}
+                if _own_template(previous.get("chat_template")):  # the checkpoint's template, not lmkit's guess
+                    data["chat_template"] = previous["chat_template"]
         (tmp / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _own_template(template: Any) -> bool:
+    """Whether a tokenizer_config.json chat_template is the checkpoint's own (Jinja text or named
+    templates) rather than one of lmkit's built-in ones."""
+    from lmkit.tokenizers.chat_template import TEMPLATES
+
+    return bool(template) and template not in {t.to_jinja() for t in TEMPLATES.values()}

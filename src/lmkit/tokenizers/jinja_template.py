@@ -242,8 +242,11 @@ class JinjaChatTemplate:
 
     def encode(self, messages: Sequence[dict[str, Any]], tokenizer: Any, add_generation_prompt: bool = True,
                tools: Sequence[dict] | None = None, **kwargs: Any) -> list[int]:
-        """Token ids of the rendered conversation: the template's text with its control tokens,
-        control strings inside messages and tools as plain text."""
+        """Token ids of the rendered conversation: the template's text with its control tokens, and
+        control strings a user typed into messages or tools as plain text (a user cannot forge a
+        turn) — unless marking them would change what the template renders (a template that
+        parses content, such as Qwen3's split at ``</think>``); then the ids are those of
+        `apply_chat_template(..., tokenize=True)`."""
         ids, _ = self._encode_spans(messages, tokenizer, add_generation_prompt, tools, kwargs, mask=False)
         return ids
 
@@ -263,11 +266,18 @@ class JinjaChatTemplate:
         from lmkit.tokenizers.chat_template import _adapter
 
         encode, _ = _adapter(tokenizer)
+        text = self.render(messages, add_generation_prompt, tools, **kwargs)
         pattern = _control_pattern(tokenizer)
-        marked = _mark(messages, pattern)
-        marked_tools = _mark(list(tools), pattern) if tools is not None else None
-        text = self.render(marked, add_generation_prompt, marked_tools, **kwargs)
-        spans = self._assistant_spans(marked, text, marked_tools, kwargs) if mask else []
+        if pattern is not None and (pattern.search(json.dumps(_plain(list(messages)), ensure_ascii=False))
+                                    or (tools is not None and pattern.search(json.dumps(_plain(list(tools)))))):
+            marked = _mark(messages, pattern)
+            marked_tools = _mark(list(tools), pattern) if tools is not None else None
+            marked_text = self.render(marked, add_generation_prompt, marked_tools, **kwargs)
+            # a template that parses content (e.g. splits at </think>) may see the marks: then the
+            # text transformers renders wins, and control strings in it stay control tokens
+            if marked_text.replace(_MARK_START, "").replace(_MARK_END, "") == text:
+                messages, tools, text = marked, marked_tools, marked_text
+        spans = self._assistant_spans(messages, text, tools, kwargs) if mask else []
         ids: list[int] = []
         flags: list[int] = []
         cuts = sorted({0, len(text), *(p for s in spans for p in s)})
