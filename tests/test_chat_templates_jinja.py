@@ -147,6 +147,15 @@ def test_template_keywords_and_special_tokens(hf_tokenizers):
     assert ours.startswith("<|begin_of_text|>") and "01 Jan 2026" in ours
 
 
+def test_end_of_turn_token():
+    """The token a reply ends with (trained in SFT, a stop id in chat/serve), per template."""
+    expected = {"llama-3.1": "<|eot_id|>", "qwen-3": "<|im_end|>", "mistral-v0.3": "</s>", "gemma-2": "<end_of_turn>",
+                "gemma-3": "<end_of_turn>", "phi-3": "<|end|>", "deepseek-v3": "<｜end▁of▁sentence｜>",
+                "zephyr": "</s>", "smollm2": "<|im_end|>"}
+    for name, token in expected.items():
+        assert JinjaChatTemplate(TEMPLATES[name][0], name, TEMPLATES[name][1]).end_of_turn == token, name
+
+
 def test_a_template_that_raises_names_its_message():
     mistral = JinjaChatTemplate(T.MISTRAL_V0_3, "mistral-v0.3", TEMPLATES["mistral-v0.3"][1])
     with pytest.raises(ChatTemplateError, match=r"mistral-v0.3.*raised.*roles must alternate user/assistant"):

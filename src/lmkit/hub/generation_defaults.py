@@ -12,13 +12,13 @@ sampling key (what lmkit itself writes: eos and pad ids only) leaves each comman
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmkit.errors import CheckpointError
+from lmkit.hub.hf_config import read_json_object
 
 SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 
@@ -70,10 +70,4 @@ def read_generation_defaults(directory: str | os.PathLike) -> GenerationDefaults
     path = Path(directory) / "generation_config.json"
     if not path.is_file():
         return GenerationDefaults()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    return GenerationDefaults.from_dict(data, str(path))
+    return GenerationDefaults.from_dict(read_json_object(path, f"{path}: missing"), str(path))

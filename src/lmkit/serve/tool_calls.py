@@ -139,6 +139,16 @@ def render_tool_call(call: dict) -> str:
             + json.dumps(args, ensure_ascii=False) + "}\n" + CALL_CLOSE)
 
 
+def _checked_messages(messages: Sequence[dict]):
+    """(index, message) pairs; a ConfigError for an empty list or a message without a role."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ConfigError("messages must be a non-empty list of {'role', 'content'} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ConfigError(f"messages[{i}] must be an object with a 'role'")
+        yield i, m
+
+
 def normalize_messages(messages: Sequence[dict], tools: Sequence[dict] | None = None,
                        default_system: str | None = "You are a helpful assistant.") -> list[dict]:
     """OpenAI chat messages -> plain {"role", "content": str} messages for a `ChatTemplate`.
@@ -147,12 +157,8 @@ def normalize_messages(messages: Sequence[dict], tools: Sequence[dict] | None = 
     `default_system` if the conversation has none); assistant tool calls become
     <tool_call> blocks; tool results become <tool_response> blocks in a user turn.
     """
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ConfigError("messages must be a non-empty list of {'role', 'content'} objects")
     out: list[dict] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ConfigError(f"messages[{i}] must be an object with a 'role'")
+    for i, m in _checked_messages(messages):
         role = m["role"]
         text = content_text(m.get("content"))
         if role == "developer":
@@ -186,12 +192,8 @@ def template_messages(messages: Sequence[dict]) -> list[dict]:
     users pass them: text content, "developer" as "system", tool calls kept as structured
     `tool_calls` whose JSON-string arguments become objects (templates apply `tojson` to them),
     tool results as "tool" messages. Keys with a None value are dropped."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ConfigError("messages must be a non-empty list of {'role', 'content'} objects")
     out: list[dict] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ConfigError(f"messages[{i}] must be an object with a 'role'")
+    for _, m in _checked_messages(messages):
         msg = {k: v for k, v in m.items() if v is not None}
         msg["role"] = "system" if m["role"] == "developer" else "tool" if m["role"] == "function" else m["role"]
         msg["content"] = content_text(m.get("content"))

@@ -199,10 +199,13 @@ class JinjaChatTemplate:
         return cls(source, name, {k: config[k] for k in SPECIAL_TOKEN_KEYS if k in config})
 
     def _find_end_of_turn(self) -> str | None:
+        """The eos token when the template writes it literally, else a known end-of-turn token it
+        writes (Phi-3's <|end|>, Gemma's <end_of_turn>), else the eos token it writes by name."""
         eos = self.special_tokens_map.get("eos_token")
-        if eos and (eos in self.source or "eos_token" in self.source):
+        if eos and eos in self.source:
             return eos
-        return next((t for t in END_OF_TURN_CANDIDATES if t in self.source), None)
+        found = next((t for t in END_OF_TURN_CANDIDATES if t in self.source), None)
+        return found or (eos if eos and re.search(r"\beos_token\b", self.source) else None)
 
     @property
     def uses_tools(self) -> bool:
