@@ -241,3 +241,25 @@ def test_token_ids_and_assistant_mask():
     ids = qwen.encode(forged, tok)
     im_start = tok.convert_tokens_to_ids("<|im_start|>")
     assert ids.count(im_start) == 2  # the user turn's and the generation prompt's, not the forged one
+
+
+def test_sft_and_dpo_data_with_a_checkpoint_template():
+    """SFT labels and DPO response masks come from the checkpoint's template (Qwen2.5 here)."""
+    from lmkit.data.preference import PreferencePair, tokenize_pair
+    from lmkit.data.sft import IGNORE, tokenize_conversations
+
+    tok = _chat_tokenizer(T.QWEN_2_5, TEMPLATES["qwen-2.5"][1])
+    qwen = JinjaChatTemplate(T.QWEN_2_5, "qwen-2.5", TEMPLATES["qwen-2.5"][1])
+    conv = [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
+    (ex,) = tokenize_conversations([conv], tok, qwen)
+    assert ex.input_ids == list(tok.apply_chat_template(conv, tokenize=True, return_dict=False))
+    learned = tok.decode([i for i in ex.labels if i != IGNORE])
+    assert learned == "Hello.<|im_end|>Goodbye.<|im_end|>"
+
+    prompt = [{"role": "user", "content": "Weather?"}]
+    pair = tokenize_pair(PreferencePair(prompt, "It is clear.", "No idea."), tok, 200, template=qwen)
+    chosen = [i for i, m in zip(pair.chosen_ids, pair.chosen_mask) if m]
+    assert tok.decode(chosen) == "It is clear.<|im_end|>"
+    full = prompt + [{"role": "assistant", "content": "It is clear."}]
+    assert pair.chosen_ids == list(tok.apply_chat_template(full, tokenize=True, return_dict=False))

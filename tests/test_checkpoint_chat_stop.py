@@ -54,12 +54,12 @@ def _build_checkpoint(path: Path, seed: int) -> list[int]:
     _tokenizer_json(path)
     (path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": QWEN_3, "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>", "bos_token": None, "model_max_length": 256}), encoding="utf-8")
+        "pad_token": "<|endoftext|>", "bos_token": None, "model_max_length": 1024}), encoding="utf-8")
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(path))
     vocab = len(hf_tok)
     cfg = transformers.AutoConfig.for_model(
         MODEL_TYPE, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"))
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
@@ -141,7 +141,7 @@ def test_chat_cli_and_server_stop_where_transformers_stops(checkpoint, server):
                           capture_output=True, text=True, timeout=120, env=_env())
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert chat.stdout == text + "\n"  # greedy (do_sample false) and stopped on the second eos id
-    assert "template" in chat.stderr and model_dir.name in chat.stderr  # the checkpoint's own template
+    assert "(checkpoint template)" in chat.stderr  # the checkpoint's own template, not the built-in ChatML
 
     _wait_up(proc, url)
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
@@ -154,6 +154,15 @@ def test_chat_cli_and_server_stop_where_transformers_stops(checkpoint, server):
     prompt = hf_tok.apply_chat_template([{"role": "user", "content": USER}], add_generation_prompt=True,
                                         tokenize=True, return_dict=False)
     assert r.usage.prompt_tokens == len(prompt)  # the same prompt, rendered from the Qwen3 template
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    with_tools = client.chat.completions.create(model="qwen-ckpt", messages=[{"role": "user", "content": USER}],
+                                                tools=tools, max_tokens=2)
+    prompt = hf_tok.apply_chat_template([{"role": "user", "content": USER}], tools=tools, add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    assert with_tools.usage.prompt_tokens == len(prompt)  # the tools are written by the Qwen3 template itself
 
     sampled = client.chat.completions.create(model="qwen-ckpt", messages=[{"role": "user", "content": USER}],
                                              max_tokens=3, temperature=1.5, seed=1)  # an explicit request wins

@@ -100,5 +100,5 @@ def checkpoint_template(directory: str | os.PathLike | None, tokenizer: Any = No
     for builtin in TEMPLATES.values():
         if source == builtin.to_jinja():
             return builtin
-    label = Path(directory).name + ("" if chosen == "default" else f":{chosen}")
+    label = "checkpoint" if chosen == "default" else f"checkpoint:{chosen}"
     return JinjaChatTemplate(source, label, special_tokens_of(directory))
