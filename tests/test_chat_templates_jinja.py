@@ -54,6 +54,8 @@ CONVERSATIONS = {  # name: (messages, tools)
     "system-multi-turn": ([SYSTEM, {"role": "user", "content": "Hi"},
                            {"role": "assistant", "content": "<think>\nThe user greets.\n</think>\n\nHello."},
                            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}], None),
+    "reasoning": ([{"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": "Hello.", "reasoning": "The user greets."}], None),
     "tool-call": ([SYSTEM, {"role": "user", "content": "Weather in Paris?"},
                    {"role": "assistant", "content": "", "tool_calls": [CALL]},
                    {"role": "tool", "tool_call_id": "call12345", "name": "get_weather",

@@ -59,7 +59,8 @@ def _build_checkpoint(path: Path, seed: int) -> list[int]:
     vocab = len(hf_tok)
     cfg = transformers.AutoConfig.for_model(
         MODEL_TYPE, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+        tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"))
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()

@@ -94,7 +94,8 @@ def checkpoint_template(directory: str | os.PathLike | None, tokenizer: Any = No
     elif name in templates:
         chosen = name
     else:
-        where = f"; {directory} has {sorted(templates)}" if templates else f"; {directory} has none" if directory else ""
+        where = (f"; {directory} has {sorted(templates)}" if templates
+                 else f"; {directory} has none" if directory else "")
         raise TokenizerError(f"unknown chat template {name!r}: built-in ones are {sorted(TEMPLATES)}{where}")
     source = templates[chosen]
     for builtin in TEMPLATES.values():

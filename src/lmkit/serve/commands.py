@@ -153,7 +153,8 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
               help="0: greedy (default: generation_config.json's, else 0.7).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Nucleus mass (default: generation_config.json's, else 0.95).")
-@click.option("--top-k", type=click.IntRange(0), default=None, help="Keep the k best (default: generation_config.json's).")
+@click.option("--top-k", type=click.IntRange(0), default=None,
+              help="Keep the k best (default: generation_config.json's).")
 @click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None,
               help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None)

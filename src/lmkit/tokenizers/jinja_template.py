@@ -15,7 +15,9 @@ templates against `apply_chat_template`):
   ``sort_keys``), ``dict`` and a ``namespace`` that refuses underscore names;
 - the variables ``messages``, ``add_generation_prompt``, ``tools``, ``documents`` and the
   tokenizer's special tokens (``bos_token``, ``eos_token`` ...), plus any extra keywords
-  (``enable_thinking`` ...). Message keys whose value is None are dropped, as transformers does.
+  (``enable_thinking`` ...). Message keys whose value is None are dropped and a message's
+  reasoning (``reasoning_content``, ``thinking`` or ``reasoning``) is offered under the first two
+  names, as transformers does.
 
 A template that calls ``raise_exception`` (e.g. "Conversation roles must alternate
 user/assistant/user/assistant/...") or fails otherwise gives a `ChatTemplateError` naming
@@ -39,6 +41,7 @@ _MARK_START, _MARK_END = "\ue000", "\ue001"
 # End-of-turn tokens of the published templates, tried in this order when the template text holds one.
 END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<｜end▁of▁sentence｜>",
                           "<|endoftext|>", "</s>")
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # a message's reasoning, by its names
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -186,7 +189,8 @@ class JinjaChatTemplate:
         try:
             compile_template(self.source)
         except Exception as exc:  # jinja2.TemplateSyntaxError and friends
-            raise ChatTemplateError(f"chat template {self.name!r} does not compile: {type(exc).__name__}: {exc}") from exc
+            raise ChatTemplateError(
+                f"chat template {self.name!r} does not compile: {type(exc).__name__}: {exc}") from exc
         specials = {k: t for k, v in dict(self.special_tokens_map).items()
                     if k in SPECIAL_TOKEN_KEYS and (t := _special_token_text(v)) is not None}
         object.__setattr__(self, "special_tokens_map", specials)
@@ -225,7 +229,11 @@ class JinjaChatTemplate:
         for i, m in enumerate(messages):
             if not isinstance(m, dict):
                 raise TokenizerError(f"message {i} must be a dict with 'role' and 'content', got {type(m).__name__}")
-            msgs.append({k: v for k, v in m.items() if v is not None})
+            m = {k: v for k, v in m.items() if v is not None}
+            reasoning = next((m[k] for k in REASONING_FIELDS if k in m), None)
+            if reasoning is not None:  # templates read reasoning_content (gpt-oss: thinking), as transformers fills
+                m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+            msgs.append(m)
         return self._render(_plain(msgs), add_generation_prompt, tools, documents, kwargs)
 
     def _render(self, msgs: list, add_generation_prompt: bool, tools, documents, kwargs: dict) -> str:
