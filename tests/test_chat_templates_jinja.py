@@ -178,16 +178,18 @@ def test_checkpoint_files_named_templates_and_jinja_file(tmp_path):
     specials = TEMPLATES["llama-3.1"][1]
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", **specials,
-        "chat_template": [{"name": "default", "template": T.LLAMA_3_1}, {"name": "rag", "template": T.ZEPHYR}]}),
-        encoding="utf-8")
+        "chat_template": [{"name": "default", "template": T.LLAMA_3_1}, {"name": "rag", "template": T.ZEPHYR},
+                          {"name": "tool_use", "template": T.QWEN_2_5}]}), encoding="utf-8")
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     messages, tools = CONVERSATIONS["tool-call"]
-    assert sorted(read_chat_templates(tmp_path)) == ["default", "rag"]
+    assert sorted(read_chat_templates(tmp_path)) == ["default", "rag", "tool_use"]
     for name in (None, "rag"):
         ours = checkpoint_template(tmp_path, None, name)
-        expected = hf.apply_chat_template(messages, tools=tools, chat_template=name, tokenize=False,
-                                          add_generation_prompt=True)
-        assert ours.render(messages, True, tools=tools) == expected
+        for with_tools in (None, tools):  # with tools and no name, transformers picks "tool_use"
+            expected = hf.apply_chat_template(messages, tools=with_tools, chat_template=name, tokenize=False,
+                                              add_generation_prompt=True)
+            got = ours.for_tools(with_tools).render(messages, True, tools=with_tools)
+            assert got == expected, (name, with_tools is None)
     assert checkpoint_template(tmp_path, None, "chatml") is CHATML  # a built-in by name
     with pytest.raises(TokenizerError, match="unknown chat template 'nope'.*rag"):
         checkpoint_template(tmp_path, None, "nope")

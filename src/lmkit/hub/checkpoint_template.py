@@ -9,8 +9,9 @@ A checkpoint's template lives in (later ones win, as in transformers):
 `checkpoint_template(directory, tokenizer, name)` is the one policy every command uses
 (generate, chat, serve, sft, dpo and the other alignment commands, RAG, agents):
   - "chatml" / "llama3": lmkit's built-in template (for models that have none);
-  - None or "auto": the checkpoint's default template, else the built-in template whose
-    control tokens the tokenizer has (ChatML first), else ChatML;
+  - None or "auto": the checkpoint's default template (and its "tool_use" one for requests with
+    tools, as transformers picks), else the built-in template whose control tokens the tokenizer
+    has (ChatML first), else ChatML;
   - any other name: that named template of the checkpoint.
 A checkpoint template whose text is exactly a built-in's Jinja (what lmkit itself writes) is
 that built-in, so lmkit's own checkpoints behave as before.
@@ -102,4 +103,8 @@ def checkpoint_template(directory: str | os.PathLike | None, tokenizer: Any = No
         if source == builtin.to_jinja():
             return builtin
     label = "checkpoint" if chosen == "default" else f"checkpoint:{chosen}"
-    return JinjaChatTemplate(source, label, special_tokens_of(directory))
+    specials = special_tokens_of(directory)
+    tool_use = None
+    if chosen == "default" and "tool_use" in templates:  # transformers renders requests with tools with it
+        tool_use = JinjaChatTemplate(templates["tool_use"], "checkpoint:tool_use", specials)
+    return JinjaChatTemplate(source, label, specials, tool_use=tool_use)

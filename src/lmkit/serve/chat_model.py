@@ -89,6 +89,8 @@ def prepare_chat(model, tokenizer, template, messages: Sequence[dict], *, tools:
         tools = None
     shown = validate_tools(tools) if tools and tool_choice != "none" else None
     try:
+        if isinstance(tpl, JinjaChatTemplate):
+            tpl = tpl.for_tools(shown)
         if isinstance(tpl, JinjaChatTemplate) and (shown is None or tpl.uses_tools):
             # the checkpoint's own template writes the tools and tool calls in its model's format
             ids = tpl.encode(template_messages(messages), tokenizer, add_generation_prompt=True, tools=shown)

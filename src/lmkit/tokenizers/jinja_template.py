@@ -182,6 +182,7 @@ class JinjaChatTemplate:
     end_of_turn: str | None = None  # the token a reply ends with; None: found in the template text
     default_system: None = None  # the template writes its own default system prompt, if any
     special_tokens: tuple[str, ...] = ()  # nothing to check: the checkpoint's tokenizer ships its tokens
+    tool_use: "JinjaChatTemplate | None" = None  # the checkpoint's "tool_use" template, for requests with tools
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -218,6 +219,11 @@ class JinjaChatTemplate:
 
     def to_jinja(self) -> str:
         return self.source
+
+    def for_tools(self, tools: Sequence[dict] | None) -> "JinjaChatTemplate":
+        """The template for a request: the "tool_use" one when tools are given and the checkpoint
+        has it (transformers' choice), else this one."""
+        return self.tool_use if tools is not None and self.tool_use is not None else self
 
     # ---- rendering --------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False,
