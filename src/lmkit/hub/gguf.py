@@ -285,12 +285,12 @@ def export_gguf_dir(model_dir: str | os.PathLike, path: str | os.PathLike, ftype
 
 
 def _saved_template(model_dir: str | os.PathLike) -> str | None:
-    """The Jinja chat template of the checkpoint's tokenizer_config.json, if it has one."""
-    import json
+    """The checkpoint's default Jinja chat template (tokenizer_config.json, a list of named ones,
+    or chat_template.jinja), if it has one."""
+    from lmkit.errors import TokenizerError
+    from lmkit.hub.checkpoint_template import read_chat_templates
 
-    path = Path(model_dir) / "tokenizer_config.json"
     try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-    except (OSError, ValueError, AttributeError):
+        return read_chat_templates(model_dir).get("default")
+    except (OSError, TokenizerError):
         return None
-    return template if isinstance(template, str) else None
