@@ -59,6 +59,9 @@ class LocalLM:
                 ctx, cont = pairs[i]
                 if not ctx or not cont:
                     raise ValueError("a log-likelihood request needs a non-empty context and continuation")
+                if len(cont) > self.max_length:
+                    raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's context of "
+                                     f"{self.max_length} tokens (lm-eval refuses it too)")
                 inps.append((ctx + cont)[-(self.max_length + 1):][:-1])
             width = max(len(x) for x in inps)
             batch = torch.zeros(len(inps), width, dtype=torch.long, device=device)

@@ -15,7 +15,7 @@ def results_document(task_results: list[TaskResult], model: str, extra: dict | N
                            "higher_is_better": {}, "n-samples": {}}
     for r in task_results:
         name = r.config.task
-        doc["results"][name] = {"alias": name, **r.metrics}
+        doc["results"][name] = {"name": name, "alias": name, "sample_len": len(r.samples), **r.metrics}
         doc["group_subtasks"][name] = []
         doc["configs"][name] = {**r.config.to_dict(), "num_fewshot": r.num_fewshot}
         version = (r.config.metadata or {}).get("version")
@@ -32,7 +32,9 @@ def results_document(task_results: list[TaskResult], model: str, extra: dict | N
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1e6 else f"{v:.4e}"
+    return str(v)
 
 
 def results_table(doc: dict[str, Any]) -> str:
@@ -41,7 +43,7 @@ def results_table(doc: dict[str, Any]) -> str:
     for task, res in doc["results"].items():
         hib = doc["higher_is_better"].get(task, {})
         for key, value in res.items():
-            if key == "alias" or "_stderr," in key:
+            if "," not in key or "_stderr," in key:
                 continue
             metric, _, filt = key.partition(",")
             err = res.get(f"{metric}_stderr,{filt}", "N/A")
