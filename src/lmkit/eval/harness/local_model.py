@@ -49,33 +49,40 @@ class LocalLM:
     # -- log-likelihoods ---------------------------------------------------------------------
     @torch.no_grad()
     def _score_tokens(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        """Batches as lm-eval's Collator makes them, so even float32 rounding matches: requests
+        with the same ``context + continuation[:-1]`` (the same model input) run once, as the one
+        with the longest continuation; the rest sorted by (-length, tokens), `batch_size` a batch."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            if not ctx or not cont:
+                raise ValueError("a log-likelihood request needs a non-empty context and continuation")
+            if len(cont) > self.max_length:
+                raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's context of "
+                                 f"{self.max_length} tokens (lm-eval refuses it too)")
+            groups.setdefault(tuple(ctx + cont[:-1]), []).append(i)
+        reps = [max(members, key=lambda i: len(pairs[i][1])) for members in groups.values()]
+        members_of = {rep: members for rep, members in zip(reps, groups.values())}
+        reps.sort(key=lambda i: (-(len(pairs[i][0]) + len(pairs[i][1])), tuple(pairs[i][0] + pairs[i][1])))
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         device = next(self.model.parameters()).device
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            inps = []
-            for i in idx:
-                ctx, cont = pairs[i]
-                if not ctx or not cont:
-                    raise ValueError("a log-likelihood request needs a non-empty context and continuation")
-                if len(cont) > self.max_length:
-                    raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's context of "
-                                     f"{self.max_length} tokens (lm-eval refuses it too)")
-                inps.append((ctx + cont)[-(self.max_length + 1):][:-1])
+        for start in range(0, len(reps), self.batch_size):
+            idx = reps[start:start + self.batch_size]
+            inps = [(pairs[i][0] + pairs[i][1])[-(self.max_length + 1):][:-1] for i in idx]
             width = max(len(x) for x in inps)
             batch = torch.zeros(len(inps), width, dtype=torch.long, device=device)
             for r, x in enumerate(inps):
                 batch[r, :len(x)] = torch.tensor(x, dtype=torch.long)
-            logits = self.model(batch).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for r, i in enumerate(idx):
-                cont = pairs[i][1]
+            logp = torch.log_softmax(self.model(batch).logits.float(), dim=-1)
+            for r, rep in enumerate(idx):
                 inplen = len(inps[r])
-                lp = logp[r, inplen - len(cont):inplen]
-                target = torch.tensor(cont, dtype=torch.long, device=device)
-                greedy = bool((lp.argmax(-1) == target).all())
-                out[i] = (float(lp.gather(-1, target[:, None]).sum()), greedy)
+                rows = logp[r, inplen - len(pairs[rep][1]):inplen]
+                greedy_ids = rows.argmax(-1)
+                for i in members_of[rep]:
+                    cont = pairs[i][1]
+                    target = torch.tensor(cont, dtype=torch.long, device=device)
+                    lp = rows[-len(cont):]
+                    out[i] = (float(lp.gather(-1, target[:, None]).squeeze(-1).sum()),
+                              bool((greedy_ids[-len(cont):] == target).all()))
         return out  # type: ignore[return-value]
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
@@ -88,7 +95,9 @@ class LocalLM:
             for w in rolling_token_windows(self.tok.encode(text), self.tok.prefix_token_id, self.max_length):
                 windows.append(disjoint_window(w))
                 owner.append(n)
-        scores = self._score_tokens(windows)
+        scores: list[tuple[float, bool]] = []
+        for start in range(0, len(windows), self.batch_size):  # lm-eval scores windows chunk by chunk
+            scores.extend(self._score_tokens(windows[start:start + self.batch_size]))
         totals = [0.0] * len(texts)
         for n, (ll, _) in zip(owner, scores):
             totals[n] += ll
