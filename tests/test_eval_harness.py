@@ -9,14 +9,13 @@ generations equal, metrics identical.
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import sys
 
 import pytest
 import torch
 
-from lmkit.eval.harness import LocalLM, TaskConfigError, load_task_config, results_document, run_task
+from lmkit.eval.harness import (LocalLM, TaskConfigError, evaluate_tasks, load_task_config, results_document,
+                                run_task)
 from lmkit.eval.harness.bundled_tasks import bundled_task_names, resolve_task_files
 from lmkit.eval.harness.documents import load_splits
 from lmkit.eval.harness.fewshot import FewshotSampler
@@ -48,9 +47,10 @@ def setup(tmp_path_factory):
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                       max_seq_len=48, model_type="llama", tie_embeddings=False)
     save_pretrained(DecoderLM(cfg).eval(), d / "ckpt", tokenizer=tok)
+    words = ["quick", "brown", "lazy", "hello", "world", "there"]
     _jsonl(d / "mc.jsonl", [{"q": f"the {w} fox", "choices": ["jumps", "dog over", "hello there", "lazy"],
-                             "label": i % 4} for i, w in enumerate(["quick", "brown", "lazy", "hello", "world", "there"])])
-    _jsonl(d / "roll.jsonl", [{"text": " ".join(["the quick brown fox jumps over the lazy dog"] * k)} for k in (1, 2, 5, 9)])
+                             "label": i % 4} for i, w in enumerate(words)])
+    _jsonl(d / "roll.jsonl", [{"text": " ".join([TEXT[0]] * k)} for k in (1, 2, 5, 9)])
     # half the gold answers are the model's own greedy text, so exact_match is not trivially 0
     from lmkit.eval.harness.generation_kwargs import generation_request
 
@@ -75,7 +75,8 @@ metric_list:
   - metric: acc
   - metric: acc_norm
 """)
-    _yaml(tasks / "t_roll.yaml", "task: t_roll\n" + head.format(f=d / "roll.jsonl") + """output_type: loglikelihood_rolling
+    _yaml(tasks / "t_roll.yaml", "task: t_roll\n" + head.format(f=d / "roll.jsonl") + """\
+output_type: loglikelihood_rolling
 doc_to_text: ""
 doc_to_target: "{{text}}"
 metric_list:
@@ -109,7 +110,7 @@ output_type: loglikelihood
 doc_to_text: "{{question}}"
 doc_to_target: "{{answer}}"
 """)
-    results = [run_task(model, load_task_config(tasks / f"{t}.yaml")) for t in TASKS]
+    results = evaluate_tasks(model, [load_task_config(tasks / f"{t}.yaml") for t in TASKS])
     return d, model, results_document(results, "tiny", log_samples=True)
 
 

@@ -171,7 +171,7 @@ def eval_run(model_dir, base_url, model_name, api_key, tasks, num_fewshot, limit
     """Run lm-evaluation-harness YAML tasks; print a table and write lm-eval's results JSON."""
     from lmkit.errors import LmkitError
     from lmkit.eval.harness.bundled_tasks import resolve_task_files
-    from lmkit.eval.harness.evaluator import run_task
+    from lmkit.eval.harness.evaluator import evaluate_tasks
     from lmkit.eval.harness.results import results_document, results_table
     from lmkit.eval.harness.task_config import load_task_config
 
@@ -196,7 +196,7 @@ def eval_run(model_dir, base_url, model_name, api_key, tasks, num_fewshot, limit
             from lmkit.eval.harness.endpoint_model import EndpointLM
 
             model = EndpointLM(base_url, model_name, api_key)
-        results = [run_task(model, cfg, num_fewshot, lim, seed) for cfg in configs]
+        results = evaluate_tasks(model, configs, num_fewshot, lim, seed)
     except (LmkitError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     doc = results_document(results, model.name, {"batch_size": batch_size, "limit": limit, "fewshot_seed": seed,

@@ -96,8 +96,8 @@ class MetricSpec:
         self.higher_is_better = bool(entry.get("higher_is_better", default_hib))
         self.kwargs = {k: v for k, v in entry.items() if k not in ("metric", "aggregation", "higher_is_better",
                                                                      "hf_evaluate")}
-        allowed = {"regexes_to_ignore", "ignore_case", "ignore_punctuation", "ignore_numbers"} if name == "exact_match" \
-            else set()
+        allowed = ({"regexes_to_ignore", "ignore_case", "ignore_punctuation", "ignore_numbers"}
+                   if name == "exact_match" else set())
         bad = set(self.kwargs) - allowed
         if bad:
             raise TaskConfigError(f"{where}: metric {name!r} does not take {sorted(bad)}")

@@ -69,7 +69,8 @@ class PromptFields:
         if isinstance(spec, (int, list)):
             return spec
         if not isinstance(spec, str):
-            raise TaskConfigError(f"{self.cfg.source}: doc_to_target must be a field name, a template, an int or a list")
+            raise TaskConfigError(f"{self.cfg.source}: doc_to_target must be a field name, a template, "
+                                  "an int or a list")
         if spec in self.features:
             return doc[spec]
         out = render(spec, doc, self.cfg.source)
@@ -97,7 +98,8 @@ class PromptFields:
             try:
                 out = ast.literal_eval(text)
             except (SyntaxError, ValueError):
-                raise TaskConfigError(f"{self.cfg.source}: doc_to_choice rendered {text!r}, not a Python list") from None
+                raise TaskConfigError(f"{self.cfg.source}: doc_to_choice rendered {text!r}, "
+                                      "not a Python list") from None
         if not isinstance(out, list):
             raise TaskConfigError(f"{self.cfg.source}: doc_to_choice must give a list, got {type(out).__name__}")
         return out

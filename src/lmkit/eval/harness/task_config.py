@@ -95,8 +95,9 @@ class TaskConfig:
                                                              for m in self.metric_list):
             raise TaskConfigError(f"{where}: metric_list must be a list of mappings, each with a `metric` key")
         if self.filter_list is not None:
-            if not isinstance(self.filter_list, list) or not all(
-                    isinstance(f, dict) and "name" in f and isinstance(f.get("filter"), list) for f in self.filter_list):
+            ok = isinstance(self.filter_list, list) and all(
+                isinstance(f, dict) and "name" in f and isinstance(f.get("filter"), list) for f in self.filter_list)
+            if not ok:
                 raise TaskConfigError(f"{where}: filter_list must be a list of {{name, filter: [...]}} mappings")
         if not isinstance(self.fewshot_config, dict):
             raise TaskConfigError(f"{where}: fewshot_config must be a mapping")
