@@ -288,3 +288,27 @@ def test_oracle_lm_eval_simple_evaluate(setup):
         for key, value in theirs["results"][task].items():
             if "," in key and "_stderr" not in key:
                 assert ours["results"][task][key] == pytest.approx(value, rel=1e-9, abs=0), (task, key)
+
+
+def test_endpoint_on_lmkit_server_generates_like_local(setup):
+    """generate_until over HTTP (lmkit's own server, the openai client) gives the local greedy text;
+    log-likelihood tasks stop with a clear error, since lmkit's server returns no prompt logprobs."""
+    pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from test_serve_util import LiveServer
+
+    from lmkit.eval.harness.endpoint_model import EndpointError, EndpointLM
+    from lmkit.serve.app import create_app
+    from lmkit.serve.engine import Engine
+
+    d, local, _ = setup
+    app = create_app(Engine(local.model, local.tok.tokenizer, max_batch_size=2), model_name="tiny")
+    with LiveServer(app) as live:
+        remote = EndpointLM(live.url + "/v1")
+        assert remote.model == "tiny"
+        gen = load_task_config(d / "tasks" / "t_gen.yaml")
+        ours, theirs = run_task(local, gen), run_task(remote, gen)
+        assert [s["resps"] for s in theirs.samples] == [s["resps"] for s in ours.samples]
+        assert theirs.metrics == ours.metrics
+        with pytest.raises(EndpointError, match="does not return log-probabilities of the prompt"):
+            run_task(remote, load_task_config(d / "tasks" / "t_ll.yaml"))
