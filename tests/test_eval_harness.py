@@ -261,16 +261,16 @@ def test_endpoint_loglikelihood_from_echoed_logprobs():
         lm.loglikelihood([("a", " b")])
 
 
-@pytest.mark.slow
-def test_oracle_lm_eval_simple_evaluate(setup):
-    """Per-item log-likelihoods within 1e-4 of lm-eval's HFLM on the same files; metrics identical."""
+def _lm_eval(model_dir, tasks_dir):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    d, _, ours = setup
-    theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={d / 'ckpt'},dtype=float32",
-                                     tasks=list(TASKS), task_manager=TaskManager(include_path=str(d / "tasks")),
-                                     log_samples=True, batch_size=4, device="cpu")
+    return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32",
+                                   tasks=list(TASKS), task_manager=TaskManager(include_path=str(tasks_dir)),
+                                   log_samples=True, batch_size=4, device="cpu")
+
+
+def _assert_same_as_lm_eval(ours, theirs):
     for task in TASKS:
         mine = {x["doc_id"]: x for x in ours["samples"][task]}
         assert {b["doc_id"] for b in theirs["samples"][task]} == set(mine)
@@ -289,6 +289,40 @@ def test_oracle_lm_eval_simple_evaluate(setup):
             if "," in key and "_stderr" not in key:
                 assert ours["results"][task][key] == pytest.approx(value, rel=1e-9, abs=0), (task, key)
 
+
+@pytest.mark.slow
+def test_oracle_lm_eval_simple_evaluate(setup):
+    """Per-item log-likelihoods within 1e-4 of lm-eval's HFLM on the same files; metrics identical."""
+    d, _, ours = setup
+    _assert_same_as_lm_eval(ours, _lm_eval(d / "ckpt", d / "tasks"))
+
+
+@pytest.mark.slow
+def test_oracle_lm_eval_with_a_bos_adding_tokenizer(setup, tmp_path):
+    """The same with a tokenizer whose post-processor puts BOS before every text (as Llama's does)."""
+    d, _, _ = setup
+    ckpt = tmp_path / "bos"
+    shutil.copytree(d / "ckpt", ckpt)
+    tj = json.loads((ckpt / "tokenizer.json").read_text())
+    bos = next(t for t in tj["added_tokens"] if t["content"] == "<|im_start|>")
+    piece = {"SpecialToken": {"id": bos["content"], "type_id": 0}}
+    tj["post_processor"] = {"type": "TemplateProcessing", "single": [piece, {"Sequence": {"id": "A", "type_id": 0}}],
+                            "pair": [piece, {"Sequence": {"id": "A", "type_id": 0}},
+                                     {"Sequence": {"id": "B", "type_id": 1}}],
+                            "special_tokens": {bos["content"]: {"id": bos["content"], "ids": [bos["id"]],
+                                                                "tokens": [bos["content"]]}}}
+    (ckpt / "tokenizer.json").write_text(json.dumps(tj))
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        cfg = json.loads((ckpt / name).read_text())
+        cfg["bos_token"] = bos["content"]
+        if "add_bos_token" in cfg:
+            cfg["add_bos_token"] = True
+        (ckpt / name).write_text(json.dumps(cfg))
+    model = LocalLM.from_checkpoint(ckpt, batch_size=4)
+    assert model.tok.encode("hello")[0] == bos["id"]
+    ours = results_document(evaluate_tasks(model, [load_task_config(d / "tasks" / f"{t}.yaml") for t in TASKS]),
+                            "bos", log_samples=True)
+    _assert_same_as_lm_eval(ours, _lm_eval(ckpt, d / "tasks"))
 
 def test_endpoint_on_lmkit_server_generates_like_local(setup):
     """generate_until over HTTP (lmkit's own server, the openai client) gives the local greedy text;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from lmkit.eval.harness.prompt_fields import PromptFields
+from lmkit.eval.harness.prompt_fields import PromptFields, render
 from lmkit.eval.harness.task_config import TaskConfig, TaskConfigError
 
 DEFAULT_FEWSHOT_SEED = 1234
@@ -57,8 +57,7 @@ def _answer_text(choices: list | None, answer: Any) -> str:
 def build_context(cfg: TaskConfig, fields: PromptFields, doc: dict, num_fewshot: int,
                   sampler: FewshotSampler | None, exclude_self: bool) -> str:
     """The prompt of `doc` with `num_fewshot` solved examples before it."""
-    parts = [fields.text(doc, cfg.description) if cfg.description and cfg.description in fields.features
-             else (_render_description(cfg, doc))]
+    parts = [_description(cfg, fields, doc)]
     if num_fewshot > 0:
         if sampler is None:
             raise TaskConfigError(f"{cfg.source}: num_fewshot > 0 but the task has no documents to draw shots from")
@@ -78,9 +77,10 @@ def build_context(cfg: TaskConfig, fields: PromptFields, doc: dict, num_fewshot:
     return "".join(parts)
 
 
-def _render_description(cfg: TaskConfig, doc: dict) -> str:
+def _description(cfg: TaskConfig, fields: PromptFields, doc: dict) -> str:
+    """lm-eval's `resolve_field`: a field's value, else the rendered template."""
     if not cfg.description:
         return ""
-    from lmkit.eval.harness.prompt_fields import render
-
+    if cfg.description in fields.features:
+        return str(doc[cfg.description])
     return render(cfg.description, doc, cfg.source)

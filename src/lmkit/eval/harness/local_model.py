@@ -80,7 +80,10 @@ class LocalLM:
                 for i in members_of[rep]:
                     cont = pairs[i][1]
                     target = torch.tensor(cont, dtype=torch.long, device=device)
-                    lp = rows[-len(cont):]
+                    # lm-eval quirk, kept for identical numbers: a request sharing the input of a longer
+                    # one (only repeated rolling windows do) is scored on the FIRST len(cont) positions
+                    # of that one's continuation (torch.gather), while is_greedy uses the last ones.
+                    lp = rows[:len(cont)]
                     out[i] = (float(lp.gather(-1, target[:, None]).squeeze(-1).sum()),
                               bool((greedy_ids[-len(cont):] == target).all()))
         return out  # type: ignore[return-value]

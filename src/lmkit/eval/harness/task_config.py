@@ -25,7 +25,7 @@ DEFAULT_METRICS = {
 }
 DEFAULT_MAX_GEN_TOKS = 256
 # fields lm-eval has that change nothing here (bookkeeping, or only used by its own hub loading)
-_IGNORED = {"group", "tag", "dataset_name", "training_split", "should_decontaminate",
+_IGNORED = {"group", "tag", "dataset_name", "should_decontaminate",
             "doc_to_decontamination_query", "repeats", "unsafe_code", "task_alias", "group_alias"}
 
 
@@ -143,7 +143,7 @@ def load_task_config(path: str | os.PathLike) -> TaskConfig:
     path = Path(path).resolve()
     data = _read_yaml(path)
     for key in list(data):
-        if key in _IGNORED and key != "training_split":
+        if key in _IGNORED:
             data.pop(key)
     known = set(TaskConfig.__dataclass_fields__) - {"source"}
     unknown = sorted(set(data) - known)
