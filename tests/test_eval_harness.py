@@ -176,6 +176,7 @@ def test_quantized_checkpoint_runs(setup, tmp_path):
     ("task: x\ntest_split: test\ndoc_to_text: q\ndoc_to_target: a\nprocess_results: !!python/name:os.system\n",
      "invalid YAML"),
     ("task: x\ntest_split: test\ndoc_to_text: q\ndoc_to_target: a\nprocess_docs: f\n", "unsupported field"),
+    ("task: x\ntest_split: test\ndoc_to_text: q\ndoc_to_target: a\nprocess_docs: !function u.f\n", "!function"),
     ("task: x\ndoc_to_text: q\ndoc_to_target: a\n", "test_split or validation_split"),
 ])
 def test_bad_yaml_is_a_clear_error(tmp_path, body, needle):

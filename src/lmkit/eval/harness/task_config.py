@@ -101,6 +101,8 @@ class TaskConfig:
                 raise TaskConfigError(f"{where}: filter_list must be a list of {{name, filter: [...]}} mappings")
         if not isinstance(self.fewshot_config, dict):
             raise TaskConfigError(f"{where}: fewshot_config must be a mapping")
+        if set(self.fewshot_config) - {"sampler"}:
+            raise TaskConfigError(f"{where}: fewshot_config supports only `sampler`, got {sorted(self.fewshot_config)}")
         if self.fewshot_config.get("sampler", "default") not in ("default", "first_n"):
             raise TaskConfigError(f"{where}: fewshot_config.sampler must be 'default' or 'first_n'")
 
@@ -127,6 +129,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        if "!function" in text:
+            raise TaskConfigError(f"{path}: Python hooks (`!function ...`) are not supported; the harness runs "
+                                  "declarative tasks only") from None
         raise TaskConfigError(f"{path}: invalid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise TaskConfigError(f"{path}: a task file must be a YAML mapping, got {type(data).__name__}")
