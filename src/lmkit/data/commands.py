@@ -103,8 +103,9 @@ def data_dedup(inputs, out, report, mode, level, threshold, ngram, unit, num_per
         result = deduplicate(lambda: iter_records(list(inputs), field, split_by), writer.write, cfg,
                              work_dir=work_dir, field_name=field)
     _write_report(report_path, result.to_dict())
+    paragraphs = f", {result.paragraphs_removed} of {result.paragraphs} paragraphs" if level == "paragraph" else ""
     click.echo(f"{result.documents} documents: {result.exact_duplicates} exact and {result.near_duplicates} near "
-               f"duplicates removed ({100 * result.duplicate_rate:.2f} %), {result.clusters} clusters; "
+               f"duplicates removed ({100 * result.duplicate_rate:.2f} %){paragraphs}, {result.clusters} clusters; "
                f"kept {result.kept} in {out_path}; report {report_path}")
 
 

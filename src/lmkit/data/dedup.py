@@ -66,7 +66,7 @@ class DedupConfig:
     bands: int | None = None
     rows: int | None = None
     batch_docs: int = 4096
-    shard_docs: int = 1 << 17
+    shard_docs: int = 1 << 16
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -320,7 +320,7 @@ def deduplicate(read: Callable[[], Iterator[Record]], write: Callable[[Record], 
     with tempfile.TemporaryDirectory(prefix="lmkit-dedup-", dir=work_dir) as tmp:
         exact = ExactDeduplicator(config.level) if do_exact else None
         finder = NearDuplicateFinder(config, tmp, progress) if do_near else None
-        survived: list[bool] = []
+        survived = bytearray()  # 1 byte a document: did it survive the exact step
         with Progress(desc="hashing", unit="doc", progress=progress) as bar:
             for record in read():
                 text = exact.filter(record.text) if exact else record.text
@@ -333,7 +333,7 @@ def deduplicate(read: Callable[[], Iterator[Record]], write: Callable[[Record], 
             report.exact_duplicates = exact.documents_dropped
             report.paragraphs, report.paragraphs_removed = exact.paragraphs_total, exact.paragraphs_dropped
             exact.seen.clear()  # memory back before the LSH pass
-        keep_near = np.ones(int(sum(survived)), dtype=bool)
+        keep_near = np.ones(survived.count(1), dtype=bool)
         if finder is not None:
             found = finder.finish()
             keep_near = found.keep

@@ -5,7 +5,7 @@ Jaccard similarity |A∩B| / |A∪B|; a signature of `num_perm` minima estimates
 (`lmkit.data.lsh`) finds pairs with similar signatures without comparing every pair.
 
 The permutations are hash families, applied to every shingle hash of a whole batch of
-documents in one numpy expression (``[shingles, num_perm]``), then reduced per document with
+documents in one numpy expression (``[num_perm, shingles]``), then reduced per document with
 ``np.minimum.reduceat``: no Python loop per document or per shingle. Two schemes, both
 bit-compatible with `datasketch` given the same input hashes and seed:
 
@@ -32,7 +32,7 @@ SCHEMES = ("affine32", "mersenne")
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint32((1 << 32) - 1)
 EMPTY = int(MAX_HASH)
-#: shingles per block of the [shingles, num_perm] product (bounds memory: 16k x 256 x 8 B = 32 MB)
+#: elements per block of the [num_perm, shingles] product (bounds memory: 4M x 8 B = 32 MB)
 BLOCK_ELEMENTS = 1 << 22
 
 
@@ -100,19 +100,18 @@ class MinHasher:
                 phv = self._permute(values[lo:hi])
                 nonempty = np.nonzero(counts[doc_start:doc_end])[0]
                 seg = offsets[doc_start:doc_end][nonempty] - lo
-                out[doc_start + nonempty] = np.minimum.reduceat(phv, seg, axis=0)
+                out[doc_start + nonempty] = np.minimum.reduceat(phv, seg, axis=1).T
             doc_start = doc_end
         return out
 
     def _permute(self, values: np.ndarray) -> np.ndarray:
-        """``[len(values), num_perm]`` uint32 permuted hashes."""
+        """``[num_perm, len(values)]`` uint32 permuted hashes (this layout makes the per-document
+        ``reduceat`` run along contiguous memory: ~4x faster than the transpose)."""
         with np.errstate(over="ignore"):
+            phv = np.multiply(self.a[:, None], values[None, :])
+            phv += self.b[:, None]
             if self.scheme == "affine32":
-                phv = np.multiply(values[:, None], self.a[None, :])
-                phv += self.b[None, :]
                 return phv
-            phv = np.multiply(values[:, None], self.a[None, :])
-            phv += self.b[None, :]
             return mod_mersenne(phv).astype(np.uint32)  # the low 32 bits, as datasketch's mask
 
     def signatures_of_sets(self, sets: Sequence[np.ndarray]) -> np.ndarray:
