@@ -248,7 +248,7 @@ def test_decontamination_short_items_and_edits():
 def _lmkit(*args, cwd):
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "src"), "LMKIT_PROGRESS": "off"}
     return subprocess.run([sys.executable, "-m", "lmkit", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
 
 
 def test_cli_dedup_writes_what_it_says(planted, tmp_path):

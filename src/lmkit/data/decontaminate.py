@@ -193,10 +193,10 @@ def read_eval_set(path: str | os.PathLike, field: str | None = None) -> list[str
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"evaluation file {str(path)!r} does not exist")
+    items: list[str] = []
     if not is_jsonl(path):
-        return list(read_documents(path, "line"))
-    items = []
-    for lineno, obj in iter_jsonl(path, error=CorpusError):
+        items = list(read_documents(path, "line"))
+    for lineno, obj in iter_jsonl(path, error=CorpusError) if is_jsonl(path) else ():
         if not isinstance(obj, dict):
             raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         if field is not None:

@@ -85,7 +85,7 @@ class Shingler:
     5-grams, as in the Gopher and text-dedup pipelines). `normalize` applies `normalize_text`.
     """
 
-    def __init__(self, n: int = 5, unit: str = "word", normalize: bool = True, cache_limit: int = 2_000_000) -> None:
+    def __init__(self, n: int = 5, unit: str = "word", normalize: bool = True, cache_limit: int = 500_000) -> None:
         if unit not in UNITS:
             raise ConfigError(f"unit must be one of {UNITS}, got {unit!r}")
         if n < 1:
