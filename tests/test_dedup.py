@@ -59,6 +59,20 @@ def _signatures(docs):
     return mh.signatures(hashes, offsets)
 
 
+def test_shingle_units_and_mersenne_modulo():
+    sh = Shingler(2)
+    assert sh.units("Ｈello,  WORLD! 大语言模型 GPU显存") == ["hello", "world", "大", "语", "言", "模", "型", "gpu", "显", "存"]
+    assert sh.shingle_strings("a b c") == {"a b", "b c"} and Shingler(5).shingle_strings("a b") == {"a b"}
+    sets = sh.hash_sets(["a b c", "A  b, c!", "b c d", "", "x"])
+    assert np.array_equal(sets[0], sets[1]) and len(np.intersect1d(sets[0], sets[2])) == 1
+    assert len(sets[3]) == 0 and len(sets[4]) == 1
+    from lmkit.data.minhash import MERSENNE_PRIME, mod_mersenne
+
+    x = np.random.default_rng(0).integers(0, 2**64 - 1, 100_000, dtype=np.uint64, endpoint=True)
+    x[:4] = [0, MERSENNE_PRIME, 2**64 - 1, 2 * MERSENNE_PRIME]
+    assert np.array_equal(mod_mersenne(x.copy()), x % MERSENNE_PRIME)
+
+
 def test_optimal_param_is_datasketch_rule():
     from datasketch.lsh import _optimal_param
 
