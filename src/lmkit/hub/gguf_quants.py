@@ -17,7 +17,12 @@ dequantisers follow `dequantize_row_*`.
                       sc:int8[16], d:f16                         (16 sub-blocks of 16)
 
 F32 / F16 / BF16 are plain arrays. Sums inside a block run sequentially in float32 as the
-C loops do (numpy's pairwise `sum` would round differently).
+C loops do (numpy's pairwise `sum` would round differently), so every format is bit-equal to
+ggml-quants.c compiled as ISO C reads (each product and sum rounded, -ffp-contract=off). A
+llama.cpp built with gcc's defaults for the native CPU fuses some multiply-adds of the K-quant
+scale searches (Q4_K, Q6_K) into FMA instructions, which round once: its `llama-quantize` then
+picks a different scale in a few percent of those blocks. Both are valid files of equal quality;
+Q8_0 / Q4_0 / Q5_0 have no such search and match either build exactly.
 """
 
 from __future__ import annotations
