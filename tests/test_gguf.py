@@ -203,6 +203,13 @@ def test_qkv_bias_is_permuted_like_the_weights(tmp_path, tok):
     torch.testing.assert_close(unpermute(t["blk.0.attn_q.bias"], 4, 4), sd["layers.0.self_attn.q_proj.bias"])
     torch.testing.assert_close(unpermute(t["blk.0.attn_k.bias"], 4, 2), sd["layers.0.self_attn.k_proj.bias"])
     torch.testing.assert_close(t["blk.0.attn_v.bias"], sd["layers.0.self_attn.v_proj.bias"])
+    from lmkit.hub import load_pretrained  # and back: q/k/v biases without an o bias read as qwen2
+
+    back = load_pretrained(tmp_path / "q.gguf")
+    assert back.config.model_type == "qwen2" and back.config.qkv_bias and not back.config.o_bias
+    ids = torch.randint(0, 300, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, m(ids).logits)
     # the permutation is what turns rotate-half RoPE into llama.cpp's adjacent-pair RoPE:
     # q·k scores computed both ways agree
     from lmkit.models.positional import RotaryEmbedding, apply_rope
