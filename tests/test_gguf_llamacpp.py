@@ -2,8 +2,8 @@
 token for token equal to lmkit on the same file for F32 and F16, and within quantization noise
 for Q8_0 / Q4_0 / Q4_K_M (llama.cpp also rounds the activations to 8 bits in its quantized dot
 products); llama.cpp's tokenizer agrees with lmkit's on the exported vocabulary; and
-`llama-quantize` (llama_model_quantize) on lmkit's F32 file picks the same tensor types and,
-for the 32-block formats, the same bytes as lmkit's own Q4_0 / Q4_K_M export.
+`llama-quantize` (llama_model_quantize) on lmkit's F32 file writes the same tensor types and the
+same bytes as lmkit's own Q8_0 / Q4_0 / Q4_K_M export.
 
 Runs only where `llama_cpp` is importable (`pip install llama-cpp-python`, a 10-15 minute compile
 on 2 cores: docs/benchmarks.md). Models load with extra buffer types off (use_extra_bufts=False):
@@ -40,7 +40,7 @@ def tok():
 def model():
     """Rows of 256 (whole K-quant super-blocks); a sharpened output layer so greedy choices are clear."""
     torch.manual_seed(2)
-    cfg = ModelConfig(vocab_size=320, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=512, max_seq_len=128,
+    cfg = ModelConfig(vocab_size=320, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=512, max_seq_len=256,
                       model_type="llama", rope_theta=10000.0, norm_eps=1e-5)
     m = DecoderLM(cfg).eval()
     with torch.no_grad():
@@ -63,8 +63,10 @@ def no_extra_buffer_types(monkeypatch):
 
 
 def llama(path):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, n_threads=2, n_threads_batch=2,
-                           logits_all=True, verbose=False)
+    """llama.cpp with an fp32 KV cache (its default is f16), so F32 files compare at fp32 precision."""
+    f32 = llama_cpp.GGML_TYPE_F32
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=1, n_threads_batch=1,
+                           logits_all=True, type_k=f32, type_v=f32, verbose=False)
 
 
 def greedy_llama_cpp(llm, prompt: list[int]) -> tuple[list[int], np.ndarray]:
@@ -90,9 +92,11 @@ def greedy_lmkit(m, prompt: list[int]) -> tuple[list[int], np.ndarray]:
     return ids[len(prompt):], first
 
 
-@pytest.mark.parametrize("ftype,rel_tol,same_tokens", [("f32", 1e-4, STEPS), ("f16", 5e-3, STEPS),
-                                                       ("q8_0", 0.03, 4), ("q4_0", 0.05, 2),
-                                                       ("q4_k_m", 0.05, 2)])
+# measured: relative logit error 4e-7 / 4e-4 / 9e-3 / 1.0e-2 / 1.4e-2; greedy equal for 24 of 24 tokens
+# except Q8_0 (6 of 24: llama.cpp rounds the activations to 8 bits too)
+@pytest.mark.parametrize("ftype,rel_tol,same_tokens", [("f32", 1e-5, STEPS), ("f16", 2e-3, STEPS),
+                                                       ("q8_0", 0.03, 3), ("q4_0", 0.04, 3),
+                                                       ("q4_k_m", 0.04, 3)])
 def test_llama_cpp_generates_like_lmkit(tmp_path, tok, model, ftype, rel_tol, same_tokens):
     path = tmp_path / f"m-{ftype}.gguf"
     export_gguf(model, path, tok, ftype)
@@ -109,9 +113,8 @@ def test_llama_cpp_generates_like_lmkit(tmp_path, tok, model, ftype, rel_tol, sa
 
 @pytest.mark.parametrize("ftype,llama_ftype", [("q4_0", 2), ("q4_k_m", 15), ("q8_0", 7)])
 def test_llama_quantize_writes_what_lmkit_writes(tmp_path, tok, model, ftype, llama_ftype):
-    """llama.cpp's quantizer on lmkit's F32 file: the same type per tensor; Q8_0 / Q4_0 / Q5_0 bytes
-    identical; K-quant blocks identical but for the few where its FMA rounding picks another scale
-    (hub/gguf_quants.py)."""
+    """llama.cpp's quantizer on lmkit's F32 file: the same type per tensor and the same bytes (its
+    ggml-base is built for generic x86-64, without FMA contraction; see hub/gguf_quants.py)."""
     f32, ours = tmp_path / "f32.gguf", tmp_path / f"{ftype}.gguf"
     export_gguf(model, f32, tok, "f32")
     export_gguf(model, ours, tok, ftype)
@@ -125,11 +128,4 @@ def test_llama_quantize_writes_what_lmkit_writes(tmp_path, tok, model, ftype, ll
     assert set(a) == set(b)
     for name in a:
         assert a[name].tensor_type == b[name].tensor_type, name
-        x, y = np.asarray(a[name].data).view(np.uint8), np.asarray(b[name].data).view(np.uint8)
-        kind = gguf.GGMLQuantizationType(a[name].tensor_type).name
-        if kind.endswith("_K"):
-            size = gguf.GGML_QUANT_SIZES[a[name].tensor_type][1]
-            same = (x.reshape(-1, size) == y.reshape(-1, size)).all(axis=1).mean()
-            assert same > 0.85, (name, same)
-        else:
-            assert np.array_equal(x, y), name
+        assert np.array_equal(np.asarray(a[name].data).view(np.uint8), np.asarray(b[name].data).view(np.uint8)), name

@@ -18,11 +18,11 @@ dequantisers follow `dequantize_row_*`.
 
 F32 / F16 / BF16 are plain arrays. Sums inside a block run sequentially in float32 as the
 C loops do (numpy's pairwise `sum` would round differently), so every format is bit-equal to
-ggml-quants.c compiled as ISO C reads (each product and sum rounded, -ffp-contract=off). A
-llama.cpp built with gcc's defaults for the native CPU fuses some multiply-adds of the K-quant
-scale searches (Q4_K, Q6_K) into FMA instructions, which round once: its `llama-quantize` then
-picks a different scale in a few percent of those blocks. Both are valid files of equal quality;
-Q8_0 / Q4_0 / Q5_0 have no such search and match either build exactly.
+ggml-quants.c as ISO C reads it (each product and sum rounded on its own). That is how
+llama.cpp builds it: ggml-base, which holds the quantizers, is compiled for generic x86-64, so
+`llama-quantize` (llama-cpp-python 0.3.36 here) writes the same bytes as lmkit. A build that
+lets the compiler fuse multiply-adds there (FMA, e.g. -march=native on all of ggml) picks a
+different scale in a few percent of Q4_K / Q6_K blocks: equally valid, not byte-identical.
 """
 
 from __future__ import annotations
