@@ -90,7 +90,7 @@ def _check_model(model: nn.Module) -> None:
 
     if any(isinstance(m, QuantLinearBase) for m in model.modules()):
         raise CheckpointError("GGUF export needs the floating-point model, not an lmkit-quantized one "
-                              "(GGUF quantizes itself: --type q8_0)")
+                              "(GGUF quantizes itself: --type q8_0, q4_0 or q4_k_m)")
 
 
 def _token_types(tok, n: int) -> tuple[list[str], list[float], list[int]]:
