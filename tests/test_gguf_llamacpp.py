@@ -7,7 +7,7 @@ same bytes as lmkit's own Q8_0 / Q4_0 / Q4_K_M export.
 
 Runs only where `llama_cpp` is importable (`pip install llama-cpp-python`, a 10-15 minute compile
 on 2 cores: docs/benchmarks.md). Models load with extra buffer types off (use_extra_bufts=False):
-llama.cpp's AMX repack path crashes on quantized types on some CPUs, whoever wrote the file.
+llama.cpp's AMX repack path segfaulted on Q8_0 weights on this CPU (issue 16), whoever wrote the file.
 """
 
 from __future__ import annotations
