@@ -357,6 +357,9 @@ def test_quantized_linear_hook(exported):
     def hook(name, linear, t):
         seen[name] = t.type.name
         assert torch.equal(t.dequantize(), linear.weight.detach())
+        codes, scales, offsets, group = t.integer_groups()
+        rebuilt = codes.float().reshape(*codes.shape[:1], -1, group) * scales[..., None] + offsets[..., None]
+        torch.testing.assert_close(rebuilt.reshape(codes.shape), linear.weight.detach(), rtol=1e-6, atol=1e-7)
         return torch.nn.Identity() if name == "layers.0.mlp.up_proj" else None
 
     m = load_gguf(d / "q4_k_m.gguf", linear_from_gguf=hook)

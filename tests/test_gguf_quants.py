@@ -86,3 +86,20 @@ def test_bad_input():
         q.ggml_type(10)  # Q2_K
     with pytest.raises(CheckpointError, match="whole blocks"):
         q.dequantize(np.zeros((1, 100), np.uint8), "Q6_K")
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"])
+def test_integer_groups_give_the_dequantized_values(name):
+    """code * scale + offset per group: what an integer layer takes from a GGUF tensor."""
+    x = data(8, 512)
+    raw = q.quantize(x, name)
+    codes, scales, offsets, group = q.integer_groups(raw, name)
+    assert codes.dtype == np.int8 and codes.shape == x.shape and scales.shape == (8, 512 // group)
+    low, high = {"Q8_0": (-127, 127), "Q4_0": (-8, 7), "Q5_0": (-16, 15), "Q4_K": (-8, 7), "Q6_K": (-32, 31)}[name]
+    assert low <= codes.min() and codes.max() <= high
+    values = codes.reshape(8, -1, group).astype(np.float32) * scales[..., None] + offsets[..., None]
+    np.testing.assert_allclose(values.reshape(x.shape), q.dequantize(raw, name), rtol=1e-6, atol=1e-7)
+    if name != "Q4_K":
+        assert not offsets.any()
+    with pytest.raises(CheckpointError, match="not an integer block format"):
+        q.integer_groups(raw, "F16")

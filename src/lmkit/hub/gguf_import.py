@@ -13,8 +13,10 @@ That is the honest default: the values are exactly the file's, and no lmkit quan
 holds GGUF blocks bit for bit (Q8_0 keeps one scale per 32 weights, an int8 per-channel layer
 one per row). `linear_from_gguf` is the hook for layers that can take the blocks as they are:
 it is called for every Linear whose weight is stored quantized, with the module's name, the
-float Linear and the `GGUFTensor` (type + raw blocks, rows already in lmkit's order), and may
-return a module to use instead.
+float Linear and the `GGUFTensor` (type + raw blocks, rows already in lmkit's order;
+`integer_groups()` gives them as int8 codes with a scale and offset per group of 32, or 16 for
+Q6_K: Q4_0 / Q4_K are exactly `torch._weight_int4pack_mm`'s (q - 8) * scale + zero with group
+32), and may return a module to use instead.
 The tokenizer is read by `hub/gguf_tokenizer.py`.
 """
 
@@ -31,7 +33,7 @@ from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError, require
 from lmkit.hub.gguf_names import lmkit_name, unpermute
-from lmkit.hub.gguf_quants import GGMLType, dequantize, ggml_type, nbytes
+from lmkit.hub.gguf_quants import GGMLType, dequantize, ggml_type, integer_groups, nbytes
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -48,6 +50,12 @@ class GGUFTensor:
     @property
     def quantized(self) -> bool:
         return self.type.block_size > 1
+
+    def integer_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(codes int8 [rows, n], scales, offsets [rows, n / group], group) with value = code * scale
+        + offset, for integer layers (`hub.gguf_quants.integer_groups`; Q8_0 / Q4_0 / Q5_0 / Q4_K / Q6_K)."""
+        codes, scales, offsets, group = integer_groups(self.raw, self.type)
+        return torch.from_numpy(codes), torch.from_numpy(scales), torch.from_numpy(offsets), group
 
     def dequantize(self) -> torch.Tensor:
         """The values as a float32 tensor of `shape`."""

@@ -193,10 +193,14 @@ def _quantize_q4_0(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([_f16_bytes(d), q[:, :16] | (q[:, 16:] << 4)], axis=1)
 
 
-def _dequantize_q4_0(blocks: np.ndarray) -> np.ndarray:
+def _q4_0_codes(blocks: np.ndarray) -> np.ndarray:
+    """Q4_0 codes centred (q - 8), int8 [nb, 32]."""
     qs = blocks[:, 2:]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - _F32(8)
-    return _f16(blocks[:, :2]) * q
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int8) - np.int8(8)
+
+
+def _dequantize_q4_0(blocks: np.ndarray) -> np.ndarray:
+    return _f16(blocks[:, :2]) * _q4_0_codes(blocks).astype(np.float32)
 
 
 def _quantize_q5_0(blocks: np.ndarray) -> np.ndarray:
@@ -207,12 +211,16 @@ def _quantize_q5_0(blocks: np.ndarray) -> np.ndarray:
                            (q[:, :16] & 0x0F) | ((q[:, 16:] & 0x0F) << 4)], axis=1)
 
 
-def _dequantize_q5_0(blocks: np.ndarray) -> np.ndarray:
+def _q5_0_codes(blocks: np.ndarray) -> np.ndarray:
+    """Q5_0 codes centred (q - 16), int8 [nb, 32]."""
     qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")
     high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
     qs = blocks[:, 6:]
-    q = (np.concatenate([qs & 0x0F, qs >> 4], axis=1) | (high << 4)).astype(np.float32) - _F32(16)
-    return _f16(blocks[:, :2]) * q
+    return (np.concatenate([qs & 0x0F, qs >> 4], axis=1) | (high << 4)).astype(np.int8) - np.int8(16)
+
+
+def _dequantize_q5_0(blocks: np.ndarray) -> np.ndarray:
+    return _f16(blocks[:, :2]) * _q5_0_codes(blocks).astype(np.float32)
 
 
 # ---- Q4_K: 8 sub-blocks of 32 with a 6-bit scale and min each -------------------------------
@@ -306,14 +314,23 @@ def _q4_k_scale_min(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
+def _q4_k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sub-block of 32: (d * scale, dmin * min), float32 [nb, 8] each."""
+    sc, mn = _q4_k_scale_min(blocks[:, 4:16])
+    return _f16(blocks[:, 0:2]) * sc.astype(np.float32), _f16(blocks[:, 2:4]) * mn.astype(np.float32)
+
+
+def _q4_k_codes(blocks: np.ndarray) -> np.ndarray:
+    """Q4_K codes 0..15, int8 [nb, 256] (each 64 values: 32 low nibbles, then 32 high ones)."""
+    qs = blocks[:, 16:].reshape(len(blocks), 4, 1, 32)
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(len(blocks), QK_K).astype(np.int8)
+
+
 def _dequantize_q4_k(blocks: np.ndarray) -> np.ndarray:
     nb = len(blocks)
-    sc, mn = _q4_k_scale_min(blocks[:, 4:16])
-    d = (_f16(blocks[:, 0:2]) * sc.astype(np.float32))[..., None]
-    dm = (_f16(blocks[:, 2:4]) * mn.astype(np.float32))[..., None]
-    qs = blocks[:, 16:].reshape(nb, 4, 1, 32)
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(nb, 8, 32).astype(np.float32)
-    return (d * q - dm).reshape(nb, QK_K)
+    d, dm = _q4_k_scales(blocks)
+    q = _q4_k_codes(blocks).reshape(nb, 8, 32).astype(np.float32)
+    return (d[..., None] * q - dm[..., None]).reshape(nb, QK_K)
 
 
 # ---- Q6_K: 16 sub-blocks of 16 with an int8 scale each ----------------------------------------
@@ -377,19 +394,62 @@ def _quantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
+def _q6_k_codes(blocks: np.ndarray) -> np.ndarray:
+    """Q6_K codes centred (q - 32), int8 [nb, 256]."""
     nb = len(blocks)
     ql = blocks[:, :128].reshape(nb, 2, 2, 32)  # [half, l / l+32, 32]
     qh = blocks[:, 128:192].reshape(nb, 2, 1, 32)
-    sc = blocks[:, 192:208].view(np.int8).astype(np.float32)
-    d = _f16(blocks[:, 208:210])
     low = np.concatenate([ql & 0x0F, ql >> 4], axis=2)  # [nb, 2, 4, 32]: values 0-31, 32-63, 64-95, 96-127
     high = (qh >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
-    q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).astype(np.float32).reshape(nb, 16, 16)
-    return ((d * sc)[..., None] * q).reshape(nb, QK_K)
+    return ((low | (high << 4)).astype(np.int8) - np.int8(32)).reshape(nb, QK_K)
+
+
+def _q6_k_scales(blocks: np.ndarray) -> np.ndarray:
+    """d * scale of each sub-block of 16, float32 [nb, 16]."""
+    return _f16(blocks[:, 208:210]) * blocks[:, 192:208].view(np.int8).astype(np.float32)
+
+
+def _dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
+    nb = len(blocks)
+    q = _q6_k_codes(blocks).astype(np.float32).reshape(nb, 16, 16)
+    return (_q6_k_scales(blocks)[..., None] * q).reshape(nb, QK_K)
 
 
 _QUANTIZERS = {"Q8_0": _quantize_q8_0, "Q4_0": _quantize_q4_0, "Q5_0": _quantize_q5_0,
                "Q4_K": _quantize_q4_k, "Q6_K": _quantize_q6_k}
 _DEQUANTIZERS = {"Q8_0": _dequantize_q8_0, "Q4_0": _dequantize_q4_0, "Q5_0": _dequantize_q5_0,
                  "Q4_K": _dequantize_q4_k, "Q6_K": _dequantize_q6_k}
+
+
+# ---- for integer layers ------------------------------------------------------------------------
+def integer_groups(raw: np.ndarray, t: int | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The blocks of a quantized row-major matrix as integer layers take them: (codes int8
+    [rows, n], scales float32 [rows, n / group], offsets float32 [rows, n / group], group), with
+    value = code * scale + offset (offset 0 except Q4_K).
+
+    Codes are centred: Q8_0 q (group 32), Q4_0 q - 8 and Q5_0 q - 16 (32), Q4_K q - 8 with
+    offset 8*d*sc - dmin*m (32: `torch._weight_int4pack_mm`'s (q - 8) * scale + zero form),
+    Q6_K q - 32 (16). Q8_0 / Q4_0 / Q5_0 / Q6_K give `dequantize`'s floats exactly; Q4_K up to
+    float32 rounding of the rewritten offset."""
+    t = ggml_type(t)
+    if t.name not in ("Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"):
+        raise CheckpointError(f"{t.name} is not an integer block format")
+    raw = np.ascontiguousarray(raw).view(np.uint8)
+    rows = raw.shape[0]
+    blocks = raw.reshape(-1, t.type_size)
+    offsets = None
+    if t.name == "Q8_0":
+        codes, scales = blocks[:, 2:].view(np.int8), _f16(blocks[:, :2])
+    elif t.name in ("Q4_0", "Q5_0"):
+        codes, scales = _q4_0_codes(blocks) if t.name == "Q4_0" else _q5_0_codes(blocks), _f16(blocks[:, :2])
+    elif t.name == "Q4_K":
+        d, dm = _q4_k_scales(blocks)
+        codes = _q4_k_codes(blocks) - np.int8(8)
+        scales, offsets = d, (d * np.float32(8) - dm).astype(np.float32)
+    else:
+        codes, scales = _q6_k_codes(blocks), _q6_k_scales(blocks)
+    group = 16 if t.name == "Q6_K" else 32
+    codes = np.ascontiguousarray(codes).reshape(rows, -1)
+    scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(rows, -1)
+    offsets = np.zeros_like(scales) if offsets is None else offsets.reshape(rows, -1)
+    return codes, scales, offsets, group
