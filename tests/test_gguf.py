@@ -165,6 +165,7 @@ def test_cli_export_and_quantize(tmp_path, tok):
     res = runner.invoke(cli, ["export", "gguf", str(tmp_path / "model"), "-o", str(tmp_path / "m.gguf"),
                               "--type", "q8_0"])
     assert res.exit_code == 0, res.output
+    assert "(5 F32, 15 Q8_0)" in res.output  # 7 matrices a layer + token_embd (the tied output is not stored)
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     assert "output.weight" not in {t.name for t in r.tensors}  # tied: llama.cpp reuses token_embd
     assert field(r, "general.name") == "model"
@@ -382,3 +383,38 @@ def test_import_errors(tmp_path, exported):
         tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "llama"})
     with pytest.raises(TokenizerError, match="pre-tokenizer 'qwen2'"):
         tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"})
+
+
+def test_reads_qwen2_architecture_files(tmp_path, tok, monkeypatch):
+    """A `qwen2` GGUF (what llama.cpp's converter writes for Qwen2: qwen2.* keys, q/k/v biases, Q/K rows
+    not permuted since its graph rotates halves) loads with the logits of transformers' loader."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import lmkit.hub.gguf as gguf_export
+    from lmkit.hub import load_pretrained
+
+    class Qwen2Writer(gguf.GGUFWriter):
+        def __init__(self, path, arch, *args, **kwargs):
+            super().__init__(path, "qwen2", *args, **kwargs)
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=64,
+                      model_type="qwen2", qkv_bias=True, rope_theta=10000.0)
+    m = DecoderLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("bias"):
+                p.normal_()
+    monkeypatch.setattr(gguf, "GGUFWriter", Qwen2Writer)
+    monkeypatch.setattr(gguf_export, "permute", lambda w, n_head, n_head_kv=None: w)
+    export_gguf(m, tmp_path / "q.gguf", tok, "f32")
+    monkeypatch.undo()
+    assert field(gguf.GGUFReader(str(tmp_path / "q.gguf")), "general.architecture") == "qwen2"
+    back = load_pretrained(tmp_path / "q.gguf")
+    assert back.config.model_type == "qwen2"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf").eval()
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, m(ids).logits)
+        torch.testing.assert_close(hf(ids).logits, m(ids).logits, atol=2e-5, rtol=1e-4)
