@@ -157,9 +157,16 @@ def _mul_add(a, b, c) -> np.ndarray:
 
 def _seq_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise sum of a*b over the last axis, term by term as `s += a[i]*b[i]` (a float32 loop)."""
-    total = (a[:, 0] * b[:, 0]).astype(np.float32)
-    for i in range(1, a.shape[1]):
-        total = _mul_add(a[:, i], b[:, i], total)
+    return _dot_over_rows(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
+
+
+def _dot_over_rows(at: np.ndarray, bt: np.ndarray) -> np.ndarray:
+    """`_seq_dot` of transposed operands [n, b] (contiguous rows: the fast layout for the loop)."""
+    total = at[0] * bt[0]
+    term = np.empty_like(total)
+    for i in range(1, len(at)):
+        np.multiply(at[i], bt[i], out=term)
+        total += term
     return total
 
 
@@ -228,51 +235,52 @@ def _make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdel
                       nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's make_qkx2_quants (squared error) for rows x [b, n] with weights w: the codes
     L [b, n], the scale and -min of each row, searching nstep+1 scales around the range
-    (each step measured from the best min found so far, as the C loop does)."""
-    b, n = x.shape
+    (each step measured from the best min found so far, as the C loop does). Works on the
+    transposed [n, b] arrays so that the per-element loops run over contiguous memory."""
     lo = np.minimum(x.min(axis=1), _F32(0))
     hi = x.max(axis=1)
-    sum_w = _seq_sum(w[:, i] for i in range(n))
-    sum_x = _seq_dot(w, x)
+    x, w = np.ascontiguousarray(x.T), np.ascontiguousarray(w.T)  # [n, b]
+    sum_w = _seq_sum(w)
+    sum_x = _dot_over_rows(w, x)
     flat = hi == lo
     flat_min = -lo
-    x = np.where(flat[:, None], _F32(0), x).astype(np.float32)  # flat rows: codes 0, scale 0
+    x = np.where(flat, _F32(0), x).astype(np.float32)  # flat rows: codes 0, scale 0
     lo = np.where(flat, _F32(-1), lo).astype(np.float32)
     hi = np.where(flat, _F32(0), hi).astype(np.float32)
     iscale = (_F32(nmax) / (hi - lo)).astype(np.float32)
     scale = (_F32(1) / iscale).astype(np.float32)
-    L = np.clip(_nearest_int((iscale[:, None] * (x - lo[:, None])).astype(np.float32)), 0, nmax)
+    L = np.clip(_nearest_int(iscale * (x - lo)), 0, nmax)
 
     def error(s, m, codes):
-        diff = (_mul_add(s[:, None], codes.astype(np.float32), m[:, None]) - x).astype(np.float32)
-        return _seq_dot(w, (diff * diff).astype(np.float32))
+        diff = _mul_add(s, codes.astype(np.float32), m) - x
+        return _dot_over_rows(w, diff * diff)
 
     best = error(scale, lo, L)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for step in range(nstep + 1):
             top = (_mul_add(_F32(rdelta), _F32(step), _F32(rmin)) + _F32(nmax)).astype(np.float32)
             iscale = (top / (hi - lo)).astype(np.float32)
-            aux = np.clip(_nearest_int((iscale[:, None] * (x - lo[:, None])).astype(np.float32)), 0, nmax)
+            aux = np.clip(_nearest_int(iscale * (x - lo)), 0, nmax)
             lf = aux.astype(np.float32)
-            wl = (w * lf).astype(np.float32)
-            sum_l = _seq_dot(w, lf)
-            sum_l2 = _seq_dot(wl, lf)
-            sum_xl = _seq_dot(wl, x)
-            D = _mul_add(sum_w, sum_l2, -(sum_l * sum_l).astype(np.float32))
-            this_scale = _mul_add(sum_w, sum_xl, -(sum_x * sum_l).astype(np.float32)) / D
-            this_min = _mul_add(sum_l2, sum_x, -(sum_l * sum_xl).astype(np.float32)) / D
+            wl = w * lf
+            sum_l = _dot_over_rows(w, lf)
+            sum_l2 = _dot_over_rows(wl, lf)
+            sum_xl = _dot_over_rows(wl, x)
+            D = _mul_add(sum_w, sum_l2, -(sum_l * sum_l))
+            this_scale = _mul_add(sum_w, sum_xl, -(sum_x * sum_l)) / D
+            this_min = _mul_add(sum_l2, sum_x, -(sum_l * sum_xl)) / D
             pos = this_min > 0
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(np.float32)
             this_min = np.where(pos, _F32(0), this_min).astype(np.float32)
             cur = error(this_scale, this_min, aux)
             better = (D > 0) & (cur < best) & ~flat
-            L = np.where(better[:, None], aux, L)
+            L = np.where(better, aux, L)
             best = np.where(better, cur, best)
             scale = np.where(better, this_scale, scale)
             lo = np.where(better, this_min, lo)
     scale = np.where(flat, _F32(0), scale).astype(np.float32)
     the_min = np.where(flat, flat_min, -lo)
-    return np.where(flat[:, None], 0, L), scale, the_min.astype(np.float32)
+    return np.where(flat, 0, L).T, scale, the_min.astype(np.float32)
 
 
 def _quantize_q4_k(blocks: np.ndarray) -> np.ndarray:
@@ -336,39 +344,38 @@ def _dequantize_q4_k(blocks: np.ndarray) -> np.ndarray:
 # ---- Q6_K: 16 sub-blocks of 16 with an int8 scale each ----------------------------------------
 def _make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml's make_qx_quants with rmse_type 1 (weights x^2), no importance: codes L (0..2*nmax-1)
-    and the scale of each row of x [b, n], trying 18 scales around -nmax/max."""
-    b, n = x.shape
+    and the scale of each row of x [b, n], trying 18 scales around -nmax/max (on the transposed
+    [n, b] arrays, as `_make_qkx2_quants`)."""
     mx = _signed_absmax(x)
     zero = np.abs(mx) < _EPS
     safe_mx = np.where(zero, _F32(1), mx).astype(np.float32)
-    w = (x * x).astype(np.float32)
-    wx = (w * x).astype(np.float32)
+    x = np.ascontiguousarray(x.T)
+    w = x * x
+    wx = w * x
 
     def fit(iscale):
-        ls = np.clip(_nearest_int((iscale[:, None] * x).astype(np.float32)), -nmax, nmax - 1)
+        ls = np.clip(_nearest_int(iscale * x), -nmax, nmax - 1)
         lf = ls.astype(np.float32)
-        sumlx = _seq_dot(wx, lf)
-        suml2 = _seq_dot((w * lf).astype(np.float32), lf)
-        return ls, sumlx, suml2
+        return ls, _dot_over_rows(wx, lf), _dot_over_rows(w * lf, lf)
 
     iscale = (_F32(-nmax) / safe_mx).astype(np.float32)
     L, sumlx, suml2 = fit(iscale)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(suml2 != 0, sumlx / suml2, _F32(0)).astype(np.float32)
-    best = (scale * sumlx).astype(np.float32)
+    best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
         iscale = (-(_F32(nmax) + (_F32(0.1) * _F32(step))).astype(np.float32) / safe_mx).astype(np.float32)
         ls, sumlx, suml2 = fit(iscale)
-        better = (suml2 > 0) & ((sumlx * sumlx).astype(np.float32) > (best * suml2).astype(np.float32))
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
         with np.errstate(divide="ignore", invalid="ignore"):
             new_scale = (sumlx / suml2).astype(np.float32)
-        L = np.where(better[:, None], ls, L)
+        L = np.where(better, ls, L)
         scale = np.where(better, new_scale, scale)
-        best = np.where(better, (new_scale * sumlx).astype(np.float32), best)
-    L = np.where(zero[:, None], -nmax, L) + nmax
-    return L, np.where(zero, _F32(0), scale).astype(np.float32)
+        best = np.where(better, new_scale * sumlx, best)
+    L = np.where(zero, -nmax, L) + nmax
+    return L.T, np.where(zero, _F32(0), scale).astype(np.float32)
 
 
 def _quantize_q6_k(blocks: np.ndarray) -> np.ndarray:
