@@ -80,20 +80,16 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
         raise CheckpointError(f"GGUF file {str(path)!r} does not exist")
     try:
         reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as exc:
+        meta = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+        tensors = {}
+        for t in reader.tensors:
+            kind = ggml_type(int(t.tensor_type))
+            shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+            raw = np.asarray(t.data).view(np.uint8).reshape(-1, nbytes(kind, shape[-1]))
+            tensors[t.name] = GGUFTensor(t.name, kind, shape, raw)
+    except (ValueError, OSError, IndexError, KeyError, TypeError, OverflowError, ZeroDivisionError) as exc:
+        # a truncated or corrupt file (UnicodeDecodeError is a ValueError)
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
-    meta = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        meta[key] = field.contents()
-    tensors = {}
-    for t in reader.tensors:
-        kind = ggml_type(int(t.tensor_type))
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        row = nbytes(kind, shape[-1])
-        raw = np.asarray(t.data).view(np.uint8).reshape(-1, row)
-        tensors[t.name] = GGUFTensor(t.name, kind, shape, raw)
     return GGUFFile(path, meta, tensors)
 
 
@@ -200,30 +196,56 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None,
     """Build the lmkit DecoderLM of a GGUF file and load its (dequantized) weights, in eval mode.
 
     dtype None gives float32. `linear_from_gguf` (see the module docstring) may swap the Linear
-    layers whose weights are quantized in the file for modules built from the blocks."""
+    layers whose weights are quantized in the file for modules built from the blocks. The
+    tensor shapes are checked against a model built on the meta device first, so a corrupt
+    file is refused with a message instead of allocating whatever its metadata claims."""
     from lmkit.hub import arch_llama
 
     f = read_gguf(path)
-    hf = hf_config_from_gguf(f)
     try:
-        cfg = arch_llama.config_from_hf(hf)
+        cfg = arch_llama.config_from_hf(hf_config_from_gguf(f))
     except ConfigError as exc:
         raise ConfigError(f"{f.path}: {exc}") from exc
-    sd = state_from_gguf(f, cfg)
-    model = arch_llama.build_model(cfg).to(dtype or torch.float32)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, ZeroDivisionError) as exc:
+        raise ConfigError(f"{f.path}: a metadata value has the wrong type or value ({type(exc).__name__}: {exc})") from exc
+    _check_shapes(f, cfg, arch_llama.build_model)
+    try:
+        model = arch_llama.build_model(cfg).to(dtype or torch.float32)
+    except (RuntimeError, MemoryError, OverflowError) as exc:
+        raise ConfigError(f"{f.path}: cannot build this model ({type(exc).__name__}: {exc})") from exc
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    shapes = [f"{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in sd
-              if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or shapes:
-        raise CheckpointError(f"{f.path}: the tensors do not fit the model the metadata describes: "
-                              + "; ".join(([f"missing {', '.join(missing)}"] if missing else []) + shapes))
     with torch.no_grad():
-        for k, v in sd.items():
+        for k, v in state_from_gguf(f, cfg).items():
             own[k].copy_(v)
     if linear_from_gguf is not None:
         _swap_linears(model, f, linear_from_gguf)
     return model.eval()
+
+
+def _check_shapes(f: GGUFFile, cfg, build: Callable) -> None:
+    """Every tensor the model needs is in the file with its shape (a meta-device model: no memory)."""
+    if cfg.n_layers > len(f.tensors):
+        raise ConfigError(f"{f.path}: block_count={cfg.n_layers} cannot fit a file of {len(f.tensors)} tensors")
+    try:
+        with torch.device("meta"):
+            own = {k: tuple(v.shape) for k, v in build(cfg).state_dict().items()}
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as exc:
+        raise ConfigError(f"{f.path}: cannot build this model ({type(exc).__name__}: {exc})") from exc
+    found = {}
+    for name, t in f.tensors.items():
+        try:
+            found[lmkit_name(name)] = t.shape
+        except KeyError:
+            raise CheckpointError(f"{f.path}: GGUF tensor {name!r} has no place in the model") from None
+    if cfg.tie_embeddings and "embed_tokens.weight" in found:
+        found["lm_head.weight"] = found["embed_tokens.weight"]
+    missing = sorted(set(own) - set(found))
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    problems += [f"{k}: file {found[k]}, model {own[k]}" for k in found if k in own and found[k] != own[k]]
+    problems += [f"unexpected {k}" for k in found if k not in own]
+    if problems:
+        raise CheckpointError(f"{f.path}: the tensors do not fit the model the metadata describes: "
+                              + "; ".join(problems))
 
 
 def _swap_linears(model: nn.Module, f: GGUFFile, hook: LinearHook) -> None:
