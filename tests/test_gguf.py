@@ -377,6 +377,22 @@ def test_import_errors(tmp_path, exported):
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(CheckpointError, match="not a readable GGUF"):
         load_pretrained(bad)
+    good = (exported[1] / "f16.gguf").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="not a readable GGUF"):
+        load_pretrained(bad)
+    from lmkit.errors import ConfigError
+
+    def with_value(key: bytes, value: int) -> bytes:  # a uint32 metadata value: key, type tag, value
+        at = good.index(key) + len(key) + 4
+        return good[:at] + value.to_bytes(4, "little") + good[at + 4:]
+
+    bad.write_bytes(with_value(b"llama.block_count", 10**6))  # would be a huge model: refused first
+    with pytest.raises(ConfigError, match="block_count=1000000"):
+        load_pretrained(bad)
+    bad.write_bytes(with_value(b"llama.feed_forward_length", 640))
+    with pytest.raises(CheckpointError, match="ffn_gate|mlp.gate_proj.weight: file"):
+        load_pretrained(bad)
     from lmkit.errors import TokenizerError
 
     with pytest.raises(TokenizerError, match="'llama' is not supported"):
