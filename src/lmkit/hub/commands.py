@@ -66,8 +66,8 @@ def export_group() -> None:
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", "output", required=True, type=click.Path(dir_okay=False),
               help="the .gguf file to write")
-@click.option("--type", "ftype", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
-              help="tensor type of the 2-D weights (norms stay f32)")
+@click.option("--type", "ftype", type=click.Choice(["f32", "f16", "q8_0", "q4_0", "q4_k_m"]), default="f16",
+              show_default=True, help="tensor type of the 2-D weights, as llama-quantize mixes them (norms stay f32)")
 def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
     """Write the Llama-family checkpoint MODEL_DIR (+ its tokenizer.json) as a llama.cpp GGUF file."""
     from lmkit.hub.adapter_folder import require_full_checkpoint
@@ -78,7 +78,8 @@ def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
         written = export_gguf_dir(model_dir, output, ftype)
     except ValueError as exc:  # a model GGUF cannot hold; an LmkitError is reported by the root group
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {written['path']}: {written['tensors']} tensors ({written['q8_0']} Q8_0), {written['bytes']} bytes")
+    types = ", ".join(f"{n} {kind}" for kind, n in written["types"].items())
+    click.echo(f"wrote {written['path']}: {written['tensors']} tensors ({types}), {written['bytes']} bytes")
 
 
 def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):

@@ -166,7 +166,12 @@ def load_pretrained(
     dtype None keeps the checkpoint's floating dtype (fp32 when it mixes several).
     The model comes back in eval mode with `model.config` set. A quantized checkpoint written by
     `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model.
+    A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default).
     """
+    if str(directory).lower().endswith(".gguf") and Path(directory).is_file():
+        from lmkit.hub.gguf_import import load_gguf
+
+        return load_gguf(directory, dtype=dtype)
     if not (Path(directory) / "config.json").exists() and (Path(directory) / "quantization.json").exists():
         from lmkit.quant.checkpoint import load_quantized
 
