@@ -54,7 +54,7 @@ def tok():
 def model(tok):
     eos = tok.token_to_id("<|endoftext|>")
     cfg = ModelConfig(arch="decoder", model_type="llama", vocab_size=tok.vocab_size + PAD_ROWS, d_model=32,
-                      n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=512, norm="rmsnorm",
+                      n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=1024, norm="rmsnorm",
                       activation="silu", gated_ffn=True, position="rope", initializer_range=0.5, eos_token_id=eos)
     torch.manual_seed(0)
     m = DecoderLM(cfg).eval()
@@ -139,3 +139,123 @@ def test_constraint_protocol_and_masks(tok):
     rows = allowed_rows([None, g.constraint([0])], tok.vocab_size)
     assert rows.shape == (2, tok.vocab_size) and rows[0].all() and not rows[1].all()
     assert allowed_rows([None, None], 5) is None
+
+
+# ---- the live server with the official openai client ---------------------------------------
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+NAME = "random-tiny"
+FORECAST_TOOL = {"type": "function", "function": {
+    "name": "get_forecast", "description": "Weather forecast",
+    "parameters": {"type": "object", "properties": {
+        "city": {"enum": ["Paris", "Rome", "Oslo"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "units": {"enum": ["metric", "imperial"]}}, "required": ["city", "days", "units"],
+        "additionalProperties": False}}}
+CLOCK_TOOL = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                                       "required": ["zone"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def server(model, tok):
+    from lmkit.serve.app import create_app
+    from lmkit.serve.engine import Engine
+    from test_serve_util import LiveServer
+
+    engine = Engine(model, tok, max_batch_size=4)
+    with LiveServer(create_app(engine, model_name=NAME, default_max_tokens=64)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_ten_schema_requests_through_the_server_all_validate(client):
+    """Chat (response_format json_schema / json_object) and completions (guided_json), sampled and greedy."""
+    for i in range(10):
+        schema = SCHEMAS[i % len(SCHEMAS)]
+        if i % 3 == 2:
+            r = client.completions.create(model=NAME, prompt=f"item {i}:", max_tokens=80, temperature=1, seed=i,
+                                          extra_body={"guided_json": schema})
+            text, reason = r.choices[0].text, r.choices[0].finish_reason
+        else:
+            fmt = {"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}}
+            r = client.chat.completions.create(model=NAME, messages=_chat(f"give item {i}"), max_tokens=80,
+                                               temperature=1, seed=i, response_format=fmt)
+            text, reason = r.choices[0].message.content, r.choices[0].finish_reason
+        assert reason == "stop", text
+        jsonschema.validate(json.loads(text), schema)
+    r = client.chat.completions.create(model=NAME, messages=_chat("json please"), max_tokens=64, temperature=1,
+                                       seed=5, response_format={"type": "json_object"})
+    text = r.choices[0].message.content
+    assert text.startswith("{")
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+
+
+def test_guided_regex_grammar_and_choice_streamed_and_not(client):
+    r = client.completions.create(model=NAME, prompt="phone:", max_tokens=20, temperature=0,
+                                  extra_body={"guided_regex": r"\+[0-9]{2} [0-9]{3}-[0-9]{4}"})
+    assert re.fullmatch(r"\+[0-9]{2} [0-9]{3}-[0-9]{4}", r.choices[0].text)
+    chunks = list(client.completions.create(model=NAME, prompt="phone:", max_tokens=20, temperature=0, stream=True,
+                                            extra_body={"guided_regex": r"\+[0-9]{2} [0-9]{3}-[0-9]{4}"}))
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    gbnf = 'root ::= "(" [a-c]{1,6} ")"'
+    r = client.chat.completions.create(model=NAME, messages=_chat("x"), max_tokens=20, temperature=1, seed=0,
+                                       extra_body={"guided_grammar": gbnf})
+    assert re.fullmatch(r"\([a-c]{1,6}\)", r.choices[0].message.content), r.choices[0].message.content
+    r = client.chat.completions.create(model=NAME, messages=_chat("x"), max_tokens=20, temperature=0,
+                                       extra_body={"guided_choice": ["alpha", "beta"]})
+    assert r.choices[0].message.content in ("alpha", "beta")
+
+
+@pytest.mark.parametrize("extra", [
+    {"guided_regex": "(unclosed"},
+    {"guided_grammar": "start: nothing_here"},
+    {"guided_regex": "a", "guided_choice": ["a"]},
+    {"response_format": {"type": "xml"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "nope"}}},
+])
+def test_bad_structured_output_requests_are_400(client, extra):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=NAME, messages=_chat("x"), max_tokens=5, extra_body=extra)
+
+
+def _calls(message):
+    return [(c.type, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+def test_forced_tool_calls_stream_as_deltas_the_client_accumulates(client, tool_choice):
+    """tool_choice required / named on a random model: the constraint makes a valid call; the
+    official client's stream accumulator rebuilds the same tool_calls as the non-streamed reply."""
+    kw = dict(model=NAME, messages=_chat("forecast?"), tools=[FORECAST_TOOL, CLOCK_TOOL], tool_choice=tool_choice,
+              temperature=0, max_tokens=80)
+    r = client.chat.completions.create(**kw)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls
+    fn = {"get_forecast": FORECAST_TOOL, "get_time": CLOCK_TOOL}[call.function.name]["function"]
+    jsonschema.validate(json.loads(call.function.arguments), fn["parameters"])
+    if isinstance(tool_choice, dict):
+        assert call.function.name == "get_time"
+
+    with client.chat.completions.stream(**kw) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+    assert _calls(final.choices[0].message) == _calls(choice.message)
+    assert final.choices[0].finish_reason == "tool_calls"
+    deltas = [e for e in events if e.type == "tool_calls.function.arguments.delta"]
+    assert len(deltas) > 1  # the arguments arrived in pieces, not in one final chunk
+    raw = list(client.chat.completions.create(**kw, stream=True))
+    first = next(tc for c in raw for tc in (c.choices[0].delta.tool_calls or []))
+    assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
+    assert first.function.name == call.function.name
