@@ -259,3 +259,32 @@ def test_forced_tool_calls_stream_as_deltas_the_client_accumulates(client, tool_
     first = next(tc for c in raw for tc in (c.choices[0].delta.tool_calls or []))
     assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
     assert first.function.name == call.function.name
+
+
+@pytest.mark.slow
+def test_the_core_imports_without_llguidance():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['llguidance'] = None\n"
+            "import lmkit.infer, lmkit.infer.structured_output, lmkit.serve.app, lmkit.serve.routes_chat\n"
+            "from lmkit.errors import MissingDependencyError\n"
+            "try:\n    lmkit.infer.structured_output.compile_regex(object(), 'a')\n"
+            "except MissingDependencyError as e:\n    print('missing:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "lmkit[structured]" in out.stdout
+
+
+def test_without_llguidance_requests_get_a_clear_400(client, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # the live server, in this process, loses it too
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=NAME, messages=_chat("x"), max_tokens=5,
+                                       response_format={"type": "json_object"})
+    assert "lmkit[structured]" in str(err.value)
+    # a forced tool call still works, started by the prompt only (as before structured output)
+    r = client.chat.completions.create(model=NAME, messages=_chat("x"), max_tokens=5, tools=[CLOCK_TOOL],
+                                       tool_choice="required")
+    assert r.choices[0].finish_reason in ("length", "stop", "tool_calls")

@@ -52,6 +52,15 @@ def _llg():
     return require("llguidance", "structured")
 
 
+def available() -> bool:
+    """Whether llguidance (the `structured` extra) is installed."""
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def token_bytes_table(tokenizer) -> list[bytes]:
     """The bytes of every id the tokenizer can render; special tokens (and ids without bytes) marked special."""
     n = renderable_size(tokenizer)

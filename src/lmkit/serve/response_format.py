@@ -10,7 +10,8 @@ and vLLM's extra body fields (the openai client sends them with `extra_body={...
 `guided_json` (a schema), `guided_regex`, `guided_grammar` (Lark, or llama.cpp's GBNF) and
 `guided_choice` (a list of strings). At most one may be given. For chat, `tool_choice`
 "required" or a named function constrains the reply to one tool call whose arguments follow
-the tool's `parameters` schema (tool_calls.tool_call_grammar); it takes precedence.
+the tool's `parameters` schema (tool_calls.tool_call_grammar); it takes precedence. Without
+llguidance a forced tool call is only started by the prompt (`tool_choice_prefix`), as before.
 
 Compiling is lmkit.infer.structured_output's (llguidance, the `structured` extra). A schema
 or grammar that does not compile, or a server without llguidance, is a 400 naming the field.
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmkit.errors import ConfigError, MissingDependencyError
+from lmkit.infer import structured_output
 from lmkit.serve.api_errors import APIError
 
 GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_grammar", "guided_choice")
@@ -62,8 +64,7 @@ def requested_format(req) -> tuple[str, str, Any] | None:
 
 def compile_request(tokenizer, kind: str, value: Any, param: str):
     """The compiled grammar for one structured-output request (400 when it cannot be compiled)."""
-    from lmkit.infer import structured_output as so
-
+    so = structured_output
     if tokenizer is None:
         raise APIError(400, "structured output needs the model's tokenizer; this server has none", param=param)
     try:
@@ -102,7 +103,7 @@ def request_constraint(req, tokenizer, tool_grammar: str | None = None):
     tool_grammar: the forced tool call's grammar (chat with tool_choice required / named).
     """
     asked = requested_format(req)
-    if tool_grammar is not None:
+    if tool_grammar is not None and tokenizer is not None and structured_output.available():
         return compile_request(tokenizer, "tool_call", tool_grammar, "tool_choice")
     if asked is None:
         return None
