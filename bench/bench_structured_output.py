@@ -15,8 +15,10 @@ subprocess. A random-weight model never writes valid JSON by itself; only the co
                at a time, the time between the first and the last content chunk divided by the
                tokens between them (inter-token latency, the prompt's prefill excluded);
                constrained = a JSON-schema reply, unconstrained = free text (a random model
-               seldom picks its end token, so it runs to max_tokens). Also: the mask alone (allowed_mask + advance) timed
-               in process on the same vocabulary.
+               seldom picks its end token, so it runs to max_tokens). The same in process,
+               without HTTP: the decode core's per-step time (`iter_steps`, the prefill step
+               excluded) with and without a constraint. Also: the mask alone (allowed_mask +
+               advance) on the same vocabulary.
 
 Last line: `ours/peer` = constrained / unconstrained decode ms per token (1.00 = free).
 
@@ -41,11 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_throughput import english_corpus, free_port  # noqa: E402
 
 S = {"type": "string", "maxLength": 12}
+# Numbers carry a precision (multipleOf): without one JSON allows endless fraction digits, and a
+# random-weight model, which has no reason to stop, writes digits until max_tokens (a trained one stops).
+# Powers of two, so jsonschema's float arithmetic checks them exactly (12.2 % 0.1 != 0 in binary).
 SCHEMAS = [
     {"type": "object", "properties": {"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 130}},
      "required": ["name", "age"], "additionalProperties": False},
     {"type": "object", "properties": {"status": {"enum": ["active", "inactive", "banned"]},
-                                      "score": {"type": "number", "minimum": 0, "maximum": 1}},
+                                      "score": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.0625}},
      "required": ["status", "score"], "additionalProperties": False},
     {"type": "object", "properties": {"tags": {"type": "array", "items": S, "minItems": 1, "maxItems": 4}},
      "required": ["tags"], "additionalProperties": False},
@@ -54,7 +59,7 @@ SCHEMAS = [
         "email": S}, "required": ["id", "admin", "email"], "additionalProperties": False}},
      "required": ["user"], "additionalProperties": False},
     {"type": "object", "properties": {"point": {"type": "array", "items": {"type": "number", "minimum": -90,
-                                                                               "maximum": 90},
+                                                                               "maximum": 90, "multipleOf": 0.125},
                                                 "minItems": 2, "maxItems": 2}},
      "required": ["point"], "additionalProperties": False},
     {"type": "object", "properties": {"order": {"type": "object", "properties": {
@@ -67,7 +72,8 @@ SCHEMAS = [
                                       "code": {"type": "integer", "minimum": 100, "maximum": 599},
                                       "retry": {"type": "boolean"}},
      "required": ["level", "code", "retry"], "additionalProperties": False},
-    {"type": "object", "properties": {"temperature": {"type": "number", "minimum": -40, "maximum": 50},
+    {"type": "object", "properties": {"temperature": {"type": "number", "minimum": -40, "maximum": 50,
+                                                      "multipleOf": 0.25},
                                       "unit": {"enum": ["C", "F"]},
                                       "city": {"enum": ["Paris", "Rome", "Oslo", "Lima"]}},
      "required": ["temperature", "unit", "city"], "additionalProperties": False},
@@ -180,18 +186,41 @@ def mask_cost_us(model_dir: Path, steps: int = 400) -> float:
     return elapsed / done * 1e6
 
 
+def core_step_ms(model_dir: Path, n: int = 10) -> tuple[float, float]:
+    """Median decode-step ms in process (lmkit.infer.iter_steps, step 0 = prefill excluded): free, constrained."""
+    from lmkit.hub import load_pretrained
+    from lmkit.infer import iter_steps
+    from lmkit.infer.structured_output import compile_json_schema
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    model, tok = load_pretrained(model_dir).eval(), load_tokenizer(model_dir)
+    free, cons = [], []
+    for i in range(n):
+        prompt = tok.encode(f"Record {i}, as JSON.")
+        for out, constraint in ((free, None), (cons, compile_json_schema(tok, SCHEMAS[i % len(SCHEMAS)]))):
+            last = None
+            for _ in iter_steps(model, [prompt], tokenizer=tok, constraint=constraint, max_new_tokens=48,
+                                do_sample=True, seed=i):
+                now = time.perf_counter()
+                if last is not None:
+                    out.append((now - last) * 1e3)
+                last = now
+    return statistics.median(free), statistics.median(cons)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--latency-requests", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)  # 1: no OpenMP spin-waits on a shared machine
     args = ap.parse_args()
     import httpx
     import llguidance
     import openai
     import torch
 
+    torch.set_num_threads(args.threads)  # the in-process measurements use as many threads as the server
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "bench"
         build_model_dir(model_dir)
@@ -228,6 +257,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         mask_us = mask_cost_us(model_dir)
+        core_free, core_cons = core_step_ms(model_dir)
     print(f"model: Llama hidden 384, 6 layers, fp32, random weights, vocab 8192; torch {torch.__version__}, "
           f"llguidance {llguidance.__version__}, openai {openai.__version__}, {args.threads} threads")
     print(f"validity: {ok}/{args.requests} replies parse and validate ({len(SCHEMAS)} schemas, "
@@ -237,6 +267,8 @@ def main() -> None:
     f, c = statistics.median(free), statistics.median(cons)
     print(f"decode ms/token, one request at a time (median of {len(free)} / {len(cons)}): "
           f"unconstrained {f:.2f}, constrained {c:.2f}, overhead {c - f:+.2f} ms/token ({(c / f - 1) * 100:+.0f}%)")
+    print(f"decode-core step ms, in process (median): unconstrained {core_free:.2f}, constrained {core_cons:.2f}, "
+          f"overhead {core_cons - core_free:+.2f} ms ({(core_cons / core_free - 1) * 100:+.0f}%)")
     print(f"mask alone (allowed_mask + advance, in process): {mask_us:.0f} us/token")
     print(f"ours/peer (constrained/unconstrained ms per token): {c / f:.2f}")
 

@@ -31,6 +31,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from lmkit.errors import ConfigError, require
@@ -38,7 +39,6 @@ from lmkit.infer.vocab_padding import renderable_size
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _SPECIAL = b"\xff"  # llguidance's marker for special tokens: no grammar ever allows them
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 _TOKENIZERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 MAX_CACHED_GRAMMARS = 64
@@ -154,9 +154,10 @@ class GrammarConstraint:
         if not m.is_stopped():
             w = self._words
             m.unsafe_compute_mask_ptr(w.data_ptr(), w.numel() * 4)
-            bits = ((w[0, :, None] >> _SHIFTS) & 1).flatten()[: self.vocab].bool()
+            # bit i of 32-bit word j is id 32 j + i (little-endian words): unpack as bytes, low bit first
+            bits = np.unpackbits(w.numpy()[0].astype("<i4", copy=False).view(np.uint8), bitorder="little")
             n = min(self.vocab, vocab_size)
-            out[:n] = bits[:n]
+            out[:n] = torch.from_numpy(bits[:n].view(np.bool_))
             out[self.ll_eos] = False
         if m.is_accepting() or m.is_stopped():
             for e in self.eos_ids:
