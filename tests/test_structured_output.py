@@ -193,6 +193,14 @@ def test_ten_schema_requests_through_the_server_all_validate(client):
             text, reason = r.choices[0].message.content, r.choices[0].finish_reason
         assert reason == "stop", text
         jsonschema.validate(json.loads(text), schema)
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMAS[3], "strict": True}}
+    r = client.chat.completions.create(model=NAME, messages=_chat("two"), max_tokens=80, temperature=1, seed=7, n=2,
+                                       response_format=fmt)
+    for choice in r.choices:  # every choice has its own constraint
+        jsonschema.validate(json.loads(choice.message.content), SCHEMAS[3])
+    chunks = list(client.chat.completions.create(model=NAME, messages=_chat("two"), max_tokens=80, temperature=1,
+                                                 seed=7, response_format=fmt, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
     r = client.chat.completions.create(model=NAME, messages=_chat("json please"), max_tokens=64, temperature=1,
                                        seed=5, response_format={"type": "json_object"})
     text = r.choices[0].message.content
