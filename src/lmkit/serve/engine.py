@@ -24,6 +24,8 @@ one by one, so only the request that cannot run fails. Only a failure of the bat
 forward itself (out of memory, say) ends every row of that step. The error event carries the
 exception, so the server logs its real traceback (engine_bridge.py, event_stream.py).
 With a tokenizer, the output rows it cannot render (vocabulary padding) are never chosen.
+Structured output: a request may carry a `TokenConstraint` (a compiled JSON schema, regex or
+grammar); its row chooses among the ids the constraint allows (`select_tokens(allowed=...)`).
 
 KV cache layout. All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
 whose write position `cur` is common; row i holds its n_i cached tokens right-aligned in
@@ -52,6 +54,7 @@ import torch
 
 from lmkit.errors import ConfigError, LmkitError
 from lmkit.infer.config import GenerationConfig
+from lmkit.infer.constraint import ConstraintArg, row_constraints
 from lmkit.infer.fused_step import padding_bias
 from lmkit.infer.inputs import check_fits, left_pad, resolve_config
 from lmkit.infer.runner import ModelRunner, fast_decoder, forward_step
@@ -133,6 +136,7 @@ class _Row:
     pending: int | None = None  # newest token, not yet fed to the model
     done: bool = False
     slot: int = -1  # row index in the current cache (or in the prefill cache while joining)
+    constraint: object = None  # structured output: a TokenConstraint (lmkit.infer.constraint), or None
 
 
 @dataclass
@@ -215,8 +219,12 @@ class Engine:
         return cfg
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig,
-               callback: Callable[[TokenEvent], None]) -> RequestHandle:
-        """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step."""
+               callback: Callable[[TokenEvent], None], constraint: ConstraintArg = None) -> RequestHandle:
+        """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step.
+
+        constraint: structured output, a compiled grammar (lmkit.infer.structured_output) or a
+        `TokenConstraint`; the request's tokens are chosen among the ids it allows.
+        """
         cfg = self.prepare_config(config)
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -224,8 +232,9 @@ class Engine:
         check_fits(self.model, [prompt], cfg)
         if cfg.stop and self.tokenizer is None:
             raise ConfigError("stop strings need a tokenizer")
+        constraint = row_constraints(constraint, 1, cfg.eos_token_ids)[0]  # bound to the request's EOS ids
         handle = RequestHandle(uuid.uuid4().hex)
-        row = _Row(handle, prompt, cfg, callback)
+        row = _Row(handle, prompt, cfg, callback, constraint=constraint)
         with self._lock:
             if self._stopping:
                 raise EngineStopped("the server is shutting down and takes no new requests")
@@ -239,7 +248,8 @@ class Engine:
             self.start()
         return handle
 
-    def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None) -> Completion:
+    def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None,
+                 constraint: ConstraintArg = None) -> Completion:
         """Blocking: submit and wait for the whole completion."""
         done = threading.Event()
         events: list[TokenEvent] = []
@@ -250,7 +260,7 @@ class Engine:
                 done.set()
 
         cfg = self.prepare_config(config)
-        self.submit(prompt_ids, cfg, collect)
+        self.submit(prompt_ids, cfg, collect, constraint)
         if not done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if events[-1].error:
@@ -382,7 +392,7 @@ class Engine:
         fails ends with an error event, the others go on.
         """
         scores = mask_unrenderable(logits.float(), self.vocab_limit)
-        plain = [not r.procs and not r.cfg.do_sample and not r.cfg.logprobs for r in rows]
+        plain = [not r.procs and not r.cfg.do_sample and not r.cfg.logprobs and r.constraint is None for r in rows]
         greedy_all = select_tokens(scores).tokens.tolist() if any(plain) else None  # one batched argmax
         for j, r in enumerate(rows):
             if r.handle.cancelled:
@@ -400,8 +410,9 @@ class Engine:
         """scores [1, V] -> the row's token through its processors, sampler and logprobs."""
         cfg = r.cfg
         history = r.history[:, : len(r.prompt) + r.generated] if r.procs else None
+        allowed = r.constraint.allowed_mask(scores.shape[-1])[None].to(scores.device) if r.constraint else None
         sel = select_tokens(scores, history=history, processors=r.procs, do_sample=cfg.do_sample,
-                            generator=r.gen, logprobs=cfg.logprobs, top_logprobs=cfg.top_logprobs)
+                            generator=r.gen, allowed=allowed, logprobs=cfg.logprobs, top_logprobs=cfg.top_logprobs)
         lp = top = None
         if sel.logprobs is not None:
             lp = float(sel.logprobs[0])
@@ -410,6 +421,8 @@ class Engine:
         self._advance(r, int(sel.tokens[0]), lp, top)
 
     def _advance(self, r: _Row, tok: int, lp: float | None, top: dict | None) -> None:
+        if r.constraint is not None:
+            r.constraint.advance(tok)
         if r.history is not None:
             r.history[0, len(r.prompt) + r.generated] = tok
         r.generated += 1

@@ -14,7 +14,7 @@ from lmkit.serve.api_errors import APIError
 from lmkit.serve.engine import EngineOverloaded, EngineStopped, TokenEvent
 from lmkit.serve.failure_log import CAUSE_GENERATION, CAUSE_OVERLOADED, CAUSE_SHUTTING_DOWN
 
-Job = tuple[list[int], GenerationConfig]  # prompt ids and generation config of one choice
+Job = tuple  # (prompt ids, GenerationConfig) of one choice, + optionally its constraint (structured output)
 
 
 class EventPipe:
@@ -42,9 +42,11 @@ class EventPipe:
             self.queue.put_nowait(item)
 
 
-def submit(engine, prompt_ids: list[int], cfg: GenerationConfig, callback):
+def submit(engine, prompt_ids: list[int], cfg: GenerationConfig, callback, constraint=None):
     """`engine.submit`, with its refusals as OpenAI errors."""
     try:
+        if constraint is not None:
+            return engine.submit(prompt_ids, cfg, callback, constraint)
         return engine.submit(prompt_ids, cfg, callback)
     except EngineOverloaded as exc:
         raise APIError(503, str(exc), "server_error", code="overloaded", cause=CAUSE_OVERLOADED) from None
@@ -63,7 +65,7 @@ def start_choices(engine, jobs: list[Job], per_token: bool = True):
     pipe = EventPipe(asyncio.get_running_loop())
     handles = []
     try:
-        for idx, (ids, cfg) in enumerate(jobs):
+        for idx, (ids, cfg, *constraint) in enumerate(jobs):
             if per_token:
                 def cb(ev: TokenEvent, idx=idx) -> None:
                     pipe.put((idx, [ev]))
@@ -74,7 +76,7 @@ def start_choices(engine, jobs: list[Job], per_token: bool = True):
                     buf.append(ev)
                     if ev.finish_reason is not None or ev.error is not None:
                         pipe.put((idx, buf))
-            handles.append(submit(engine, ids, cfg, cb))
+            handles.append(submit(engine, ids, cfg, cb, *constraint))
     except Exception:
         cancel_all(handles)
         raise
