@@ -5,6 +5,11 @@ safetensors is a flat format: 8 bytes little-endian header length N, N bytes of 
 unlike pickle (`pytorch_model.bin`), which can execute anything on load — so lmkit reads
 only safetensors and refuses .bin files with a message saying how to convert them.
 
+lmkit reads the format itself (`MappedWeights`): each file is memory-mapped and every tensor
+is a view of the mapping, so nothing is read until it is used and a loader can copy (and
+cast) tensor after tensor, dropping each one's pages as it goes. Writing uses the
+`safetensors` package.
+
 Sharded checkpoints: `model.safetensors.index.json` = {"metadata": {"total_size": bytes},
 "weight_map": {tensor name: shard file}} with shards `model-00001-of-0000K.safetensors`.
 

@@ -15,13 +15,7 @@ import sys
 
 import click
 
-_DTYPES = ("auto", "fp32", "bf16", "fp16")
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+from lmkit.cli_grammar import dtype_option
 
 
 def _adapter_option(f):
@@ -30,7 +24,7 @@ def _adapter_option(f):
                              "an adapter folder given as MODEL_DIR finds its recorded base by itself")(f)
 
 
-def _load_model(model_dir: str, adapter: str | None, dtype=None):
+def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto"):
     """(model, tokenizer) from a checkpoint, an adapter folder, or a checkpoint + --adapter."""
     from lmkit.peft.load_any import load_model_for_inference
 
@@ -71,7 +65,7 @@ def _chat_template(name: str, tokenizer, model_dir: str):
               help="Larger request bodies get 413.")
 @click.option("--default-max-tokens", type=click.IntRange(1), default=256, show_default=True,
               help="Chat reply length when a request gives no max_tokens.")
-@click.option("--dtype", type=click.Choice(_DTYPES), default="auto", show_default=True)
+@dtype_option()
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
@@ -103,7 +97,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
         from lmkit.serve.app import create_app
         from lmkit.serve.engine import Engine
 
-        model, tok = _load_model(model_dir, adapter, dtype=_dtype(dtype))
+        model, tok = _load_model(model_dir, adapter, dtype=dtype)
         _chat_template(template, tok, model_dir)
         if device:
             model = model.to(device)
@@ -140,7 +134,8 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True, help="0: greedy.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
 @click.option("--seed", type=int, default=None)
-def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, seed) -> None:
+@dtype_option()
+def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, seed, dtype) -> None:
     """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit."""
     from lmkit.errors import LmkitError
 
@@ -149,7 +144,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
         from lmkit.infer.streaming import TextStream
         from lmkit.serve.chat_model import prepare_chat
 
-        model, tok = _load_model(model_dir, adapter)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype)
         tpl = _chat_template(template, tok, model_dir)
     except LmkitError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -222,8 +217,9 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
 @click.option("--compile", "compile_step", is_flag=True,
               help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
+@dtype_option()
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, as_json,
-                 compile_step) -> None:
+                 compile_step, dtype) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
@@ -234,7 +230,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     from lmkit.infer.streaming import TextStream, decode_output
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    model, tok = _load_model(model_dir, adapter)
+    model, tok = _load_model(model_dir, adapter, dtype=dtype)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                            temperature=temperature or 1.0, top_k=top_k or None, top_p=top_p, seed=seed,
                            stop=list(stop) or None, compile=compile_step)
