@@ -157,7 +157,7 @@ class MappedWeights:
     def release(self, t: torch.Tensor) -> None:
         """Drop the pages under `t` (a view of a mapping, possibly transposed or sliced) from
         this process; a tensor that is not a view of these mappings is left alone."""
-        if not t.numel():
+        if not t.numel() or not hasattr(mmap, "MADV_DONTNEED"):  # (no madvise: pages stay until unmapped)
             return
         ptr = t.data_ptr()
         extent = (sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()

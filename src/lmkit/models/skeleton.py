@@ -113,10 +113,7 @@ def fill_parameters(model: nn.Module, tensors: Mapping[str, torch.Tensor], dtype
                 param.__dict__.update(old.__dict__)
                 new = param
             for mod, attr in owners[id(old)]:
-                if attr in mod._parameters and mod._parameters[attr] is old:
-                    mod._parameters[attr] = new
-                else:
-                    mod._buffers[attr] = new
+                setattr(mod, attr, new)  # through the module, so modules caching their weights (RNNs) see it
             filled.append(name)
     return filled
 
