@@ -90,6 +90,7 @@ def main() -> None:
         print(f"checkpoint: {n_params / 1e6:.1f}M parameters, {weights / mib:.0f} MiB of fp32 weights")
         results = {name: measure(name, directory) for name in CHILDREN}
     base = results["import lmkit.hub"]["after_import"]
+    bare = results["import lmkit"]["after_import"]  # no torch yet: loading cannot stay near it
     for name, r in results.items():
         line = f"{name:<18} after imports {r['after_import'] / mib:7.0f} MiB   peak {r['peak'] / mib:7.0f} MiB"
         if name.startswith(("lmkit ", "transformers")):
@@ -97,6 +98,7 @@ def main() -> None:
             line += f"   (peak - its imports) / weights {own / weights:.2f}"
             if name.startswith("lmkit "):
                 line += f"   (peak - import lmkit.hub) / weights {(r['peak'] - base) / weights:.2f}"
+                line += f"   (peak - import lmkit) / weights {(r['peak'] - bare) / weights:.2f}"
             line += f"   weights read: peak {r['touched'] / mib:.0f} MiB"
         print(line)
     ours, peer = results["lmkit fp32"], results["transformers fp32"]
