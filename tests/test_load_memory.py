@@ -231,3 +231,10 @@ def test_dtype_is_one_shared_option_on_the_loading_commands():
     for args in (["generate"], ["chat"], ["serve"], ["eval", "ppl"], ["eval", "mc"], ["convert"], ["info"]):
         res = CliRunner().invoke(cli, [*args, "--help"])
         assert res.exit_code == 0 and "--dtype [auto|fp32|bf16|fp16]" in res.output, args
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_info_on_every_family(checkpoints, family):
+    out = _info(str(checkpoints[family]))
+    assert f"family       {family}" in out and "full finetune" in out and "eos ids" in out
+    assert ("KV cache" in out) == (family != "bert")  # an encoder keeps no cache
