@@ -145,7 +145,7 @@ def chat_template_source(directory: Path, tokenizer: Any) -> str:
         builtin = chat_template_of(tokenizer)
         if builtin is not None:
             return f"none in the checkpoint; built-in {builtin.name} (the tokenizer has its tokens)"
-    return "none (no Jinja template, no tokenizer with a built-in template's tokens)"
+    return "none (no Jinja template, and no vocabulary with a built-in template's tokens)"
 
 
 def _ids(value: Any) -> list[int]:
