@@ -29,6 +29,8 @@ def _load_model(model_dir: str, tokenizer: str | None, dtype: str = "fp32"):
     require_full_checkpoint(model_dir, "lmkit eval")  # an adapter folder: say `lmkit merge`
     try:
         model = load_pretrained(model_dir, dtype=dtype)
+        if dtype == "fp32":
+            model = model.float()  # as before --dtype: also a quantized checkpoint's float tensors
         tok = load_tokenizer(tokenizer or model_dir)
     except (LmkitError, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load the model/tokenizer: {exc}") from None
