@@ -238,3 +238,29 @@ def test_info_on_every_family(checkpoints, family):
     out = _info(str(checkpoints[family]))
     assert f"family       {family}" in out and "full finetune" in out and "eos ids" in out
     assert ("KV cache" in out) == (family != "bert")  # an encoder keeps no cache
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_released_tensors_leave_the_process_rss(tmp_path):
+    """A mapped tensor's pages count towards RSS once read; `release` hands them back (and the
+    tensor still reads correctly: the pages come back from the page cache)."""
+    from safetensors.torch import save_file
+
+    from lmkit.hub.safetensors_io import map_state_dict
+
+    data = torch.arange(2**20, dtype=torch.float32)  # 4 MiB
+    save_file({"w": data}, str(tmp_path / "model.safetensors"))
+    mapped = map_state_dict(tmp_path)
+    w = mapped.tensors["w"]
+    before = _rss_file_kib()
+    assert torch.equal(w, data)
+    read = _rss_file_kib()
+    mapped.release(w)
+    assert read - before > 3000 and read - _rss_file_kib() > 3000
+    assert torch.equal(w, data)
