@@ -144,6 +144,12 @@ def test_bad_input(tmp_path, tok):
     with pytest.raises(CheckpointError, match="cannot export"):
         export_gguf(gpt2, tmp_path / "g.gguf", tok)
     assert not (tmp_path / "g.gguf").exists()
+    from lmkit.models.config import ModelConfig
+
+    for change, match in (({"partial_rotary_factor": 0.5}, "partial rotary"), ({"parallel_residual": True}, "parallel"),
+                          ({"rope_scaling": "yarn", "rope_scaling_factor": 2.0}, "yarn")):
+        with pytest.raises(CheckpointError, match=match):
+            export_gguf(DecoderLM(ModelConfig(**{**tiny().config.to_dict(), **change})), tmp_path / "r.gguf", tok)
     from lmkit.quant.quantize_model import quantize_model
 
     with pytest.raises(CheckpointError, match="floating-point model"):

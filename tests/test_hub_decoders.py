@@ -301,8 +301,8 @@ def test_pickle_weights_are_refused_not_unpickled(tmp_path):
     [
         ({"hidden_size": 30}, "divisible"),
         ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
-        ({"eos_token_id": 5000}, "eos_token_id"),
+        ({"rope_parameters": {"rope_type": "proportional", "factor": 4.0, "rope_theta": 1e4}, "rope_scaling": None},
+         "proportional"),
         ({"hidden_act": "mish"}, "hidden_act"),
         ({"vocab_size": None}, "vocab_size"),
     ],
@@ -314,6 +314,34 @@ def test_self_contradicting_config(saved, change, match):
     (saved / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=match):
         load_pretrained(saved)
+
+
+def test_out_of_range_special_ids_and_unread_fields_warn(saved):
+    """Metadata the forward never reads does not block a load (transformers loads it too): an eos id
+    past the vocabulary is dropped and an unknown field kept, each with a warning."""
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg.update(eos_token_id=5000, pad_token_id=-1, some_future_field={"x": 1})
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning) as record:
+        model = load_pretrained(saved)
+    text = " ".join(str(w.message) for w in record)
+    assert "eos_token_id=5000" in text and "pad_token_id=-1" in text and "some_future_field" in text
+    assert model.config.eos_token_id is None and model.config.extra["some_future_field"] == {"x": 1}
+    with pytest.raises(ConfigError, match="eos_token_id"):  # lmkit's own configs stay strict
+        ModelConfig(vocab_size=V, eos_token_id=5000)
+
+
+def test_tiny_gpt2_with_default_special_ids_loads(tmp_path):
+    """GPT2Config's default bos/eos id 50256 on a 100-token vocabulary: transformers loads it, so does lmkit."""
+    hf = AutoModelForCausalLM.from_config(transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2,
+                                                                  n_head=4), attn_implementation="eager").eval()
+    hf.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="50256"):
+        ours = load_pretrained(tmp_path)
+    assert ours.config.bos_token_id is None and ours.config.eos_token_id is None
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
 
 
 def test_qwen2_mixed_layer_types_rejected():

@@ -29,7 +29,8 @@ def _user_tool(spec: str):
 @click.option("--model", "model_name", default=None,
               help="Model name sent to --base-url (default: the one model the server lists at /v1/models).")
 @click.option("--api-key", envvar="LMKIT_API_KEY", default=None, help="API key for --base-url (or $LMKIT_API_KEY).")
-@click.option("--template", default="chatml", show_default=True, help="Chat template of a local model.")
+@click.option("--template", default=None,
+              help="Chat template of a local model: its own (default), one of its named ones, chatml or llama3.")
 @click.option("--mode", type=click.Choice(["function", "react"]), default="function", show_default=True,
               help="Native function calling, or the text ReAct loop for models without it.")
 @click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False),

@@ -17,7 +17,7 @@ import click
 from lmkit.cli_grammar import RenamedOptionsCommand
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.txt", "merges.txt", "vocab.json")
+                   "vocab.txt", "merges.txt", "vocab.json", "chat_template.jinja")
 
 
 # ---- shared helpers ----------------------------------------------------------------------------
@@ -51,15 +51,16 @@ def _rollout_eos(model) -> list[int] | None:
 
 
 def _template(name: str | None, tok, model_dir: str):
-    """The chat template `name` (None: plain-text rows), checked against the tokenizer: the one
-    template policy fails with the `lmkit tokenizer add-tokens MODEL_DIR` fix."""
+    """The chat template `name` (None: plain-text rows; "auto": the checkpoint's own, see
+    hub.checkpoint_template), checked against the tokenizer: the one template policy fails with
+    the `lmkit tokenizer add-tokens MODEL_DIR` fix."""
     if name is None:
         return None
-    from lmkit.tokenizers import get_template
+    from lmkit.hub.checkpoint_template import checkpoint_template
     from lmkit.tokenizers.chat_template import require_template_tokens
 
     try:
-        template = get_template(name)
+        template = checkpoint_template(model_dir, tok, name)
     except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     require_template_tokens(template, tok, model=model_dir)
@@ -199,7 +200,9 @@ def _common(f):
         click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output directory"),
         click.option("--lr", type=float, default=None, help="learning rate"),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--chat-template", default=None, help="chatml or llama3: render chat-format rows"),
+        click.option("--chat-template", default=None,
+                     help="render chat-format rows with: auto (the checkpoint's own template), one of its named "
+                          "templates, chatml or llama3"),
         click.option("--lora/--no-lora", default=False, help="train a LoRA adapter; the reference is the base model"),
         click.option("--lora-r", type=int, default=8, show_default=True),
         click.option("--lora-alpha", type=float, default=16.0, show_default=True),

@@ -53,6 +53,10 @@ def _save_with_tokenizer(model, out, src) -> None:
     if any((Path(src) / n).is_file() for n in ("tokenizer.json", "tokenizer.lmkit.json")):
         tok = load_tokenizer(src)
         tok = tok if hasattr(tok, "save_hf_json") else None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer_config.json", "chat_template.jinja"):  # the checkpoint's own chat template stays
+        if (Path(src) / name).is_file() and Path(src).resolve() != Path(out).resolve():
+            shutil.copyfile(Path(src) / name, Path(out) / name)
     save_pretrained(model, out, tokenizer=tok)
     if tok is None:
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

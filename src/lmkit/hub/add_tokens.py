@@ -49,8 +49,9 @@ def _vocab(tokenizer: Any) -> dict[str, int]:
 def _add_to_tokenizer(tokenizer: Any, tokens: Sequence[str], special: bool) -> list[int]:
     """Add `tokens` (those not yet single tokens) to `tokenizer` in place; their ids, in order."""
     from lmkit.tokenizers.bpe import BPETokenizer
+    from lmkit.tokenizers.sentencepiece_bpe import SentencePieceBPETokenizer
 
-    if isinstance(tokenizer, BPETokenizer):
+    if isinstance(tokenizer, (BPETokenizer, SentencePieceBPETokenizer)):
         return tokenizer.add_tokens(tokens, special=special)
     if hasattr(tokenizer, "add_special_tokens") and hasattr(tokenizer, "convert_tokens_to_ids"):  # transformers
         vocab = tokenizer.get_vocab()
@@ -59,8 +60,8 @@ def _add_to_tokenizer(tokenizer: Any, tokens: Sequence[str], special: bool) -> l
             tokenizer.add_tokens(new, special_tokens=special)
         return [int(tokenizer.convert_tokens_to_ids(t)) for t in tokens]
     raise TokenizerError(
-        f"adding tokens is supported for byte-level BPE tokenizers (lmkit's, or a tokenizer.json with a BPE "
-        f"model) and transformers tokenizers, not {type(tokenizer).__name__}"
+        f"adding tokens is supported for BPE tokenizers (lmkit's, or a tokenizer.json with a BPE model, "
+        f"byte-level or SentencePiece-style) and transformers tokenizers, not {type(tokenizer).__name__}"
     )
 
 

@@ -125,6 +125,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         problems.append(f"activation={cfg.activation!r}")
     if cfg.d_model % cfg.n_heads:
         problems.append("n_heads must divide d_model")
+    problems += cfg.gemma_settings()
     check_writable(problems, "gpt2")
     hf: dict[str, Any] = dict(cfg.extra)
     hf.update(

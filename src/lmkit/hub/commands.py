@@ -17,7 +17,7 @@ from lmkit.hub.add_tokens_command import add_tokens_cmd
 from lmkit.tokenizers.commands import tokenizer_group
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.lmkit.json",
-                   "generation_config.json", "config.json")
+                   "generation_config.json", "config.json", "chat_template.jinja")
 
 
 @click.command("info")

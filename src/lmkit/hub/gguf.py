@@ -101,8 +101,13 @@ def _check_model(model: nn.Module) -> None:
         problems.append("biases on the MLP / output projections")
     if cfg.rope_scaling not in (None, "linear"):
         problems.append(f"rope_scaling={cfg.rope_scaling!r}")
+    if cfg.partial_rotary_factor != 1.0:
+        problems.append(f"partial rotary (partial_rotary_factor={cfg.partial_rotary_factor})")
+    if cfg.parallel_residual:
+        problems.append("parallel residual")
     if cfg.sliding_window is not None:
         problems.append("sliding-window attention")
+    problems += cfg.gemma_settings()
     if problems:
         raise CheckpointError(
             f"cannot export this model (model_type={cfg.model_type or 'lmkit'}) as GGUF llama: "
@@ -280,12 +285,12 @@ def export_gguf_dir(model_dir: str | os.PathLike, path: str | os.PathLike, ftype
 
 
 def _saved_template(model_dir: str | os.PathLike) -> str | None:
-    """The Jinja chat template of the checkpoint's tokenizer_config.json, if it has one."""
-    import json
+    """The checkpoint's default Jinja chat template (tokenizer_config.json, a list of named ones,
+    or chat_template.jinja), if it has one."""
+    from lmkit.errors import TokenizerError
+    from lmkit.hub.checkpoint_template import read_chat_templates
 
-    path = Path(model_dir) / "tokenizer_config.json"
     try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-    except (OSError, ValueError, AttributeError):
+        return read_chat_templates(model_dir).get("default")
+    except (OSError, TokenizerError):
         return None
-    return template if isinstance(template, str) else None

@@ -8,12 +8,29 @@ of settings a checkpoint format cannot express, the eos id, and leaving out a ti
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from lmkit.errors import CheckpointError, ConfigError
-from lmkit.models.config import ModelConfig
+from lmkit.models.config import ModelConfig, foreign_special_ids
+
+# keys transformers writes into any config.json that say nothing about the computation; other
+# keys an architecture module does not read are kept (and written back) with a warning
+GENERIC_KEYS = frozenset({
+    "_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label", "label2id",
+    "is_encoder_decoder", "output_attentions", "output_hidden_states", "problem_type", "return_dict",
+    "transformers_version", "model_type", "use_cache", "tokenizer_class", "prefix", "task_specific_params",
+    "finetuning_task", "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "is_decoder",
+    "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss", "sep_token_id", "classifier_dropout",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "eos_token_id",
+    "summary_activation", "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj",
+})
 
 
 def read_json_object(path: Path, missing: str) -> dict:
@@ -43,6 +60,10 @@ def eos_and_extra(hf: dict, consumed: set[str], default: Any = None) -> tuple[An
     extra keys (so it is written back as it was) and its first id is the model's eos."""
     eos = hf.get("eos_token_id", default)
     extra = {k: v for k, v in hf.items() if k not in consumed}
+    unread = sorted(set(extra) - GENERIC_KEYS)
+    if unread:
+        warnings.warn(f"config.json ({hf.get('model_type')}): lmkit does not read {unread}; "
+                      "they are kept and written back on save", stacklevel=3)
     if isinstance(eos, list):
         extra["eos_token_id"] = eos
         eos = eos[0] if eos else None
@@ -57,9 +78,11 @@ def eos_to_hf(hf: dict, cfg: ModelConfig) -> None:
 
 @contextmanager
 def config_contradictions(model_type: str | None) -> Iterator[None]:
-    """Inside: building a ModelConfig from config.json; its validation errors name the file."""
+    """Inside: building a ModelConfig from config.json; its validation errors name the file, and
+    special token ids outside the vocabulary are dropped with a warning (models/config.py)."""
     try:
-        yield
+        with foreign_special_ids():
+            yield
     except ConfigError as exc:
         raise ConfigError(f"config.json ({model_type}) contradicts itself: {exc}") from exc
 

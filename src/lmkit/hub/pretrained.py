@@ -31,8 +31,16 @@ ARCH_MODULES = {
     "qwen2": "lmkit.hub.arch_llama",
     "mistral": "lmkit.hub.arch_llama",
     "mixtral": "lmkit.hub.arch_llama",
+    "qwen3": "lmkit.hub.arch_llama",
+    "qwen3_moe": "lmkit.hub.arch_llama",
+    "olmo2": "lmkit.hub.arch_llama",
     "bert": "lmkit.hub.arch_bert",
     "t5": "lmkit.hub.arch_t5",
+    "gemma": "lmkit.hub.arch_gemma",
+    "gemma2": "lmkit.hub.arch_gemma",
+    "gemma3_text": "lmkit.hub.arch_gemma",
+    "gpt_neox": "lmkit.hub.arch_neox",
+    "phi3": "lmkit.hub.arch_phi3",
 }
 CONFIG_FILES = ("config.json", "generation_config.json")
 
@@ -215,6 +223,7 @@ def load_pretrained(
     left = meta_tensors(model)
     if left:
         raise CheckpointError(f"{directory}: internal error, these tensors were not loaded: {left[:10]}")
+    model.generation_defaults = _generation_defaults(directory)
     return model.eval()
 
 
@@ -238,12 +247,30 @@ def _canonical(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch
     return sd
 
 
-def _generation_config(cfg) -> dict:
+def _generation_defaults(directory: str | os.PathLike):
+    """generation_config.json's eos ids and sampling defaults; a broken file only warns (the
+    forward pass never reads it, and transformers loads such checkpoints too)."""
+    from lmkit.hub.generation_defaults import GenerationDefaults, read_generation_defaults
+
+    try:
+        return read_generation_defaults(directory)
+    except CheckpointError as exc:
+        warnings.warn(f"{exc}; generating with lmkit's defaults", stacklevel=3)
+        return GenerationDefaults()
+
+
+def _generation_config(cfg, defaults=None) -> dict:
+    """generation_config.json: the config's special ids, plus the sampling settings and reply
+    length the loaded checkpoint's own file had (`defaults`), so a fine-tuned copy keeps them."""
     out = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
     out = {k: v for k, v in out.items() if v is not None}
     eos = cfg.extra.get("eos_token_id") if isinstance(cfg.extra, dict) else None
     if isinstance(eos, list):
         out["eos_token_id"] = eos
+    if defaults is not None:
+        out.update(defaults.sampling)
+        out.update({k: v for k, v in (("max_new_tokens", defaults.max_new_tokens),
+                                      ("max_length", defaults.max_length)) if v is not None})
     return out
 
 
@@ -284,7 +311,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, max_shard_by
     replaces = WEIGHT_PATTERNS + CONFIG_FILES + (TOKENIZER_FILES if tokenizer is not None else ())
     with staged_directory(directory, replaces=replaces) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        gen = _generation_config(cfg)
+        gen = _generation_config(cfg, getattr(model, "generation_defaults", None))
         if gen:
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
         write_weights(sd, tmp, max_shard_bytes)
@@ -319,4 +346,14 @@ def _write_tokenizer(tokenizer: Any, tokens, tmp: Path, directory: Path, max_len
                 previous = {}
             if isinstance(previous, dict):  # its added_tokens_decoder may name ids of an older vocabulary
                 data = {**{k: v for k, v in previous.items() if k != "added_tokens_decoder"}, **data}
+                if _own_template(previous.get("chat_template")):  # the checkpoint's template, not lmkit's guess
+                    data["chat_template"] = previous["chat_template"]
         (tmp / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _own_template(template: Any) -> bool:
+    """Whether a tokenizer_config.json chat_template is the checkpoint's own (Jinja text or named
+    templates) rather than one of lmkit's built-in ones."""
+    from lmkit.tokenizers.chat_template import TEMPLATES
+
+    return bool(template) and template not in {t.to_jinja() for t in TEMPLATES.values()}

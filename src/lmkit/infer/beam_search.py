@@ -148,6 +148,7 @@ def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig,
         flat_src = (cache_src + batch_offset).flatten()
         if not torch.equal(flat_src, torch.arange(b * nb, device=device)):
             cache.select(flat_src)
+            runner.select(flat_src)  # what the runner keeps per row follows (LongRoPE's ids before its switch)
         logits = runner.step(running[:, :, cur - 1].reshape(b * nb, 1), cache)
 
     best_seqs = finished_seqs[:, 0, t:].tolist()

@@ -23,8 +23,10 @@ fused step holds a second copy of the attention-input and FFN-input weights; mod
 2 GiB run unfused (at that size the
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
-Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK, an active
-sliding window, training mode, adapted or quantized layers, forward hooks) are reported by
+Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK and LongRoPE
+(tables that depend on the sequence length), partial rotary, parallel residual, an active
+sliding window, Gemma's (1 + w) norms / soft-capping / per-layer attention types, training
+mode, adapted or quantized layers, forward hooks) are reported by
 `FusedDecoder.unsupported(model)` and run through `model.forward` instead. `ModelRunner`
 (runner.py) picks the step.
 """
@@ -58,12 +60,18 @@ class FusedDecoder:
             return "mixture-of-experts layers"
         if cfg.position not in ("rope", "learned"):
             return f"{cfg.position} positions"
-        if cfg.position == "rope" and cfg.rope_scaling == "dynamic":
-            return "dynamic NTK rope scaling"
+        if cfg.position == "rope" and cfg.rope_scaling in ("dynamic", "longrope"):
+            return f"{cfg.rope_scaling} rope scaling (its tables depend on the sequence length)"
+        if cfg.position == "rope" and cfg.partial_rotary_factor != 1.0:
+            return "partial rotary embedding"
+        if cfg.parallel_residual:
+            return "parallel residual"
         if cfg.norm_position != "pre":
             return f"{cfg.norm_position} norm placement"
         if cfg.qk_norm:
             return "q/k norm"
+        if cfg.gemma_settings():  # (1 + w) norms, embedding scale, soft-capping, per-layer attention types
+            return "Gemma settings: " + ", ".join(cfg.gemma_settings())
         if cfg.sliding_window is not None and (max_len is None or max_len > cfg.sliding_window):
             return "sliding-window attention"
         for layer in model.layers:

@@ -68,22 +68,62 @@ class ModelRunner:
         dtype = next(model.parameters()).dtype
         self.pad_bias = padding_bias(mask, dtype if dtype.is_floating_point else torch.float32) \
             if mask is not None and self.fused is not None else None
+        # LongRoPE (Phi-3.5) uses its short tables while the sequence fits the original length and
+        # its long ones for every position after: like transformers, the cache is rebuilt over the
+        # whole sequence when it first outgrows that length; until then the fed ids are kept
+        cfg = getattr(model, "config", None)
+        self._switch = cfg.rope_original_max_seq_len or cfg.max_seq_len \
+            if getattr(cfg, "rope_scaling", None) == "longrope" else None
+        self._short_ids: torch.Tensor | None = None
 
     def prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """Prompt [B, T] (padding slots may hold any valid id) -> logits of the last position [B, 1, V]."""
         t = ids.shape[1]
         mask = self.mask[:, :t] if self.mask is not None else None
         pos = self.positions[:, :t] if self.mask is not None else None
+        if self._switch is not None and int(self.positions[:, :t].max()) + 1 <= self._switch:
+            self._short_ids = ids
         return self.model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache, num_logits_to_keep=1).logits
 
     def step(self, ids: torch.Tensor, cache, last_only: bool = True) -> torch.Tensor:
         """New tokens [B, T] continuing `cache` -> logits [B, 1, V] (or [B, T, V])."""
+        if self._short_ids is not None:
+            fit = self._fitting(ids, cache)
+            if fit < ids.shape[1]:
+                return self._cross_switch(ids, fit, cache, last_only)
+            self._short_ids = torch.cat([self._short_ids, ids], dim=1)
         past = cache.seq_len
         pos = self.positions[:, past : past + ids.shape[1]]
         return forward_step(self.model, self.fused, ids, pos, cache, self.mask, self.pad_bias, last_only)
 
+    def _fitting(self, ids: torch.Tensor, cache) -> int:
+        """LongRoPE before its switch: how many of `ids` still fit the original length."""
+        past = cache.seq_len
+        self._short_ids = self._short_ids[:, :past]  # speculative decoding may have truncated the cache
+        longest = self.positions[:, : past + ids.shape[1]].amax(0).cummax(0).values[past:]
+        return int((longest + 1 <= self._switch).sum())
+
+    def _cross_switch(self, ids: torch.Tensor, fit: int, cache, last_only: bool) -> torch.Tensor:
+        """The first `fit` tokens on the short tables (their logits as one step at a time gives them),
+        then the cache emptied and the whole sequence run on the long tables -> the new tokens' logits."""
+        head = None
+        if fit and not last_only:
+            head = self.step(ids[:, :fit], cache, last_only=False)
+            ids = ids[:, fit:]
+        full = torch.cat([self._short_ids, ids], dim=1)
+        self._short_ids = None
+        cache.truncate(0)
+        logits = forward_step(self.model, None, full, self.positions[:, : full.shape[1]], cache, self.mask, None,
+                              last_only)
+        if last_only:
+            return logits
+        logits = logits[:, -ids.shape[1]:]
+        return logits if head is None else torch.cat([head, logits], dim=1)
+
     def select(self, rows: torch.Tensor) -> None:
         """Follow a reordering / repetition of the batch rows (beam search)."""
+        if self._short_ids is not None:
+            self._short_ids = self._short_ids[rows]
         self.positions = self.positions[rows]
         if self.mask is not None:
             self.mask = self.mask[rows]

@@ -94,7 +94,11 @@ def token_bytes_fn(tokenizer, skip_ids: Iterable[int] = ()) -> Callable[[int], b
 
 
 def model_eos_ids(model) -> list[int]:
-    """The EOS ids a model's config names (a list in `extra` wins, as HF's generation config)."""
+    """The EOS ids of a model: its checkpoint's generation_config.json list when it has one (as in
+    transformers, which stops on those), else its config's (a list in `extra` wins)."""
+    defaults = getattr(model, "generation_defaults", None)
+    if defaults is not None and defaults.eos_token_id:
+        return [int(e) for e in defaults.eos_token_id]
     cfg = getattr(model, "config", None)
     if cfg is None:
         return []

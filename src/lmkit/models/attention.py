@@ -6,7 +6,8 @@ n_kv_heads == n_heads is MHA; 1 is MQA (Shazeer 2019); anything between is GQA
 Two paths compute the same thing:
   fast      torch's scaled_dot_product_attention (flash / memory-efficient kernels);
   explicit  softmax(QK^T * scale + bias) V written out, and able to return the weights
-            (for visualisation and interpretability).
+            (for visualisation and interpretability); also the path of Gemma 2's soft-capped
+            scores, softmax(c * tanh(QK^T * scale / c) + bias) V, which SDPA cannot compute.
 
 KV cache protocol: `kv_cache` is any object with ``update(k, v) -> (k_all, v_all)``
 taking the new keys/values [B, n_kv_heads, T_new, head_dim] and returning all of them
@@ -25,6 +26,7 @@ from lmkit.models.config import ModelConfig
 from lmkit.models.masks import causal_bias
 from lmkit.models.norms import make_norm
 from lmkit.models.positional import apply_rope
+from lmkit.models.softcap import soft_cap
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -42,7 +44,8 @@ class Attention(nn.Module):
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = config.head_dim
         self.cross = cross
-        self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn else 1.0
+        self.scale = 1.0 / math.sqrt(config.query_pre_attn_scalar or self.head_dim) if config.scale_attn else 1.0
+        self.softcap = config.attn_logit_softcapping
         self.attn_dropout = config.attn_dropout
         d, hd = config.d_model, config.head_dim
         self.q_proj = nn.Linear(d, self.n_heads * hd, bias=config.qkv_bias)
@@ -98,8 +101,9 @@ class Attention(nn.Module):
             # SDPA's is_causal aligns the mask top-left; with cached keys the new queries are
             # the last t positions, so build the bottom-right-aligned mask explicitly.
             attn_bias, causal = causal_bias(t, k.shape[-2], q.dtype, q.device), False
-        if return_weights:
+        if return_weights or self.softcap is not None:
             out, weights = self._explicit(q, k, v, attn_bias, causal, dropout)
+            weights = weights if return_weights else None
         else:
             weights = None
             out = F.scaled_dot_product_attention(
@@ -110,6 +114,8 @@ class Attention(nn.Module):
 
     def _explicit(self, q, k, v, attn_bias, causal, dropout):
         scores = (q @ k.transpose(-2, -1)).float() * self.scale
+        if self.softcap is not None:
+            scores = soft_cap(scores, self.softcap)
         if causal:
             scores = scores + causal_bias(*scores.shape[-2:], scores.dtype, q.device)
         if attn_bias is not None:

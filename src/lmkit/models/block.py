@@ -4,6 +4,7 @@ Pre-norm (GPT-2, Llama, T5):  x = x + Attn(Norm(x));  x = x + FFN(Norm(x))
 Post-norm (BERT, Vaswani):    x = Norm(x + Attn(x));  x = Norm(x + FFN(x))
 Sandwich (Gemma 2/3):         x = x + Norm'(Attn(Norm(x)))   (and the same for the FFN)
 Sublayer-output (OLMo 2):     x = x + Norm'(Attn(x))
+Parallel (GPT-NeoX, Pythia):  x = x + Attn(Norm(x)) + FFN(Norm'(x))   (pre-norm; both read the same x)
 Pre-norm keeps an identity path from output to input, which is why deep stacks train
 without warm-up tricks; post-norm normalises the residual stream itself.
 """
@@ -21,9 +22,10 @@ from lmkit.models.norms import make_norm
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: ModelConfig, cross_attention: bool = False) -> None:
+    def __init__(self, config: ModelConfig, cross_attention: bool = False, layer_idx: int = 0) -> None:
         super().__init__()
         self.norm_position = config.norm_position
+        self.parallel_residual = config.parallel_residual
         if config.norm_position != "sublayer_output":
             self.attn_norm = make_norm(config)
         if config.norm_position in ("sandwich", "sublayer_output"):
@@ -37,7 +39,7 @@ class TransformerBlock(nn.Module):
             self.cross_attn = Attention(config, cross=True)
         if config.norm_position != "sublayer_output":
             self.mlp_norm = make_norm(config)
-        self.is_moe = bool(config.n_experts)
+        self.is_moe = config.is_moe_layer(layer_idx)
         if self.is_moe:
             from lmkit.models.moe import MoE
 
@@ -72,40 +74,43 @@ class TransformerBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """token_mask: bool [B, T], True = real token; an MoE FFN leaves padding out of its
         routing statistics and expert capacity (a dense FFN needs no mask)."""
-        x, weights = self._residual(
-            x,
-            "attn",
-            lambda h: self.self_attn(
-                h, attn_bias=attn_bias, rope=rope, kv_cache=kv_cache, is_causal=is_causal,
-                return_weights=return_weights,
-            ),
-        )
+
+        def attn(h):
+            return self.self_attn(h, attn_bias=attn_bias, rope=rope, kv_cache=kv_cache, is_causal=is_causal,
+                                  return_weights=return_weights)
+
+        ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
+        if self.parallel_residual:
+            a, weights = attn(self.attn_norm(x))
+            return x + self.dropout(a) + self.dropout(ffn(self.mlp_norm(x))), weights
+        x, weights = self._residual(x, "attn", attn)
         if encoder_states is not None:
             x, _ = self._residual(
                 x,
                 "cross_attn",
                 lambda h: self.cross_attn(h, attn_bias=cross_bias, kv_input=encoder_states),
             )
-        ffn = (lambda h: self.mlp(h, token_mask=token_mask)) if self.is_moe else self.mlp
         x, _ = self._residual(x, "mlp", lambda h: (ffn(h), None))
         return x, weights
 
 
 def run_layers(
     layers: nn.ModuleList, x: torch.Tensor, *, checkpointing: bool = False, kv_cache=None,
-    return_weights: bool = False, **kwargs,
+    return_weights: bool = False, per_layer: list[dict] | None = None, **kwargs,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """x through every block in turn, with the same keyword arguments (masks, rope, ...) for
-    each; layer i gets layer i of `kv_cache`. With `checkpointing` (training, no cache) each
-    block is recomputed in the backward pass instead of storing its activations.
-    -> (output, per-layer attention weights when return_weights)."""
+    each, plus `per_layer[i]` for layer i where they differ (Gemma's local and global layers:
+    own mask and RoPE tables); layer i gets layer i of `kv_cache`. With `checkpointing`
+    (training, no cache) each block is recomputed in the backward pass instead of storing its
+    activations. -> (output, per-layer attention weights when return_weights)."""
     attentions = []
     for i, layer in enumerate(layers):
+        kw = {**kwargs, **per_layer[i]} if per_layer is not None else kwargs
         if checkpointing:
-            x, w = checkpoint(layer, x, use_reentrant=False, return_weights=return_weights, **kwargs)
+            x, w = checkpoint(layer, x, use_reentrant=False, return_weights=return_weights, **kw)
         else:
             x, w = layer(x, kv_cache=kv_cache.layer(i) if kv_cache is not None else None,
-                         return_weights=return_weights, **kwargs)
+                         return_weights=return_weights, **kw)
         if return_weights:
             attentions.append(w)
     return x, attentions

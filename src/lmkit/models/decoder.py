@@ -10,7 +10,8 @@ Parameter names (the hub maps Hugging Face names onto these):
   (the same tensor as embed_tokens.weight when config.tie_embeddings).
 
 Masks are built once per forward from the slot indices of the queries and keys (cache
-offset included) and shared by every layer:
+offset included) and shared by every layer of one kind (`config.layer_types`: Gemma's
+sliding-window local layers and full global layers each get their own mask and RoPE tables):
   causal         (SDPA's is_causal kernel when nothing else restricts attention)
   sliding window key j visible to query i iff 0 <= i - j < window (as transformers' Mistral)
   padding        attention_mask [B, S] of 1/0 over cached + new positions
@@ -40,6 +41,7 @@ from lmkit.models.moe import MoE
 from lmkit.models.norms import make_norm
 from lmkit.models.output import ModelOutput
 from lmkit.models.positional import add_absolute_positions, add_position_modules, position_score_bias
+from lmkit.models.softcap import soft_cap
 
 
 class DecoderLM(nn.Module):
@@ -52,7 +54,7 @@ class DecoderLM(nn.Module):
         self.position = config.position
         add_position_modules(self, config, bidirectional=False)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config, layer_idx=i) for i in range(config.n_layers))
         self.norm = make_norm(config) if config.norm_position != "post" else nn.Identity()
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         self.reset_parameters()
@@ -115,16 +117,18 @@ class DecoderLM(nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(b, t, past, device, padding, document_ids)
 
-        x, rope = self._embed(input_ids, position_ids)
-        attn_bias = self._attention_bias(past, t, x, padding, prefix_len, document_ids)
+        x = self._embed(input_ids, position_ids)
+        per_layer = self._layer_inputs(past, t, x, position_ids, padding, prefix_len, document_ids)
         token_mask = padding[:, past:] if padding is not None else None
         checkpointing = getattr(self, "gradient_checkpointing", False) and self.training and kv_cache is None
         x, attentions = run_layers(
             self.layers, x, checkpointing=checkpointing, kv_cache=kv_cache, return_weights=return_weights,
-            attn_bias=attn_bias, rope=rope, is_causal=attn_bias is None, token_mask=token_mask,
+            per_layer=per_layer, token_mask=token_mask,
         )
         h = self.norm(x)
         logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
+        if self.config.final_logit_softcapping is not None:
+            logits = soft_cap(logits, self.config.final_logit_softcapping)
 
         moes = [layer.mlp for layer in self.layers if isinstance(layer.mlp, MoE)]
         aux_loss = sum(m.aux_loss for m in moes) if moes else None
@@ -147,20 +151,36 @@ class DecoderLM(nn.Module):
         if labels is not None and num_logits_to_keep:
             raise ValueError("num_logits_to_keep cannot be combined with labels (the loss needs every logit)")
 
-    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor):
-        """Token (+ absolute position) embeddings after dropout, and the RoPE tables (or None)."""
-        x = self.dropout(add_absolute_positions(self, self.embed_tokens(input_ids), position_ids))
-        rope = self.rotary(position_ids, x.dtype) if self.position == "rope" else None
-        return x, rope
+    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Token (+ absolute position) embeddings after dropout; Gemma scales the token
+        embeddings by sqrt(d_model), rounded to their dtype as transformers does."""
+        x = self.embed_tokens(input_ids)
+        if self.config.scale_embeddings:
+            x = x * torch.tensor(self.config.d_model**0.5, dtype=x.dtype)
+        return self.dropout(add_absolute_positions(self, x, position_ids))
 
-    def _attention_bias(self, past, t, x, padding, prefix_len, document_ids) -> torch.Tensor | None:
-        """The self-attention bias shared by every layer, in x's dtype (None: SDPA's causal kernel)."""
+    def _layer_inputs(self, past, t, x, position_ids, padding, prefix_len, document_ids) -> list[dict]:
+        """Per layer: attention bias (None: SDPA's causal kernel), RoPE tables and is_causal.
+        Layers differ only in their sliding window and (Gemma 3) RoPE base, so each kind is
+        built once per forward and shared by the layers of that kind."""
         cfg = self.config
+        rotary, local = getattr(self, "rotary", None), getattr(self, "rotary_local", None)
+        rope = rotary(position_ids, x.dtype) if rotary is not None else None
+        local_rope = local(position_ids, x.dtype) if local is not None else rope
+        windows = [cfg.layer_window(i) for i in range(cfg.n_layers)]
+        kinds = {}
+        for window in dict.fromkeys(windows):
+            bias = self._attention_bias(past, t, x, padding, prefix_len, document_ids, window)
+            kinds[window] = dict(attn_bias=bias, rope=rope if window is None else local_rope, is_causal=bias is None)
+        return [kinds[w] for w in windows]
+
+    def _attention_bias(self, past, t, x, padding, prefix_len, document_ids, window) -> torch.Tensor | None:
+        """The self-attention bias of the layers with sliding `window`, in x's dtype (None: SDPA's causal kernel)."""
         device = x.device
         q_pos = torch.arange(past, past + t, device=device)
         k_pos = torch.arange(past + t, device=device)
         return attention_bias(
-            q_pos, k_pos, x.dtype, causal=True, window=cfg.sliding_window, padding=padding, prefix_len=prefix_len,
+            q_pos, k_pos, x.dtype, causal=True, window=window, padding=padding, prefix_len=prefix_len,
             document_ids=document_ids, score_bias=position_score_bias(self, q_pos, k_pos, causal=True),
         )
 

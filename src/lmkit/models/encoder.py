@@ -106,7 +106,7 @@ class EncoderLM(nn.Module):
             self.embed_types = nn.Embedding(config.type_vocab_size, config.d_model)
         self.embed_norm = make_norm(config) if config.norm_position == "post" else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config, layer_idx=i) for i in range(config.n_layers))
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         if "pooler" in self.heads:
             self.pooler = Pooler(config)

@@ -54,7 +54,9 @@ class Stack(nn.Module):
         self.is_decoder = is_decoder
         add_position_modules(self, config, bidirectional=not is_decoder)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(TransformerBlock(config, cross_attention=is_decoder) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            TransformerBlock(config, cross_attention=is_decoder, layer_idx=i) for i in range(n_layers)
+        )
         self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.gradient_checkpointing = False  # set by EncoderDecoderLM.gradient_checkpointing_enable
 

@@ -1,5 +1,6 @@
-"""Weight initialisation shared by GPT-2, Llama and BERT: N(0, std) for every Linear and
-Embedding weight, zero biases, unit norm gains (T5 uses its own fan-in scheme)."""
+"""Weight initialisation shared by GPT-2, Llama, Gemma and BERT: N(0, std) for every Linear and
+Embedding weight, zero biases, unit norm gains (Gemma's (1 + w) RMSNorm stores 0; T5 uses its
+own fan-in scheme)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,6 @@ def init_normal_weights(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.LayerNorm, RMSNorm)):
             if m.weight is not None:
-                nn.init.ones_(m.weight)
+                (nn.init.zeros_ if getattr(m, "unit_offset", False) else nn.init.ones_)(m.weight)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)

@@ -1,6 +1,9 @@
 """Mixture of Experts FFN: a router sends each token to k of N expert FFNs.
 
 Parameters grow with N while compute per token grows only with k (sparse activation).
+Each expert is a FeedForward of hidden size config.moe_d_ff (Qwen3-MoE's fine-grained experts
+are much narrower than its dense FFN; None: d_ff), and config.moe_layers says which layers are
+sparse (Qwen3-MoE's decoder_sparse_step / mlp_only_layers); the other layers keep a dense FFN.
 
 Routing
   topk    (Mixtral)  p = softmax(router logits) over all N experts; take the k largest;
@@ -91,7 +94,7 @@ class MoE(nn.Module):
         self.aux_coef = config.router_aux_loss_coef
         self.z_coef = config.router_z_loss_coef
         self.gate = nn.Linear(config.d_model, config.n_experts, bias=False)
-        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_experts))
+        self.experts = nn.ModuleList(FeedForward(config, config.moe_d_ff) for _ in range(config.n_experts))
         # Filled by forward (for losses, logging and tests).
         self.aux_loss: torch.Tensor | None = None
         self.load_balancing_loss: torch.Tensor | None = None

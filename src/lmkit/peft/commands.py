@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.txt", "merges.txt", "vocab.json")
+                   "vocab.txt", "merges.txt", "vocab.json", "chat_template.jinja")
 DEFAULT_SEQ_LEN = 512
 PER_SEQUENCE_METHODS = ("prefix", "prompt", "ptuning", "ptuning2", "probe")
 METHOD_CHOICES = ["full", "lora", "qlora", "adalora", "adapter", "fusion", "adapterdrop", "prefix", "prompt",
@@ -104,13 +104,15 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
     from lmkit.peft.finetune import run_finetune
     from lmkit.peft.load_any import require_full_checkpoint
     from lmkit.peft.sft_defaults import SFT_DEFAULTS
-    from lmkit.tokenizers.chat_template import get_template, require_template_tokens
+    from lmkit.hub.checkpoint_template import checkpoint_template
+    from lmkit.tokenizers.chat_template import require_template_tokens
     from lmkit.tokenizers.loading import load_tokenizer
 
     model_dir, out = Path(model_dir), Path(out)
     require_full_checkpoint(model_dir, "fine-tuning")
     tokenizer = load_tokenizer(model_dir)
-    require_template_tokens(get_template(template), tokenizer, model=str(model_dir))  # before the weights load
+    template = checkpoint_template(model_dir, tokenizer, template)
+    require_template_tokens(template, tokenizer, model=str(model_dir))  # before the weights load
     model = load_pretrained(model_dir)
     context = model.config.max_seq_len
     check_fits_context("--seq-len", seq_len, context)
@@ -182,7 +184,9 @@ def _train_options(f):
     f = click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="held-out SFT file (default: hold out --eval-fraction of DATA)")(f)
     f = click.option("--eval-fraction", type=float, default=0.1, show_default=True)(f)
-    f = click.option("--template", default="chatml", show_default=True, help="chat template: chatml | llama3")(f)
+    f = click.option("--template", default=None,
+                     help="chat template: the checkpoint's own (default), one of its named templates, or a "
+                          "built-in one: chatml | llama3")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     f = click.option("--device", default="auto", show_default=True)(f)
     f = click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)(f)

@@ -87,7 +87,23 @@ def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike
     from lmkit.hub.pretrained import load_pretrained
     from lmkit.tokenizers.loading import load_tokenizer
 
-    path = Path(path)
+    base, adapter = _base_and_adapter(Path(path), adapter)
+    model = load_pretrained(base, dtype=dtype)
+    tokenizer = load_tokenizer(_tokenizer_dir(adapter, base))
+    if adapter is not None:
+        model = apply_adapter(model, adapter, merge=merge)
+    return model.eval(), tokenizer
+
+
+def tokenizer_dir_of(path: str | os.PathLike, adapter: str | os.PathLike | None = None) -> Path:
+    """The folder whose tokenizer (and tokenizer_config.json, chat template) `load_model_for_inference`
+    uses for these arguments: the adapter folder when it carries a tokenizer, else the base."""
+    base, adapter = _base_and_adapter(Path(path), adapter)
+    return _tokenizer_dir(adapter, base)
+
+
+def _base_and_adapter(path: Path, adapter: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """(base checkpoint, adapter folder or None) of `path` [+ `adapter`], with clear errors."""
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (a model checkpoint or an adapter folder)")
     if adapter is None and adapter_kind(path) is not None and not is_full_checkpoint(path):
@@ -109,8 +125,4 @@ def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike
     adapter = Path(adapter) if adapter is not None else None
     if adapter is not None and adapter_kind(adapter) is None:
         raise CheckpointError(f"{adapter}: not an adapter folder (no {', '.join(ADAPTER_FILES)})")
-    model = load_pretrained(base, dtype=dtype)
-    tokenizer = load_tokenizer(_tokenizer_dir(adapter, base))
-    if adapter is not None:
-        model = apply_adapter(model, adapter, merge=merge)
-    return model.eval(), tokenizer
+    return base, adapter

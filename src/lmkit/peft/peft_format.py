@@ -10,8 +10,9 @@ A directory holds
 
 lmkit module names are translated to the checkpoint's names through the architecture's
 name table in `lmkit.hub` (for Llama ``layers.0.self_attn.q_proj`` <->
-``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type`, and GPT-2
+``model.layers.0.self_attn.q_proj``). A model without a Hugging Face `model_type`, GPT-2
 (whose Hugging Face layers are fused, transposed Conv1D modules: ``c_attn`` holds q, k and v),
+and an adapter on MoE experts (transformers >= 5 holds them as fused [E, ...] parameters)
 keeps lmkit's names and marks ``"lmkit_module_names": true`` in the config: only lmkit reads
 such an adapter. A PEFT GPT-2 adapter (``fan_in_fan_out``) is refused with that reason.
 """
@@ -28,6 +29,7 @@ from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.hub.hf_config import read_json_object
+from lmkit.peft.peft_fused import fuse_lora, fused_layers_of, unfuse_lora
 from lmkit.peft.lora import (
     LoraConfig, delete_adapter, inject_lora, load_lora_state_dict, lora_configs, lora_state_dict, set_adapter,
 )
@@ -50,7 +52,11 @@ def _name_map(model: nn.Module):
 
     if model_type not in ARCH_MODULES:
         return None
-    return getattr(arch_module(model_type), "NAME_MAP", None)
+    arch = arch_module(model_type)
+    if hasattr(arch, "name_map"):
+        return arch.name_map(model_type)
+    per_type = getattr(arch, "NAME_MAPS", {})  # tables that differ by model_type (gemma vs gemma2)
+    return per_type.get(model_type) or getattr(arch, "NAME_MAP", None)
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -186,9 +192,15 @@ def save_peft_adapter(
     cfg = adapter_config_dict(model, config, base_model_name_or_path)
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     try:
-        if model_type in LMKIT_NAMES_ONLY:
+        if model_type in LMKIT_NAMES_ONLY or any(".experts." in k for k in state):
+            # transformers >= 5 also fuses MoE experts into [E, ...] parameters: no Linear for PEFT to adapt
             raise CheckpointError(f"{model_type}: Hugging Face fuses or transposes these layers")
-        tensors = to_peft_keys(model, state)
+        # parts of a fused checkpoint layer (Phi-3 qkv_proj, NeoX query_key_value) become its LoRA
+        rest, fused, ranks, alphas, names, parts = fuse_lora(model, state, config.r, config.alpha, config.use_rslora)
+        tensors = {**to_peft_keys(model, rest), **{PREFIX + k: v.cpu() for k, v in fused.items()}}
+        if fused:
+            cfg.update(rank_pattern=ranks, alpha_pattern=alphas,
+                       target_modules=sorted((set(cfg["target_modules"]) - parts) | names))
     except CheckpointError:
         # no PEFT-loadable naming for these layers (GPT-2's fused, transposed Conv1D c_attn):
         # keep lmkit's module names, readable by lmkit only, and say so in the config
@@ -263,7 +275,7 @@ def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_n
 
     directory = Path(directory)
     d = read_adapter_config(directory)
-    config = lora_config_from_peft(d, str(directory / CONFIG_NAME))
+    lora_config_from_peft({**d, "rank_pattern": {}, "alpha_pattern": {}}, str(directory / CONFIG_NAME))  # early errors
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} (PEFT's pickled adapter_model.bin is not read)")
@@ -271,6 +283,12 @@ def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_n
         raw = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    if fused_layers_of(model) and not d.get(LMKIT_NAMES_KEY):
+        # split fused layers' LoRA into lmkit's parts, every module at one rank
+        raw, r, alpha = unfuse_lora(model, raw, PREFIX, int(d["r"]), float(d.get("lora_alpha", 8)),
+                                    bool(d.get("use_rslora", False)), d.get("alpha_pattern") or {})
+        d = {**d, "r": r, "lora_alpha": alpha, "rank_pattern": {}, "alpha_pattern": {}}
+    config = lora_config_from_peft(d, str(directory / CONFIG_NAME))
     if d.get(LMKIT_NAMES_KEY):
         bad = [k for k in raw if not k.startswith(PREFIX)]
         if bad:

@@ -68,7 +68,7 @@ class ContextSizedChatModel:
 
 
 def open_chat_model(base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                    local: str | None = None, template: Any = "chatml") -> ContextSizedChatModel | None:
+                    local: str | None = None, template: Any = None) -> ContextSizedChatModel | None:
     """A local checkpoint directory, else an endpoint (its one model unless `model` is given), else None."""
     if local:
         from lmkit.serve.chat_model import LocalChatModel

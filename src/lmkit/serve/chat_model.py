@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from lmkit.errors import ConfigError, LmkitError, TokenizerError
-from lmkit.serve.tool_calls import normalize_messages, parse_tool_calls, tool_choice_prefix, validate_tools
+from lmkit.serve.tool_calls import (normalize_messages, parse_tool_calls, template_messages, tool_choice_prefix,
+                                    validate_tools)
 
 
 class ChatModelError(LmkitError):
@@ -56,9 +57,12 @@ class PreparedChat:
 
 
 def resolve_template(template):
+    """A template object: a built-in `ChatTemplate`, a checkpoint's `JinjaChatTemplate`, or the
+    name of a built-in one."""
     from lmkit.tokenizers.chat_template import ChatTemplate, get_template
+    from lmkit.tokenizers.jinja_template import JinjaChatTemplate
 
-    return template if isinstance(template, ChatTemplate) else get_template(template)
+    return template if isinstance(template, (ChatTemplate, JinjaChatTemplate)) else get_template(template)
 
 
 def encode_chat(tokenizer, template, messages: Sequence[dict]) -> list[int]:
@@ -78,13 +82,21 @@ def encode_chat(tokenizer, template, messages: Sequence[dict]) -> list[int]:
 def prepare_chat(model, tokenizer, template, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,
                  tool_choice: Any = "auto", stop: Sequence[str] | str | None = None) -> PreparedChat:
     """OpenAI messages (+ tools) -> prompt ids, forced prefix, EOS ids and stop strings."""
+    from lmkit.tokenizers.jinja_template import JinjaChatTemplate
+
     tpl = resolve_template(template)
     if tools is not None and len(tools) == 0:
         tools = None
     shown = validate_tools(tools) if tools and tool_choice != "none" else None
-    msgs = normalize_messages(messages, shown, default_system=tpl.default_system)
     try:
-        ids = encode_chat(tokenizer, tpl, msgs)
+        if isinstance(tpl, JinjaChatTemplate):
+            tpl = tpl.for_tools(shown)
+        if isinstance(tpl, JinjaChatTemplate) and (shown is None or tpl.uses_tools):
+            # the checkpoint's own template writes the tools and tool calls in its model's format
+            ids = tpl.encode(template_messages(messages), tokenizer, add_generation_prompt=True, tools=shown)
+        else:
+            msgs = normalize_messages(messages, shown, default_system=tpl.default_system)
+            ids = encode_chat(tokenizer, tpl, msgs)
     except TokenizerError as exc:
         raise ConfigError(str(exc)) from exc
     prefix = tool_choice_prefix(tool_choice, shown)
@@ -93,9 +105,9 @@ def prepare_chat(model, tokenizer, template, messages: Sequence[dict], *, tools:
     from lmkit.infer.stop import model_eos_ids
 
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    eot = tokenizer.token_to_id(tpl.end_of_turn) if hasattr(tokenizer, "token_to_id") else None
+    eot = tokenizer.token_to_id(tpl.end_of_turn) if tpl.end_of_turn and hasattr(tokenizer, "token_to_id") else None
     eos = ([eot] if eot is not None else []) + [e for e in model_eos_ids(model) if e != eot]
-    if eot is None:
+    if eot is None and tpl.end_of_turn:
         stops.append(tpl.end_of_turn)
     return PreparedChat(ids, prefix, eos, stops or None, shown)
 
@@ -120,12 +132,17 @@ class LocalChatModel:
         self.template = resolve_template(template)
 
     @classmethod
-    def from_dir(cls, directory, template: Any = "chatml") -> "LocalChatModel":
-        """A Hugging Face checkpoint directory with tokenizer.json beside config.json."""
+    def from_dir(cls, directory, template: Any = None) -> "LocalChatModel":
+        """A Hugging Face checkpoint directory with tokenizer.json beside config.json. `template`
+        None: the checkpoint's own chat template (else a built-in one; hub.checkpoint_template)."""
         from lmkit.hub import load_pretrained
+        from lmkit.hub.checkpoint_template import checkpoint_template
         from lmkit.tokenizers.loading import load_tokenizer
 
-        return cls(load_pretrained(directory), load_tokenizer(directory), template)
+        tokenizer = load_tokenizer(directory)
+        if template is None or isinstance(template, str):
+            template = checkpoint_template(directory, tokenizer, template)
+        return cls(load_pretrained(directory), tokenizer, template)
 
     def chat(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, max_tokens: int = 256,
              temperature: float = 0.0, stop: Sequence[str] | str | None = None, seed: int | None = None,

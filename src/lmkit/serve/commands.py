@@ -37,15 +37,21 @@ def _special_ids(tokenizer) -> list[int]:
     return sorted({int(i) for i in specials.values()}) if isinstance(specials, dict) else []
 
 
-def _chat_template(name: str, tokenizer, model_dir: str):
-    """The one template policy: a tokenizer without the template's tokens is an error that
-    names the fix (`lmkit tokenizer add-tokens MODEL_DIR ...`), never plain-text ChatML."""
-    from lmkit.serve.chat_model import resolve_template
+def _chat_template(name: str | None, tokenizer, model_dir: str, adapter: str | None = None):
+    """The one template policy: the checkpoint's own template unless `name` picks another
+    (hub.checkpoint_template); a tokenizer without a built-in template's tokens is an error
+    that names the fix (`lmkit tokenizer add-tokens MODEL_DIR ...`), never plain-text ChatML."""
+    from lmkit.hub.checkpoint_template import checkpoint_template
+    from lmkit.peft.load_any import tokenizer_dir_of
     from lmkit.tokenizers.chat_template import require_template_tokens
 
-    template = resolve_template(name)
+    template = checkpoint_template(tokenizer_dir_of(model_dir, adapter), tokenizer, name)
     require_template_tokens(template, tokenizer, model=model_dir)
     return template
+
+
+_TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / chat_template.jinja; default), "
+                  "one of its named templates, or a built-in one: chatml, llama3.")
 
 
 @click.command("serve")
@@ -56,15 +62,16 @@ def _chat_template(name: str, tokenizer, model_dir: str):
 @click.option("--api-key", "api_keys", multiple=True,
               help="Accepted Bearer key (repeatable); default: $LMKIT_API_KEY; none = no authentication.")
 @click.option("--model-name", default=None, help="Name clients use as `model` (default: the directory name).")
-@click.option("--template", default="chatml", show_default=True, help="Chat template: chatml or llama3.")
+@click.option("--template", default=None, help=_TEMPLATE_HELP)
 @click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Requests decoded together (continuous batching).")
 @click.option("--max-waiting", type=click.IntRange(1), default=1024, show_default=True,
               help="Queued requests beyond which new ones get 503.")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=1 << 20, show_default=True,
               help="Larger request bodies get 413.")
-@click.option("--default-max-tokens", type=click.IntRange(1), default=256, show_default=True,
-              help="Chat reply length when a request gives no max_tokens.")
+@click.option("--default-max-tokens", type=click.IntRange(1), default=None,
+              help="Chat reply length when a request gives no max_tokens (default: the checkpoint's "
+                   "generation_config.json max_new_tokens, else 256).")
 @dtype_option()
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
@@ -97,14 +104,18 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
         from lmkit.serve.app import create_app
         from lmkit.serve.engine import Engine
 
+        from lmkit.infer.checkpoint_defaults import max_new_tokens_default
+
         model, tok = _load_model(model_dir, adapter, dtype=dtype)
-        _chat_template(template, tok, model_dir)
+        tpl = _chat_template(template, tok, model_dir, adapter)
+        if default_max_tokens is None:
+            default_max_tokens = max_new_tokens_default(model, 0, 256)
         if device:
             model = model.to(device)
         keys = list(api_keys) or ([os.environ["LMKIT_API_KEY"]] if os.environ.get("LMKIT_API_KEY") else [])
         name = model_name or Path(model_dir).resolve().name
         engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting)
-        app = create_app(engine, model_name=name, template=template, api_keys=keys, max_body_bytes=max_body_bytes,
+        app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens)
     except LmkitError as exc:
         sock.close()
@@ -128,24 +139,39 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 @click.command("chat")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @_adapter_option
-@click.option("--template", default="chatml", show_default=True, help="Chat template: chatml or llama3.")
+@click.option("--template", default=None, help=_TEMPLATE_HELP)
 @click.option("--system", default=None, help="System prompt.")
-@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True, help="0: greedy.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=None,
+              help="Reply length (default: generation_config.json's max_new_tokens, else 256).")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None,
+              help="0: greedy (default: generation_config.json's, else 0.7).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Nucleus mass (default: generation_config.json's, else 0.95).")
+@click.option("--top-k", type=click.IntRange(0), default=None,
+              help="Keep the k best (default: generation_config.json's).")
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None,
+              help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None)
 @dtype_option()
-def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, seed, dtype) -> None:
-    """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit."""
+def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, top_k, repetition_penalty,
+             seed, dtype) -> None:
+    """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit.
+
+    Decoding follows the checkpoint's generation_config.json (eos ids, do_sample, temperature,
+    top_p, top_k, repetition_penalty, max_new_tokens) unless a flag says otherwise."""
     from lmkit.errors import LmkitError
 
     try:
         from lmkit.infer import GenerationConfig, iter_steps
+        from lmkit.infer.checkpoint_defaults import max_new_tokens_default, sampling_settings
         from lmkit.infer.streaming import TextStream
         from lmkit.serve.chat_model import prepare_chat
 
         model, tok = _load_model(model_dir, adapter, dtype=dtype)
-        tpl = _chat_template(template, tok, model_dir)
+        tpl = _chat_template(template, tok, model_dir, adapter)
+        sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
+                                     repetition_penalty=repetition_penalty,
+                                     fallback={"temperature": 0.7, "top_p": 0.95})
     except LmkitError as exc:
         raise click.ClickException(str(exc)) from exc
     start = [{"role": "system", "content": system}] if system else []
@@ -174,9 +200,9 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
                 history.pop()
                 click.echo("(the conversation fills the model's context: /reset to start over)", err=True)
                 continue
-            cfg = GenerationConfig(max_new_tokens=min(max_tokens, room), do_sample=temperature > 0,
-                                   temperature=temperature or 1.0, top_p=top_p, seed=seed, stop=prep.stop,
-                                   eos_token_id=prep.eos_ids or None)
+            wanted = max_tokens or max_new_tokens_default(model, len(prep.prompt_ids), 256)
+            cfg = GenerationConfig(max_new_tokens=min(wanted, room), seed=seed, stop=prep.stop,
+                                   eos_token_id=prep.eos_ids or None, **sampling)
             stream = TextStream(tok, prep.stop, skip_ids=[*prep.eos_ids, *_special_ids(tok)])
             click.echo("assistant> " if interactive else "", nl=False)
             parts = []
@@ -205,12 +231,17 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @_adapter_option
 @click.option("-p", "--prompt", required=True, help="Text to continue ('-' reads it from stdin).")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="0: greedy decoding; > 0: sample at this temperature.")
-@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Sampling: keep the k best (0: off).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Sampling: nucleus probability mass.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+              help="Tokens to add (default: generation_config.json's max_new_tokens / max_length, else 64).")
+@click.option("--temperature", type=click.FloatRange(0), default=None,
+              help="0: greedy decoding; > 0: sample at this temperature (default: generation_config.json's "
+                   "do_sample / temperature, else greedy).")
+@click.option("--top-k", type=click.IntRange(0), default=None,
+              help="Sampling: keep the k best (0: off; default: generation_config.json's).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Sampling: nucleus probability mass (default: generation_config.json's, else 1).")
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None,
+              help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible sampling.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); it is not printed.")
 @click.option("--stream/--no-stream", default=False, help="Print the text as it is generated.")
@@ -218,28 +249,31 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.option("--compile", "compile_step", is_flag=True,
               help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
 @dtype_option()
-def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, stream, as_json,
-                 compile_step, dtype) -> None:
+def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
+                 stream, as_json, compile_step, dtype) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
 
     from lmkit.infer import GenerationConfig, generate, iter_steps
+    from lmkit.infer.checkpoint_defaults import max_new_tokens_default, sampling_settings
     from lmkit.infer.generate import encode_prompt
     from lmkit.infer.inputs import resolve_config
     from lmkit.infer.streaming import TextStream, decode_output
 
     text = sys.stdin.read() if prompt == "-" else prompt
     model, tok = _load_model(model_dir, adapter, dtype=dtype)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                           temperature=temperature or 1.0, top_k=top_k or None, top_p=top_p, seed=seed,
-                           stop=list(stop) or None, compile=compile_step)
+    sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
+                                 repetition_penalty=repetition_penalty, fallback={"temperature": 0.0})
+    prompt_ids = encode_prompt(tok, text)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens or max_new_tokens_default(model, len(prompt_ids), 64),
+                           seed=seed, stop=list(stop) or None, compile=compile_step, **sampling)
     cfg = resolve_config(model, cfg)
     skip = [*cfg.eos_token_ids, *_special_ids(tok)]  # special tokens are never printed
     if stream:
         click.echo(text, nl=False)
         out_stream = TextStream(tok, cfg.stop, skip_ids=skip)
-        for step in iter_steps(model, [encode_prompt(tok, text)], cfg, tokenizer=tok):
+        for step in iter_steps(model, [prompt_ids], cfg, tokenizer=tok):
             if step.done_before[0]:
                 break
             click.echo(out_stream.push(step.tokens[0]), nl=False)
@@ -247,7 +281,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
                 break
         click.echo(out_stream.finish())
         return
-    out = generate(model, [encode_prompt(tok, text)], cfg, tokenizer=tok)
+    out = generate(model, [prompt_ids], cfg, tokenizer=tok)
     reply = decode_output(tok, out.sequences[0], cfg.stop, skip)
     if as_json:
         click.echo(json.dumps({"text": reply, "tokens": out.sequences[0],

@@ -67,15 +67,19 @@ def choice_seed(seed: int | None, index: int) -> int | None:
 
 
 def generation_config(req, max_tokens: int, seed: int | None, logprobs: bool, top_logprobs: int,
-                      stop: list[str] | None, eos_ids: list[int] | None) -> GenerationConfig:
-    """The `GenerationConfig` for one choice of a completion or chat request (400 if invalid)."""
-    temperature = 1.0 if req.temperature is None else req.temperature
-    top_p = 1.0 if req.top_p is None else req.top_p
+                      stop: list[str] | None, eos_ids: list[int] | None, model=None) -> GenerationConfig:
+    """The `GenerationConfig` for one choice of a completion or chat request (400 if invalid).
+    Fields the request leaves out come from `model`'s generation_config.json (greedy when it says
+    do_sample false), else OpenAI's defaults (temperature 1, top_p 1)."""
+    from lmkit.infer.checkpoint_defaults import sampling_settings
+
+    sampling = sampling_settings(model, temperature=req.temperature, top_p=req.top_p,
+                                 fallback={"temperature": 1.0, "top_p": 1.0})
     try:
         return GenerationConfig(
-            max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-            top_p=top_p, presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
-            seed=seed, stop=stop or None, logprobs=logprobs, top_logprobs=top_logprobs, eos_token_id=eos_ids or None)
+            max_new_tokens=max_tokens, presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0, seed=seed, stop=stop or None, logprobs=logprobs,
+            top_logprobs=top_logprobs, eos_token_id=eos_ids or None, **sampling)
     except ConfigError as exc:
         raise APIError(400, str(exc)) from None
 

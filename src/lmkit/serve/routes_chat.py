@@ -55,7 +55,7 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
     if top and not want_lp:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     jobs = [(prep.prompt_ids, generation_config(req, max_tokens, choice_seed(req.seed, i), want_lp, top, prep.stop,
-                                                prep.eos_ids)) for i in range(req.n)]
+                                                prep.eos_ids, model=state.model)) for i in range(req.n)]
     base = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": state.model_name,
             "system_fingerprint": None}
 

@@ -52,7 +52,8 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
     for pi, p in enumerate(prompts):
         max_tokens = token_budget(len(p), req.max_tokens, DEFAULT_MAX_TOKENS, state.context, "max_tokens")
         for i in range(req.n):
-            jobs.append((p, generation_config(req, max_tokens, choice_seed(req.seed, i), want_lp, top, stops, None)))
+            jobs.append((p, generation_config(req, max_tokens, choice_seed(req.seed, i), want_lp, top, stops, None,
+                                              model=state.model)))
             prompt_of.append(pi)
     echoes = [tok.decode(prompts[pi]) if req.echo else "" for pi in prompt_of]
     head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),

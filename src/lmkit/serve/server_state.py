@@ -19,7 +19,7 @@ class ServerState:
 
     engine: Any
     model_name: str
-    template: Any  # a resolved ChatTemplate
+    template: Any  # a resolved ChatTemplate or the checkpoint's JinjaChatTemplate
     default_max_tokens: int = 256
     max_n: int = 16
     embedder: Any = None

@@ -139,6 +139,16 @@ def render_tool_call(call: dict) -> str:
             + json.dumps(args, ensure_ascii=False) + "}\n" + CALL_CLOSE)
 
 
+def _checked_messages(messages: Sequence[dict]):
+    """(index, message) pairs; a ConfigError for an empty list or a message without a role."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ConfigError("messages must be a non-empty list of {'role', 'content'} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ConfigError(f"messages[{i}] must be an object with a 'role'")
+        yield i, m
+
+
 def normalize_messages(messages: Sequence[dict], tools: Sequence[dict] | None = None,
                        default_system: str | None = "You are a helpful assistant.") -> list[dict]:
     """OpenAI chat messages -> plain {"role", "content": str} messages for a `ChatTemplate`.
@@ -147,12 +157,8 @@ def normalize_messages(messages: Sequence[dict], tools: Sequence[dict] | None = 
     `default_system` if the conversation has none); assistant tool calls become
     <tool_call> blocks; tool results become <tool_response> blocks in a user turn.
     """
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ConfigError("messages must be a non-empty list of {'role', 'content'} objects")
     out: list[dict] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ConfigError(f"messages[{i}] must be an object with a 'role'")
+    for i, m in _checked_messages(messages):
         role = m["role"]
         text = content_text(m.get("content"))
         if role == "developer":
@@ -179,6 +185,35 @@ def normalize_messages(messages: Sequence[dict], tools: Sequence[dict] | None = 
         else:
             out.insert(0, {"role": "system", "content": ((default_system or "") + "\n\n" + block).lstrip("\n")})
     return out
+
+
+def template_messages(messages: Sequence[dict]) -> list[dict]:
+    """OpenAI chat messages -> the messages a checkpoint's Jinja template reads, as transformers
+    users pass them: text content, "developer" as "system", tool calls kept as structured
+    `tool_calls` whose JSON-string arguments become objects (templates apply `tojson` to them),
+    tool results as "tool" messages. Keys with a None value are dropped."""
+    out: list[dict] = []
+    for _, m in _checked_messages(messages):
+        msg = {k: v for k, v in m.items() if v is not None}
+        msg["role"] = "system" if m["role"] == "developer" else "tool" if m["role"] == "function" else m["role"]
+        msg["content"] = content_text(m.get("content"))
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [_structured_call(c) for c in m["tool_calls"]]
+        out.append(msg)
+    return out
+
+
+def _structured_call(call: dict) -> dict:
+    if not isinstance(call, dict):
+        raise ConfigError(f"a tool call must be an object, got {call!r:.80}")
+    fn = dict(call.get("function", call))
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            pass  # keep the raw string
+    return {**call, "type": call.get("type", "function"), "function": fn}
 
 
 # ---- model output -> tool calls -----------------------------------------------------------

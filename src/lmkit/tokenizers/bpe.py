@@ -47,18 +47,22 @@ import json
 import os
 import unicodedata
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
-from itertools import chain, repeat
+from dataclasses import asdict
+from itertools import chain
 from typing import Iterable, Sequence
 
 import regex
 
 from lmkit.atomic import atomic_write_text
 from lmkit.errors import TokenizerError
+from lmkit.tokenizers.added_tokens import (AddedToken, AddedTokenSplitter, added_tokens_from_hf, added_tokens_to_hf,
+                                           allowed_names)
 from lmkit.tokenizers.base import Tokenizer
+from lmkit.tokenizers.bpe_merge import apply_merges
 from lmkit.tokenizers.bytes_level import bytes_to_token_str, token_str_to_bytes
 from lmkit.tokenizers.json_files import (check_format, corrupt_file_errors, hf_json_errors, is_hf_tokenizer_json,
                                          read_json, write_json)
+from lmkit.tokenizers.post_processors import PostProcessor
 from lmkit.tokenizers.pretokenize import PreTokenizer, byte_level_from_hf, byte_level_to_hf
 from lmkit.tokenizers.text_files import iter_text
 from lmkit.tokenizers.word_cache import CachesWords
@@ -66,54 +70,6 @@ from lmkit.tokenizers.word_cache import CachesWords
 FORMAT = "lmkit.bpe"
 FORMAT_VERSION = 1
 NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")
-_NO_RANK = 1 << 62  # "not a merge": larger than any rank
-_LONG_WORD = 64  # bytes; longer pre-tokens use the heap merge
-
-
-@dataclass(frozen=True)
-class AddedToken:
-    """A token matched verbatim in the text instead of going through BPE.
-
-    ``special`` tokens (``<|endoftext|>``) are matched only when ``encode`` is told to
-    (``allowed_special``); non-special added tokens are always matched. ``lstrip`` /
-    ``rstrip`` let the match swallow whitespace on that side, ``single_word`` requires
-    word boundaries — the fields of Hugging Face's ``added_tokens``.
-    """
-
-    content: str
-    id: int
-    special: bool = True
-    lstrip: bool = False
-    rstrip: bool = False
-    single_word: bool = False
-    normalized: bool = False
-
-
-def added_tokens_from_hf(data: dict) -> list[AddedToken]:
-    """The ``added_tokens`` of a Hugging Face ``tokenizer.json``."""
-    out = []
-    for t in data.get("added_tokens") or []:
-        out.append(
-            AddedToken(
-                content=str(t["content"]),
-                id=int(t["id"]),
-                special=bool(t.get("special", False)),
-                lstrip=bool(t.get("lstrip", False)),
-                rstrip=bool(t.get("rstrip", False)),
-                single_word=bool(t.get("single_word", False)),
-                normalized=bool(t.get("normalized", False)),
-            )
-        )
-    return out
-
-
-def added_tokens_to_hf(tokens: list[AddedToken]) -> list[dict]:
-    """`tokens` as the ``added_tokens`` list of a Hugging Face ``tokenizer.json``."""
-    return [
-        {"id": t.id, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip,
-         "rstrip": t.rstrip, "normalized": t.normalized, "special": t.special}
-        for t in sorted(tokens, key=lambda t: t.id)
-    ]
 
 
 def normalizer_from_hf(obj: dict | None) -> str | None:
@@ -157,6 +113,7 @@ class BPETokenizer(CachesWords, Tokenizer):
         normalizer: str | None = None,
         added_tokens: Iterable[AddedToken] = (),
         ignore_merges: bool = False,
+        post_processor: dict | None = None,
         cache_size: int = 1 << 18,
     ) -> None:
         if normalizer is not None and normalizer not in NORMALIZERS:
@@ -164,6 +121,7 @@ class BPETokenizer(CachesWords, Tokenizer):
         self.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else PreTokenizer.from_pattern("gpt2")
         self.normalizer = normalizer
         self.ignore_merges = bool(ignore_merges)
+        self.post_processor = PostProcessor(post_processor)
         self.cache_size = int(cache_size)
         self._tokens: dict[int, bytes] = {int(i): bytes(b) for i, b in tokens.items()}
         self._ids: dict[bytes, int] = {}
@@ -312,133 +270,59 @@ class BPETokenizer(CachesWords, Tokenizer):
             ids = [self._byte_ids[b] for b in data]
             if not self._complete_bytes:  # a byte without a token is dropped, as in HF
                 ids = [i for i in ids if i is not None]
-        if len(ids) < 2:
-            return tuple(ids)
-        if len(ids) > _LONG_WORD:
-            return self._bpe_long(ids)
-        # rs[k] = rank of the pair (ids[k], ids[k+1]); a merge at i changes only its neighbours
-        get, merged = self._ranks.get, self._merged
-        rs = list(map(get, zip(ids, ids[1:]), repeat(_NO_RANK)))
-        while True:
-            r = min(rs)
-            if r == _NO_RANK:
-                break
-            i = rs.index(r)
-            z = merged[r]
-            ids[i : i + 2] = (z,)
-            del rs[i]
-            if i < len(rs):
-                rs[i] = get((z, ids[i + 1]), _NO_RANK)
-            if i:
-                rs[i - 1] = get((ids[i - 1], z), _NO_RANK)
-            elif not rs:
-                break
-        return tuple(ids)
+        return apply_merges(ids, self._ranks, self._merged)
 
     _segment_word = _bpe_word  # what the word cache runs on a miss
-
-    def _bpe_long(self, ids: list[int]) -> tuple[int, ...]:
-        """Same rule as ``_bpe_word`` with a heap of (rank, position) over a linked list."""
-        get, merged = self._ranks.get, self._merged
-        n = len(ids)
-        nxt = list(range(1, n + 1))
-        prv = list(range(-1, n - 1))
-        alive = [True] * n
-        heap = [(r, i) for i, p in enumerate(zip(ids, ids[1:])) if (r := get(p)) is not None]
-        heapq.heapify(heap)
-        while heap:
-            r, i = heapq.heappop(heap)
-            if not alive[i]:
-                continue
-            j = nxt[i]
-            if j >= n or get((ids[i], ids[j])) != r:
-                continue  # stale: this pair has changed since it was pushed
-            ids[i] = merged[r]
-            alive[j] = False
-            k = nxt[j]
-            nxt[i] = k
-            if k < n:
-                prv[k] = i
-                rk = get((ids[i], ids[k]))
-                if rk is not None:
-                    heapq.heappush(heap, (rk, i))
-            p = prv[i]
-            if p >= 0:
-                rp = get((ids[p], ids[i]))
-                if rp is not None:
-                    heapq.heappush(heap, (rp, p))
-        out = []
-        i = 0
-        while i < n:
-            out.append(ids[i])
-            i = nxt[i]
-        return tuple(out)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids for `text` with no special-token handling at all."""
         if self.normalizer is not None:
             text = unicodedata.normalize(self.normalizer, text)
+        return self._encode_normalized(text)
+
+    def _encode_normalized(self, text: str) -> list[int]:
         try:
             return list(chain.from_iterable(map(self._cache.__getitem__, self.pre_tokenizer(text))))
         except UnicodeEncodeError:  # lone surrogates: encode them as U+FFFD, as tiktoken does
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             return list(chain.from_iterable(map(self._cache.__getitem__, self.pre_tokenizer(text))))
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
+    def encode(
+        self, text: str, allowed_special: str | Iterable[str] = "none", add_special_tokens: bool = False
+    ) -> list[int]:
         """Token ids for `text`.
 
         Special tokens are plain text unless named in `allowed_special` ("all", "none",
-        one name, or a collection of names); non-special added tokens always match.
+        one name, or a collection of names); non-special added tokens always match, as
+        ``tokenizers`` matches them (see ``added_tokens``). ``add_special_tokens=True``
+        wraps the ids in the post-processor's template (e.g. a BOS in front).
         """
         splitter = self._splitter(self._allowed(allowed_special))
-        if splitter is None:
-            return self.encode_ordinary(text)
-        out: list[int] = []
-        pos = 0
-        for m in splitter.finditer(text):
-            if m.start() > pos:
-                out += self.encode_ordinary(text[pos : m.start()])
-            out.append(self._added[int(m.lastgroup[1:])].id)
-            pos = m.end()
-        if pos < len(text):
-            out += self.encode_ordinary(text[pos:])
-        return out
+        if splitter is None or splitter.finds_nothing(text):
+            out = self.encode_ordinary(text)
+        else:
+            out = []
+            for piece, idx, _ in splitter.split(text):
+                if idx is not None:
+                    out.append(idx)
+                else:
+                    out += self._encode_normalized(piece)
+        return self.post_processor.apply(out) if add_special_tokens else out
 
     def _allowed(self, allowed_special: str | Iterable[str]) -> frozenset:
-        if allowed_special == "all":
-            return self._special_names
-        if allowed_special == "none" or allowed_special is None:
-            return frozenset()
-        names = frozenset([allowed_special] if isinstance(allowed_special, str) else allowed_special)
-        unknown = names - self._special_names
-        if unknown:
-            known = ", ".join(sorted(self._special_names)) or "none"
-            raise TokenizerError(
-                f"unknown special token(s) in allowed_special: {', '.join(sorted(map(repr, unknown)))}; "
-                f"this tokenizer's special tokens are: {known}"
-            )
-        return names
+        return allowed_names(allowed_special, self._special_names)
 
-    def _splitter(self, allowed: frozenset) -> regex.Pattern | None:
-        """One regex matching the added tokens that are active (cached per `allowed` set)."""
+    def _splitter(self, allowed: frozenset) -> AddedTokenSplitter | None:
+        """The added-token splitter for the tokens that are active (cached per `allowed` set)."""
         if allowed in self._splitters:
             return self._splitters[allowed]
-        active = [(i, t) for i, t in enumerate(self._added) if not t.special or t.content in allowed]
-        pat = None
+        active = [t for t in self._added if not t.special or t.content in allowed]
+        form = self.normalizer
+        splitter = None
         if active:
-            parts = []
-            for i, t in sorted(active, key=lambda it: -len(it[1].content)):  # longest first
-                body = regex.escape(t.content)
-                if t.single_word:
-                    body = rf"(?<!\w){body}(?!\w)"
-                if t.lstrip:
-                    body = rf"\s*{body}"
-                if t.rstrip:
-                    body = rf"{body}\s*"
-                parts.append(f"(?P<t{i}>{body})")
-            pat = regex.compile("|".join(parts))
-        self._splitters[allowed] = pat
-        return pat
+            splitter = AddedTokenSplitter(active, None if form is None else lambda s: unicodedata.normalize(form, s))
+        self._splitters[allowed] = splitter
+        return splitter
 
     def encode_batch(self, texts: Sequence[str], num_workers: int = 0, **kw) -> list[list[int]]:
         """Encode many texts; ``num_workers > 1`` uses processes that each receive the
@@ -467,7 +351,10 @@ class BPETokenizer(CachesWords, Tokenizer):
                 f"cannot decode token id {bad!r}: not in this vocabulary (size {self.vocab_size})"
             ) from None
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        if skip_special_tokens:
+            specials = {t.id for t in self._added if t.special}
+            ids = [i for i in (ids.tolist() if hasattr(ids, "tolist") else ids) if i not in specials]
         return self.decode_bytes(ids).decode("utf-8", "replace")
 
     # ---- training ----------------------------------------------------------------------
@@ -544,7 +431,8 @@ class BPETokenizer(CachesWords, Tokenizer):
         new = merge_words(words, freqs, n_new_tokens, min_frequency, show_progress, namer)
         return BPETokenizer(tokens, self._merge_list + new, pre_tokenizer=self.pre_tokenizer,
                             normalizer=self.normalizer, added_tokens=self._added,
-                            ignore_merges=self.ignore_merges, cache_size=self.cache_size)
+                            ignore_merges=self.ignore_merges, post_processor=self.post_processor.to_hf(),
+                            cache_size=self.cache_size)
 
     def add_tokens(self, contents: Iterable[str], special: bool = False) -> list[int]:
         """Add whole strings as tokens (matched verbatim, ids from ``vocab_size`` up).
@@ -576,6 +464,7 @@ class BPETokenizer(CachesWords, Tokenizer):
             "vocab": {bytes_to_token_str(b): i for i, b in sorted(self._tokens.items())},
             "merges": [list(p) for p in self._merge_list] if self._merge_list is not None else None,
             "added_tokens": [asdict(t) for t in self._added],
+            "post_processor": self.post_processor.to_hf(),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -599,6 +488,7 @@ class BPETokenizer(CachesWords, Tokenizer):
                 normalizer=data.get("normalizer"),
                 added_tokens=added,
                 ignore_merges=bool(data.get("ignore_merges", False)),
+                post_processor=data.get("post_processor"),
             )
 
     @classmethod
@@ -665,6 +555,7 @@ class BPETokenizer(CachesWords, Tokenizer):
             normalizer=normalizer_from_hf(data.get("normalizer")),
             added_tokens=added,
             ignore_merges=bool(model.get("ignore_merges", False)),
+            post_processor=data.get("post_processor"),
         )
 
     def to_hf_dict(self) -> dict:
@@ -678,7 +569,7 @@ class BPETokenizer(CachesWords, Tokenizer):
             "added_tokens": added_tokens_to_hf(self.added_tokens),
             "normalizer": normalizer_to_hf(self.normalizer),
             "pre_tokenizer": byte_level_to_hf(self.pre_tokenizer),
-            "post_processor": None,
+            "post_processor": self.post_processor.to_hf(),
             "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
             "model": {
                 "type": "BPE",

@@ -14,8 +14,12 @@ Byte-level BPE forms understood:
 * ``decoder = ByteLevel``; ``added_tokens`` with their flags; merges as ``"a b"`` strings
   (old files) or ``["a", "b"]`` pairs (tokenizers >= 0.20).
 
-The post-processor (e.g. a BOS template) is not applied: lmkit's ``encode`` never adds
-tokens that are not in the text; chat/BOS templates are added by the caller.
+A BPE file with no ByteLevel step is SentencePiece-style (Llama 2, Gemma, Phi-3: byte
+fallback, Metaspace or Replace/Prepend normalizers) and is read by
+``SentencePieceBPETokenizer.from_hf_dict``.
+
+The post-processor (e.g. a BOS template) is kept and written back; ``encode`` applies it
+only with ``add_special_tokens=True`` (chat templates usually write the BOS themselves).
 """
 
 from __future__ import annotations
@@ -59,9 +63,27 @@ def tokenizer_to_hf_dict(tok: Tokenizer) -> dict:
 
 
 def _writer_for(tok: Tokenizer) -> Callable[[], dict]:
-    if isinstance(tok, BPETokenizer):
+    from lmkit.tokenizers.sentencepiece_bpe import SentencePieceBPETokenizer
+
+    if isinstance(tok, (BPETokenizer, SentencePieceBPETokenizer)):
         return tok.to_hf_dict
     raise TokenizerError(f"no tokenizer.json writer for {type(tok).__name__}")
+
+
+def is_byte_level(data: dict) -> bool:
+    """True when a BPE ``tokenizer.json`` works on bytes (a ByteLevel pre-tokenizer or decoder)."""
+    pre = data.get("pre_tokenizer") or {}
+    steps = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
+    return any(s.get("type") == "ByteLevel" for s in steps) or (data.get("decoder") or {}).get("type") == "ByteLevel"
+
+
+def _bpe_from_hf(data: dict, source: str) -> Tokenizer:
+    """Byte-level BPE (GPT-2, Llama 3, Qwen2) or SentencePiece-style BPE (Llama 2, Gemma, Phi-3)."""
+    if is_byte_level(data):
+        return BPETokenizer.from_hf_dict(data, source)
+    from lmkit.tokenizers.sentencepiece_bpe import SentencePieceBPETokenizer
+
+    return SentencePieceBPETokenizer.from_hf_dict(data, source)
 
 
 def _unigram_from_hf(data: dict, source: str) -> Tokenizer:
@@ -78,5 +100,5 @@ def _wordpiece_from_hf(data: dict, source: str) -> Tokenizer:
 
 #: model type -> reader(data, source)
 _READERS: dict[str, Callable[[dict, str], Tokenizer]] = {
-    "BPE": BPETokenizer.from_hf_dict, "Unigram": _unigram_from_hf, "WordPiece": _wordpiece_from_hf,
+    "BPE": _bpe_from_hf, "Unigram": _unigram_from_hf, "WordPiece": _wordpiece_from_hf,
 }

@@ -143,20 +143,21 @@ class ParamCount:
         shapes = linear_shapes(cfg)
         attn = sum(i * o for n, (i, o) in shapes.items() if n.endswith(("q_proj", "k_proj", "v_proj", "o_proj")))
         ffn = sum(i * o for n, (i, o) in shapes.items() if n in ("gate_proj", "up_proj", "down_proj"))
-        if cfg.n_experts:
-            ffn = ffn * cfg.n_experts
-        linear = cfg.n_layers * (attn + ffn)
+        n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))  # the other layers keep a dense FFN
+        n_dense, d_expert, up = cfg.n_layers - n_moe, cfg.moe_d_ff or cfg.d_ff, 2 if cfg.gated_ffn else 1
+        linear = cfg.n_layers * attn + n_dense * ffn + n_moe * cfg.n_experts * (ffn // cfg.d_ff * d_expert)
         norm_size = h * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
         per_layer_other = 2 * norm_size
+        if cfg.qk_norm:
+            per_layer_other += norm_size // h * hd * (2 if cfg.qk_norm == "head" else cfg.n_heads + cfg.n_kv_heads)
         if cfg.qkv_bias:
             per_layer_other += (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
         if cfg.o_bias:
             per_layer_other += h
+        ffn_other = n_moe * h * cfg.n_experts  # routers
         if cfg.ffn_bias:
-            per_layer_other += (2 if cfg.gated_ffn else 1) * cfg.d_ff * max(cfg.n_experts, 1) + h * max(cfg.n_experts, 1)
-        if cfg.n_experts:
-            per_layer_other += h * cfg.n_experts  # router
-        other = cfg.n_layers * per_layer_other + norm_size + cfg.vocab_size * h
+            ffn_other += n_dense * (up * cfg.d_ff + h) + n_moe * cfg.n_experts * (up * d_expert + h)
+        other = cfg.n_layers * per_layer_other + ffn_other + norm_size + cfg.vocab_size * h
         if not cfg.tie_embeddings:
             other += cfg.vocab_size * h + (cfg.vocab_size if cfg.lm_head_bias else 0)
         if cfg.position == "learned":
