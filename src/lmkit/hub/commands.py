@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lmkit.cli_grammar import RenamedOptionsCommand
+from lmkit.cli_grammar import RenamedOptionsCommand, dtype_option
 from lmkit.hub.add_tokens_command import add_tokens_cmd
 from lmkit.tokenizers.commands import tokenizer_group
 
@@ -22,26 +22,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @click.command("info")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def info(directory: str) -> None:
-    """Architecture, parameters by component and weight memory of a checkpoint DIRECTORY."""
+@dtype_option()
+def info(directory: str, dtype: str) -> None:
+    """What the checkpoint DIRECTORY is (family, parameters, dtype, context, RoPE type, chat
+    template, eos ids) and the memory it needs for inference and fine-tuning in --dtype.
+    Reads the config and tokenizer files only, never the weights."""
     from lmkit.hub.describe import describe_checkpoint
 
-    click.echo(describe_checkpoint(directory))
+    click.echo(describe_checkpoint(directory, dtype=dtype))
 
 
 @click.command("convert")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.argument("target", type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="cast the weights")
+@dtype_option()
 @click.option("--max-shard-size", default=None, help="e.g. 2GB or 500MB: shard the safetensors")
-def convert(source: str, target: str, dtype: str | None, max_shard_size: str | None) -> None:
+def convert(source: str, target: str, dtype: str, max_shard_size: str | None) -> None:
     """Re-save a Hugging Face checkpoint SOURCE as TARGET (cast, re-shard), validating every tensor."""
-    import torch
-
     from lmkit.hub import load_pretrained, save_pretrained
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    model = load_pretrained(source, dtype=dtypes[dtype] if dtype else None)
+    model = load_pretrained(source, dtype=dtype)
     save_pretrained(model, target, max_shard_bytes=_parse_size(max_shard_size))
     click.echo(f"wrote {target}")
 

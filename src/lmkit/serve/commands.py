@@ -15,13 +15,7 @@ import sys
 
 import click
 
-_DTYPES = ("auto", "fp32", "bf16", "fp16")
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+from lmkit.cli_grammar import dtype_option
 
 
 def _adapter_option(f):
@@ -30,7 +24,7 @@ def _adapter_option(f):
                              "an adapter folder given as MODEL_DIR finds its recorded base by itself")(f)
 
 
-def _load_model(model_dir: str, adapter: str | None, dtype=None):
+def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto"):
     """(model, tokenizer) from a checkpoint, an adapter folder, or a checkpoint + --adapter."""
     from lmkit.peft.load_any import load_model_for_inference
 
@@ -78,7 +72,7 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 @click.option("--default-max-tokens", type=click.IntRange(1), default=None,
               help="Chat reply length when a request gives no max_tokens (default: the checkpoint's "
                    "generation_config.json max_new_tokens, else 256).")
-@click.option("--dtype", type=click.Choice(_DTYPES), default="auto", show_default=True)
+@dtype_option()
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
@@ -112,7 +106,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
         from lmkit.infer.checkpoint_defaults import max_new_tokens_default
 
-        model, tok = _load_model(model_dir, adapter, dtype=_dtype(dtype))
+        model, tok = _load_model(model_dir, adapter, dtype=dtype)
         tpl = _chat_template(template, tok, model_dir, adapter)
         if default_max_tokens is None:
             default_max_tokens = max_new_tokens_default(model, 0, 256)
@@ -158,8 +152,9 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 @click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None,
               help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None)
+@dtype_option()
 def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, top_k, repetition_penalty,
-             seed) -> None:
+             seed, dtype) -> None:
     """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit.
 
     Decoding follows the checkpoint's generation_config.json (eos ids, do_sample, temperature,
@@ -172,7 +167,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
         from lmkit.infer.streaming import TextStream
         from lmkit.serve.chat_model import prepare_chat
 
-        model, tok = _load_model(model_dir, adapter)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype)
         tpl = _chat_template(template, tok, model_dir, adapter)
         sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                      repetition_penalty=repetition_penalty,
@@ -253,8 +248,9 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
 @click.option("--compile", "compile_step", is_flag=True,
               help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
+@dtype_option()
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-                 stream, as_json, compile_step) -> None:
+                 stream, as_json, compile_step, dtype) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
@@ -266,7 +262,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     from lmkit.infer.streaming import TextStream, decode_output
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    model, tok = _load_model(model_dir, adapter)
+    model, tok = _load_model(model_dir, adapter, dtype=dtype)
     sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                  repetition_penalty=repetition_penalty, fallback={"temperature": 0.0})
     prompt_ids = encode_prompt(tok, text)
