@@ -12,6 +12,17 @@
     lmkit_decode_batch_rows_total              counter    sum of batch sizes over the steps
                                                           (mean batch = rows / steps)
     lmkit_queue_wait_seconds_total             counter    time requests spent queued
+    lmkit_queue_depth                          gauge      the same as lmkit_waiting_requests
+    lmkit_time_to_first_token_seconds          histogram  submit to first token, per request
+    lmkit_inter_token_latency_seconds          histogram  between a request's consecutive tokens
+    lmkit_preemptions_total                    counter    running requests sent back to the queue
+                                                          (paged KV: no free block) to be recomputed
+    lmkit_kv_blocks_in_use / _total            gauge      paged KV blocks referenced / in the pool
+    lmkit_kv_block_size_tokens                 gauge      tokens per block
+    lmkit_prefix_cache_hits_total              counter    prompt blocks found in the prefix cache
+    lmkit_prefix_cache_misses_total            counter    full prompt blocks not found (computed)
+    lmkit_prefix_cache_evictions_total         counter    cached blocks evicted (LRU) for new ones
+    lmkit_prefix_cache_hit_rate                gauge      hits / (hits + misses), 0 before any
 
 A histogram is cumulative buckets `_bucket{le=...}` plus `_sum` and `_count`, as Prometheus
 expects; label values are escaped (backslash, double quote, newline).
@@ -23,6 +34,7 @@ import threading
 from collections import defaultdict
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
 
 def _esc(value: str) -> str:
@@ -36,6 +48,36 @@ def _num(x: float) -> str:
 def _route_label(path: str) -> str:
     """The path as a label, with ids folded so the label's cardinality stays bounded."""
     return "/v1/models/{name}" if path.startswith("/v1/models/") else path
+
+
+class Histogram:
+    """A thread-safe latency histogram (cumulative buckets at render time): the engine thread
+    observes, the HTTP thread renders."""
+
+    def __init__(self, buckets: tuple[float, ...] = TOKEN_BUCKETS) -> None:
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            for i, le in enumerate(self.buckets):
+                if seconds <= le:
+                    self.counts[i] += 1
+                    break
+            self.sum += seconds
+            self.count += 1
+
+    def render(self, name: str) -> list[str]:
+        with self._lock:
+            counts, total, n = list(self.counts), self.sum, self.count
+        lines, acc = [], 0
+        for le, c in zip(self.buckets, counts):
+            acc += c
+            lines.append(f'{name}_bucket{{le="{_num(le)}"}} {acc}')
+        return lines + [f"{name}_sum {total!r}", f"{name}_count {n}"]
 
 
 class Metrics:
@@ -105,4 +147,29 @@ class Metrics:
             out.append(f"lmkit_decode_batch_rows_total {st.batch_rows}")
             head("lmkit_queue_wait_seconds_total", "counter", "Seconds requests waited in the queue.")
             out.append(f"lmkit_queue_wait_seconds_total {st.queue_wait_s!r}")
+            head("lmkit_queue_depth", "gauge", "Requests queued for a batch slot (or KV blocks).")
+            out.append(f"lmkit_queue_depth {engine.waiting}")
+            head("lmkit_time_to_first_token_seconds", "histogram", "Seconds from submit to a request's first token.")
+            out.extend(st.ttft.render("lmkit_time_to_first_token_seconds"))
+            head("lmkit_inter_token_latency_seconds", "histogram", "Seconds between a request's consecutive tokens.")
+            out.extend(st.itl.render("lmkit_inter_token_latency_seconds"))
+            head("lmkit_preemptions_total", "counter", "Running requests preempted (no free KV block) and recomputed.")
+            out.append(f"lmkit_preemptions_total {st.preemptions}")
+            pool = getattr(engine, "pool", None)
+            if pool is not None:
+                head("lmkit_kv_blocks_in_use", "gauge", "Paged KV-cache blocks referenced by requests.")
+                out.append(f"lmkit_kv_blocks_in_use {pool.in_use}")
+                head("lmkit_kv_blocks_total", "gauge", "Paged KV-cache blocks in the pool.")
+                out.append(f"lmkit_kv_blocks_total {pool.n_blocks}")
+                head("lmkit_kv_block_size_tokens", "gauge", "Tokens per KV-cache block.")
+                out.append(f"lmkit_kv_block_size_tokens {pool.block_size}")
+                hits, misses = pool.hits, pool.misses
+                head("lmkit_prefix_cache_hits_total", "counter", "Prompt KV blocks found in the prefix cache.")
+                out.append(f"lmkit_prefix_cache_hits_total {hits}")
+                head("lmkit_prefix_cache_misses_total", "counter", "Full prompt KV blocks not found (computed).")
+                out.append(f"lmkit_prefix_cache_misses_total {misses}")
+                head("lmkit_prefix_cache_evictions_total", "counter", "Cached KV blocks evicted (LRU) for new ones.")
+                out.append(f"lmkit_prefix_cache_evictions_total {pool.evictions}")
+                head("lmkit_prefix_cache_hit_rate", "gauge", "Prefix cache hits / (hits + misses), in blocks.")
+                out.append(f"lmkit_prefix_cache_hit_rate {hits / (hits + misses) if hits + misses else 0.0!r}")
         return "\n".join(out) + "\n"
