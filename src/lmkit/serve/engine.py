@@ -170,6 +170,7 @@ class EngineStats:
     prefills: int = 0
     errors: int = 0  # requests the engine failed
     queue_wait_s: float = 0.0
+    prefill_tokens: int = 0  # prompt tokens computed (paged: prefix-cache hits are not)
     preemptions: int = 0  # paged: running requests sent back to the queue for lack of KV blocks
     max_running: int = 0  # the most requests running at once
     ttft: Histogram = field(default_factory=Histogram)  # seconds from submit to the first token
@@ -414,6 +415,7 @@ class Engine:
                 r.slot = j
                 r.cached = len(r.prompt)
             cache = self.model.make_cache(k, t)
+            self.stats.prefill_tokens += sum(len(r.prompt) for r in joining)
             logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
         except Exception as exc:
             if len(joining) == 1:
@@ -677,6 +679,7 @@ class Engine:
                     self._finish(r)
                     continue
                 r.cached, budget = end, budget - n
+                self.stats.prefill_tokens += n
                 self._register_full_blocks(r)
             if r.cached == target:
                 self._prefilling.remove(r)
