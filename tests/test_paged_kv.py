@@ -202,22 +202,21 @@ def test_paged_runs_twice_the_requests_of_the_contiguous_cache_at_the_same_budge
     the paged cache holds what each row uses."""
     rng = random.Random(2)
     prompts, lengths = [], []
-    for i in range(16):
+    for i in range(24):  # 3 long requests (100 + 60 tokens) among 21 short ones (4-11 + 6-13)
         long = i % 8 == 0
         prompts.append([rng.randrange(3, V) for _ in range(100 if long else rng.randrange(4, 12))])
-        lengths.append(100 if long else rng.randrange(6, 14))
+        lengths.append(60 if long else rng.randrange(6, 14))
     configs = [GenerationConfig(max_new_tokens=m, eos_token_id=[]) for m in lengths]
     stats = {}
     for layout in ("contiguous", "paged"):
-        engine = Engine(llama, None, max_batch_size=16, kv_cache=layout, kv_blocks=32, block_size=16)  # 512 tokens
+        engine = Engine(llama, None, max_batch_size=32, kv_cache=layout, kv_blocks=32, block_size=16)  # 512 tokens
         results = _submit_all(engine, prompts, configs)
         engine.stop()
         stats[layout] = engine.stats
         assert results == [_reference(llama, p, m) for p, m in zip(prompts, lengths)]
     mean = {k: s.batch_rows / s.decode_steps for k, s in stats.items()}
-    print({k: (s.max_running, mean[k], s.preemptions) for k, s in stats.items()})
     assert stats["paged"].max_running >= 2 * stats["contiguous"].max_running
-    assert mean["paged"] >= 2 * mean["contiguous"]
+    assert mean["paged"] >= 2 * mean["contiguous"]  # measured 5.5 vs 2.3 rows per decode step
 
 
 def test_metrics_and_validation(llama):
