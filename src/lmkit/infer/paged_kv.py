@@ -16,8 +16,11 @@ prefix is found skips computing those tokens. Blocks no sequence references stay
 are evicted least-recently-used first when the pool needs room. Only full blocks are shared,
 and a sequence only ever writes into its own last, partial block, so no copy-on-write is needed.
 
-Layout. The pool of layer i is [n_blocks, block_size, kv_heads, head_dim] (slot-major, so
-any list of token slots is one `index_select`). `PagedKVView` implements the model's KV-cache
+Layout. The pool of layer i is [kv_heads, n_blocks, block_size, head_dim] (stored as rows of
+head_dim), so the keys of any rows, heads and token slots come out of one `index_select`
+already in attention's [B, kv_heads, S, head_dim] order and contiguous (a transposed gather
+made SDPA several times slower on the CPU), into a buffer reused from step to step (a fresh
+multi-MB tensor per layer costs page faults). `PagedKVView` implements the model's KV-cache
 protocol (`seq_len`, `layer(i).update(k, v)`, `update(i, k, v)`) for one forward of B
 sequences: `update` writes the new keys/values into their slots and returns the keys/values
 of every row gathered into a [B, kv_heads, S, head_dim] tensor, each row right-aligned (its
@@ -102,6 +105,7 @@ class BlockPool:
         self.hash_of: dict[int, bytes] = {}  # block -> its hash (registered blocks only)
         self.lru: collections.OrderedDict[int, None] = collections.OrderedDict()  # cached, unreferenced blocks
         self.hits = self.misses = self.evictions = 0  # prefix-cache blocks found / computed; cached blocks evicted
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def for_model(cls, model, *, n_blocks: int | None = None, memory_mb: float | None = None, block_size: int = 16,
@@ -190,26 +194,35 @@ class BlockPool:
 
     # ---- storage ------------------------------------------------------------------------
     def _allocate_storage(self, i: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (self.n_blocks * self.block_size, self.n_kv_heads, self.head_dim)
-        self.keys[i] = torch.zeros(shape, dtype=dtype, device=device)
-        self.values[i] = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (self.n_kv_heads * self.n_blocks * self.block_size, self.head_dim)
+        self.keys[i] = torch.empty(shape, dtype=dtype, device=device)  # never read before written
+        self.values[i] = torch.empty(shape, dtype=dtype, device=device)
 
-    def write(self, i: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [B, kv_heads, T, D] into slots [B, T] of layer i."""
+    def rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Token slots [B, S] -> storage rows [B * kv_heads * S] in [B, kv_heads, S] order."""
+        heads = torch.arange(self.n_kv_heads, device=slots.device)[None, :, None] * (self.n_blocks * self.block_size)
+        return (heads + slots[:, None, :]).reshape(-1)
+
+    def write(self, i: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, kv_heads, T, D] into storage `rows` (from `rows(slots [B, T])`) of layer i."""
         if self.keys[i] is None:
             self._allocate_storage(i, k.dtype, k.device)
-        b, h, t, d = k.shape
-        flat = slots.reshape(-1)
-        self.keys[i].index_copy_(0, flat, k.transpose(1, 2).reshape(b * t, h, d).to(self.keys[i].dtype))
-        self.values[i].index_copy_(0, flat, v.transpose(1, 2).reshape(b * t, h, d).to(self.values[i].dtype))
+        d = k.shape[-1]
+        self.keys[i].index_copy_(0, rows, k.reshape(-1, d).to(self.keys[i].dtype))
+        self.values[i].index_copy_(0, rows, v.reshape(-1, d).to(self.values[i].dtype))
 
-    def read(self, i: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of slots [B, S] of layer i as [B, kv_heads, S, D]."""
-        b, s = slots.shape
-        flat = slots.reshape(-1)
-        k = self.keys[i].index_select(0, flat).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.values[i].index_select(0, flat).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        return k, v
+    def read(self, i: int, rows: torch.Tensor, shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of storage `rows` (from `rows(slots [B, S])`) of layer i as `shape`
+        [B, kv_heads, S, D], contiguous. They are gathered into buffers reused by the next
+        read (of any layer): valid until then, which is all attention needs."""
+        n = rows.numel()
+        if self._scratch is None or self._scratch[0].shape[0] < n or self._scratch[0].dtype != self.keys[i].dtype:
+            self._scratch = tuple(torch.empty(max(n, 1024), self.head_dim, dtype=self.keys[i].dtype,
+                                              device=rows.device) for _ in range(2))
+        k, v = (buf[:n] for buf in self._scratch)
+        torch.index_select(self.keys[i], 0, rows, out=k)
+        torch.index_select(self.values[i], 0, rows, out=v)
+        return k.view(shape), v.view(shape)
 
 
 class _LayerView:
@@ -228,18 +241,20 @@ class PagedKVView:
     """The KV-cache protocol over a `BlockPool` for one forward of B sequences.
 
     write_slots [B, T]: where the T new tokens of each row go; read_slots [B, past + T]: the
-    slots each row attends to, in column order (padding columns may point anywhere: the
-    caller's mask hides them). seq_len is `past`, the columns before the new tokens.
+    slots each row attends to, in column order (padding columns may point anywhere written:
+    the caller's mask hides them). seq_len is `past`, the columns before the new tokens.
     """
 
     def __init__(self, pool: BlockPool, write_slots: torch.Tensor, read_slots: torch.Tensor) -> None:
         self.pool = pool
-        self.write_slots, self.read_slots = write_slots, read_slots
         self.seq_len = read_slots.shape[1] - write_slots.shape[1]
+        self._write = pool.rows(write_slots)  # the same storage rows for every layer
+        self._read = pool.rows(read_slots)
+        self._shape = (read_slots.shape[0], pool.n_kv_heads, read_slots.shape[1], pool.head_dim)
 
     def layer(self, i: int) -> _LayerView:
         return _LayerView(self, i)
 
     def update(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.pool.write(i, self.write_slots, k, v)
-        return self.pool.read(i, self.read_slots)
+        self.pool.write(i, self._write, k, v)
+        return self.pool.read(i, self._read, self._shape)

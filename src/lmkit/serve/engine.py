@@ -173,6 +173,8 @@ class EngineStats:
     prefill_tokens: int = 0  # prompt tokens computed (paged: prefix-cache hits are not)
     preemptions: int = 0  # paged: running requests sent back to the queue for lack of KV blocks
     max_running: int = 0  # the most requests running at once
+    queued_steps: int = 0  # decode steps taken while requests were waiting (the batch was full: of memory or rows)
+    queued_rows: int = 0  # sum of their batch sizes (queued_rows / queued_steps: the concurrency sustained)
     ttft: Histogram = field(default_factory=Histogram)  # seconds from submit to the first token
     itl: Histogram = field(default_factory=Histogram)  # seconds between a request's consecutive tokens
     extra: dict = field(default_factory=dict)
@@ -447,6 +449,9 @@ class Engine:
             r.cached += 1
         self.stats.decode_steps += 1
         self.stats.batch_rows += b
+        if self._waiting:
+            self.stats.queued_steps += 1
+            self.stats.queued_rows += b
         self._choose(rows, logits[:, -1])
         if any(r.done for r in rows):
             keep = [r for r in rows if not r.done]
@@ -727,6 +732,9 @@ class Engine:
             self._register_full_blocks(r)
         self.stats.decode_steps += 1
         self.stats.batch_rows += b
+        if self._waiting:
+            self.stats.queued_steps += 1
+            self.stats.queued_rows += b
         self._choose(rows, logits[:, -1])
         for r in rows:
             if r.done:
