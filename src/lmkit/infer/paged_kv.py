@@ -100,12 +100,15 @@ class BlockPool:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.ref = [0] * n_blocks
-        self.free: collections.deque[int] = collections.deque(range(n_blocks))
+        # a stack, lowest ids on top: freed blocks are reused first, so the pages of a large
+        # (lazily committed) pool that get touched follow the peak use, not the pool size
+        self.free: list[int] = list(range(n_blocks - 1, -1, -1))
         self.table: dict[bytes, int] = {}  # prefix hash -> block
         self.hash_of: dict[int, bytes] = {}  # block -> its hash (registered blocks only)
         self.lru: collections.OrderedDict[int, None] = collections.OrderedDict()  # cached, unreferenced blocks
         self.hits = self.misses = self.evictions = 0  # prefix-cache blocks found / computed; cached blocks evicted
-        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._gather_buf: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._n_slots = (n_blocks + 1) * block_size  # one spare block holds scratch_slot
 
     @classmethod
     def for_model(cls, model, *, n_blocks: int | None = None, memory_mb: float | None = None, block_size: int = 16,
@@ -147,7 +150,7 @@ class BlockPool:
     def allocate(self) -> int:
         """A block for one sequence (ref 1): a free one, else the least recently used cached one."""
         if self.free:
-            block = self.free.popleft()
+            block = self.free.pop()
         elif self.lru:
             block, _ = self.lru.popitem(last=False)
             del self.table[self.hash_of.pop(block)]
@@ -193,14 +196,19 @@ class BlockPool:
             self.hash_of[block] = h
 
     # ---- storage ------------------------------------------------------------------------
+    @property
+    def scratch_slot(self) -> int:
+        """A slot outside every block: where padding tokens of a batched prefill write."""
+        return self.n_blocks * self.block_size
+
     def _allocate_storage(self, i: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (self.n_kv_heads * self.n_blocks * self.block_size, self.head_dim)
+        shape = (self.n_kv_heads * self._n_slots, self.head_dim)
         self.keys[i] = torch.empty(shape, dtype=dtype, device=device)  # never read before written
         self.values[i] = torch.empty(shape, dtype=dtype, device=device)
 
     def rows(self, slots: torch.Tensor) -> torch.Tensor:
         """Token slots [B, S] -> storage rows [B * kv_heads * S] in [B, kv_heads, S] order."""
-        heads = torch.arange(self.n_kv_heads, device=slots.device)[None, :, None] * (self.n_blocks * self.block_size)
+        heads = torch.arange(self.n_kv_heads, device=slots.device)[None, :, None] * self._n_slots
         return (heads + slots[:, None, :]).reshape(-1)
 
     def write(self, i: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -216,10 +224,10 @@ class BlockPool:
         [B, kv_heads, S, D], contiguous. They are gathered into buffers reused by the next
         read (of any layer): valid until then, which is all attention needs."""
         n = rows.numel()
-        if self._scratch is None or self._scratch[0].shape[0] < n or self._scratch[0].dtype != self.keys[i].dtype:
-            self._scratch = tuple(torch.empty(max(n, 1024), self.head_dim, dtype=self.keys[i].dtype,
+        if self._gather_buf is None or self._gather_buf[0].shape[0] < n or self._gather_buf[0].dtype != self.keys[i].dtype:
+            self._gather_buf = tuple(torch.empty(max(n, 1024), self.head_dim, dtype=self.keys[i].dtype,
                                               device=rows.device) for _ in range(2))
-        k, v = (buf[:n] for buf in self._scratch)
+        k, v = (buf[:n] for buf in self._gather_buf)
         torch.index_select(self.keys[i], 0, rows, out=k)
         torch.index_select(self.values[i], 0, rows, out=v)
         return k.view(shape), v.view(shape)

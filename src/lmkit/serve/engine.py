@@ -6,9 +6,10 @@ batch reads the same weights as a step of one row, so B rows cost little more th
 does **continuous batching** (iteration-level scheduling, as in Orca and vLLM):
 
     loop:
-        admit   waiting requests (排队, the queue) join while the batch has room: their
-                prompts are prefilled together (one forward, left-padded) and each gets its
-                first token from the prefill logits
+        admit   waiting requests (排队, the queue) join while the batch has room (rows, and
+                KV blocks when paged): their prompts are prefilled (paged: one by one, in
+                chunks between decode steps; contiguous: together, left-padded) and each
+                gets its first token from the prefill logits
         decode  one step for every running row: feed each row's newest token, get logits
         choose  per row: its own logits processors, greedy or seeded sampling, logprobs
                 (lmkit.infer.select_tokens), then EOS / stop strings / max_tokens
@@ -19,8 +20,8 @@ A new request therefore never waits for the whole batch to finish, only for the 
 
 Failure isolation. One request's failure never fails another: whatever goes wrong while
 choosing a row's token (a processor, the tokenizer, a stop string) ends that request with an
-error event and the others continue; a prefill that fails for several newcomers is retried
-one by one, so only the request that cannot run fails. Only a failure of the batched decode
+error event and the others continue; a prefill fails only its own request (contiguous: a
+prefill that fails for several newcomers is retried one by one). Only a failure of the batched decode
 forward itself (out of memory, say) ends every row of that step. The error event carries the
 exception, so the server logs its real traceback (engine_bridge.py, event_stream.py).
 With a tokenizer, the output rows it cannot render (vocabulary padding) are never chosen.
@@ -665,32 +666,69 @@ class Engine:
                 except Exception as exc:
                     self._fail([r], exc)
                     self._finish(r)
-        budget = self.prefill_chunk
+        budget, chunks = self.prefill_chunk, []
         for r in sorted(self._prefilling, key=lambda row: self._target(row) - row.cached):
-            target = self._target(r)
-            n = min(budget, target - r.cached)
-            if n <= 0 and r.cached < target:
+            n = min(budget, self._target(r) - r.cached)
+            if n <= 0 and r.cached < self._target(r):
                 break
-            logits = None
-            if n > 0:
-                start, end = r.cached, r.cached + n
-                slots = self._slots(r, end).to(self.device)
-                ids = torch.tensor([r.tokens[start:end]], dtype=torch.long, device=self.device)
-                view = PagedKVView(self.pool, slots[None, start:], slots[None])
-                try:
-                    logits = ModelRunner(self.model, 1, end, None, fused=False).prefill(ids, view)
-                except Exception as exc:  # only this request fails
-                    self._fail([r], exc)
-                    self._finish(r)
-                    continue
-                r.cached, budget = end, budget - n
+            chunks.append((r, n))
+            budget -= n
+        for group in _padding_groups(chunks):
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[tuple[_Row, int]]) -> None:
+        """Prefill chunk (row, n tokens) of every row of `group` in one forward, left-padded.
+
+        Row j's tokens [0, end_j) sit right-aligned in the S = max end_j key columns (its
+        padding columns masked); its n_j new tokens are the last n_j of the T = max n_j inputs,
+        the padding inputs before them writing to the pool's scratch slot. A failed forward of
+        several rows is retried row by row, so only a request that cannot run fails.
+        """
+        work = [(r, n) for r, n in group if n > 0]
+        logits = None
+        if work:
+            bs, pool = self.pool.block_size, self.pool
+            k, t = len(work), max(n for _, n in work)
+            s = max(r.cached + n for r, n in work)
+            read = torch.empty(k, s, dtype=torch.long)
+            write = torch.full((k, t), pool.scratch_slot, dtype=torch.long)
+            mask = torch.ones(k, s, dtype=torch.long)
+            ids = torch.zeros(k, t, dtype=torch.long)
+            for j, (r, n) in enumerate(work):
+                end = r.cached + n
+                slots = self._slots(r, end)
+                read[j, s - end:] = slots
+                read[j, : s - end] = slots[0]  # padding columns: any written slot (masked)
+                mask[j, : s - end] = 0
+                write[j, t - n:] = slots[r.cached:]
+                ids[j, t - n:] = torch.tensor(r.tokens[r.cached:end])
+            padded = bool((mask == 0).any())
+            view = PagedKVView(pool, write.to(self.device), read.to(self.device))
+            ids = ids.to(self.device)
+            mask = mask.to(self.device) if padded else None
+            try:
+                runner = ModelRunner(self.model, k, s, mask, fused=False)
+                # a fresh prompt in one piece is a plain prefill; else the chunk continues the cache
+                logits = runner.prefill(ids, view) if s == t else runner.step(ids, view)
+            except Exception as exc:
+                if k == 1:
+                    self._fail([work[0][0]], exc)
+                    self._finish(work[0][0])
+                else:
+                    for one in group:
+                        self._prefill_group([one])
+                return
+            for r, n in work:
+                r.cached += n
                 self.stats.prefill_tokens += n
                 self._register_full_blocks(r)
-            if r.cached == target:
+        for r, n in group:
+            if r.cached == self._target(r):
                 self._prefilling.remove(r)
                 if r.generated == 0:  # a fresh request: its first token comes from the prefill
                     self.stats.prefills += 1
-                    self._choose([r], logits[:, -1])
+                    j = next(j for j, (w, _) in enumerate(work) if w is r)
+                    self._choose([r], logits[j : j + 1, -1])
                     if r.done:
                         self._finish(r)
 
@@ -739,6 +777,19 @@ class Engine:
         for r in rows:
             if r.done:
                 self._finish(r)
+
+
+def _padding_groups(chunks: list[tuple[_Row, int]]) -> list[list[tuple[_Row, int]]]:
+    """Split prefill chunks (sorted by length) into groups run as one padded forward each,
+    starting a new group where padding would more than double the tokens computed."""
+    groups: list[list[tuple[_Row, int]]] = []
+    for r, n in chunks:
+        g = groups[-1] if groups else None
+        if g is not None and (len(g) + 1) * max(n, *(m for _, m in g)) <= 2 * (n + sum(m for _, m in g)):
+            g.append((r, n))
+        else:
+            groups.append([(r, n)])
+    return groups
 
 
 def _safe_call(callback, event: TokenEvent) -> None:
