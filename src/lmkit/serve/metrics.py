@@ -136,40 +136,42 @@ class Metrics:
             head("lmkit_generation_tokens_total", "counter", "Tokens generated and returned.")
             out.append(f"lmkit_generation_tokens_total {self.generation_tokens}")
         if engine is not None:
-            st = engine.stats
-            head("lmkit_running_requests", "gauge", "Requests in the decode batch.")
-            out.append(f"lmkit_running_requests {engine.running}")
-            head("lmkit_waiting_requests", "gauge", "Requests queued for a batch slot.")
-            out.append(f"lmkit_waiting_requests {engine.waiting}")
-            head("lmkit_decode_steps_total", "counter", "Batched decode steps run.")
-            out.append(f"lmkit_decode_steps_total {st.decode_steps}")
-            head("lmkit_decode_batch_rows_total", "counter", "Sum of the batch sizes of the decode steps.")
-            out.append(f"lmkit_decode_batch_rows_total {st.batch_rows}")
-            head("lmkit_queue_wait_seconds_total", "counter", "Seconds requests waited in the queue.")
-            out.append(f"lmkit_queue_wait_seconds_total {st.queue_wait_s!r}")
-            head("lmkit_queue_depth", "gauge", "Requests queued for a batch slot (or KV blocks).")
-            out.append(f"lmkit_queue_depth {engine.waiting}")
-            head("lmkit_time_to_first_token_seconds", "histogram", "Seconds from submit to a request's first token.")
-            out.extend(st.ttft.render("lmkit_time_to_first_token_seconds"))
-            head("lmkit_inter_token_latency_seconds", "histogram", "Seconds between a request's consecutive tokens.")
-            out.extend(st.itl.render("lmkit_inter_token_latency_seconds"))
-            head("lmkit_preemptions_total", "counter", "Running requests preempted (no free KV block) and recomputed.")
-            out.append(f"lmkit_preemptions_total {st.preemptions}")
-            pool = getattr(engine, "pool", None)
-            if pool is not None:
-                head("lmkit_kv_blocks_in_use", "gauge", "Paged KV-cache blocks referenced by requests.")
-                out.append(f"lmkit_kv_blocks_in_use {pool.in_use}")
-                head("lmkit_kv_blocks_total", "gauge", "Paged KV-cache blocks in the pool.")
-                out.append(f"lmkit_kv_blocks_total {pool.n_blocks}")
-                head("lmkit_kv_block_size_tokens", "gauge", "Tokens per KV-cache block.")
-                out.append(f"lmkit_kv_block_size_tokens {pool.block_size}")
-                hits, misses = pool.hits, pool.misses
-                head("lmkit_prefix_cache_hits_total", "counter", "Prompt KV blocks found in the prefix cache.")
-                out.append(f"lmkit_prefix_cache_hits_total {hits}")
-                head("lmkit_prefix_cache_misses_total", "counter", "Full prompt KV blocks not found (computed).")
-                out.append(f"lmkit_prefix_cache_misses_total {misses}")
-                head("lmkit_prefix_cache_evictions_total", "counter", "Cached KV blocks evicted (LRU) for new ones.")
-                out.append(f"lmkit_prefix_cache_evictions_total {pool.evictions}")
-                head("lmkit_prefix_cache_hit_rate", "gauge", "Prefix cache hits / (hits + misses), in blocks.")
-                out.append(f"lmkit_prefix_cache_hit_rate {hits / (hits + misses) if hits + misses else 0.0!r}")
+            for name, kind, help_, value in engine_samples(engine):
+                head(name, kind, help_)
+                if isinstance(value, Histogram):
+                    out.extend(value.render(name))
+                else:
+                    out.append(f"{name} {value!r}")
         return "\n".join(out) + "\n"
+
+
+def engine_samples(engine) -> list[tuple[str, str, str, object]]:
+    """(name, type, help, value or Histogram) of every engine metric, the paged KV cache's included."""
+    st = engine.stats
+    samples = [
+        ("lmkit_running_requests", "gauge", "Requests in the decode batch.", engine.running),
+        ("lmkit_waiting_requests", "gauge", "Requests queued for a batch slot.", engine.waiting),
+        ("lmkit_decode_steps_total", "counter", "Batched decode steps run.", st.decode_steps),
+        ("lmkit_decode_batch_rows_total", "counter", "Sum of the batch sizes of the decode steps.", st.batch_rows),
+        ("lmkit_queue_wait_seconds_total", "counter", "Seconds requests waited in the queue.", st.queue_wait_s),
+        ("lmkit_queue_depth", "gauge", "Requests queued for a batch slot (or KV blocks).", engine.waiting),
+        ("lmkit_time_to_first_token_seconds", "histogram", "Seconds from submit to a request's first token.", st.ttft),
+        ("lmkit_inter_token_latency_seconds", "histogram", "Seconds between a request's consecutive tokens.", st.itl),
+        ("lmkit_preemptions_total", "counter", "Running requests preempted (no free KV block) and recomputed.",
+         st.preemptions),
+    ]
+    pool = getattr(engine, "pool", None)
+    if pool is not None:
+        hits, misses = pool.hits, pool.misses
+        samples += [
+            ("lmkit_kv_blocks_in_use", "gauge", "Paged KV-cache blocks referenced by requests.", pool.in_use),
+            ("lmkit_kv_blocks_total", "gauge", "Paged KV-cache blocks in the pool.", pool.n_blocks),
+            ("lmkit_kv_block_size_tokens", "gauge", "Tokens per KV-cache block.", pool.block_size),
+            ("lmkit_prefix_cache_hits_total", "counter", "Prompt KV blocks found in the prefix cache.", hits),
+            ("lmkit_prefix_cache_misses_total", "counter", "Full prompt KV blocks not found (computed).", misses),
+            ("lmkit_prefix_cache_evictions_total", "counter", "Cached KV blocks evicted (LRU) for new ones.",
+             pool.evictions),
+            ("lmkit_prefix_cache_hit_rate", "gauge", "Prefix cache hits / (hits + misses), in blocks.",
+             hits / (hits + misses) if hits + misses else 0.0),
+        ]
+    return samples
