@@ -7,8 +7,8 @@ does **continuous batching** (iteration-level scheduling, as in Orca and vLLM):
 
     loop:
         admit   waiting requests (排队, the queue) join while the batch has room (rows, and
-                KV blocks when paged): their prompts are prefilled (paged: one by one, in
-                chunks between decode steps; contiguous: together, left-padded) and each
+                KV blocks when paged): their prompts are prefilled (paged: in chunks between
+                decode steps; contiguous: all at once), left-padded together, and each
                 gets its first token from the prefill logits
         decode  one step for every running row: feed each row's newest token, get logits
         choose  per row: its own logits processors, greedy or seeded sampling, logprobs
@@ -20,8 +20,8 @@ A new request therefore never waits for the whole batch to finish, only for the 
 
 Failure isolation. One request's failure never fails another: whatever goes wrong while
 choosing a row's token (a processor, the tokenizer, a stop string) ends that request with an
-error event and the others continue; a prefill fails only its own request (contiguous: a
-prefill that fails for several newcomers is retried one by one). Only a failure of the batched decode
+error event and the others continue; a prefill that fails for several newcomers is retried
+one by one, so only the request that cannot run fails. Only a failure of the batched decode
 forward itself (out of memory, say) ends every row of that step. The error event carries the
 exception, so the server logs its real traceback (engine_bridge.py, event_stream.py).
 With a tokenizer, the output rows it cannot render (vocabulary padding) are never chosen.
@@ -33,10 +33,10 @@ the blocks for its prompt and its first new token are free, with a small reserve
 others run; a running row takes one more block each time its last one fills. When none is
 left mid-decode the newest running request is preempted: its blocks go back to the pool and
 it returns to the head of the queue, to be recomputed (prompt + tokens so far, mostly prefix
-cache hits) when there is room again; its stream simply pauses. Newcomers are prefilled one
-by one in chunks of at most `prefill_chunk` tokens per loop iteration, shortest remaining
-first, between decode steps, so a huge prompt never stalls the running rows or the small
-requests behind it (fair scheduling). Automatic prefix caching: every full block is hashed
+cache hits) when there is room again; its stream simply pauses. Newcomers are prefilled in
+chunks, at most `prefill_chunk` tokens per loop iteration, shortest remaining first, between
+decode steps (chunks of similar length share one left-padded forward), so a huge prompt
+never stalls the running rows or the small requests behind it (fair scheduling). Automatic prefix caching: every full block is hashed
 along the token prefix and shared read-only; a newcomer whose prompt starts with cached
 blocks prefills only the rest (positions continuing), and unreferenced cached blocks are
 evicted LRU when the pool needs room. Each decode step gathers the rows' blocks into a
