@@ -15,9 +15,12 @@ under their hash and shared read-only (a reference count per block); a newcomer 
 prefix is found skips computing those tokens. Blocks no sequence references stay cached and
 are evicted least-recently-used first when the pool needs room. Only full blocks are shared,
 and a sequence only ever writes into its own last, partial block, so no copy-on-write is needed.
+The hash names token ids only: whatever else changes the keys/values (an adapter chosen per
+request, say) must go into the root of the chain (`BlockTable(root=...)`).
 
-Layout. The pool of layer i is [kv_heads, n_blocks, block_size, head_dim] (stored as rows of
-head_dim), so the keys of any rows, heads and token slots come out of one `index_select`
+Layout. The pool of layer i is [kv_heads, n_blocks + 1, block_size, head_dim] (stored as rows
+of head_dim; the spare block holds `scratch_slot`, where the padding tokens of a batched
+prefill write), so the keys of any rows, heads and token slots come out of one `index_select`
 already in attention's [B, kv_heads, S, head_dim] order and contiguous (a transposed gather
 made SDPA several times slower on the CPU), into a buffer reused from step to step (a fresh
 multi-MB tensor per layer costs page faults). `PagedKVView` implements the model's KV-cache
@@ -46,12 +49,12 @@ class PoolExhausted(LmkitError):
     """No free or evictable block is left in the pool (the caller preempts a sequence)."""
 
 
-def block_hash(parent: bytes | None, tokens) -> bytes:
+def block_hash(parent: bytes, tokens) -> bytes:
     """The name of a full block: sha256 of the parent block's hash and the block's token ids.
 
     Chaining makes the hash name the whole prefix, not just the block's own tokens.
     """
-    h = hashlib.sha256(parent or b"root")
+    h = hashlib.sha256(parent)
     h.update(array("q", tokens).tobytes())
     return h.digest()
 
@@ -65,7 +68,8 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
 class BlockTable:
     """The blocks of one sequence, in token order, and the hashes of its full blocks."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: bytes = b"root") -> None:
+        self.root = root  # the parent hash of the first block
         self.blocks: list[int] = []
         self.hashes: list[bytes] = []  # hashes of the first len(hashes) full blocks of the token sequence
         self.registered = 0  # blocks already entered in the pool's prefix table (or taken from it)
@@ -74,7 +78,7 @@ class BlockTable:
         """Hashes of the first n_blocks full blocks of `tokens` (computed once, kept)."""
         while len(self.hashes) < n_blocks:
             j = len(self.hashes)
-            self.hashes.append(block_hash(self.hashes[-1] if j else None, tokens[j * block_size:(j + 1) * block_size]))
+            self.hashes.append(block_hash(self.hashes[-1] if j else self.root, tokens[j * block_size:(j + 1) * block_size]))
         return self.hashes[:n_blocks]
 
     def slots(self, start: int, end: int, block_size: int) -> list[int]:
