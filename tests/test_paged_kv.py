@@ -178,13 +178,14 @@ def test_a_prefix_hit_skips_prefilling_the_cached_blocks(llama):
 def test_chunked_prefill_interleaves_a_huge_prompt_with_decode_steps(llama):
     """A 200-token prompt prefilled 8 tokens per step: a small request admitted with it gets its
     first token at once and keeps decoding while the huge one is prefilled."""
-    order = []
+    order, tokens = [], {"huge": [], "small": []}
     done = threading.Event()
     engine = Engine(llama, None, prefill_chunk=8)
 
     def cb(name):
         def f(ev):
             order.append(name)
+            tokens[name].append(ev.token)
             if ev.finish_reason and name == "huge":
                 done.set()
         return f
@@ -195,6 +196,7 @@ def test_chunked_prefill_interleaves_a_huge_prompt_with_decode_steps(llama):
     assert done.wait(60)
     engine.stop()
     assert order.index("huge") >= 20  # 25 prefill chunks, a decode step of the small one after each
+    assert tokens["huge"] == _reference(llama, list(range(3, 203)), 2)
 
 
 def test_paged_runs_twice_the_requests_of_the_contiguous_cache_at_the_same_budget(llama):
