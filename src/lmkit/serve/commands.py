@@ -67,6 +67,16 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Requests decoded together (continuous batching).")
 @click.option("--max-waiting", type=click.IntRange(1), default=1024, show_default=True,
               help="Queued requests beyond which new ones get 503.")
+@click.option("--kv-cache", "kv_cache", type=click.Choice(["paged", "contiguous"]), default="paged", show_default=True,
+              help="KV-cache layout: paged blocks (prefix caching, admission by free blocks) or one strip per row.")
+@click.option("--kv-cache-mb", type=click.FloatRange(0, min_open=True), default=None,
+              help="KV memory budget in MiB (default: max-batch-size full contexts, at most 1024 MiB).")
+@click.option("--kv-blocks", type=click.IntRange(1), default=None, help="KV memory budget in blocks (instead of MiB).")
+@click.option("--block-size", type=click.IntRange(1), default=16, show_default=True, help="Tokens per KV block.")
+@click.option("--prefix-caching/--no-prefix-caching", default=True, show_default=True,
+              help="Share the KV blocks of common prompt prefixes across requests.")
+@click.option("--prefill-chunk", type=click.IntRange(1), default=512, show_default=True,
+              help="Prompt tokens prefilled per step between decode steps (a long prompt does not stall the others).")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=1 << 20, show_default=True,
               help="Larger request bodies get 413.")
 @click.option("--default-max-tokens", type=click.IntRange(1), default=None,
@@ -77,7 +87,8 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, max_body_bytes,
+def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
+              kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
               default_max_tokens, dtype, device, threads, log_level) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
@@ -114,7 +125,9 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
             model = model.to(device)
         keys = list(api_keys) or ([os.environ["LMKIT_API_KEY"]] if os.environ.get("LMKIT_API_KEY") else [])
         name = model_name or Path(model_dir).resolve().name
-        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting)
+        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting, kv_cache=kv_cache,
+                        kv_cache_mb=kv_cache_mb, kv_blocks=kv_blocks, block_size=block_size,
+                        prefix_caching=prefix_caching, prefill_chunk=prefill_chunk)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens)
     except LmkitError as exc:
