@@ -173,6 +173,8 @@ class CompiledDecoder:
         why = FusedDecoder.unsupported(model, max_len)
         if why is not None:
             return why
+        if any(type(m).__module__ == "lmkit.quant.linear" for m in model.modules()):
+            return "quantized linear layers (the eager fused step runs their kernels)"
         p = next(model.parameters())
         if p.device.type != "cpu":
             return f"compiled step is built and measured for CPU only (model on {p.device.type})"

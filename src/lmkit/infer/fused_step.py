@@ -23,8 +23,12 @@ fused step holds a second copy of the attention-input and FFN-input weights; mod
 2 GiB run unfused (at that size the
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
+Quantized projections (quant/linear.py) run here too: their norm gain cannot be folded into
+integer codes, so it multiplies the normed activations instead, and q/k/v (gate/up) of one
+kind are stacked row-wise into one quantized module (`merge_rows`), whose fused weight-only
+kernel (int8, int4) takes bf16 activations; the residual stream keeps the model's dtype.
 Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK, an active
-sliding window, training mode, adapted or quantized layers, forward hooks) are reported by
+sliding window, training mode, adapted layers, forward hooks) are reported by
 `FusedDecoder.unsupported(model)` and run through `model.forward` instead. `ModelRunner`
 (runner.py) picks the step.
 """
@@ -37,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkit.models.ffn import activation_fn
+from lmkit.quant.linear import QUANT_LINEAR_TYPES, QuantLinearBase, merge_rows
 
 MAX_FUSED_BYTES = 2 * 2**30  # larger models are bandwidth-bound anyway: not worth a second copy of the weights
 _GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -74,13 +79,16 @@ class FusedDecoder:
             a, m = layer.self_attn, layer.mlp
             linears = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.up_proj, m.down_proj]
             linears += [m.gate_proj] if cfg.gated_ffn else []
-            if any(type(lin) is not torch.nn.Linear for lin in linears):
-                return "adapted or quantized linear layers"
-        if type(model.lm_head) is not torch.nn.Linear or type(model.embed_tokens) is not torch.nn.Embedding:
-            return "adapted or quantized embeddings / lm_head"
+            if any(type(lin) is not torch.nn.Linear and type(lin) not in QUANT_LINEAR_TYPES for lin in linears):
+                return "adapted linear layers"
+        if type(model.lm_head) is not torch.nn.Linear and type(model.lm_head) not in QUANT_LINEAR_TYPES:
+            return "adapted lm_head"
+        if type(model.embed_tokens) is not torch.nn.Embedding:
+            return "adapted or quantized embeddings"
         if any(mod._forward_hooks or mod._forward_pre_hooks for mod in model.modules()):
             return "forward hooks are registered"
         size = sum(p.numel() * p.element_size() for p in model.parameters())
+        size += sum(m.weight_bytes() for m in model.modules() if isinstance(m, QuantLinearBase))
         if size > MAX_FUSED_BYTES:
             return f"weights of {size / 2**30:.1f} GiB (the fused step keeps a second, transposed copy)"
         return None
@@ -88,8 +96,8 @@ class FusedDecoder:
     @classmethod
     def for_model(cls, model) -> "FusedDecoder":
         """The fused decoder of `model`, reused while no parameter has changed."""
-        params = list(model.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        params = list(model.parameters()) + list(model.buffers())
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in params)
         hit = _CACHE.get(model)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -117,10 +125,13 @@ class FusedDecoder:
             a, m = layer.self_attn, layer.mlp
             qkv_w, qkv_b = _fold(layer.attn_norm, [a.q_proj, a.k_proj, a.v_proj])
             ff_w, ff_b = _fold(layer.mlp_norm, [m.gate_proj, m.up_proj] if self.gated else [m.up_proj])
-            self.layers.append((qkv_w, qkv_b, a.o_proj.weight.t(), a.o_proj.bias, ff_w, ff_b,
-                                m.down_proj.weight.t(), m.down_proj.bias))
+            o_w, o_b = _plain(a.o_proj)
+            dn_w, dn_b = _plain(m.down_proj)
+            self.layers.append((qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b))
         self.norm_w, self.norm_b = model.norm.weight, getattr(model.norm, "bias", None)
-        self.lm_w, self.lm_b = model.lm_head.weight.t(), model.lm_head.bias
+        self.lm_w, self.lm_b = _plain(model.lm_head)
+        self.quantized = any(isinstance(t, _QuantProj) for ts in self.layers for t in ts) \
+            or isinstance(self.lm_w, _QuantProj)
         self._cos = self._sin = None
 
     def reserve(self, n: int) -> None:
@@ -169,7 +180,7 @@ class FusedDecoder:
         n = b * t
         x = x.view(n, -1)  # activations stay [tokens, features]: one GEMM per projection
         for i, (qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b) in enumerate(self.layers):
-            qkv = _mm(self._norm(x), qkv_w, qkv_b).view(b, t, h + 2 * hkv, d).transpose(1, 2)
+            qkv = _mm(self._norm(x), qkv_w, qkv_b).to(x.dtype).view(b, t, h + 2 * hkv, d).transpose(1, 2)
             qk = qkv[:, : h + hkv]
             if self.rope:
                 qk = qk * cos + qk.roll(half, -1) * sin
@@ -184,7 +195,7 @@ class FusedDecoder:
                     v_all = v_all.repeat_interleave(rep, dim=1)
                 o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
             x = _residual_mm(x, o.transpose(1, 2).reshape(n, h * d), o_w, o_b)
-            f = _mm(self._norm(x), ff_w, ff_b)
+            f = _mm(self._norm(x), ff_w, ff_b).to(x.dtype)
             if self.gated:
                 f = self.act(f[:, : self.d_ff]) * f[:, self.d_ff :]
             else:
@@ -196,15 +207,51 @@ class FusedDecoder:
         h = self._norm(x.reshape(-1, x.shape[-1])) * self.norm_w
         if self.norm_b is not None:
             h = h + self.norm_b
-        logits = _mm(h, self.lm_w, self.lm_b)
+        logits = _mm(h, self.lm_w, self.lm_b).to(x.dtype)
         return logits.view(b, 1 if last_only else t, -1)
 
 
-def _fold(norm, linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+class _QuantProj:
+    """Quantized projection(s) of one input: y = (x * gain + beta) @ W^T + b, W quantized.
+
+    The gain (and LayerNorm bias) of the preceding norm multiplies the activations, since it
+    cannot be folded into integer codes; the layers are merged into one module when they are
+    of one kind (`merge_rows`), else called one by one and concatenated. Layers with a fused
+    kernel on this device are called through `kernel_mm` (bf16 result; callers cast)."""
+
+    def __init__(self, linears, norm=None) -> None:
+        merged = merge_rows(list(linears))
+        self.mods = [merged] if merged is not None else list(linears)
+        device = next(self.mods[0].buffers()).device
+        self.calls = [m.kernel_mm if m.kernel_reason(device) is None and type(m).kernel_mm is not
+                      QuantLinearBase.kernel_mm else m for m in self.mods]
+        self.gain = None if norm is None else norm.weight
+        self.beta = None if norm is None else getattr(norm, "bias", None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gain is not None:
+            x = x * self.gain if self.beta is None else torch.addcmul(self.beta, x, self.gain)
+        if len(self.calls) == 1:
+            return self.calls[0](x)
+        outs = [f(x) for f in self.calls]
+        return torch.cat([o.to(outs[0].dtype) for o in outs], dim=-1)
+
+
+def _plain(linear) -> tuple[object, torch.Tensor | None]:
+    """(weight as its [in, out] view, bias) of an nn.Linear, or (_QuantProj, None) of a quantized one."""
+    if isinstance(linear, QuantLinearBase):
+        return _QuantProj([linear]), None
+    return linear.weight.t(), linear.bias
+
+
+def _fold(norm, linears) -> tuple[object, torch.Tensor | None]:
     """Merge `linears` (same input) into one [in, out] matrix with the norm's gain and bias folded in.
 
     (n(x) * g + beta) @ W^T + b  =  n(x) @ (W * g)^T + (W @ beta + b)
+    Quantized layers give a `_QuantProj` (gain applied to the activations) and no separate bias.
     """
+    if any(isinstance(lin, QuantLinearBase) for lin in linears):
+        return _QuantProj(linears, norm), None
     w = torch.cat([lin.weight for lin in linears])
     biases = [lin.bias for lin in linears]
     b = torch.cat(biases) if biases[0] is not None else None
@@ -215,12 +262,16 @@ def _fold(norm, linears) -> tuple[torch.Tensor, torch.Tensor | None]:
     return (w * norm.weight[None, :]).t(), b  # stored [out, in] like nn.Linear; used as its [in, out] view
 
 
-def _mm(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _mm(x: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(w_t, _QuantProj):
+        return w_t(x)
     return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
 
 
-def _residual_mm(x: torch.Tensor, a: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _residual_mm(x: torch.Tensor, a: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
     """x + (a @ w_t + bias): the residual add rides along in the GEMM (addmm's beta term)."""
+    if isinstance(w_t, _QuantProj):
+        return x + w_t(a)
     return torch.addmm(x, a, w_t) if bias is None else torch.addmm(x + bias, a, w_t)
 
 
