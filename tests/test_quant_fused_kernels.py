@@ -38,11 +38,11 @@ def _oracle(m, x: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x.bfloat16().float(), m.dequantize_weight(), m.bias)
 
 
-@pytest.mark.parametrize("k,n", [(48, 37), (96, 5), (1024, 3)])
-def test_int8_kernel_matches_dequantize(k, n):
+@pytest.mark.parametrize("k,n,rows", [(48, 37, 6), (96, 5, 6), (1024, 3, 6), (64, 21, wk.INT8_DENSE_ROWS + 1)])
+def test_int8_kernel_matches_dequantize(k, n, rows):
     torch.manual_seed(k + n)
     m = Int8Linear.from_linear(nn.Linear(k, n))
-    x = torch.randn(3, 2, k)
+    x = torch.randn(rows // 2, 2, k)
     with torch.no_grad():
         assert m.uses_kernel(x)
         _close(m(x), _oracle(m, x))

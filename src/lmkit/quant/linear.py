@@ -218,7 +218,13 @@ class Int8Linear(QuantLinearBase):
 
     def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:
         scales = self._kernel_tensors(lambda: self.weight_scale.to(wk.KERNEL_DTYPE).contiguous())
-        return self._add_bias(wk.int8_weight_mm(x.to(wk.KERNEL_DTYPE).contiguous(), self.weight_int8, scales))
+        x = x.to(wk.KERNEL_DTYPE).contiguous()
+        if x.shape[0] >= wk.INT8_DENSE_ROWS:  # prompt processing: a bf16 copy and the dense GEMM are faster
+            return F.linear(x, self.weight_int8.to(wk.KERNEL_DTYPE) * scales[:, None], self._bias_k())
+        return self._add_bias(wk.int8_weight_mm(x, self.weight_int8, scales))
+
+    def _bias_k(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(wk.KERNEL_DTYPE)
 
 
 # ---- LLM.int8() -----------------------------------------------------------------------------
