@@ -161,8 +161,8 @@ def test_greedy_decode_runs_the_fused_step(tiny, method, dtype):
     fused = fast_decoder(m, 32)
     if method is not None:
         qkv = fused.layers[0][0]
-        assert isinstance(qkv, _QuantProj) and len(qkv.mods) == 1  # q/k/v merged into one kernel call
-        assert qkv.calls[0] == qkv.mods[0].kernel_mm
+        assert isinstance(qkv, _QuantProj) and len(qkv.calls) == 1  # q/k/v merged into one kernel call
+        assert not isinstance(qkv.calls[0], nn.Module)  # the kernel itself, not the dequantizing module
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     fast = generate(m, prompts, max_new_tokens=10, do_sample=False).sequences
     slow = generate(m, prompts, max_new_tokens=10, do_sample=False, fused=False).sequences
@@ -178,3 +178,20 @@ def test_merge_rows_is_exact():
         assert torch.equal(merged.dequantize_weight(), torch.cat([m.dequantize_weight() for m in lins]))
         _close(merged(x), torch.cat([_oracle(m, x) for m in lins], dim=-1))
     assert merge_rows([lins[0], Int8Linear.from_linear(nn.Linear(64, 8))]) is None
+
+
+def test_cli_quantize_int4_loads_into_kernel_layers(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from lmkit.cli import cli
+    from lmkit.hub import load_pretrained, save_pretrained
+
+    save_pretrained(tiny, tmp_path / "fp32")
+    r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "fp32"), "-o", str(tmp_path / "q4"), "--method", "int4",
+                                 "--group-size", "32"])
+    assert r.exit_code == 0, r.output
+    model = load_pretrained(tmp_path / "q4")
+    q = model.layers[0].mlp.down_proj
+    assert type(q) is GroupQuantLinear and (q.bits, q.group_size) == (4, 32) and q.uses_kernel(torch.zeros(1, 128))
+    assert FusedDecoder.unsupported(model) is None
+    assert len(generate(model, [[1, 2, 3]], max_new_tokens=4, eos_token_id=[]).sequences[0]) == 4

@@ -235,14 +235,15 @@ class _QuantProj:
     The gain (and LayerNorm bias) of the preceding norm multiplies the activations, since it
     cannot be folded into integer codes; the layers are merged into one module when they are
     of one kind (`merge_rows`), else called one by one and concatenated. Layers with a fused
-    kernel on this device are called through `kernel_mm` (bf16 result; callers cast)."""
+    kernel on this device are called through their `kernel_fn()` (bf16 result; callers cast)."""
 
     def __init__(self, linears, norm=None) -> None:
         merged = merge_rows(list(linears))
-        self.mods = [merged] if merged is not None else list(linears)
-        device = next(self.mods[0].buffers()).device
-        self.calls = [m.kernel_mm if m.kernel_reason(device) is None and type(m).kernel_mm is not
-                      QuantLinearBase.kernel_mm else m for m in self.mods]
+        mods = [merged] if merged is not None else list(linears)
+        device = next(mods[0].buffers()).device
+        # a kernel function holds only the kernel's layout: a merged module's own storage is dropped
+        self.calls = [m.kernel_fn() if m.kernel_reason(device) is None
+                      and type(m).make_kernel is not QuantLinearBase.make_kernel else m for m in mods]
         self.gain = None if norm is None else norm.weight
         self.beta = None if norm is None else getattr(norm, "bias", None)
 

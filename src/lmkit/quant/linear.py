@@ -25,6 +25,8 @@ compute: memory is real, speed is not (see docs/quantization.md).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,24 +78,30 @@ class QuantLinearBase(nn.Module):
         """Why no fused kernel runs this layer on `device` (None: one does). Subclasses with a kernel override."""
         return f"{type(self).__name__} has no fused kernel"
 
-    def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses with a kernel
-        """x [M, in] (any floating dtype) -> x @ W.T + bias [M, out] in `wk.KERNEL_DTYPE`, on the fused kernel."""
-        raise NotImplementedError
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A function x [M, in] -> x @ W.T + bias [M, out] (`wk.KERNEL_DTYPE`) on the fused kernel, holding
+        only the kernel's layout of the weight; None for layers without a kernel (subclasses override)."""
+        return None
 
-    def _kernel_tensors(self, build):
-        """The kernel layout of the stored buffers, rebuilt when a buffer is replaced or written in place."""
-        key = tuple((b.data_ptr(), 0 if b.is_inference() else b._version, b.device)
-                    for b in self._buffers.values() if b is not None)  # inference tensors have no version
+    def kernel_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`make_kernel()`, cached; rebuilt when a buffer or parameter is replaced or written in place."""
+        tensors = list(self._buffers.values()) + list(self._parameters.values())
+        key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
+                    for t in tensors if t is not None)  # inference tensors have no version counter
         cached = self.__dict__.get("_kernel_cache")
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                cached = (key, build())
+                cached = (key, self.make_kernel())
             self.__dict__["_kernel_cache"] = cached
         return cached[1]
 
+    def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, in] (any floating dtype) -> x @ W.T + bias [M, out] in `wk.KERNEL_DTYPE`, on the fused kernel."""
+        return self.kernel_fn()(x)
+
     def uses_kernel(self, x: torch.Tensor) -> bool:
         """Whether forward(x) runs the fused kernel (warns once, per reason, when a kernel layer cannot)."""
-        if type(self).kernel_mm is QuantLinearBase.kernel_mm:
+        if type(self).make_kernel is QuantLinearBase.make_kernel:
             return False
         if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
             return False  # the kernels have no backward
@@ -109,9 +117,6 @@ class QuantLinearBase(nn.Module):
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         w = self.dequantize_weight(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
-
-    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -216,15 +221,8 @@ class Int8Linear(QuantLinearBase):
             return f"the int8 kernel needs in_features divisible by 16 (got {self.in_features})"
         return wk.int8_kernel_reason(device)
 
-    def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:
-        scales = self._kernel_tensors(lambda: self.weight_scale.to(wk.KERNEL_DTYPE).contiguous())
-        x = x.to(wk.KERNEL_DTYPE).contiguous()
-        if x.shape[0] >= wk.INT8_DENSE_ROWS:  # prompt processing: a bf16 copy and the dense GEMM are faster
-            return F.linear(x, self.weight_int8.to(wk.KERNEL_DTYPE) * scales[:, None], self._bias_k())
-        return self._add_bias(wk.int8_weight_mm(x, self.weight_int8, scales))
-
-    def _bias_k(self) -> torch.Tensor | None:
-        return None if self.bias is None else self.bias.to(wk.KERNEL_DTYPE)
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return wk.int8_linear_fn(self.weight_int8, self.weight_scale, self.bias)
 
 
 # ---- LLM.int8() -----------------------------------------------------------------------------
@@ -233,7 +231,7 @@ class LLMInt8Linear(Int8Linear):
     input features with |x| > threshold, which are multiplied in floating point."""
 
     method = "llm-int8"
-    kernel_mm = QuantLinearBase.kernel_mm  # its own mixed-precision forward, not the weight-only kernel
+    make_kernel = QuantLinearBase.make_kernel  # its own mixed-precision forward, not the weight-only kernel
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, threshold: float = 6.0) -> None:
         super().__init__(in_features, out_features, bias)
@@ -334,11 +332,8 @@ class GroupQuantLinear(QuantLinearBase):
             return f"{self.bits}-bit group quantization has no fused kernel"
         return wk.int4_kernel_reason(device, self.group_size, self.in_features)
 
-    def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:
-        packed, sz, group = self._kernel_tensors(
-            lambda: wk.pack_int4(self.codes(), self.scales, self.zeros, self.group_size))
-        y = wk.int4_weight_mm(x.to(wk.KERNEL_DTYPE).contiguous(), packed, group, sz, self.out_features)
-        return self._add_bias(y)
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return wk.int4_linear_fn(self.codes(), self.scales, self.zeros, self.group_size, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bits={self.bits}, group_size={self.group_size}"

@@ -27,8 +27,10 @@ old torch, a group size the kernel refuses) the layers dequantize instead and sa
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 KERNEL_DTYPE = torch.bfloat16
 # From this many rows of activations on (prompt processing), int8 layers dequantize to bf16 and
@@ -111,3 +113,38 @@ def int4_weight_mm(x: torch.Tensor, packed: torch.Tensor, group: int, scales_and
     """x [M, K] (KERNEL_DTYPE) @ the packed int4 weight -> [M, out_features]."""
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros)
     return y if y.shape[-1] == out_features else y[:, :out_features]
+
+
+def _kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach().to(KERNEL_DTYPE)
+
+
+def int8_linear_fn(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [M, K] -> x @ (scales * w_int8).T + bias in KERNEL_DTYPE; from INT8_DENSE_ROWS rows on through a bf16
+    copy of the weight and the dense GEMM."""
+    s = scales.to(KERNEL_DTYPE).contiguous()
+    b = _kernel_bias(bias)
+
+    def mm(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(KERNEL_DTYPE).contiguous()
+        if x.shape[0] >= INT8_DENSE_ROWS:
+            return F.linear(x, w_int8.to(KERNEL_DTYPE) * s[:, None], b)
+        y = int8_weight_mm(x, w_int8, s)
+        return y if b is None else y + b
+
+    return mm
+
+
+def int4_linear_fn(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for lmkit's 4-bit groups (codes uint8 [N, K] in 0..15)."""
+    packed, sz, group = pack_int4(codes, scales, zeros, group_size)
+    n = codes.shape[0]
+    b = _kernel_bias(bias)
+
+    def mm(x: torch.Tensor) -> torch.Tensor:
+        y = int4_weight_mm(x.to(KERNEL_DTYPE).contiguous(), packed, group, sz, n)
+        return y if b is None else y + b
+
+    return mm
