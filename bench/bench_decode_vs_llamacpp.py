@@ -152,6 +152,10 @@ def gemv_ms(threads: int) -> dict[str, float]:
     lb = copy.deepcopy(lin).to(torch.bfloat16)
     xb = x.bfloat16()
     fns["bf16"] = lambda: lb(xb)
+    from lmkit.infer.fused_step import _prepacked
+
+    packed = _prepacked(lb.weight.t())
+    fns["bf16 prepacked (fused step)"] = lambda: packed(xb)
     q8 = Int8Linear.from_linear(lin)
     fns["int8"] = lambda: q8(x)
     q4 = GroupQuantLinear.from_linear(lin, bits=4, group_size=32)
