@@ -23,7 +23,8 @@ the new tokens with far fewer operations, the way serving engines (vLLM, llama.c
 * RMSNorm as one `F.rms_norm` operator (computed in fp32).
 
 The merged matrices are copies (rebuilt automatically when a parameter changes): the
-fused step holds a second copy of the attention-input and FFN-input weights; models over
+fused step holds a second copy of the attention-input and FFN-input weights (of every
+weight for a bf16 model on CPU, whose matrices are prepacked for oneDNN); models over
 2 GiB run unfused (at that size the
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
