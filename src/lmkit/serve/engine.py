@@ -42,6 +42,7 @@ stop strings).
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 import uuid
@@ -133,6 +134,7 @@ class _Row:
     pending: int | None = None  # newest token, not yet fed to the model
     done: bool = False
     slot: int = -1  # row index in the current cache (or in the prefill cache while joining)
+    adapter: int = -1  # multi-LoRA: the row's adapter id (-1: the base model)
 
 
 @dataclass
@@ -158,7 +160,7 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_waiting: int = 1024,
-                 fused: bool = True) -> None:
+                 fused: bool = True, lora=None) -> None:
         if type(model).__name__ != "DecoderLM" or not hasattr(model, "make_cache"):
             raise ConfigError(f"the engine serves decoder language models (DecoderLM), got {type(model).__name__}")
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
@@ -170,7 +172,9 @@ class Engine:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         cfg = model.config
-        self.fused = fast_decoder(model, cfg.max_seq_len) if fused else None
+        # multi-LoRA (serve/lora_adapters.py): per-row adapters; the fused step cannot run adapted layers
+        self.lora = lora
+        self.fused = fast_decoder(model, cfg.max_seq_len) if fused and lora is None else None
         self.vocab_limit = renderable_size(tokenizer)  # rows beyond the tokenizer are never chosen
         self._waiting: collections.deque[_Row] = collections.deque()
         self._rows: list[_Row] = []
@@ -215,8 +219,11 @@ class Engine:
         return cfg
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig,
-               callback: Callable[[TokenEvent], None]) -> RequestHandle:
-        """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step."""
+               callback: Callable[[TokenEvent], None], adapter: str | None = None) -> RequestHandle:
+        """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step.
+
+        adapter: the name of a LoRA adapter of `self.lora` to run this request with (None: the base).
+        """
         cfg = self.prepare_config(config)
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -224,6 +231,8 @@ class Engine:
         check_fits(self.model, [prompt], cfg)
         if cfg.stop and self.tokenizer is None:
             raise ConfigError("stop strings need a tokenizer")
+        if adapter is not None and self.lora is None:
+            raise ConfigError(f"adapter {adapter!r}: this engine serves no LoRA adapters (start it with lora=...)")
         handle = RequestHandle(uuid.uuid4().hex)
         row = _Row(handle, prompt, cfg, callback)
         with self._lock:
@@ -231,6 +240,8 @@ class Engine:
                 raise EngineStopped("the server is shutting down and takes no new requests")
             if len(self._waiting) >= self.max_waiting:
                 raise EngineOverloaded(f"{len(self._waiting)} requests are already waiting; retry later")
+            if adapter is not None:  # multi-LoRA: held until the request ends, so it cannot be unloaded under it
+                row.adapter, row.callback = self.lora.lease(adapter, handle, callback)
             self._waiting.append(row)
             self.stats.requests += 1
             self.stats.prompt_tokens += len(prompt)
@@ -239,7 +250,8 @@ class Engine:
             self.start()
         return handle
 
-    def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None) -> Completion:
+    def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None,
+                 adapter: str | None = None) -> Completion:
         """Blocking: submit and wait for the whole completion."""
         done = threading.Event()
         events: list[TokenEvent] = []
@@ -250,7 +262,7 @@ class Engine:
                 done.set()
 
         cfg = self.prepare_config(config)
-        self.submit(prompt_ids, cfg, collect)
+        self.submit(prompt_ids, cfg, collect, adapter)
         if not done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if events[-1].error:
@@ -337,7 +349,8 @@ class Engine:
                 r.slot = j
                 r.cached = len(r.prompt)
             cache = self.model.make_cache(k, t)
-            logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
+            with self._adapter_rows(joining):
+                logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
         except Exception as exc:
             if len(joining) == 1:
                 self._fail(joining, exc)
@@ -361,7 +374,8 @@ class Engine:
         cache = self._cache
         ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
         pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
-        logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
+        with self._adapter_rows(rows):
+            logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
         for r in rows:
             r.cached += 1
         self.stats.decode_steps += 1
@@ -373,6 +387,12 @@ class Engine:
                 self._relayout(keep, [], None, 0)
             else:
                 self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    def _adapter_rows(self, rows: list[_Row]):
+        """Multi-LoRA: the context in which the model's forward uses each row's adapter."""
+        if self.lora is None:
+            return contextlib.nullcontext()
+        return self.lora.rows([r.adapter for r in rows], self.device)
 
     # ---- choosing tokens ----------------------------------------------------------------
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
