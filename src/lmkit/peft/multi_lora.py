@@ -7,12 +7,21 @@ keeps its base weight once and holds N low-rank pairs beside it:
     y_i = W x_i + s_a B_a A_a x_i        a = the adapter of row i (-1: the base model alone)
 
 `MultiLoraLinear.forward` computes W x for the whole batch in one GEMM (the expensive part,
-shared by all rows), then, for each adapter present in the batch, gathers its rows, applies
-the two small matmuls and adds the result back (index_add). On a CPU this grouped form beats
-a padded bmm over stacked [N, r, in] / [N, out, r] weights gathered per row: the gather copies
-r (in + out) weights per *row*, while grouping touches each adapter's weights once per step
-and costs one index_select / index_add pair per adapter (bench/bench_multi_lora.py prints
-both). The scaling alpha / r is folded into B once, at load time.
+shared by all rows). When every row uses one adapter, the update is x A^T B^T (two small
+matmuls). When rows differ, the adapters present are laid side by side, A_cat = [A_1; A_2; ..]
+(sum r rows) and B_cat = [B_1, B_2, ..], and
+
+    delta = ((x A_cat^T) * M) B_cat^T       M[i, cols of adapter a_i] = 1, else 0
+
+two matmuls and one multiply for any number of adapters; rows on the base model get a zero
+mask. The two alternatives cost more on a CPU (bench/bench_multi_lora.py prints all three):
+grouping the rows per adapter (index_select, two matmuls, index_add, per adapter) pays the
+per-op overhead k times, which dominates at decode batch sizes; a padded bmm over weights
+gathered per row ([B, in, r] and [B, r, out]) copies r (in + out) weights for every *row*. The
+stacked form reads each present adapter's weights once per step and wastes only the masked
+products, a few percent of the base GEMM at LoRA ranks. A_cat / B_cat are cached per set of
+adapters; the masks are made once per forward and shared by every layer of the same layout.
+The scaling alpha / r is folded into B once, at load time.
 
 Which adapter each row uses reaches the layers through `adapter_rows(ids)`, a context
 manager over a `ContextVar`: whoever calls the model (the serving engine, a test) wraps the
@@ -38,7 +47,7 @@ import contextlib
 import contextvars
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -54,10 +63,30 @@ BASE = -1  # the adapter id of a row that runs the base model alone
 
 @dataclass(frozen=True)
 class AdapterRows:
-    """The adapter id of every batch row, grouped once per forward: (id, row indices or None = all rows)."""
+    """The adapter id of every batch row, the rows per adapter ((id, count), ...), and the row masks
+    of the stacked form, made once per forward for all layers of one layout."""
 
     ids: tuple[int, ...]
-    groups: tuple[tuple[int, torch.Tensor | None], ...]
+    groups: tuple[tuple[int, int], ...]
+    device: torch.device | str | None = None
+    masks: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def mask(self, layout: tuple[tuple[int, int], ...], dtype: torch.dtype, ndim: int) -> torch.Tensor:
+        """[B, 1.., sum r] with ones where row i's adapter has its columns in the stacked A (layout: (id, r)...)."""
+        key = (layout, dtype, ndim)
+        m = self.masks.get(key)
+        if m is None:
+            cols, start = {}, 0
+            for a, r in layout:
+                cols[a] = (start, start + r)
+                start += r
+            m = torch.zeros(len(self.ids), start, dtype=dtype)
+            for i, a in enumerate(self.ids):
+                if a in cols:
+                    m[i, cols[a][0]:cols[a][1]] = 1
+            m = m.view(len(self.ids), *([1] * (ndim - 2)), start).to(self.device)
+            self.masks[key] = m
+        return m
 
 
 _ROWS: contextvars.ContextVar[AdapterRows | None] = contextvars.ContextVar("lmkit_adapter_rows", default=None)
@@ -66,12 +95,8 @@ _ROWS: contextvars.ContextVar[AdapterRows | None] = contextvars.ContextVar("lmki
 def group_rows(ids: Sequence[int], device: torch.device | str | None = None) -> AdapterRows:
     """Group batch rows by adapter id (rows with id -1 run the base model)."""
     ids = tuple(int(i) for i in ids)
-    groups = []
-    for a in sorted(set(ids) - {BASE}):
-        rows = [i for i, x in enumerate(ids) if x == a]
-        index = None if len(rows) == len(ids) else torch.tensor(rows, dtype=torch.long, device=device)
-        groups.append((a, index))
-    return AdapterRows(ids, tuple(groups))
+    groups = tuple((a, ids.count(a)) for a in sorted(set(ids) - {BASE}))
+    return AdapterRows(ids, groups, device)
 
 
 @contextlib.contextmanager
@@ -108,6 +133,7 @@ class MultiLoraLinear(nn.Module):
         self.in_features = int(base_layer.in_features)
         self.out_features = int(base_layer.out_features)
         self.adapters: dict[int, LowRank] = {}  # replaced on every change, never mutated (see module doc)
+        self._stacks: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # ids -> (A_cat, B_cat)
 
     def _place(self) -> tuple[torch.dtype, torch.device]:
         w = getattr(self.base_layer, "weight", None)
@@ -129,6 +155,17 @@ class MultiLoraLinear(nn.Module):
 
     def remove(self, adapter_id: int) -> None:
         self.adapters = {k: v for k, v in self.adapters.items() if k != adapter_id}
+        self._stacks = {k: v for k, v in self._stacks.items() if adapter_id not in k}
+
+    def _stack(self, ids: tuple[int, ...], adapters: dict[int, LowRank]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A^T of adapters `ids` side by side [in, sum r] and their (s B)^T stacked [sum r, out] (cached:
+        an id's weights never change, ids are never reused)."""
+        hit = self._stacks.get(ids)
+        if hit is None:
+            hit = (torch.cat([adapters[a].a_t for a in ids], 1), torch.cat([adapters[a].b_t for a in ids], 0))
+            stacks = self._stacks if len(self._stacks) < 32 else {}
+            self._stacks = {**stacks, ids: hit}
+        return hit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -137,19 +174,22 @@ class MultiLoraLinear(nn.Module):
             return out
         if x.shape[0] != len(rows.ids):
             raise ConfigError(f"adapter_rows names {len(rows.ids)} rows, but the layer got a batch of {x.shape[0]}")
-        in_place = not (torch.is_grad_enabled() and (out.requires_grad or x.requires_grad))
-        for a, index in rows.groups:
-            low = adapters.get(a)
-            if low is None:  # not on this layer (other targets), or removed meanwhile: the base alone
-                continue
-            xs = x if index is None else x.index_select(0, index)
-            delta = (xs.to(low.a_t.dtype) @ low.a_t) @ low.b_t
-            delta = delta.to(out.dtype)
-            if index is None:
-                out = out.add_(delta) if in_place else out + delta
-            else:
-                out = out.index_add_(0, index, delta) if in_place else out.index_add(0, index, delta)
-        return out
+        present = tuple(a for a, _ in rows.groups if a in adapters)  # absent: other targets, or just removed
+        if not present:
+            return out
+        if len(present) == 1 and rows.groups[0][1] == len(rows.ids):  # every row uses the same adapter
+            low = adapters[present[0]]
+            a_t, b_t, mask = low.a_t, low.b_t, None
+        else:  # rows differ: all adapters side by side, each row masked to its own columns
+            a_t, b_t = self._stack(present, adapters)
+            mask = rows.mask(tuple((a, adapters[a].r) for a in present), a_t.dtype, x.dim())
+        h = x.to(a_t.dtype) @ a_t
+        if mask is not None:
+            h = h * mask
+        delta = (h @ b_t).to(out.dtype)
+        if torch.is_grad_enabled() and (out.requires_grad or x.requires_grad):
+            return out + delta
+        return out.add_(delta)
 
     def extra_repr(self) -> str:
         ranks = {k: v.r for k, v in self.adapters.items()}
