@@ -130,6 +130,31 @@ def test_bad_adapters_are_refused_before_the_model_changes(files, tmp_path):
         multi.load("a:b", files["dirs"][1])
 
 
+def test_an_adapter_saved_by_the_peft_library_in_a_mixed_batch_equals_peft(files, tmp_path):
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(files["root"] / "base", attn_implementation="eager")
+    pm = peft.get_peft_model(hf.eval(), peft.LoraConfig(r=3, lora_alpha=7, target_modules=["k_proj", "o_proj", "up_proj"],
+                                                          task_type="CAUSAL_LM")).eval()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for v in peft.get_peft_model_state_dict(pm).values():
+            v.normal_(0, 0.3)
+    pm.save_pretrained(tmp_path / "p")
+    served = copy.deepcopy(files["base"])
+    multi = MultiLora(served)
+    multi.load("ours", files["dirs"][1])
+    theirs = multi.load("theirs", tmp_path / "p")
+    x = torch.randint(3, 300, (3, 8))
+    with torch.no_grad():
+        with adapter_rows([theirs, multi.id("ours"), theirs]):
+            got = served(x).logits
+        want = pm(x).logits
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[2], want[2], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got[1], want[1], atol=1e-3)
+
+
 # ---- the engine ----------------------------------------------------------------------------
 def test_engine_batches_three_adapters_and_the_base_together(files, alone, tok):
     reg = AdapterRegistry(copy.deepcopy(files["base"]), NAME)
