@@ -292,7 +292,7 @@ class MultiLora:
         if kind != "lora":
             why = f"; it holds a {kind} adapter, which cannot be served per request" if kind else ""
             raise CheckpointError(f"{directory}: not a LoRA adapter folder (no adapter_config.json){why}")
-        config, state = read_lora_adapter(self.model, directory)
+        config, state = read_lora_adapter(self.model, directory)  # the slow part, outside the lock
         try:
             return self.add(name, config, state, path=str(directory))
         except CheckpointError as exc:

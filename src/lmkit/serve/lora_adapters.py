@@ -83,10 +83,11 @@ class AdapterRegistry:
 
     # ---- loading and removing -------------------------------------------------------------
     def load(self, name: str, path: str | os.PathLike) -> int:
+        """Load the adapter folder `path` as `name`. No lock of the engine's is held while the
+        folder is read (submissions lease under self._lock while holding the engine's lock)."""
         if name == self.base_name:
             raise ConfigError(f"adapter name {name!r} is the served model's own name; pick another")
-        with self._lock:
-            return self.multi.load(name, path)
+        return self.multi.load(name, path)
 
     def remove(self, name: str) -> None:
         """Unload adapter `name`; APIError 404 if unknown, 409 while requests use it."""

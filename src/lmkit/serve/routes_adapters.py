@@ -56,6 +56,8 @@ async def load_adapter(body: dict, state: ServerState = Depends(server_state)):
     try:
         await run_in_threadpool(lora.load, name, path)
     except ConfigError as exc:
+        if name in lora:  # a concurrent POST loaded the same name first
+            raise APIError(409, str(exc), param="name", code="adapter_exists") from None
         raise APIError(400, str(exc), param="name") from None
     except CheckpointError as exc:
         raise APIError(400, str(exc), param="path", code="invalid_adapter") from None
