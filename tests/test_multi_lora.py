@@ -122,6 +122,9 @@ def test_bad_adapters_are_refused_before_the_model_changes(files, tmp_path):
         multi.load("x", files["root"] / "base")
     with pytest.raises(CheckpointError, match="shape|does not fit"):
         multi.load("x", files["other"])
+    whole_head = LoraConfig(r=2, target_modules=("q_proj",), modules_to_save=("lm_head",))
+    with pytest.raises(CheckpointError, match="low-rank pairs only"):
+        multi.load("x", _adapter(files["base"], whole_head, tmp_path / "b", 3))
     assert not any(isinstance(m, MultiLoraLinear) for m in served.modules())
     multi.load("x", files["dirs"][0])
     with pytest.raises(ConfigError, match="already loaded"):
@@ -134,8 +137,8 @@ def test_an_adapter_saved_by_the_peft_library_in_a_mixed_batch_equals_peft(files
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(files["root"] / "base", attn_implementation="eager")
-    pm = peft.get_peft_model(hf.eval(), peft.LoraConfig(r=3, lora_alpha=7, target_modules=["k_proj", "o_proj", "up_proj"],
-                                                          task_type="CAUSAL_LM")).eval()
+    config = peft.LoraConfig(r=3, lora_alpha=7, target_modules=["k_proj", "o_proj", "up_proj"], task_type="CAUSAL_LM")
+    pm = peft.get_peft_model(hf.eval(), config).eval()
     torch.manual_seed(5)
     with torch.no_grad():
         for v in peft.get_peft_model_state_dict(pm).values():
