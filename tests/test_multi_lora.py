@@ -22,6 +22,7 @@ from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.peft.load_any import apply_adapter
 from lmkit.peft.lora import LoraConfig, inject_lora
+from lmkit.peft import multi_lora
 from lmkit.peft.multi_lora import MultiLora, MultiLoraLinear, adapter_rows
 from lmkit.peft.peft_format import save_lora
 from lmkit.serve.engine import Engine
@@ -88,7 +89,9 @@ def _greedy(model, tok, prompt: str, n: int = 10) -> list[int]:
 
 
 # ---- the layer -----------------------------------------------------------------------------
-def test_rows_with_different_adapters_equal_each_adapter_merged_alone(files, alone):
+@pytest.mark.parametrize("grouped_above", [64, 0], ids=["stacked", "grouped"])
+def test_rows_with_different_adapters_equal_each_adapter_merged_alone(files, alone, grouped_above, monkeypatch):
+    monkeypatch.setattr(multi_lora, "GROUPED_ABOVE", grouped_above)  # decode-size batches / long prefills
     served = copy.deepcopy(files["base"])
     multi = MultiLora(served)
     ids = [multi.load(f"a{i}", d) for i, d in enumerate(files["dirs"])]

@@ -14,14 +14,15 @@ matmuls). When rows differ, the adapters present are laid side by side, A_cat = 
     delta = ((x A_cat^T) * M) B_cat^T       M[i, cols of adapter a_i] = 1, else 0
 
 two matmuls and one multiply for any number of adapters; rows on the base model get a zero
-mask. The two alternatives cost more on a CPU (bench/bench_multi_lora.py prints all three):
-grouping the rows per adapter (index_select, two matmuls, index_add, per adapter) pays the
-per-op overhead k times, which dominates at decode batch sizes; a padded bmm over weights
-gathered per row ([B, in, r] and [B, r, out]) copies r (in + out) weights for every *row*. The
-stacked form reads each present adapter's weights once per step and wastes only the masked
-products, a few percent of the base GEMM at LoRA ranks. A_cat / B_cat are cached per set of
-adapters; the masks are made once per forward and shared by every layer of the same layout.
-The scaling alpha / r is folded into B once, at load time.
+mask. At decode batch sizes this beats the alternatives on a CPU (bench/bench_multi_lora.py
+prints all three): grouping the rows per adapter (index_select, two matmuls, index_add, per
+adapter) pays the per-op overhead k times, and the op overhead is what a decode step of a few
+rows costs; a padded bmm over weights gathered per row ([B, in, r] and [B, r, out]) copies
+r (in + out) weights for every *row*. The stacked form wastes the masked products, k times the
+adapter FLOPs, which only matters when there are many token rows: above GROUPED_ABOVE token
+rows (a prefill) the rows are grouped per adapter instead, so each row is multiplied by its own
+adapter only. A_cat / B_cat are cached per set of adapters; masks and row indices are made once
+per forward and shared by every layer. The scaling alpha / r is folded into B once, at load time.
 
 Which adapter each row uses reaches the layers through `adapter_rows(ids)`, a context
 manager over a `ContextVar`: whoever calls the model (the serving engine, a test) wraps the
@@ -59,6 +60,7 @@ from lmkit.models.module_tree import replace_module
 from lmkit.peft.lora import LoraConfig, LoraLinear, _is_linear, _matches
 
 BASE = -1  # the adapter id of a row that runs the base model alone
+GROUPED_ABOVE = 64  # token rows (batch x length) above which mixed rows are grouped per adapter (prefill)
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,12 @@ class AdapterRows:
     ids: tuple[int, ...]
     groups: tuple[tuple[int, int], ...]
     device: torch.device | str | None = None
-    masks: dict = field(default_factory=dict, compare=False, repr=False)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # masks and row indices
 
     def mask(self, layout: tuple[tuple[int, int], ...], dtype: torch.dtype, ndim: int) -> torch.Tensor:
         """[B, 1.., sum r] with ones where row i's adapter has its columns in the stacked A (layout: (id, r)...)."""
         key = (layout, dtype, ndim)
-        m = self.masks.get(key)
+        m = self.cache.get(key)
         if m is None:
             cols, start = {}, 0
             for a, r in layout:
@@ -85,8 +87,18 @@ class AdapterRows:
                 if a in cols:
                     m[i, cols[a][0]:cols[a][1]] = 1
             m = m.view(len(self.ids), *([1] * (ndim - 2)), start).to(self.device)
-            self.masks[key] = m
+            self.cache[key] = m
         return m
+
+    def index(self, adapter_id: int) -> torch.Tensor:
+        """The rows of adapter `adapter_id` as an index tensor (made once per forward)."""
+        key = ("index", adapter_id)
+        ix = self.cache.get(key)
+        if ix is None:
+            ix = torch.tensor([i for i, a in enumerate(self.ids) if a == adapter_id], dtype=torch.long,
+                              device=self.device)
+            self.cache[key] = ix
+        return ix
 
 
 _ROWS: contextvars.ContextVar[AdapterRows | None] = contextvars.ContextVar("lmkit_adapter_rows", default=None)
@@ -180,6 +192,8 @@ class MultiLoraLinear(nn.Module):
         if len(present) == 1 and rows.groups[0][1] == len(rows.ids):  # every row uses the same adapter
             low = adapters[present[0]]
             a_t, b_t, mask = low.a_t, low.b_t, None
+        elif x.numel() // x.shape[-1] > GROUPED_ABOVE:  # a long prefill: FLOPs, not op count, dominate
+            return self._grouped(x, out, rows, present, adapters)
         else:  # rows differ: all adapters side by side, each row masked to its own columns
             a_t, b_t = self._stack(present, adapters)
             mask = rows.mask(tuple((a, adapters[a].r) for a in present), a_t.dtype, x.dim())
@@ -190,6 +204,16 @@ class MultiLoraLinear(nn.Module):
         if torch.is_grad_enabled() and (out.requires_grad or x.requires_grad):
             return out + delta
         return out.add_(delta)
+
+    def _grouped(self, x: torch.Tensor, out: torch.Tensor, rows: AdapterRows, present: tuple[int, ...],
+                 adapters: dict[int, LowRank]) -> torch.Tensor:
+        """Each adapter on its own rows only: index_select, two matmuls, index_add per adapter."""
+        in_place = not (torch.is_grad_enabled() and (out.requires_grad or x.requires_grad))
+        for a in present:
+            low, index = adapters[a], rows.index(a)
+            delta = ((x.index_select(0, index).to(low.a_t.dtype) @ low.a_t) @ low.b_t).to(out.dtype)
+            out = out.index_add_(0, index, delta) if in_place else out.index_add(0, index, delta)
+        return out
 
     def extra_repr(self) -> str:
         ranks = {k: v.r for k, v in self.adapters.items()}
