@@ -63,6 +63,7 @@ stop strings).
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 import uuid
@@ -163,6 +164,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)  # prompt + generated (paged: what is recomputed on preemption)
     table: BlockTable | None = None  # paged: its blocks
     last_token_at: float = 0.0
+    adapter: int = -1  # multi-LoRA: the row's adapter id (-1: the base model)
 
 
 @dataclass
@@ -197,14 +199,15 @@ class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_waiting: int = 1024,
                  fused: bool = True, kv_cache: str = "paged", kv_cache_mb: float | None = None,
                  kv_blocks: int | None = None, block_size: int = 16, prefix_caching: bool = True,
-                 prefill_chunk: int = 512) -> None:
+                 prefill_chunk: int = 512, lora=None) -> None:
         """kv_cache: "paged" (blocks, prefix caching, preemption) or "contiguous" (one strip per row).
 
         The KV memory budget is kv_blocks blocks of block_size tokens, or kv_cache_mb MiB of
         keys/values; by default enough for max_batch_size full contexts, capped at
         DEFAULT_KV_CACHE_MB (but at least one full context). The contiguous layout honours a
         budget only when one is given. prefill_chunk: prompt tokens prefilled per loop
-        iteration (paged), between decode steps.
+        iteration (paged), between decode steps. lora: an AdapterRegistry (serve/lora_adapters.py)
+        whose adapters requests choose by name (multi-LoRA); None: the base model only.
         """
         if type(model).__name__ != "DecoderLM" or not hasattr(model, "make_cache"):
             raise ConfigError(f"the engine serves decoder language models (DecoderLM), got {type(model).__name__}")
@@ -236,7 +239,9 @@ class Engine:
             self.budget_tokens = BlockPool.for_model(model, **budget).n_blocks * block_size if given else None
         self._running: list[_Row] = []  # paged: admitted rows, oldest first (prefilling or decoding)
         self._prefilling: list[_Row] = []  # paged: admitted rows whose tokens are not all in the cache yet
-        self.fused = fast_decoder(model, cfg.max_seq_len) if fused else None
+        # multi-LoRA (serve/lora_adapters.py): per-row adapters; the fused step cannot run adapted layers
+        self.lora = lora
+        self.fused = fast_decoder(model, cfg.max_seq_len) if fused and lora is None else None
         self.vocab_limit = renderable_size(tokenizer)  # rows beyond the tokenizer are never chosen
         self._waiting: collections.deque[_Row] = collections.deque()
         self._rows: list[_Row] = []
@@ -281,11 +286,13 @@ class Engine:
         return cfg
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig,
-               callback: Callable[[TokenEvent], None], constraint: ConstraintArg = None) -> RequestHandle:
+               callback: Callable[[TokenEvent], None], constraint: ConstraintArg = None,
+               adapter: str | None = None) -> RequestHandle:
         """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step.
 
         constraint: structured output, a compiled grammar (lmkit.infer.structured_output) or a
         `TokenConstraint`; the request's tokens are chosen among the ids it allows.
+        adapter: the name of a LoRA adapter of `self.lora` to run this request with (None: the base).
         """
         cfg = self.prepare_config(config)
         prompt = [int(t) for t in prompt_ids]
@@ -294,6 +301,8 @@ class Engine:
         check_fits(self.model, [prompt], cfg)
         if cfg.stop and self.tokenizer is None:
             raise ConfigError("stop strings need a tokenizer")
+        if adapter is not None and self.lora is None:
+            raise ConfigError(f"adapter {adapter!r}: this engine serves no LoRA adapters (start it with lora=...)")
         if self.pool is not None and self.pool.blocks_for(len(prompt) + cfg.max_new_tokens) > self.pool.n_blocks:
             raise ConfigError(
                 f"prompt of {len(prompt)} tokens + max_new_tokens={cfg.max_new_tokens} needs more KV cache than "
@@ -307,6 +316,8 @@ class Engine:
                 raise EngineStopped("the server is shutting down and takes no new requests")
             if len(self._waiting) >= self.max_waiting:
                 raise EngineOverloaded(f"{len(self._waiting)} requests are already waiting; retry later")
+            if adapter is not None:  # multi-LoRA: held until the request ends, so it cannot be unloaded under it
+                row.adapter, row.callback = self.lora.lease(adapter, handle, callback)
             self._waiting.append(row)
             self.stats.requests += 1
             self.stats.prompt_tokens += len(prompt)
@@ -316,7 +327,7 @@ class Engine:
         return handle
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None,
-                 constraint: ConstraintArg = None) -> Completion:
+                 constraint: ConstraintArg = None, adapter: str | None = None) -> Completion:
         """Blocking: submit and wait for the whole completion."""
         done = threading.Event()
         events: list[TokenEvent] = []
@@ -327,7 +338,7 @@ class Engine:
                 done.set()
 
         cfg = self.prepare_config(config)
-        self.submit(prompt_ids, cfg, collect, constraint)
+        self.submit(prompt_ids, cfg, collect, constraint, adapter)
         if not done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if events[-1].error:
@@ -429,7 +440,8 @@ class Engine:
                 r.cached = len(r.prompt)
             cache = self.model.make_cache(k, t)
             self.stats.prefill_tokens += sum(len(r.prompt) for r in joining)
-            logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
+            with self._adapter_rows(joining):
+                logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
         except Exception as exc:
             if len(joining) == 1:
                 self._fail(joining, exc)
@@ -455,7 +467,8 @@ class Engine:
         cache = self._cache
         ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
         pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
-        logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
+        with self._adapter_rows(rows):
+            logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
         for r in rows:
             r.cached += 1
         self.stats.decode_steps += 1
@@ -470,6 +483,12 @@ class Engine:
                 self._relayout(keep, [], None, 0)
             else:
                 self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    def _adapter_rows(self, rows: list[_Row]):
+        """Multi-LoRA: the context in which the model's forward uses each row's adapter."""
+        if self.lora is None:
+            return contextlib.nullcontext()
+        return self.lora.rows([r.adapter for r in rows], self.device)
 
     # ---- choosing tokens ----------------------------------------------------------------
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
@@ -613,7 +632,8 @@ class Engine:
                 self._waiting.popleft()
                 continue
             target = self._target(r)
-            table = r.table or BlockTable()
+            # an adapter's keys/values differ from the base model's: its blocks hash in their own chain
+            table = r.table or BlockTable(root=b"root" if r.adapter < 0 else b"adapter:%d" % r.adapter)
             cacheable = (target if r.generated else target - 1) // bs  # a fresh prompt computes >= 1 token
             hit = pool.lookup(table.hashes_for(r.tokens, cacheable, bs)) if pool.prefix_caching else []
             need = pool.blocks_for(target + 1) - len(hit)
@@ -722,7 +742,8 @@ class Engine:
             try:
                 runner = ModelRunner(self.model, k, s, mask, fused=False)
                 # a fresh prompt in one piece is a plain prefill; else the chunk continues the cache
-                logits = runner.prefill(ids, view) if s == t else runner.step(ids, view)
+                with self._adapter_rows([r for r, _ in work]):
+                    logits = runner.prefill(ids, view) if s == t else runner.step(ids, view)
             except Exception as exc:
                 if k == 1:
                     self._fail([work[0][0]], exc)
@@ -777,7 +798,8 @@ class Engine:
             if self.fused is not None:
                 dtype = pool.keys[0].dtype if pool.keys[0] is not None else self.dtype
                 bias = padding_bias(mask, dtype)
-        logits = forward_step(self.model, self.fused, ids, pos, view, mask, bias)
+        with self._adapter_rows(rows):
+            logits = forward_step(self.model, self.fused, ids, pos, view, mask, bias)
         for r in rows:
             r.cached += 1
             self._register_full_blocks(r)
