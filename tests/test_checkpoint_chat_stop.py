@@ -3,8 +3,8 @@ template (the real Qwen3 one) and a list of eos ids in generation_config.json: b
 prompt as `apply_chat_template` does and stop where `transformers.generate` stops (greedy, because
 the file says do_sample false, and on the second id of the eos list).
 
-The checkpoint is randomly initialised; MODEL_TYPE is the only line to change to run it as a
-Qwen3 model once lmkit loads that architecture (the template is already Qwen3's).
+The checkpoint is a randomly initialised Qwen3 (q/k norm, explicit head_dim); MODEL_TYPE is the
+only line to change to run the same test on another Llama-family type.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ tokenizers = pytest.importorskip("tokenizers")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-MODEL_TYPE = "qwen2"  # "qwen3" once lmkit loads Qwen3 checkpoints: nothing else here changes
+MODEL_TYPE = "qwen3"  # the issue asks for a Qwen3-shaped checkpoint; "qwen2" runs the same test
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"]
 USER = "Tell me about the weather in Paris."
 TEXT = ("The weather in Paris is mild today. You are a helpful assistant. Tell me about rain, sun and wind. "

@@ -61,7 +61,7 @@ PLACEHOLDERS = {"MODEL_DIR": "model", "TEACHER_DIR": "model", "sft_model/": "mod
 SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-steps 4"),
           (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2")]
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
-DOCS = ["alignment.md", "compression.md", "evaluation.md", "finetuning.md", "quantization.md", "rag.md",
+DOCS = ["alignment.md", "compression.md", "data.md", "evaluation.md", "finetuning.md", "quantization.md", "rag.md",
         "serving.md", "training.md"]
 
 

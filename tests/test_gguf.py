@@ -171,6 +171,7 @@ def test_cli_export_and_quantize(tmp_path, tok):
     res = runner.invoke(cli, ["export", "gguf", str(tmp_path / "model"), "-o", str(tmp_path / "m.gguf"),
                               "--type", "q8_0"])
     assert res.exit_code == 0, res.output
+    assert "(5 F32, 15 Q8_0)" in res.output  # 7 matrices a layer + token_embd (the tied output is not stored)
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     assert "output.weight" not in {t.name for t in r.tensors}  # tied: llama.cpp reuses token_embd
     assert field(r, "general.name") == "model"
@@ -209,6 +210,13 @@ def test_qkv_bias_is_permuted_like_the_weights(tmp_path, tok):
     torch.testing.assert_close(unpermute(t["blk.0.attn_q.bias"], 4, 4), sd["layers.0.self_attn.q_proj.bias"])
     torch.testing.assert_close(unpermute(t["blk.0.attn_k.bias"], 4, 2), sd["layers.0.self_attn.k_proj.bias"])
     torch.testing.assert_close(t["blk.0.attn_v.bias"], sd["layers.0.self_attn.v_proj.bias"])
+    from lmkit.hub import load_pretrained  # and back: q/k/v biases without an o bias read as qwen2
+
+    back = load_pretrained(tmp_path / "q.gguf")
+    assert back.config.model_type == "qwen2" and back.config.qkv_bias and not back.config.o_bias
+    ids = torch.randint(0, 300, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, m(ids).logits)
     # the permutation is what turns rotate-half RoPE into llama.cpp's adjacent-pair RoPE:
     # q·k scores computed both ways agree
     from lmkit.models.positional import RotaryEmbedding, apply_rope
@@ -226,3 +234,209 @@ def test_qkv_bias_is_permuted_like_the_weights(tmp_path, tok):
     pairs = torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
     # the head dims are only reordered, so every within-head q·q' score is the same
     torch.testing.assert_close(pairs @ pairs.transpose(-1, -2), ours @ ours.transpose(-1, -2), atol=1e-4, rtol=1e-4)
+
+
+# ---- Q4_0 / Q4_K_M export and GGUF import ------------------------------------------------------
+# K-quants need rows of whole 256-value super-blocks: d_model 256, d_ff 512
+MIX = {"attn_q": "Q4_K", "attn_k": "Q6_K", "attn_v": "Q5_0", "attn_output": "Q4_0", "ffn_gate": "Q8_0",
+       "ffn_up": "BF16", "ffn_down": "F16", "token_embd": "Q6_K", "output": "F32"}
+KINDS = ["f32", "f16", "q8_0", "q4_0", "q4_k_m", "mixed"]
+
+
+def kmodel():
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=320, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=512, max_seq_len=64,
+                      model_type="llama", rope_theta=5000.0, norm_eps=1e-6)
+    m = DecoderLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def mixed_type(name, shape, ftype, n_layers, tied):
+    """Every tensor type lmkit reads, in one file."""
+    return "F32" if len(shape) == 1 else MIX[name.split(".")[-2]]
+
+
+@pytest.fixture(scope="module")
+def exported(tok, tmp_path_factory):
+    import lmkit.hub.gguf as gguf_export
+
+    m = kmodel()
+    d = tmp_path_factory.mktemp("gguf")
+    info = {}
+    for kind in KINDS:
+        with pytest.MonkeyPatch.context() as mp:
+            if kind == "mixed":
+                mp.setattr(gguf_export, "tensor_type", mixed_type)
+            info[kind] = export_gguf(m, d / f"{kind}.gguf", tok, "f32" if kind == "mixed" else kind)
+    return m, d, info
+
+
+def expected_model(m, kind):
+    """`m` with every weight replaced by what the file of type `kind` holds (quantize -> dequantize)."""
+    from lmkit.hub import gguf_quants
+    from lmkit.hub.gguf import gguf_name, tensor_type
+
+    out = DecoderLM(m.config).eval()
+    out.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            g = gguf_name(name)
+            t = (mixed_type if kind == "mixed" else tensor_type)(g, tuple(p.shape), kind, m.config.n_layers, False)
+            raw = gguf_quants.quantize(p.numpy(), t)
+            p.copy_(torch.from_numpy(gguf_quants.dequantize(raw, t)).reshape(p.shape))
+    return out
+
+
+def test_q4_mixes_follow_llama_quantize():
+    from lmkit.hub.gguf import tensor_type
+
+    def tt(name, shape=(256, 256), ftype="q4_k_m", n=32, tied=False):
+        return tensor_type(name, shape, ftype, n, tied)
+
+    more = [i for i in range(32) if tt(f"blk.{i}.ffn_down.weight") == "Q6_K"]
+    assert more == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]  # llama.cpp's use_more_bits
+    assert [i for i in range(32) if tt(f"blk.{i}.attn_v.weight") == "Q6_K"] == more
+    assert {tt(f"blk.{i}.{n}.weight") for i in range(32) for n in ("attn_q", "attn_k", "attn_output", "ffn_up",
+                                                                    "ffn_gate")} == {"Q4_K"}
+    assert tt("output.weight") == "Q6_K" and tt("token_embd.weight") == "Q4_K"
+    assert tt("token_embd.weight", tied=True) == "Q6_K"
+    assert tt("blk.0.attn_q.weight", ftype="q4_0") == "Q4_0" and tt("output.weight", ftype="q4_0") == "Q6_K"
+    assert tt("output.weight", ftype="q8_0") == "Q8_0" and tt("blk.0.attn_norm.weight", (256,)) == "F32"
+    # rows that do not split into super-blocks fall back as llama.cpp does
+    assert tt("blk.5.attn_q.weight", (64, 96)) == "Q5_0" and tt("blk.0.ffn_down.weight", (64, 96)) == "Q8_0"
+    assert tt("blk.5.attn_q.weight", (64, 40)) == "F16" and tt("output.weight", (320, 64), "q4_0") == "Q8_0"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_import_round_trip(exported, tok, kind):
+    """export -> load_pretrained("x.gguf"): exactly the weights the file holds (F32: the model itself),
+    so the logits equal those of the model with its weights quantized and dequantized."""
+    from lmkit.hub import load_pretrained
+    from lmkit.hub.gguf_tokenizer import load_gguf_tokenizer
+
+    m, d, info = exported
+    r = gguf.GGUFReader(str(d / f"{kind}.gguf"))
+    want = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15, "mixed": 0}[kind]
+    assert field(r, "general.file_type") == want
+    loaded = load_pretrained(d / f"{kind}.gguf")
+    assert loaded.config.n_kv_heads == 2 and loaded.config.rope_theta == 5000.0 and not loaded.config.tie_embeddings
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, ref = loaded(ids).logits, m(ids).logits
+        assert torch.equal(got, expected_model(m, kind)(ids).logits)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert rel <= {"f32": 0, "f16": 2e-3, "q8_0": 0.02, "q4_0": 0.3, "q4_k_m": 0.2, "mixed": 0.2}[kind], rel
+    if kind == "f32":
+        t2 = load_gguf_tokenizer(d / "f32.gguf")
+        for text in ["the lazy fox says hello", "gguf: 123 files!<|endoftext|>"]:
+            assert t2.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+        assert t2.special_tokens == tok.special_tokens
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_transformers_reads_the_same_logits(exported, kind):
+    """Every tensor type lmkit reads (the mixed file has BF16 / Q5_0 / Q4_K / Q6_K / ...) gives the
+    logits of transformers' own GGUF loader (its own dequantizer and Q/K un-permutation)."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from lmkit.hub import load_pretrained
+
+    _, d, _ = exported
+    hf = AutoModelForCausalLM.from_pretrained(d, gguf_file=f"{kind}.gguf").eval()
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(d / f"{kind}.gguf")(ids).logits, hf(ids).logits,
+                                   atol=2e-5, rtol=1e-4)
+
+
+def test_quantized_linear_hook(exported):
+    """The hook sees each Linear stored quantized, with blocks whose rows are in lmkit's order."""
+    from lmkit.hub.gguf_import import load_gguf
+
+    _, d, _ = exported
+    seen = {}
+
+    def hook(name, linear, t):
+        seen[name] = t.type.name
+        assert torch.equal(t.dequantize(), linear.weight.detach())
+        codes, scales, offsets, group = t.integer_groups()
+        rebuilt = codes.float().reshape(*codes.shape[:1], -1, group) * scales[..., None] + offsets[..., None]
+        torch.testing.assert_close(rebuilt.reshape(codes.shape), linear.weight.detach(), rtol=1e-6, atol=1e-7)
+        return torch.nn.Identity() if name == "layers.0.mlp.up_proj" else None
+
+    m = load_gguf(d / "q4_k_m.gguf", linear_from_gguf=hook)
+    assert seen["layers.0.self_attn.q_proj"] == "Q4_K" and seen["layers.1.mlp.down_proj"] == "Q6_K"
+    assert seen["lm_head"] == "Q6_K" and len(seen) == 15  # 7 per layer + the output matrix
+    assert isinstance(m.layers[0].mlp.up_proj, torch.nn.Identity)
+
+
+def test_import_errors(tmp_path, exported):
+    from lmkit.hub import load_pretrained
+    from lmkit.hub.gguf_tokenizer import tokenizer_from_gguf_metadata
+
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(CheckpointError, match="not a readable GGUF"):
+        load_pretrained(bad)
+    good = (exported[1] / "f16.gguf").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="not a readable GGUF"):
+        load_pretrained(bad)
+    from lmkit.errors import ConfigError
+
+    def with_value(key: bytes, value: int) -> bytes:  # a uint32 metadata value: key, type tag, value
+        at = good.index(key) + len(key) + 4
+        return good[:at] + value.to_bytes(4, "little") + good[at + 4:]
+
+    bad.write_bytes(with_value(b"llama.block_count", 10**6))  # would be a huge model: refused first
+    with pytest.raises(ConfigError, match="block_count=1000000"):
+        load_pretrained(bad)
+    bad.write_bytes(with_value(b"llama.feed_forward_length", 640))
+    with pytest.raises(CheckpointError, match="ffn_gate|mlp.gate_proj.weight: file"):
+        load_pretrained(bad)
+    from lmkit.errors import TokenizerError
+
+    with pytest.raises(TokenizerError, match="'llama' is not supported"):
+        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "llama"})
+    with pytest.raises(TokenizerError, match="pre-tokenizer 'qwen2'"):
+        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"})
+
+
+def test_reads_qwen2_architecture_files(tmp_path, tok, monkeypatch):
+    """A `qwen2` GGUF (what llama.cpp's converter writes for Qwen2: qwen2.* keys, q/k/v biases, Q/K rows
+    not permuted since its graph rotates halves) loads with the logits of transformers' loader."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import lmkit.hub.gguf as gguf_export
+    from lmkit.hub import load_pretrained
+
+    class Qwen2Writer(gguf.GGUFWriter):
+        def __init__(self, path, arch, *args, **kwargs):
+            super().__init__(path, "qwen2", *args, **kwargs)
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=64,
+                      model_type="qwen2", qkv_bias=True, rope_theta=10000.0)
+    m = DecoderLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("bias"):
+                p.normal_()
+    monkeypatch.setattr(gguf, "GGUFWriter", Qwen2Writer)
+    monkeypatch.setattr(gguf_export, "permute", lambda w, n_head, n_head_kv=None: w)
+    export_gguf(m, tmp_path / "q.gguf", tok, "f32")
+    monkeypatch.undo()
+    assert field(gguf.GGUFReader(str(tmp_path / "q.gguf")), "general.architecture") == "qwen2"
+    back = load_pretrained(tmp_path / "q.gguf")
+    assert back.config.model_type == "qwen2"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf").eval()
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, m(ids).logits)
+        torch.testing.assert_close(hf(ids).logits, m(ids).logits, atol=2e-5, rtol=1e-4)

@@ -227,11 +227,16 @@ def test_tool_call_round_trip(client, local):
     r2 = client.chat.completions.create(model=NAME, messages=tool_followup(), tools=[WEATHER_TOOL], temperature=0,
                                         max_tokens=60)
     assert r2.choices[0].message.content == FINAL_REPLY and r2.choices[0].finish_reason == "stop"
-    # streamed: the call arrives as a tool_calls delta
+    # streamed: the call arrives as tool_calls deltas (name first, then pieces of the arguments),
+    # accumulated by index as the OpenAI SDK docs show, equal to the non-streamed call
     chunks = list(client.chat.completions.create(model=NAME, messages=TOOL_QUESTION, tools=[WEATHER_TOOL],
                                                  temperature=0, max_tokens=60, stream=True))
-    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [("get_weather", {"city": "Paris"})]
+    calls: dict[int, list[str]] = {}
+    for tc in (tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])):
+        name, args = calls.setdefault(tc.index, ["", ""])
+        calls[tc.index] = [name + (tc.function.name or ""), args + (tc.function.arguments or "")]
+    assert [(n, json.loads(a)) for n, a in calls.values()] == [("get_weather", {"city": "Paris"})]
+    assert calls[0][1] == call.function.arguments
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     # tool_choice="none" hides the tools: no tool block in the prompt, nothing parsed

@@ -62,17 +62,46 @@ def test_text_left_at_the_end_is_sent_before_the_finish():
     assert deltas(s.feed(0, ev("Hi", finish="length"))) == [(0, {"content": "Hi"}, None), (0, {}, "length")]
 
 
-def test_a_tool_call_is_held_back_and_sent_as_one_tool_calls_delta():
+def accumulate(chunks) -> list[dict]:
+    """The tool calls a client rebuilds from `tool_calls` deltas (as the OpenAI SDK docs show)."""
+    calls: dict[int, dict] = {}
+    for _, delta, _ in deltas(chunks):
+        for tc in delta.get("tool_calls", []):
+            c = calls.setdefault(tc["index"], {"id": None, "type": None, "function": {"name": "", "arguments": ""}})
+            c["id"] = tc.get("id") or c["id"]
+            c["type"] = tc.get("type") or c["type"]
+            c["function"]["name"] += tc.get("function", {}).get("name") or ""
+            c["function"]["arguments"] += tc.get("function", {}).get("arguments") or ""
+    return [calls[k] for k in sorted(calls)]
+
+
+def test_a_tool_call_is_held_back_from_content_and_streamed_as_tool_calls_deltas():
     s = stream(tools=TOOLS)
     assert deltas(s.feed(0, ev("Sure"))) == [(0, {"content": "Sure"}, None)]
     # "<tool" may begin a call: it waits; the space before it goes out
     assert deltas(s.feed(0, ev(" <tool"))) == [(0, {"content": " "}, None)]
-    assert s.feed(0, ev(CALL[len("<tool"):])) == []
-    out = deltas(s.feed(0, ev("", token=0, finish="stop")))
-    assert len(out) == 2 and out[-1] == (0, {}, "tool_calls")
-    (call,) = out[0][1]["tool_calls"]
+    assert s.feed(0, ev("_call>\n{\"name\": \"get_wea")) == []  # the name is not complete yet
+    chunks = s.feed(0, ev('ther", "arguments": {"ci'))
+    (first,) = [d for _, d, _ in deltas(chunks)]
+    (call,) = first["tool_calls"]  # the first delta: index, id, type, name (and the arguments so far)
     assert call["index"] == 0 and call["type"] == "function" and call["id"].startswith("call_")
-    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert call["function"] == {"name": "get_weather", "arguments": '{"ci'}
+    chunks += s.feed(0, ev('ty": "Paris"}}\n</tool_call>'))
+    assert all("content" not in d for _, d, _ in deltas(chunks))
+    end = s.feed(0, ev("", token=0, finish="stop"))
+    assert deltas(end)[-1] == (0, {}, "tool_calls")
+    (got,) = accumulate(chunks + end)
+    assert got["id"] == call["id"] and got["function"]["name"] == "get_weather"
+    assert got["function"]["arguments"] == '{"city": "Paris"}'  # as the model wrote it, as non-streamed
+
+
+def test_tool_calls_in_one_token_and_two_calls():
+    two = CALL + "\n" + CALL.replace("Paris", "Rome")
+    s = stream(tools=TOOLS)
+    chunks = s.feed(0, ev("ok " + two)) + s.feed(0, ev("", token=0, finish="stop"))
+    assert [d["content"] for _, d, _ in deltas(chunks) if "content" in d] == ["ok "]
+    assert [c["function"]["arguments"] for c in accumulate(chunks)] == ['{"city": "Paris"}', '{"city": "Rome"}']
+    assert [c["index"] for _, d, _ in deltas(chunks) for c in d.get("tool_calls", [])] == [0, 1]
 
 
 def test_a_tail_that_only_looked_like_a_tag_is_released():
@@ -91,10 +120,12 @@ def test_an_invalid_call_comes_back_as_content():
 def test_forced_prefix_is_part_of_the_parsed_call_and_never_sent_as_content():
     prefix = '<tool_call>\n{"name": "get_weather", "arguments": '
     s = stream(tools=TOOLS, prefix=prefix)
-    assert s.feed(0, ev('{"city": "Paris"}}')) == []
-    out = deltas(s.feed(0, ev("", token=0, finish="stop")))
-    assert [d for _, d, _ in out][0]["tool_calls"][0]["function"]["name"] == "get_weather"
-    assert out[-1][2] == "tool_calls"
+    chunks = s.feed(0, ev('{"city": "Paris"}}'))
+    assert all("content" not in d for _, d, _ in deltas(chunks))
+    out = s.feed(0, ev("", token=0, finish="stop"))
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in accumulate(chunks + out)] == \
+        [("get_weather", '{"city": "Paris"}')]
+    assert deltas(out)[-1][2] == "tool_calls"
 
 
 def test_logprobs_travel_with_their_content_and_held_ones_come_at_the_end():

@@ -99,3 +99,15 @@ def progress_flags(command):
                            help="Progress as one JSON object per line (for log collectors).")(command)
     return click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=choose("off"),
                         help="No progress output.")(command)
+
+
+LOAD_DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+def dtype_option(default: str = "auto"):
+    """`--dtype auto|fp32|bf16|fp16`, the one option every command that loads a checkpoint uses:
+    the floating dtype its weights are loaded in (auto: the checkpoint's own). The value stays
+    a name; `hub.load_pretrained(dtype=...)` takes it as it is."""
+    return click.option("--dtype", type=click.Choice(LOAD_DTYPES), default=default, show_default=True,
+                        help="Load the weights in this dtype (auto: as stored in the checkpoint); "
+                             "each tensor is cast as it is read, so bf16/fp16 need half the memory of fp32.")

@@ -1,5 +1,8 @@
-"""Pretraining data: corpus -> token shards, and the objectives' batches.
+"""Pretraining data: deduplication and decontamination, corpus -> token shards, the objectives' batches.
 
+* `dedup`           exact (normalised-text hash, document/paragraph) and MinHash-LSH near-duplicate removal
+* `decontaminate`   evaluation items in training data: 13-gram overlap, shingle containment, MinHash
+* `shingles`, `minhash`, `lsh`, `union_find`, `records`: the pieces both are built from
 * `shards`          corpus files -> memmap token shards (`prepare_shards`, `TokenShards`)
 * `packing`         causal LM: packed fixed-length windows, resumable/sharded `PackedLoader`
 * `mlm`             BERT: masked LM (80/10/10) and next-sentence pairs (`MLMCollator`)
@@ -7,6 +10,8 @@
 * `prefix_lm`       prefix LM: bidirectional prefix, loss on the target (`PrefixLMCollator`)
 """
 
+from lmkit.data.decontaminate import DecontamConfig, Decontaminator, decontaminate
+from lmkit.data.dedup import DedupConfig, ExactDeduplicator, dedup_texts, deduplicate, near_duplicates
 from lmkit.data.mlm import MaskingConfig, MLMCollator, NSPExample, build_nsp_examples, mask_tokens
 from lmkit.data.packing import PackedDataset, PackedLoader, ResumableSampler, stack_collate
 from lmkit.data.prefix_lm import PrefixLMCollator
@@ -20,6 +25,10 @@ from lmkit.data.span_corruption import (
 
 __all__ = [
     "CorpusError",
+    "DecontamConfig",
+    "Decontaminator",
+    "DedupConfig",
+    "ExactDeduplicator",
     "MLMCollator",
     "MaskingConfig",
     "NSPExample",
@@ -33,8 +42,12 @@ __all__ = [
     "TokenShards",
     "build_nsp_examples",
     "corrupt_spans",
+    "decontaminate",
+    "dedup_texts",
+    "deduplicate",
     "iter_documents",
     "mask_tokens",
+    "near_duplicates",
     "prepare_shards",
     "random_spans_noise_mask",
     "stack_collate",

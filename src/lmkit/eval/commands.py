@@ -8,6 +8,8 @@ import time
 
 import click
 
+from lmkit.cli_grammar import dtype_option
+
 
 def _write_report(path: str | None, report: dict) -> None:
     from lmkit.atomic import atomic_write_text
@@ -19,7 +21,7 @@ def _write_report(path: str | None, report: dict) -> None:
     click.echo(json.dumps(summary, ensure_ascii=False))
 
 
-def _load_model(model_dir: str, tokenizer: str | None):
+def _load_model(model_dir: str, tokenizer: str | None, dtype: str = "fp32"):
     from lmkit.errors import LmkitError
     from lmkit.hub.adapter_folder import require_full_checkpoint
     from lmkit.hub.pretrained import load_pretrained
@@ -27,7 +29,9 @@ def _load_model(model_dir: str, tokenizer: str | None):
 
     require_full_checkpoint(model_dir, "lmkit eval")  # an adapter folder: say `lmkit merge`
     try:
-        model = load_pretrained(model_dir).float()
+        model = load_pretrained(model_dir, dtype=dtype)
+        if dtype == "fp32":
+            model = model.float()  # as before --dtype: also a quantized checkpoint's float tensors
         tok = load_tokenizer(tokenizer or model_dir)
     except (LmkitError, OSError, ValueError) as exc:
         raise click.ClickException(f"cannot load the model/tokenizer: {exc}") from None
@@ -48,7 +52,8 @@ def eval_group() -> None:
 @click.option("--stride", type=int, default=None, help="Window step (default: max-length).")
 @click.option("--bos-id", type=int, default=None, help="Prepend this token id so the first token is scored too.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="JSON report path.")
-def eval_ppl(model_dir, text_file, tokenizer, max_length, stride, bos_id, out) -> None:
+@dtype_option(default="fp32")
+def eval_ppl(model_dir, text_file, tokenizer, max_length, stride, bos_id, out, dtype) -> None:
     """Sliding-window perplexity and bits per byte of MODEL_DIR on TEXT_FILE."""
     from pathlib import Path
 
@@ -58,7 +63,7 @@ def eval_ppl(model_dir, text_file, tokenizer, max_length, stride, bos_id, out) -
     text = Path(text_file).read_text(encoding="utf-8")
     if not text.strip():
         raise click.ClickException(f"{text_file} is empty")
-    model, tok = _load_model(model_dir, tokenizer)
+    model, tok = _load_model(model_dir, tokenizer, dtype)
     check_fits_context("--max-length", max_length, model.config.max_seq_len)
     t0 = time.perf_counter()
     rep = text_perplexity(model, tok, text, max_length, stride, bos_id=bos_id)
@@ -74,12 +79,13 @@ def eval_ppl(model_dir, text_file, tokenizer, max_length, stride, bos_id, out) -
               help="Length used by acc_norm.")
 @click.option("--limit", type=int, default=None, help="Only the first N examples.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None)
-def eval_mc(model_dir, task_file, tokenizer, norm, limit, out) -> None:
+@dtype_option(default="fp32")
+def eval_mc(model_dir, task_file, tokenizer, norm, limit, out, dtype) -> None:
     """Multiple-choice accuracy (acc, acc_norm) of MODEL_DIR on a JSONL TASK_FILE."""
     from lmkit.eval.multiple_choice import LMScorer, evaluate_mc, load_task
 
     examples = load_task(task_file)[:limit]
-    model, tok = _load_model(model_dir, tokenizer)
+    model, tok = _load_model(model_dir, tokenizer, dtype)
     res = evaluate_mc(examples, LMScorer(model, tok), norm=norm)
     _write_report(out, {"task": "multiple_choice", "model": str(model_dir), "file": str(task_file), **res})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lmkit.cli_grammar import RenamedOptionsCommand
+from lmkit.cli_grammar import RenamedOptionsCommand, dtype_option
 from lmkit.hub.add_tokens_command import add_tokens_cmd
 from lmkit.tokenizers.commands import tokenizer_group
 
@@ -22,26 +22,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @click.command("info")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def info(directory: str) -> None:
-    """Architecture, parameters by component and weight memory of a checkpoint DIRECTORY."""
+@dtype_option()
+def info(directory: str, dtype: str) -> None:
+    """What the checkpoint DIRECTORY is (family, parameters, dtype, context, RoPE type, chat
+    template, eos ids) and the memory it needs for inference and fine-tuning in --dtype.
+    Reads the config and tokenizer files only, never the weights."""
     from lmkit.hub.describe import describe_checkpoint
 
-    click.echo(describe_checkpoint(directory))
+    click.echo(describe_checkpoint(directory, dtype=dtype))
 
 
 @click.command("convert")
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.argument("target", type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="cast the weights")
+@dtype_option()
 @click.option("--max-shard-size", default=None, help="e.g. 2GB or 500MB: shard the safetensors")
-def convert(source: str, target: str, dtype: str | None, max_shard_size: str | None) -> None:
+def convert(source: str, target: str, dtype: str, max_shard_size: str | None) -> None:
     """Re-save a Hugging Face checkpoint SOURCE as TARGET (cast, re-shard), validating every tensor."""
-    import torch
-
     from lmkit.hub import load_pretrained, save_pretrained
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    model = load_pretrained(source, dtype=dtypes[dtype] if dtype else None)
+    model = load_pretrained(source, dtype=dtype)
     save_pretrained(model, target, max_shard_bytes=_parse_size(max_shard_size))
     click.echo(f"wrote {target}")
 
@@ -66,8 +66,8 @@ def export_group() -> None:
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", "output", required=True, type=click.Path(dir_okay=False),
               help="the .gguf file to write")
-@click.option("--type", "ftype", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
-              help="tensor type of the 2-D weights (norms stay f32)")
+@click.option("--type", "ftype", type=click.Choice(["f32", "f16", "q8_0", "q4_0", "q4_k_m"]), default="f16",
+              show_default=True, help="tensor type of the 2-D weights, as llama-quantize mixes them (norms stay f32)")
 def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
     """Write the Llama-family checkpoint MODEL_DIR (+ its tokenizer.json) as a llama.cpp GGUF file."""
     from lmkit.hub.adapter_folder import require_full_checkpoint
@@ -78,7 +78,8 @@ def export_gguf_cmd(model_dir: str, output: str, ftype: str) -> None:
         written = export_gguf_dir(model_dir, output, ftype)
     except ValueError as exc:  # a model GGUF cannot hold; an LmkitError is reported by the root group
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {written['path']}: {written['tensors']} tensors ({written['q8_0']} Q8_0), {written['bytes']} bytes")
+    types = ", ".join(f"{n} {kind}" for kind, n in written["types"].items())
+    click.echo(f"wrote {written['path']}: {written['tensors']} tensors ({types}), {written['bytes']} bytes")
 
 
 def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
@@ -98,12 +99,14 @@ def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
 @click.command("quantize", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", "output", required=True, type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(["int8", "llm-int8", "nf4", "rtn", "gptq"]), required=True)
+@click.option("--method", type=click.Choice(["int8", "int4", "llm-int8", "nf4", "rtn", "gptq"]), required=True,
+              help="int8 / int4 (= rtn --bits 4) / gptq --bits 4 run on fused CPU kernels")
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text file of calibration data (GPTQ)")
 @click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="rtn / gptq")
 @click.option("--group-size", type=int, default=64, show_default=True,
-              help="rtn / gptq: input columns per (scale, zero); 0 = one group per output row")
+              help="int4 / rtn / gptq: input columns per (scale, zero), a multiple of 32 for the fused "
+                   "kernel; 0 = one group per output row")
 @click.option("--block-size", type=int, default=64, show_default=True, help="nf4")
 @click.option("--no-double-quant", is_flag=True, help="nf4: keep the block constants in fp32")
 @click.option("--threshold", type=float, default=6.0, show_default=True, help="llm-int8 outlier threshold")

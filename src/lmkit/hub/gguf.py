@@ -1,5 +1,5 @@
 """Export Llama-family models (llama, qwen2, mistral) and their byte-level BPE tokenizer to GGUF,
-the single-file format of llama.cpp / Ollama, in F32, F16 or Q8_0.
+the single-file format of llama.cpp / Ollama, in F32, F16, Q8_0, Q4_0 or Q4_K_M.
 
 GGUF = header + typed key/value metadata + tensor infos + aligned tensor data. Written with
 the `gguf` package (extra `gguf`), imported lazily. Names follow llama.cpp:
@@ -28,9 +28,17 @@ Meta's original checkpoints did. convert_hf_to_gguf.py therefore permutes the ro
 and Wk within each head: `permute` below is its function, applied with n_head for Q and
 n_head_kv for K. `unpermute` is its inverse (used by the tests).
 
-Tensor types: 1-D tensors (norms, biases) are always F32, as llama.cpp stores them. Q8_0
-stores blocks of 32 values as one fp16 scale d = max|x|/127 + 32 int8 codes round(x/d)
-(8.5 bits per weight); a 2-D tensor whose rows are not a multiple of 32 falls back to F16.
+Tensor types (`tensor_type`, the choices `llama-quantize` makes for the same file type, so a
+file equals what llama.cpp's own quantizer writes from the F32 export):
+  f32 / f16   every 2-D weight in that type
+  q8_0        Q8_0 (8.5 bits per weight)
+  q4_0        Q4_0 (4.5 bits), the output matrix (or the tied embedding) Q6_K
+  q4_k_m      Q4_K (4.5 bits) for most weights; Q6_K (6.56 bits) for the output matrix (or the
+              tied embedding) and for attn_v and ffn_down in the layers llama.cpp's
+              use_more_bits picks (the first and last eighth and every third in between)
+1-D tensors (norms, biases) are always F32, as llama.cpp stores them. A matrix whose rows do
+not split into whole blocks falls back as llama.cpp's does: Q4_K -> Q5_0, Q6_K -> Q8_0, and a
+32-block type -> F16. The block formats themselves are in `hub/gguf_quants.py`.
 The file is written to a temporary path and renamed, so a failed export leaves nothing behind.
 """
 
@@ -45,45 +53,15 @@ from torch import nn
 
 from lmkit.atomic import atomic_path
 from lmkit.errors import CheckpointError, require
+from lmkit.hub.gguf_names import gguf_name, permute, unpermute  # noqa: F401  (unpermute: for readers)
+from lmkit.hub.gguf_quants import BY_NAME, quantize
 
-FILE_TYPES = ("f32", "f16", "q8_0")
+FILE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
+# general.file_type (llama.cpp's llama_ftype) of each
+FILE_TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}
+_BASE_TYPE = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K"}
+_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 LLAMA_TYPES = ("llama", "qwen2", "mistral")
-_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "attn_norm": "attn_norm", "mlp_norm": "ffn_norm",
-}
-
-
-def permute(w: torch.Tensor, n_head: int, n_head_kv: int | None = None) -> torch.Tensor:
-    """convert_hf_to_gguf.py's LlamaModel.permute: rotate-half rows -> interleaved-pair rows."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def unpermute(w: torch.Tensor, n_head: int, n_head_kv: int | None = None) -> torch.Tensor:
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def gguf_name(name: str) -> str:
-    """lmkit parameter name -> llama.cpp tensor name (KeyError for names GGUF has no place for)."""
-    if name == "embed_tokens.weight":
-        return "token_embd.weight"
-    if name == "norm.weight":
-        return "output_norm.weight"
-    if name == "lm_head.weight":
-        return "output.weight"
-    parts = name.split(".")
-    if parts[0] == "layers":
-        i, rest, suffix = parts[1], ".".join(parts[2:-1]), parts[-1]
-        if rest in _NAMES:
-            return f"blk.{i}.{_NAMES[rest]}.{suffix}"
-    raise KeyError(name)
-
-
 def _check_model(model: nn.Module) -> None:
     cfg = getattr(model, "config", None)
     if cfg is None or cfg.arch != "decoder":
@@ -117,7 +95,7 @@ def _check_model(model: nn.Module) -> None:
 
     if any(isinstance(m, QuantLinearBase) for m in model.modules()):
         raise CheckpointError("GGUF export needs the floating-point model, not an lmkit-quantized one "
-                              "(GGUF quantizes itself: --type q8_0)")
+                              "(GGUF quantizes itself: --type q8_0, q4_0 or q4_k_m)")
 
 
 def _token_types(tok, n: int) -> tuple[list[str], list[float], list[int]]:
@@ -158,17 +136,40 @@ def _pre_name(tok) -> str:
     return "default"
 
 
-def _tensor(writer, name: str, t: torch.Tensor, ftype: str, q8) -> None:
+def _use_more_bits(i: int, n: int) -> bool:
+    """llama.cpp's choice of the layers that get more bits in the _M mixes."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def tensor_type(name: str, shape: tuple[int, ...], ftype: str, n_layers: int, tied: bool) -> str:
+    """The GGML type `llama-quantize` gives the tensor `name` (GGUF name, torch `shape`) in a file
+    of type `ftype` (llama_tensor_get_type for the llama architecture without an imatrix)."""
+    if len(shape) == 1 or ftype in ("f32", "f16"):
+        return "F32" if len(shape) == 1 else _BASE_TYPE[ftype]
+    kind = _BASE_TYPE[ftype]
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        if ftype != "q8_0":
+            kind = "Q6_K" if shape[-1] % BY_NAME[kind].block_size == 0 else "Q8_0"
+    elif ftype == "q4_k_m" and name.startswith("blk."):
+        layer = int(name.split(".")[1])
+        if (".attn_v." in name or ".ffn_down." in name) and _use_more_bits(layer, n_layers):
+            kind = "Q6_K"
+    if shape[-1] % BY_NAME[kind].block_size:
+        kind = _FALLBACK.get(kind, "F16")
+        if shape[-1] % BY_NAME[kind].block_size:
+            kind = "F16"
+    return kind
+
+
+def _tensor(writer, name: str, t: torch.Tensor, kind: str) -> None:
     gguf = require("gguf", "gguf")
-    a = t.detach().float().cpu().numpy()
-    if a.ndim == 1 or ftype == "f32":
-        writer.add_tensor(name, a.astype(np.float32))
-    elif ftype == "q8_0" and a.shape[-1] % 32 == 0:
-        data = gguf.quants.quantize(a.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
-        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        q8.append(name)
-    else:
+    a = t.detach().float().cpu().numpy().astype(np.float32)
+    if kind == "F32":
+        writer.add_tensor(name, a)
+    elif kind == "F16":
         writer.add_tensor(name, a.astype(np.float16))
+    else:
+        writer.add_tensor(name, quantize(a, kind), raw_dtype=gguf.GGMLQuantizationType(BY_NAME[kind].id))
 
 
 def export_gguf(model: nn.Module, path: str | os.PathLike, tokenizer=None, ftype: str = "f16",
@@ -189,14 +190,11 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, tokenizer=None, ftype
     path = Path(path)
     state = model.state_dict()
     tied = cfg.tie_embeddings
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype]
-    q8: list[str] = []
-    names: list[str] = []
+    kinds: dict[str, str] = {}
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         w.add_name(name or (cfg.model_type or "lmkit") + "-lmkit")
-        w.add_file_type(int(file_type))
+        w.add_file_type(FILE_TYPE_IDS[ftype])
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.d_model)
@@ -261,13 +259,15 @@ def export_gguf(model: nn.Module, path: str | os.PathLike, tokenizer=None, ftype
                 t = permute(t, cfg.n_heads, cfg.n_heads)
             elif ".attn_k." in gname:
                 t = permute(t, cfg.n_heads, cfg.n_kv_heads)
-            _tensor(w, gname, t, ftype, q8)
-            names.append(gname)
+            kinds[gname] = tensor_type(gname, tuple(t.shape), ftype, cfg.n_layers, tied)
+            _tensor(w, gname, t, kinds[gname])
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    return {"path": str(path), "tensors": len(names), "q8_0": len(q8), "bytes": path.stat().st_size}
+    counts = {k: list(kinds.values()).count(k) for k in sorted(set(kinds.values()))}
+    return {"path": str(path), "tensors": len(kinds), "types": counts, "q8_0": counts.get("Q8_0", 0),
+            "bytes": path.stat().st_size}
 
 
 def export_gguf_dir(model_dir: str | os.PathLike, path: str | os.PathLike, ftype: str = "f16") -> dict:

@@ -22,7 +22,8 @@ from torch import nn
 
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.hub.hf_config import read_json_object
-from lmkit.hub.safetensors_io import WEIGHT_PATTERNS, read_state_dict, staged_directory, write_weights
+from lmkit.hub.safetensors_io import WEIGHT_PATTERNS, map_state_dict, staged_directory, write_weights
+from lmkit.models.skeleton import fill_parameters, meta_tensors, parameters_on_meta
 
 ARCH_MODULES = {
     "gpt2": "lmkit.hub.arch_gpt2",
@@ -78,12 +79,12 @@ def _aliases(model: nn.Module) -> dict[str, str]:
 
 
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True,
-                           check_only: bool = False) -> None:
+                           check_only: bool = False) -> list[str]:
     """Copy `sd` into `model`, checking every key and shape first; nothing is copied on error.
 
     Tied parameters may appear under either name. With strict=False, missing tensors keep
     their initial values (with a warning) and unexpected ones are ignored; shape mismatches
-    are always errors.
+    are always errors. Returns the names missing from `sd`.
     """
     own = model.state_dict(keep_vars=True)
     aliases = _aliases(model)
@@ -112,7 +113,7 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + "\n".join(problems))
     if check_only:
-        return
+        return missing
     if missing:
         warnings.warn(f"tensors missing from the checkpoint keep their initial values: {missing}", stacklevel=2)
     with torch.no_grad():
@@ -121,6 +122,7 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], strict
                 dst = own[k]
                 src = sd[k].to(device=dst.device, dtype=dst.dtype if dst.is_floating_point() else sd[k].dtype)
                 dst.copy_(src)
+    return missing
 
 
 def _checkpoint_dtype(sd: dict[str, torch.Tensor]) -> torch.dtype:
@@ -158,15 +160,45 @@ def _check_module_counts(cfg, n_tensors: int, where: Path) -> None:
             raise ConfigError(f"{where}: {name}={value} cannot fit a checkpoint of {n_tensors} tensors")
 
 
+LOAD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch dtype from a dtype or one of the names "fp32", "bf16", "fp16" ("auto"/None: None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).lower().replace("torch.", "")
+    aliases = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+    name = aliases.get(name, name)
+    if name == "auto":
+        return None
+    if name not in LOAD_DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: use one of auto, {', '.join(LOAD_DTYPES)}")
+    return LOAD_DTYPES[name]
+
+
 def load_pretrained(
-    directory: str | os.PathLike, dtype: torch.dtype | None = None, strict: bool = True
+    directory: str | os.PathLike, dtype: torch.dtype | str | None = None, strict: bool = True
 ) -> nn.Module:
     """Build the lmkit model of a Hugging Face checkpoint directory and load its weights.
 
-    dtype None keeps the checkpoint's floating dtype (fp32 when it mixes several).
+    dtype (a torch dtype or "fp32" / "bf16" / "fp16") None keeps the checkpoint's floating
+    dtype (fp32 when it mixes several).
     The model comes back in eval mode with `model.config` set. A quantized checkpoint written by
     `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model.
+    A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default).
+
+    Memory: the safetensors files are memory-mapped and the model is built with its parameters
+    on the meta device (`models/skeleton.py`); each tensor is then copied, in the target dtype,
+    into its parameter and its file pages are dropped, so the peak is about one copy of the
+    weights in the target dtype. The model owns its memory: the files may be deleted or
+    rewritten once this returns.
     """
+    dtype = resolve_dtype(dtype)
+    if str(directory).lower().endswith(".gguf") and Path(directory).is_file():
+        from lmkit.hub.gguf_import import load_gguf
+
+        return load_gguf(directory, dtype=dtype)
     if not (Path(directory) / "config.json").exists() and (Path(directory) / "quantization.json").exists():
         from lmkit.quant.checkpoint import load_quantized
 
@@ -176,24 +208,48 @@ def load_pretrained(
     with _config_errors(where):
         arch = arch_module(hf.get("model_type"))
         cfg = arch.config_from_hf(hf)
-    raw = read_state_dict(directory)
+    mapped = map_state_dict(directory)
+    raw = mapped.tensors
+    target = dtype or _checkpoint_dtype(raw)
     with _config_errors(where):
         sd = arch.state_from_hf(raw, cfg)  # may settle parts of cfg from the weights (BERT heads)
         _check_module_counts(cfg, len(raw), where)
-        with torch.device("meta"):  # shapes only: a corrupt config must not allocate a huge model
-            probe = arch.build_model(cfg)
+        model = _build(arch, cfg, where, skeleton=True)  # no memory for the parameters yet
+    del raw
     try:
-        load_state_dict_strict(probe, sd, strict=strict, check_only=True)
+        missing = load_state_dict_strict(model, sd, strict=strict, check_only=True)
     except CheckpointError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
-    try:
-        model = arch.build_model(cfg)
-    except (RuntimeError, MemoryError, OverflowError) as exc:  # e.g. buffers for an absurd max_seq_len
-        raise ConfigError(f"{where}: cannot build this model ({type(exc).__name__}: {exc})") from exc
-    cast_parameters(model, dtype or _checkpoint_dtype(raw))
-    load_state_dict_strict(model, sd, strict=strict)
+    if missing:  # they keep their initial values, so those must exist
+        model = _build(arch, cfg, where, skeleton=False)
+        cast_parameters(model, target)
+        warnings.warn(f"tensors missing from the checkpoint keep their initial values: {missing}", stacklevel=2)
+    fill_parameters(model, _canonical(model, sd), dtype=target, after_copy=mapped.release)
+    left = meta_tensors(model)
+    if left:
+        raise CheckpointError(f"{directory}: internal error, these tensors were not loaded: {left[:10]}")
     model.generation_defaults = _generation_defaults(directory)
     return model.eval()
+
+
+def _build(arch: ModuleType, cfg, where: Path, skeleton: bool) -> nn.Module:
+    try:
+        if not skeleton:
+            return arch.build_model(cfg)
+        with parameters_on_meta():
+            return arch.build_model(cfg)
+    except (RuntimeError, MemoryError, OverflowError) as exc:  # e.g. buffers for an absurd max_seq_len
+        raise ConfigError(f"{where}: cannot build this model ({type(exc).__name__}: {exc})") from exc
+
+
+def _canonical(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`sd` with a tied tensor stored under its other name moved to the model's first name."""
+    sd = dict(sd)
+    for alias, target in _aliases(model).items():
+        if alias in sd and target not in sd:
+            sd[target] = sd[alias]
+        sd.pop(alias, None)
+    return sd
 
 
 def _generation_defaults(directory: str | os.PathLike):

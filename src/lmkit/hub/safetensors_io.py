@@ -5,6 +5,11 @@ safetensors is a flat format: 8 bytes little-endian header length N, N bytes of 
 unlike pickle (`pytorch_model.bin`), which can execute anything on load — so lmkit reads
 only safetensors and refuses .bin files with a message saying how to convert them.
 
+lmkit reads the format itself (`MappedWeights`): each file is memory-mapped and every tensor
+is a view of the mapping, so nothing is read until it is used and a loader can copy (and
+cast) tensor after tensor, dropping each one's pages as it goes. Writing uses the
+`safetensors` package.
+
 Sharded checkpoints: `model.safetensors.index.json` = {"metadata": {"total_size": bytes},
 "weight_map": {tensor name: shard file}} with shards `model-00001-of-0000K.safetensors`.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -42,9 +48,16 @@ WEIGHT_PATTERNS = (
 
 
 # ---- reading ----------------------------------------------------------------------------
-def read_header(path: str | os.PathLike) -> dict:
-    """Parse and validate a safetensors header without loading tensors (CheckpointError if corrupt)."""
-    path = Path(path)
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(header, byte offset of the data) of a safetensors file; CheckpointError if corrupt."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -77,29 +90,109 @@ def read_header(path: str | os.PathLike) -> dict:
             f"{path}: tensors need {end} bytes of data but the file holds {data_len}; "
             "the file is truncated — download or save it again"
         )
-    return header
+    return header, 8 + n
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def read_header(path: str | os.PathLike) -> dict:
+    """Parse and validate a safetensors header without loading tensors (CheckpointError if corrupt)."""
+    return _read_header(Path(path))[0]
 
-    read_header(path)
+
+class MappedWeights:
+    """The tensors of safetensors file(s), memory-mapped: a tensor's bytes are read from disk
+    only when it is used, and `release` hands them back once they have been copied.
+
+    Each file is one private (copy-on-write) mapping; every tensor is a view of it. Pages a
+    process has read count towards its RSS while mapped, so a loader that copies tensor after
+    tensor calls `release(t)` after each copy: the pages are dropped from this process (the
+    kernel's page cache keeps them; touching `t` again re-reads them, so releasing is always
+    safe). The mappings close when the last view is gone.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._maps: list[tuple[int, int, mmap.mmap]] = []  # (address, length, mapping)
+
+    def add_file(self, path: Path) -> dict[str, torch.Tensor]:
+        """Map `path` and add its tensors; returns them (CheckpointError if corrupt)."""
+        header, start = _read_header(path)
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        whole = torch.frombuffer(mm, dtype=torch.uint8)
+        self._maps.append((whole.data_ptr(), len(mm), mm))
+        out: dict[str, torch.Tensor] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            out[name] = self._view(path, name, info, whole, start)
+        dup = sorted(set(out) & set(self.tensors))
+        if dup:
+            raise CheckpointError(f"{path}: tensors also found in another shard: {dup[:5]}")
+        self.tensors.update(out)
+        return out
+
+    @staticmethod
+    def _view(path: Path, name: str, info: dict, whole: torch.Tensor, start: int) -> torch.Tensor:
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: entry {name!r} of the safetensors header is malformed "
+                                  f"(dtype {info.get('dtype') if isinstance(info, dict) else None!r})") from exc
+        size = dtype.itemsize
+        numel = 1
+        for d in shape:
+            numel *= d
+        if min(shape, default=0) < 0 or begin < 0 or end - begin != numel * size:
+            raise CheckpointError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} "
+                                  f"of {info['dtype']}; the file is corrupt")
+        if numel == 0:
+            return torch.empty(shape, dtype=dtype)
+        raw = whole[start + begin: start + end]
+        if (start + begin) % size:  # misaligned for its type: copy (only odd hand-made files)
+            raw = raw.clone()
+        return raw.view(dtype).reshape(shape)
+
+    def release(self, t: torch.Tensor) -> None:
+        """Drop the pages under `t` (a view of a mapping, possibly transposed or sliced) from
+        this process; a tensor that is not a view of these mappings is left alone."""
+        if not t.numel() or not hasattr(mmap, "MADV_DONTNEED"):  # (no madvise: pages stay until unmapped)
+            return
+        ptr = t.data_ptr()
+        extent = (sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+        for base, length, mm in self._maps:
+            if base <= ptr < base + length:
+                page = mmap.PAGESIZE
+                lo = (ptr - base) // page * page
+                hi = min(length, ptr - base + extent)
+                if hi > lo:
+                    mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                return
+
+
+def _map_file(weights: MappedWeights, path: Path) -> None:
     try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        weights.add_file(path)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
 
 
-def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory (model.safetensors or an index + shards)."""
+def map_state_dict(directory: str | os.PathLike) -> MappedWeights:
+    """The tensors of a checkpoint directory (model.safetensors or an index + shards),
+    memory-mapped: nothing is read yet. `read_state_dict` is the copying version."""
     directory = Path(directory)
     recover_directory(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     single = directory / SINGLE_FILE
     index = directory / INDEX_FILE
+    weights = MappedWeights()
     if single.exists():
-        return _load_file(single)
+        _map_file(weights, single)
+        return weights
     if index.exists():
         try:
             meta = json.loads(index.read_text(encoding="utf-8"))
@@ -112,20 +205,15 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
         missing = [s for s in shards if not (directory / s).exists()]
         if missing:
             raise CheckpointError(f"{index}: shard file(s) missing from {directory}: {', '.join(missing)}")
-        state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            part = _load_file(directory / shard)
-            dup = sorted(set(part) & set(state))
-            if dup:
-                raise CheckpointError(f"{directory / shard}: tensors also found in another shard: {dup[:5]}")
-            state.update(part)
-        absent = [k for k, s in weight_map.items() if k not in state]
+            _map_file(weights, directory / shard)
+        absent = [k for k, s in weight_map.items() if k not in weights.tensors]
         if absent:
             raise CheckpointError(
                 f"{index}: {len(absent)} tensor(s) listed in the index are in no shard: "
                 + ", ".join(f"{k} (expected in {weight_map[k]})" for k in absent[:10])
             )
-        return state
+        return weights
     if list(directory.glob("*.bin")) or list(directory.glob("*.pt")) or list(directory.glob("*.pth")):
         raise CheckpointError(
             f"{directory}: only pickle weights (.bin/.pt) found. lmkit reads only safetensors, because "
@@ -133,6 +221,18 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
             "(e.g. transformers' model.save_pretrained(dir, safe_serialization=True))"
         )
     raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
+
+
+def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, each copied into its own memory (the files may
+    be deleted or rewritten afterwards). Peak memory: the tensors plus one of them."""
+    weights = map_state_dict(directory)
+    out: dict[str, torch.Tensor] = {}
+    for name in list(weights.tensors):
+        t = weights.tensors.pop(name)
+        out[name] = t.clone()
+        weights.release(t)
+    return out
 
 
 # ---- writing ----------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Every strategy drives one decode core: `runner.py` (the model step: eager, fused
 compiled), `select.py` (processors, then the chosen tokens and their logprobs), `stop.py`
 (`StopTracker`: EOS ids, stop strings, the token budget) and `output.py` (the result types).
 With a tokenizer, output rows it cannot render (vocabulary padding) are never chosen
-(`vocab_padding.py`).
+(`vocab_padding.py`). Structured output: `generate(..., constraint=...)` chooses each row's
+tokens among those its `TokenConstraint` allows (`constraint.py`); JSON schemas, regexes and
+grammars compile to such constraints in `structured_output.py` (llguidance, optional).
 
     from lmkit.infer import generate, generate_text, stream_text
     out = generate(model, [[1, 5, 7], [1, 9]], max_new_tokens=20)          # token ids in and out

@@ -4,7 +4,8 @@ One prefill forward runs every prompt at once and fills the cache; then each ste
 only the newest token of every row (O(T) attention per token instead of O(T^2)). Per step:
 
     logits of the last position -> select_tokens (ids the tokenizer cannot render masked out,
-    processors, warpers, argmax or a draw, logprobs; select.py) -> StopTracker per row (EOS,
+    the row's constraint's allowed ids (structured output; constraint.py), processors,
+    warpers, argmax or a draw, logprobs; select.py) -> StopTracker per row (EOS,
     stop string, max tokens; stop.py) -> next step through the ModelRunner (runner.py)
 
 Batching: prompts of different lengths are left-padded so every row's newest token sits in
@@ -24,6 +25,7 @@ import torch
 
 from lmkit.errors import ConfigError
 from lmkit.infer.config import GenerationConfig
+from lmkit.infer.constraint import ConstraintArg, allowed_rows, row_constraints
 from lmkit.infer.inputs import left_pad
 from lmkit.infer.output import GenerationOutput, Step
 from lmkit.infer.runner import ModelRunner
@@ -36,7 +38,8 @@ from lmkit.infer.vocab_padding import renderable_size
 class Decoder:
     """State of one batched greedy/sampling run; `steps()` yields a `Step` per new token."""
 
-    def __init__(self, model, prompts: list[list[int]], cfg: GenerationConfig, tokenizer=None) -> None:
+    def __init__(self, model, prompts: list[list[int]], cfg: GenerationConfig, tokenizer=None,
+                 constraint: ConstraintArg = None) -> None:
         if cfg.stop and tokenizer is None:
             raise ConfigError("stop strings need the tokenizer: pass tokenizer=... to generate()")
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
@@ -54,6 +57,8 @@ class Decoder:
         self.tokens = torch.full((b, self.total), NO_TOKEN, dtype=torch.long, device=self.device)
         self.tokens[:, :t] = prompt
         self.trackers = [StopTracker.for_config(cfg, tokenizer) for _ in range(b)]
+        # structured output: per row, the ids its grammar allows next (constraint.py)
+        self.constraints = row_constraints(constraint, b, cfg.eos_token_ids)
         self.logprobs: list[torch.Tensor] = []
         self.top: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -67,9 +72,11 @@ class Decoder:
         done_list = [False] * b
         trackers = self.trackers
         for step in range(cfg.max_new_tokens):
+            allowed = allowed_rows([None if d else c for c, d in zip(self.constraints, done_list)],
+                                   logits.shape[-1], self.device)
             sel = select_tokens(logits[:, -1], history=self.tokens[:, : t + step], processors=self.procs,
-                                do_sample=cfg.do_sample, generator=self.gen, vocab_limit=self.vocab_limit,
-                                logprobs=cfg.logprobs,
+                                do_sample=cfg.do_sample, generator=self.gen, allowed=allowed,
+                                vocab_limit=self.vocab_limit, logprobs=cfg.logprobs,
                                 top_logprobs=cfg.top_logprobs)
             nxt = sel.tokens
             if cfg.logprobs:
@@ -81,6 +88,10 @@ class Decoder:
                 nxt = nxt.masked_fill(done, self.pad)
             self.tokens[:, t + step] = nxt
             ids = nxt.tolist()
+            if allowed is not None:
+                for c, tok, d in zip(self.constraints, ids, before):
+                    if c is not None and not d:
+                        c.advance(tok)
             done_list = [trackers[i].push(tok) for i, tok in enumerate(ids)]
             yield Step(step, ids, before, done_list)
             if all(done_list):

@@ -19,6 +19,7 @@ import torch
 from lmkit.errors import ConfigError
 from lmkit.infer.beam_search import beam_search
 from lmkit.infer.config import GenerationConfig
+from lmkit.infer.constraint import ConstraintArg
 from lmkit.infer.decode import Decoder
 from lmkit.infer.inputs import check_fits, encode_prompt, prepare_prompts, resolve_config
 from lmkit.infer.output import GenerationOutput, Step
@@ -41,6 +42,7 @@ def generate(
     *,
     tokenizer=None,
     attention_mask: torch.Tensor | None = None,
+    constraint: ConstraintArg = None,
     **overrides: Any,
 ) -> GenerationOutput:
     """Generate continuations of each prompt; keyword overrides change single config fields.
@@ -48,17 +50,21 @@ def generate(
     input_ids: prompts as lists of token ids (any lengths) or a [B, T] tensor (with an
     optional 1/0 attention_mask marking padding). tokenizer: needed for stop strings; when
     given, `GenerationOutput.texts` holds the decoded continuations, and ids it cannot render
-    (embedding rows beyond its vocabulary) are never generated.
+    (embedding rows beyond its vocabulary) are never generated. constraint: structured output
+    (infer/structured_output.py): a compiled grammar for every row, or a list with one
+    `TokenConstraint` / grammar / None per row.
     """
     cfg = resolve_config(model, config, **overrides)
     prompts = prepare_prompts(input_ids, attention_mask)
     check_fits(model, prompts, cfg)
     if cfg.num_beams > 1:
+        if constraint is not None:
+            raise ConfigError("constrained decoding runs greedy or sampling, not beam search (num_beams must be 1)")
         out = beam_search(model, prompts, cfg, renderable_size(tokenizer))
         if tokenizer is not None:
             out.texts = [decode_output(tokenizer, s, None, cfg.eos_token_ids) for s in out.sequences]
         return out
-    dec = Decoder(model, prompts, cfg, tokenizer)
+    dec = Decoder(model, prompts, cfg, tokenizer, constraint)
     for _ in dec.steps():
         pass
     out = dec.output()
@@ -68,14 +74,15 @@ def generate(
 
 
 def iter_steps(model, input_ids, config: GenerationConfig | None = None, *, tokenizer=None,
-               attention_mask: torch.Tensor | None = None, **overrides: Any) -> Iterator[Step]:
+               attention_mask: torch.Tensor | None = None, constraint: ConstraintArg = None,
+               **overrides: Any) -> Iterator[Step]:
     """The decoding loop as an iterator of `Step`s (for streaming); greedy/sampling only."""
     cfg = resolve_config(model, config, **overrides)
     if cfg.num_beams > 1:
         raise ConfigError("streaming is not available with beam search (the best beam is only known at the end)")
     prompts = prepare_prompts(input_ids, attention_mask)
     check_fits(model, prompts, cfg)
-    return Decoder(model, prompts, cfg, tokenizer).steps()
+    return Decoder(model, prompts, cfg, tokenizer, constraint).steps()
 
 
 def generate_text(model, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None,
@@ -87,8 +94,8 @@ def generate_text(model, tokenizer, prompt: str | list[str], config: GenerationC
     return out.texts[0] if single else out.texts
 
 
-def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None = None,
-                **overrides: Any) -> Iterator[str]:
+def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None = None, *,
+                constraint: ConstraintArg = None, **overrides: Any) -> Iterator[str]:
     """Yield text deltas of the continuation of `prompt` as they are generated.
 
     Deltas never split a UTF-8 character and never show text that may turn out to be part
@@ -97,7 +104,8 @@ def stream_text(model, tokenizer, prompt: str, config: GenerationConfig | None =
     cfg = resolve_config(model, config, **overrides)
 
     def tokens() -> Iterator[int]:
-        for step in iter_steps(model, [encode_prompt(tokenizer, prompt)], cfg, tokenizer=tokenizer):
+        for step in iter_steps(model, [encode_prompt(tokenizer, prompt)], cfg, tokenizer=tokenizer,
+                               constraint=constraint):
             if step.done_before[0]:
                 return
             yield step.tokens[0]

@@ -81,7 +81,7 @@ def apply_adapter(model: nn.Module, adapter: str | os.PathLike, merge: bool = Tr
 
 
 def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike | None = None,
-                             dtype: torch.dtype | None = None, merge: bool = True) -> tuple[nn.Module, Any]:
+                             dtype: torch.dtype | str | None = None, merge: bool = True) -> tuple[nn.Module, Any]:
     """(model in eval mode, tokenizer) from a full checkpoint `path`, a full checkpoint plus an
     `adapter` folder, or an adapter folder `path` that records its base model."""
     from lmkit.hub.pretrained import load_pretrained

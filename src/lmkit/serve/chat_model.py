@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from lmkit.errors import ConfigError, LmkitError, TokenizerError
-from lmkit.serve.tool_calls import (normalize_messages, parse_tool_calls, template_messages, tool_choice_prefix,
-                                    validate_tools)
+from lmkit.serve.tool_calls import (normalize_messages, parse_tool_calls, template_messages, tool_call_grammar,
+                                    tool_choice_prefix, validate_tools)
 
 
 class ChatModelError(LmkitError):
@@ -122,6 +122,18 @@ def finish_chat(prepared: PreparedChat, text: str, finish_reason: str) -> tuple[
     return full, [], finish_reason
 
 
+def forced_call_constraint(tokenizer, tool_choice: Any, tools: Sequence[dict] | None):
+    """The compiled grammar of a forced tool call (tool_choice "required" or named), or None when
+    the call is free or llguidance (the `structured` extra) is not installed (then only the
+    prompt starts the call)."""
+    from lmkit.infer.structured_output import JSON_OPTIONS, available, compile_grammar
+
+    if not tools or not available():
+        return None
+    grammar = tool_call_grammar(tool_choice, tools, JSON_OPTIONS)
+    return compile_grammar(tokenizer, grammar) if grammar else None
+
+
 # ---- in-process ------------------------------------------------------------------------
 class LocalChatModel:
     """A chat model running in this process through `lmkit.infer.generate`."""
@@ -162,7 +174,8 @@ class LocalChatModel:
         cfg = GenerationConfig(max_new_tokens=max_tokens, do_sample=temperature > 0,
                                temperature=temperature if temperature > 0 else 1.0, seed=seed,
                                stop=prep.stop, eos_token_id=prep.eos_ids or None)
-        out = generate(self.model, [prep.prompt_ids], cfg, tokenizer=self.tokenizer)
+        out = generate(self.model, [prep.prompt_ids], cfg, tokenizer=self.tokenizer,
+                       constraint=forced_call_constraint(self.tokenizer, tool_choice, prep.tools))
         content, calls, finish = finish_chat(prep, out.texts[0], out.finish_reasons[0])
         n = len(out.sequences[0])
         usage = {"prompt_tokens": len(prep.prompt_ids), "completion_tokens": n,

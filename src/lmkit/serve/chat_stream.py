@@ -2,9 +2,14 @@
 
 Per choice it keeps the text generated so far (with any forced prefix) and how much of it
 was sent. Text goes out as it comes, except where it may be a tool call: once ``<tool_call>``
-appears the rest is held back, and a tail that could be the start of that tag waits for the
-next token. At the end the held text is parsed; calls go out as one `tool_calls` delta,
-anything else as content. Logprobs travel with the content they belong to.
+appears the rest is held back from the content, and a tail that could be the start of that
+tag waits for the next token. A call written the documented way (`{"name": ..., "arguments":
+{...}}`) streams as OpenAI's `tool_calls` deltas: the first carries index, id, type and
+function.name (with the arguments so far), later ones more of `function.arguments`, as the
+official client accumulates them. At the end the held text is parsed (the same parse as a
+non-streamed reply, which keeps the arguments text as written, so the deltas add up to it);
+what was not streamed goes out then, anything that is no call as content. Logprobs travel
+with the content they belong to (a call's with its last delta).
 
 No I/O: the route frames the chunks as Server-Sent Events.
 """
@@ -14,7 +19,7 @@ from typing import Any
 from lmkit.serve.chat_model import PreparedChat, finish_chat
 from lmkit.serve.engine import TokenEvent
 from lmkit.serve.openai_format import chat_logprobs, usage
-from lmkit.serve.tool_calls import CALL_OPEN, partial_open_len
+from lmkit.serve.tool_calls import CALL_OPEN, new_call_id, partial_open_len, partial_tool_calls
 
 
 class ChatStream:
@@ -31,6 +36,7 @@ class ChatStream:
         self.full = [prepared.prefix for _ in range(n)]  # everything generated, with the forced prefix
         self.sent = [0] * n  # characters of `full` already sent as content
         self.holding = [False] * n  # a <tool_call> began: the rest is held for parsing
+        self.calls_sent: list[list[dict]] = [[] for _ in range(n)]  # per streamed call: its id, argument chars sent
         self.pending_logprobs: list[list[tuple]] = [[] for _ in range(n)]
         self.left = n
         self.completion_tokens = 0
@@ -82,11 +88,34 @@ class ChatStream:
 
     def _partial(self, index: int) -> list[dict]:
         end = self._sendable_end(index)
+        if self.holding[index]:
+            return self._call_deltas(index)
         if end <= self.sent[index]:
             return []
         text, start = self.full[index], self.sent[index]
         self.sent[index] = end
         return [self.chunk(index, {"content": text[start:end]}, None, self._take_logprobs(index))]
+
+    def _call_deltas(self, index: int) -> list[dict]:
+        """Content before the first call (not sent yet), then the `tool_calls` deltas of what is new."""
+        text, out = self.full[index], []
+        at = text.find(CALL_OPEN)
+        if at > self.sent[index]:
+            out.append(self.chunk(index, {"content": text[self.sent[index]:at]}))
+            self.sent[index] = at
+        sent = self.calls_sent[index]
+        for k, (name, args, _) in enumerate(partial_tool_calls(text)):
+            if k == len(sent):
+                sent.append({"id": new_call_id(), "args": len(args)})
+                entry = {"index": k, "id": sent[k]["id"], "type": "function",
+                         "function": {"name": name, "arguments": args}}
+            elif len(args) > sent[k]["args"]:
+                entry = {"index": k, "function": {"arguments": args[sent[k]["args"]:]}}
+                sent[k]["args"] = len(args)
+            else:
+                continue
+            out.append(self.chunk(index, {"tool_calls": [entry]}))
+        return out
 
     def _final(self, index: int, finish_reason: str) -> list[dict]:
         text, sent = self.full[index], self.sent[index]
@@ -98,8 +127,16 @@ class ChatStream:
             rest = content[len(already):] if content.startswith(already) else ""
             if rest:
                 out.append(self.chunk(index, {"content": rest}))
-            delta: dict[str, Any] = {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
-            out.append(self.chunk(index, delta, None, lp))
+            streamed, entries = self.calls_sent[index], []
+            for k, c in enumerate(calls):
+                if k >= len(streamed):
+                    entries.append({"index": k, **c})
+                elif len(c["function"]["arguments"]) > streamed[k]["args"]:
+                    entries.append({"index": k, "function": {"arguments": c["function"]["arguments"][streamed[k]["args"]:]}})
+            if entries:
+                out.append(self.chunk(index, {"tool_calls": entries}, None, lp))
+            elif lp:
+                out.append(self.chunk(index, {}, None, lp))
         elif len(text) > sent or lp:
             out.append(self.chunk(index, {"content": text[sent:]}, None, lp))
         self.sent[index] = len(text)

@@ -15,13 +15,7 @@ import sys
 
 import click
 
-_DTYPES = ("auto", "fp32", "bf16", "fp16")
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+from lmkit.cli_grammar import dtype_option
 
 
 def _adapter_option(f):
@@ -30,7 +24,18 @@ def _adapter_option(f):
                              "an adapter folder given as MODEL_DIR finds its recorded base by itself")(f)
 
 
-def _load_model(model_dir: str, adapter: str | None, dtype=None):
+def _lora_specs(ctx, param, values) -> list[tuple[str, str]]:
+    """--lora NAME=PATH (repeatable) as (name, path) pairs."""
+    out = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{v!r}: give NAME=PATH (the adapter's name in requests = its folder)")
+        out.append((name, path))
+    return out
+
+
+def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto"):
     """(model, tokenizer) from a checkpoint, an adapter folder, or a checkpoint + --adapter."""
     from lmkit.peft.load_any import load_model_for_inference
 
@@ -73,18 +78,34 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Requests decoded together (continuous batching).")
 @click.option("--max-waiting", type=click.IntRange(1), default=1024, show_default=True,
               help="Queued requests beyond which new ones get 503.")
+@click.option("--kv-cache", "kv_cache", type=click.Choice(["paged", "contiguous"]), default="paged", show_default=True,
+              help="KV-cache layout: paged blocks (prefix caching, admission by free blocks) or one strip per row.")
+@click.option("--kv-cache-mb", type=click.FloatRange(0, min_open=True), default=None,
+              help="KV memory budget in MiB (default: max-batch-size full contexts, at most 1024 MiB).")
+@click.option("--kv-blocks", type=click.IntRange(1), default=None, help="KV memory budget in blocks (instead of MiB).")
+@click.option("--block-size", type=click.IntRange(1), default=16, show_default=True, help="Tokens per KV block.")
+@click.option("--prefix-caching/--no-prefix-caching", default=True, show_default=True,
+              help="Share the KV blocks of common prompt prefixes across requests.")
+@click.option("--prefill-chunk", type=click.IntRange(1), default=512, show_default=True,
+              help="Prompt tokens prefilled per step between decode steps (a long prompt does not stall the others).")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=1 << 20, show_default=True,
               help="Larger request bodies get 413.")
 @click.option("--default-max-tokens", type=click.IntRange(1), default=None,
               help="Chat reply length when a request gives no max_tokens (default: the checkpoint's "
                    "generation_config.json max_new_tokens, else 256).")
-@click.option("--dtype", type=click.Choice(_DTYPES), default="auto", show_default=True)
+@dtype_option()
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, max_body_bytes,
-              default_max_tokens, dtype, device, threads, log_level) -> None:
+@click.option("--lora", "loras", multiple=True, callback=_lora_specs, metavar="NAME=PATH",
+              help="A LoRA adapter folder served per request as model NAME (or MODEL:NAME, or the field lora); "
+                   "repeatable. Requests for different adapters share one batch.")
+@click.option("--enable-lora", is_flag=True,
+              help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
+def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
+              kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
+              default_max_tokens, dtype, device, threads, log_level, loras, enable_lora) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -112,7 +133,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
         from lmkit.infer.checkpoint_defaults import max_new_tokens_default
 
-        model, tok = _load_model(model_dir, adapter, dtype=_dtype(dtype))
+        model, tok = _load_model(model_dir, adapter, dtype=dtype)
         tpl = _chat_template(template, tok, model_dir, adapter)
         if default_max_tokens is None:
             default_max_tokens = max_new_tokens_default(model, 0, 256)
@@ -120,7 +141,16 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
             model = model.to(device)
         keys = list(api_keys) or ([os.environ["LMKIT_API_KEY"]] if os.environ.get("LMKIT_API_KEY") else [])
         name = model_name or Path(model_dir).resolve().name
-        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting)
+        registry = None
+        if loras or enable_lora:  # multi-LoRA: adapters chosen per request (serve/lora_adapters.py)
+            from lmkit.serve.lora_adapters import AdapterRegistry
+
+            registry = AdapterRegistry(model, base_name=name)
+            for lora_name, lora_path in loras:
+                registry.load(lora_name, lora_path)
+        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting, kv_cache=kv_cache,
+                        kv_cache_mb=kv_cache_mb, kv_blocks=kv_blocks, block_size=block_size,
+                        prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens)
     except LmkitError as exc:
@@ -158,8 +188,9 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 @click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None,
               help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None)
+@dtype_option()
 def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, top_k, repetition_penalty,
-             seed) -> None:
+             seed, dtype) -> None:
     """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit.
 
     Decoding follows the checkpoint's generation_config.json (eos ids, do_sample, temperature,
@@ -172,7 +203,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
         from lmkit.infer.streaming import TextStream
         from lmkit.serve.chat_model import prepare_chat
 
-        model, tok = _load_model(model_dir, adapter)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype)
         tpl = _chat_template(template, tok, model_dir, adapter)
         sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                      repetition_penalty=repetition_penalty,
@@ -253,8 +284,9 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
 @click.option("--compile", "compile_step", is_flag=True,
               help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
+@dtype_option()
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-                 stream, as_json, compile_step) -> None:
+                 stream, as_json, compile_step, dtype) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
@@ -266,7 +298,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     from lmkit.infer.streaming import TextStream, decode_output
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    model, tok = _load_model(model_dir, adapter)
+    model, tok = _load_model(model_dir, adapter, dtype=dtype)
     sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                  repetition_penalty=repetition_penalty, fallback={"temperature": 0.0})
     prompt_ids = encode_prompt(tok, text)

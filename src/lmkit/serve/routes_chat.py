@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: chat (stream, n, stop, logprobs/top_logprobs, tools/tool_choice)."""
+"""POST /v1/chat/completions: chat (stream, n, stop, logprobs/top_logprobs, tools/tool_choice,
+response_format and guided_* structured output)."""
 
 import time
 import uuid
@@ -7,15 +8,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from lmkit.errors import ConfigError, TokenizerError
+from lmkit.infer.structured_output import JSON_OPTIONS
 from lmkit.serve import schemas
 from lmkit.serve.api_errors import APIError
 from lmkit.serve.chat_model import PreparedChat, finish_chat, prepare_chat
 from lmkit.serve.chat_stream import ChatStream
 from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
-from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens, check_model, choice_seed,
+from lmkit.serve.lora_adapters import select_adapter
+from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens, choice_seed,
                                        generation_config, sse, stop_list, token_budget, usage, wants_usage)
+from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
+from lmkit.serve.tool_calls import tool_call_grammar
 
 router = APIRouter()
 
@@ -46,7 +51,7 @@ def reply_message(prep: PreparedChat, text: str, finish_reason: str) -> tuple[di
 @router.post("/v1/chat/completions")
 async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
                            state: ServerState = Depends(server_state)):
-    check_model(req.model, state.model_name)
+    adapter = select_adapter(req, state.model_name, getattr(state.engine, "lora", None))  # multi-LoRA
     prep = prepare(req, state)
     n_prompt = len(prep.prompt_ids)
     max_tokens = token_budget(n_prompt, chat_max_tokens(req), state.default_max_tokens, state.context, "messages")
@@ -54,13 +59,17 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
     top = int(req.top_logprobs or 0)
     if top and not want_lp:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    # structured output: a forced tool call's grammar, else response_format / guided_* (None: free text)
+    grammar = request_constraint(req, state.tokenizer,
+                                 tool_call_grammar(req.tool_choice, prep.tools, JSON_OPTIONS) if prep.tools else None)
     jobs = [(prep.prompt_ids, generation_config(req, max_tokens, choice_seed(req.seed, i), want_lp, top, prep.stop,
-                                                prep.eos_ids, model=state.model)) for i in range(req.n)]
+                                                prep.eos_ids, model=state.model)) + ((grammar,) if grammar else ())
+            for i in range(req.n)]
     base = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": state.model_name,
             "system_fingerprint": None}
 
     if not req.stream:
-        results = await collect_choices(state.engine, jobs)
+        results = await collect_choices(state.engine, jobs, adapter)
         choices, used = [], 0
         for idx, r in enumerate(results):
             used += len(r["tokens"])
@@ -70,7 +79,7 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
         state.metrics.add_tokens(n_prompt, used)
         return {**base, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, used)}
 
-    queue, handles = start_choices(state.engine, jobs)
+    queue, handles = start_choices(state.engine, jobs, adapter=adapter)
     stream = ChatStream(prep, len(jobs), base, state.tokenizer, logprobs=want_lp)
 
     async def events():

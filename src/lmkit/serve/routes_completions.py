@@ -1,4 +1,5 @@
-"""POST /v1/completions: text completion (stream, n, stop, logprobs, echo, penalties, seed)."""
+"""POST /v1/completions: text completion (stream, n, stop, logprobs, echo, penalties, seed,
+response_format and guided_* structured output)."""
 
 import time
 import uuid
@@ -9,8 +10,10 @@ from lmkit.serve import schemas
 from lmkit.serve.api_errors import APIError
 from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
-from lmkit.serve.openai_format import (SSE_DONE, check_model, choice_seed, completion_logprobs, generation_config,
+from lmkit.serve.lora_adapters import select_adapter
+from lmkit.serve.openai_format import (SSE_DONE, choice_seed, completion_logprobs, generation_config,
                                        sse, stop_list, token_budget, usage, wants_usage)
+from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -41,19 +44,21 @@ def check_supported(req: schemas.CompletionRequest, max_n: int) -> None:
 
 @router.post("/v1/completions")
 async def completions(req: schemas.CompletionRequest, request: Request, state: ServerState = Depends(server_state)):
-    check_model(req.model, state.model_name)
+    adapter = select_adapter(req, state.model_name, getattr(state.engine, "lora", None))  # multi-LoRA
     check_supported(req, state.max_n)
     tok = state.tokenizer
     prompts = prompt_ids(req, tok, state.model.config.vocab_size)
     stops = stop_list(req.stop)
     want_lp = req.logprobs is not None
     top = min(int(req.logprobs or 0), MAX_TOP_LOGPROBS)
+    grammar = request_constraint(req, tok)  # structured output (None: free text)
+    extra = (grammar,) if grammar else ()
     jobs, prompt_of = [], []  # one job per (prompt, choice); prompt_of[job] = its prompt's index
     for pi, p in enumerate(prompts):
         max_tokens = token_budget(len(p), req.max_tokens, DEFAULT_MAX_TOKENS, state.context, "max_tokens")
         for i in range(req.n):
             jobs.append((p, generation_config(req, max_tokens, choice_seed(req.seed, i), want_lp, top, stops, None,
-                                              model=state.model)))
+                                              model=state.model)) + extra)
             prompt_of.append(pi)
     echoes = [tok.decode(prompts[pi]) if req.echo else "" for pi in prompt_of]
     head = {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),
@@ -61,7 +66,7 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
     n_prompt = sum(len(p) for p in prompts)
 
     if not req.stream:
-        results = await collect_choices(state.engine, jobs)
+        results = await collect_choices(state.engine, jobs, adapter)
         choices, used = [], 0
         for idx, r in enumerate(results):
             used += len(r["tokens"])
@@ -71,7 +76,7 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
         state.metrics.add_tokens(n_prompt, used)
         return {**head, "choices": choices, "usage": usage(n_prompt, used), "system_fingerprint": None}
 
-    queue, handles = start_choices(state.engine, jobs)
+    queue, handles = start_choices(state.engine, jobs, adapter=adapter)
 
     def chunk(idx: int, text: str, logprobs=None, finish=None) -> bytes:
         return sse({**head, "choices": [{"index": idx, "text": text, "logprobs": logprobs,

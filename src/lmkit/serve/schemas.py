@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI API (pydantic), with OpenAI's ranges.
 
 Unknown fields are accepted and ignored (clients send options this server does not use,
-such as `user` or `response_format`); known fields are type- and range-checked, and a
+such as `user`); known fields are type- and range-checked, and a
 failure becomes a 400 in OpenAI's error shape (see api_errors.py).
 """
 
@@ -39,6 +39,12 @@ class _Sampling(_Open):
     frequency_penalty: Optional[float] = Field(default=0.0, ge=-2.0, le=2.0)
     seed: Optional[int] = None
     user: Optional[str] = None
+    # structured output (response_format.py): OpenAI's response_format, vLLM's guided_* fields
+    response_format: Optional[dict[str, Any]] = None
+    guided_json: Optional[Union[dict[str, Any], str]] = None
+    guided_regex: Optional[str] = None
+    guided_grammar: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
 
 
 class ChatCompletionRequest(_Sampling):

@@ -34,7 +34,9 @@ exactly as Qwen-2.5's template does; then any `ChatTemplate` renders the convers
 
 `tool_choice`: "auto" (default) lets the model decide; "none" hides the tools; "required"
 and {"type": "function", "function": {"name": ...}} start the reply with the opening of a
-tool call (`tool_choice_prefix`), so even a model that would rather talk has to call one.
+tool call (`tool_choice_prefix`), so even a model that would rather talk has to call one,
+and `tool_call_grammar` constrains the rest of the reply to one complete call whose
+arguments follow the tool's `parameters` schema (structured output).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ TOOLS_FOOTER = (
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 _CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+# the start of a call written the documented way, up to its arguments object: what streaming needs
+_HEAD_RE = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\{)')
 
 
 # ---- describing tools ------------------------------------------------------------------
@@ -101,6 +105,36 @@ def tool_choice_prefix(tool_choice: Any, tools: Sequence[dict] | None) -> str:
         f"tool_choice must be 'auto', 'none', 'required' or {{'type': 'function', 'function': {{'name': ...}}}}, "
         f"got {tool_choice!r}"
     )
+
+
+def tool_call_grammar(tool_choice: Any, tools: Sequence[dict] | None, json_options: dict | None = None) -> str | None:
+    """A Lark grammar (llguidance dialect) for the rest of a forced tool call, or None when the
+    call is not forced. It continues `tool_choice_prefix`: for "required" one of the tools'
+    whole call objects, for a named function its arguments; then the closing tag.
+
+    json_options: the JSON layout the arguments are generated in (llguidance's x-guidance).
+    """
+    prefix = tool_choice_prefix(tool_choice, tools)
+    if not prefix:
+        return None
+
+    def args_rule(fn: dict) -> str:
+        schema = dict(fn.get("parameters") or {"type": "object"})
+        if json_options:
+            schema["x-guidance"] = json_options
+        return "%json " + json.dumps(schema, ensure_ascii=False)
+
+    close = json.dumps("}\n" + CALL_CLOSE)
+    fns = [t["function"] for t in validate_tools(tools)]
+    if tool_choice == "required":
+        rules = []
+        for k, fn in enumerate(fns):
+            head = json.dumps('{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ',
+                              ensure_ascii=False)
+            rules.append(f"call_{k}: {head} args_{k} {close}\nargs_{k}: {args_rule(fn)}")
+        return "start: " + " | ".join(f"call_{k}" for k in range(len(fns))) + "\n" + "\n".join(rules)
+    fn = next(f for f in fns if f["name"] == tool_choice["function"]["name"])
+    return f"start: args {close}\nargs: {args_rule(fn)}"
 
 
 # ---- messages -> template input --------------------------------------------------------
@@ -248,12 +282,77 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
         if isinstance(args, str):
             arguments = args
         else:
-            arguments = json.dumps(args, ensure_ascii=False)
+            raw = raw_arguments(body)  # the model's own text, as streamed (the same JSON value)
+            arguments = raw if raw is not None and _same_json(raw, args) else json.dumps(args, ensure_ascii=False)
         calls.append({"id": new_call_id(), "type": "function",
                       "function": {"name": obj["name"], "arguments": arguments}})
     if not calls:
         return text, []
     return text[:start].strip(), calls
+
+
+def _same_json(raw: str, value: Any) -> bool:
+    try:
+        return json.loads(raw) == value
+    except json.JSONDecodeError:
+        return False
+
+
+def json_object_end(text: str, start: int) -> int | None:
+    """Index just past the JSON object starting at text[start] ("{"), or None while it is unfinished."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def raw_arguments(body: str) -> str | None:
+    """The arguments object of one call body `{"name": ..., "arguments": {...}}` as written, or None
+    when the body is not in that shape."""
+    m = _HEAD_RE.match(body)
+    if not m:
+        return None
+    end = json_object_end(body, m.end())
+    return body[m.end():end] if end is not None else None
+
+
+def partial_tool_calls(text: str) -> list[tuple[str, str, bool]]:
+    """The calls begun in `text` so far, for streaming: (name, arguments text so far, arguments complete).
+
+    Only calls written the documented way (name first, then an arguments object) are seen,
+    in order, up to the first one that is not (yet) in that shape.
+    """
+    calls: list[tuple[str, str, bool]] = []
+    pos = text.find(CALL_OPEN)
+    while pos >= 0:
+        m = _HEAD_RE.match(text, pos + len(CALL_OPEN))
+        if not m:
+            break
+        try:
+            name = json.loads('"' + m.group(1) + '"')
+        except json.JSONDecodeError:
+            break
+        end = json_object_end(text, m.end())
+        calls.append((name, text[m.end():end if end is not None else len(text)], end is not None))
+        if end is None:
+            break
+        pos = text.find(CALL_OPEN, end)
+    return calls
 
 
 def partial_open_len(text: str) -> int:
