@@ -185,7 +185,8 @@ def test_engine_batches_three_adapters_and_the_base_together(files, alone, tok):
     with pytest.raises(ConfigError, match="no LoRA adapter named"):
         engine.submit(tok.encode("x"), cfg, lambda ev: None, adapter="nope")
     engine.stop()
-    assert engine.stats.prefills == 1 and engine.stats.batch_rows / engine.stats.decode_steps > 4
+    # all 8 requests (three adapters and the base) decode together: > 4 rows per step on average
+    assert engine.stats.batch_rows / engine.stats.decode_steps > 4
     for k, (p, a) in enumerate(jobs):
         assert [t for t in out[k] if t is not None] == _greedy(alone[a], tok, p), (p, a)
     assert reg.in_use("a0") == 0
