@@ -178,7 +178,8 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def load_pretrained(
-    directory: str | os.PathLike, dtype: torch.dtype | str | None = None, strict: bool = True
+    directory: str | os.PathLike, dtype: torch.dtype | str | None = None, strict: bool = True,
+    quantized: bool = False,
 ) -> nn.Module:
     """Build the lmkit model of a Hugging Face checkpoint directory and load its weights.
 
@@ -186,7 +187,9 @@ def load_pretrained(
     dtype (fp32 when it mixes several).
     The model comes back in eval mode with `model.config` set. A quantized checkpoint written by
     `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model.
-    A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default).
+    A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default),
+    or with `quantized=True` its Q4_0 / Q4_K Linear weights as int4 kernel layers (exact values,
+    bf16 compute; other types stay float). `quantized` has no effect on other checkpoints.
 
     Memory: the safetensors files are memory-mapped and the model is built with its parameters
     on the meta device (`models/skeleton.py`); each tensor is then copied, in the target dtype,
@@ -198,7 +201,7 @@ def load_pretrained(
     if str(directory).lower().endswith(".gguf") and Path(directory).is_file():
         from lmkit.hub.gguf_import import load_gguf
 
-        return load_gguf(directory, dtype=dtype)
+        return load_gguf(directory, dtype=dtype, quantized=quantized)
     if not (Path(directory) / "config.json").exists() and (Path(directory) / "quantization.json").exists():
         from lmkit.quant.checkpoint import load_quantized
 

@@ -1,8 +1,9 @@
 """`lmkit serve MODEL_DIR` (OpenAI-compatible server + web chat), `lmkit chat MODEL_DIR` (terminal)
 and `lmkit generate MODEL_DIR` (continue a prompt).
 
-MODEL_DIR is a whole checkpoint or an adapter folder (its base recorded, or given as
-MODEL_DIR --adapter DIR): all three load through `peft.load_any.load_model_for_inference`.
+MODEL_DIR is a whole checkpoint, an adapter folder (its base recorded, or given as
+MODEL_DIR --adapter DIR) or a llama.cpp .gguf file (tokenizer from the file; --keep-quantized
+keeps its 4-bit weights quantized): all three load through `peft.load_any.load_model_for_inference`.
 
 Heavy imports (torch, fastapi, uvicorn) happen inside the commands: every `lmkit`
 invocation imports this module.
@@ -24,11 +25,21 @@ def _adapter_option(f):
                              "an adapter folder given as MODEL_DIR finds its recorded base by itself")(f)
 
 
-def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto"):
-    """(model, tokenizer) from a checkpoint, an adapter folder, or a checkpoint + --adapter."""
-    from lmkit.peft.load_any import load_model_for_inference
+def _keep_quantized_option(f):
+    return click.option("--keep-quantized", is_flag=True,
+                        help="A .gguf MODEL_DIR: keep its Q4_0 / Q4_K weights 4-bit on the fused int4 kernel "
+                             "(exact weights, bf16 compute, several times faster decoding) instead of "
+                             "dequantizing them; other GGUF types load as floats.")(f)
 
-    return load_model_for_inference(model_dir, adapter=adapter, dtype=dtype)
+
+def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto", keep_quantized: bool = False):
+    """(model, tokenizer) from a checkpoint, an adapter folder, a checkpoint + --adapter, or a .gguf file."""
+    from lmkit.peft.load_any import is_gguf_file, load_model_for_inference
+
+    if keep_quantized and not is_gguf_file(model_dir):
+        raise click.UsageError("--keep-quantized applies to a .gguf MODEL_DIR (a checkpoint from `lmkit quantize` "
+                               "loads quantized by itself)")
+    return load_model_for_inference(model_dir, adapter=adapter, dtype=dtype, quantized=keep_quantized)
 
 
 def _special_ids(tokenizer) -> list[int]:
@@ -55,7 +66,7 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 
 
 @click.command("serve")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
 @_adapter_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -83,13 +94,14 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Chat reply length when a request gives no max_tokens (default: the checkpoint's "
                    "generation_config.json max_new_tokens, else 256).")
 @dtype_option()
+@_keep_quantized_option
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
               kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
-              default_max_tokens, dtype, device, threads, log_level) -> None:
+              default_max_tokens, dtype, keep_quantized, device, threads, log_level) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -117,7 +129,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
         from lmkit.infer.checkpoint_defaults import max_new_tokens_default
 
-        model, tok = _load_model(model_dir, adapter, dtype=dtype)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         tpl = _chat_template(template, tok, model_dir, adapter)
         if default_max_tokens is None:
             default_max_tokens = max_new_tokens_default(model, 0, 256)
@@ -150,7 +162,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
 
 @click.command("chat")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
 @_adapter_option
 @click.option("--template", default=None, help=_TEMPLATE_HELP)
 @click.option("--system", default=None, help="System prompt.")
@@ -166,8 +178,9 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
               help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None)
 @dtype_option()
+@_keep_quantized_option
 def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, top_k, repetition_penalty,
-             seed, dtype) -> None:
+             seed, dtype, keep_quantized) -> None:
     """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit.
 
     Decoding follows the checkpoint's generation_config.json (eos ids, do_sample, temperature,
@@ -180,7 +193,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
         from lmkit.infer.streaming import TextStream
         from lmkit.serve.chat_model import prepare_chat
 
-        model, tok = _load_model(model_dir, adapter, dtype=dtype)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         tpl = _chat_template(template, tok, model_dir, adapter)
         sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                      repetition_penalty=repetition_penalty,
@@ -241,7 +254,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 
 
 @click.command("generate")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
 @_adapter_option
 @click.option("-p", "--prompt", required=True, help="Text to continue ('-' reads it from stdin).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
@@ -262,8 +275,9 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.option("--compile", "compile_step", is_flag=True,
               help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
 @dtype_option()
+@_keep_quantized_option
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-                 stream, as_json, compile_step, dtype) -> None:
+                 stream, as_json, compile_step, dtype, keep_quantized) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
@@ -275,7 +289,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     from lmkit.infer.streaming import TextStream, decode_output
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    model, tok = _load_model(model_dir, adapter, dtype=dtype)
+    model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
     sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                  repetition_penalty=repetition_penalty, fallback={"temperature": 0.0})
     prompt_ids = encode_prompt(tok, text)
