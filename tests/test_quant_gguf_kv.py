@@ -101,3 +101,70 @@ def test_keep_quantized_needs_a_gguf(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     r = CliRunner().invoke(cli, ["generate", str(tmp_path), "-p", "x", "--keep-quantized"])
     assert r.exit_code != 0 and "--keep-quantized applies to a .gguf" in r.output
+
+
+# ---- int8 KV cache ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=512,
+                      model_type="llama")
+    return DecoderLM(cfg).eval()
+
+
+def test_int8_kv_cache_close_to_float_and_smaller(small_model):
+    from lmkit.models.kv_cache import KVCache
+    from lmkit.models.quantized_kv_cache import Int8KVCache
+
+    ids = torch.randint(0, 128, (2, 400), generator=torch.Generator().manual_seed(0))
+    out = {}
+    with torch.no_grad():
+        for cls in (KVCache, Int8KVCache):
+            cache = cls.for_model(small_model, 2, 410)
+            prefill = small_model(ids, kv_cache=cache).logits
+            step = small_model(ids[:, :3], kv_cache=cache, position_ids=torch.arange(400, 403)[None].expand(2, 3)).logits
+            out[cls.__name__] = (torch.cat([prefill, step], 1), cache.memory_bytes(), cache)
+    ref, got = out["KVCache"][0], out["Int8KVCache"][0]
+    assert ((got - ref).norm() / ref.norm()).item() < 2e-2
+    assert out["Int8KVCache"][1] <= 0.5 * out["KVCache"][1]  # head_dim 16: (16 + 4) / 64 = 0.31
+    cache = out["Int8KVCache"][2]
+    assert cache.keys[0].dtype == torch.int8 and cache.seq_len == 403
+    cache.select([1, 1, 0])  # beam search reorders rows: codes and scales together
+    assert cache.keys[0].shape[0] == 3 and cache.key_scales[0].shape[0] == 3
+
+
+def test_generate_with_int8_kv_cache(small_model):
+    from lmkit.errors import ConfigError
+    from lmkit.infer import GenerationConfig, generate
+
+    prompt = [torch.randint(0, 128, (200,), generator=torch.Generator().manual_seed(1)).tolist()]
+    ref = generate(small_model, prompt, GenerationConfig(max_new_tokens=8)).sequences[0]
+    int8 = generate(small_model, prompt, GenerationConfig(max_new_tokens=8, kv_cache_dtype="int8")).sequences[0]
+    assert len(int8) == 8 and int8[:4] == ref[:4]
+    beams = generate(small_model, prompt, GenerationConfig(max_new_tokens=4, num_beams=2, kv_cache_dtype="int8"))
+    assert len(beams.sequences[0]) == 4
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        GenerationConfig(kv_cache_dtype="int4")
+    with pytest.raises(ConfigError, match="int8"):
+        GenerationConfig(kv_cache_dtype="int8", compile=True)
+
+
+# ---- --dtype on a quantized checkpoint -----------------------------------------------------------
+def test_dtype_applies_to_the_float_parts_of_a_quantized_checkpoint(small_model, tmp_path):
+    import copy
+
+    from lmkit.quant import quantize_model
+    from lmkit.quant.checkpoint import save_quantized
+    from lmkit.quant.linear import Int8Linear
+
+    q = quantize_model(copy.deepcopy(small_model), "int8")
+    save_quantized(q, tmp_path / "q")
+    fp32, bf16 = load_pretrained(tmp_path / "q"), load_pretrained(tmp_path / "q", dtype="bf16")
+    assert fp32.embed_tokens.weight.dtype == torch.float32 and bf16.embed_tokens.weight.dtype == torch.bfloat16
+    assert bf16.layers[0].attn_norm.weight.dtype == torch.bfloat16
+    lin = bf16.layers[0].self_attn.q_proj
+    assert isinstance(lin, Int8Linear) and lin.weight_scale.dtype == torch.float32 and lin.weight_int8.dtype == torch.int8
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, b = fp32(ids).logits, bf16(ids).logits
+    assert b.dtype == torch.bfloat16 and ((b.float() - a).norm() / a.norm()).item() < 3e-2

@@ -186,7 +186,9 @@ def load_pretrained(
     dtype (a torch dtype or "fp32" / "bf16" / "fp16") None keeps the checkpoint's floating
     dtype (fp32 when it mixes several).
     The model comes back in eval mode with `model.config` set. A quantized checkpoint written by
-    `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model.
+    `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model;
+    there dtype applies to everything not quantized (embeddings, norms, skipped Linears: the
+    activations), while the quantized weights keep their codes and float32 scales.
     A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default),
     or with `quantized=True` its Q4_0 / Q4_K Linear weights as int4 kernel layers (exact values,
     bf16 compute; other types stay float). `quantized` has no effect on other checkpoints.
@@ -205,7 +207,10 @@ def load_pretrained(
     if not (Path(directory) / "config.json").exists() and (Path(directory) / "quantization.json").exists():
         from lmkit.quant.checkpoint import load_quantized
 
-        return load_quantized(directory).eval()
+        model = load_quantized(directory)
+        # dtype casts the float parts (embeddings, norms, unquantized Linears, biases), so activations
+        # run in it; the quantized layers keep their codes and fp32 constants (QuantLinearBase._apply)
+        return (model.to(dtype) if dtype is not None else model).eval()
     hf = read_hf_config(directory)
     where = Path(directory) / "config.json"
     with _config_errors(where):
