@@ -49,20 +49,7 @@ class Int8KVCache(KVCache):
     def update(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantize and append k, v [B, n_kv_heads, T_new, head_dim]; return every cached key / value,
         dequantized to the model's dtype."""
-        b, h, t, d = k.shape
-        if (b, h, d) != (self.batch_size, self.n_kv_heads, self.head_dim):
-            raise ValueError(
-                f"Int8KVCache: got keys of shape {tuple(k.shape)}, cache holds "
-                f"[batch={self.batch_size}, kv_heads={self.n_kv_heads}, *, head_dim={self.head_dim}]"
-            )
-        if self.keys[i] is None:
-            self._allocate(i, k.dtype, k.device)
-        start, end = self.lengths[i], self.lengths[i] + t
-        if end > self.max_len:
-            raise ValueError(
-                f"Int8KVCache is full: {start} cached + {t} new tokens > max_len={self.max_len}; "
-                "build the cache with a larger max_len (prompt + new tokens)"
-            )
+        start, end = self._span(i, k)
         for x, codes, scales in ((k, self.keys[i], self.key_scales[i]), (v, self.values[i], self.value_scales[i])):
             q, s = quantize_per_vector(x)
             codes[:, :, start:end] = q
