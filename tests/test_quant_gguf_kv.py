@@ -143,6 +143,10 @@ def test_generate_with_int8_kv_cache(small_model):
     assert len(int8) == 8 and int8[:4] == ref[:4]
     beams = generate(small_model, prompt, GenerationConfig(max_new_tokens=4, num_beams=2, kv_cache_dtype="int8"))
     assert len(beams.sequences[0]) == 4
+    from lmkit.infer.speculative import speculative_generate  # truncates rejected drafts: lengths only
+
+    spec = speculative_generate(small_model, small_model, prompt, GenerationConfig(max_new_tokens=8, kv_cache_dtype="int8"))
+    assert spec.sequences[0] == int8
     with pytest.raises(ConfigError, match="kv_cache_dtype"):
         GenerationConfig(kv_cache_dtype="int4")
     with pytest.raises(ConfigError, match="int8"):
