@@ -14,11 +14,9 @@ import torch
 from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 
-gguf = pytest.importorskip("gguf")
-
-from lmkit.hub import load_pretrained  # noqa: E402
-from lmkit.hub.gguf import export_gguf  # noqa: E402
-from lmkit.quant.linear import Int4OffsetLinear  # noqa: E402
+from lmkit.hub import load_pretrained
+from lmkit.hub.gguf import export_gguf
+from lmkit.quant.linear import Int4OffsetLinear
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello there"] * 5
 
@@ -28,6 +26,7 @@ def gguf_files(tmp_path_factory):
     """One tiny Llama (K-quants need rows of 256) exported as Q4_0 and Q4_K_M (Q4_K + Q6_K + F32 mix)."""
     from lmkit.tokenizers.bpe import BPETokenizer
 
+    pytest.importorskip("gguf")
     tok = BPETokenizer.train(TEXT, vocab_size=280)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=288, d_model=256, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=256, max_seq_len=64,

@@ -8,6 +8,8 @@
   NF4Linear        QLoRA's NF4 weight (block 64) with optional double quantization.
   GroupQuantLinear b-bit (4 or 8) asymmetric (zero-point) groups of `group_size` input
                    columns per output row — the storage of round-to-nearest and GPTQ alike.
+  Int4OffsetLinear 4-bit codes with a float scale and offset per group, (q - 8) * scale + offset:
+                   the int4 kernel's own form, which GGUF Q4_0 / Q4_K blocks load into exactly.
 
 All quantized weights are *buffers*, never `nn.Parameter`s, so an optimizer cannot touch them
 (QLoRA trains adapters on top of a frozen NF4 base). A bias stays a Parameter with
