@@ -9,9 +9,15 @@ are un-permuted: llama.cpp's converter reorders them for its adjacent-pair RoPE,
 halves like Hugging Face (`unpermute`). `qwen2` files use the halves layout already.
 
 Quantized tensors load *dequantized* into a float model (fp32 unless `dtype` says otherwise).
-That is the honest default: the values are exactly the file's, and no lmkit quantized layer
-holds GGUF blocks bit for bit (Q8_0 keeps one scale per 32 weights, an int8 per-channel layer
-one per row). `linear_from_gguf` is the hook for layers that can take the blocks as they are:
+That is the default because it is exact end to end (logits equal transformers' GGUF loader).
+`quantized=True` keeps the 4-bit ones quantized instead: Q4_0 and Q4_K Linear weights become
+`Int4OffsetLinear` layers on PyTorch's fused int4 kernel, holding exactly the file's values
+((q - 8) * scale + offset per group of 32; `int4_linear_from_gguf`), ~4.5 bits a weight and
+several times faster at decode; the matmul runs with bf16 activations and bf16 scales, so
+logits move by bf16 rounding. The other types stay dequantized floats: Q8_0 keeps one scale
+per 32 weights, which no fused kernel takes (the int8 kernel has one scale per row: not exact;
+an 8-bit group layer would be exact but dequantizes on every call, slower than a float
+matmul), and Q5_0 / Q6_K have no 5- / 6-bit kernel. `linear_from_gguf` is the hook for layers that can take the blocks as they are:
 it is called for every Linear whose weight is stored quantized, with the module's name, the
 float Linear and the `GGUFTensor` (type + raw blocks, rows already in lmkit's order;
 `integer_groups()` gives them as int8 codes with a scale and offset per group of 32, or 16 for
@@ -189,13 +195,25 @@ def state_from_gguf(f: GGUFFile, cfg) -> dict[str, torch.Tensor]:
 
 
 LinearHook = Callable[[str, nn.Linear, GGUFTensor], "nn.Module | None"]
+INT4_KERNEL_TYPES = ("Q4_0", "Q4_K")  # GGUF types `int4_linear_from_gguf` keeps quantized
+
+
+def int4_linear_from_gguf(name: str, linear: nn.Linear, t: GGUFTensor) -> nn.Module | None:
+    """An `Int4OffsetLinear` holding a Q4_0 / Q4_K weight exactly (None for other types: they stay float)."""
+    from lmkit.quant.linear import Int4OffsetLinear
+
+    if t.type.name not in INT4_KERNEL_TYPES:
+        return None
+    codes, scales, offsets, group = t.integer_groups()
+    return Int4OffsetLinear.from_codes((codes + 8).to(torch.uint8), scales, offsets, group, linear.bias)
 
 
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None,
-              linear_from_gguf: LinearHook | None = None) -> nn.Module:
+              linear_from_gguf: LinearHook | None = None, quantized: bool = False) -> nn.Module:
     """Build the lmkit DecoderLM of a GGUF file and load its (dequantized) weights, in eval mode.
 
-    dtype None gives float32. `linear_from_gguf` (see the module docstring) may swap the Linear
+    dtype None gives float32. `quantized` keeps Q4_0 / Q4_K Linear weights as int4 kernel layers
+    (`int4_linear_from_gguf`); `linear_from_gguf` (see the module docstring) may swap the Linear
     layers whose weights are quantized in the file for modules built from the blocks. The
     tensor shapes are checked against a model built on the meta device first, so a corrupt
     file is refused with a message instead of allocating whatever its metadata claims."""
@@ -217,6 +235,8 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype | None = None,
     with torch.no_grad():
         for k, v in state_from_gguf(f, cfg).items():
             own[k].copy_(v)
+    if linear_from_gguf is None and quantized:
+        linear_from_gguf = int4_linear_from_gguf
     if linear_from_gguf is not None:
         _swap_linears(model, f, linear_from_gguf)
     return model.eval()

@@ -178,15 +178,20 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def load_pretrained(
-    directory: str | os.PathLike, dtype: torch.dtype | str | None = None, strict: bool = True
+    directory: str | os.PathLike, dtype: torch.dtype | str | None = None, strict: bool = True,
+    quantized: bool = False,
 ) -> nn.Module:
     """Build the lmkit model of a Hugging Face checkpoint directory and load its weights.
 
     dtype (a torch dtype or "fp32" / "bf16" / "fp16") None keeps the checkpoint's floating
     dtype (fp32 when it mixes several).
     The model comes back in eval mode with `model.config` set. A quantized checkpoint written by
-    `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model.
-    A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default).
+    `lmkit quantize` (quantization.json instead of config.json) loads as its quantized model;
+    there dtype applies to everything not quantized (embeddings, norms, skipped Linears: the
+    activations), while the quantized weights keep their codes and float32 scales.
+    A `.gguf` file (llama.cpp) loads through `hub/gguf_import.py`, dequantized (fp32 by default),
+    or with `quantized=True` its Q4_0 / Q4_K Linear weights as int4 kernel layers (exact values,
+    bf16 compute; other types stay float). `quantized` has no effect on other checkpoints.
 
     Memory: the safetensors files are memory-mapped and the model is built with its parameters
     on the meta device (`models/skeleton.py`); each tensor is then copied, in the target dtype,
@@ -198,11 +203,14 @@ def load_pretrained(
     if str(directory).lower().endswith(".gguf") and Path(directory).is_file():
         from lmkit.hub.gguf_import import load_gguf
 
-        return load_gguf(directory, dtype=dtype)
+        return load_gguf(directory, dtype=dtype, quantized=quantized)
     if not (Path(directory) / "config.json").exists() and (Path(directory) / "quantization.json").exists():
         from lmkit.quant.checkpoint import load_quantized
 
-        return load_quantized(directory).eval()
+        model = load_quantized(directory)
+        # dtype casts the float parts (embeddings, norms, unquantized Linears, biases), so activations
+        # run in it; the quantized layers keep their codes and fp32 constants (QuantLinearBase._apply)
+        return (model.to(dtype) if dtype is not None else model).eval()
     hf = read_hf_config(directory)
     where = Path(directory) / "config.json"
     with _config_errors(where):

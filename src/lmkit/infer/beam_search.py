@@ -31,6 +31,7 @@ from lmkit.infer.config import GenerationConfig
 from lmkit.infer.inputs import left_pad
 from lmkit.infer.output import GenerationOutput
 from lmkit.infer.runner import ModelRunner
+from lmkit.models.quantized_kv_cache import make_kv_cache
 from lmkit.infer.sampling import NO_TOKEN, build_logits_processors
 from lmkit.infer.select import make_generator
 from lmkit.infer.vocab_padding import mask_unrenderable
@@ -76,7 +77,7 @@ def beam_search(model, prompts: list[list[int]], cfg: GenerationConfig,
     is_finished = torch.zeros(b, nb, dtype=torch.bool, device=device)
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
 
-    cache = model.make_cache(b, max_length)
+    cache = make_kv_cache(model, b, max_length, cfg.kv_cache_dtype)
     runner = ModelRunner(model, b, max_length, mask, cfg.fused)
     logits = runner.prefill(prompt.clamp(min=0), cache)
     expand = torch.arange(b, device=device).repeat_interleave(nb)

@@ -29,6 +29,7 @@ from lmkit.infer.constraint import ConstraintArg, allowed_rows, row_constraints
 from lmkit.infer.inputs import left_pad
 from lmkit.infer.output import GenerationOutput, Step
 from lmkit.infer.runner import ModelRunner
+from lmkit.models.quantized_kv_cache import make_kv_cache
 from lmkit.infer.sampling import NO_TOKEN, LogitsProcessorList, build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens
 from lmkit.infer.stop import StopTracker
@@ -65,7 +66,7 @@ class Decoder:
     @torch.inference_mode()
     def steps(self) -> Iterator[Step]:
         cfg, model, b, t = self.cfg, self.model, self.b, self.t
-        cache = model.make_cache(b, self.total)
+        cache = make_kv_cache(model, b, self.total, cfg.kv_cache_dtype)
         runner = ModelRunner(model, b, self.total, self.mask, cfg.fused, compiled=cfg.compile)
         logits = runner.prefill(self.tokens[:, :t].clamp(min=0), cache)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)

@@ -249,9 +249,9 @@ class _QuantProj:
     def __init__(self, linears, norm=None) -> None:
         merged = merge_rows(list(linears))
         mods = [merged] if merged is not None else list(linears)
-        device = next(mods[0].buffers()).device
-        # a kernel function holds only the kernel's layout: a merged module's own storage is dropped
-        self.calls = [m.kernel_fn() if m.kernel_reason(device) is None
+        # a kernel function holds only the kernel's layout: a merged module's own storage is dropped;
+        # a float Linear among them (a GGUF Q4_K_M layer mixes Q4_K and Q6_K-as-float) is called as it is
+        self.calls = [m.kernel_fn() if isinstance(m, QuantLinearBase) and m.kernel_reason(_device_of(m)) is None
                       and type(m).make_kernel is not QuantLinearBase.make_kernel else m for m in mods]
         self.gain = None if norm is None else norm.weight
         self.beta = None if norm is None else getattr(norm, "bias", None)
@@ -263,6 +263,11 @@ class _QuantProj:
             return self.calls[0](x)
         outs = [f(x) for f in self.calls]
         return torch.cat([o.to(outs[0].dtype) for o in outs], dim=-1)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    t = next(module.buffers(), None)
+    return t.device if t is not None else next(module.parameters()).device
 
 
 class _PackedBF16:

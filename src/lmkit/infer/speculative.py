@@ -36,6 +36,7 @@ from lmkit.infer.config import GenerationConfig
 from lmkit.infer.inputs import check_fits, prepare_prompts, resolve_config
 from lmkit.infer.output import GenerationOutput
 from lmkit.infer.runner import ModelRunner
+from lmkit.models.quantized_kv_cache import make_kv_cache
 from lmkit.infer.sampling import build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens, token_logprobs
 from lmkit.infer.stop import StopTracker
@@ -133,8 +134,8 @@ def _one(target, draft, prompt: list[int], cfg: GenerationConfig, gamma: int, ge
     buf = torch.zeros(1, total, dtype=torch.long, device=device)  # committed tokens, then drafts
     buf[0, :n0] = torch.tensor(prompt, dtype=torch.long)
     committed = n0
-    t_cache = target.make_cache(1, total)
-    d_cache = draft.make_cache(1, total)
+    t_cache = make_kv_cache(target, 1, total, cfg.kv_cache_dtype)
+    d_cache = make_kv_cache(draft, 1, total, cfg.kv_cache_dtype)
     t_run = ModelRunner(target, 1, total, None, cfg.fused)
     d_run = ModelRunner(draft, 1, total, None, cfg.fused)
     if n0 > 1:

@@ -91,10 +91,19 @@ class KVCache:
 
     def update(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v [B, n_kv_heads, T_new, head_dim] to layer i; return all keys/values so far."""
+        start, end = self._span(i, k)
+        self.keys[i][:, :, start:end] = k
+        self.values[i][:, :, start:end] = v
+        self.lengths[i] = end
+        return self.keys[i][:, :, :end], self.values[i][:, :, :end]
+
+    def _span(self, i: int, k: torch.Tensor) -> tuple[int, int]:
+        """(start, end) positions that new keys `k` take in layer i (checked; buffers allocated on first use)."""
         b, h, t, d = k.shape
+        name = type(self).__name__
         if (b, h, d) != (self.batch_size, self.n_kv_heads, self.head_dim):
             raise ValueError(
-                f"KVCache: got keys of shape {tuple(k.shape)}, cache holds "
+                f"{name}: got keys of shape {tuple(k.shape)}, cache holds "
                 f"[batch={self.batch_size}, kv_heads={self.n_kv_heads}, *, head_dim={self.head_dim}]"
             )
         if self.keys[i] is None:
@@ -103,13 +112,10 @@ class KVCache:
         end = start + t
         if end > self.max_len:
             raise ValueError(
-                f"KVCache is full: {start} cached + {t} new tokens > max_len={self.max_len}; "
+                f"{name} is full: {start} cached + {t} new tokens > max_len={self.max_len}; "
                 "build the cache with a larger max_len (prompt + new tokens)"
             )
-        self.keys[i][:, :, start:end] = k
-        self.values[i][:, :, start:end] = v
-        self.lengths[i] = end
-        return self.keys[i][:, :, :end], self.values[i][:, :, :end]
+        return start, end
 
     # ---- bookkeeping --------------------------------------------------------------------
     @property

@@ -50,10 +50,12 @@ def _merge_hint(adapter: Path, kind: str, base: str = "BASE") -> str:
     return ""
 
 
+def _has_tokenizer(adapter: str | os.PathLike | None) -> bool:
+    return adapter is not None and any((Path(adapter) / n).is_file() for n in ("tokenizer.json", "tokenizer.lmkit.json"))
+
+
 def _tokenizer_dir(adapter: Path | None, base: Path) -> Path:
-    if adapter is not None and any((adapter / n).is_file() for n in ("tokenizer.json", "tokenizer.lmkit.json")):
-        return adapter
-    return base
+    return adapter if _has_tokenizer(adapter) else base
 
 
 def apply_adapter(model: nn.Module, adapter: str | os.PathLike, merge: bool = True) -> nn.Module:
@@ -80,13 +82,33 @@ def apply_adapter(model: nn.Module, adapter: str | os.PathLike, merge: bool = Tr
     raise CheckpointError(f"{adapter}: not an adapter folder (no {', '.join(ADAPTER_FILES)})")
 
 
+def is_gguf_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a llama.cpp .gguf file (weights and tokenizer in one file)."""
+    return str(path).lower().endswith(".gguf") and Path(path).is_file()
+
+
 def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike | None = None,
-                             dtype: torch.dtype | str | None = None, merge: bool = True) -> tuple[nn.Module, Any]:
+                             dtype: torch.dtype | str | None = None, merge: bool = True,
+                             quantized: bool = False) -> tuple[nn.Module, Any]:
     """(model in eval mode, tokenizer) from a full checkpoint `path`, a full checkpoint plus an
-    `adapter` folder, or an adapter folder `path` that records its base model."""
+    `adapter` folder, an adapter folder `path` that records its base model, or a `.gguf` file
+    (its tokenizer read from the file; `quantized` keeps its Q4_0 / Q4_K weights as int4 kernel
+    layers, see `hub.gguf_import`)."""
     from lmkit.hub.pretrained import load_pretrained
     from lmkit.tokenizers.loading import load_tokenizer
 
+    if is_gguf_file(path):
+        from lmkit.hub.gguf_tokenizer import load_gguf_tokenizer
+
+        if adapter is not None and adapter_kind(Path(adapter)) is None:
+            raise CheckpointError(f"{adapter}: not an adapter folder (no {', '.join(ADAPTER_FILES)})")
+        model = load_pretrained(path, dtype=dtype, quantized=quantized)
+        tokenizer = load_gguf_tokenizer(path)
+        if _has_tokenizer(adapter):
+            tokenizer = load_tokenizer(adapter)
+        if adapter is not None:
+            model = apply_adapter(model, adapter, merge=merge)
+        return model.eval(), tokenizer
     base, adapter = _base_and_adapter(Path(path), adapter)
     model = load_pretrained(base, dtype=dtype)
     tokenizer = load_tokenizer(_tokenizer_dir(adapter, base))
@@ -95,9 +117,12 @@ def load_model_for_inference(path: str | os.PathLike, adapter: str | os.PathLike
     return model.eval(), tokenizer
 
 
-def tokenizer_dir_of(path: str | os.PathLike, adapter: str | os.PathLike | None = None) -> Path:
+def tokenizer_dir_of(path: str | os.PathLike, adapter: str | os.PathLike | None = None) -> Path | None:
     """The folder whose tokenizer (and tokenizer_config.json, chat template) `load_model_for_inference`
-    uses for these arguments: the adapter folder when it carries a tokenizer, else the base."""
+    uses for these arguments: the adapter folder when it carries a tokenizer, else the base
+    (None for a .gguf file without such an adapter: no folder, the built-in template policy applies)."""
+    if is_gguf_file(path):
+        return Path(adapter) if _has_tokenizer(adapter) else None
     base, adapter = _base_and_adapter(Path(path), adapter)
     return _tokenizer_dir(adapter, base)
 

@@ -8,6 +8,8 @@
   NF4Linear        QLoRA's NF4 weight (block 64) with optional double quantization.
   GroupQuantLinear b-bit (4 or 8) asymmetric (zero-point) groups of `group_size` input
                    columns per output row — the storage of round-to-nearest and GPTQ alike.
+  Int4OffsetLinear 4-bit codes with a float scale and offset per group, (q - 8) * scale + offset:
+                   the int4 kernel's own form, which GGUF Q4_0 / Q4_K blocks load into exactly.
 
 All quantized weights are *buffers*, never `nn.Parameter`s, so an optimizer cannot touch them
 (QLoRA trains adapters on top of a frozen NF4 base). A bias stays a Parameter with
@@ -345,7 +347,72 @@ class GPTQLinear(GroupQuantLinear):
     method = "gptq"
 
 
-QUANT_LINEAR_TYPES = (Int8Linear, LLMInt8Linear, NF4Linear, GroupQuantLinear, GPTQLinear)
+class Int4OffsetLinear(QuantLinearBase):
+    """4-bit codes with a float scale *and offset* per group of `group_size` input columns:
+    W[o, j] = (q[o, j] - 8) * scale[o, g] + offset[o, g] — the int4 kernel's own form, so llama.cpp's
+    Q4_0 (offset 0) and Q4_K (offset 8 * d * sc - dmin * m) blocks load into it without rounding
+    (`hub/gguf_import.py`). GroupQuantLinear's integer zero-point cannot hold Q4_K's minimum.
+    Codes are packed two per byte like GroupQuantLinear's (high nibble first)."""
+
+    method = "int4-offset"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 32) -> None:
+        super().__init__(in_features, out_features, bias)
+        if not isinstance(group_size, int) or group_size <= 0 or in_features % group_size or in_features % 2:
+            raise QuantizationError(f"Int4OffsetLinear: group_size={group_size} must divide the even "
+                                    f"in_features={in_features}")
+        self.group_size = group_size
+        n_groups = in_features // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, n_groups))
+        self.register_buffer("offsets", torch.zeros(out_features, n_groups))
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None = None) -> "Int4OffsetLinear":
+        """codes [out, in] in 0..15 (value (q - 8) * scale + offset); scales / offsets [out, in / group_size]."""
+        if codes.dim() != 2:
+            raise QuantizationError(f"Int4OffsetLinear.from_codes: codes must be [out, in], got {tuple(codes.shape)}")
+        out_f, in_f = codes.shape
+        m = cls(in_f, out_f, bias is not None, group_size)
+        want = (out_f, in_f // group_size)
+        if tuple(scales.shape) != want or tuple(offsets.shape) != want:
+            raise QuantizationError(f"Int4OffsetLinear.from_codes: scales {tuple(scales.shape)} and offsets "
+                                    f"{tuple(offsets.shape)} must both be {want}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15):
+            raise QuantizationError("Int4OffsetLinear.from_codes: codes must lie in 0..15")
+        c = codes.to(torch.uint8)
+        m.qweight = ((c[:, 0::2] << 4) | c[:, 1::2]).contiguous()
+        m.scales = scales.float().contiguous()
+        m.offsets = offsets.float().contiguous()
+        m.bias = _bias_param(bias)
+        return m.to(codes.device)
+
+    def codes(self) -> torch.Tensor:
+        out = torch.empty(self.out_features, self.in_features, dtype=torch.uint8, device=self.qweight.device)
+        out[:, 0::2] = self.qweight >> 4
+        out[:, 1::2] = self.qweight & 0xF
+        return out
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        q = (self.codes().float() - 8.0).reshape(self.out_features, -1, self.group_size)
+        w = q * self.scales.float()[..., None] + self.offsets.float()[..., None]
+        return w.reshape(self.out_features, self.in_features).to(dtype)
+
+    def kernel_reason(self, device: torch.device) -> str | None:
+        why = wk.int4_kernel_reason(device, self.group_size, self.in_features)
+        if why is None and wk.int4_kernel_group(self.group_size, self.in_features) != self.group_size:
+            return f"the int4 kernel takes one offset per group of 32..256, not {self.group_size}"
+        return why
+
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return wk.int4_offset_linear_fn(self.codes(), self.scales, self.offsets, self.group_size, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+
+QUANT_LINEAR_TYPES = (Int8Linear, LLMInt8Linear, NF4Linear, GroupQuantLinear, GPTQLinear, Int4OffsetLinear)
 
 
 def merge_rows(linears: list[QuantLinearBase]) -> QuantLinearBase | None:
@@ -357,7 +424,7 @@ def merge_rows(linears: list[QuantLinearBase]) -> QuantLinearBase | None:
     kind = type(first)
     if len(linears) == 1:
         return first
-    if kind not in (Int8Linear, GroupQuantLinear, GPTQLinear) or any(type(m) is not kind for m in linears):
+    if kind not in (Int8Linear, GroupQuantLinear, GPTQLinear, Int4OffsetLinear) or any(type(m) is not kind for m in linears):
         return None
     if any(m.in_features != first.in_features or (m.bias is None) != (first.bias is None) for m in linears):
         return None
@@ -366,6 +433,11 @@ def merge_rows(linears: list[QuantLinearBase]) -> QuantLinearBase | None:
     if kind is Int8Linear:
         merged = Int8Linear(first.in_features, out_f, bias)
         names = ("weight_int8", "weight_scale")
+    elif kind is Int4OffsetLinear:
+        if any(m.group_size != first.group_size for m in linears):
+            return None
+        merged = Int4OffsetLinear(first.in_features, out_f, bias, first.group_size)
+        names = ("qweight", "scales", "offsets")
     else:
         if any((m.bits, m.group_size) != (first.bits, first.group_size) for m in linears):
             return None

@@ -90,13 +90,23 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, gr
     codes uint8 [N, K] in 0..15; scales fp32 [N, K / group_size]; zeros [N, K / group_size]
     (integers). N is padded to a multiple of 16 with zero rows (the caller slices the output).
     """
-    n, k = codes.shape
+    k = codes.shape[1]
     kg = int4_kernel_group(group_size, k)
     if kg is None:
         raise ValueError(f"no int4 kernel group fits group_size={group_size}, in_features={k}")
     rep = group_size // kg
     s = scales.float().repeat_interleave(rep, dim=1)
     z = (8.0 - zeros.float().repeat_interleave(rep, dim=1)) * s
+    packed, sz = pack_int4_tinygemm(codes, s, z, kg)
+    return packed, sz, kg
+
+
+def pack_int4_tinygemm(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes uint8 [N, K] in 0..15 with w = (q - 8) * scale + offset per group of `group` (a kernel
+    group size; scales / offsets [N, K / group]) -> (packed weight, scales_and_zeros)."""
+    n, k = codes.shape
+    s, z = scales.float(), offsets.float()
     pad = -n % 16
     q = codes.to(torch.int32)
     if pad:
@@ -104,8 +114,8 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, gr
         s = torch.cat([s, torch.zeros(pad, s.shape[1], device=s.device)])
         z = torch.cat([z, torch.zeros(pad, z.shape[1], device=z.device)])
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
-    sz = torch.stack([s.t(), z.t()], dim=-1).to(KERNEL_DTYPE).contiguous()  # [K / kg, N, 2]
-    return packed, sz, kg
+    sz = torch.stack([s.t(), z.t()], dim=-1).to(KERNEL_DTYPE).contiguous()  # [K / group, N, 2]
+    return packed, sz
 
 
 def int4_weight_mm(x: torch.Tensor, packed: torch.Tensor, group: int, scales_and_zeros: torch.Tensor,
@@ -140,7 +150,19 @@ def int4_linear_fn(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tenso
                    bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for lmkit's 4-bit groups (codes uint8 [N, K] in 0..15)."""
     packed, sz, group = pack_int4(codes, scales, zeros, group_size)
-    n = codes.shape[0]
+    return _int4_mm_fn(packed, sz, group, codes.shape[0], bias)
+
+
+def int4_offset_linear_fn(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int,
+                          bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for w = (q - 8) * scale + offset in groups of `group`
+    (a kernel group size), the kernel's own form (codes uint8 [N, K] in 0..15)."""
+    packed, sz = pack_int4_tinygemm(codes, scales, offsets, group)
+    return _int4_mm_fn(packed, sz, group, codes.shape[0], bias)
+
+
+def _int4_mm_fn(packed: torch.Tensor, sz: torch.Tensor, group: int, n: int, bias: torch.Tensor | None
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
     b = _kernel_bias(bias)
 
     def mm(x: torch.Tensor) -> torch.Tensor:

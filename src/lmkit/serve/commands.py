@@ -1,8 +1,9 @@
 """`lmkit serve MODEL_DIR` (OpenAI-compatible server + web chat), `lmkit chat MODEL_DIR` (terminal)
 and `lmkit generate MODEL_DIR` (continue a prompt).
 
-MODEL_DIR is a whole checkpoint or an adapter folder (its base recorded, or given as
-MODEL_DIR --adapter DIR): all three load through `peft.load_any.load_model_for_inference`.
+MODEL_DIR is a whole checkpoint, an adapter folder (its base recorded, or given as
+MODEL_DIR --adapter DIR) or a llama.cpp .gguf file (tokenizer from the file; --keep-quantized
+keeps its 4-bit weights quantized): all three load through `peft.load_any.load_model_for_inference`.
 
 Heavy imports (torch, fastapi, uvicorn) happen inside the commands: every `lmkit`
 invocation imports this module.
@@ -35,11 +36,28 @@ def _lora_specs(ctx, param, values) -> list[tuple[str, str]]:
     return out
 
 
-def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto"):
-    """(model, tokenizer) from a checkpoint, an adapter folder, or a checkpoint + --adapter."""
-    from lmkit.peft.load_any import load_model_for_inference
+def _keep_quantized_option(f):
+    return click.option("--keep-quantized", is_flag=True,
+                        help="A .gguf MODEL_DIR: keep its Q4_0 / Q4_K weights 4-bit on the fused int4 kernel "
+                             "(exact weights, bf16 compute, several times faster decoding) instead of "
+                             "dequantizing them; other GGUF types load as floats.")(f)
 
-    return load_model_for_inference(model_dir, adapter=adapter, dtype=dtype)
+
+def _kv_cache_dtype_option(f):
+    return click.option("--kv-cache-dtype", type=click.Choice(["auto", "int8"]), default="auto", show_default=True,
+                        help="int8: keep the KV cache as int8 with a scale per head and token (about a quarter "
+                             "of an fp32 cache, half of a bf16 one) for long contexts; slightly less exact "
+                             "and a little slower per step.")(f)
+
+
+def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto", keep_quantized: bool = False):
+    """(model, tokenizer) from a checkpoint, an adapter folder, a checkpoint + --adapter, or a .gguf file."""
+    from lmkit.peft.load_any import is_gguf_file, load_model_for_inference
+
+    if keep_quantized and not is_gguf_file(model_dir):
+        raise click.UsageError("--keep-quantized applies to a .gguf MODEL_DIR (a checkpoint from `lmkit quantize` "
+                               "loads quantized by itself)")
+    return load_model_for_inference(model_dir, adapter=adapter, dtype=dtype, quantized=keep_quantized)
 
 
 def _special_ids(tokenizer) -> list[int]:
@@ -66,7 +84,7 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 
 
 @click.command("serve")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
 @_adapter_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -94,6 +112,7 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Chat reply length when a request gives no max_tokens (default: the checkpoint's "
                    "generation_config.json max_new_tokens, else 256).")
 @dtype_option()
+@_keep_quantized_option
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
@@ -105,7 +124,7 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
 def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
               kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
-              default_max_tokens, dtype, device, threads, log_level, loras, enable_lora) -> None:
+              default_max_tokens, dtype, keep_quantized, device, threads, log_level, loras, enable_lora) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -133,7 +152,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
         from lmkit.infer.checkpoint_defaults import max_new_tokens_default
 
-        model, tok = _load_model(model_dir, adapter, dtype=dtype)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         tpl = _chat_template(template, tok, model_dir, adapter)
         if default_max_tokens is None:
             default_max_tokens = max_new_tokens_default(model, 0, 256)
@@ -173,7 +192,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
 
 @click.command("chat")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
 @_adapter_option
 @click.option("--template", default=None, help=_TEMPLATE_HELP)
 @click.option("--system", default=None, help="System prompt.")
@@ -188,9 +207,11 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 @click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=None,
               help="HF repetition penalty (default: generation_config.json's, else 1: off).")
 @click.option("--seed", type=int, default=None)
+@_kv_cache_dtype_option
 @dtype_option()
+@_keep_quantized_option
 def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_p, top_k, repetition_penalty,
-             seed, dtype) -> None:
+             seed, kv_cache_dtype, dtype, keep_quantized) -> None:
     """Chat with MODEL_DIR in the terminal (streaming). Commands: /reset, /exit.
 
     Decoding follows the checkpoint's generation_config.json (eos ids, do_sample, temperature,
@@ -203,7 +224,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
         from lmkit.infer.streaming import TextStream
         from lmkit.serve.chat_model import prepare_chat
 
-        model, tok = _load_model(model_dir, adapter, dtype=dtype)
+        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         tpl = _chat_template(template, tok, model_dir, adapter)
         sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                      repetition_penalty=repetition_penalty,
@@ -238,7 +259,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
                 continue
             wanted = max_tokens or max_new_tokens_default(model, len(prep.prompt_ids), 256)
             cfg = GenerationConfig(max_new_tokens=min(wanted, room), seed=seed, stop=prep.stop,
-                                   eos_token_id=prep.eos_ids or None, **sampling)
+                                   eos_token_id=prep.eos_ids or None, kv_cache_dtype=kv_cache_dtype, **sampling)
             stream = TextStream(tok, prep.stop, skip_ids=[*prep.eos_ids, *_special_ids(tok)])
             click.echo("assistant> " if interactive else "", nl=False)
             parts = []
@@ -264,7 +285,7 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 
 
 @click.command("generate")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", type=click.Path(exists=True))
 @_adapter_option
 @click.option("-p", "--prompt", required=True, help="Text to continue ('-' reads it from stdin).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
@@ -284,9 +305,11 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @click.option("--json", "as_json", is_flag=True, help="Print {text, tokens, finish_reason} as JSON.")
 @click.option("--compile", "compile_step", is_flag=True,
               help="torch.compile the decode step (CPU: ~10 s once, then about 1.3x faster per token).")
+@_kv_cache_dtype_option
 @dtype_option()
+@_keep_quantized_option
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-                 stream, as_json, compile_step, dtype) -> None:
+                 stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
@@ -298,12 +321,13 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     from lmkit.infer.streaming import TextStream, decode_output
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    model, tok = _load_model(model_dir, adapter, dtype=dtype)
+    model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
     sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                  repetition_penalty=repetition_penalty, fallback={"temperature": 0.0})
     prompt_ids = encode_prompt(tok, text)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens or max_new_tokens_default(model, len(prompt_ids), 64),
-                           seed=seed, stop=list(stop) or None, compile=compile_step, **sampling)
+                           seed=seed, stop=list(stop) or None, compile=compile_step, kv_cache_dtype=kv_cache_dtype,
+                           **sampling)
     cfg = resolve_config(model, cfg)
     skip = [*cfg.eos_token_ids, *_special_ids(tok)]  # special tokens are never printed
     if stream:
