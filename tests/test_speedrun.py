@@ -54,9 +54,14 @@ def test_tiny_profile_runs_every_stage_and_writes_the_card(tiny_run):
 
 
 def test_a_stage_that_raises_fails_the_run_with_its_name(tmp_path):
-    proc = _cli(tmp_path / "run", "--tiny", "--until", "tokenizer", env={INJECT_ENV: "data:raise"})
-    assert proc.returncode != 0
-    assert "stage 'data' failed" in proc.stderr and "Traceback" not in proc.stderr
+    from click.testing import CliRunner
+
+    from lmkit.cli import cli
+
+    r = CliRunner().invoke(cli, ["speedrun", "--tiny", "--until", "tokenizer", "--out", str(tmp_path / "run")],
+                           env={INJECT_ENV: "data:raise"})
+    assert r.exit_code == 1 and r.exception is not None and isinstance(r.exception, SystemExit)
+    assert "stage 'data' failed" in r.output
     card = json.loads((tmp_path / "run" / "card.json").read_text())
     assert [s["status"] for s in card["stages"]] == ["failed", "skipped"]
     assert "stage 'data' failed" in (tmp_path / "run" / "card.md").read_text()

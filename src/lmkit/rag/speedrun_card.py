@@ -116,11 +116,12 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"Total {card['total_s']:.1f} s against a budget of {card['budget_s']:.0f} s "
              f"(ratio {card['budget_ratio']:.3f}). Model: d_model {p['model']['d_model']}, "
              f"{p['model']['n_layers']} layers, vocabulary {p['vocab_size']}.", "",
-             "| # | stage | status | time (s) | peak RSS (MB) | checks (threshold) | against the previous stage |",
-             "|---|---|---|---|---|---|---|"]
+             "| # | stage | status | time (s) | CPU (s) | peak RSS (MB) | checks (threshold) | against the previous stage |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(card["stages"], 1):
         change = s["error"] or s["change"] or "-"
-        lines.append(f"| {i} | {s['name']} | {s['status']} | {s['seconds']:.1f} | {_mb(s['peak_rss_bytes'])} | "
+        lines.append(f"| {i} | {s['name']} | {s['status']} | {s['seconds']:.1f} | {s.get('cpu_seconds', 0):.1f} | "
+                     f"{_mb(s['peak_rss_bytes'])} | "
                      f"{_checks(s)} | {change.replace('|', '/')} |")
     lines += ["", "![loss curves](loss_curves.svg)", "", "![time and memory per stage](stages.svg)", "",
               "## Overlap between evaluation items and training data", ""]
@@ -130,7 +131,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         if s["metrics"]:
             lines.append(f"- **{s['name']}**: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in s["metrics"].items()))
     kind = next((s["memory_kind"] for s in card["stages"] if s["memory_kind"]), "")
-    lines += ["", f"Peak memory: {kind}."]
+    cpu = sum(s.get("cpu_seconds", 0) for s in card["stages"])
+    lines += ["", f"Peak memory: {kind}. CPU (s): this process's user + system time in the stage "
+              f"({cpu:.1f} s in all; the server's own CPU time is not in it): on a busy machine, a closer "
+              "estimate of the idle wall time than the wall time."]
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +144,8 @@ def card_html(card: dict[str, Any], curves_svg: str, bars_svg: str) -> str:
     for i, s in enumerate(card["stages"], 1):
         color = _STATUS_COLOR.get(s["status"], "#999")
         rows.append(f"<tr><td>{i}</td><td>{e(s['name'])}</td><td style='color:{color};font-weight:bold'>"
-                    f"{e(s['status'])}</td><td>{s['seconds']:.1f}</td><td>{_mb(s['peak_rss_bytes'])}</td>"
+                    f"{e(s['status'])}</td><td>{s['seconds']:.1f}</td><td>{s.get('cpu_seconds', 0):.1f}</td>"
+                    f"<td>{_mb(s['peak_rss_bytes'])}</td>"
                     f"<td>{e(_checks(s))}</td><td>{e(s['error'] or s['change'] or '-')}</td></tr>")
     overlap = "".join(f"<li>{e(x)}</li>" for x in _overlap_lines(card["decontamination"]))
     numbers = "".join(
@@ -156,7 +161,7 @@ td,th{{border:1px solid #ccc;padding:4px 6px;vertical-align:top}} th{{background
 <p id="verdict" style="color:{verdict};font-weight:bold">{e(card['summary'])}</p>
 <p>Total {card['total_s']:.1f} s against a budget of {card['budget_s']:.0f} s (ratio {card['budget_ratio']:.3f}).
 Model: d_model {p['model']['d_model']}, {p['model']['n_layers']} layers, vocabulary {p['vocab_size']}.</p>
-<table id="stages"><tr><th>#</th><th>stage</th><th>status</th><th>time (s)</th><th>peak RSS (MB)</th>
+<table id="stages"><tr><th>#</th><th>stage</th><th>status</th><th>time (s)</th><th>CPU (s)</th><th>peak RSS (MB)</th>
 <th>checks (threshold)</th><th>against the previous stage</th></tr>
 {''.join(rows)}</table>
 <h2>Loss curves</h2>

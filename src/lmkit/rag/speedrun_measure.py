@@ -70,6 +70,7 @@ class StageResult:
     name: str
     status: str = "skipped"  # ok | regressed | failed | skipped
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of this process (user + system): the wall time of an idle machine, roughly
     peak_rss_bytes: int | None = None
     memory_kind: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +109,11 @@ def _reset_peak() -> bool:
     return _status_bytes("VmHWM") is not None
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _lifetime_peak() -> int:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
@@ -129,7 +135,7 @@ def run_stage(name: str, fn: Callable[[], StageOutcome], inject: str | None = No
     hwm = _reset_peak()
     result.memory_kind = "RSS high-water mark of the stage" if hwm else "process peak RSS so far (ru_maxrss)"
     mode = injected(name, inject)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     outcome = None
     try:
         if mode == "raise":
@@ -138,6 +144,7 @@ def run_stage(name: str, fn: Callable[[], StageOutcome], inject: str | None = No
     except Exception as exc:  # noqa: BLE001 - the card records any stage's failure, then the run stops
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
     result.seconds = round(time.perf_counter() - t0, 3)
+    result.cpu_seconds = round(_cpu_seconds() - c0, 3)
     result.peak_rss_bytes = _status_bytes("VmHWM") if hwm else _lifetime_peak()
     if outcome is not None:
         result.metrics, result.checks, result.change = outcome.metrics, list(outcome.checks), outcome.change
