@@ -84,8 +84,8 @@ TINY = SpeedrunProfile(
 FULL = SpeedrunProfile(
     name="full", corpus="english", corpus_chars=None, held_out="docstrings", held_out_chars=20_000, vocab_size=2048,
     model=_llama(),
-    seq_len=128, batch_size=16, pretrain_steps=1200, pretrain_lr=3e-3, sft_steps=300, sft_lr=1e-3,
-    dpo_steps=150, dpo_lr=5e-4, dpo_beta=0.1, batch_pairs=8, n_eval_terms=24, int4_group=32, budget_s=1800.0,
+    seq_len=128, batch_size=16, pretrain_steps=1200, pretrain_lr=3e-3, sft_steps=60, sft_lr=1e-3,
+    dpo_steps=40, dpo_lr=5e-4, dpo_beta=0.1, batch_pairs=8, n_eval_terms=24, int4_group=32, budget_s=1800.0,
     thresholds=dict(_THRESHOLDS),
 )
 
