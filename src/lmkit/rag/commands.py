@@ -193,4 +193,6 @@ def eval_cmd(index_path, qa, k, modes, rerank_kind, dsn, judge, base_url, model_
         click.echo(json.dumps({"mode": mode, "rerank": rerank_kind, "n": len(records), **summary}, ensure_ascii=False))
 
 
-COMMANDS = [rag]
+from lmkit.rag.speedrun_command import speedrun_cmd  # noqa: E402  (a sibling command)
+
+COMMANDS = [rag, speedrun_cmd]
