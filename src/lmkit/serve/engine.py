@@ -137,6 +137,7 @@ class _Row:
     done: bool = False
     slot: int = -1  # row index in the current cache (or in the prefill cache while joining)
     constraint: object = None  # structured output: a TokenConstraint (lmkit.infer.constraint), or None
+    output: list[int] = field(default_factory=list)  # the chosen tokens (speculation looks up n-grams in them)
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_waiting: int = 1024,
-                 fused: bool = True) -> None:
+                 fused: bool = True, speculator=None) -> None:
         if type(model).__name__ != "DecoderLM" or not hasattr(model, "make_cache"):
             raise ConfigError(f"the engine serves decoder language models (DecoderLM), got {type(model).__name__}")
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
@@ -187,6 +188,7 @@ class Engine:
         self._stopping = False
         self._closed = False
         self.stats = EngineStats()
+        self.speculator = speculator  # serve/speculation.py: drafts verified in one forward, or None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -369,20 +371,57 @@ class Engine:
         rows = self._rows
         b = len(rows)
         cache = self._cache
-        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
-        pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
-        logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
-        for r in rows:
-            r.cached += 1
-        self.stats.decode_steps += 1
-        self.stats.batch_rows += b
-        self._choose(rows, logits[:, -1])
+        if not self._speculative_step():
+            ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
+            pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
+            logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
+            for r in rows:
+                r.cached += 1
+            self.stats.decode_steps += 1
+            self.stats.batch_rows += b
+            self._choose(rows, logits[:, -1])
         if any(r.done for r in rows):
             keep = [r for r in rows if not r.done]
             if keep:
                 self._relayout(keep, [], None, 0)
             else:
                 self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    # ---- speculative decoding (the hook; the method is in speculation.py) ---------------
+    def _speculative_step(self) -> bool:
+        """One verifying forward of the pending token + drafts, when speculation applies; False if not.
+
+        Applies to a lone, plain greedy request (see speculation.py for why): the drafts are
+        fed after the pending token in one step, the target keeps the agreeing prefix plus its
+        own next token, and the rejected columns are dropped from the cache (truncate).
+        """
+        spec, rows = self.speculator, self._rows
+        if spec is None or len(rows) != 1 or self._waiting or self._mask is not None:
+            return False
+        r = rows[0]
+        if r.procs or r.cfg.do_sample or r.cfg.logprobs or r.constraint is not None or r.handle.cancelled:
+            return False
+        drafts = spec.propose(r.prompt + r.output, r.cfg.max_new_tokens - r.generated - 1)
+        if not drafts:
+            return False
+        cache, g = self._cache, len(drafts)
+        ids = torch.tensor([[r.pending, *drafts]], dtype=torch.long, device=self.device)
+        pos = torch.arange(r.cached, r.cached + g + 1, device=self.device)[None]
+        logits = forward_step(self.model, self.fused, ids, pos, cache, None, None, last_only=False)[0]
+        n_acc, nxt = spec.verify(mask_unrenderable(logits.float(), self.vocab_limit), drafts)
+        spec.record(g, n_acc)
+        cache.truncate(cache.seq_len - g + n_acc)  # keep the pending token and the accepted drafts
+        r.cached += 1 + n_acc
+        self.stats.decode_steps += 1
+        self.stats.batch_rows += 1
+        for tok in drafts[:n_acc] + [nxt]:
+            try:
+                self._advance(r, tok, None, None)
+            except Exception as exc:
+                self._fail([r], exc)
+            if r.done:
+                break
+        return True
 
     # ---- choosing tokens ----------------------------------------------------------------
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
@@ -427,6 +466,7 @@ class Engine:
             r.history[0, len(r.prompt) + r.generated] = tok
         r.generated += 1
         r.pending = tok
+        r.output.append(tok)
         self.stats.generated_tokens += 1
         if r.stream is not None:
             text = r.stream.push(tok)  # pushes r.stop too

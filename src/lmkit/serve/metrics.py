@@ -12,6 +12,10 @@
     lmkit_decode_batch_rows_total              counter    sum of batch sizes over the steps
                                                           (mean batch = rows / steps)
     lmkit_queue_wait_seconds_total             counter    time requests spent queued
+    lmkit_spec_proposed_tokens_total           counter    speculative drafts proposed (with --speculative)
+    lmkit_spec_accepted_tokens_total           counter    drafts the target accepted
+    lmkit_spec_verify_steps_total              counter    target forwards that verified drafts
+    lmkit_spec_acceptance_rate                 gauge      accepted / proposed
 
 A histogram is cumulative buckets `_bucket{le=...}` plus `_sum` and `_count`, as Prometheus
 expects; label values are escaped (backslash, double quote, newline).
@@ -105,4 +109,15 @@ class Metrics:
             out.append(f"lmkit_decode_batch_rows_total {st.batch_rows}")
             head("lmkit_queue_wait_seconds_total", "counter", "Seconds requests waited in the queue.")
             out.append(f"lmkit_queue_wait_seconds_total {st.queue_wait_s!r}")
+            spec = getattr(engine, "speculator", None)
+            if spec is not None:
+                ss = spec.stats
+                head("lmkit_spec_proposed_tokens_total", "counter", "Speculative draft tokens proposed.")
+                out.append(f"lmkit_spec_proposed_tokens_total {ss.proposed}")
+                head("lmkit_spec_accepted_tokens_total", "counter", "Speculative draft tokens the target accepted.")
+                out.append(f"lmkit_spec_accepted_tokens_total {ss.accepted}")
+                head("lmkit_spec_verify_steps_total", "counter", "Target forwards that verified drafts.")
+                out.append(f"lmkit_spec_verify_steps_total {ss.steps}")
+                head("lmkit_spec_acceptance_rate", "gauge", "Accepted / proposed draft tokens.")
+                out.append(f"lmkit_spec_acceptance_rate {ss.acceptance_rate!r}")
         return "\n".join(out) + "\n"
