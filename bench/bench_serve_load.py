@@ -13,13 +13,17 @@ completion requests (greedy, --max-tokens each, prompts: corpus sentences) until
 are done. Per server and concurrency: requests/s, output tok/s (sum of generated tokens /
 wall time), p50/p99 time to first token (first streamed chunk carrying a token).
 
+Both servers run with OMP_WAIT_POLICY=PASSIVE (--omp-wait): both link libgomp, and on a shared
+2-core machine threads that spin at barriers stall each other (llama.cpp's first run here, with
+spinning waits, took up to 52 s for one 32-token request at concurrency 1).
+
 Precisions compared at equal footing:
     fp32   lmkit --dtype fp32            vs  GGUF F32, llama.cpp KV cache f32
     bf16   lmkit --dtype bf16            vs  GGUF F16, llama.cpp KV cache f16 (the nearest 16-bit pair)
 
 Generated tokens: lmkit reports them in the usage chunk (stream_options.include_usage);
-llama-cpp-python's server has no usage in streams, so its chunks are counted (one per token, not the empty last one). llama-cpp-python's server
-serves one request at a time (a lock around its one `Llama`: no batching); it runs with
+llama-cpp-python's server has no usage in streams, so its chunks are counted (one per token,
+not the empty last one). llama-cpp-python's server serves one request at a time (a lock around its one `Llama`: no batching); it runs with
 --interrupt_requests False, else each new request would cut the streaming one short. Each
 server first answers 3 warm-up requests (llama.cpp's first requests took tens of seconds).
 
@@ -141,14 +145,14 @@ class Server:
         self.log.close()
 
 
-def lmkit_cmd(model_dir: Path, dtype: str, port: int, max_batch: int) -> list[str]:
-    return [sys.executable, "-m", "lmkit", "serve", str(model_dir), "--port", str(port), "--threads", "2",
+def lmkit_cmd(model_dir: Path, dtype: str, port: int, max_batch: int, threads: int) -> list[str]:
+    return [sys.executable, "-m", "lmkit", "serve", str(model_dir), "--port", str(port), "--threads", str(threads),
             "--dtype", dtype, "--max-batch-size", str(max_batch), "--model-name", "bench", "--log-level", "warning"]
 
 
-def llama_cmd(launcher: Path, gguf: Path, port: int, kv_type: int) -> list[str]:
+def llama_cmd(launcher: Path, gguf: Path, port: int, kv_type: int, threads: int) -> list[str]:
     return [sys.executable, str(launcher), "--model", str(gguf), "--model_alias", "bench", "--port", str(port),
-            "--host", "127.0.0.1", "--n_threads", "2", "--n_threads_batch", "2", "--n_ctx", "2048",
+            "--host", "127.0.0.1", "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "2048",
             "--type_k", str(kv_type), "--type_v", str(kv_type),
             "--interrupt_requests", "False"]  # its default lets a new request cut the running stream short
 
@@ -204,6 +208,8 @@ def main() -> None:
     ap.add_argument("--requests", default="1:4,4:12,16:32", help="concurrency:requests pairs")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--threads", type=int, default=2, help="threads of each server")
+    ap.add_argument("--omp-wait", default="PASSIVE", choices=["PASSIVE", "ACTIVE"], help="OMP_WAIT_POLICY of both")
     ap.add_argument("--workdir", default=None, help="keep the model and GGUF files here (reused when present)")
     args = ap.parse_args()
     plan = [tuple(int(x) for x in p.split(":")) for p in args.requests.split(",")]
@@ -223,10 +229,13 @@ def main() -> None:
             export_gguf_dir(model_dir, path, ftype=ftype)
     launcher = work / "llama_server_launcher.py"
     launcher.write_text(LAUNCHER)
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # passive OpenMP waits: on a shared 2-core machine spinning threads stall each other (both servers use libgomp)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=args.omp_wait,
+               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     prompts = prompts_from_corpus(64)
     max_batch = max(c for c, _ in plan)
     print(f"model {args.size} {SIZES[args.size]}; {args.max_tokens} tokens per request; plan {plan}; "
+          f"{args.threads} threads per server, OMP_WAIT_POLICY={args.omp_wait}; "
           f"load average at start: {loadavg()}", flush=True)
 
     results: dict[tuple[str, str, int], list[dict]] = {}
@@ -235,8 +244,8 @@ def main() -> None:
         for p in precisions:
             for name in ("lmkit", "llama.cpp"):
                 port = free_port()
-                cmd = lmkit_cmd(model_dir, p, port, max_batch) if name == "lmkit" else \
-                    llama_cmd(launcher, ggufs[p][0], port, ggufs[p][2])
+                cmd = lmkit_cmd(model_dir, p, port, max_batch, args.threads) if name == "lmkit" else \
+                    llama_cmd(launcher, ggufs[p][0], port, ggufs[p][2], args.threads)
                 srv = Server(cmd, env, work / f"{name}-{p}.log")
                 try:
                     srv.wait_ready()

@@ -110,14 +110,16 @@ class Metrics:
             head("lmkit_queue_wait_seconds_total", "counter", "Seconds requests waited in the queue.")
             out.append(f"lmkit_queue_wait_seconds_total {st.queue_wait_s!r}")
             spec = getattr(engine, "speculator", None)
-            if spec is not None:
+            if spec is not None:  # --speculative (speculation.py)
                 ss = spec.stats
-                head("lmkit_spec_proposed_tokens_total", "counter", "Speculative draft tokens proposed.")
-                out.append(f"lmkit_spec_proposed_tokens_total {ss.proposed}")
-                head("lmkit_spec_accepted_tokens_total", "counter", "Speculative draft tokens the target accepted.")
-                out.append(f"lmkit_spec_accepted_tokens_total {ss.accepted}")
-                head("lmkit_spec_verify_steps_total", "counter", "Target forwards that verified drafts.")
-                out.append(f"lmkit_spec_verify_steps_total {ss.steps}")
-                head("lmkit_spec_acceptance_rate", "gauge", "Accepted / proposed draft tokens.")
-                out.append(f"lmkit_spec_acceptance_rate {ss.acceptance_rate!r}")
+                for name, kind, help_, value in (
+                        ("lmkit_spec_proposed_tokens_total", "counter", "Speculative draft tokens proposed.",
+                         ss.proposed),
+                        ("lmkit_spec_accepted_tokens_total", "counter", "Draft tokens the target accepted.",
+                         ss.accepted),
+                        ("lmkit_spec_verify_steps_total", "counter", "Target forwards that verified drafts.", ss.steps),
+                        ("lmkit_spec_acceptance_rate", "gauge", "Accepted / proposed draft tokens.",
+                         ss.acceptance_rate)):
+                    head(name, kind, help_)
+                    out.append(f"{name} {value!r}")
         return "\n".join(out) + "\n"
