@@ -1,4 +1,5 @@
-"""Speculative decoding in the server (n-gram prompt lookup): greedy output unchanged, counted in /metrics.
+"""Speculative decoding in the server (n-gram prompt lookup, draft model): greedy output unchanged,
+counted in /metrics.
 
 Oracle: `lmkit.infer.generate` (greedy, no speculation) on the same weights and prompt ids,
 against the live server (uvicorn + the official `openai` client) running `--speculative ngram`.
@@ -6,17 +7,21 @@ against the live server (uvicorn + the official `openai` client) running `--spec
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from lmkit.errors import ConfigError
 from lmkit.hub import load_pretrained
-from lmkit.infer import generate
+from lmkit.infer import GenerationConfig, generate
 from lmkit.serve.app import create_app
 from lmkit.serve.engine import Engine
-from lmkit.serve.speculation import NgramSpeculator, make_speculator
+from lmkit.infer.vocab_padding import renderable_size
+from lmkit.models.decoder import DecoderLM
+from lmkit.serve.speculation import DraftModelSpeculator, NgramSpeculator, make_speculator
 from lmkit.tokenizers.loading import load_tokenizer
 from test_serve_util import LiveServer, cached_chat_dir
 
@@ -79,3 +84,31 @@ def test_greedy_outputs_equal_without_speculation_and_metrics_count(server, loca
             c.choices[0].text for c in client.completions.create(model=NAME, prompt=p, max_tokens=40,
                                                                  temperature=0, stream=True)), PROMPTS))
     assert outs == want
+
+
+@pytest.mark.parametrize("which", ["self", "random"])
+def test_a_draft_model_keeps_greedy_outputs(local, which):
+    """The target as its own draft accepts every draft; a random draft almost none: both give generate's tokens."""
+    model, tok = local
+    if which == "self":
+        draft = model
+    else:
+        torch.manual_seed(5)
+        draft = DecoderLM(dataclasses.replace(model.config, n_layers=1)).eval()
+    spec = make_speculator("draft", 3, draft, model.config.vocab_size, renderable_size(tok))
+    assert isinstance(spec, DraftModelSpeculator)
+    engine = Engine(model, tok, max_batch_size=2, speculator=spec).start()
+    try:
+        for p in PROMPTS[:2]:
+            ids = tok.encode(p)
+            want = generate(model, [ids], max_new_tokens=24, tokenizer=tok).sequences[0]
+            assert engine.generate(ids, GenerationConfig(max_new_tokens=24)).token_ids == want
+    finally:
+        engine.stop()
+    st = spec.stats
+    assert st.proposed > 0
+    if which == "self":
+        assert st.accepted == st.proposed
+    with pytest.raises(ConfigError, match="vocabulary"):
+        DraftModelSpeculator(draft, model.config.vocab_size + 1)
+

@@ -13,6 +13,10 @@ plus its own next token (lmkit.infer.speculative.verify_drafts, the same rule
 before it, so greedy output is identical to decoding without speculation; only the number of
 target forwards changes (1 to K+1 tokens per forward).
 
+With `--draft-model DIR` a small model of the same vocabulary proposes instead
+(`DraftModelSpeculator`: greedy drafts from its own KV cache, which follows the request's
+tokens: the prefix it shares with the last call is kept, the rest is fed again).
+
 Scope (the hook in engine.py): the engine speculates only when a single request is running and
 none waits, and only for a plain greedy request (no sampling, logits processors, logprobs or
 structured-output constraint). A batch of several rows keeps one token per row per step: a
@@ -29,9 +33,11 @@ from dataclasses import dataclass
 import torch
 
 from lmkit.errors import ConfigError
+from lmkit.infer.runner import ModelRunner
 from lmkit.infer.speculative import verify_drafts
+from lmkit.infer.vocab_padding import mask_unrenderable
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft")
 
 
 @dataclass
@@ -94,10 +100,61 @@ class NgramSpeculator:
             self.stats.steps += 1
 
 
-def make_speculator(method: str | None, num_tokens: int = 4) -> NgramSpeculator | None:
-    """The speculator a server option names (None: no speculation)."""
+class DraftModelSpeculator(NgramSpeculator):
+    """Proposes greedy drafts with a small draft model (same vocabulary as the target).
+
+    Called from the engine thread only. The draft's KV cache holds the tokens of the last call;
+    a new call keeps the prefix they share (a rejected draft, or another request, cuts it) and
+    feeds the rest, so a request costs the draft one prefill and then a few steps per round.
+    """
+
+    def __init__(self, draft, target_vocab: int, num_tokens: int = 4, vocab_limit: int | None = None) -> None:
+        super().__init__(num_tokens)
+        if draft.config.vocab_size != target_vocab:
+            raise ConfigError(f"the draft model must share the target's vocabulary: vocab sizes "
+                              f"{draft.config.vocab_size} (draft) != {target_vocab} (target)")
+        self.draft = draft.eval()
+        self.vocab_limit = vocab_limit
+        self.device = next(draft.parameters()).device
+        self._cache = None
+        self._ids: list[int] = []  # the tokens whose keys and values are in self._cache
+
+    def propose(self, tokens: list[int], limit: int) -> list[int]:
+        k = min(self.num_tokens, limit)
+        total = self.draft.config.max_seq_len
+        if k <= 0 or len(tokens) + k > total:
+            return []
+        if self._cache is None:
+            self._cache = self.draft.make_cache(1, total)
+            self._runner = ModelRunner(self.draft, 1, total, None)
+        same = 0
+        for a, b in zip(self._ids, tokens[:-1]):  # the newest token is always fed: its logits are needed
+            if a != b:
+                break
+            same += 1
+        self._cache.truncate(same)
+        self._ids = list(tokens[:same])
+        feed, drafts = list(tokens[same:]), []
+        with torch.inference_mode():
+            for _ in range(k):
+                ids = torch.tensor([feed], dtype=torch.long, device=self.device)
+                run = self._runner.step if self._cache.seq_len else self._runner.prefill
+                logits = mask_unrenderable(run(ids, self._cache)[0, -1].float(), self.vocab_limit)
+                self._ids += feed
+                feed = [int(logits.argmax())]
+                drafts.append(feed[0])
+        return drafts
+
+
+def make_speculator(method: str | None, num_tokens: int = 4, draft=None, target_vocab: int | None = None,
+                    vocab_limit: int | None = None) -> NgramSpeculator | None:
+    """The speculator a server option names (None: no speculation); "draft" needs the draft model."""
     if method is None or method == "none":
         return None
     if method == "ngram":
         return NgramSpeculator(num_tokens)
+    if method == "draft":
+        if draft is None or target_vocab is None:
+            raise ConfigError("--speculative draft needs --draft-model DIR")
+        return DraftModelSpeculator(draft, target_vocab, num_tokens, vocab_limit)
     raise ConfigError(f"unknown speculative method {method!r}: choose one of {', '.join(SPECULATIVE_METHODS)}")
