@@ -247,7 +247,7 @@ def check(s: Soak, url: str, base: int, after: int, tolerance_kb: int) -> None:
 
 def test_short_soak_mixed_requests(server):
     url, proc = server
-    s, base, after = soak(url, proc.pid, seconds=4, warmup=1)
+    s, base, after = soak(url, proc.pid, seconds=3, warmup=1)
     check(s, url, base, after, tolerance_kb=32 * 1024)
 
 
