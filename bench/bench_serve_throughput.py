@@ -18,6 +18,7 @@ size from the server's /metrics.
 Last line: `ours/peer` = concurrent tokens/s / sequential tokens/s (target >= 3 at C = 8).
 
     python3 bench/bench_serve_throughput.py [--requests 16] [--concurrency 8] [--max-tokens 64]
+                                            [--kv-cache paged|contiguous]
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-cache", choices=["paged", "contiguous"], default="paged", help="the server's KV layout")
     args = ap.parse_args()
     import httpx
     import torch
@@ -119,7 +121,8 @@ def main() -> None:
         env.pop("LMKIT_API_KEY", None)
         proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(model_dir), "--port", str(port),
                                  "--model-name", "bench", "--max-batch-size", str(args.concurrency),
-                                 "--threads", str(args.threads), "--log-level", "warning"], env=env)
+                                 "--threads", str(args.threads), "--kv-cache", args.kv_cache,
+                                 "--log-level", "warning"], env=env)
         try:
             while True:
                 try:

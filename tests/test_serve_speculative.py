@@ -86,8 +86,9 @@ def test_greedy_outputs_equal_without_speculation_and_metrics_count(server, loca
     assert outs == want
 
 
-@pytest.mark.parametrize("which", ["self", "random"])
-def test_a_draft_model_keeps_greedy_outputs(local, which):
+@pytest.mark.parametrize("which,kv_cache", [("self", "paged"), ("random", "paged"), ("self", "contiguous"),
+                                            ("random", "contiguous")])
+def test_a_draft_model_keeps_greedy_outputs(local, which, kv_cache):
     """The target as its own draft accepts every draft; a random draft almost none: both give generate's tokens."""
     model, tok = local
     if which == "self":
@@ -97,7 +98,7 @@ def test_a_draft_model_keeps_greedy_outputs(local, which):
         draft = DecoderLM(dataclasses.replace(model.config, n_layers=1)).eval()
     spec = make_speculator("draft", 3, draft, model.config.vocab_size, renderable_size(tok))
     assert isinstance(spec, DraftModelSpeculator)
-    engine = Engine(model, tok, max_batch_size=2, speculator=spec).start()
+    engine = Engine(model, tok, max_batch_size=2, speculator=spec, kv_cache=kv_cache, block_size=4).start()
     try:
         for p in PROMPTS[:2]:
             ids = tok.encode(p)

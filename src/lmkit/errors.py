@@ -31,3 +31,7 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module!r} is needed for this feature: pip install 'lmkit[{extra}]'"
         ) from exc
+
+
+class QuantizationError(LmkitError, ValueError):
+    """A weight or setting that a quantization method cannot represent (shapes, group sizes, bits)."""

@@ -1,4 +1,5 @@
-"""`lmkit eval ppl|mc|gen`: evaluate a model or generated text and write a JSON report (atomically)."""
+"""`lmkit eval ppl|mc|gen|run`: evaluate a model or generated text and write a JSON report (atomically);
+`run` runs lm-eval-format YAML tasks (eval/harness)."""
 
 from __future__ import annotations
 
@@ -155,6 +156,64 @@ def eval_gen(predictions, references, metrics, rouge_tokenize, out) -> None:
         report["hallucination_rate"] = sum(r["hallucination_rate"] for r in rows) / len(rows)
         report["facts"] = rows
     _write_report(out, report)
+
+
+@eval_group.command("run")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A local checkpoint directory (full or quantized by `lmkit quantize`).")
+@click.option("--base-url", default=None, help="An OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1).")
+@click.option("--model-name", default=None, help="With --base-url: the model to ask for (default: the first listed).")
+@click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="With --base-url (default: $OPENAI_API_KEY).")
+@click.option("--tasks", required=True,
+              help="Comma list of bundled task names, task YAML files or directories of them.")
+@click.option("--num-fewshot", type=click.IntRange(0), default=None, help="Override every task's num_fewshot.")
+@click.option("--limit", type=float, default=None, help="Only the first N documents of each task (N < 1: a fraction).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--seed", type=int, default=1234, show_default=True, help="Few-shot sampler seed (lm-eval's default).")
+@click.option("--log-samples", is_flag=True, help="Also write every document's prompt, answers and scores.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="results.json path.")
+def eval_run(model_dir, base_url, model_name, api_key, tasks, num_fewshot, limit, batch_size, seed, log_samples,
+             output) -> None:
+    """Run lm-evaluation-harness YAML tasks; print a table and write lm-eval's results JSON."""
+    from lmkit.errors import LmkitError
+    from lmkit.eval.harness.bundled_tasks import resolve_task_files
+    from lmkit.eval.harness.evaluator import evaluate_tasks
+    from lmkit.eval.harness.results import results_document, results_table
+    from lmkit.eval.harness.task_config import load_task_config
+
+    if (model_dir is None) == (base_url is None):
+        raise click.UsageError("give exactly one of --model DIR or --base-url URL")
+    if limit is not None and limit <= 0:
+        raise click.UsageError("--limit must be positive")
+    lim = int(limit) if limit is not None and limit >= 1 else limit
+    try:
+        configs = [load_task_config(p) for p in resolve_task_files(tasks)]
+    except LmkitError as exc:
+        raise click.ClickException(str(exc)) from None
+    t0 = time.perf_counter()
+    try:
+        if model_dir is not None:
+            from lmkit.hub.adapter_folder import require_full_checkpoint
+            from lmkit.eval.harness.local_model import LocalLM
+
+            require_full_checkpoint(model_dir, "lmkit eval run")
+            model = LocalLM.from_checkpoint(model_dir, batch_size=batch_size)
+        else:
+            from lmkit.eval.harness.endpoint_model import EndpointLM
+
+            model = EndpointLM(base_url, model_name, api_key)
+        results = evaluate_tasks(model, configs, num_fewshot, lim, seed)
+    except (LmkitError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    doc = results_document(results, model.name, {"batch_size": batch_size, "limit": limit, "fewshot_seed": seed,
+                                                 "num_fewshot": num_fewshot}, log_samples=log_samples)
+    doc["total_evaluation_time_seconds"] = str(round(time.perf_counter() - t0, 3))
+    click.echo(results_table(doc))
+    if output:
+        from lmkit.atomic import atomic_write_text
+
+        atomic_write_text(output, json.dumps(doc, ensure_ascii=False, indent=2, default=str) + "\n")
+        click.echo(f"wrote {output}", err=True)
 
 
 COMMANDS = [eval_group]

@@ -99,12 +99,14 @@ def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
 @click.command("quantize", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", "output", required=True, type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(["int8", "llm-int8", "nf4", "rtn", "gptq"]), required=True)
+@click.option("--method", type=click.Choice(["int8", "int4", "llm-int8", "nf4", "rtn", "gptq"]), required=True,
+              help="int8 / int4 (= rtn --bits 4) / gptq --bits 4 run on fused CPU kernels")
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text file of calibration data (GPTQ)")
 @click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="rtn / gptq")
 @click.option("--group-size", type=int, default=64, show_default=True,
-              help="rtn / gptq: input columns per (scale, zero); 0 = one group per output row")
+              help="int4 / rtn / gptq: input columns per (scale, zero), a multiple of 32 for the fused "
+                   "kernel; 0 = one group per output row")
 @click.option("--block-size", type=int, default=64, show_default=True, help="nf4")
 @click.option("--no-double-quant", is_flag=True, help="nf4: keep the block constants in fp32")
 @click.option("--threshold", type=float, default=6.0, show_default=True, help="llm-int8 outlier threshold")

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkit.infer.fused_step import FusedDecoder
+from lmkit.quant.linear import QuantLinearBase
 
 # per model: {(fused decoder id, batch, max_len, dtype, options...): (fused, step, module)}; dropped with the model
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -173,6 +174,8 @@ class CompiledDecoder:
         why = FusedDecoder.unsupported(model, max_len)
         if why is not None:
             return why
+        if any(isinstance(m, QuantLinearBase) for m in model.modules()):
+            return "quantized linear layers (the eager fused step runs their kernels)"
         p = next(model.parameters())
         if p.device.type != "cpu":
             return f"compiled step is built and measured for CPU only (model on {p.device.type})"

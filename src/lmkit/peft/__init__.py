@@ -2,6 +2,7 @@
 
 One file per method: lora.py (LoRA, rsLoRA, merge, named adapters), qlora.py (NF4 base +
 LoRA), adalora.py (SVD-form adaptive rank), peft_format.py (Hugging Face PEFT adapter files),
+multi_lora.py (many LoRA adapters on one model, chosen per batch row, for serving),
 adapter.py, adapter_fusion.py, adapter_drop.py, prefix_tuning.py, prompt_tuning.py,
 p_tuning.py, p_tuning_v2.py, bitfit.py, probing.py; registry.py maps method names to them and
 finetune.py drives any of them (and full fine-tuning) with the Trainer.

@@ -269,7 +269,9 @@ def load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_na
         raise CheckpointError(f"{directory}: {exc}") from exc
 
 
-def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str) -> nn.Module:
+def read_lora_adapter(model: nn.Module, directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """(LoraConfig, tensors under lmkit's adapter keys as in `lora_state_dict`) of the adapter
+    folder `directory` (ours or PEFT's), read for `model`'s architecture without changing it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -307,6 +309,12 @@ def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_n
                 ours.add(module.split(".")[-1])
         if ours:
             config = LoraConfig(**{**config.to_dict(), "target_modules": tuple(sorted(ours))})
+    return config, state
+
+
+def _load_peft_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str) -> nn.Module:
+    directory = Path(directory)
+    config, state = read_lora_adapter(model, directory)
     had_active = getattr(model, "active_lora_adapter", None)
     try:
         inject_lora(model, config, adapter_name)

@@ -13,18 +13,28 @@ All quantized weights are *buffers*, never `nn.Parameter`s, so an optimizer cann
 (QLoRA trains adapters on top of a frozen NF4 base). A bias stays a Parameter with
 requires_grad=False. `weight_bytes()` counts the bytes of the stored weight (codes and
 constants, not the bias). `dequantize_weight()` returns the dense [out, in] matrix.
-CPU has no int8/int4 GEMM kernels in PyTorch, so these modules *simulate* low-bit compute:
-memory is real, speed is not (see docs/quantization.md).
+Int8Linear and 4-bit GroupQuantLinear / GPTQLinear run on PyTorch's fused CPU weight-only
+kernels (weight_kernels.py: int8 per channel, int4 in groups of 32..256, bf16 activations):
+they read the codes directly, so at batch-1 decode they are several times faster than fp32.
+Their kernel layouts (bf16 scales, the int4 pack) are derived from the stored buffers on first
+use and rebuilt whenever the buffers change, so checkpoints keep the format above. Where no
+kernel runs (CUDA, 8-bit groups, a group size not a multiple of 32, gradients through the layer)
+they dequantize and matmul, with one warning. NF4 and LLM.int8() always *simulate* low-bit
+compute: memory is real, speed is not (see docs/quantization.md).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.errors import QuantizationError
 from lmkit.quant.nf4 import NF4Tensor, quantize_nf4
 from lmkit.quant.double_quant import DQ_BLOCK_SIZE, DoubleQuantized
+from lmkit.quant import weight_kernels as wk
 
 
 def _bias_param(bias: torch.Tensor | None) -> nn.Parameter | None:
@@ -64,7 +74,47 @@ class QuantLinearBase(nn.Module):
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers(recurse=False))
 
+    def kernel_reason(self, device: torch.device) -> str | None:
+        """Why no fused kernel runs this layer on `device` (None: one does). Subclasses with a kernel override."""
+        return f"{type(self).__name__} has no fused kernel"
+
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A function x [M, in] -> x @ W.T + bias [M, out] (`wk.KERNEL_DTYPE`) on the fused kernel, holding
+        only the kernel's layout of the weight; None for layers without a kernel (subclasses override)."""
+        return None
+
+    def kernel_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`make_kernel()`, cached; rebuilt when a buffer or parameter is replaced or written in place."""
+        tensors = list(self._buffers.values()) + list(self._parameters.values())
+        key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
+                    for t in tensors if t is not None)  # inference tensors have no version counter
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.make_kernel())
+            self.__dict__["_kernel_cache"] = cached
+        return cached[1]
+
+    def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, in] (any floating dtype) -> x @ W.T + bias [M, out] in `wk.KERNEL_DTYPE`, on the fused kernel."""
+        return self.kernel_fn()(x)
+
+    def uses_kernel(self, x: torch.Tensor) -> bool:
+        """Whether forward(x) runs the fused kernel (warns once, per reason, when a kernel layer cannot)."""
+        if type(self).make_kernel is QuantLinearBase.make_kernel:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None and self.bias.requires_grad)):
+            return False  # the kernels have no backward
+        why = self.kernel_reason(x.device)
+        if why is not None:
+            wk.warn_fallback(why)
+            return False
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point() and self.uses_kernel(x):
+            y = self.kernel_mm(x.reshape(-1, self.in_features))
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         w = self.dequantize_weight(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
@@ -166,6 +216,14 @@ class Int8Linear(QuantLinearBase):
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.weight_int8.float() * self.weight_scale[:, None].float()).to(dtype)
 
+    def kernel_reason(self, device: torch.device) -> str | None:
+        if self.in_features % 16:  # the CPU kernel reads K in blocks of 16 (other K: wrong results or a crash)
+            return f"the int8 kernel needs in_features divisible by 16 (got {self.in_features})"
+        return wk.int8_kernel_reason(device)
+
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return wk.int8_linear_fn(self.weight_int8, self.weight_scale, self.bias)
+
 
 # ---- LLM.int8() -----------------------------------------------------------------------------
 class LLMInt8Linear(Int8Linear):
@@ -173,6 +231,7 @@ class LLMInt8Linear(Int8Linear):
     input features with |x| > threshold, which are multiplied in floating point."""
 
     method = "llm-int8"
+    make_kernel = QuantLinearBase.make_kernel  # its own mixed-precision forward, not the weight-only kernel
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, threshold: float = 6.0) -> None:
         super().__init__(in_features, out_features, bias)
@@ -208,14 +267,14 @@ class GroupQuantLinear(QuantLinearBase):
                  group_size: int = 64) -> None:
         super().__init__(in_features, out_features, bias)
         if bits not in (4, 8):
-            raise ValueError(f"GroupQuantLinear: bits={bits} must be 4 or 8")
-        if group_size <= 0 or in_features % group_size:
-            raise ValueError(
+            raise QuantizationError(f"GroupQuantLinear: bits={bits} must be 4 or 8")
+        if not isinstance(group_size, int) or group_size <= 0 or in_features % group_size:
+            raise QuantizationError(
                 f"GroupQuantLinear: group_size={group_size} does not divide in_features={in_features}; "
                 "choose a group size that divides it"
             )
         if bits == 4 and in_features % 2:
-            raise ValueError(f"4-bit packing needs an even in_features, got {in_features}")
+            raise QuantizationError(f"4-bit packing needs an even in_features, got {in_features}")
         self.bits = bits
         self.group_size = group_size
         n_groups = in_features // group_size
@@ -226,8 +285,14 @@ class GroupQuantLinear(QuantLinearBase):
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
                    group_size: int, bias: torch.Tensor | None = None) -> "GroupQuantLinear":
+        if codes.dim() != 2:
+            raise QuantizationError(f"{cls.__name__}.from_codes: codes must be [out, in], got {tuple(codes.shape)}")
         out_f, in_f = codes.shape
         m = cls(in_f, out_f, bias is not None, bits, group_size)
+        want = (out_f, in_f // group_size)
+        if tuple(scales.shape) != want or tuple(zeros.shape) != want:
+            raise QuantizationError(f"{cls.__name__}.from_codes: scales {tuple(scales.shape)} and zeros "
+                                    f"{tuple(zeros.shape)} must both be {want} (one per row and group of {group_size})")
         codes = codes.to(torch.uint8)
         if bits == 4:
             codes = (codes[:, 0::2] << 4) | codes[:, 1::2]
@@ -262,6 +327,14 @@ class GroupQuantLinear(QuantLinearBase):
         w = (q - self.zeros.float()[..., None]) * self.scales.float()[..., None]
         return w.reshape(self.out_features, self.in_features).to(dtype)
 
+    def kernel_reason(self, device: torch.device) -> str | None:
+        if self.bits != 4:
+            return f"{self.bits}-bit group quantization has no fused kernel"
+        return wk.int4_kernel_reason(device, self.group_size, self.in_features)
+
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return wk.int4_linear_fn(self.codes(), self.scales, self.zeros, self.group_size, self.bias)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bits={self.bits}, group_size={self.group_size}"
 
@@ -273,3 +346,34 @@ class GPTQLinear(GroupQuantLinear):
 
 
 QUANT_LINEAR_TYPES = (Int8Linear, LLMInt8Linear, NF4Linear, GroupQuantLinear, GPTQLinear)
+
+
+def merge_rows(linears: list[QuantLinearBase]) -> QuantLinearBase | None:
+    """One quantized module computing the concatenated outputs of `linears` (which share one input):
+    q/k/v or gate/up in one kernel call at decode. Their codes and per-row constants are stacked
+    row-wise, which is exact because every row is quantized on its own. None when they differ in
+    kind or settings (or the kind has no fused kernel)."""
+    first = linears[0]
+    kind = type(first)
+    if len(linears) == 1:
+        return first
+    if kind not in (Int8Linear, GroupQuantLinear, GPTQLinear) or any(type(m) is not kind for m in linears):
+        return None
+    if any(m.in_features != first.in_features or (m.bias is None) != (first.bias is None) for m in linears):
+        return None
+    out_f = sum(m.out_features for m in linears)
+    bias = first.bias is not None
+    if kind is Int8Linear:
+        merged = Int8Linear(first.in_features, out_f, bias)
+        names = ("weight_int8", "weight_scale")
+    else:
+        if any((m.bits, m.group_size) != (first.bits, first.group_size) for m in linears):
+            return None
+        merged = kind(first.in_features, out_f, bias, first.bits, first.group_size)
+        names = ("qweight", "scales", "zeros")
+    with torch.no_grad():
+        for n in names:
+            setattr(merged, n, torch.cat([getattr(m, n) for m in linears]))
+        if bias:
+            merged.bias = _bias_param(torch.cat([m.bias for m in linears]))
+    return merged

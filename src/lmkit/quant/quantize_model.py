@@ -1,12 +1,16 @@
 """`quantize_model(model, method, skip=...)`: swap a model's nn.Linear layers for quantized ones.
 
 Methods (post-training quantization, PTQ / 训练后量化, weight quantization):
-  int8       Int8Linear        weight-only int8, absmax per output channel
+  int8       Int8Linear        weight-only int8, absmax per output channel (fused CPU kernel)
+  int4       GroupQuantLinear  round-to-nearest 4-bit zero-point groups (fused CPU kernel);
+                               the same as rtn with bits=4
   llm-int8   LLMInt8Linear     LLM.int8(): int8 weights + int8 activations with fp outlier columns
   nf4        NF4Linear         QLoRA NF4, block 64, double quantization
   rtn        GroupQuantLinear  round-to-nearest b-bit (4 or 8) zero-point groups
                                (group_size None: one group per output row)
   gptq       GPTQLinear        GPTQ (needs calibration token ids), same storage as rtn
+Int8Linear and the 4-bit group layers run on PyTorch's fused weight-only kernels on CPU
+(weight_kernels.py) with group sizes that are multiples of 32; other settings dequantize.
 
 Modules are picked by their lmkit names (`layers.0.self_attn.q_proj`, `lm_head`, ...).
 `skip` (default `["lm_head"]`) names modules to leave in floating point; a name matches a
@@ -24,6 +28,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from lmkit.errors import QuantizationError
 from lmkit.models.module_tree import replace_module
 from lmkit.quant.linear import (
     GPTQLinear,
@@ -34,7 +39,7 @@ from lmkit.quant.linear import (
     QuantLinearBase,
 )
 
-METHODS = ("int8", "llm-int8", "nf4", "rtn", "gptq")
+METHODS = ("int8", "int4", "llm-int8", "nf4", "rtn", "gptq")
 DEFAULT_SKIP = ("lm_head",)
 
 
@@ -94,8 +99,8 @@ def make_quantized(linear: nn.Linear, method: str, *, block_size: int = 64, doub
         return LLMInt8Linear.from_linear(linear, threshold)
     if method == "nf4":
         return NF4Linear.from_linear(linear, block_size, double_quant)
-    if method == "rtn":
-        return GroupQuantLinear.from_linear(linear, bits, group_size or linear.in_features)
+    if method in ("rtn", "int4"):
+        return GroupQuantLinear.from_linear(linear, 4 if method == "int4" else bits, group_size or linear.in_features)
     raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
 
 
@@ -107,7 +112,7 @@ def empty_quantized(in_f: int, out_f: int, bias: bool, method: str, settings: di
         return LLMInt8Linear(in_f, out_f, bias, settings.get("threshold", 6.0))
     if method == "nf4":
         return NF4Linear(in_f, out_f, bias, settings.get("block_size", 64), settings.get("double_quant", True))
-    if method in ("rtn", "gptq"):
+    if method in ("rtn", "gptq", "int4"):
         cls = GPTQLinear if method == "gptq" else GroupQuantLinear
         return cls(in_f, out_f, bias, settings.get("bits", 4), settings.get("group_size", 64) or in_f)
     raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
@@ -121,15 +126,17 @@ def quantize_model(model: nn.Module, method: str, skip: Iterable[str] | None = D
     """Replace the chosen nn.Linear modules in place and return the model (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+    if method == "int4":
+        bits = 4
     if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
-        raise ValueError(f"group_size={group_size!r} must be a positive integer, or None for one group per row")
+        raise QuantizationError(f"group_size={group_size!r} must be a positive integer, or None for one group per row")
     skip = list(DEFAULT_SKIP if skip is None else skip)
     targets = list(targets) if targets is not None else None
     names = select_linears(model, skip, targets)
     settings: dict[str, Any] = {"method": method}
     if method == "nf4":
         settings.update(block_size=block_size, double_quant=double_quant, bits=4)
-    elif method in ("rtn", "gptq"):
+    elif method in ("rtn", "gptq", "int4"):
         settings.update(bits=bits, group_size=group_size)
     elif method == "llm-int8":
         settings.update(threshold=threshold, bits=8)
@@ -139,11 +146,13 @@ def quantize_model(model: nn.Module, method: str, skip: Iterable[str] | None = D
     for n in names:
         lin = model.get_submodule(n)
         if method == "nf4" and (lin.weight.numel() % block_size):
-            raise ValueError(f"NF4 block_size={block_size} does not divide the weight of {n!r} "
+            raise QuantizationError(f"NF4 block_size={block_size} does not divide the weight of {n!r} "
                              f"({lin.out_features}x{lin.in_features}); choose a block size that divides it")
-        if method in ("rtn", "gptq") and group_size is not None and lin.in_features % group_size:
-            raise ValueError(f"group_size={group_size} does not divide in_features={lin.in_features} of {n!r}; "
-                             "choose a group size that divides it")
+        if method in ("rtn", "gptq", "int4") and group_size is not None and lin.in_features % group_size:
+            raise QuantizationError(f"group_size={group_size} does not divide in_features={lin.in_features} of "
+                                    f"{n!r}; choose a group size that divides it")
+        if bits == 4 and method in ("rtn", "gptq", "int4") and lin.in_features % 2:
+            raise QuantizationError(f"4-bit packing needs an even in_features; {n!r} has {lin.in_features}")
     if method == "gptq":
         from lmkit.quant.gptq import gptq_quantize
 

@@ -5,6 +5,7 @@
     POST /v1/chat/completions     chat (stream, tools, logprobs)                routes_chat.py
     POST /v1/embeddings           sentence embeddings (float or base64)         routes_embeddings.py
     GET  /health, /metrics        liveness + queue; Prometheus text             routes_health.py
+    GET/POST /v1/adapters, DELETE /v1/adapters/{name}   LoRA adapters at runtime routes_adapters.py
     GET  /                        the web chat page                             routes_web.py
 
 Any OpenAI client works against it (`OpenAI(base_url="http://host:port/v1", api_key=...)`).
@@ -38,7 +39,8 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     shutdown_timeout: seconds queued work may take to drain when the server stops.
     """
     fastapi = require("fastapi", "serve")
-    from lmkit.serve import routes_chat, routes_completions, routes_embeddings, routes_health, routes_models, routes_web
+    from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
+                             routes_models, routes_web)
     from lmkit.serve.api_errors import add_error_handlers
     from lmkit.serve.guard import Guard
     from lmkit.serve.request_tracking import RequestTracker
@@ -59,7 +61,8 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     add_error_handlers(app)
     app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestTracker, metrics=state.metrics)  # added last: the outermost
-    for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings):
+    for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,
+                   routes_adapters):
         app.include_router(routes.router)
     return app
 

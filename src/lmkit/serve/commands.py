@@ -24,6 +24,17 @@ def _adapter_option(f):
                              "an adapter folder given as MODEL_DIR finds its recorded base by itself")(f)
 
 
+def _lora_specs(ctx, param, values) -> list[tuple[str, str]]:
+    """--lora NAME=PATH (repeatable) as (name, path) pairs."""
+    out = []
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{v!r}: give NAME=PATH (the adapter's name in requests = its folder)")
+        out.append((name, path))
+    return out
+
+
 def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto"):
     """(model, tokenizer) from a checkpoint, an adapter folder, or a checkpoint + --adapter."""
     from lmkit.peft.load_any import load_model_for_inference
@@ -67,6 +78,16 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Requests decoded together (continuous batching).")
 @click.option("--max-waiting", type=click.IntRange(1), default=1024, show_default=True,
               help="Queued requests beyond which new ones get 503.")
+@click.option("--kv-cache", "kv_cache", type=click.Choice(["paged", "contiguous"]), default="paged", show_default=True,
+              help="KV-cache layout: paged blocks (prefix caching, admission by free blocks) or one strip per row.")
+@click.option("--kv-cache-mb", type=click.FloatRange(0, min_open=True), default=None,
+              help="KV memory budget in MiB (default: max-batch-size full contexts, at most 1024 MiB).")
+@click.option("--kv-blocks", type=click.IntRange(1), default=None, help="KV memory budget in blocks (instead of MiB).")
+@click.option("--block-size", type=click.IntRange(1), default=16, show_default=True, help="Tokens per KV block.")
+@click.option("--prefix-caching/--no-prefix-caching", default=True, show_default=True,
+              help="Share the KV blocks of common prompt prefixes across requests.")
+@click.option("--prefill-chunk", type=click.IntRange(1), default=512, show_default=True,
+              help="Prompt tokens prefilled per step between decode steps (a long prompt does not stall the others).")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=1 << 20, show_default=True,
               help="Larger request bodies get 413.")
 @click.option("--default-max-tokens", type=click.IntRange(1), default=None,
@@ -85,8 +106,15 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, max_body_bytes,
-              default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, device, threads, log_level) -> None:
+@click.option("--lora", "loras", multiple=True, callback=_lora_specs, metavar="NAME=PATH",
+              help="A LoRA adapter folder served per request as model NAME (or MODEL:NAME, or the field lora); "
+                   "repeatable. Requests for different adapters share one batch.")
+@click.option("--enable-lora", is_flag=True,
+              help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
+def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
+              kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
+              default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, device, threads, log_level,
+              loras, enable_lora) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -122,6 +150,13 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
             model = model.to(device)
         keys = list(api_keys) or ([os.environ["LMKIT_API_KEY"]] if os.environ.get("LMKIT_API_KEY") else [])
         name = model_name or Path(model_dir).resolve().name
+        registry = None
+        if loras or enable_lora:  # multi-LoRA: adapters chosen per request (serve/lora_adapters.py)
+            from lmkit.serve.lora_adapters import AdapterRegistry
+
+            registry = AdapterRegistry(model, base_name=name)
+            for lora_name, lora_path in loras:
+                registry.load(lora_name, lora_path)
         from lmkit.infer.vocab_padding import renderable_size
         from lmkit.serve.speculation import make_speculator
 
@@ -131,7 +166,10 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
             draft = draft.to(device)
         speculator = make_speculator(speculative, num_speculative_tokens, draft, model.config.vocab_size,
                                      renderable_size(tok))
-        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting, speculator=speculator)
+        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting, kv_cache=kv_cache,
+                        kv_cache_mb=kv_cache_mb, kv_blocks=kv_blocks, block_size=block_size,
+                        prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry,
+                        speculator=speculator)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens)
     except LmkitError as exc:

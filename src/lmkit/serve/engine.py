@@ -6,9 +6,10 @@ batch reads the same weights as a step of one row, so B rows cost little more th
 does **continuous batching** (iteration-level scheduling, as in Orca and vLLM):
 
     loop:
-        admit   waiting requests (排队, the queue) join while the batch has room: their
-                prompts are prefilled together (one forward, left-padded) and each gets its
-                first token from the prefill logits
+        admit   waiting requests (排队, the queue) join while the batch has room (rows, and
+                KV blocks when paged): their prompts are prefilled (paged: in chunks between
+                decode steps; contiguous: all at once), left-padded together, and each
+                gets its first token from the prefill logits
         decode  one step for every running row: feed each row's newest token, get logits
         choose  per row: its own logits processors, greedy or seeded sampling, logprobs
                 (lmkit.infer.select_tokens), then EOS / stop strings / max_tokens
@@ -24,16 +25,36 @@ one by one, so only the request that cannot run fails. Only a failure of the bat
 forward itself (out of memory, say) ends every row of that step. The error event carries the
 exception, so the server logs its real traceback (engine_bridge.py, event_stream.py).
 With a tokenizer, the output rows it cannot render (vocabulary padding) are never chosen.
+Speculative decoding (`speculator`, serve/speculation.py): while one plain greedy request runs
+alone, its decode step feeds the pending token plus drafts and keeps what the model agrees with.
 Structured output: a request may carry a `TokenConstraint` (a compiled JSON schema, regex or
 grammar); its row chooses among the ids the constraint allows (`select_tokens(allowed=...)`).
 
-KV cache layout. All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
+KV cache layout (kv_cache="paged", the default). The keys/values live in a `BlockPool`
+(lmkit.infer.paged_kv): fixed-size blocks preallocated for a memory budget (kv_cache_mb or
+kv_blocks), a `BlockTable` per request. A request is admitted (in arrival order) only when
+the blocks for its prompt and its first new token are free, with a small reserve while
+others run; a running row takes one more block each time its last one fills. When none is
+left mid-decode the newest running request is preempted: its blocks go back to the pool and
+it returns to the head of the queue, to be recomputed (prompt + tokens so far, mostly prefix
+cache hits) when there is room again; its stream simply pauses. Newcomers are prefilled in
+chunks, at most `prefill_chunk` tokens per loop iteration, shortest remaining first, between
+decode steps (chunks of similar length share one left-padded forward), so a huge prompt
+never stalls the running rows or the small requests behind it (fair scheduling). Automatic prefix caching: every full block is hashed
+along the token prefix and shared read-only; a newcomer whose prompt starts with cached
+blocks prefills only the rest (positions continuing), and unreferenced cached blocks are
+evicted LRU when the pool needs room. Each decode step gathers the rows' blocks into a
+right-aligned [B, kv_heads, S, head_dim] view (`PagedKVView`): the same numbers as the
+contiguous layout below.
+
+KV cache layout (kv_cache="contiguous"). All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
 whose write position `cur` is common; row i holds its n_i cached tokens right-aligned in
 columns [cur - n_i, cur). The columns to the left are hidden by an additive padding bias
 and positions count real tokens only, so every row computes exactly what it would alone
 (the same trick as left padding in `lmkit.infer.generate`). When rows join or leave the
 cache is re-laid out compactly (cur = max n_i, capacity = cur + the most tokens any row
-may still add), a copy proportional to the cache, not to the model.
+may still add), a copy proportional to the cache, not to the model. Under a memory budget
+the contiguous layout must reserve that capacity for every row, so it admits fewer rows.
 
 Decode steps go through lmkit.infer's runner (`forward_step`: the fused step when the
 architecture allows it, else `model.forward` with the mask and positions); prefill uses
@@ -44,6 +65,7 @@ stop strings).
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 import uuid
@@ -57,6 +79,7 @@ from lmkit.infer.config import GenerationConfig
 from lmkit.infer.constraint import ConstraintArg, row_constraints
 from lmkit.infer.fused_step import padding_bias
 from lmkit.infer.inputs import check_fits, left_pad, resolve_config
+from lmkit.infer.paged_kv import BlockPool, BlockTable, PagedKVView, PoolExhausted, kv_bytes_per_token
 from lmkit.infer.runner import ModelRunner, fast_decoder, forward_step
 from lmkit.infer.sampling import build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens
@@ -64,6 +87,9 @@ from lmkit.infer.stop import StopTracker
 from lmkit.infer.streaming import TextStream
 from lmkit.infer.vocab_padding import mask_unrenderable, renderable_size
 from lmkit.models.kv_cache import KVCache
+from lmkit.serve.metrics import Histogram
+
+DEFAULT_KV_CACHE_MB = 1024  # the default pool: max_batch_size full contexts, at most this much (and at least one context)
 
 
 class EngineOverloaded(LmkitError):
@@ -137,7 +163,10 @@ class _Row:
     done: bool = False
     slot: int = -1  # row index in the current cache (or in the prefill cache while joining)
     constraint: object = None  # structured output: a TokenConstraint (lmkit.infer.constraint), or None
-    output: list[int] = field(default_factory=list)  # the chosen tokens (speculation looks up n-grams in them)
+    tokens: list[int] = field(default_factory=list)  # prompt + generated (paged: what is recomputed on preemption)
+    table: BlockTable | None = None  # paged: its blocks
+    last_token_at: float = 0.0
+    adapter: int = -1  # multi-LoRA: the row's adapter id (-1: the base model)
 
 
 @dataclass
@@ -150,6 +179,13 @@ class EngineStats:
     prefills: int = 0
     errors: int = 0  # requests the engine failed
     queue_wait_s: float = 0.0
+    prefill_tokens: int = 0  # prompt tokens computed (paged: prefix-cache hits are not)
+    preemptions: int = 0  # paged: running requests sent back to the queue for lack of KV blocks
+    max_running: int = 0  # the most requests running at once
+    queued_steps: int = 0  # decode steps taken while requests were waiting (the batch was full: of memory or rows)
+    queued_rows: int = 0  # sum of their batch sizes (queued_rows / queued_steps: the concurrency sustained)
+    ttft: Histogram = field(default_factory=Histogram)  # seconds from submit to the first token
+    itl: Histogram = field(default_factory=Histogram)  # seconds between a request's consecutive tokens
     extra: dict = field(default_factory=dict)
 
 
@@ -163,19 +199,52 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_waiting: int = 1024,
-                 fused: bool = True, speculator=None) -> None:
+                 fused: bool = True, kv_cache: str = "paged", kv_cache_mb: float | None = None,
+                 kv_blocks: int | None = None, block_size: int = 16, prefix_caching: bool = True,
+                 prefill_chunk: int = 512, lora=None, speculator=None) -> None:
+        """kv_cache: "paged" (blocks, prefix caching, preemption) or "contiguous" (one strip per row).
+
+        The KV memory budget is kv_blocks blocks of block_size tokens, or kv_cache_mb MiB of
+        keys/values; by default enough for max_batch_size full contexts, capped at
+        DEFAULT_KV_CACHE_MB (but at least one full context). The contiguous layout honours a
+        budget only when one is given. prefill_chunk: prompt tokens prefilled per loop
+        iteration (paged), between decode steps. lora: an AdapterRegistry (serve/lora_adapters.py)
+        whose adapters requests choose by name (multi-LoRA); None: the base model only.
+        speculator: speculative decoding (serve/speculation.py), or None.
+        """
         if type(model).__name__ != "DecoderLM" or not hasattr(model, "make_cache"):
             raise ConfigError(f"the engine serves decoder language models (DecoderLM), got {type(model).__name__}")
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
+        if kv_cache not in ("paged", "contiguous"):
+            raise ConfigError(f"kv_cache must be 'paged' or 'contiguous', got {kv_cache!r}")
+        if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         cfg = model.config
-        self.fused = fast_decoder(model, cfg.max_seq_len) if fused else None
+        self.prefill_chunk = prefill_chunk
+        budget = dict(n_blocks=kv_blocks, memory_mb=kv_cache_mb, block_size=block_size, prefix_caching=prefix_caching)
+        if kv_cache == "paged":
+            if kv_blocks is None and kv_cache_mb is None:
+                per_token = kv_bytes_per_token(cfg, p.dtype if p.is_floating_point() else torch.float32)
+                cap = DEFAULT_KV_CACHE_MB * 2**20 // per_token
+                budget["default_tokens"] = max(cfg.max_seq_len, min(max_batch_size * cfg.max_seq_len, cap))
+            self.pool: BlockPool | None = BlockPool.for_model(model, **budget)
+            self.budget_tokens = self.pool.n_blocks * block_size
+        else:
+            self.pool = None
+            given = kv_blocks is not None or kv_cache_mb is not None
+            self.budget_tokens = BlockPool.for_model(model, **budget).n_blocks * block_size if given else None
+        self._running: list[_Row] = []  # paged: admitted rows, oldest first (prefilling or decoding)
+        self._prefilling: list[_Row] = []  # paged: admitted rows whose tokens are not all in the cache yet
+        # multi-LoRA (serve/lora_adapters.py): per-row adapters; the fused step cannot run adapted layers
+        self.lora = lora
+        self.fused = fast_decoder(model, cfg.max_seq_len) if fused and lora is None else None
         self.vocab_limit = renderable_size(tokenizer)  # rows beyond the tokenizer are never chosen
         self._waiting: collections.deque[_Row] = collections.deque()
         self._rows: list[_Row] = []
@@ -207,7 +276,7 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._rows)
+        return len(self._running) if self.pool is not None else len(self._rows)
 
     @property
     def waiting(self) -> int:
@@ -221,11 +290,13 @@ class Engine:
         return cfg
 
     def submit(self, prompt_ids: list[int], config: GenerationConfig,
-               callback: Callable[[TokenEvent], None], constraint: ConstraintArg = None) -> RequestHandle:
+               callback: Callable[[TokenEvent], None], constraint: ConstraintArg = None,
+               adapter: str | None = None) -> RequestHandle:
         """Queue a request; `callback(TokenEvent)` is called from the engine thread for every step.
 
         constraint: structured output, a compiled grammar (lmkit.infer.structured_output) or a
         `TokenConstraint`; the request's tokens are chosen among the ids it allows.
+        adapter: the name of a LoRA adapter of `self.lora` to run this request with (None: the base).
         """
         cfg = self.prepare_config(config)
         prompt = [int(t) for t in prompt_ids]
@@ -234,14 +305,23 @@ class Engine:
         check_fits(self.model, [prompt], cfg)
         if cfg.stop and self.tokenizer is None:
             raise ConfigError("stop strings need a tokenizer")
+        if adapter is not None and self.lora is None:
+            raise ConfigError(f"adapter {adapter!r}: this engine serves no LoRA adapters (start it with lora=...)")
+        if self.pool is not None and self.pool.blocks_for(len(prompt) + cfg.max_new_tokens) > self.pool.n_blocks:
+            raise ConfigError(
+                f"prompt of {len(prompt)} tokens + max_new_tokens={cfg.max_new_tokens} needs more KV cache than "
+                f"the server has ({self.pool.n_blocks} blocks of {self.pool.block_size} tokens); "
+                "shorten the prompt or lower max_tokens")
         constraint = row_constraints(constraint, 1, cfg.eos_token_ids)[0]  # bound to the request's EOS ids
         handle = RequestHandle(uuid.uuid4().hex)
-        row = _Row(handle, prompt, cfg, callback, constraint=constraint)
+        row = _Row(handle, prompt, cfg, callback, constraint=constraint, tokens=list(prompt))
         with self._lock:
             if self._stopping:
                 raise EngineStopped("the server is shutting down and takes no new requests")
             if len(self._waiting) >= self.max_waiting:
                 raise EngineOverloaded(f"{len(self._waiting)} requests are already waiting; retry later")
+            if adapter is not None:  # multi-LoRA: held until the request ends, so it cannot be unloaded under it
+                row.adapter, row.callback = self.lora.lease(adapter, handle, callback)
             self._waiting.append(row)
             self.stats.requests += 1
             self.stats.prompt_tokens += len(prompt)
@@ -251,7 +331,7 @@ class Engine:
         return handle
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None,
-                 constraint: ConstraintArg = None) -> Completion:
+                 constraint: ConstraintArg = None, adapter: str | None = None) -> Completion:
         """Blocking: submit and wait for the whole completion."""
         done = threading.Event()
         events: list[TokenEvent] = []
@@ -262,7 +342,7 @@ class Engine:
                 done.set()
 
         cfg = self.prepare_config(config)
-        self.submit(prompt_ids, cfg, collect, constraint)
+        self.submit(prompt_ids, cfg, collect, constraint, adapter)
         if not done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
         if events[-1].error:
@@ -277,6 +357,8 @@ class Engine:
 
     # ---- the loop -----------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.pool is not None:
+            return self._paged_loop()
         while True:
             with self._lock:
                 while not self._rows and not self._waiting:
@@ -287,10 +369,13 @@ class Engine:
                 room = self.max_batch_size - len(self._rows)
                 joining = []
                 while room > 0 and self._waiting:
-                    row = self._waiting.popleft()
+                    row = self._waiting[0]
                     if row.handle.cancelled:
+                        self._waiting.popleft()
                         continue
-                    joining.append(row)
+                    if not self._fits_contiguous(joining + [row]) and (self._rows or joining):
+                        break  # under a KV budget: every row reserves the longest row's capacity
+                    joining.append(self._waiting.popleft())
                     room -= 1
             try:
                 with torch.inference_mode():
@@ -301,6 +386,15 @@ class Engine:
             except Exception as exc:  # the batched step failed (OOM, a bug): fail the requests in flight
                 self._fail(self._rows + [r for r in joining if r not in self._rows], exc)
                 self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    def _fits_contiguous(self, joining: list[_Row]) -> bool:
+        """Whether the contiguous cache of the running rows + `joining` stays within the KV budget:
+        every row reserves the longest prompt + the most new tokens any row may add."""
+        if self.budget_tokens is None:
+            return True
+        rows = [r for r in self._rows if not r.done] + joining
+        cap = max(r.cached or len(r.prompt) for r in rows) + max(r.cfg.max_new_tokens - r.generated for r in rows) + 1
+        return len(rows) * (-(-cap // 16) * 16) <= self.budget_tokens
 
     def _fail(self, rows: list[_Row], exc: BaseException) -> None:
         """End `rows` with an error event carrying `exc`; the other requests are not touched."""
@@ -349,7 +443,9 @@ class Engine:
                 r.slot = j
                 r.cached = len(r.prompt)
             cache = self.model.make_cache(k, t)
-            logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
+            self.stats.prefill_tokens += sum(len(r.prompt) for r in joining)
+            with self._adapter_rows(joining):
+                logits = ModelRunner(self.model, k, t, mask, fused=False).prefill(ids, cache)
         except Exception as exc:
             if len(joining) == 1:
                 self._fail(joining, exc)
@@ -368,18 +464,29 @@ class Engine:
                 self._fail(survivors, exc)
 
     def _decode_step(self) -> None:
+        if self.pool is not None:
+            return self._paged_decode_step()
         rows = self._rows
+        if self._speculative_step():
+            return self._retire_contiguous(rows)
         b = len(rows)
         cache = self._cache
-        if not self._speculative_step():
-            ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
-            pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
+        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
+        pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
+        with self._adapter_rows(rows):
             logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
-            for r in rows:
-                r.cached += 1
-            self.stats.decode_steps += 1
-            self.stats.batch_rows += b
-            self._choose(rows, logits[:, -1])
+        for r in rows:
+            r.cached += 1
+        self.stats.decode_steps += 1
+        self.stats.batch_rows += b
+        if self._waiting:
+            self.stats.queued_steps += 1
+            self.stats.queued_rows += b
+        self._choose(rows, logits[:, -1])
+        self._retire_contiguous(rows)
+
+    def _retire_contiguous(self, rows: list[_Row]) -> None:
+        """Finished rows leave the contiguous batch (the cache is re-laid out for the others)."""
         if any(r.done for r in rows):
             keep = [r for r in rows if not r.done]
             if keep:
@@ -392,25 +499,44 @@ class Engine:
         """One verifying forward of the pending token + drafts, when speculation applies; False if not.
 
         Applies to a lone, plain greedy request (see speculation.py for why): the drafts are
-        fed after the pending token in one step, the target keeps the agreeing prefix plus its
-        own next token, and the rejected columns are dropped from the cache (truncate).
+        fed after the pending token in one forward, the model keeps the agreeing prefix plus
+        its own next token, and the rejected positions are dropped (contiguous: the cache is
+        truncated; paged: r.cached stops before them and later steps overwrite their slots).
         """
-        spec, rows = self.speculator, self._rows
-        if spec is None or len(rows) != 1 or self._waiting or self._mask is not None:
+        spec = self.speculator
+        if spec is None or self._waiting:
+            return False
+        paged = self.pool is not None
+        rows = self._running if paged else self._rows
+        if len(rows) != 1 or (paged and self._prefilling) or (not paged and self._mask is not None):
             return False
         r = rows[0]
         if r.procs or r.cfg.do_sample or r.cfg.logprobs or r.constraint is not None or r.handle.cancelled:
             return False
-        drafts = spec.propose(r.prompt + r.output, r.cfg.max_new_tokens - r.generated - 1)
+        drafts = spec.propose(r.tokens, r.cfg.max_new_tokens - r.generated - 1)
         if not drafts:
             return False
-        cache, g = self._cache, len(drafts)
+        g = len(drafts)
+        n = r.cached + g + 1  # the row's tokens in the cache after the forward
+        if paged:
+            pool = self.pool
+            need = pool.blocks_for(n) - len(r.table.blocks)
+            if need > pool.available:
+                return False
+            r.table.blocks += [pool.allocate() for _ in range(max(0, need))]
+            slots = self._slots(r, n)
+            cache = PagedKVView(pool, slots[r.cached:][None].to(self.device), slots[None].to(self.device))
+            fast = None  # a multi-token step over blocks goes through model.forward, as chunked prefill does
+        else:
+            cache, fast = self._cache, self.fused
         ids = torch.tensor([[r.pending, *drafts]], dtype=torch.long, device=self.device)
-        pos = torch.arange(r.cached, r.cached + g + 1, device=self.device)[None]
-        logits = forward_step(self.model, self.fused, ids, pos, cache, None, None, last_only=False)[0]
+        pos = torch.arange(r.cached, n, device=self.device)[None]
+        with self._adapter_rows([r]):
+            logits = forward_step(self.model, fast, ids, pos, cache, None, None, last_only=False)[0]
         n_acc, nxt = spec.verify(mask_unrenderable(logits.float(), self.vocab_limit), drafts)
         spec.record(g, n_acc)
-        cache.truncate(cache.seq_len - g + n_acc)  # keep the pending token and the accepted drafts
+        if not paged:
+            cache.truncate(cache.seq_len - g + n_acc)  # keep the pending token and the accepted drafts
         r.cached += 1 + n_acc
         self.stats.decode_steps += 1
         self.stats.batch_rows += 1
@@ -421,7 +547,18 @@ class Engine:
                 self._fail([r], exc)
             if r.done:
                 break
+        if paged:
+            if r.done:
+                self._finish(r)
+            else:
+                self._register_full_blocks(r)  # r.tokens now holds every token in the cache
         return True
+
+    def _adapter_rows(self, rows: list[_Row]):
+        """Multi-LoRA: the context in which the model's forward uses each row's adapter."""
+        if self.lora is None:
+            return contextlib.nullcontext()
+        return self.lora.rows([r.adapter for r in rows], self.device)
 
     # ---- choosing tokens ----------------------------------------------------------------
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
@@ -464,9 +601,15 @@ class Engine:
             r.constraint.advance(tok)
         if r.history is not None:
             r.history[0, len(r.prompt) + r.generated] = tok
+        now = time.perf_counter()
+        if r.generated == 0:
+            self.stats.ttft.observe(now - r.handle.submitted)
+        else:
+            self.stats.itl.observe(now - r.last_token_at)
+        r.last_token_at = now
         r.generated += 1
         r.pending = tok
-        r.output.append(tok)
+        r.tokens.append(tok)
         self.stats.generated_tokens += 1
         if r.stream is not None:
             text = r.stream.push(tok)  # pushes r.stop too
@@ -504,6 +647,7 @@ class Engine:
         for j, r in enumerate(rows):
             r.slot = j
         self._rows, self._cache = rows, cache
+        self.stats.max_running = max(self.stats.max_running, len(rows))
         if all(r.cached == cur for r in rows):
             self._bias = self._mask = None
         else:
@@ -513,6 +657,246 @@ class Engine:
             mask = mask.to(self.device)
             self._mask = mask
             self._bias = padding_bias(mask, src0.dtype) if self.fused is not None else None
+
+    # ---- paged KV: the loop, admission, chunked prefill, decode, preemption --------------
+    def _paged_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._running and not self._waiting:
+                    if self._stopping:
+                        self._closed = True
+                        return
+                    self._lock.wait(0.5)
+                self._admit_paged()
+                # the head request does not fit an idle pool (submit rules this out): fail it, never spin
+                stuck = self._waiting.popleft() if not self._running and self._waiting else None
+            try:
+                with torch.inference_mode():
+                    if stuck is not None:
+                        self._fail([stuck], PoolExhausted("the request does not fit in the KV cache"))
+                    self._prefill_step()
+                    if len(self._running) > len(self._prefilling):
+                        self._decode_step()
+            except Exception as exc:  # the batched step failed (OOM, a bug): fail the requests in flight
+                self._fail(list(self._running), exc)
+                for r in list(self._running):
+                    self._finish(r)
+
+    def _target(self, r: _Row) -> int:
+        """Tokens of `r` that must be in the cache before it decodes: the prompt, or after a
+        preemption everything but the newest token (fed by the next decode step)."""
+        return len(r.tokens) - (1 if r.generated else 0)
+
+    def _admit_paged(self) -> None:
+        """Admit waiting requests in arrival order while their blocks fit (self._lock held).
+
+        A request needs blocks for its prompt and first new token, less the full blocks the
+        prefix cache already holds; while others run, a reserve of ~1% of the pool stays free
+        for the running rows' next blocks. The head of the queue is never skipped (no starvation).
+        """
+        pool, bs = self.pool, self.pool.block_size
+        reserve = max(1, pool.n_blocks // 100)
+        while self._waiting and len(self._running) < self.max_batch_size:
+            r = self._waiting[0]
+            if r.handle.cancelled:
+                self._waiting.popleft()
+                continue
+            target = self._target(r)
+            # an adapter's keys/values differ from the base model's: its blocks hash in their own chain
+            table = r.table or BlockTable(root=b"root" if r.adapter < 0 else b"adapter:%d" % r.adapter)
+            cacheable = (target if r.generated else target - 1) // bs  # a fresh prompt computes >= 1 token
+            hit = pool.lookup(table.hashes_for(r.tokens, cacheable, bs)) if pool.prefix_caching else []
+            need = pool.blocks_for(target + 1) - len(hit)
+            revived = sum(1 for b in hit if pool.ref[b] == 0)  # cached blocks that stop being evictable
+            if need + revived + (reserve if self._running else 0) > pool.available:
+                break
+            self._waiting.popleft()
+            pool.acquire(hit)
+            table.blocks = hit + [pool.allocate() for _ in range(need)]
+            table.registered = len(hit)
+            pool.hits += len(hit)
+            pool.misses += cacheable - len(hit) if pool.prefix_caching else 0
+            r.table, r.cached = table, len(hit) * bs
+            self._running.append(r)
+            self._prefilling.append(r)
+        self.stats.max_running = max(self.stats.max_running, len(self._running))
+
+    def _finish(self, r: _Row) -> None:
+        """`r` leaves the batch: its blocks go back to the pool (full ones stay cached)."""
+        if r in self._running:
+            self._running.remove(r)
+        if r in self._prefilling:
+            self._prefilling.remove(r)
+        if r.table is not None:
+            self.pool.release(r.table.blocks)
+            r.table.blocks = []
+        r.cached = 0
+
+    def _preempt(self, r: _Row) -> None:
+        """Send running `r` back to the head of the queue; it is recomputed when blocks free up."""
+        self._finish(r)
+        r.table.registered = 0
+        self.stats.preemptions += 1
+        with self._lock:
+            self._waiting.appendleft(r)
+
+    def _register_full_blocks(self, r: _Row) -> None:
+        """Enter `r`'s newly completed blocks in the prefix cache."""
+        pool, table = self.pool, r.table
+        full = r.cached // pool.block_size
+        if pool.prefix_caching and full > table.registered:
+            hashes = table.hashes_for(r.tokens, full, pool.block_size)
+            for j in range(table.registered, full):
+                pool.register(table.blocks[j], hashes[j])
+            table.registered = full
+
+    def _slots(self, r: _Row, n: int) -> torch.Tensor:
+        """Pool slots of r's first n tokens."""
+        bs = self.pool.block_size
+        blocks = torch.tensor(r.table.blocks[: -(-n // bs)], dtype=torch.long)
+        return (blocks[:, None] * bs + torch.arange(bs)).view(-1)[:n]
+
+    def _prefill_step(self) -> None:
+        """Set up the newly admitted rows, then prefill up to `prefill_chunk` of their tokens,
+        shortest remaining first; a row whose prompt is in the cache gets its first token."""
+        for r in list(self._prefilling):
+            if r.handle.cancelled:
+                r.done = True
+                self._finish(r)
+            elif r.stop is None:
+                try:
+                    self._init_row(r)
+                except Exception as exc:
+                    self._fail([r], exc)
+                    self._finish(r)
+        budget, chunks = self.prefill_chunk, []
+        for r in sorted(self._prefilling, key=lambda row: self._target(row) - row.cached):
+            n = min(budget, self._target(r) - r.cached)
+            if n <= 0 and r.cached < self._target(r):
+                break
+            chunks.append((r, n))
+            budget -= n
+        for group in _padding_groups(chunks):
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[tuple[_Row, int]]) -> None:
+        """Prefill chunk (row, n tokens) of every row of `group` in one forward, left-padded.
+
+        Row j's tokens [0, end_j) sit right-aligned in the S = max end_j key columns (its
+        padding columns masked); its n_j new tokens are the last n_j of the T = max n_j inputs,
+        the padding inputs before them writing to the pool's scratch slot. A failed forward of
+        several rows is retried row by row, so only a request that cannot run fails.
+        """
+        work = [(r, n) for r, n in group if n > 0]
+        logits = None
+        if work:
+            bs, pool = self.pool.block_size, self.pool
+            k, t = len(work), max(n for _, n in work)
+            s = max(r.cached + n for r, n in work)
+            read = torch.empty(k, s, dtype=torch.long)
+            write = torch.full((k, t), pool.scratch_slot, dtype=torch.long)
+            mask = torch.ones(k, s, dtype=torch.long)
+            ids = torch.zeros(k, t, dtype=torch.long)
+            for j, (r, n) in enumerate(work):
+                end = r.cached + n
+                slots = self._slots(r, end)
+                read[j, s - end:] = slots
+                read[j, : s - end] = slots[0]  # padding columns: any written slot (masked)
+                mask[j, : s - end] = 0
+                write[j, t - n:] = slots[r.cached:]
+                ids[j, t - n:] = torch.tensor(r.tokens[r.cached:end])
+            padded = bool((mask == 0).any())
+            view = PagedKVView(pool, write.to(self.device), read.to(self.device))
+            ids = ids.to(self.device)
+            mask = mask.to(self.device) if padded else None
+            try:
+                runner = ModelRunner(self.model, k, s, mask, fused=False)
+                # a fresh prompt in one piece is a plain prefill; else the chunk continues the cache
+                with self._adapter_rows([r for r, _ in work]):
+                    logits = runner.prefill(ids, view) if s == t else runner.step(ids, view)
+            except Exception as exc:
+                if k == 1:
+                    self._fail([work[0][0]], exc)
+                    self._finish(work[0][0])
+                else:
+                    for one in group:
+                        self._prefill_group([one])
+                return
+            for r, n in work:
+                r.cached += n
+                self.stats.prefill_tokens += n
+                self._register_full_blocks(r)
+        for r, n in group:
+            if r.cached == self._target(r):
+                self._prefilling.remove(r)
+                if r.generated == 0:  # a fresh request: its first token comes from the prefill
+                    self.stats.prefills += 1
+                    j = next(j for j, (w, _) in enumerate(work) if w is r)
+                    self._choose([r], logits[j : j + 1, -1])
+                    if r.done:
+                        self._finish(r)
+
+    def _paged_decode_step(self) -> None:
+        """One token for every decoding row over its blocks; preempts the newest request when
+        a row needs a block and none is left."""
+        if self._speculative_step():
+            return
+        pool, bs = self.pool, self.pool.block_size
+        for r in [r for r in self._running if r not in self._prefilling]:
+            while r in self._running and r.cached == len(r.table.blocks) * bs:
+                try:
+                    r.table.blocks.append(pool.allocate())
+                except PoolExhausted:
+                    self._preempt(self._running[-1])
+        rows = [r for r in self._running if r not in self._prefilling]
+        if not rows:
+            return
+        b, s = len(rows), max(r.cached for r in rows) + 1
+        read = torch.empty(b, s, dtype=torch.long)
+        mask = torch.ones(b, s, dtype=torch.long) if any(r.cached + 1 < s for r in rows) else None
+        for j, r in enumerate(rows):
+            slots = self._slots(r, r.cached + 1)
+            read[j, s - r.cached - 1:] = slots
+            if mask is not None and r.cached + 1 < s:
+                read[j, : s - r.cached - 1] = slots[0]  # padding columns: any valid slot (masked)
+                mask[j, : s - r.cached - 1] = 0
+        read = read.to(self.device)
+        view = PagedKVView(pool, read[:, -1:], read)
+        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
+        pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
+        bias = None
+        if mask is not None:
+            mask = mask.to(self.device)
+            if self.fused is not None:
+                dtype = pool.keys[0].dtype if pool.keys[0] is not None else self.dtype
+                bias = padding_bias(mask, dtype)
+        with self._adapter_rows(rows):
+            logits = forward_step(self.model, self.fused, ids, pos, view, mask, bias)
+        for r in rows:
+            r.cached += 1
+            self._register_full_blocks(r)
+        self.stats.decode_steps += 1
+        self.stats.batch_rows += b
+        if self._waiting:
+            self.stats.queued_steps += 1
+            self.stats.queued_rows += b
+        self._choose(rows, logits[:, -1])
+        for r in rows:
+            if r.done:
+                self._finish(r)
+
+
+def _padding_groups(chunks: list[tuple[_Row, int]]) -> list[list[tuple[_Row, int]]]:
+    """Split prefill chunks (sorted by length) into groups run as one padded forward each,
+    starting a new group where padding would more than double the tokens computed."""
+    groups: list[list[tuple[_Row, int]]] = []
+    for r, n in chunks:
+        g = groups[-1] if groups else None
+        if g is not None and (len(g) + 1) * max(n, *(m for _, m in g)) <= 2 * (n + sum(m for _, m in g)):
+            g.append((r, n))
+        else:
+            groups.append([(r, n)])
+    return groups
 
 
 def _safe_call(callback, event: TokenEvent) -> None:

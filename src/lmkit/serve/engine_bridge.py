@@ -42,11 +42,13 @@ class EventPipe:
             self.queue.put_nowait(item)
 
 
-def submit(engine, prompt_ids: list[int], cfg: GenerationConfig, callback, constraint=None):
-    """`engine.submit`, with its refusals as OpenAI errors."""
+def submit(engine, prompt_ids: list[int], cfg: GenerationConfig, callback, constraint=None,
+           adapter: str | None = None):
+    """`engine.submit` (with the request's structured-output constraint and LoRA adapter, if any),
+    with its refusals as OpenAI errors."""
     try:
-        if constraint is not None:
-            return engine.submit(prompt_ids, cfg, callback, constraint)
+        if constraint is not None or adapter is not None:
+            return engine.submit(prompt_ids, cfg, callback, constraint, adapter=adapter)
         return engine.submit(prompt_ids, cfg, callback)
     except EngineOverloaded as exc:
         raise APIError(503, str(exc), "server_error", code="overloaded", cause=CAUSE_OVERLOADED) from None
@@ -56,7 +58,7 @@ def submit(engine, prompt_ids: list[int], cfg: GenerationConfig, callback, const
         raise APIError(400, str(exc)) from None
 
 
-def start_choices(engine, jobs: list[Job], per_token: bool = True):
+def start_choices(engine, jobs: list[Job], per_token: bool = True, adapter: str | None = None):
     """Submit every choice; returns (queue of (index, [TokenEvent, ...]), handles).
 
     per_token: deliver events as they come (streaming); else each choice's events arrive
@@ -76,7 +78,7 @@ def start_choices(engine, jobs: list[Job], per_token: bool = True):
                     buf.append(ev)
                     if ev.finish_reason is not None or ev.error is not None:
                         pipe.put((idx, buf))
-            handles.append(submit(engine, ids, cfg, cb, *constraint))
+            handles.append(submit(engine, ids, cfg, cb, *(constraint or (None,)), adapter=adapter))
     except Exception:
         cancel_all(handles)
         raise
@@ -97,9 +99,9 @@ def generation_failed(event: TokenEvent) -> APIError:
     return err
 
 
-async def collect_choices(engine, jobs: list[Job]) -> list[dict]:
+async def collect_choices(engine, jobs: list[Job], adapter: str | None = None) -> list[dict]:
     """Run choices to the end: per choice {text, tokens, logprobs, top, finish_reason}."""
-    queue, handles = start_choices(engine, jobs, per_token=False)
+    queue, handles = start_choices(engine, jobs, per_token=False, adapter=adapter)
     results = [{"text": [], "tokens": [], "logprobs": [], "top": [], "finish_reason": None} for _ in jobs]
     left = len(jobs)
     try:

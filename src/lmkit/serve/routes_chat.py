@@ -15,7 +15,8 @@ from lmkit.serve.chat_model import PreparedChat, finish_chat, prepare_chat
 from lmkit.serve.chat_stream import ChatStream
 from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
-from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens, check_model, choice_seed,
+from lmkit.serve.lora_adapters import select_adapter
+from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens, choice_seed,
                                        generation_config, sse, stop_list, token_budget, usage, wants_usage)
 from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
@@ -50,7 +51,7 @@ def reply_message(prep: PreparedChat, text: str, finish_reason: str) -> tuple[di
 @router.post("/v1/chat/completions")
 async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
                            state: ServerState = Depends(server_state)):
-    check_model(req.model, state.model_name)
+    adapter = select_adapter(req, state.model_name, getattr(state.engine, "lora", None))  # multi-LoRA
     prep = prepare(req, state)
     n_prompt = len(prep.prompt_ids)
     max_tokens = token_budget(n_prompt, chat_max_tokens(req), state.default_max_tokens, state.context, "messages")
@@ -68,7 +69,7 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
             "system_fingerprint": None}
 
     if not req.stream:
-        results = await collect_choices(state.engine, jobs)
+        results = await collect_choices(state.engine, jobs, adapter)
         choices, used = [], 0
         for idx, r in enumerate(results):
             used += len(r["tokens"])
@@ -78,7 +79,7 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
         state.metrics.add_tokens(n_prompt, used)
         return {**base, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, used)}
 
-    queue, handles = start_choices(state.engine, jobs)
+    queue, handles = start_choices(state.engine, jobs, adapter=adapter)
     stream = ChatStream(prep, len(jobs), base, state.tokenizer, logprobs=want_lp)
 
     async def events():

@@ -10,7 +10,8 @@ from lmkit.serve import schemas
 from lmkit.serve.api_errors import APIError
 from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
-from lmkit.serve.openai_format import (SSE_DONE, check_model, choice_seed, completion_logprobs, generation_config,
+from lmkit.serve.lora_adapters import select_adapter
+from lmkit.serve.openai_format import (SSE_DONE, choice_seed, completion_logprobs, generation_config,
                                        sse, stop_list, token_budget, usage, wants_usage)
 from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
@@ -43,7 +44,7 @@ def check_supported(req: schemas.CompletionRequest, max_n: int) -> None:
 
 @router.post("/v1/completions")
 async def completions(req: schemas.CompletionRequest, request: Request, state: ServerState = Depends(server_state)):
-    check_model(req.model, state.model_name)
+    adapter = select_adapter(req, state.model_name, getattr(state.engine, "lora", None))  # multi-LoRA
     check_supported(req, state.max_n)
     tok = state.tokenizer
     prompts = prompt_ids(req, tok, state.model.config.vocab_size)
@@ -65,7 +66,7 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
     n_prompt = sum(len(p) for p in prompts)
 
     if not req.stream:
-        results = await collect_choices(state.engine, jobs)
+        results = await collect_choices(state.engine, jobs, adapter)
         choices, used = [], 0
         for idx, r in enumerate(results):
             used += len(r["tokens"])
@@ -75,7 +76,7 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
         state.metrics.add_tokens(n_prompt, used)
         return {**head, "choices": choices, "usage": usage(n_prompt, used), "system_fingerprint": None}
 
-    queue, handles = start_choices(state.engine, jobs)
+    queue, handles = start_choices(state.engine, jobs, adapter=adapter)
 
     def chunk(idx: int, text: str, logprobs=None, finish=None) -> bytes:
         return sse({**head, "choices": [{"index": idx, "text": text, "logprobs": logprobs,

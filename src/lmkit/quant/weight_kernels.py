@@ -1,0 +1,150 @@
+"""PyTorch's fused weight-only low-bit matmul kernels for CPU, and the layouts they need.
+
+At batch-1 decode a Linear is a matrix-vector product bound by memory bandwidth: reading
+fewer weight bytes is what makes quantization fast. Dequantizing the whole weight to
+floating point on every call (what a portable implementation does) reads the codes, writes
+a dense copy and reads it again, so it is several times *slower* than fp32. PyTorch's CPU
+build has fused kernels that read the codes directly:
+
+  int8   torch._weight_int8pack_mm(x [M, K], w int8 [N, K], scales [N]) -> [M, N]
+         symmetric per output channel: y = x @ (scales[:, None] * w).T;
+         x and scales of one floating dtype (bf16 is several times faster than fp32).
+  int4   torch._convert_weight_to_int4pack_for_cpu(codes int32 [N, K] in 0..15, 1) -> packed
+         torch._weight_int4pack_mm_for_cpu(x [M, K], packed, group, scales_and_zeros) -> [M, N]
+         scales_and_zeros [K / group, N, 2] of x's dtype; per group
+             w = (q - 8) * scale + zero        (the "tinygemm" convention)
+         so lmkit's asymmetric code  w = scale * (q - z)  maps to  zero = (8 - z) * scale.
+         Needs N % 16 == 0 (rows are padded with zero codes here) and group in {32, 64, 128, 256}
+         (a larger group that is a multiple of one of those repeats its (scale, zero)).
+
+Activations go through the kernels in bf16 (`KERNEL_DTYPE`, measured fastest on the benchmark
+CPU: 1x1024 @ 1024x11264 int8 0.36 ms, int4 0.30 ms vs fp32 dense 2.3 ms); results come back
+in bf16 and are cast to the caller's dtype by the layers. Where a kernel is missing (CUDA, an
+old torch, a group size the kernel refuses) the layers dequantize instead and say so once
+(`warn_fallback`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+KERNEL_DTYPE = torch.bfloat16
+# From this many rows of activations on (prompt processing), int8 layers dequantize to bf16 and
+# run the dense bf16 GEMM instead (oneDNN/AMX): 1024x11264 at 1 thread, 64 rows 55 vs 83 ms,
+# 512 rows 200 vs 730 ms; at 8 rows the kernel wins (8 vs 37 ms).
+INT8_DENSE_ROWS = 48
+INT4_GROUPS = (256, 128, 64, 32)  # group sizes the int4 kernel accepts, largest first
+_WARNED: set[str] = set()
+
+
+def warn_fallback(reason: str) -> None:
+    """Warn once per process and reason that a quantized layer runs the slow dequantize path."""
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(f"lmkit.quant: {reason}; using dequantize-then-matmul (correct but slow)", RuntimeWarning,
+                      stacklevel=3)
+
+
+def int8_kernel_reason(device: torch.device) -> str | None:
+    """Why the int8 kernel cannot run on `device` (None: it can)."""
+    if device.type != "cpu":
+        return f"no fused int8 weight kernel is used on {device.type}"
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        return f"torch {torch.__version__} has no _weight_int8pack_mm"
+    return None
+
+
+def int4_kernel_group(group_size: int, in_features: int) -> int | None:
+    """The kernel group size that represents `group_size` exactly (None: none does)."""
+    for g in INT4_GROUPS:
+        if group_size % g == 0 and in_features % g == 0:
+            return g
+    return None
+
+
+def int4_kernel_reason(device: torch.device, group_size: int, in_features: int) -> str | None:
+    """Why the int4 kernel cannot run (None: it can)."""
+    if device.type != "cpu":
+        return f"no fused int4 weight kernel is used on {device.type}"
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return f"torch {torch.__version__} has no _weight_int4pack_mm_for_cpu"
+    if int4_kernel_group(group_size, in_features) is None:
+        return (f"the int4 kernel needs a group size that is a multiple of 32 (got {group_size} for "
+                f"in_features={in_features})")
+    return None
+
+
+def int8_weight_mm(x: torch.Tensor, w_int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x [M, K] (KERNEL_DTYPE) @ dequant(w_int8 [N, K], scales [N] KERNEL_DTYPE).T -> [M, N]."""
+    return torch.ops.aten._weight_int8pack_mm(x, w_int8, scales)
+
+
+def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+              ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """lmkit's 4-bit storage -> (packed weight, scales_and_zeros, kernel group size).
+
+    codes uint8 [N, K] in 0..15; scales fp32 [N, K / group_size]; zeros [N, K / group_size]
+    (integers). N is padded to a multiple of 16 with zero rows (the caller slices the output).
+    """
+    n, k = codes.shape
+    kg = int4_kernel_group(group_size, k)
+    if kg is None:
+        raise ValueError(f"no int4 kernel group fits group_size={group_size}, in_features={k}")
+    rep = group_size // kg
+    s = scales.float().repeat_interleave(rep, dim=1)
+    z = (8.0 - zeros.float().repeat_interleave(rep, dim=1)) * s
+    pad = -n % 16
+    q = codes.to(torch.int32)
+    if pad:
+        q = torch.cat([q, torch.zeros(pad, k, dtype=torch.int32, device=q.device)])
+        s = torch.cat([s, torch.zeros(pad, s.shape[1], device=s.device)])
+        z = torch.cat([z, torch.zeros(pad, z.shape[1], device=z.device)])
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    sz = torch.stack([s.t(), z.t()], dim=-1).to(KERNEL_DTYPE).contiguous()  # [K / kg, N, 2]
+    return packed, sz, kg
+
+
+def int4_weight_mm(x: torch.Tensor, packed: torch.Tensor, group: int, scales_and_zeros: torch.Tensor,
+                   out_features: int) -> torch.Tensor:
+    """x [M, K] (KERNEL_DTYPE) @ the packed int4 weight -> [M, out_features]."""
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros)
+    return y if y.shape[-1] == out_features else y[:, :out_features]
+
+
+def _kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach().to(KERNEL_DTYPE)
+
+
+def int8_linear_fn(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [M, K] -> x @ (scales * w_int8).T + bias in KERNEL_DTYPE; from INT8_DENSE_ROWS rows on through a bf16
+    copy of the weight and the dense GEMM."""
+    s = scales.to(KERNEL_DTYPE).contiguous()
+    b = _kernel_bias(bias)
+
+    def mm(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(KERNEL_DTYPE).contiguous()
+        if x.shape[0] >= INT8_DENSE_ROWS:
+            return F.linear(x, w_int8.to(KERNEL_DTYPE) * s[:, None], b)
+        y = int8_weight_mm(x, w_int8, s)
+        return y if b is None else y + b
+
+    return mm
+
+
+def int4_linear_fn(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for lmkit's 4-bit groups (codes uint8 [N, K] in 0..15)."""
+    packed, sz, group = pack_int4(codes, scales, zeros, group_size)
+    n = codes.shape[0]
+    b = _kernel_bias(bias)
+
+    def mm(x: torch.Tensor) -> torch.Tensor:
+        y = int4_weight_mm(x.to(KERNEL_DTYPE).contiguous(), packed, group, sz, n)
+        return y if b is None else y + b
+
+    return mm
