@@ -9,8 +9,8 @@ small launcher that patches `llama_model_default_params` before starting `llama_
 as tests/test_gguf_llamacpp.py does: its AMX repack path crashed on this CPU, issue 16).
 
 The client is the official `openai` AsyncOpenAI: at concurrency C, C workers send streamed
-completion requests (greedy, --max-tokens each, prompts: corpus sentences) until --requests
-are done. Per server and concurrency: requests/s, output tok/s (sum of generated tokens /
+completion requests (greedy, --max-tokens each, prompts: corpus sentences, each request its
+own, so no prompt cache sees a repeat) until --requests are done. Per server and concurrency: requests/s, output tok/s (sum of generated tokens /
 wall time), p50/p99 time to first token (first streamed chunk carrying a token).
 
 Both servers run with OMP_WAIT_POLICY=PASSIVE (--omp-wait): both link libgomp, and on a shared
@@ -174,7 +174,7 @@ async def drive(url: str, prompts: list[str], concurrency: int, n_requests: int,
             first = None
             chunks = 0
             usage = None
-            stream = await client.completions.create(model="bench", prompt=prompts[i % len(prompts)],
+            stream = await client.completions.create(model="bench", prompt=prompts[i],
                                                      max_tokens=max_tokens, temperature=0, stream=True,
                                                      stream_options={"include_usage": True})
             async for ch in stream:
@@ -232,7 +232,9 @@ def main() -> None:
     # passive OpenMP waits: on a shared 2-core machine spinning threads stall each other (both servers use libgomp)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=args.omp_wait,
                PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    prompts = prompts_from_corpus(64)
+    prompts = prompts_from_corpus(sum(n for _, n in plan) + 3)
+    if len(prompts) < sum(n for _, n in plan) + 3:
+        raise SystemExit(f"the corpus gives only {len(prompts)} prompts; ask for fewer requests")
     max_batch = max(c for c, _ in plan)
     print(f"model {args.size} {SIZES[args.size]}; {args.max_tokens} tokens per request; plan {plan}; "
           f"{args.threads} threads per server, OMP_WAIT_POLICY={args.omp_wait}; "
@@ -249,10 +251,15 @@ def main() -> None:
                 srv = Server(cmd, env, work / f"{name}-{p}.log")
                 try:
                     srv.wait_ready()
-                    asyncio.run(drive(srv.url, prompts, 1, 3, 16))  # warm-up (llama.cpp's first requests are slow)
+                    # warm-up (llama.cpp's first requests are slow); every request below has a prompt of
+                    # its own, so neither server's prompt cache (lmkit's prefix cache, llama.cpp's
+                    # reuse of the previous prompt) sees a repeat
+                    asyncio.run(drive(srv.url, prompts[-3:], 1, 3, 16))
+                    start = 0
                     for conc, n in plan:
                         loads.append(float(loadavg().split()[0]))
-                        r = asyncio.run(drive(srv.url, prompts, conc, n, args.max_tokens))
+                        r = asyncio.run(drive(srv.url, prompts[start:start + n], conc, n, args.max_tokens))
+                        start += n
                         results.setdefault((p, name, conc), []).append(r)
                         print(f"round {rnd} {p:5s} {name:9s} c={conc:2d}: {r['rps']:.2f} req/s "
                               f"{r['tps']:7.1f} tok/s TTFT p50 {r['p50'] * 1000:7.0f} ms p99 {r['p99'] * 1000:7.0f} ms "
