@@ -111,6 +111,14 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 @click.option("--default-max-tokens", type=click.IntRange(1), default=None,
               help="Chat reply length when a request gives no max_tokens (default: the checkpoint's "
                    "generation_config.json max_new_tokens, else 256).")
+@click.option("--speculative", type=click.Choice(["none", "ngram", "draft"]), default=None,
+              help="Speculative decoding: ngram = prompt lookup (drafts from the request's own tokens), "
+                   "draft = a small draft model (--draft-model); drafts are verified by the model in one "
+                   "forward, greedy output is unchanged. Default: draft with --draft-model, else none.")
+@click.option("--draft-model", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Checkpoint directory of a draft model with the same vocabulary (--speculative draft).")
+@click.option("--num-speculative-tokens", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="Drafts proposed per step with --speculative.")
 @dtype_option()
 @_keep_quantized_option
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
@@ -124,7 +132,8 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
               help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
 def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
               kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
-              default_max_tokens, dtype, keep_quantized, device, threads, log_level, loras, enable_lora) -> None:
+              default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, keep_quantized, device,
+              threads, log_level, loras, enable_lora) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -167,9 +176,19 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
             registry = AdapterRegistry(model, base_name=name)
             for lora_name, lora_path in loras:
                 registry.load(lora_name, lora_path)
+        from lmkit.infer.vocab_padding import renderable_size
+        from lmkit.serve.speculation import make_speculator
+
+        speculative = speculative or ("draft" if draft_model else "none")
+        draft = _load_model(draft_model, None, dtype=dtype)[0] if draft_model and speculative == "draft" else None
+        if draft is not None and device:
+            draft = draft.to(device)
+        speculator = make_speculator(speculative, num_speculative_tokens, draft, model.config.vocab_size,
+                                     renderable_size(tok))
         engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting, kv_cache=kv_cache,
                         kv_cache_mb=kv_cache_mb, kv_blocks=kv_blocks, block_size=block_size,
-                        prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry)
+                        prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry,
+                        speculator=speculator)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens)
     except LmkitError as exc:

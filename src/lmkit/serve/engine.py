@@ -25,6 +25,8 @@ one by one, so only the request that cannot run fails. Only a failure of the bat
 forward itself (out of memory, say) ends every row of that step. The error event carries the
 exception, so the server logs its real traceback (engine_bridge.py, event_stream.py).
 With a tokenizer, the output rows it cannot render (vocabulary padding) are never chosen.
+Speculative decoding (`speculator`, serve/speculation.py): while one plain greedy request runs
+alone, its decode step feeds the pending token plus drafts and keeps what the model agrees with.
 Structured output: a request may carry a `TokenConstraint` (a compiled JSON schema, regex or
 grammar); its row chooses among the ids the constraint allows (`select_tokens(allowed=...)`).
 
@@ -199,7 +201,7 @@ class Engine:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_waiting: int = 1024,
                  fused: bool = True, kv_cache: str = "paged", kv_cache_mb: float | None = None,
                  kv_blocks: int | None = None, block_size: int = 16, prefix_caching: bool = True,
-                 prefill_chunk: int = 512, lora=None) -> None:
+                 prefill_chunk: int = 512, lora=None, speculator=None) -> None:
         """kv_cache: "paged" (blocks, prefix caching, preemption) or "contiguous" (one strip per row).
 
         The KV memory budget is kv_blocks blocks of block_size tokens, or kv_cache_mb MiB of
@@ -208,6 +210,7 @@ class Engine:
         budget only when one is given. prefill_chunk: prompt tokens prefilled per loop
         iteration (paged), between decode steps. lora: an AdapterRegistry (serve/lora_adapters.py)
         whose adapters requests choose by name (multi-LoRA); None: the base model only.
+        speculator: speculative decoding (serve/speculation.py), or None.
         """
         if type(model).__name__ != "DecoderLM" or not hasattr(model, "make_cache"):
             raise ConfigError(f"the engine serves decoder language models (DecoderLM), got {type(model).__name__}")
@@ -254,6 +257,7 @@ class Engine:
         self._stopping = False
         self._closed = False
         self.stats = EngineStats()
+        self.speculator = speculator  # serve/speculation.py: drafts verified in one forward, or None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -463,6 +467,8 @@ class Engine:
         if self.pool is not None:
             return self._paged_decode_step()
         rows = self._rows
+        if self._speculative_step():
+            return self._retire_contiguous(rows)
         b = len(rows)
         cache = self._cache
         ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
@@ -477,12 +483,76 @@ class Engine:
             self.stats.queued_steps += 1
             self.stats.queued_rows += b
         self._choose(rows, logits[:, -1])
+        self._retire_contiguous(rows)
+
+    def _retire_contiguous(self, rows: list[_Row]) -> None:
+        """Finished rows leave the contiguous batch (the cache is re-laid out for the others)."""
         if any(r.done for r in rows):
             keep = [r for r in rows if not r.done]
             if keep:
                 self._relayout(keep, [], None, 0)
             else:
                 self._rows, self._cache, self._bias, self._mask = [], None, None, None
+
+    # ---- speculative decoding (the hook; the method is in speculation.py) ---------------
+    def _speculative_step(self) -> bool:
+        """One verifying forward of the pending token + drafts, when speculation applies; False if not.
+
+        Applies to a lone, plain greedy request (see speculation.py for why): the drafts are
+        fed after the pending token in one forward, the model keeps the agreeing prefix plus
+        its own next token, and the rejected positions are dropped (contiguous: the cache is
+        truncated; paged: r.cached stops before them and later steps overwrite their slots).
+        """
+        spec = self.speculator
+        if spec is None or self._waiting:
+            return False
+        paged = self.pool is not None
+        rows = self._running if paged else self._rows
+        if len(rows) != 1 or (paged and self._prefilling) or (not paged and self._mask is not None):
+            return False
+        r = rows[0]
+        if r.procs or r.cfg.do_sample or r.cfg.logprobs or r.constraint is not None or r.handle.cancelled:
+            return False
+        drafts = spec.propose(r.tokens, r.cfg.max_new_tokens - r.generated - 1)
+        if not drafts:
+            return False
+        g = len(drafts)
+        n = r.cached + g + 1  # the row's tokens in the cache after the forward
+        if paged:
+            pool = self.pool
+            need = pool.blocks_for(n) - len(r.table.blocks)
+            if need > pool.available:
+                return False
+            r.table.blocks += [pool.allocate() for _ in range(max(0, need))]
+            slots = self._slots(r, n)
+            cache = PagedKVView(pool, slots[r.cached:][None].to(self.device), slots[None].to(self.device))
+            fast = None  # a multi-token step over blocks goes through model.forward, as chunked prefill does
+        else:
+            cache, fast = self._cache, self.fused
+        ids = torch.tensor([[r.pending, *drafts]], dtype=torch.long, device=self.device)
+        pos = torch.arange(r.cached, n, device=self.device)[None]
+        with self._adapter_rows([r]):
+            logits = forward_step(self.model, fast, ids, pos, cache, None, None, last_only=False)[0]
+        n_acc, nxt = spec.verify(mask_unrenderable(logits.float(), self.vocab_limit), drafts)
+        spec.record(g, n_acc)
+        if not paged:
+            cache.truncate(cache.seq_len - g + n_acc)  # keep the pending token and the accepted drafts
+        r.cached += 1 + n_acc
+        self.stats.decode_steps += 1
+        self.stats.batch_rows += 1
+        for tok in drafts[:n_acc] + [nxt]:
+            try:
+                self._advance(r, tok, None, None)
+            except Exception as exc:
+                self._fail([r], exc)
+            if r.done:
+                break
+        if paged:
+            if r.done:
+                self._finish(r)
+            else:
+                self._register_full_blocks(r)  # r.tokens now holds every token in the cache
+        return True
 
     def _adapter_rows(self, rows: list[_Row]):
         """Multi-LoRA: the context in which the model's forward uses each row's adapter."""
@@ -769,6 +839,8 @@ class Engine:
     def _paged_decode_step(self) -> None:
         """One token for every decoding row over its blocks; preempts the newest request when
         a row needs a block and none is left."""
+        if self._speculative_step():
+            return
         pool, bs = self.pool, self.pool.block_size
         for r in [r for r in self._running if r not in self._prefilling]:
             while r in self._running and r.cached == len(r.table.blocks) * bs:

@@ -23,6 +23,10 @@
     lmkit_prefix_cache_misses_total            counter    full prompt blocks not found (computed)
     lmkit_prefix_cache_evictions_total         counter    cached blocks evicted (LRU) for new ones
     lmkit_prefix_cache_hit_rate                gauge      hits / (hits + misses), 0 before any
+    lmkit_spec_proposed_tokens_total           counter    speculative drafts proposed (with --speculative)
+    lmkit_spec_accepted_tokens_total           counter    drafts the model accepted
+    lmkit_spec_verify_steps_total              counter    forwards that verified drafts
+    lmkit_spec_acceptance_rate                 gauge      accepted / proposed, 0 before any
 
 A histogram is cumulative buckets `_bucket{le=...}` plus `_sum` and `_count`, as Prometheus
 expects; label values are escaped (backslash, double quote, newline).
@@ -173,5 +177,14 @@ def engine_samples(engine) -> list[tuple[str, str, str, object]]:
              pool.evictions),
             ("lmkit_prefix_cache_hit_rate", "gauge", "Prefix cache hits / (hits + misses), in blocks.",
              hits / (hits + misses) if hits + misses else 0.0),
+        ]
+    spec = getattr(engine, "speculator", None)
+    if spec is not None:  # --speculative (speculation.py)
+        ss = spec.stats
+        samples += [
+            ("lmkit_spec_proposed_tokens_total", "counter", "Speculative draft tokens proposed.", ss.proposed),
+            ("lmkit_spec_accepted_tokens_total", "counter", "Draft tokens the model accepted.", ss.accepted),
+            ("lmkit_spec_verify_steps_total", "counter", "Forwards that verified drafts.", ss.steps),
+            ("lmkit_spec_acceptance_rate", "gauge", "Accepted / proposed draft tokens.", ss.acceptance_rate),
         ]
     return samples
