@@ -1,0 +1,230 @@
+"""Cleaning filters, the pipeline, augmentation, mixtures and datasheets (issue 19).
+
+The quality-rule tests build documents at each threshold (just below, at, just above) and
+write the expected verdict from the rule text (Gopher table A1 / datatrove's defaults, C4
+section 2.2), not from our code. Where datatrove is installed, the same documents also go
+through datatrove's own filters (its spaCy word split replaced by ours, so that the rules and
+not the tokenizers are compared).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from lmkit.data.filters import (
+    BoilerplateLines,
+    C4QualityFilter,
+    Dropped,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    PIIMasker,
+    UnicodeNormalizer,
+)
+from lmkit.data.filters.words import split_words
+
+# ---- hand-built documents -------------------------------------------------------------------
+FILLER = [f"w{c}{d}x" for c in "abcdefghij" for d in "klmnopqrst"]  # 100 distinct 4-letter words
+
+
+def words_doc(n: int, stop: tuple[str, ...] = ("the", "and"), word: str | None = None) -> str:
+    """n distinct words (two of them stop words), one line."""
+    body = list(stop) + [word or FILLER[i % len(FILLER)] + str(i // len(FILLER)) * (i >= 100) for i in range(n - len(stop))]
+    return " ".join(body)
+
+
+def with_mean_length(mean_times_10: int) -> str:
+    """50 words whose mean length is mean_times_10 / 10 (the two stop words are 'the' and 'and')."""
+    total = mean_times_10 * 50 // 10
+    lengths = [3, 3] + [0] * 48
+    rest = total - 6
+    for i in range(48):
+        lengths[2 + i] = rest // 48 + (1 if i < rest % 48 else 0)
+    words = ["the", "and"] + ["".join(random.Random(i).choice("bcdfghjklmnpqrstvwxz") for _ in range(n)) for i, n in enumerate(lengths[2:])]
+    return " ".join(words)
+
+
+gq = GopherQualityFilter()
+
+
+@pytest.mark.parametrize("n,keep", [(49, False), (50, True), (51, True)])
+def test_gopher_min_words(n, keep):
+    assert gq.keep(words_doc(n)) is keep
+
+
+def test_gopher_max_words():
+    small = GopherQualityFilter(max_doc_words=60)
+    assert small.keep(words_doc(60)) and small.keep(words_doc(59)) and not small.keep(words_doc(61))
+
+
+@pytest.mark.parametrize("mean10,keep", [(29, False), (30, True), (31, True), (99, True), (100, True), (101, False)])
+def test_gopher_mean_word_length(mean10, keep):
+    doc = with_mean_length(mean10)
+    lens = [len(w) for w in doc.split()]
+    assert abs(sum(lens) / len(lens) - mean10 / 10) < 1e-9
+    assert gq.keep(doc) is keep
+
+
+@pytest.mark.parametrize("symbol", ["#", "...", "…"])
+@pytest.mark.parametrize("n_words,keep", [(55, True), (54, True), (53, False)])
+def test_gopher_symbol_ratio(symbol, n_words, keep):
+    # 6 symbols among n_words words + 6 symbol tokens: 6/61 and 6/60 = 0.1 (not above) kept, 6/59 dropped;
+    # a last word after them keeps the line from ending in an ellipsis
+    doc = words_doc(n_words - 1) + f" {symbol}" * 6 + " wend"
+    assert len(split_words(doc)) == n_words + 6
+    assert gq.keep(doc) is keep
+
+
+@pytest.mark.parametrize("bullets,keep", [(9, True), (10, False)])
+def test_gopher_bullet_lines(bullets, keep):
+    # 10 lines, `bullets` start with a bullet: 9/10 = 0.9 is not above 0.9 -> kept; 10/10 dropped
+    lines = [("- " if i < bullets else "") + words_doc(6, stop=("the", "and") if i == 0 else ()) for i in range(10)]
+    lines = [l + f" z{i}" for i, l in enumerate(lines)]
+    assert gq.keep("\n".join(lines)) is keep
+
+
+@pytest.mark.parametrize("ellipsis_lines,keep", [(2, True), (3, True), (4, False)])
+def test_gopher_ellipsis_lines(ellipsis_lines, keep):
+    # 10 lines of 6 words; ellipsis at the end of some: 3/10 = 0.3 kept, 4/10 dropped.
+    # The symbol rule must not fire: 4 ellipses over >= 60 words stays below 0.1.
+    lines = [" ".join(FILLER[6 * i:6 * i + 6]) for i in range(10)]
+    lines[0] = "the and " + lines[0]
+    lines = [l + (" …" if i < ellipsis_lines else ".") for i, l in enumerate(lines)]
+    assert gq.keep("\n".join(lines)) is keep
+
+
+@pytest.mark.parametrize("numbers,keep", [(12, True), (13, True), (14, False)])
+def test_gopher_alpha_words(numbers, keep):
+    # 52 alphabetic words + `numbers` numeric words: share with a letter >= 0.8 kept.
+    # 52/64 = 0.8125, 52/65 = 0.8 (not below), 52/66 = 0.788 dropped
+    doc = words_doc(52) + "".join(f" {1000 + i}" for i in range(numbers))
+    assert gq.keep(doc) is keep
+
+
+@pytest.mark.parametrize("stop,keep", [((), False), (("the",), False), (("the", "the"), False), (("the", "and"), True)])
+def test_gopher_stop_words(stop, keep):
+    # at least two *distinct* stop words
+    doc = words_doc(60, stop=stop)
+    assert gq.keep(doc) is keep
+
+
+def test_gopher_chinese_variant_counts_han_characters():
+    zh = "的是" + "".join(chr(0x4E00 + 37 * i) for i in range(48))  # 50 Han characters, 2 stop words
+    assert gq.keep(zh)
+    assert not gq.keep(zh[:-1])  # 49 words
+    assert GopherQualityFilter(language="en").apply(zh) == Dropped("gopher_below_avg_word_length")
+
+
+# ---- repetition --------------------------------------------------------------------------------
+gr = GopherRepetitionFilter(top_n_grams=(), dup_n_grams=())
+
+
+@pytest.mark.parametrize("dups,keep", [(2, True), (3, True), (4, False)])
+def test_repetition_duplicate_line_fraction(dups, keep):
+    # 10 lines, `dups` of them repeat the first: 3/10 = 0.3 not above -> kept (char rule off)
+    f = GopherRepetitionFilter(dup_line_char_frac=None, dup_para_char_frac=None, top_n_grams=(), dup_n_grams=())
+    lines = [f"line number {i} of the text" for i in range(10 - dups)] + ["line number 0 of the text"] * dups
+    assert f.keep("\n".join(lines)) is keep
+
+
+def test_repetition_duplicate_line_chars():
+    # one repeated line of 20 chars in a text of 100 chars = 0.2 -> kept; 21 -> dropped
+    f = GopherRepetitionFilter(dup_line_frac=None, dup_para_frac=None, dup_para_char_frac=None, top_n_grams=(), dup_n_grams=())
+    a = "a" * 20
+    text = "\n".join([a, "b" * 58, a])  # 20 + 1 + 58 + 1 + 20 = 100
+    assert len(text) == 100 and f.keep(text)
+    text = "\n".join([a + "a", "b" * 56, a + "a"])  # dup chars 21 / 100
+    assert len(text) == 100 and not f.keep(text)
+
+
+def test_repetition_paragraph_rules():
+    f = GopherRepetitionFilter(dup_line_frac=None, dup_line_char_frac=None, dup_para_char_frac=None, top_n_grams=(), dup_n_grams=())
+    paras = [f"paragraph {i}" for i in range(7)] + ["paragraph 0"] * 3  # 3/10
+    assert f.keep("\n\n".join(paras))
+    paras = [f"paragraph {i}" for i in range(6)] + ["paragraph 0"] * 4  # 4/10
+    assert not f.keep("\n\n".join(paras))
+
+
+def test_repetition_top_2gram():
+    # top 2-gram "ab cd" (5 chars) x k over len(text); limit 0.2
+    f = GopherRepetitionFilter(None, None, None, None, top_n_grams=((2, 0.2),), dup_n_grams=())
+    def doc(k: int, total: int) -> str:
+        body = " ".join(["ab cd"] * k)
+        pad = total - len(body) - 1
+        return body + " " + "z" * pad
+    assert f.keep(doc(4, 100))  # 20 / 100 = 0.2
+    assert not f.keep(doc(5, 100))  # 25 / 100
+
+
+def test_repetition_duplicated_5grams():
+    f = GopherRepetitionFilter(None, None, None, None, top_n_grams=(), dup_n_grams=((5, 0.15),))
+    gram = "aa bb cc dd ee"  # joined without spaces: 10 chars
+    # two copies: the second is a duplicated 5-gram of 10 chars
+    text = gram + " " + gram
+    assert len(text) == 29
+    # 10 duplicated chars: 10/67 = 0.149 kept, 10/66 = 0.152 dropped
+    assert f.keep(text + " " + "z" * 37)
+    assert not f.keep(text + " " + "z" * 36)
+
+
+# ---- C4 ------------------------------------------------------------------------------------------
+c4 = C4QualityFilter()
+GOOD = "This is a fine sentence."
+
+
+def c4_doc(lines: list[str]) -> str:
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("n,keep", [(4, False), (5, True)])
+def test_c4_min_sentences(n, keep):
+    assert c4.keep(c4_doc([GOOD] * n)) is keep
+
+
+def test_c4_line_rules():
+    base = [GOOD] * 5
+    out = c4.apply(c4_doc(base + ["no terminal punctuation", "Two words.", "It ends with dots...",
+                                  "Enable javascript to view this page.", "Read our privacy policy here.",
+                                  "A " + "x" * 1001 + " word.", "Wikipedia says so.[1]"]))
+    assert out == c4_doc(base + ["Wikipedia says so."])
+    assert c4.apply(c4_doc(base + ["Lorem ipsum dolor sit amet."])) == Dropped("lorem_ipsum")
+    assert c4.apply(c4_doc(base + ["Code like {this} is here."])) == Dropped("curly_bracket")
+    assert c4.keep(c4_doc(base + ["Code like {this} without end"]))  # the line goes first, the bracket never counts
+    assert c4.keep(c4_doc(["Exactly three words."] * 5)) and not c4.keep(c4_doc(["Two words."] * 5))
+    zh = "这是一个很好的句子。" * 1
+    assert c4.keep(c4_doc([zh] * 5))
+
+
+# ---- datatrove itself ---------------------------------------------------------------------------
+def _boundary_documents() -> list[str]:
+    docs = [words_doc(n) for n in (49, 50, 51)]
+    docs += [with_mean_length(m) for m in (29, 30, 31, 99, 100, 101)]
+    docs += [words_doc(50) + " #" * k for k in (4, 5, 6)]
+    docs += [words_doc(52) + "".join(f" {1000 + i}" for i in range(k)) for k in (12, 13, 14)]
+    docs += [words_doc(60, stop=s) for s in ((), ("the",), ("the", "and"))]
+    rng = random.Random(0)
+    vocab = ["the", "and", "of", "data", "model", "#", "...", "-", "123", "x", "tokenizer", "a", "to", "•", "…"]
+    for _ in range(150):
+        lines = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 12))) for _ in range(rng.randint(1, 12))]
+        docs.append(("\n\n" if rng.random() < 0.3 else "\n").join(lines))
+    return docs
+
+
+def test_same_verdicts_as_datatrove(monkeypatch):
+    pytest.importorskip("datatrove")
+    import datatrove.pipeline.filters.gopher_quality_filter as dq
+    import datatrove.pipeline.filters.gopher_repetition_filter as dr
+    from datatrove.data import Document
+
+    monkeypatch.setattr(dq, "split_into_words", lambda text, language=None: split_words(text))
+    monkeypatch.setattr(dr, "split_into_words", lambda text, language=None: split_words(text))
+    theirs_q, theirs_r = dq.GopherQualityFilter(), dr.GopherRepetitionFilter()
+    ours_q, ours_r = GopherQualityFilter(language="en"), GopherRepetitionFilter()
+    docs = _boundary_documents()
+    for i, text in enumerate(docs):
+        for ours, theirs in ((ours_q, theirs_q), (ours_r, theirs_r)):
+            verdict = theirs.filter(Document(text=text, id=str(i)))
+            keep_theirs = verdict is True or (isinstance(verdict, tuple) and verdict[0])
+            assert ours.keep(text) is keep_theirs, (type(ours).__name__, text[:80], verdict)
