@@ -2,7 +2,7 @@
 
 A multinomial naive Bayes over character 1..3-grams (Cavnar & Trenkle's n-gram profiles in
 probabilistic form, the idea behind langid.py and fastText's lid models): each label keeps its
-`top_k` most frequent n-grams with add-one smoothed log probabilities, and a text goes to the
+`top_k` most frequent n-grams with add-one (Laplace) smoothed log probabilities, and a text goes to the
 label under which its n-grams are most likely. `confidence` is the softmax of the per-n-gram
 mean log-likelihoods.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -26,10 +27,13 @@ from typing import Iterable, Mapping
 from lmkit.atomic import atomic_write_text
 from lmkit.data.filters.base import DocumentFilter, Dropped, FilterError, FilterResult
 
+_NEWLINES = re.compile(r"[\r\n\t]+")
+
 
 def char_ngrams(text: str, orders: Iterable[int] = (1, 2, 3)) -> list[str]:
-    """Character n-grams of `text` with its whitespace runs made one space and padded by spaces."""
-    s = " " + " ".join(text.split()) + " "
+    """Character n-grams of `text`, padded by spaces; line breaks become spaces but runs of spaces
+    stay (indentation is a strong sign of code)."""
+    s = " " + _NEWLINES.sub(" ", text.strip()) + " "
     return [s[i:i + n] for n in orders for i in range(len(s) - n + 1)]
 
 
@@ -42,16 +46,17 @@ class LanguageIdentifier:
         self.labels = sorted(log_probs)
 
     @classmethod
-    def train(cls, texts: Mapping[str, str], orders: tuple[int, ...] = (1, 2, 3), top_k: int = 6000) -> "LanguageIdentifier":
+    def train(cls, texts: Mapping[str, str], orders: tuple[int, ...] = (1, 2, 3), top_k: int = 20000) -> "LanguageIdentifier":
         """Fit one n-gram profile per label from `texts` ({label: training text})."""
         if len(texts) < 2:
             raise FilterError("a language identifier needs training text for at least two labels")
+        counts = {label: Counter(char_ngrams(text, orders)) for label, text in texts.items()}
+        vocab = len(set().union(*counts.values()))  # Laplace smoothing over the shared vocabulary
         log_probs, unseen = {}, {}
-        for label, text in texts.items():
-            counts = Counter(char_ngrams(text, orders)).most_common(top_k)
-            total = sum(c for _, c in counts) + len(counts) + 1
-            log_probs[label] = {g: math.log((c + 1) / total) for g, c in counts}
-            unseen[label] = math.log(1 / total)
+        for label, table in counts.items():
+            denominator = sum(table.values()) + vocab
+            log_probs[label] = {g: math.log((c + 1) / denominator) for g, c in table.most_common(top_k)}
+            unseen[label] = math.log(1 / denominator)  # also for the rare n-grams left out of the table
         return cls(log_probs, unseen, orders)
 
     def scores(self, text: str) -> dict[str, float]:

@@ -6,7 +6,8 @@ pretraining set can come back out. Each match is replaced by a tag (``<EMAIL>``,
 
 * e-mail: ``local@domain.tld`` (RFC 5322's common subset);
 * IPv4: four dotted numbers 0..255 (``999.1.1.1`` is not an address); IPv6: any candidate
-  the standard library's `ipaddress` accepts (full, ``::``-compressed, IPv4-suffixed);
+  the standard library's `ipaddress` accepts (full, ``::``-compressed, IPv4-suffixed) with three
+  or more groups, or two with five hex digits (``fe80::1``; ``a::b`` in code is left alone);
 * phone: international ``+CC`` numbers, North-American ``(555) 123-4567`` / ``555-123-4567``,
   Chinese mobile numbers (``1[3-9]`` + 9 digits);
 * ID-like: Chinese resident ID (17 digits + digit/X, with a valid birth date), US SSN
@@ -26,19 +27,19 @@ from lmkit.data.filters.base import DocumentFilter, FilterError, FilterResult
 KINDS = ("email", "ip", "id", "phone")
 TAGS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "id": "<ID>", "phone": "<PHONE>"}
 
-EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]\d)")
 IPV6_CANDIDATE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
 CN_ID = re.compile(r"(?<!\d)[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])")
 SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 PHONE = re.compile(
-    r"(?<![\w+])(?:"
+    r"(?<![A-Za-z0-9_+])(?:"
     r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,4}){2,4}"  # international
     r"|\(\d{3}\)\s?\d{3}[ .-]\d{4}"  # (555) 123-4567
     r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-123-4567
     r"|1[3-9]\d{9}"  # Chinese mobile
-    r")(?![\w])"
+    r")(?![A-Za-z0-9_])"
 )
 
 
@@ -55,7 +56,10 @@ def luhn_ok(digits: str) -> bool:
 
 def _ipv6(match: re.Match) -> str:
     s = match.group(0)
-    if s.count(":") < 2:
+    groups = [g for g in re.split(r"[:.]", s) if g]
+    hex_chars = sum(len(g) for g in groups)
+    # "a::b" in code is a valid address too: ask for three groups, or two with 5+ hex digits and a digit
+    if len(groups) < 3 and not (len(groups) == 2 and hex_chars >= 5 and any(c.isdigit() for c in s)):
         return s
     try:
         ipaddress.IPv6Address(s)
