@@ -327,3 +327,262 @@ def test_language_filter_and_save(identifier, tmp_path):
     assert f.keep("The function returns a new list with the items of the sequence in sorted order.")
     assert f.apply("这是一个中文句子，用来测试语言识别是否正确。") == Dropped("language_zh")
     assert f.apply("for key, value in sorted(table.items()): print(key, value)") == Dropped("language_code")
+
+
+# ---- the pipeline --------------------------------------------------------------------------------
+GOOD_DOC = ("The tokenizer reads the text and splits it into words that the model can learn from. "
+            "Each word is mapped to an integer, and the model learns to predict the next one with care. "
+            "Training repeats this over many documents, so that the statistics of the language are captured. "
+            "Evaluation then measures how well the model predicts text that it has not seen before today.")
+
+
+def _pipeline(**kw):
+    from lmkit.data.clean import CleanPipeline
+
+    filters = [UnicodeNormalizer(), BoilerplateLines(), GopherQualityFilter(), GopherRepetitionFilter(), PIIMasker()]
+    return CleanPipeline(filters, progress=False, **kw)
+
+
+def test_pipeline_counts_drops_and_resumes(tmp_path):
+    from lmkit.data.clean import STATE_DIR
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    docs_a = [GOOD_DOC, "too short", GOOD_DOC.replace("today", "today, mail me at a@example.com") + "\nAccept cookies",
+              "\n".join([GOOD_DOC] * 4)]
+    (raw / "a.jsonl").write_text("".join(json.dumps({"text": t, "label": i}) + "\n" for i, t in enumerate(docs_a)))
+    (raw / "b.txt").write_text(GOOD_DOC + "\n\n" + "# # # # junk\n\n" + GOOD_DOC.upper() + "\n")
+    out, dropped = tmp_path / "out", tmp_path / "dropped"
+    p = _pipeline(split_by="paragraph")
+    stats = p.run([raw], out, dropped)
+    assert stats.documents_in == 7
+    assert stats.drop_counts() == {"gopher_quality": 3, "gopher_repetition": 1}  # short, junk, upper-case (no stop words); repeats
+    assert stats.changed == {"boilerplate": 1, "pii": 1}
+    kept = [json.loads(l) for l in (out / "a.jsonl").read_text().splitlines()]
+    assert [k["label"] for k in kept] == [0, 2]  # every other field survives
+    assert "<EMAIL>" in kept[1]["text"] and "cookies" not in kept[1]["text"]
+    why = [json.loads(l) for l in (dropped / "a.jsonl.dropped.jsonl").read_text().splitlines()]
+    assert [(w["filter"], w["reason"]) for w in why] == [("gopher_quality", "gopher_short_doc"),
+                                                         ("gopher_repetition", "dup_line_frac")]
+    report = json.loads((out / "clean_report.json").read_text())
+    assert report["drop_counts"] == stats.drop_counts() and report["shards_skipped"] == 0
+    # a rerun skips both shards and reports the same counts
+    (out / "b.txt").write_text("sentinel")
+    again = _pipeline(split_by="paragraph").run([raw], out, dropped)
+    assert again.to_dict() == stats.to_dict() and (out / "b.txt").read_text() == "sentinel"
+    assert json.loads((out / "clean_report.json").read_text())["shards_skipped"] == 2
+    # an interrupted shard (no state file) is redone; other settings redo everything
+    (out / STATE_DIR / "b.txt.json").unlink()
+    _pipeline(split_by="paragraph").run([raw], out, dropped)
+    assert (out / "b.txt").read_text() != "sentinel"
+    from lmkit.data.clean import CleanPipeline
+
+    CleanPipeline([UnicodeNormalizer()], split_by="paragraph", progress=False).run([raw], out)
+    assert json.loads((out / "clean_report.json").read_text())["shards_skipped"] == 0
+
+
+def test_pipeline_reads_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [GOOD_DOC, "short"], "id": [1, 2]}), tmp_path / "s.parquet")
+    stats = _pipeline().run([tmp_path / "s.parquet"], tmp_path / "out")
+    assert (stats.documents_in, stats.documents_out) == (2, 1)
+    assert json.loads((tmp_path / "out" / "s.jsonl").read_text()) == {"text": GOOD_DOC, "id": 1}
+
+
+# ---- augmentation --------------------------------------------------------------------------------
+EXAMPLES = [{"text": "The movie was very good and the actor was great .", "label": "pos"},
+            {"text": "A boring plot and a terrible ending . I want my money back .", "label": "neg"},
+            {"text": "这部电影非常好，我很喜欢。", "label": "pos"}]
+
+
+def test_eda_is_deterministic_and_keeps_labels():
+    from lmkit.data.augment import EDAConfig, EDAugmenter
+
+    cfg = EDAConfig(num_aug=6, operations=("sr", "ri", "rs", "rd", "mask", "shuffle"), seed=3)
+    a = list(EDAugmenter(cfg).augment_records(EXAMPLES))
+    b = list(EDAugmenter(EDAConfig(**{**vars(cfg)})).augment_records(EXAMPLES))
+    assert a == b and len(a) == len(EXAMPLES) * 7
+    c = list(EDAugmenter(EDAConfig(**{**vars(cfg), "seed": 4})).augment_records(EXAMPLES))
+    assert a != c
+    for i, ex in enumerate(EXAMPLES):
+        group = a[i * 7:(i + 1) * 7]
+        assert group[0] == ex and all(g["label"] == ex["label"] for g in group)
+        assert [g["augmentation"] for g in group[1:]] == ["sr", "ri", "rs", "rd", "mask", "shuffle"]
+    sr, ri, rs, rd, mask, shuffle = (g["text"] for g in a[1:7])
+    words = EXAMPLES[0]["text"].split()
+    assert len(sr.split()) == len(words) and sr != EXAMPLES[0]["text"]  # movie/good/actor/great have synonyms
+    assert len(ri.split()) == len(words) + 1  # alpha 0.1 of 11 words: one insertion
+    assert sorted(rs.split()) == sorted(words) and rs != EXAMPLES[0]["text"]
+    assert set(rd.split()) <= set(words) and 1 <= len(rd.split()) <= len(words)
+    assert mask.split().count("<mask>") == 1 and len(mask.split()) == len(words) - 1 + 1  # one word -> one mask
+    two = a[7 + 6]["text"]  # the second example's sentences, shuffled
+    assert sorted([two[: two.index(".") + 1], two[two.index(".") + 2:]]) == sorted(
+        ["A boring plot and a terrible ending .", "I want my money back ."])
+    zh_rs = a[14 + 3]["text"]  # Chinese is augmented character by character
+    assert sorted(zh_rs) == sorted(EXAMPLES[2]["text"])
+
+
+def test_paraphrase_with_a_fake_callable_and_a_tiny_lmkit_model():
+    import torch
+
+    from lmkit.data.paraphrase import back_translation, paraphrase_records, prompt_paraphraser, prompt_translator
+
+    def fake_translate(text, source, target):
+        return text[::-1] if target == "Chinese" else text[::-1].replace("good", "fine")
+
+    out = list(paraphrase_records(EXAMPLES[:1], back_translation(fake_translate)))
+    assert out[1] == {"text": "The movie was very fine and the actor was great .", "label": "pos", "augmentation": "paraphrase"}
+    calls = []
+    para = prompt_paraphraser(lambda prompt: calls.append(prompt) or " same words\nsecond line")
+    assert para("hello") == "same words" and "hello" in calls[0]
+    assert prompt_translator(lambda p: "bonjour")("hello", "English", "French") == "bonjour"
+
+    from lmkit.infer.generate import generate_text
+    from lmkit.models.config import ModelConfig
+    from lmkit.models.decoder import DecoderLM
+    from lmkit.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(["the movie was good the actor was great"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=256)).eval()
+    para = prompt_paraphraser(lambda p: generate_text(model, tok, p, max_new_tokens=8, do_sample=False))
+    out = list(paraphrase_records(EXAMPLES[:2], para, skip_unchanged=False))
+    assert out[0] == EXAMPLES[0] and len(out) in (2, 3, 4)
+    assert [o["label"] for o in out if o["text"] in (EXAMPLES[1]["text"],)] == ["neg"]
+    assert all(o["label"] == ("pos" if i < out.index(EXAMPLES[1]) else "neg") for i, o in enumerate(out))
+
+
+# ---- balancing and mixtures ----------------------------------------------------------------------
+def test_temperature_weights_formula():
+    from lmkit.data.mixture import temperature_weights
+
+    sizes = {"a": 4000, "b": 400, "c": 40}
+    for T in (1.0, 2.0, 5.0):
+        w = temperature_weights(sizes, T)
+        z = sum(n ** (1 / T) for n in sizes.values())
+        assert all(abs(w[k] - sizes[k] ** (1 / T) / z) < 1e-12 for k in sizes)
+    assert temperature_weights(sizes, 1.0)["a"] == pytest.approx(4000 / 4440)
+    assert list(temperature_weights(sizes, float("inf")).values()) == pytest.approx([1 / 3] * 3)
+
+
+def test_mixture_draws_follow_the_temperature_formula():
+    """Chi-square goodness of fit of 20,000 draws against p_i ∝ n_i^(1/T) (T = 2)."""
+    from lmkit.data.mixture import MixtureDataset
+
+    sizes = {"a": 4000, "b": 400, "c": 40}
+    sources = {k: [{"x": i} for i in range(n)] for k, n in sizes.items()}
+    mix = MixtureDataset(sources, temperature=2.0, samples_per_epoch=20_000, seed=11, with_source=True)
+    drawn = list(mix)
+    z = sum(n ** 0.5 for n in sizes.values())
+    chi2 = 0.0
+    for k, n in sizes.items():
+        expected = 20_000 * n ** 0.5 / z
+        observed = sum(d["source"] == k for d in drawn)
+        chi2 += (observed - expected) ** 2 / expected
+    assert chi2 < 13.82  # the 0.999 quantile of chi-square with 2 degrees of freedom
+    # the small source is over-sampled evenly: every example 35 or 36 times
+    from collections import Counter
+
+    per_example = Counter(d["x"] for d in drawn if d["source"] == "c")
+    assert len(per_example) == 40 and max(per_example.values()) - min(per_example.values()) <= 1
+
+
+def test_mixture_feeds_the_trainer_and_resumes(tmp_path):
+    import torch
+
+    from lmkit.data.mixture import MixtureDataset
+    from lmkit.models.config import ModelConfig
+    from lmkit.models.decoder import DecoderLM
+    from lmkit.train import TrainConfig, Trainer, set_seed
+
+    g = torch.Generator().manual_seed(0)
+    domain = lambda n, lo, hi: [{"input_ids": (ids := torch.randint(lo, hi, (12,), generator=g)), "labels": ids} for _ in range(n)]  # noqa: E731
+    sources = {"code": domain(30, 0, 32), "prose": domain(6, 32, 64)}
+    make = lambda: MixtureDataset(sources, temperature=2.0,  # noqa: E731
+                                  batch_size=4, samples_per_epoch=24, seed=5)
+    batches = list(make())
+    assert len(batches) == 6 and batches[0]["input_ids"].shape == (4, 12)
+    resumed = make()
+    it = iter(resumed)
+    next(it), next(it)
+    state = resumed.state_dict()
+    fresh = make()
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(fresh, batches[2:]))
+
+    set_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16))
+    cfg = TrainConfig(max_steps=8, lr=5e-3, warmup_steps=1, out_dir=str(tmp_path / "run"), progress=False, seed=1)
+    history = Trainer(model, cfg, make()).train()
+    assert len(history) >= 1 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+
+
+def test_balancing():
+    from collections import Counter
+
+    from lmkit.data.balance import balanced_sampler, class_weights, resample
+
+    labels = ["a"] * 90 + ["b"] * 10
+    w = class_weights(labels)
+    assert w["b"] / w["a"] == pytest.approx(9.0) and sum(w[l] for l in labels) / 100 == pytest.approx(1.0)
+    assert class_weights(labels, "sqrt_inverse")["b"] / class_weights(labels, "sqrt_inverse")["a"] == pytest.approx(3.0)
+    eff = class_weights(labels, "effective", beta=0.9)
+    assert eff["b"] / eff["a"] == pytest.approx((1 - 0.9 ** 90) / (1 - 0.9 ** 10))
+    items = list(range(100))
+    over = resample(items, labels, "over", seed=1)
+    assert Counter(labels[i] for i in over) == {"a": 90, "b": 90} and set(over) == set(items)
+    under = resample(items, labels, "under", seed=1)
+    assert Counter(labels[i] for i in under) == {"a": 10, "b": 10}
+    assert resample(items, labels, "under", seed=1) == under
+    drawn = Counter(labels[i] for i in balanced_sampler(labels, num_samples=4000, seed=0))
+    assert abs(drawn["b"] / 4000 - 0.5) < 0.05
+
+
+# ---- datasheet and CLI ---------------------------------------------------------------------------
+def test_datasheet_and_cli(tmp_path, identifier, monkeypatch):
+    from click.testing import CliRunner
+
+    monkeypatch.setenv("LMKIT_PROGRESS", "off")  # --quiet sets it; monkeypatch restores it afterwards
+
+    from lmkit.cli import cli as main
+    from lmkit.data.datasheet import build_datasheet, datasheet_markdown
+
+    ident, _ = identifier
+    sheet = build_datasheet("toy", [GOOD_DOC, "中文文本，五个字。"], identifier=ident, tokenizers={"chars": _Chars()},
+                            clean_report={"documents_in": 5, "documents_out": 2, "filters": [{"name": "gopher_quality"}],
+                                          "drop_counts": {"gopher_quality": 3}, "dropped": {"gopher_quality": {"gopher_short_doc": 3}}},
+                            dedup_report={"documents": 4, "kept": 3, "exact_duplicates": 1, "near_duplicates": 0,
+                                          "duplicate_rate": 0.25, "clusters": 1})
+    assert sheet["sizes"]["documents"] == 2 and sheet["languages"] == {"en": 1, "zh": 1}
+    assert sheet["tokens"]["chars"] == len(GOOD_DOC) + 9
+    md = datasheet_markdown(sheet)
+    assert "| gopher_quality | 3 | 0 | gopher_short_doc 3 |" in md and "Duplicate rate 25.00 %" in md
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(GOOD_DOC + "\n\nshort line\n\n" + GOOD_DOC + " Mail a@example.com now.\n")
+    runner = CliRunner()
+    r = runner.invoke(main, ["data", "clean", str(raw), "-o", str(tmp_path / "out"), "--filters", "unicode,gopher_quality,pii",
+                             "--dropped", str(tmp_path / "dropped"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "3 documents in, 2 kept" in r.output and "gopher_quality 1" in r.output
+    r = runner.invoke(main, ["data", "stats", str(tmp_path / "out" / "raw.txt"), "-o", str(tmp_path / "sheet"),
+                             "--clean-report", str(tmp_path / "out" / "clean_report.json"), "--no-languages", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "sheet.json").read_text())["cleaning"]["drop_counts"] == {"gopher_quality": 1}
+    ex = tmp_path / "ex.jsonl"
+    ex.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in EXAMPLES))
+    r = runner.invoke(main, ["data", "augment", str(ex), "-o", str(tmp_path / "aug.jsonl"), "--num-aug", "2", "--quiet"])
+    assert r.exit_code == 0, r.output
+    aug = [json.loads(l) for l in (tmp_path / "aug.jsonl").read_text().splitlines()]
+    assert len(aug) == 9 and [a["label"] for a in aug] == ["pos"] * 3 + ["neg"] * 3 + ["pos"] * 3
+    r = runner.invoke(main, ["data", "mix", f"a={ex}", f"b={tmp_path / 'aug.jsonl'}", "-o", str(tmp_path / "mix.jsonl"),
+                             "--temperature", "2", "--samples", "30", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "mix.jsonl").read_text().splitlines()) == 30
+
+
+class _Chars:
+    def encode(self, text):
+        return list(text)
