@@ -90,7 +90,8 @@ def near_copy(doc: str, rng: random.Random) -> str:
     return "\n\n".join(out)
 
 
-def build_corpus(seed: int) -> tuple[list[str], list[str], dict[str, int]]:
+def build_corpus(seed: int) -> tuple[list[str], list[str], dict[str, int], dict[str, str]]:
+    """(raw training documents, held-out documents, planted counts, {raw text: its kind})."""
     text = (write_corpora(Path(__file__).resolve().parent / "corpus") / "en.txt").read_text(encoding="utf-8")
     paras = [p.strip() for p in text.split("\n\n") if p.strip()]
     docs = ["\n\n".join(paras[i:i + 6]) for i in range(0, len(paras), 6)]
@@ -101,22 +102,51 @@ def build_corpus(seed: int) -> tuple[list[str], list[str], dict[str, int]]:
     n = len(train)
     vocab = sorted({w for d in train[:200] for w in d.split() if w.isalpha() and len(w) > 3})
     raw = list(train)
+    kinds = {t: "genuine" for t in train}
     for i in rng.sample(range(n), n // 20):  # junk lines inside 5 % of the documents
         raw[i] = junk_lines(raw[i], rng)
+        kinds[raw[i]] = "genuine with junk lines"
     sources = rng.sample(range(n), n // 100)
     planted_dups = []
     for k in range(n // 10):  # 10 % duplicates of 1 % of the documents
         src = train[sources[k % len(sources)]]
         planted_dups.append(src if k % 2 == 0 else near_copy(src, rng))
     planted_junk = [junk_document(rng, vocab) for _ in range(n // 20)]
+    for k, d in enumerate(planted_dups):
+        kinds[d] = "copied" if k % 2 == 0 else "near copy"  # "copied": the original, then its exact copies
+    kinds.update({d: "junk document" for d in planted_junk})
     raw += planted_dups + planted_junk
     rng.shuffle(raw)
     return raw, held, {"documents": n, "held_out": n_held, "duplicates": len(planted_dups), "junk_documents": len(planted_junk),
-                       "junk_line_documents": n // 20}
+                       "junk_line_documents": n // 20}, kinds
+
+
+def accounting(raw: list[str], kinds: dict[str, str], dropped_path: Path, cleaned_path: Path) -> dict[str, dict[str, int]]:
+    """Per kind of raw document: how many, dropped by a filter, removed by dedup, kept.
+
+    Raw records carry their index (`id`), which the cleaner and dedup keep; the dropped file
+    names each document by its line (`source` = path:line). The first occurrence of an
+    exactly copied document is its original ("genuine"); later ones are the copies."""
+    dropped = {int(json.loads(line)["source"].rsplit(":", 1)[1]) - 1
+               for line in dropped_path.read_text(encoding="utf-8").splitlines()}
+    kept = {json.loads(line)["id"] for line in cleaned_path.read_text(encoding="utf-8").splitlines()}
+    table: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()
+    for i, text in enumerate(raw):
+        kind = kinds.get(text, "genuine")
+        if kind == "copied":
+            kind = "exact copy" if text in seen else "genuine"
+        seen.add(text)
+        row = table.setdefault(kind, {"documents": 0, "dropped_by_filters": 0, "removed_by_dedup": 0, "kept": 0})
+        row["documents"] += 1
+        key = "dropped_by_filters" if i in dropped else "kept" if i in kept else "removed_by_dedup"
+        row[key] += 1
+    return dict(sorted(table.items()))
 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
-    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    path.write_text("".join(json.dumps({"text": t, "id": i}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+                    encoding="utf-8")
 
 
 def train_and_eval(name: str, corpus: Path, held: Path, tok_path: Path, work: Path, steps: int, seed: int) -> dict:
@@ -160,12 +190,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=ALPHA, help="Gopher quality: least share of words with a letter.")
+    ap.add_argument("--no-train", action="store_true", help="Clean, dedup and report only.")
     ap.add_argument("--out", default=None, help="Keep the work files here (default: a temporary folder).")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_clean_"))
     work.mkdir(parents=True, exist_ok=True)
-    raw, held, planted = build_corpus(args.seed)
+    raw, held, planted, kinds = build_corpus(args.seed)
     raw_path, held_path = work / "raw.jsonl", work / "held_out.txt"
     write_jsonl(raw_path, raw)
     held_path.write_text("\n\n".join(held) + "\n", encoding="utf-8")
@@ -186,6 +217,12 @@ def main() -> None:
           f"in {clean_seconds:.1f} s; drops per filter: {stats.drop_counts()}; changed: {stats.changed}; "
           f"dedup removed {dedup.exact_duplicates} exact + {dedup.near_duplicates} near")
 
+    table = accounting(raw, kinds, work / "dropped" / "raw.jsonl.dropped.jsonl", dedup_out)
+    print("| raw documents | count | dropped by a filter | removed by dedup | kept |")
+    print("|---|---|---|---|---|")
+    for kind, row in table.items():
+        print(f"| {kind} | {row['documents']} | {row['dropped_by_filters']} | {row['removed_by_dedup']} | {row['kept']} |")
+
     from lmkit.tokenizers import BPETokenizer
 
     tok = BPETokenizer.train(raw, vocab_size=2048, special_tokens=["<|endoftext|>"])
@@ -197,6 +234,8 @@ def main() -> None:
     write_datasheet(sheet, work / "datasheet")
     print(datasheet_markdown(sheet))
 
+    if args.no_train:
+        return
     (work / "raw.txt").write_text("\n\n".join(t.replace("\n\n", "\n") for t in raw) + "\n", encoding="utf-8")
     (work / "cleaned.txt").write_text("\n\n".join(t.replace("\n\n", "\n") for t in cleaned) + "\n", encoding="utf-8")
     results = {}

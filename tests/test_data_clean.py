@@ -514,7 +514,7 @@ def test_mixture_feeds_the_trainer_and_resumes(tmp_path):
 
     set_seed(0)
     model = DecoderLM(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16))
-    cfg = TrainConfig(max_steps=8, lr=5e-3, warmup_steps=1, out_dir=str(tmp_path / "run"), progress=False, seed=1)
+    cfg = TrainConfig(max_steps=3, lr=5e-3, warmup_steps=1, out_dir=str(tmp_path / "run"), progress=False, seed=1)
     history = Trainer(model, cfg, make()).train()
     assert len(history) >= 1 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
 
