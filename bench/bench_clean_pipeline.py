@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=ALPHA, help="Gopher quality: least share of words with a letter.")
+    ap.add_argument("--filters", default="unicode,boilerplate,language,gopher_quality,gopher_repetition,pii",
+                    help="Cleaning filters in order (the language filter must be third for the datasheet's labels).")
     ap.add_argument("--no-train", action="store_true", help="Clean, dedup and report only.")
     ap.add_argument("--out", default=None, help="Keep the work files here (default: a temporary folder).")
     args = ap.parse_args()
@@ -203,7 +205,7 @@ def main() -> None:
     print(f"raw: {len(raw)} documents ({planted}); held out: {len(held)} documents")
 
     t0 = time.perf_counter()
-    filters = build_filters(["unicode", "boilerplate", "language", "gopher_quality", "gopher_repetition", "pii"],
+    filters = build_filters(args.filters.split(","),
                             {"language": {"keep": ["en", "code"]}, "gopher_quality": {"max_non_alpha_words_ratio": args.alpha}})
     pipeline = CleanPipeline(filters, progress=False)
     stats = pipeline.run([raw_path], work / "clean", work / "dropped", resume=False)
@@ -229,7 +231,7 @@ def main() -> None:
     tok_path = work / "tokenizer.lmkit.json"
     tok.save(tok_path)
     sheet = build_datasheet("bench-clean (cleaned)", cleaned, clean_report=pipeline.last_report, dedup_report=dedup,
-                            tokenizers={"bpe-2048": tok}, identifier=filters[2].identifier,
+                            tokenizers={"bpe-2048": tok}, identifier=next(f for f in filters if f.name == "language").identifier,
                             description="bench/corpus/en.txt + 20 % planted duplicates and junk, cleaned and deduplicated")
     write_datasheet(sheet, work / "datasheet")
     print(datasheet_markdown(sheet))
