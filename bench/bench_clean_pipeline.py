@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=ALPHA, help="Gopher quality: least share of words with a letter.")
     ap.add_argument("--filters", default="unicode,boilerplate,language,gopher_quality,gopher_repetition,pii",
-                    help="Cleaning filters in order (the language filter must be third for the datasheet's labels).")
+                    help="Cleaning filters in order (include language: the datasheet counts its labels).")
     ap.add_argument("--no-train", action="store_true", help="Clean, dedup and report only.")
     ap.add_argument("--out", default=None, help="Keep the work files here (default: a temporary folder).")
     args = ap.parse_args()
