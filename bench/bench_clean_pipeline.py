@@ -20,7 +20,7 @@
    cleaned data; report the mean training loss of the last 20 % of steps and the perplexity on
    the held-out clean text.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_clean_pipeline.py [--steps 300] [--out DIR]
+    OMP_NUM_THREADS=1 python3 bench/bench_clean_pipeline.py [--steps 300] [--seed 0] [--filters ...] [--out DIR]
 """
 
 from __future__ import annotations
