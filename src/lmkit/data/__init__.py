@@ -1,5 +1,11 @@
-"""Pretraining data: deduplication and decontamination, corpus -> token shards, the objectives' batches.
+"""Pretraining data: cleaning, deduplication and decontamination, augmentation and mixtures,
+corpus -> token shards, the objectives' batches.
 
+* `clean`           readers -> `filters` -> writers, shard by shard, resumable, drop counts per filter
+* `filters`         Unicode, boilerplate, language ID, Gopher quality/repetition, C4 lines, PII masking
+* `augment`, `paraphrase`, `synonyms`: EDA and model-based paraphrases for fine-tuning data
+* `balance`, `mixture`: over/under-sampling, class weights, temperature-sampled mixtures (Trainer input)
+* `datasheet`       per-dataset datasheet (Markdown + JSON)
 * `dedup`           exact (normalised-text hash, document/paragraph) and MinHash-LSH near-duplicate removal
 * `decontaminate`   evaluation items in training data: 13-gram overlap, shingle containment, MinHash
 * `shingles`, `minhash`, `lsh`, `union_find`, `records`: the pieces both are built from
@@ -10,8 +16,13 @@
 * `prefix_lm`       prefix LM: bidirectional prefix, loss on the target (`PrefixLMCollator`)
 """
 
+from lmkit.data.augment import EDAConfig, EDAugmenter
+from lmkit.data.balance import balanced_sampler, class_weights, resample
+from lmkit.data.clean import CleanPipeline, CleanStats
+from lmkit.data.datasheet import build_datasheet, write_datasheet
 from lmkit.data.decontaminate import DecontamConfig, Decontaminator, decontaminate
 from lmkit.data.dedup import DedupConfig, ExactDeduplicator, dedup_texts, deduplicate, near_duplicates
+from lmkit.data.mixture import MixtureDataset, temperature_weights
 from lmkit.data.mlm import MaskingConfig, MLMCollator, NSPExample, build_nsp_examples, mask_tokens
 from lmkit.data.packing import PackedDataset, PackedLoader, ResumableSampler, stack_collate
 from lmkit.data.prefix_lm import PrefixLMCollator
@@ -24,7 +35,12 @@ from lmkit.data.span_corruption import (
 )
 
 __all__ = [
+    "CleanPipeline",
+    "CleanStats",
     "CorpusError",
+    "EDAConfig",
+    "EDAugmenter",
+    "MixtureDataset",
     "DecontamConfig",
     "Decontaminator",
     "DedupConfig",
@@ -40,7 +56,10 @@ __all__ = [
     "SpanCorruptionCollator",
     "SpanCorruptionConfig",
     "TokenShards",
+    "balanced_sampler",
+    "build_datasheet",
     "build_nsp_examples",
+    "class_weights",
     "corrupt_spans",
     "decontaminate",
     "dedup_texts",
@@ -50,5 +69,8 @@ __all__ = [
     "near_duplicates",
     "prepare_shards",
     "random_spans_noise_mask",
+    "resample",
     "stack_collate",
+    "temperature_weights",
+    "write_datasheet",
 ]

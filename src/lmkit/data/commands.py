@@ -1,4 +1,5 @@
-"""CLI: `lmkit data prepare` (corpus -> memmap token shards), `dedup` and `decontaminate`."""
+"""CLI: `lmkit data prepare` (corpus -> memmap token shards), `clean`, `dedup`, `decontaminate`,
+`augment`, `mix` and `stats`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lmkit.cli_grammar import progress_flags
 
 @click.group("data")
 def data_group() -> None:
-    """Pretraining data: deduplicate, decontaminate, corpus -> token shards."""
+    """Pretraining and fine-tuning data: clean, deduplicate, decontaminate, augment, mix, datasheets, token shards."""
 
 
 @data_group.command("prepare")
@@ -161,6 +162,162 @@ def data_decontaminate(train, eval_files, out, report, report_only, ngram, min_w
     where = f"kept {result.kept} in {out_path}" if out_path else "nothing removed (--report-only)"
     click.echo(f"{result.documents} training documents, {result.contaminated_documents} contain evaluation items; "
                f"{where}; report {report_path}")
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@data_group.command("clean")
+@progress_flags
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the cleaned shards (one per input file), their state files and clean_report.json.")
+@click.option("--filters", "filter_names", default="unicode,boilerplate,language,gopher_quality,gopher_repetition,pii",
+              show_default=True, help="Filters in order: unicode, boilerplate, language, gopher_quality, gopher_repetition, c4, pii.")
+@click.option("--dropped", "dropped_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for what was dropped and why (SHARD.dropped.jsonl).")
+@click.option("--languages", default="en,zh", show_default=True, help="Labels the language filter keeps (en, zh, code).")
+@click.option("--min-confidence", type=float, default=0.5, show_default=True, help="Language filter: least confidence.")
+@click.option("--form", type=click.Choice(["NFC", "NFKC", "none"]), default="NFKC", show_default=True, help="Unicode normal form.")
+@click.option("--pii", "pii_kinds", default="email,ip,id,phone", show_default=True, help="PII kinds to mask.")
+@click.option("--no-resume", is_flag=True, help="Redo every shard, even those a previous run finished.")
+@click.option("--field", default="text", show_default=True, help="Text field of JSON Lines / Parquet records.")
+@click.option("--split-by", type=click.Choice(["line", "paragraph", "file"]), default="paragraph", show_default=True,
+              help="What one document of a text file is.")
+def data_clean(inputs, out_dir, filter_names, dropped_dir, languages, min_confidence, form, pii_kinds, no_resume, field,
+               split_by) -> None:
+    """Clean INPUTS (JSON Lines, text or Parquet files/folders) through quality filters into OUT."""
+    from lmkit.data.clean import CleanPipeline
+    from lmkit.data.filters import build_filters
+
+    options = {"unicode": {"form": form}, "language": {"keep": _csv(languages), "min_confidence": min_confidence},
+               "pii": {"kinds": _csv(pii_kinds)}}
+    filters = build_filters(_csv(filter_names), options)
+    out = Path(out_dir)
+    _refuse_overwriting_inputs(inputs, *(out / p.name for p in _input_files(inputs)))
+    pipeline = CleanPipeline(filters, field, split_by)
+    stats = pipeline.run(list(inputs), out, dropped_dir, resume=not no_resume)
+    report = pipeline.last_report
+    drops = ", ".join(f"{k} {v}" for k, v in stats.drop_counts().items()) or "none"
+    click.echo(f"{stats.documents_in} documents in, {stats.documents_out} kept ({report['shards_skipped']} of "
+               f"{report['shards']} shards already done); dropped: {drops}; report {out / 'clean_report.json'}")
+
+
+def _input_files(inputs) -> list[Path]:
+    from lmkit.data.shards import corpus_files
+
+    return corpus_files(list(inputs))
+
+
+@data_group.command("augment")
+@progress_flags
+@click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Augmented JSON Lines.")
+@click.option("--num-aug", type=int, default=4, show_default=True, help="Augmented copies per example.")
+@click.option("--ops", default="sr,ri,rs,rd", show_default=True, help="EDA operations: sr, ri, rs, rd, mask, shuffle.")
+@click.option("--alpha", type=float, default=0.1, show_default=True, help="Share of words each operation changes.")
+@click.option("--mask-token", default="<mask>", show_default=True, help="Token of span masking.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--field", default="text", show_default=True, help="Text field (every other field, e.g. the label, is kept).")
+@click.option("--no-original", is_flag=True, help="Write only the augmented copies.")
+def data_augment(input_path, out, num_aug, ops, alpha, mask_token, seed, field, no_original) -> None:
+    """EDA-augment the JSON Lines examples of INPUT_PATH, keeping their labels."""
+    from lmkit.data.augment import EDAConfig, EDAugmenter
+    from lmkit.jsonl import iter_jsonl
+    from lmkit.progress import Progress
+
+    out_path = Path(out)
+    _refuse_overwriting_inputs((input_path,), out_path)
+    cfg = EDAConfig(alpha_sr=alpha, alpha_ri=alpha, alpha_rs=alpha, p_rd=alpha, alpha_mask=max(alpha, 0.01),
+                    mask_token=mask_token, num_aug=num_aug, operations=tuple(_csv(ops)), seed=seed,
+                    keep_original=not no_original)
+    from lmkit.atomic import atomic_write_text
+
+    records = [obj for _, obj in iter_jsonl(input_path)]
+    augmenter, lines = EDAugmenter(cfg), []
+    for rec in augmenter.augment_records(Progress(total=len(records), desc="augment", unit="example").track(records), field):
+        lines.append(json.dumps(rec, ensure_ascii=False))
+
+    atomic_write_text(out_path, "\n".join(lines) + ("\n" if lines else ""))
+    click.echo(f"{len(records)} examples -> {len(lines)} in {out_path}")
+
+
+@data_group.command("mix")
+@progress_flags
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Mixed JSON Lines.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="p_i ∝ n_i^(1/T); inf = uniform.")
+@click.option("--samples", type=int, default=None, help="Examples to draw [default: all sources' total].")
+@click.option("--balance", type=click.Choice(["none", "over", "under"]), default="none", show_default=True,
+              help="Then over- or under-sample the classes of --label-field to equal counts.")
+@click.option("--label-field", default="label", show_default=True)
+@click.option("--field", default="text", show_default=True, help="Text field of text sources' records.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_mix(sources, out, temperature, samples, balance, label_field, field, seed) -> None:
+    """Mix NAME=PATH SOURCES (JSON Lines or text) by temperature sampling into one JSON Lines file."""
+    from lmkit.atomic import atomic_write_text
+    from lmkit.data.balance import resample
+    from lmkit.data.mixture import MixtureDataset
+    from lmkit.data.records import iter_records
+
+    named: dict[str, list[dict]] = {}
+    for spec in sources:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).exists():
+            raise click.UsageError(f"{spec!r}: give each source as NAME=PATH to an existing file or folder")
+        named[name] = [r.obj if r.obj is not None else {field: r.text} for r in iter_records([path], field)]
+    mix = MixtureDataset(named, temperature=temperature, samples_per_epoch=samples, seed=seed, with_source=True)
+    drawn = list(iter(mix))
+    if balance != "none":
+        labels = [d.get(label_field) for d in drawn]
+        drawn = resample(drawn, labels, balance, seed)
+    counts: dict[str, int] = {}
+    for d in drawn:
+        counts[d["source"]] = counts.get(d["source"], 0) + 1
+    _refuse_overwriting_inputs(tuple(s.partition("=")[2] for s in sources), Path(out))
+    atomic_write_text(out, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in drawn))
+    shares = ", ".join(f"{k} {mix.weights[k]:.3f} ({counts.get(k, 0)})" for k in mix.names)
+    click.echo(f"{len(drawn)} examples in {out}; p(source) (drawn): {shares}")
+
+
+@data_group.command("stats")
+@progress_flags
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", "prefix", required=True, type=click.Path(dir_okay=False),
+              help="Datasheet prefix: writes PREFIX.md and PREFIX.json.")
+@click.option("--name", default=None, help="Dataset name [default: the prefix's name].")
+@click.option("-t", "--tokenizer", "tokenizer_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Count tokens with this tokenizer; repeat for several.")
+@click.option("--clean-report", type=click.Path(exists=True, dir_okay=False), default=None, help="clean_report.json of `lmkit data clean`.")
+@click.option("--dedup-report", type=click.Path(exists=True, dir_okay=False), default=None, help="Report of `lmkit data dedup`.")
+@click.option("--contamination-report", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Report of `lmkit data decontaminate`.")
+@click.option("--no-languages", is_flag=True, help="Skip language identification.")
+@click.option("--field", default="text", show_default=True)
+@click.option("--split-by", type=click.Choice(["line", "paragraph", "file"]), default="paragraph", show_default=True)
+def data_stats(inputs, prefix, name, tokenizer_paths, clean_report, dedup_report, contamination_report, no_languages,
+               field, split_by) -> None:
+    """Write a datasheet (Markdown + JSON) of INPUTS: sizes, languages, filters, duplicates, contamination, tokens."""
+    from lmkit.data.datasheet import build_datasheet, write_datasheet
+    from lmkit.data.filters import default_identifier
+    from lmkit.data.records import iter_records
+    from lmkit.progress import Progress
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    tokenizers = {Path(p).name: load_tokenizer(p) for p in tokenizer_paths}
+    records = (r.text for r in iter_records(list(inputs), field, split_by))
+    with Progress(desc="stats", unit="doc", progress=None) as bar:
+        def counted():
+            for text in records:
+                yield text
+                bar.update(1)
+        sheet = build_datasheet(name or Path(prefix).name, counted(), clean_report=clean_report, dedup_report=dedup_report,
+                                contamination_report=contamination_report, tokenizers=tokenizers,
+                                identifier=None if no_languages else default_identifier())
+    md, js = write_datasheet(sheet, prefix)
+    s = sheet["sizes"]
+    click.echo(f"{s['documents']} documents, {s['characters']} characters; datasheet {md} and {js}")
 
 
 COMMANDS: list[click.Command] = [data_group]
