@@ -59,10 +59,11 @@ SKIP = {
 }
 PLACEHOLDERS = {"MODEL_DIR": "model", "TEACHER_DIR": "model", "sft_model/": "model/", "my-model": "model"}
 SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-steps 4"),
-          (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2")]
+          (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2"),
+          (r"--profile full", "--tiny")]  # the full speedrun is a benchmark (bench/bench_speedrun.py)
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
 DOCS = ["alignment.md", "compression.md", "data.md", "evaluation.md", "finetuning.md", "quantization.md", "rag.md",
-        "serving.md", "training.md"]
+        "serving.md", "speedrun.md", "training.md"]
 
 
 def _tiny_inputs(cwd: Path) -> None:
