@@ -19,25 +19,16 @@ from hypothesis import strategies as st
 
 from lmkit.errors import ConfigError
 from lmkit.infer import GenerationConfig, generate
-from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.serve.engine import Engine, EngineOverloaded, EngineStopped
 from lmkit.tokenizers.bpe import BPETokenizer
+from test_serve_util import tiny_decoder
 
 V = 300
 
 
 def _model(kind: str = "llama", seed: int = 0, ctx: int = 128) -> DecoderLM:
-    common = dict(arch="decoder", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=ctx,
-                  initializer_range=0.2, eos_token_id=2)
-    if kind == "llama":
-        cfg = ModelConfig(model_type="llama", n_kv_heads=2, norm="rmsnorm", activation="silu", gated_ffn=True,
-                          position="rope", **common)
-    else:
-        cfg = ModelConfig(model_type="gpt2", norm="layernorm", activation="gelu_tanh", gated_ffn=False,
-                          position="learned", qkv_bias=True, o_bias=True, ffn_bias=True, **common)
-    torch.manual_seed(seed)
-    return DecoderLM(cfg).eval()
+    return tiny_decoder(kind, seed, ctx, V)
 
 
 @pytest.fixture(scope="module")

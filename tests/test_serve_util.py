@@ -145,3 +145,17 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def tiny_decoder(kind: str = "llama", seed: int = 0, ctx: int = 128, vocab: int = 300) -> DecoderLM:
+    """A random 2-layer Llama (GQA, RoPE) or GPT-2 (learned positions, biases) for engine tests."""
+    common = dict(arch="decoder", vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=ctx,
+                  initializer_range=0.2, eos_token_id=2)
+    if kind == "llama":
+        cfg = ModelConfig(model_type="llama", n_kv_heads=2, norm="rmsnorm", activation="silu", gated_ffn=True,
+                          position="rope", **common)
+    else:
+        cfg = ModelConfig(model_type="gpt2", norm="layernorm", activation="gelu_tanh", gated_ffn=False,
+                          position="learned", qkv_bias=True, o_bias=True, ffn_bias=True, **common)
+    torch.manual_seed(seed)
+    return DecoderLM(cfg).eval()
