@@ -74,7 +74,7 @@ class KVCache:
         cfg = model.config
         p = next(model.parameters())
         return cls(
-            cfg.n_layers, batch_size, cfg.n_kv_heads, cfg.head_dim, max_len or cfg.max_seq_len,
+            cfg.n_layers, batch_size, local_kv_heads(model), cfg.head_dim, max_len or cfg.max_seq_len,
             dtype=p.dtype if p.is_floating_point() else None, device=p.device,
         )
 
@@ -150,3 +150,11 @@ class KVCache:
             f"KVCache(layers={self.n_layers}, batch={self.batch_size}, kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}, seq_len={self.seq_len}/{self.max_len})"
         )
+
+
+def local_kv_heads(model) -> int:
+    """The key/value heads this process computes: all of them, or its slice under tensor
+    parallelism (train/tensor_parallel.py sets each attention's n_kv_heads to its share)."""
+    layers = getattr(model, "layers", None)
+    attn = getattr(layers[0], "self_attn", None) if layers is not None and len(layers) else None
+    return getattr(attn, "n_kv_heads", model.config.n_kv_heads)

@@ -1,0 +1,110 @@
+"""Tensor parallelism on 2 gloo processes equals one process: the loss over 20 AdamW steps
+(plain TP and with sequence parallelism, Llama- and Qwen3-shaped) and greedy generation."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lmkit.errors import ConfigError
+from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import DecoderLM
+from lmkit.train.tensor_parallel import apply_tensor_parallel, check_tensor_parallel, clip_grad_norm, parallel_loss
+
+SHAPES = {
+    "llama": dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64),
+    "qwen3": dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64,
+                  qk_norm="head", qkv_bias=False),
+}
+STEPS = 20
+PROMPT = [[1, 5, 9, 3]]
+
+
+def _model(shape: str) -> DecoderLM:
+    torch.manual_seed(0)
+    return DecoderLM(ModelConfig(**SHAPES[shape], dropout=0.0))
+
+
+def _losses(model: DecoderLM, sharded: bool) -> list[float]:
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(0, 64, (4, 2, 16), generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    out = []
+    for step in range(STEPS):
+        ids = data[step % 4]
+        with parallel_loss(sharded):
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+        clip_grad_norm(list(model.parameters()), 1.0)
+        opt.step()
+        opt.zero_grad()
+        out.append(float(loss.detach().full_tensor() if sharded else loss.detach()))
+    return out
+
+
+def _greedy(model: DecoderLM) -> list[int]:
+    from lmkit.infer.generate import generate
+
+    model.eval()
+    return generate(model, torch.tensor(PROMPT), max_new_tokens=10, do_sample=False).sequences[0]
+
+
+def _worker(rank: int, world: int, port: int, queue) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    result = {}
+    for shape in SHAPES:
+        for sp in (False, True):
+            result[(shape, sp)] = _losses(apply_tensor_parallel(_model(shape), mesh, sequence_parallel=sp), True)
+        result[(shape, "greedy")] = _greedy(apply_tensor_parallel(_model(shape), mesh, gather_logits=True))
+    queue.put((rank, result))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tp2_results():
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_worker, args=(2, _free_port(), queue), nprocs=2)
+    return dict(queue.get() for _ in range(2))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_tp2_loss_curve_equals_one_process(tp2_results, shape, sequence_parallel):
+    ref = _losses(_model(shape), False)
+    assert ref[-1] < ref[0] - 0.1  # it learns, so the curves compare something
+    for rank in (0, 1):
+        got = tp2_results[rank][(shape, sequence_parallel)]
+        assert max(abs(a - b) for a, b in zip(ref, got)) < 1e-5
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_tp2_greedy_generation_equals_one_process(tp2_results, shape):
+    ref = _greedy(_model(shape))
+    assert tp2_results[0][(shape, "greedy")] == ref == tp2_results[1][(shape, "greedy")]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [(dict(n_kv_heads=1), "n_kv_heads"), (dict(vocab_size=63), "vocab_size"), (dict(qk_norm="full"), "qk_norm"),
+     (dict(tie_embeddings=True), "tie_embeddings")],
+)
+def test_shapes_that_do_not_split_are_refused_by_name(change, field):
+    cfg = ModelConfig(**{**SHAPES["llama"], **change})
+    with pytest.raises(ConfigError, match=field):
+        check_tensor_parallel(cfg, 2)
