@@ -1,4 +1,5 @@
-"""CLI: `lmkit memory` (training-memory estimate) and `lmkit pretrain` (from a config file)."""
+"""CLI: `lmkit memory` (training-memory estimate) and `lmkit pretrain` (from a config file;
+`--init-from` continues pretraining a checkpoint)."""
 
 from __future__ import annotations
 
@@ -64,12 +65,36 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML or JSON: data, tokenizer, objective (clm|mlm|span|prefix), model, seq_len, batch_size, train")
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in train.out_dir")
-def pretrain(config_path: str, resume: bool) -> None:
-    """Pretrain a model from a config file (see docs/training.md)."""
+@click.option("--init-from", "init_from", default=None, type=click.Path(exists=True, file_okay=False),
+              help="continued pretraining: start from this Hugging Face checkpoint (docs/continual-pretraining.md)")
+@click.option("--general-data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="with --init-from: shard directory of the general data (replay, EWC, forgetting measurement)")
+@click.option("--replay-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="with --init-from: fraction of training sequences replayed from --general-data")
+@click.option("--penalty", type=click.Choice(["none", "ewc", "l2sp"]), default=None,
+              help="with --init-from: weight penalty towards the starting weights")
+@click.option("--penalty-weight", type=click.FloatRange(0), default=None, help="lambda of --penalty")
+def pretrain(config_path: str, resume: bool, init_from: str | None, general_data: str | None,
+             replay_ratio: float | None, penalty: str | None, penalty_weight: float | None) -> None:
+    """Pretrain a model from a config file (see docs/training.md), or continue pretraining a
+    checkpoint (--init-from) with replay and EWC / L2-SP against forgetting."""
+    import dataclasses
+
     from lmkit.train.pretrain import PretrainConfig, run_pretrain
 
-    result = run_pretrain(PretrainConfig.load(config_path), resume=resume)
+    cfg = PretrainConfig.load(config_path)
+    continual = dict(cfg.continual)
+    for key, value in (("general_data", general_data), ("replay_ratio", replay_ratio), ("penalty", penalty),
+                       ("penalty_weight", penalty_weight)):
+        if value is not None:
+            continual[key] = value
+    if init_from or continual != cfg.continual:
+        cfg = dataclasses.replace(cfg, init_from=init_from or cfg.init_from, continual=continual)
+    result = run_pretrain(cfg, resume=resume)
     click.echo(f"eval loss {result['eval_loss']:.4f}  perplexity {result['eval_ppl']:.2f}")
+    if "general_ppl_before" in result:
+        click.echo(f"general perplexity {result['general_ppl_before']:.2f} -> {result['general_ppl_after']:.2f} "
+                   f"(forgetting); domain perplexity {result['domain_ppl_before']:.2f} -> {result['eval_ppl']:.2f}")
     if "export_dir" in result:
         click.echo(f"Hugging Face checkpoint: {result['export_dir']}")
 
