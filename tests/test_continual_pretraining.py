@@ -98,11 +98,19 @@ def test_replay_mixes_general_examples_at_the_ratio():
     assert 0.18 < firsts.float().mean().item() < 0.32
 
 
-def test_continual_config_is_checked():
+def test_continual_config_is_checked(tmp_path):
+    from lmkit.train.pretrain import PretrainConfig
+
     with pytest.raises(ConfigError, match="general_data"):
         ContinualConfig(replay_ratio=0.2)
     with pytest.raises(ConfigError, match="penalty"):
         ContinualConfig(penalty="si")
+    with pytest.raises(ConfigError, match="init_from"):
+        PretrainConfig(data="d", tokenizer="t", continual={"penalty": "l2sp", "penalty_weight": 1.0})
+    (tmp_path / "cpt.yaml").write_text("data: d\ntokenizer: t\ninit_from: ckpt\ntrain: {max_steps: 100}\n"
+                                       "continual: {general_data: g, replay_ratio: 0.1}\n", encoding="utf-8")
+    cfg = PretrainConfig.load(tmp_path / "cpt.yaml")
+    assert cfg.continual_config.replay_ratio == 0.1 and cfg.train_config.warmup_steps == 5
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +138,10 @@ def test_pretrain_init_from_with_replay_and_ewc_reports_forgetting(shards):
     d, tok = shards
     torch.manual_seed(0)
     save_pretrained(build_model(ModelConfig.from_dict({**TINY, "vocab_size": tok.vocab_size})), d / "base", tokenizer=tok)
-    config = {"data": str(d / "zh"), "tokenizer": str(d / "tok.json"), "seq_len": 32, "batch_size": 4,
-              "train": {"max_steps": 6, "lr": 1e-3, "out_dir": str(d / "run"), "progress": False, "eval_steps": 4,
-                        "precision": "fp32"}}
-    (d / "cpt.json").write_text(json.dumps(config), encoding="utf-8")
-    res = CliRunner().invoke(cli, ["pretrain", "--config", str(d / "cpt.json"), "--init-from", str(d / "base"),
+    res = CliRunner().invoke(cli, ["pretrain", "--init-from", str(d / "base"), "--data", str(d / "zh"),
                                    "--general-data", str(d / "en"), "--replay-ratio", "0.25", "--penalty", "ewc",
-                                   "--penalty-weight", "10"], catch_exceptions=False)
+                                   "--penalty-weight", "10", "--steps", "6", "--lr", "1e-3", "--seq-len", "32",
+                                   "--batch-size", "4", "-o", str(d / "run"), "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "general perplexity" in res.output and "(forgetting)" in res.output
     trained = load_pretrained(d / "run" / "hf")
