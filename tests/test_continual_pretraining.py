@@ -148,3 +148,25 @@ def test_pretrain_init_from_with_replay_and_ewc_reports_forgetting(shards):
     assert trained.config.vocab_size == tok.vocab_size
     state = json.loads((d / "run" / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["train_config"]["warmup_steps"] == 1  # the re-warmup default
+
+
+def test_new_rows_only_continued_pretraining_leaves_the_rest_untouched(shards):
+    from lmkit.hub.pretrained import load_pretrained, save_pretrained
+    from lmkit.train.pretrain import PretrainConfig, run_pretrain
+
+    d, tok = shards
+    torch.manual_seed(1)
+    save_pretrained(build_model(ModelConfig.from_dict({**TINY, "vocab_size": tok.vocab_size, "tie_embeddings": False})),
+                    d / "untied", tokenizer=tok)
+    first = tok.vocab_size - 40
+    run_pretrain(PretrainConfig(data=str(d / "zh"), tokenizer=str(d / "tok.json"), seq_len=32, batch_size=4,
+                                init_from=str(d / "untied"), continual={"new_rows_only_from": first},
+                                train={"max_steps": 3, "lr": 1e-2, "out_dir": str(d / "rows"), "progress": False,
+                                       "eval_steps": 1, "precision": "fp32"}))
+    before, after = load_pretrained(d / "untied").state_dict(), load_pretrained(d / "rows" / "hf").state_dict()
+    for k, v in after.items():
+        if k in ("embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(v[:first], before[k][:first])
+            assert not torch.equal(v[first:], before[k][first:]), k
+        else:
+            assert torch.equal(v, before[k]), k

@@ -76,6 +76,8 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
 @click.option("--penalty", type=click.Choice(["none", "ewc", "l2sp"]), default=None,
               help="with --init-from: weight penalty towards the starting weights")
 @click.option("--penalty-weight", type=click.FloatRange(0), default=None, help="lambda of --penalty")
+@click.option("--new-rows-from", "new_rows_from", type=click.IntRange(0), default=None,
+              help="with --init-from: train only the embedding / LM-head rows from this id up (after lmkit tokenizer expand)")
 @click.option("--steps", type=click.IntRange(1), default=1000, show_default=True, help="without --config: optimizer steps")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="without --config: peak learning rate (re-warmed up over the first 5 % of the steps)")
@@ -86,7 +88,7 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
               help="without --config: run directory (default runs/continued); the model is written to OUT/hf")
 def pretrain(config_path: str | None, resume: bool, init_from: str | None, data: str | None,
              general_data: str | None, replay_ratio: float | None, penalty: str | None,
-             penalty_weight: float | None, steps: int, lr: float, seq_len: int | None, batch_size: int,
+             penalty_weight: float | None, new_rows_from: int | None, steps: int, lr: float, seq_len: int | None, batch_size: int,
              out: str | None) -> None:
     """Pretrain a model from a config file (see docs/training.md), or continue pretraining a
     checkpoint (--init-from) with replay and EWC / L2-SP against forgetting; without --config,
@@ -103,7 +105,7 @@ def pretrain(config_path: str | None, resume: bool, init_from: str | None, data:
         raise click.UsageError("give --config FILE, or --init-from CHECKPOINT with --data SHARDS")
     continual = dict(cfg.continual)
     for key, value in (("general_data", general_data), ("replay_ratio", replay_ratio), ("penalty", penalty),
-                       ("penalty_weight", penalty_weight)):
+                       ("penalty_weight", penalty_weight), ("new_rows_only_from", new_rows_from)):
         if value is not None:
             continual[key] = value
     if init_from or continual != cfg.continual:
