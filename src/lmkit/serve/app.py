@@ -30,13 +30,14 @@ from lmkit.serve.engine import Engine
 def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "chatml",
                api_keys: list[str] | str | None = None, max_body_bytes: int = 1 << 20,
                default_max_tokens: int = 256, embedder=None, max_n: int = 16,
-               shutdown_timeout: float | None = 60.0):
+               shutdown_timeout: float | None = 60.0, watermark=None):
     """The FastAPI application serving `engine`'s model under the name `model_name`.
 
     api_keys: accepted Bearer keys (None or empty: no authentication).
     embedder: a `ModelEmbedder` for /v1/embeddings (default: the engine's model, pooled).
     default_max_tokens: chat replies without max_tokens stop here (or at the context end).
     shutdown_timeout: seconds queued work may take to drain when the server stops.
+    watermark: a `WatermarkConfig` (or dict) applied to every generated choice (None: off).
     """
     fastapi = require("fastapi", "serve")
     from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
@@ -46,6 +47,10 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     from lmkit.serve.request_tracking import RequestTracker
     from lmkit.serve.server_state import ServerState
 
+    if watermark is not None:
+        from lmkit.infer.watermark import WatermarkConfig
+
+        engine.watermark = WatermarkConfig.coerce(watermark)  # read by engine_bridge.submit
     state = ServerState(engine, model_name, resolve_template(template), default_max_tokens=default_max_tokens,
                         max_n=max_n, embedder=embedder)
 
