@@ -30,7 +30,7 @@ from lmkit.serve.engine import Engine
 def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "chatml",
                api_keys: list[str] | str | None = None, max_body_bytes: int = 1 << 20,
                default_max_tokens: int = 256, embedder=None, max_n: int = 16,
-               shutdown_timeout: float | None = 60.0, watermark=None):
+               shutdown_timeout: float | None = 60.0, watermark=None, moderation=None, rate_limits=None):
     """The FastAPI application serving `engine`'s model under the name `model_name`.
 
     api_keys: accepted Bearer keys (None or empty: no authentication).
@@ -38,6 +38,8 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     default_max_tokens: chat replies without max_tokens stop here (or at the context end).
     shutdown_timeout: seconds queued work may take to drain when the server stops.
     watermark: a `WatermarkConfig` (or dict) applied to every generated choice (None: off).
+    moderation: a `ModerationConfig` (or dict): prompts and replies are moderated (None: off;
+    moderation_gate.py). rate_limits: a `RateLimitConfig`: per-key token buckets (rate_limit.py).
     """
     fastapi = require("fastapi", "serve")
     from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
@@ -53,6 +55,10 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
         engine.watermark = WatermarkConfig.coerce(watermark)  # read by engine_bridge.submit
     state = ServerState(engine, model_name, resolve_template(template), default_max_tokens=default_max_tokens,
                         max_n=max_n, embedder=embedder)
+    if moderation is not None:
+        from lmkit.serve.moderation_gate import ModerationGate
+
+        state.moderation = ModerationGate(moderation, state.metrics.safety)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -64,6 +70,11 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     app = fastapi.FastAPI(title="lmkit", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server, app.state.engine, app.state.metrics = state, engine, state.metrics
     add_error_handlers(app)
+    if rate_limits is not None and rate_limits.active:
+        from lmkit.serve.rate_limit import RateLimiter, RateLimitMiddleware
+
+        app.state.rate_limiter = RateLimiter(rate_limits, state.metrics.safety)
+        app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)  # inside the Guard
     app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestTracker, metrics=state.metrics)  # added last: the outermost
     for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,

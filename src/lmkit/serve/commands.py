@@ -17,6 +17,7 @@ import sys
 import click
 
 from lmkit.cli_grammar import dtype_option, watermark_options
+from lmkit.serve.safety_options import safety_options
 
 
 def _adapter_option(f):
@@ -131,10 +132,11 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
 @click.option("--enable-lora", is_flag=True,
               help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
 @watermark_options()
+@safety_options
 def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
               kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
               default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, keep_quantized, device,
-              threads, log_level, loras, enable_lora, watermark=None) -> None:
+              threads, log_level, loras, enable_lora, watermark=None, moderation=None, rate_limits=None) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -191,7 +193,8 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
                         prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry,
                         speculator=speculator)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
-                         default_max_tokens=default_max_tokens, watermark=watermark)
+                         default_max_tokens=default_max_tokens, watermark=watermark, moderation=moderation,
+                         rate_limits=rate_limits)
     except LmkitError as exc:
         sock.close()
         raise click.ClickException(str(exc)) from exc
