@@ -118,18 +118,18 @@ def main() -> None:
           f"{sum(z > 4 for z in z_p) / len(z_p):.1%} of plain")
     print(f"perplexity (model's own, geometric mean): watermarked {gmean(ppl_m):.2f}, plain {gmean(ppl_p):.2f}, "
           f"cost x{gmean(ppl_m) / gmean(ppl_p):.3f}")
-    print("deleted  AUC     z>4 (watermarked)  z>4 (plain)")
+    print("deleted  AUC     mean z (watermarked)  z>4 (watermarked)  z>4 (plain)")
     for frac in (0.0, 0.05, 0.10, 0.15, 0.20, 0.30):
         rng = random.Random(7)
         zm = [det.score(delete_fraction(s, frac, rng)).z_score for s in marked]
         zp = [det.score(delete_fraction(s, frac, rng)).z_score for s in plain]
-        print(f"{frac:6.0%}   {auc(zm, zp):.4f}  {sum(z > 4 for z in zm) / len(zm):17.1%}  "
+        print(f"{frac:6.0%}   {auc(zm, zp):.4f}  {sum(zm) / len(zm):20.2f}  {sum(z > 4 for z in zm) / len(zm):17.1%}  "
               f"{sum(z > 4 for z in zp) / len(zp):11.1%}")
 
     import transformers
 
     class _Cfg:
-        bos_token_id, is_encoder_decoder, vocab_size = None, False, model.config.vocab_size
+        bos_token_id, is_encoder_decoder, vocab_size = -1, False, model.config.vocab_size  # no BOS to strip
 
     hf = transformers.WatermarkDetector(_Cfg(), "cpu", wm.to_hf())
     t0 = time.perf_counter()
