@@ -78,12 +78,14 @@ def _injection() -> None:
     from lmkit.data.safety.prompt_injection import InjectionDetector
 
     rows = read_labelled(path)
-    det = InjectionDetector()
-    flags = [det.check(r["text"]).flagged for r in rows]
-    pos = [f for f, r in zip(flags, rows) if r["labels"]]
-    neg = [f for f, r in zip(flags, rows) if not r["labels"]]
-    print(f"\nprompt injection: {len(rows)} passages ({len(pos)} planted); recall {sum(pos) / len(pos):.3f}, "
-          f"false-positive rate {sum(neg) / len(neg):.3f}")
+    print(f"\nprompt injection: {len(rows)} passages ({sum(bool(r['labels']) for r in rows)} planted: "
+          f"{sum(bool(r['labels']) and r['source'] == 'tool' for r in rows)} in tool results)")
+    for name, det in (("rules", InjectionDetector(use_classifier=False)),
+                      ("classifier", InjectionDetector(use_rules=False)), ("rules+classifier", InjectionDetector())):
+        flags = [det.check(r["text"]).flagged for r in rows]
+        pos = [f for f, r in zip(flags, rows) if r["labels"]]
+        neg = [f for f, r in zip(flags, rows) if not r["labels"]]
+        print(f"{name:17s} recall {sum(pos) / len(pos):.3f}, false-positive rate {sum(neg) / len(neg):.3f}")
 
 
 if __name__ == "__main__":
