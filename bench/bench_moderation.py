@@ -20,22 +20,10 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
 from lmkit.data.safety.classifier import read_labelled  # noqa: E402
-from lmkit.data.safety.moderation import ModerationConfig, Moderator  # noqa: E402
+from lmkit.data.safety.moderation import ModerationConfig, Moderator, precision_recall  # noqa: E402
 from lmkit.data.safety.rules import CATEGORIES  # noqa: E402
 
 EVAL = ROOT.parent / "tests" / "data" / "moderation_eval.jsonl"
-
-
-def per_category(moderator: Moderator, rows: list[dict]) -> dict[str, tuple[float, float, int]]:
-    """category -> (precision, recall, support)."""
-    preds = [set(moderator.check(r["text"]).flagged_categories) for r in rows]
-    out = {}
-    for c in CATEGORIES:
-        tp = sum(c in p and c in r["labels"] for p, r in zip(preds, rows))
-        fp = sum(c in p and c not in r["labels"] for p, r in zip(preds, rows))
-        fn = sum(c not in p and c in r["labels"] for p, r in zip(preds, rows))
-        out[c] = (tp / (tp + fp) if tp + fp else 1.0, tp / (tp + fn) if tp + fn else 1.0, tp + fn)
-    return out
 
 
 def macro_f1(table) -> float:
@@ -55,7 +43,7 @@ def main() -> None:
     tables = {}
     for name, mod in setups.items():
         t0 = time.perf_counter()
-        tables[name] = per_category(mod, rows)
+        tables[name] = precision_recall(mod, rows)
         dt = (time.perf_counter() - t0) / len(rows) * 1e3
         print(f"\n{name} ({dt:.2f} ms per text), macro F1 {macro_f1(tables[name]):.3f}")
         print("category    precision  recall  support")

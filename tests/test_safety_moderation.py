@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmkit.data.safety.classifier import NgramNaiveBayes, read_labelled
-from lmkit.data.safety.moderation import ModerationConfig, Moderator
+from lmkit.data.safety.moderation import ModerationConfig, Moderator, precision_recall
 from lmkit.data.safety.prompt_injection import InjectionDetector
 from lmkit.data.safety.rules import CATEGORIES, RuleSet
 from lmkit.errors import ConfigError
@@ -23,17 +23,6 @@ def moderator():
     return Moderator()
 
 
-def per_category(moderator, rows):
-    preds = [set(moderator.check(r["text"]).flagged_categories) for r in rows]
-    out = {}
-    for c in CATEGORIES:
-        tp = sum(c in p and c in r["labels"] for p, r in zip(preds, rows))
-        fp = sum(c in p and c not in r["labels"] for p, r in zip(preds, rows))
-        fn = sum(c not in p and c in r["labels"] for p, r in zip(preds, rows))
-        out[c] = (tp / max(tp + fp, 1), tp / max(tp + fn, 1))
-    return out
-
-
 def test_labelled_set_is_large_bilingual_and_has_outputs():
     rows = read_labelled(DATA / "moderation_eval.jsonl")
     assert len(rows) >= 300
@@ -43,8 +32,8 @@ def test_labelled_set_is_large_bilingual_and_has_outputs():
 
 def test_precision_and_recall_per_category_on_the_held_out_set(moderator):
     # docs/safety.md reports the exact figures (bench/bench_moderation.py); these are floors
-    table = per_category(moderator, read_labelled(DATA / "moderation_eval.jsonl"))
-    for category, (precision, recall) in table.items():
+    table = precision_recall(moderator, read_labelled(DATA / "moderation_eval.jsonl"))
+    for category, (precision, recall, _) in table.items():
         assert precision >= 0.75 and recall >= 0.85, (category, precision, recall)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmkit.errors import ConfigError
+from lmkit.jsonl import read_json_object
 from lmkit.serve.api_errors import error_body
 from lmkit.serve.safety_metrics import SafetyCounters
 
@@ -83,12 +84,7 @@ class RateLimitConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RateLimitConfig":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the rate limits {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: rate limits must be a JSON object")
+        data = read_json_object(path, "the rate limits")
         return cls(**_known(data, str(path), extra=("keys",)))
 
 

@@ -14,7 +14,6 @@ both) and how strict the classifier is; it is a dataclass that reads and writes 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from lmkit.data.filters.pii import PIIMasker
 from lmkit.data.safety.classifier import SAFE, default_classifier
 from lmkit.data.safety.rules import CATEGORIES, RuleSet
 from lmkit.errors import ConfigError
+from lmkit.jsonl import read_json_object
 
 
 @dataclass
@@ -57,10 +57,7 @@ class ModerationConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModerationConfig":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the moderation config {path}: {exc}") from None
+        data = read_json_object(path, "the moderation config")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -121,3 +118,15 @@ class Moderator:
                                                                      and proba[c] >= self.config.threshold))
                 for c in names}
         return ModerationResult(any(hits.values()), hits, scores, matches)
+
+
+def precision_recall(moderator: Moderator, rows: list[dict], categories=CATEGORIES) -> dict[str, tuple[float, float, int]]:
+    """category -> (precision, recall, support) of `moderator` on labelled rows ({"text", "labels"})."""
+    preds = [set(moderator.check(r["text"]).flagged_categories) for r in rows]
+    out = {}
+    for c in categories:
+        tp = sum(c in p and c in r["labels"] for p, r in zip(preds, rows))
+        fp = sum(c in p and c not in r["labels"] for p, r in zip(preds, rows))
+        fn = sum(c not in p and c in r["labels"] for p, r in zip(preds, rows))
+        out[c] = (tp / (tp + fp) if tp + fp else 1.0, tp / (tp + fn) if tp + fn else 1.0, tp + fn)
+    return out

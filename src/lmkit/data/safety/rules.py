@@ -19,7 +19,6 @@ them (`RuleSet.from_file`, `lmkit serve --moderation-config`).
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmkit.errors import ConfigError
+from lmkit.jsonl import read_json_object
 
 CATEGORIES = ("violence", "self_harm", "hate", "sexual", "pii")
 
@@ -129,12 +129,7 @@ class RuleSet:
     @classmethod
     def from_file(cls, path: str | Path, extend: bool = True) -> "RuleSet":
         """Rules from a JSON file; extend: add to the defaults (else replace them)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read moderation rules {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: moderation rules must be a JSON object of categories")
+        data = read_json_object(path, "moderation rules")
         return cls(merge_rules(DEFAULT_RULES, data) if extend else data)
 
     def match(self, text: str) -> dict[str, list[str]]:
