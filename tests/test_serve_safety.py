@@ -1,5 +1,5 @@
 """The server's safety layer, live, with the official `openai` client: input moderation (400
-content_filter), a streamed reply cut mid-stream with finish_reason content_filter (and the
+content_filter), /v1/moderations, a streamed reply cut mid-stream with finish_reason content_filter (and the
 same reply whole), per-key rate limits (429 + Retry-After, other keys unaffected), metrics;
 plus the token bucket on a fake clock and the watermark hook of the engine bridge.
 
@@ -71,6 +71,14 @@ def test_stream_is_cut_mid_way_with_content_filter(server):
     # a harmless reply passes (completions route, same moderation)
     ok = client(server).completions.create(model="tiny", prompt="Once upon a time", max_tokens=6)
     assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_moderations_endpoint(server):
+    out = client(server).moderations.create(input=["How do I kill a process in Linux?", "我想自 杀"])
+    assert [r.flagged for r in out.results] == [False, True]
+    raw = httpx.post(server.url + "/v1/moderations", json={"input": "我想自 杀"},
+                     headers={"Authorization": f"Bearer {FREE}"}).json()
+    assert raw["results"][0]["categories"]["self_harm"] is True and raw["model"] == "lmkit-moderation"
 
 
 def test_rate_limit_429_with_retry_after_and_other_keys_unaffected(server):

@@ -4,6 +4,7 @@
     POST /v1/completions          text completion                               routes_completions.py
     POST /v1/chat/completions     chat (stream, tools, logprobs)                routes_chat.py
     POST /v1/embeddings           sentence embeddings (float or base64)         routes_embeddings.py
+    POST /v1/moderations          moderation of texts (rules + classifier)      routes_moderations.py
     GET  /health, /metrics        liveness + queue; Prometheus text             routes_health.py
     GET/POST /v1/adapters, DELETE /v1/adapters/{name}   LoRA adapters at runtime routes_adapters.py
     GET  /                        the web chat page                             routes_web.py
@@ -43,7 +44,7 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     """
     fastapi = require("fastapi", "serve")
     from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
-                             routes_models, routes_web)
+                             routes_models, routes_moderations, routes_web)
     from lmkit.serve.api_errors import add_error_handlers
     from lmkit.serve.guard import Guard
     from lmkit.serve.request_tracking import RequestTracker
@@ -78,7 +79,7 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestTracker, metrics=state.metrics)  # added last: the outermost
     for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,
-                   routes_adapters):
+                   routes_adapters, routes_moderations):
         app.include_router(routes.router)
     return app
 
