@@ -68,11 +68,13 @@ class StreamGuard:
     def __init__(self, gate: ModerationGate, n: int, path: str) -> None:
         self.gate, self.path = gate, path
         self.cut = [False] * n
+        self.checked = [0] * n  # characters of each choice's text already checked
 
     def screen(self, index: int, text_so_far: str) -> bool:
         """True when choice `index` must be cut now (its text so far ends in flagged content)."""
-        if self.cut[index] or not self.gate.config.check_output:
+        if self.cut[index] or not self.gate.config.check_output or len(text_so_far) == self.checked[index]:
             return self.cut[index]
+        self.checked[index] = len(text_so_far)
         if self.gate.output_flagged(text_so_far[-self.gate.config.stream_window:]):
             self.cut[index] = True
             self.gate.counters.inc("lmkit_content_filter_finishes_total", self.path)
