@@ -111,3 +111,42 @@ def dtype_option(default: str = "auto"):
     return click.option("--dtype", type=click.Choice(LOAD_DTYPES), default=default, show_default=True,
                         help="Load the weights in this dtype (auto: as stored in the checkpoint); "
                              "each tensor is cast as it is read, so bf16/fp16 need half the memory of fp32.")
+
+
+def watermark_options(flag: bool = True):
+    """The green-list watermark's options (lmkit.infer.watermark), shared by generate, serve and
+    `watermark detect`; the command gets them as one `watermark` dict (None when off).
+
+    flag: add `--watermark` to switch it on (detect always uses the settings)."""
+
+    def decorate(command):
+        options = [
+            click.option("--watermark-key", "wm_key", type=int, default=15485863, show_default=True,
+                         envvar="LMKIT_WATERMARK_KEY", show_envvar=True,
+                         help="The secret hashing key (detection needs the same one)."),
+            click.option("--watermark-delta", "wm_delta", type=click.FloatRange(0), default=2.0, show_default=True,
+                         help="Strength: logit bonus of green tokens (higher: easier to detect, more perplexity)."),
+            click.option("--watermark-gamma", "wm_gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                         default=0.25, show_default=True, help="Fraction of the vocabulary that is green."),
+            click.option("--watermark-scheme", "wm_scheme", type=click.Choice(["lefthash", "selfhash"]),
+                         default="lefthash", show_default=True, help="How the previous tokens seed the green list."),
+            click.option("--watermark-context", "wm_context", type=click.IntRange(1), default=1, show_default=True,
+                         help="Tokens that seed the green list."),
+        ]
+        if flag:
+            options.append(click.option("--watermark", "wm_on", is_flag=True,
+                                        help="Watermark the output (green-list, Kirchenbauer et al.)."))
+
+        def wrapped(*args, wm_key, wm_delta, wm_gamma, wm_scheme, wm_context, wm_on=True, **kwargs):
+            settings = {"hashing_key": wm_key, "delta": wm_delta, "gamma": wm_gamma, "seeding_scheme": wm_scheme,
+                        "context_width": wm_context}
+            return command(*args, watermark=settings if wm_on else None, **kwargs)
+
+        import functools
+
+        wrapped = functools.update_wrapper(wrapped, command)
+        for option in reversed(options):
+            wrapped = option(wrapped)
+        return wrapped
+
+    return decorate

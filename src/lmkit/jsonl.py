@@ -1,4 +1,5 @@
-"""Reading JSON Lines files with errors that name the file and line (data, tasks, preference pairs)."""
+"""Reading JSON Lines files with errors that name the file and line (data, tasks, preference pairs),
+and JSON config files that must hold one object."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ConfigError) ->
                 raise error(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
             except RecursionError:
                 raise error(f"{path}:{lineno}: JSON nested too deeply") from None
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in the file at `path`; `what` names it in the error (a ConfigError) when the
+    file cannot be read, is not JSON, or holds something other than an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {what} must be a JSON object")
+    return data

@@ -54,13 +54,16 @@ class FunctionCallingAgent:
 
     def __init__(self, chat_model: Any, tools: list[Tool | Any] | Toolbox, *, memory: Memory | None = None,
                  system_prompt: str | None = None, max_steps: int = 8, max_repeats: int = 3,
-                 max_tokens: int | None = 512, temperature: float = 0.0) -> None:
+                 max_tokens: int | None = 512, temperature: float = 0.0,
+                 injection_detector: Any = None) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         if max_repeats < 1:
             raise ConfigError(f"max_repeats must be >= 1, got {max_repeats}")
         self.chat_model = chat_model
         self.toolbox = tools if isinstance(tools, Toolbox) else Toolbox(list(tools))
+        if injection_detector is not None:  # tool results screened for prompt injection (tools.py)
+            self.toolbox.injection_detector = injection_detector
         self.memory = memory if memory is not None else BufferMemory()
         self.system_prompt = system_prompt
         self.max_steps = max_steps

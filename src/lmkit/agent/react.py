@@ -79,7 +79,8 @@ class ReActAgent:
 
     def __init__(self, chat_model: Any, tools: list[Tool | Any] | Toolbox, *, memory: Memory | None = None,
                  prompt: str = REACT_PROMPT, max_steps: int = 8, max_repeats: int = 3,
-                 max_tokens: int | None = 256, temperature: float = 0.0) -> None:
+                 max_tokens: int | None = 256, temperature: float = 0.0,
+                 injection_detector: Any = None) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
         for key in ("{tools}", "{tool_names}", "{input}", "{scratchpad}"):
@@ -87,6 +88,8 @@ class ReActAgent:
                 raise ConfigError(f"a ReAct prompt needs the placeholder {key}")
         self.chat_model = chat_model
         self.toolbox = tools if isinstance(tools, Toolbox) else Toolbox(list(tools))
+        if injection_detector is not None:  # tool results screened for prompt injection (tools.py)
+            self.toolbox.injection_detector = injection_detector
         self.memory = memory if memory is not None else BufferMemory()
         self.prompt = prompt
         self.max_steps = max_steps

@@ -235,7 +235,10 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
 class Toolbox:
     """A named set of tools; looks a call up by name and runs it."""
 
-    def __init__(self, tools: list[Tool | Callable[..., Any]] = ()):
+    def __init__(self, tools: list[Tool | Callable[..., Any]] = (), injection_detector: Any = None):
+        """injection_detector: an `InjectionDetector` (lmkit.data.safety.prompt_injection); a result
+        it flags is replaced by a notice before the model sees it."""
+        self.injection_detector = injection_detector
         self.tools: dict[str, Tool] = {}
         for t in tools:
             t = t if isinstance(t, Tool) else Tool.from_function(t)
@@ -260,4 +263,7 @@ class Toolbox:
     def call(self, name: str, arguments: dict[str, Any] | str | None) -> str:
         if name not in self.tools:
             return f"Error: there is no tool named {name!r}; available tools: {sorted(self.tools)}"
-        return self.tools[name](arguments)
+        result = self.tools[name](arguments)
+        if self.injection_detector is not None:
+            return self.injection_detector.neutralise(result, f"result of tool {name!r}")
+        return result

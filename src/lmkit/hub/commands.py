@@ -1,5 +1,5 @@
 """CLI: `lmkit info`, `lmkit convert`, `lmkit export gguf`, `lmkit quantize` and
-`lmkit tokenizer add-tokens`.
+`lmkit tokenizer add-tokens` / `expand`.
 
 `quantize` lives here rather than in quant/commands.py because it reads Hugging Face
 checkpoint directories (hub), and quant sits above hub in the layering rule.
@@ -14,6 +14,7 @@ import click
 
 from lmkit.cli_grammar import RenamedOptionsCommand, dtype_option
 from lmkit.hub.add_tokens_command import add_tokens_cmd
+from lmkit.hub.expand_vocab_command import expand_cmd
 from lmkit.tokenizers.commands import tokenizer_group
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.lmkit.json",
@@ -152,5 +153,6 @@ def quantize_cmd(model_dir, output, method, calib, bits, group_size, block_size,
 
 # `lmkit tokenizer add-tokens` grows a checkpoint (hub), so it joins the tokenizer group from here.
 tokenizer_group.add_command(add_tokens_cmd)
+tokenizer_group.add_command(expand_cmd)
 
 COMMANDS: list[click.Command] = [info, convert, export_group, quantize_cmd]

@@ -1,4 +1,5 @@
-"""CLI: `lmkit quickstart` (train a small model, then sample).
+"""CLI: `lmkit quickstart` (train a small model, then sample) and `lmkit watermark`
+(detect the green-list watermark; embed / extract the invisible zero-width one).
 
 The quickstart lives here because it ends by generating: its training pipeline is
 `lmkit.train.quickstart`, and infer sits below train in the layering rule. (`lmkit generate`
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from lmkit.cli_grammar import progress_flags
+from lmkit.cli_grammar import progress_flags, watermark_options
 
 
 @click.command("quickstart")
@@ -52,4 +53,71 @@ def quickstart(out: str, steps: int, vocab_size: int, seed: int) -> None:
     click.echo(f"  python -c \"from transformers import AutoModelForCausalLM as M; print(M.from_pretrained('{model_dir}'))\"")
 
 
-COMMANDS: list[click.Command] = [quickstart]
+@click.group("watermark")
+def watermark() -> None:
+    """Watermarks: detect the green-list one (`lmkit generate/serve --watermark`); embed or extract
+    an invisible zero-width one."""
+
+
+def _read_text(text: str | None, file: str | None) -> str:
+    import sys
+
+    if (text is None) == (file is None):
+        raise click.UsageError("give the text with --text (or '-' for stdin) or --file")
+    if file is not None:
+        with open(file, encoding="utf-8") as f:
+            return f.read()
+    return sys.stdin.read() if text == "-" else text
+
+
+@watermark.command("detect")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--text", default=None, help="The text to test ('-': stdin); leave the prompt out.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False), default=None, help="Or read it from here.")
+@click.option("--z-threshold", type=float, default=4.0, show_default=True, help="Call it watermarked above this z.")
+@click.option("--ignore-repeated-ngrams", is_flag=True, help="Count each distinct n-gram once.")
+@watermark_options(flag=False)
+def watermark_detect(model_dir, text, file, z_threshold, ignore_repeated_ngrams, watermark) -> None:
+    """Test TEXT for the watermark with MODEL_DIR's tokenizer and vocabulary size: prints JSON with
+    the green count, z-score and p-value; exit status 0 either way."""
+    import json
+
+    from lmkit.hub.pretrained import read_hf_config
+    from lmkit.infer.watermark_detect import WatermarkDetector
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    body = _read_text(text, file)
+    tok = load_tokenizer(model_dir)
+    hf = read_hf_config(model_dir)
+    detector = WatermarkDetector(watermark, int(hf["vocab_size"]), bos_token_id=hf.get("bos_token_id"),
+                                 ignore_repeated_ngrams=ignore_repeated_ngrams, z_threshold=z_threshold)
+    click.echo(json.dumps(detector.score(tok.encode(body)).to_dict()))
+
+
+@watermark.command("embed")
+@click.option("--text", default=None, help="The text ('-': stdin).")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False), default=None, help="Or read it from here.")
+@click.option("--payload", required=True, help="What to hide (e.g. a model or request id).")
+@click.option("--every", type=click.IntRange(1), default=20, show_default=True, help="A copy every this many words.")
+def watermark_embed(text, file, payload, every) -> None:
+    """Print the text with PAYLOAD hidden in zero-width characters (see docs/safety.md for the limits)."""
+    from lmkit.data.safety.invisible_watermark import embed
+
+    click.echo(embed(_read_text(text, file), payload, every), nl=False)
+
+
+@watermark.command("extract")
+@click.option("--text", default=None, help="The text ('-': stdin).")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False), default=None, help="Or read it from here.")
+def watermark_extract(text, file) -> None:
+    """Print the payloads of the zero-width marks found in the text, one per line (exit 1: none)."""
+    from lmkit.data.safety.invisible_watermark import extract
+
+    found = extract(_read_text(text, file))
+    for payload in dict.fromkeys(found):
+        click.echo(payload)
+    if not found:
+        raise click.exceptions.Exit(1)
+
+
+COMMANDS: list[click.Command] = [quickstart, watermark]

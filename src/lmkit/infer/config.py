@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmkit.errors import ConfigError
+from lmkit.infer.watermark import WatermarkConfig
 
 
 @dataclass
@@ -63,6 +64,9 @@ class GenerationConfig:
     # "int8": keys / values stored as int8 with a scale per (head, token) (models/quantized_kv_cache.py):
     # ~0.27x the memory of an fp32 cache for long contexts, at a small cost in accuracy and step time
     kv_cache_dtype: str = "auto"
+
+    # green-list watermark (infer/watermark.py): a WatermarkConfig, or a dict of its fields; None: off
+    watermark: WatermarkConfig | dict | None = None
 
     extra: dict[str, Any] = field(default_factory=dict)  # ignored by lmkit; kept for callers
 
@@ -121,6 +125,8 @@ class GenerationConfig:
         if self.seed is not None and not _is_int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         self._check_int("top_logprobs", low=0, high=20)
+        if self.watermark is not None:
+            self.watermark = WatermarkConfig.coerce(self.watermark)
         if self.top_logprobs and not self.logprobs:
             self.logprobs = True  # asking for alternatives implies the chosen token's logprob too
         if self.num_beams > 1:

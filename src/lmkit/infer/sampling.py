@@ -23,6 +23,7 @@ Warpers (sampling only), after the processors:
                           (Holtzman et al. 2019).
   min-p                   keep tokens whose probability is at least min_p * p(top token)
                           (scales the cut-off with the model's confidence).
+Watermark (infer/watermark.py), last of all: the green-list bonus (Kirchenbauer et al.).
 Removed tokens get -inf, so softmax gives them probability exactly 0.
 """
 
@@ -269,4 +270,8 @@ def build_logits_processors(
             procs.append(TopPLogitsWarper(config.top_p, keep))
         if config.min_p is not None:
             procs.append(MinPLogitsWarper(config.min_p, keep))
+    if config.watermark is not None:  # last, after every other reshaping (as HF, transformers#34630)
+        from lmkit.infer.watermark import WatermarkLogitsProcessor
+
+        procs.append(WatermarkLogitsProcessor(config.watermark))
     return procs

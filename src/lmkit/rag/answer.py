@@ -67,8 +67,15 @@ def citations_in(text: str, n_sources: int) -> list[int]:
 
 
 def generate_answer(model: Any, query: str, hits: Sequence[Hit], max_tokens: int | None = 512,
-                    system: str = ANSWER_SYSTEM, prompt: str = ANSWER_PROMPT) -> Answer:
+                    system: str = ANSWER_SYSTEM, prompt: str = ANSWER_PROMPT, injection_detector: Any = None) -> Answer:
+    """injection_detector: an `InjectionDetector`; passages it flags never reach the model
+    (rag/injection_screen.py)."""
     from lmkit.rag.llm import complete
+
+    if injection_detector is not None:
+        from lmkit.rag.injection_screen import screen_hits
+
+        hits = screen_hits(hits, injection_detector)[0]
 
     text = complete(model, prompt.format(context=format_context(hits), query=query), system=system,
                     max_tokens=max_tokens)

@@ -4,6 +4,7 @@
     POST /v1/completions          text completion                               routes_completions.py
     POST /v1/chat/completions     chat (stream, tools, logprobs)                routes_chat.py
     POST /v1/embeddings           sentence embeddings (float or base64)         routes_embeddings.py
+    POST /v1/moderations          moderation of texts (rules + classifier)      routes_moderations.py
     GET  /health, /metrics        liveness + queue; Prometheus text             routes_health.py
     GET/POST /v1/adapters, DELETE /v1/adapters/{name}   LoRA adapters at runtime routes_adapters.py
     GET  /                        the web chat page                             routes_web.py
@@ -30,24 +31,35 @@ from lmkit.serve.engine import Engine
 def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "chatml",
                api_keys: list[str] | str | None = None, max_body_bytes: int = 1 << 20,
                default_max_tokens: int = 256, embedder=None, max_n: int = 16,
-               shutdown_timeout: float | None = 60.0):
+               shutdown_timeout: float | None = 60.0, watermark=None, moderation=None, rate_limits=None):
     """The FastAPI application serving `engine`'s model under the name `model_name`.
 
     api_keys: accepted Bearer keys (None or empty: no authentication).
     embedder: a `ModelEmbedder` for /v1/embeddings (default: the engine's model, pooled).
     default_max_tokens: chat replies without max_tokens stop here (or at the context end).
     shutdown_timeout: seconds queued work may take to drain when the server stops.
+    watermark: a `WatermarkConfig` (or dict) applied to every generated choice (None: off).
+    moderation: a `ModerationConfig` (or dict): prompts and replies are moderated (None: off;
+    moderation_gate.py). rate_limits: a `RateLimitConfig`: per-key token buckets (rate_limit.py).
     """
     fastapi = require("fastapi", "serve")
     from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
-                             routes_models, routes_web)
+                             routes_models, routes_moderations, routes_web)
     from lmkit.serve.api_errors import add_error_handlers
     from lmkit.serve.guard import Guard
     from lmkit.serve.request_tracking import RequestTracker
     from lmkit.serve.server_state import ServerState
 
+    if watermark is not None:
+        from lmkit.infer.watermark import WatermarkConfig
+
+        engine.watermark = WatermarkConfig.coerce(watermark)  # read by engine_bridge.submit
     state = ServerState(engine, model_name, resolve_template(template), default_max_tokens=default_max_tokens,
                         max_n=max_n, embedder=embedder)
+    if moderation is not None:
+        from lmkit.serve.moderation_gate import ModerationGate
+
+        state.moderation = ModerationGate(moderation, state.metrics.safety)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -59,10 +71,15 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     app = fastapi.FastAPI(title="lmkit", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server, app.state.engine, app.state.metrics = state, engine, state.metrics
     add_error_handlers(app)
+    if rate_limits is not None and rate_limits.active:
+        from lmkit.serve.rate_limit import RateLimiter, RateLimitMiddleware
+
+        app.state.rate_limiter = RateLimiter(rate_limits, state.metrics.safety)
+        app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)  # inside the Guard
     app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestTracker, metrics=state.metrics)  # added last: the outermost
     for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,
-                   routes_adapters):
+                   routes_adapters, routes_moderations):
         app.include_router(routes.router)
     return app
 

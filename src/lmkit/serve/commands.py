@@ -16,7 +16,8 @@ import sys
 
 import click
 
-from lmkit.cli_grammar import dtype_option
+from lmkit.cli_grammar import dtype_option, watermark_options
+from lmkit.serve.safety_options import safety_options
 
 
 def _adapter_option(f):
@@ -130,10 +131,12 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
                    "repeatable. Requests for different adapters share one batch.")
 @click.option("--enable-lora", is_flag=True,
               help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
+@watermark_options()
+@safety_options
 def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
               kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
               default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, keep_quantized, device,
-              threads, log_level, loras, enable_lora) -> None:
+              threads, log_level, loras, enable_lora, watermark=None, moderation=None, rate_limits=None) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -190,7 +193,8 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
                         prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry,
                         speculator=speculator)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
-                         default_max_tokens=default_max_tokens)
+                         default_max_tokens=default_max_tokens, watermark=watermark, moderation=moderation,
+                         rate_limits=rate_limits)
     except LmkitError as exc:
         sock.close()
         raise click.ClickException(str(exc)) from exc
@@ -327,8 +331,9 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @_kv_cache_dtype_option
 @dtype_option()
 @_keep_quantized_option
+@watermark_options()
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-                 stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized) -> None:
+                 stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, watermark=None) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
     or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
     import json
@@ -346,7 +351,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     prompt_ids = encode_prompt(tok, text)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens or max_new_tokens_default(model, len(prompt_ids), 64),
                            seed=seed, stop=list(stop) or None, compile=compile_step, kv_cache_dtype=kv_cache_dtype,
-                           **sampling)
+                           watermark=watermark, **sampling)
     cfg = resolve_config(model, cfg)
     skip = [*cfg.eos_token_ids, *_special_ids(tok)]  # special tokens are never printed
     if stream:

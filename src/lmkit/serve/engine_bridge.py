@@ -45,7 +45,10 @@ class EventPipe:
 def submit(engine, prompt_ids: list[int], cfg: GenerationConfig, callback, constraint=None,
            adapter: str | None = None):
     """`engine.submit` (with the request's structured-output constraint and LoRA adapter, if any),
-    with its refusals as OpenAI errors."""
+    with its refusals as OpenAI errors. A server started with a watermark (create_app) applies it."""
+    watermark = getattr(engine, "watermark", None)
+    if watermark is not None and cfg.watermark is None:
+        cfg = cfg.replace(watermark=watermark)
     try:
         if constraint is not None or adapter is not None:
             return engine.submit(prompt_ids, cfg, callback, constraint, adapter=adapter)

@@ -27,6 +27,7 @@
     lmkit_spec_accepted_tokens_total           counter    drafts the model accepted
     lmkit_spec_verify_steps_total              counter    forwards that verified drafts
     lmkit_spec_acceptance_rate                 gauge      accepted / proposed, 0 before any
+    lmkit_moderation_*, lmkit_rate_limited_*   counter    the safety layer (safety_metrics.py)
 
 A histogram is cumulative buckets `_bucket{le=...}` plus `_sum` and `_count`, as Prometheus
 expects; label values are escaped (backslash, double quote, newline).
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+
+from lmkit.serve.safety_metrics import SafetyCounters
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, float("inf"))
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
@@ -94,6 +97,7 @@ class Metrics:
         self.hist_count: dict[str, int] = defaultdict(int)
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.safety = SafetyCounters()  # moderation, rate limits, watermark (safety_metrics.py)
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         path = _route_label(path)
@@ -139,6 +143,7 @@ class Metrics:
             out.append(f"lmkit_prompt_tokens_total {self.prompt_tokens}")
             head("lmkit_generation_tokens_total", "counter", "Tokens generated and returned.")
             out.append(f"lmkit_generation_tokens_total {self.generation_tokens}")
+        out.extend(self.safety.render())
         if engine is not None:
             for name, kind, help_, value in engine_samples(engine):
                 head(name, kind, help_)

@@ -16,6 +16,8 @@ from lmkit.serve.chat_stream import ChatStream
 from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
 from lmkit.serve.lora_adapters import select_adapter
+from lmkit.serve.moderation_gate import CONTENT_FILTER, message_texts
+from lmkit.serve.rate_limit import charge_tokens
 from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens, choice_seed,
                                        generation_config, sse, stop_list, token_budget, usage, wants_usage)
 from lmkit.serve.response_format import request_constraint
@@ -52,6 +54,9 @@ def reply_message(prep: PreparedChat, text: str, finish_reason: str) -> tuple[di
 async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
                            state: ServerState = Depends(server_state)):
     adapter = select_adapter(req, state.model_name, getattr(state.engine, "lora", None))  # multi-LoRA
+    gate = state.moderation  # content safety (moderation_gate.py), None when off
+    if gate is not None:
+        gate.check_input(message_texts(req.messages))
     prep = prepare(req, state)
     n_prompt = len(prep.prompt_ids)
     max_tokens = token_budget(n_prompt, chat_max_tokens(req), state.default_max_tokens, state.context, "messages")
@@ -75,12 +80,17 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
             used += len(r["tokens"])
             message, finish = reply_message(prep, r["text"], r["finish_reason"])
             lp = chat_logprobs(state.tokenizer, r["tokens"], r["logprobs"], r["top"]) if want_lp else None
+            if gate is not None and gate.output_flagged(r["text"]):
+                message, finish, lp = {"role": "assistant", "content": ""}, CONTENT_FILTER, None
+                state.metrics.safety.inc("lmkit_content_filter_finishes_total", "/v1/chat/completions")
             choices.append({"index": idx, "message": message, "finish_reason": finish, "logprobs": lp})
         state.metrics.add_tokens(n_prompt, used)
+        charge_tokens(request, n_prompt + used)
         return {**base, "object": "chat.completion", "choices": choices, "usage": usage(n_prompt, used)}
 
     queue, handles = start_choices(state.engine, jobs, adapter=adapter)
     stream = ChatStream(prep, len(jobs), base, state.tokenizer, logprobs=want_lp)
+    guard = gate.stream_guard(len(jobs), "/v1/chat/completions") if gate is not None else None
 
     async def events():
         try:
@@ -91,12 +101,21 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
                 if ev.error:
                     yield failure_event(request, ev.error, ev.exception)
                     break
-                for c in stream.feed(idx, ev):
+                if guard is not None and guard.cut[idx]:
+                    continue  # events already queued for a choice that was cut
+                chunks = stream.feed(idx, ev)
+                if guard is not None and guard.screen(idx, stream.full[idx]):
+                    handles[idx].cancel()  # stop generating it; the flagged text is never sent
+                    if ev.finish_reason is None:
+                        stream.left -= 1
+                    chunks = [stream.chunk(idx, {}, CONTENT_FILTER)]
+                for c in chunks:
                     yield sse(c)
             if wants_usage(req):
                 yield sse(stream.usage_chunk(n_prompt))
             yield SSE_DONE
             state.metrics.add_tokens(n_prompt, stream.completion_tokens)
+            charge_tokens(request, n_prompt + stream.completion_tokens)
         finally:
             cancel_all(handles)
 

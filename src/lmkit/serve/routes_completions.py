@@ -11,8 +11,10 @@ from lmkit.serve.api_errors import APIError
 from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
 from lmkit.serve.lora_adapters import select_adapter
+from lmkit.serve.moderation_gate import CONTENT_FILTER
 from lmkit.serve.openai_format import (SSE_DONE, choice_seed, completion_logprobs, generation_config,
                                        sse, stop_list, token_budget, usage, wants_usage)
+from lmkit.serve.rate_limit import charge_tokens
 from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
 
@@ -48,6 +50,9 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
     check_supported(req, state.max_n)
     tok = state.tokenizer
     prompts = prompt_ids(req, tok, state.model.config.vocab_size)
+    gate = state.moderation  # content safety (moderation_gate.py), None when off
+    if gate is not None:
+        gate.check_input([tok.decode(p) for p in prompts])
     stops = stop_list(req.stop)
     want_lp = req.logprobs is not None
     top = min(int(req.logprobs or 0), MAX_TOP_LOGPROBS)
@@ -71,9 +76,13 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
         for idx, r in enumerate(results):
             used += len(r["tokens"])
             lp = completion_logprobs(tok, r["tokens"], r["logprobs"], r["top"], len(echoes[idx])) if want_lp else None
-            choices.append({"index": idx, "text": echoes[idx] + r["text"], "finish_reason": r["finish_reason"],
-                            "logprobs": lp})
+            text, finish = r["text"], r["finish_reason"]
+            if gate is not None and gate.output_flagged(text):
+                text, finish, lp = "", CONTENT_FILTER, None
+                state.metrics.safety.inc("lmkit_content_filter_finishes_total", "/v1/completions")
+            choices.append({"index": idx, "text": echoes[idx] + text, "finish_reason": finish, "logprobs": lp})
         state.metrics.add_tokens(n_prompt, used)
+        charge_tokens(request, n_prompt + used)
         return {**head, "choices": choices, "usage": usage(n_prompt, used), "system_fingerprint": None}
 
     queue, handles = start_choices(state.engine, jobs, adapter=adapter)
@@ -81,6 +90,9 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
     def chunk(idx: int, text: str, logprobs=None, finish=None) -> bytes:
         return sse({**head, "choices": [{"index": idx, "text": text, "logprobs": logprobs,
                                          "finish_reason": finish}]})
+
+    guard = gate.stream_guard(len(jobs), "/v1/completions") if gate is not None else None
+    texts = [""] * len(jobs)
 
     async def events():
         left, used = len(jobs), 0
@@ -94,7 +106,15 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
                 if ev.error:
                     yield failure_event(request, ev.error, ev.exception)
                     break
+                if guard is not None and guard.cut[idx]:
+                    continue  # events already queued for a choice that was cut
                 used += ev.token is not None
+                texts[idx] += ev.text
+                if guard is not None and guard.screen(idx, texts[idx]):
+                    handles[idx].cancel()  # stop generating it; the flagged text is never sent
+                    yield chunk(idx, "", None, CONTENT_FILTER)
+                    left -= 1
+                    continue
                 lp = None
                 if want_lp and ev.token is not None:
                     lp = completion_logprobs(tok, [ev.token], [ev.logprob], [ev.top_logprobs], offsets[idx])
@@ -107,6 +127,7 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
                 yield sse({**head, "choices": [], "usage": usage(n_prompt, used)})
             yield SSE_DONE
             state.metrics.add_tokens(n_prompt, used)
+            charge_tokens(request, n_prompt + used)
         finally:
             cancel_all(handles)
 

@@ -23,6 +23,7 @@ class ServerState:
     default_max_tokens: int = 256
     max_n: int = 16
     embedder: Any = None
+    moderation: Any = None  # a ModerationGate (moderation_gate.py), or None: no moderation
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -33,7 +33,8 @@ Encoding
 
 Vocabulary extension (词表扩增)
     ``extend`` continues training on domain text from the current merges (old ids keep
-    their meaning, new ids follow); ``add_tokens`` adds whole strings as tokens.
+    their meaning, new ids follow); ``add_tokens`` adds whole strings as tokens;
+    ``bpe_vocab_merge.expand_bpe`` trains a separate domain BPE and appends its pieces.
 
 Files: lmkit's JSON (``save``/``load``), Hugging Face ``tokenizer.json``
 (``save_hf_json``/``from_hf_json``; ``load`` reads both) and tiktoken rank files

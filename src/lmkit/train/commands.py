@@ -1,4 +1,5 @@
-"""CLI: `lmkit memory` (training-memory estimate) and `lmkit pretrain` (from a config file)."""
+"""CLI: `lmkit memory` (training-memory estimate) and `lmkit pretrain` (from a config file;
+`--init-from` continues pretraining a checkpoint)."""
 
 from __future__ import annotations
 
@@ -61,17 +62,81 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
 
 @click.command("pretrain")
 @progress_flags
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="YAML or JSON: data, tokenizer, objective (clm|mlm|span|prefix), model, seq_len, batch_size, train")
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in train.out_dir")
-def pretrain(config_path: str, resume: bool) -> None:
-    """Pretrain a model from a config file (see docs/training.md)."""
+@click.option("--init-from", "init_from", default=None, type=click.Path(exists=True, file_okay=False),
+              help="continued pretraining: start from this Hugging Face checkpoint (docs/continual-pretraining.md)")
+@click.option("--data", "data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="with --init-from and no --config: the domain shard directory (made with the checkpoint's tokenizer)")
+@click.option("--general-data", default=None, type=click.Path(exists=True, file_okay=False),
+              help="with --init-from: shard directory of the general data (replay, EWC, forgetting measurement)")
+@click.option("--replay-ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="with --init-from: fraction of training sequences replayed from --general-data")
+@click.option("--penalty", type=click.Choice(["none", "ewc", "l2sp"]), default=None,
+              help="with --init-from: weight penalty towards the starting weights")
+@click.option("--penalty-weight", type=click.FloatRange(0), default=None, help="lambda of --penalty")
+@click.option("--new-rows-from", "new_rows_from", type=click.IntRange(0), default=None,
+              help="with --init-from: train only the embedding / LM-head rows from this id up (after lmkit tokenizer expand)")
+@click.option("--steps", type=click.IntRange(1), default=1000, show_default=True, help="without --config: optimizer steps")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="without --config: peak learning rate (re-warmed up over the first 5 % of the steps)")
+@click.option("--seq-len", type=click.IntRange(2), default=None, help="without --config: tokens per sequence "
+              "(default: the checkpoint's context, at most 256)")
+@click.option("--batch-size", type=click.IntRange(2), default=8, show_default=True, help="without --config: sequences per step")
+@click.option("-o", "--out", "out", default=None, type=click.Path(file_okay=False),
+              help="without --config: run directory (default runs/continued); the model is written to OUT/hf")
+def pretrain(config_path: str | None, resume: bool, init_from: str | None, data: str | None,
+             general_data: str | None, replay_ratio: float | None, penalty: str | None,
+             penalty_weight: float | None, new_rows_from: int | None, steps: int, lr: float, seq_len: int | None, batch_size: int,
+             out: str | None) -> None:
+    """Pretrain a model from a config file (see docs/training.md), or continue pretraining a
+    checkpoint (--init-from) with replay and EWC / L2-SP against forgetting; without --config,
+    --init-from and --data are enough (docs/continual-pretraining.md)."""
+    import dataclasses
+
     from lmkit.train.pretrain import PretrainConfig, run_pretrain
 
-    result = run_pretrain(PretrainConfig.load(config_path), resume=resume)
+    if config_path:
+        cfg = PretrainConfig.load(config_path)
+    elif init_from and data:
+        cfg = _continued_config(init_from, data, steps, lr, seq_len, batch_size, out or "runs/continued")
+    else:
+        raise click.UsageError("give --config FILE, or --init-from CHECKPOINT with --data SHARDS")
+    continual = dict(cfg.continual)
+    for key, value in (("general_data", general_data), ("replay_ratio", replay_ratio), ("penalty", penalty),
+                       ("penalty_weight", penalty_weight), ("new_rows_only_from", new_rows_from)):
+        if value is not None:
+            continual[key] = value
+    if init_from or continual != cfg.continual:
+        cfg = dataclasses.replace(cfg, init_from=init_from or cfg.init_from, continual=continual)
+    result = run_pretrain(cfg, resume=resume)
     click.echo(f"eval loss {result['eval_loss']:.4f}  perplexity {result['eval_ppl']:.2f}")
+    if "general_ppl_before" in result:
+        click.echo(f"general perplexity {result['general_ppl_before']:.2f} -> {result['general_ppl_after']:.2f} "
+                   f"(forgetting); domain perplexity {result['domain_ppl_before']:.2f} -> {result['eval_ppl']:.2f}")
     if "export_dir" in result:
         click.echo(f"Hugging Face checkpoint: {result['export_dir']}")
+
+
+def _continued_config(init_from: str, data: str, steps: int, lr: float, seq_len: int | None, batch_size: int,
+                      out: str):
+    """A PretrainConfig for continued causal-LM pretraining of the checkpoint `init_from`: its
+    tokenizer (tokenizer.json or tokenizer.lmkit.json), its context (at most 256) by default."""
+    import json
+    from pathlib import Path
+
+    from lmkit.train.pretrain import PretrainConfig
+
+    src = Path(init_from)
+    tok = next((src / n for n in ("tokenizer.lmkit.json", "tokenizer.json") if (src / n).is_file()), None)
+    if tok is None:
+        raise click.UsageError(f"{src} has no tokenizer.json: give --config with a tokenizer")
+    if seq_len is None:
+        hf = json.loads((src / "config.json").read_text(encoding="utf-8")) if (src / "config.json").is_file() else {}
+        seq_len = min(256, int(hf.get("max_position_embeddings") or hf.get("n_positions") or 256))
+    return PretrainConfig(data=data, tokenizer=str(tok), seq_len=seq_len, batch_size=batch_size, init_from=init_from,
+                          train={"max_steps": steps, "lr": lr, "out_dir": out, "eval_steps": 50})
 
 
 COMMANDS: list[click.Command] = [memory_cmd, pretrain]

@@ -6,6 +6,10 @@ Objectives and the models they train:
   prefix  prefix LM: bidirectional prefix, loss on the rest (decoder with a prefix mask)
   mlm     BERT masked LM (15%, 80/10/10), optional NSP  (encoder)
   span    T5 span corruption with sentinel tokens       (encoder-decoder)
+
+Continued pretraining: ``init_from`` (a Hugging Face checkpoint directory) starts from its
+weights and architecture instead of `model`; ``continual`` adds replay, EWC / L2-SP and the
+general-perplexity measurement of forgetting (train/continual.py).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class PretrainConfig:
     nsp: bool = False  # mlm only: next-sentence pairs from consecutive parts of each document
     export_dir: str | None = None  # HF-format checkpoint at the end (default: <out_dir>/hf)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    init_from: str | None = None  # continued pretraining: a Hugging Face checkpoint directory
+    continual: dict[str, Any] = field(default_factory=dict)  # ContinualConfig fields (train/continual.py)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -49,9 +55,20 @@ class PretrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 2:
                 raise ConfigError(f"PretrainConfig.{name}={v!r}: must be an integer >= 2")
-        self.train_config = TrainConfig.from_dict(
-            {"shift_labels": self.objective in ("clm", "prefix"), **self.train}
-        )
+        train = {"shift_labels": self.objective in ("clm", "prefix"), **self.train}
+        if self.init_from and "warmup_steps" not in self.train:  # re-warmup: the optimizer starts fresh
+            train["warmup_steps"] = max(1, int(self.train.get("max_steps", 1000)) // 20)
+        self.train_config = TrainConfig.from_dict(train)
+        from lmkit.train.continual import ContinualConfig
+
+        self.continual_config = ContinualConfig.from_dict(dict(self.continual))
+        if self.continual and not self.init_from:
+            raise ConfigError("PretrainConfig.continual needs init_from (the checkpoint to continue from)")
+        if self.init_from and self.objective not in ("clm", "prefix"):
+            raise ConfigError(f"init_from continues decoder pretraining (clm or prefix), not {self.objective!r}")
+        if self.continual_config.new_rows_only_from is not None and self.train_config.weight_decay > 0:
+            raise ConfigError("continual.new_rows_only_from needs train.weight_decay=0 (AdamW's decay would move "
+                              "the frozen rows of the LM head)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
@@ -84,10 +101,15 @@ class PretrainConfig:
             raise ConfigError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({exc})") from exc
         base = path.parent
         cfg = cls.from_dict(d)
-        for name in ("data", "tokenizer"):  # paths relative to the config file
+        for name in ("data", "tokenizer", "init_from"):  # paths relative to the config file
+            if getattr(cfg, name) is None:
+                continue
             p = Path(getattr(cfg, name))
             if not p.is_absolute() and not p.exists() and (base / p).exists():
                 setattr(cfg, name, str(base / p))
+        general = cfg.continual.get("general_data")
+        if general and not Path(general).is_absolute() and not Path(general).exists() and (base / general).exists():
+            cfg.continual["general_data"] = str(base / general)
         return cfg
 
 
@@ -206,20 +228,70 @@ def unigram_baseline_ppl(data_dir: str, vocab_size: int) -> float:
 def run_pretrain(cfg: PretrainConfig, resume: bool | str = False) -> dict[str, Any]:
     """Train per `cfg`; returns a summary (final eval loss/perplexity, export directory)."""
     from lmkit.data.shards import load_tokenizer
-    from lmkit.hub.pretrained import save_pretrained
     from lmkit.models.build import build_model
     from lmkit.train.trainer import Trainer, set_seed
 
     tok = load_tokenizer(cfg.tokenizer)
+    if cfg.init_from:
+        return run_continued_pretraining(cfg, tok, resume)
     mcfg = resolve_model_config(cfg.model, cfg.objective, tok.vocab_size, cfg.seq_len, cfg.model_overrides)
     train_loader, eval_loader, mcfg = build_pretraining_data(cfg, tok, mcfg)
     set_seed(cfg.train_config.seed)
     model = build_model(mcfg)
     trainer = Trainer(model, cfg.train_config, train_loader, eval_loader, resume=resume)
     trainer.train()
+    return _finish(cfg, trainer, tok, trainer.evaluate())
+
+
+def run_continued_pretraining(cfg: PretrainConfig, tok, resume: bool | str = False) -> dict[str, Any]:
+    """Continue training the checkpoint `cfg.init_from` on `cfg.data`, with the remedies of
+    `cfg.continual`; the result adds the general perplexity before and after."""
+    from lmkit.hub.pretrained import load_pretrained
+    from lmkit.train.continual import build_penalty, evaluate_on, replay_mixture
+    from lmkit.train.trainer import Trainer, set_seed
+
+    cc = cfg.continual_config
+    model = load_pretrained(cfg.init_from, dtype="fp32")
+    mcfg = model.config
+    if mcfg.arch != "decoder":
+        raise ConfigError(f"init_from {cfg.init_from}: continued {cfg.objective} pretraining needs a decoder model")
+    if mcfg.vocab_size < tok.vocab_size:
+        raise ConfigError(f"init_from {cfg.init_from} has {mcfg.vocab_size} embedding rows but the tokenizer "
+                          f"{cfg.tokenizer} has {tok.vocab_size} tokens; expand the model's vocabulary first "
+                          "(lmkit tokenizer expand)")
+    train_loader, eval_loader, _ = build_pretraining_data(cfg, tok, mcfg)
+    general_train = general_val = None
+    if cc.general_data:
+        general_train, general_val, _ = build_pretraining_data(dataclasses.replace(cfg, data=cc.general_data), tok, mcfg)
+    set_seed(cfg.train_config.seed)
+    train_data: Any = train_loader
+    if cc.replay_ratio > 0:
+        train_data = replay_mixture(train_loader, general_train, cc.replay_ratio, cfg.batch_size, cfg.train_config.seed)
+    if cc.new_rows_only_from is not None:
+        from lmkit.hub.expand_vocab import train_new_rows_only
+
+        train_new_rows_only(model, cc.new_rows_only_from)
+    model.train()
+    penalty = build_penalty(cc, model, general_train)
+    trainer = Trainer(model, cfg.train_config, train_data, eval_loader, resume=resume, penalty=penalty)
+    before = evaluate_on(trainer, general_val) if general_val is not None else None
+    domain_before = trainer.evaluate()
+    trainer.train()
     result = trainer.evaluate()
+    result["domain_ppl_before"] = domain_before["eval_ppl"]
+    if general_val is not None:
+        after = evaluate_on(trainer, general_val)
+        result.update(general_ppl_before=before["eval_ppl"], general_ppl_after=after["eval_ppl"])
+    return _finish(cfg, trainer, tok, result)
+
+
+def _finish(cfg: PretrainConfig, trainer, tok, result: dict[str, Any]) -> dict[str, Any]:
+    from lmkit.hub.pretrained import save_pretrained
+
+    model, mcfg = trainer.raw_model, trainer.raw_model.config
     export = Path(cfg.export_dir or Path(cfg.train_config.out_dir) / "hf")
     if trainer.dist.is_main and mcfg.model_type:
+        model.requires_grad_(True)
         # with its tokenizer: tokenizer.json, tokenizer_config.json (chat template), eos / pad ids
         save_pretrained(trainer.raw_model, export, tokenizer=tok if hasattr(tok, "save_hf_json") else None)
         result["export_dir"] = str(export)

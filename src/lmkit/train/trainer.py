@@ -40,7 +40,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -85,6 +85,8 @@ class Trainer:
     ``config.out_dir`` if there is one), or a path to a checkpoint / run directory.
     If `train_data` has ``state_dict()`` / ``load_state_dict()``, its position is saved and
     restored; otherwise the already consumed batches are skipped on resume.
+    penalty: a callable ``penalty(model) -> scalar tensor`` added to each step's loss
+    (train/forgetting_penalty.py: EWC, L2-SP); reported as the step's ``penalty``.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Trainer:
         eval_data: Iterable | None = None,
         *,
         resume: bool | str = False,
+        penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -102,6 +105,9 @@ class Trainer:
         self.dist = D.init_distributed(config.device)
         self.device = self.dist.device
         self.strategy = D.choose_strategy(config.strategy, self.dist)
+        if penalty is not None and self.strategy == "fsdp":
+            raise ConfigError("a weight penalty (EWC / L2-SP) needs whole parameters; use strategy 'ddp' or 'none', not 'fsdp'")
+        self.penalty = penalty
         self.out_dir = Path(config.out_dir)
         self.precision, why = resolve_precision(config.precision, self.device)
         self._check_precision()
@@ -433,6 +439,9 @@ class Trainer:
                 with self._autocast():
                     loss = self._loss(batch, own=counts[i] == 0)
                 scaled = loss * weights[i]
+                if self.penalty is not None and i == len(batches) - 1:  # once per step, inside the synced backward
+                    penalty_value = self.penalty(self.raw_model)
+                    scaled = scaled + penalty_value
                 if self.scaler is not None:
                     self.scaler.scale(scaled).backward()
                 else:
@@ -460,7 +469,10 @@ class Trainer:
         else:
             step_loss = loss_total / (len(batches) * world)
         self.tokens_seen += tokens_global
-        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_global}
+        metrics = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_global}
+        if self.penalty is not None:
+            metrics["penalty"] = float(penalty_value.detach())
+        return metrics
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
