@@ -19,7 +19,7 @@ from lmkit.errors import ConfigError
 OPTIMIZERS = ("adamw", "sgd", "momentum")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STRATEGIES = ("auto", "none", "ddp", "fsdp")
+STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp")
 LOSS_WEIGHTINGS = ("token", "mean")
 
 

@@ -94,7 +94,7 @@ def choose_strategy(strategy: str, info: DistInfo) -> str:
     """'auto' -> 'ddp' when several processes run, else 'none'."""
     if strategy == "auto":
         return "ddp" if info.is_distributed else "none"
-    if strategy in ("ddp", "fsdp") and not info.is_distributed:
+    if strategy in ("ddp", "fsdp", "tp") and not info.is_distributed:
         return "none"  # one process: nothing to shard or average
     return strategy
 
@@ -130,7 +130,15 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
-    raise ConfigError(f"unknown strategy {strategy!r}; choose none, ddp or fsdp")
+    if strategy == "tp":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from lmkit.train.tensor_parallel import apply_tensor_parallel
+
+        for tensor in model.state_dict().values():  # every rank must start from rank 0's weights
+            dist.broadcast(tensor, src=0)
+        return apply_tensor_parallel(model, init_device_mesh(info.device.type, (info.world_size,)))
+    raise ConfigError(f"unknown strategy {strategy!r}; choose none, ddp, fsdp or tp")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -174,8 +182,11 @@ class ShardedIterable:
         self.source.load_state_dict(state)
 
 
-def shard_data(data: Iterable, info: DistInfo) -> Iterable:
-    return ShardedIterable(data, info.rank, info.world_size) if info.is_distributed else data
+def shard_data(data: Iterable, info: DistInfo, strategy: str = "ddp") -> Iterable:
+    """Each data-parallel rank its own batches; tensor-parallel ranks all read the same ones."""
+    if not info.is_distributed or strategy == "tp":
+        return data
+    return ShardedIterable(data, info.rank, info.world_size)
 
 
 # ---- collectives that are no-ops in one process ------------------------------------------

@@ -56,6 +56,7 @@ from lmkit.train.metrics_log import MetricsLogger
 from lmkit.train.optim import build_optimizer
 from lmkit.train.precision import announce_precision, autocast, resolve_precision
 from lmkit.train.schedule import build_scheduler
+from lmkit.train.tensor_parallel import clip_grad_norm, parallel_loss
 
 
 def set_seed(seed: int) -> None:
@@ -105,8 +106,12 @@ class Trainer:
         self.dist = D.init_distributed(config.device)
         self.device = self.dist.device
         self.strategy = D.choose_strategy(config.strategy, self.dist)
-        if penalty is not None and self.strategy == "fsdp":
-            raise ConfigError("a weight penalty (EWC / L2-SP) needs whole parameters; use strategy 'ddp' or 'none', not 'fsdp'")
+        if penalty is not None and self.strategy in ("fsdp", "tp"):
+            raise ConfigError(
+                f"a weight penalty (EWC / L2-SP) needs whole parameters; use strategy 'ddp' or 'none', not {self.strategy!r}"
+            )
+        # tensor-parallel ranks are one model replica: same data, same dropout masks, no averaging
+        self.data_world = 1 if self.strategy == "tp" else self.dist.world_size
         self.penalty = penalty
         self.out_dir = Path(config.out_dir)
         self.precision, why = resolve_precision(config.precision, self.device)
@@ -114,7 +119,7 @@ class Trainer:
         if self.dist.is_main:
             announce_precision(config.precision, self.precision, why)
 
-        set_seed(config.seed + self.dist.rank)
+        set_seed(config.seed + (self.dist.rank if self.strategy != "tp" else 0))
         self.raw_model = model.to(self.device)
         self.raw_model.train()
         # names/shapes before any wrapping (FSDP would shard them)
@@ -152,11 +157,14 @@ class Trainer:
         if self.compiled:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config)
+        if self.strategy == "tp":  # the multi-tensor kernels refuse DTensor and plain tensors in one list
+            for group in self.optimizer.param_groups:
+                group["foreach"] = False
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
-        self.train_data = D.shard_data(train_data, self.dist)
-        self.eval_data = D.shard_data(eval_data, self.dist) if eval_data is not None else None
+        self.train_data = D.shard_data(train_data, self.dist, self.strategy)
+        self.eval_data = D.shard_data(eval_data, self.dist, self.strategy) if eval_data is not None else None
         self._resumable_data = callable(getattr(train_data, "state_dict", None)) and callable(
             getattr(train_data, "load_state_dict", None)
         )
@@ -235,7 +243,7 @@ class Trainer:
 
     # ---- state (de)serialisation --------------------------------------------------------------
     def _full_model_state(self) -> dict[str, torch.Tensor]:
-        if self.strategy == "fsdp":
+        if self.strategy in ("fsdp", "tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(
@@ -245,7 +253,7 @@ class Trainer:
 
     def _full_optimizer_state(self) -> dict[str, Any]:
         """Optimizer state keyed by parameter *name* (the same format as torch DCP's)."""
-        if self.strategy == "fsdp":
+        if self.strategy in ("fsdp", "tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             return get_optimizer_state_dict(
@@ -260,7 +268,7 @@ class Trainer:
         }
 
     def _load_optimizer_state(self, named: dict[str, Any]) -> None:
-        if self.strategy == "fsdp":
+        if self.strategy in ("fsdp", "tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
@@ -377,7 +385,16 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any], own: bool = False) -> torch.Tensor:
         """The model's loss, or ours from the logits (label smoothing; no targets at all,
-        where a mean over zero tokens would be NaN and poison the accumulated gradients)."""
+        where a mean over zero tokens would be NaN and poison the accumulated gradients).
+        Under tensor parallelism the logits stay split over the vocabulary (loss_parallel)."""
+        with parallel_loss(self.strategy == "tp"):
+            return self._loss_of(batch, own)
+
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over the data-parallel ranks (tensor-parallel ranks hold the same numbers)."""
+        return values if self.strategy == "tp" else D.all_reduce_sum(values)
+
+    def _loss_of(self, batch: dict[str, Any], own: bool) -> torch.Tensor:
         cfg = self.config
         if (own or cfg.label_smoothing > 0) and "labels" in batch:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -420,13 +437,13 @@ class Trainer:
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer update over the given micro-batches; returns the step's metrics."""
         cfg = self.config
-        world = self.dist.world_size
+        world = self.data_world
         batches = [to_device(b, self.device) for b in micro_batches]
         counts = [
             count_targets(b["labels"], cfg.shift_labels) if "labels" in b else 1 for b in batches
         ]
         tokens = sum(int(b["input_ids"].numel()) if "input_ids" in b else 0 for b in batches)
-        totals = D.all_reduce_sum(torch.tensor([float(sum(counts)), float(tokens)], dtype=torch.float64))
+        totals = self._reduce(torch.tensor([float(sum(counts)), float(tokens)], dtype=torch.float64))
         n_global, tokens_global = totals[0].item(), int(totals[1].item())
         if cfg.loss_weighting == "token":
             weights = [c * world / max(n_global, 1.0) for c in counts]
@@ -442,16 +459,22 @@ class Trainer:
                 if self.penalty is not None and i == len(batches) - 1:  # once per step, inside the synced backward
                     penalty_value = self.penalty(self.raw_model)
                     scaled = scaled + penalty_value
-                if self.scaler is not None:
-                    self.scaler.scale(scaled).backward()
-                else:
-                    scaled.backward()
-            loss_sum += loss.detach().double().cpu() * (counts[i] if cfg.loss_weighting == "token" else 1.0)
+                with parallel_loss(self.strategy == "tp"):  # the backward of a vocabulary-parallel loss
+                    if self.scaler is not None:
+                        self.scaler.scale(scaled).backward()
+                    else:
+                        scaled.backward()
+            loss = loss.detach()
+            loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
+            loss_sum += loss.double().cpu() * (counts[i] if cfg.loss_weighting == "token" else 1.0)
 
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.strategy == "tp":  # DTensor and plain gradients side by side
+            grad_norm = clip_grad_norm(list(self.model.parameters()), max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
             grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -463,7 +486,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        loss_total = D.all_reduce_sum(loss_sum.reshape(1))[0].item()
+        loss_total = self._reduce(loss_sum.reshape(1))[0].item()
         if cfg.loss_weighting == "token":
             step_loss = loss_total / max(n_global, 1.0)
         else:
@@ -490,13 +513,14 @@ class Trainer:
                 if labels is None:
                     raise ConfigError("eval batches need 'labels'")
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
-                with self._autocast():
+                with self._autocast(), parallel_loss(self.strategy == "tp"):
                     out = self.model(**inputs)
-                loss_sum += cross_entropy(out.logits, labels, shift=self.config.shift_labels, reduction="sum").item()
+                    loss = cross_entropy(out.logits, labels, shift=self.config.shift_labels, reduction="sum")
+                loss_sum += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).item()
                 n_sum += count_targets(labels, self.config.shift_labels)
         finally:
             self.model.train()
-        totals = D.all_reduce_sum(torch.tensor([loss_sum, float(n_sum)], dtype=torch.float64))
+        totals = self._reduce(torch.tensor([loss_sum, float(n_sum)], dtype=torch.float64))
         mean = totals[0].item() / max(totals[1].item(), 1.0)
         return {"eval_loss": mean, "eval_ppl": math.exp(mean) if mean < 700 else float("inf"), "eval_tokens": int(totals[1].item())}
 
