@@ -24,18 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmkit.errors import ConfigError
+from lmkit.models.module_tree import token_embedding
 
 Target = Callable[[object], torch.Tensor]  # model output -> [B] scalars
-
-
-def embedding_table(model: nn.Module) -> nn.Embedding:
-    """The model's token-embedding table: the shallowest module named `embed_tokens`."""
-    found = [(name.count("."), name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.Embedding) and name.split(".")[-1] == "embed_tokens"]
-    if not found:
-        raise ConfigError(f"{type(model).__name__} has no `embed_tokens` embedding table to attribute to")
-    return min(found, key=lambda f: f[:2])[2]
 
 
 def token_logit_fn(position: int = -1, token_id: int | None = None) -> Target:
@@ -57,7 +48,7 @@ def token_logit_fn(position: int = -1, token_id: int | None = None) -> Target:
 
 def _forward_with_embeddings(model, input_ids, embeds, target, attention_mask, **kwargs) -> torch.Tensor:
     """target(model(input_ids)) with the token embeddings replaced by `embeds` [B, T, d]."""
-    hook = embedding_table(model).register_forward_hook(lambda m, args, out: embeds.to(out.dtype))
+    hook = token_embedding(model).register_forward_hook(lambda m, args, out: embeds.to(out.dtype))
     try:
         mask = None if attention_mask is None else attention_mask.expand(embeds.shape[0], -1)
         out = model(input_ids.expand(embeds.shape[0], -1), attention_mask=mask, **kwargs)
@@ -75,7 +66,7 @@ def _prepare(model, input_ids):
     if input_ids.shape[0] != 1:
         raise ValueError(f"saliency explains one sequence; got a batch of {input_ids.shape[0]}")
     with torch.no_grad():
-        embeds = embedding_table(model)(input_ids)[0].float()  # [T, d]
+        embeds = token_embedding(model)(input_ids)[0].float()  # [T, d]
     return input_ids, embeds
 
 
@@ -143,7 +134,7 @@ def integrated_gradients(
         if pad_id is None:
             pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
         with torch.no_grad():
-            base = embedding_table(model)(torch.full_like(input_ids[0], pad_id)).float()
+            base = token_embedding(model)(torch.full_like(input_ids[0], pad_id)).float()
     else:
         raise ValueError(f"baseline={baseline!r}: choose 'zeros', 'pad' or pass a tensor [T, d]")
     target = target or token_logit_fn()
