@@ -62,8 +62,8 @@ SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-s
           (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2"),
           (r"--profile full", "--tiny")]  # the full speedrun is a benchmark (bench/bench_speedrun.py)
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
-DOCS = ["alignment.md", "compression.md", "data.md", "evaluation.md", "finetuning.md", "quantization.md", "rag.md",
-        "serving.md", "speedrun.md", "training.md"]
+DOCS = ["alignment.md", "compression.md", "data.md", "evaluation.md", "finetuning.md", "interpretability.md",
+        "quantization.md", "rag.md", "serving.md", "speedrun.md", "training.md"]
 
 
 def _tiny_inputs(cwd: Path) -> None:

@@ -50,8 +50,12 @@ class AttackResult:
 
 def pgd_attack(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                attention_mask: torch.Tensor | None = None, epsilon: float = 1.0, alpha: float | None = None,
-               steps: int = 10) -> AttackResult:
-    """Embedding-space PGD (L2 ball ε, step α = 2.5 ε / steps by default); no parameter changes."""
+               steps: int = 10, relative: bool = False) -> AttackResult:
+    """Embedding-space PGD (L2 ball ε, step α = 2.5 ε / steps by default); no parameter changes.
+
+    relative: ε (and α) are fractions of each example's own embedding norm ‖e‖₂ (real tokens
+    only). An absolute ε can be escaped by a model that grows its embeddings before a
+    normalisation layer, which adversarial training tends to do; a relative ε cannot."""
     was_training = model.training
     model.eval()
     perturb = EmbeddingPerturbation(model)
@@ -60,6 +64,14 @@ def pgd_attack(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
     try:
         with torch.no_grad():
             clean = _logits(model, input_ids, attention_mask).argmax(-1) == labels
+            if relative:
+                from lmkit.models.module_tree import token_embedding
+
+                e = token_embedding(model)(input_ids).float()
+                if attention_mask is not None:
+                    e = e * attention_mask[..., None]
+                scale = e.flatten(1).norm(dim=1).view(-1, 1, 1)
+                epsilon, alpha = epsilon * scale, alpha * scale
         loss_fn = lambda: F.cross_entropy(_logits(model, input_ids, attention_mask), labels, reduction="none")  # noqa: E731
         r = embedding_pgd(loss_fn, perturb, epsilon, alpha, steps)
         with torch.no_grad(), perturb.active(r):

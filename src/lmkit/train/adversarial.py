@@ -38,9 +38,11 @@ def l2_normalize(g: torch.Tensor) -> torch.Tensor:
     return g / norm.view(-1, *([1] * (g.dim() - 1)))
 
 
-def project_l2(r: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """r scaled back onto the L2 ball of radius ε, per example."""
+def project_l2(r: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """r scaled back onto the L2 ball of radius ε (a number, or one per example [B, 1, 1])."""
     norm = r.flatten(1).norm(dim=1).clamp(min=1e-12)
+    if isinstance(epsilon, torch.Tensor):
+        epsilon = epsilon.reshape(-1)
     scale = (epsilon / norm).clamp(max=1.0)
     return r * scale.view(-1, *([1] * (r.dim() - 1)))
 
@@ -135,11 +137,12 @@ class EmbeddingAdversary:
         return losses[0], torch.stack(losses).mean()
 
 
-def embedding_pgd(loss_fn: Callable[[], torch.Tensor], perturb: EmbeddingPerturbation, epsilon: float,
-                  alpha: float, steps: int) -> torch.Tensor:
+def embedding_pgd(loss_fn: Callable[[], torch.Tensor], perturb: EmbeddingPerturbation,
+                  epsilon: float | torch.Tensor, alpha: float | torch.Tensor, steps: int) -> torch.Tensor:
     """The PGD attack: `steps` L2 ascent steps on the embedding perturbation (from 0, no
     parameter gradients); returns the final perturbation r, ‖r‖₂ ≤ ε per example.
-    loss_fn must return one loss per example [B] (or their sum) to ascend."""
+    loss_fn must return one loss per example [B] (or their sum) to ascend; ε and α may be
+    tensors [B, 1, 1] (one radius per example)."""
     r = None
     for _ in range(steps):
         with perturb.active(None if r is None else r.requires_grad_(True)) as p:
