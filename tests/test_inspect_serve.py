@@ -50,3 +50,38 @@ def test_attention_endpoint_and_panel():
         with urllib.request.urlopen(live.url + "/", timeout=30) as resp:
             page = resp.read().decode()
         assert 'id="attn-show"' in page and "/v1/inspect/attention" in page
+
+
+@pytest.mark.slow
+def test_attention_panel_draws_in_chromium(tmp_path):
+    """Headless Chromium: type a prompt, open the panel, press Show, a heatmap is drawn."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("needs the chromium and chromium-driver packages")
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tok = BPETokenizer.train(["the cat sat on the mat. the dog ate the bone.\n" * 10], 280)
+    app = create_app(Engine(tiny_decoder(vocab=tok.vocab_size), tok, max_batch_size=2), model_name="m")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1000,900"):
+        opts.add_argument(arg)
+    with LiveServer(app) as live:
+        browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+        try:
+            browser.get(live.url + "/")
+            browser.find_element(By.ID, "input").send_keys("the cat sat on the mat")
+            browser.find_element(By.CSS_SELECTOR, "#attn summary").click()
+            browser.find_element(By.ID, "attn-show").click()
+            WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "attn-canvas").get_attribute("width") != "0")
+            assert browser.find_element(By.ID, "error").text == ""
+            browser.save_screenshot(str(tmp_path / "attention_panel.png"))
+            print(f"screenshot: {tmp_path / 'attention_panel.png'}")
+        finally:
+            browser.quit()
