@@ -159,9 +159,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer steps and examples (a smoke run)")
     ap.add_argument("--out", default="/tmp/lmkit-bench-adversarial")
     ap.add_argument("--part", choices=["1", "2", "all"], default="all")
+    ap.add_argument("--seeds", type=int, default=3, help="DANN seeds")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    steps, dann_steps, seeds = (60, 80, 1) if args.quick else (400, 600, 3)
+    steps, dann_steps, seeds = (60, 80, 1) if args.quick else (400, 600, args.seeds)
     data = {pkg: package_texts(pkg) for pkg in PACKAGES}
     vocab = Vocab([t for d, c in data.values() for t in d + c])
     print(f"vocabulary {len(vocab.words)} words; " + ", ".join(

@@ -85,7 +85,9 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_attention_lens_saliency(checkpoint, tmp_path):
-    run = lambda *a: CliRunner().invoke(cli, ["inspect", *a, str(checkpoint), "--prompt", "the cat sat on"])  # noqa: E731
+    def run(*args):
+        return CliRunner().invoke(cli, ["inspect", *args, str(checkpoint), "--prompt", "the cat sat on"])
+
     r = run("attention", "-o", str(tmp_path / "a.json"), "--layer", "1")
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "a.json").read_text())

@@ -79,7 +79,8 @@ def test_attention_panel_draws_in_chromium(tmp_path):
             browser.find_element(By.ID, "input").send_keys("the cat sat on the mat")
             browser.find_element(By.CSS_SELECTOR, "#attn summary").click()
             browser.find_element(By.ID, "attn-show").click()
-            WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "attn-canvas").get_attribute("width") != "0")
+            canvas_drawn = lambda d: d.find_element(By.ID, "attn-canvas").get_attribute("width") != "0"  # noqa: E731
+            WebDriverWait(browser, 30).until(canvas_drawn)
             assert browser.find_element(By.ID, "error").text == ""
             browser.save_screenshot(str(tmp_path / "attention_panel.png"))
             print(f"screenshot: {tmp_path / 'attention_panel.png'}")

@@ -72,7 +72,10 @@ def pgd_attack(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
                     e = e * attention_mask[..., None]
                 scale = e.flatten(1).norm(dim=1).view(-1, 1, 1)
                 epsilon, alpha = epsilon * scale, alpha * scale
-        loss_fn = lambda: F.cross_entropy(_logits(model, input_ids, attention_mask), labels, reduction="none")  # noqa: E731
+
+        def loss_fn():
+            return F.cross_entropy(_logits(model, input_ids, attention_mask), labels, reduction="none")
+
         r = embedding_pgd(loss_fn, perturb, epsilon, alpha, steps)
         with torch.no_grad(), perturb.active(r):
             attacked = _logits(model, input_ids, attention_mask).argmax(-1) == labels
@@ -98,8 +101,8 @@ def _candidates_of(candidates, token: int) -> list[int]:
 
 
 def word_substitution_attack(
-    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, candidates: Mapping[int, Sequence[int]] | torch.Tensor,
-    attention_mask: torch.Tensor | None = None, max_changes: int = 2, protected: Sequence[int] = (),
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+    candidates: Mapping[int, Sequence[int]] | torch.Tensor, attention_mask: torch.Tensor | None = None, max_changes: int = 2, protected: Sequence[int] = (),
 ) -> AttackResult:
     """Greedy word substitution, one example at a time; at most `max_changes` words per example."""
     from lmkit.models.module_tree import token_embedding

@@ -37,7 +37,7 @@ def _encode(model, tok, prompt: str):
     limit = model.config.max_seq_len
     if len(ids) > limit:
         raise click.ClickException(f"the prompt is {len(ids)} tokens, longer than the model's context of {limit}")
-    return torch.tensor([ids]), [tok.decode([i]) or tok.id_to_token(i) or str(i) for i in ids]  # text, not byte-level marks
+    return torch.tensor([ids]), [tok.decode([i]) or tok.id_to_token(i) or str(i) for i in ids]  # text, not Ġ marks
 
 
 def _finish(out: str | None, report: dict, draw) -> None:

@@ -143,8 +143,8 @@ def integrated_gradients(
     model.eval()
     try:
         with torch.no_grad():  # the real input first: a default target fixes its token there
-            f_input = float(_forward_with_embeddings(model, input_ids, embeds[None], target, attention_mask, **kwargs)[0])
-            f_base = float(_forward_with_embeddings(model, input_ids, base[None], target, attention_mask, **kwargs)[0])
+            f_input, f_base = (float(_forward_with_embeddings(model, input_ids, e[None], target, attention_mask,
+                                                              **kwargs)[0]) for e in (embeds, base))
         total = torch.zeros_like(embeds)
         for start in range(0, len(alphas), batch_size):
             a = alphas[start:start + batch_size, None, None]

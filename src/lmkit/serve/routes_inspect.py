@@ -41,8 +41,9 @@ def attention_report(model, tokenizer, prompt: str, layer: int | None) -> dict:
         raise APIError(400, f"layer {layer} is out of range: the model has {len(maps)} layers", param="layer")
     heads = maps[chosen][0]
     rnd = lambda t: [[round(float(x), 5) for x in row] for row in t]  # noqa: E731
-    return {"tokens": [tokenizer.decode([i]) or tokenizer.id_to_token(i) or str(i) for i in ids], "layers": len(maps), "heads": heads.shape[0],
-            "layer": chosen, "attention": [rnd(h) for h in heads], "mean": rnd(heads.mean(0)),
+    tokens = [tokenizer.decode([i]) or tokenizer.id_to_token(i) or str(i) for i in ids]  # text, not byte marks
+    return {"tokens": tokens, "layers": len(maps), "heads": heads.shape[0], "layer": chosen,
+            "attention": [rnd(h) for h in heads], "mean": rnd(heads.mean(0)),
             "rollout": rnd(attention_rollout(maps)[0])}
 
 
