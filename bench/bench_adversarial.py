@@ -19,7 +19,7 @@ same candidates for every arm).
 Part 2, DANN. Source domain (labelled): docstring sentences; target domain (unlabelled in
 training, labelled for the test): code lines of the same packages (identifiers and comments,
 ≥ 6 words). Source-only training vs DANN (gradient reversal, λ schedule to 0.3), 600 steps,
-target-domain test accuracy over 3 seeds, and a classifier trained on labelled target rows
+target-domain test accuracy over 6 seeds, and a classifier trained on labelled target rows
 (the upper bound).
 
     OMP_NUM_THREADS=1 python3 bench/bench_adversarial.py [--quick]
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer steps and examples (a smoke run)")
     ap.add_argument("--out", default="/tmp/lmkit-bench-adversarial")
     ap.add_argument("--part", choices=["1", "2", "all"], default="all")
-    ap.add_argument("--seeds", type=int, default=3, help="DANN seeds")
+    ap.add_argument("--seeds", type=int, default=6, help="DANN seeds")
     args = ap.parse_args()
     torch.set_num_threads(1)
     steps, dann_steps, seeds = (60, 80, 1) if args.quick else (400, 600, args.seeds)
