@@ -64,7 +64,8 @@ SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-s
           (r"--profile full", "--tiny")]  # the full speedrun is a benchmark (bench/bench_speedrun.py)
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
 DOCS = ["alignment.md", "compression.md", "continual-pretraining.md", "data.md", "evaluation.md", "finetuning.md",
-        "quantization.md", "rag.md", "safety.md", "serving.md", "speedrun.md", "training.md"]
+        "interpretability.md", "quantization.md", "rag.md", "safety.md", "serving.md", "speedrun.md",
+        "training.md"]
 
 
 def _tiny_inputs(cwd: Path) -> None:

@@ -1,5 +1,6 @@
 """lmkit.eval — evaluation: perplexity (sliding window, bits per byte), classification metrics,
-BLEU/ROUGE/EM/F1, multiple-choice log-likelihood scoring, hallucination measures; `lmkit eval`."""
+BLEU/ROUGE/EM/F1, multiple-choice log-likelihood scoring, hallucination measures, adversarial
+attacks on classifiers (adversarial_attack.py); `lmkit eval`."""
 
 from lmkit.eval.classification import accuracy, confusion_matrix, f1_score, precision_recall_f1, roc_auc, roc_curve
 from lmkit.eval.hallucination import cloze_questions, extract_entities, extract_numbers, fact_overlap, qa_consistency

@@ -2,7 +2,8 @@
 
 Quantization (a Linear becomes a quantized Linear) and PEFT (a Linear is wrapped by an
 adapter, or unwrapped again when merged) both rewrite the module tree in place; this is
-the one place that knows how a dotted name reaches its parent.
+the one place that knows how a dotted name reaches its parent. Saliency and adversarial
+training both perturb the token-embedding table's output; `token_embedding` finds it.
 """
 
 from __future__ import annotations
@@ -18,3 +19,15 @@ def replace_module(root: nn.Module, dotted_name: str, new_module: nn.Module) -> 
     old = getattr(parent, child)
     setattr(parent, child, new_module)
     return old
+
+
+def token_embedding(root: nn.Module) -> nn.Embedding:
+    """The token-embedding table of `root`: the shallowest `nn.Embedding` named `embed_tokens`
+    (DecoderLM, EncoderLM, and any wrapper holding one of them)."""
+    found = [(name.count("."), name, m) for name, m in root.named_modules()
+             if isinstance(m, nn.Embedding) and name.split(".")[-1] == "embed_tokens"]
+    if not found:
+        from lmkit.errors import ConfigError
+
+        raise ConfigError(f"{type(root).__name__} has no `embed_tokens` embedding table")
+    return min(found, key=lambda f: f[:2])[2]

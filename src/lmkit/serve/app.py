@@ -8,6 +8,7 @@
     GET  /health, /metrics        liveness + queue; Prometheus text             routes_health.py
     GET/POST /v1/adapters, DELETE /v1/adapters/{name}   LoRA adapters at runtime routes_adapters.py
     GET  /                        the web chat page                             routes_web.py
+    POST /v1/inspect/attention    attention maps for the page's panel           routes_inspect.py
 
 Any OpenAI client works against it (`OpenAI(base_url="http://host:port/v1", api_key=...)`).
 Streaming is Server-Sent Events in OpenAI's chunk format, ending with ``data: [DONE]``.
@@ -44,7 +45,7 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     """
     fastapi = require("fastapi", "serve")
     from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
-                             routes_models, routes_moderations, routes_web)
+                             routes_inspect, routes_models, routes_moderations, routes_web)
     from lmkit.serve.api_errors import add_error_handlers
     from lmkit.serve.guard import Guard
     from lmkit.serve.request_tracking import RequestTracker
@@ -79,7 +80,7 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestTracker, metrics=state.metrics)  # added last: the outermost
     for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,
-                   routes_adapters, routes_moderations):
+                   routes_adapters, routes_moderations, routes_inspect):
         app.include_router(routes.router)
     return app
 

@@ -2,8 +2,9 @@
 
 `Trainer` (trainer.py) with `TrainConfig` (config.py); optimizers (optim.py), lr schedules
 (schedule.py), losses (losses.py), atomic checkpoints (checkpoint.py), DDP/FSDP
-(distributed.py), metrics logging (metrics_log.py) and the training-memory estimator
-(memory.py).
+(distributed.py), metrics logging (metrics_log.py), the training-memory estimator
+(memory.py), adversarial training on embeddings (adversarial.py: FGM/FGSM/PGD/FreeLB,
+`TrainConfig.adversarial`) and domain-adversarial training (domain_adversarial.py: DANN).
 """
 
 from lmkit.train.config import TrainConfig

@@ -62,6 +62,11 @@ class TrainConfig:
     plot: bool = False
     progress: bool | str = True  # True/"auto": bar on a terminal, sparse lines otherwise; "json"; False/"off"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # adversarial training on the input embeddings (train/adversarial.py)
+    adversarial: str = "none"  # none | fgm | fgsm | pgd | freelb
+    adv_epsilon: float = 1.0  # L2 radius of the perturbation per example (fgsm: its max-norm)
+    adv_alpha: float = 0.3  # step size of pgd/freelb ascent steps (freelb: also its random start)
+    adv_steps: int = 3  # ascent steps of pgd/freelb
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -116,6 +121,15 @@ class TrainConfig:
             bad("compile", "must be true, false or 'auto'")
         if not self.out_dir:
             bad("out_dir", "must be a directory path")
+        from lmkit.train.adversarial import METHODS
+
+        if self.adversarial not in METHODS:
+            bad("adversarial", f"must be one of {METHODS}")
+        for name in ("adv_epsilon", "adv_alpha"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                bad(name, "must be a positive number")
+        if not isinstance(self.adv_steps, int) or self.adv_steps < 1:
+            bad("adv_steps", "must be a positive integer")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

@@ -162,6 +162,14 @@ class Trainer:
                 group["foreach"] = False
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.adversary = None
+        if config.adversarial != "none" and penalty is not None:
+            raise ConfigError("adversarial training and a weight penalty (EWC / L2-SP) cannot be combined yet")
+        if config.adversarial != "none":
+            from lmkit.train.adversarial import EmbeddingAdversary
+
+            self.adversary = EmbeddingAdversary(self.raw_model, config.adversarial, config.adv_epsilon,
+                                                config.adv_alpha, config.adv_steps)
 
         self.train_data = D.shard_data(train_data, self.dist, self.strategy)
         self.eval_data = D.shard_data(eval_data, self.dist, self.strategy) if eval_data is not None else None
@@ -434,6 +442,14 @@ class Trainer:
             return no_sync()
         return contextlib.nullcontext()
 
+    def _autocast_loss(self, batch: dict[str, Any], own: bool) -> torch.Tensor:
+        with self._autocast():
+            return self._loss(batch, own=own)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        with parallel_loss(self.strategy == "tp"):  # the backward of a vocabulary-parallel loss too
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer update over the given micro-batches; returns the step's metrics."""
         cfg = self.config
@@ -451,19 +467,23 @@ class Trainer:
             weights = [1.0 / len(batches)] * len(batches)
 
         loss_sum = torch.zeros((), dtype=torch.float64)
+        adv_losses = []
         for i, batch in enumerate(batches):
             with self._sync_context(last=i == len(batches) - 1):
-                with self._autocast():
-                    loss = self._loss(batch, own=counts[i] == 0)
-                scaled = loss * weights[i]
-                if self.penalty is not None and i == len(batches) - 1:  # once per step, inside the synced backward
-                    penalty_value = self.penalty(self.raw_model)
-                    scaled = scaled + penalty_value
-                with parallel_loss(self.strategy == "tp"):  # the backward of a vocabulary-parallel loss
-                    if self.scaler is not None:
-                        self.scaler.scale(scaled).backward()
-                    else:
-                        scaled.backward()
+                if self.adversary is not None:  # clean + perturbed passes (train/adversarial.py)
+                    loss, adv = self.adversary.step(
+                        lambda b=batch, own=counts[i] == 0: self._autocast_loss(b, own), self._backward,
+                        weights[i], batch.get("attention_mask"),
+                    )
+                    adv_losses.append(float(adv))
+                else:
+                    with self._autocast():
+                        loss = self._loss(batch, own=counts[i] == 0)
+                    scaled = loss * weights[i]
+                    if self.penalty is not None and i == len(batches) - 1:  # once per step, inside the synced backward
+                        penalty_value = self.penalty(self.raw_model)
+                        scaled = scaled + penalty_value
+                    self._backward(scaled)
             loss = loss.detach()
             loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
             loss_sum += loss.double().cpu() * (counts[i] if cfg.loss_weighting == "token" else 1.0)
@@ -495,6 +515,8 @@ class Trainer:
         metrics = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_global}
         if self.penalty is not None:
             metrics["penalty"] = float(penalty_value.detach())
+        if adv_losses:
+            metrics["adv_loss"] = sum(adv_losses) / len(adv_losses)
         return metrics
 
     # ---- evaluation ------------------------------------------------------------------------------
@@ -555,6 +577,9 @@ class Trainer:
         try:
             while self.step < stop_at:
                 micro = [next(stream) for _ in range(cfg.grad_accum_steps)]
+                progress = getattr(self.raw_model, "set_training_progress", None)
+                if callable(progress):  # e.g. DANN's gradient-reversal schedule (train/domain_adversarial.py)
+                    progress(self.step / cfg.max_steps)
                 metrics = self.train_step(micro)
                 self.step += 1
                 tokens_since += metrics.pop("tokens")
