@@ -20,7 +20,7 @@ class FineTuneConfig:
     layer: int = 1
     steps: int = 50
     lr: float = 5e-3
-    max_change: float = 5e-2  # L∞ bound on each weight's change
+    max_change: float = 1e-2  # L∞ bound on each weight's change
 
 
 def apply_ft_l(model: nn.Module, tokenizer, requests: list[EditRequest], cfg: FineTuneConfig | None = None) -> None:

@@ -28,7 +28,7 @@ from lmkit.errors import ConfigError
 @dataclass
 class MemitConfig:
     layers: list[int] = field(default_factory=lambda: [0, 1])
-    cov_weight: float = 10.0
+    cov_weight: float = 2.0
     target: TargetVectorConfig = field(default_factory=TargetVectorConfig)
 
     def __post_init__(self) -> None:

@@ -2,7 +2,8 @@
 
 The MLP is read as a key-value memory: its down_proj maps the key k (the MLP's hidden activation at
 the subject's last token) to a value v added to the residual stream. ROME
-  1. takes k* = the mean key at the subject's last token over the prompt after random prefixes;
+  1. takes k* = the mean key at the subject's last token over the prompt after random prefixes
+     (and bare, see mean_key);
   2. finds v* = W k* + δ, where δ is the smallest change of the MLP output there that makes the new
      object follow the prompt (target_vector.py, with a KL term that keeps the subject's essence);
   3. solves  min ‖W' K - W K‖ (keys of ordinary text, second moment C = E[k kᵀ])  s.t. W' k* = v*:
@@ -52,11 +53,15 @@ def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
 @torch.no_grad()
 def mean_key(model: nn.Module, tokenizer, layer: int, request: EditRequest, prefixes: list[str]) -> torch.Tensor:
-    """k*: the down_proj input at the subject's last token, averaged over the prompt after each prefix."""
-    prompts = rewrite_prompts(tokenizer, request, [""] + [p for p in prefixes if p])
+    """k*: the down_proj input at the subject's last token, averaged over the prompt after each prefix,
+    with the bare prompt weighing as much as all prefixed ones together: a subject at the start of a
+    text has a key of its own (position 0 sees no context), and prompts are asked bare."""
+    prefixed = [p for p in prefixes if p]
+    prompts = rewrite_prompts(tokenizer, request, [""] + prefixed)
     with record_inputs(down_proj(model, layer)) as seen:
         model(pad_right([p.ids for p in prompts]))
-    return at_positions(seen[0], [p.subject_last for p in prompts]).mean(0)
+    keys = at_positions(seen[0], [p.subject_last for p in prompts])
+    return keys[0] if not prefixed else 0.5 * (keys[0] + keys[1:].mean(0))
 
 
 def apply_rome(model: nn.Module, tokenizer, request: EditRequest, second_moment: torch.Tensor,
