@@ -12,7 +12,7 @@ from lmkit.edit.target_vector import EditRequest, TargetVectorConfig
 from lmkit.hub import load_pretrained, save_pretrained
 
 # an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
-FREE = TargetVectorConfig(clamp_norm=1e4, weight_decay=0.0)
+FREE = TargetVectorConfig(steps=30, clamp_norm=1e4, weight_decay=0.0)
 
 
 def test_rome_edit_of_a_hf_checkpoint_is_reproduced_by_transformers(tmp_path):

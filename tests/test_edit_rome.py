@@ -12,7 +12,7 @@ from lmkit.edit.rome import RomeConfig, apply_rome, rank_one_update
 from lmkit.edit.target_vector import EditRequest, TargetVectorConfig
 
 # an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
-FREE = TargetVectorConfig(clamp_norm=1e4, weight_decay=0.0)
+FREE = TargetVectorConfig(steps=30, clamp_norm=1e4, weight_decay=0.0)
 
 
 def _moment(d: int, gen: torch.Generator) -> torch.Tensor:

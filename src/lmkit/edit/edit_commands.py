@@ -134,7 +134,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         from lmkit.edit.grace import GraceEditor
 
         if epsilon is None:
-            epsilon = 0.1 * float(model.embed_tokens.weight.norm(dim=-1).mean())
+            epsilon = 0.1 * float(model.embed_tokens.weight.detach().norm(dim=-1).mean())
         editor = GraceEditor(model, layer, epsilon).attach()
         for r in requests:
             editor.add(tok, r)
