@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.edit.layer_hooks import down_proj
+from lmkit.edit.layer_hooks import down_proj, only_trainable
 from lmkit.edit.prompt_tokens import pad_right, target_ids
 from lmkit.edit.target_vector import EditRequest
 
@@ -33,13 +33,9 @@ def apply_ft_l(model: nn.Module, tokenizer, requests: list[EditRequest], cfg: Fi
     labels = torch.full_like(ids, -100)
     for i, (p, t) in enumerate(zip(prompts, tgts)):
         labels[i, len(p): len(p) + len(t)] = torch.tensor(t)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    proj.weight.requires_grad_(True)
     original = proj.weight.detach().clone()
     opt = torch.optim.Adam([proj.weight], lr=cfg.lr)
-    try:
+    with only_trainable(model, proj.weight):
         for _ in range(cfg.steps):
             logits = model(ids).logits
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
@@ -49,6 +45,3 @@ def apply_ft_l(model: nn.Module, tokenizer, requests: list[EditRequest], cfg: Fi
             opt.step()
             with torch.no_grad():
                 proj.weight.copy_(original + (proj.weight - original).clamp(-cfg.max_change, cfg.max_change))
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)

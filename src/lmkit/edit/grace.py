@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.edit.layer_hooks import block, patch_output, record_inputs, record_outputs
+from lmkit.edit.layer_hooks import block, only_trainable, patch_output, record_inputs, record_outputs
 from lmkit.edit.prompt_tokens import pad_right, target_ids
 from lmkit.edit.target_vector import EditRequest
 from lmkit.errors import ConfigError
@@ -111,10 +111,7 @@ class GraceEditor:
             h[0, positions] = values.to(h.dtype)
             return h
 
-        flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
-        try:
+        with only_trainable(self.model):
             for _ in range(self.steps):
                 with patch_output(self.site, replace):
                     logits = self.model(ids).logits[0, positions].float()
@@ -124,9 +121,6 @@ class GraceEditor:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
         return values.detach()
 
     def _insert(self, new: GraceEntry) -> None:

@@ -71,3 +71,18 @@ def record_outputs(module: nn.Module) -> Iterator[list[torch.Tensor]]:
 def at_positions(h: torch.Tensor, positions: list[int]) -> torch.Tensor:
     """h[i, positions[i]] for each row i -> [B, d]."""
     return h[torch.arange(len(positions), device=h.device), torch.tensor(positions, device=h.device)]
+
+
+@contextmanager
+def only_trainable(model: nn.Module, *params: torch.Tensor) -> Iterator[None]:
+    """Inside: gradients flow only to `params` (the model's own flags are restored afterwards)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

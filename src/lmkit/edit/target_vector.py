@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmkit.edit.layer_hooks import at_positions, patch_output, record_outputs
+from lmkit.edit.layer_hooks import at_positions, only_trainable, patch_output, record_outputs
 from lmkit.edit.prompt_tokens import SubjectPrompt, encode_subject_prompt, pad_right, target_ids
 
 
@@ -73,9 +73,6 @@ def optimise_site_delta(model: nn.Module, tokenizer, site: nn.Module, request: E
         model(ids[:1])
         h = at_positions(seen[0], subj[:1])[0].detach()
         before = F.log_softmax(at_positions(model(ess_ids).logits, ess_last).float(), -1) if essence else None
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.lr)
     rows = torch.arange(len(prompts))
@@ -90,7 +87,7 @@ def optimise_site_delta(model: nn.Module, tokenizer, site: nn.Module, request: E
             return out
         return fn
 
-    try:
+    with only_trainable(model):
         for _ in range(cfg.steps):
             with patch_output(site, add_delta(subj)):
                 logp = F.log_softmax(model(ids).logits.float(), -1)
@@ -108,7 +105,4 @@ def optimise_site_delta(model: nn.Module, tokenizer, site: nn.Module, request: E
             with torch.no_grad():
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
     return h, delta.detach()
