@@ -25,7 +25,7 @@ END_OF_TEXT = "<|endoftext|>"
 @dataclass
 class FactsModelConfig:
     d_model: int = 64
-    n_layers: int = 6
+    n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 256
     vocab_size: int = 700

@@ -3,7 +3,8 @@
   efficacy      the rewrite prompt scores target_new above target_true           (reliability)
   paraphrase    the same, on the paraphrase prompts                               (generalisation)
   neighbourhood other subjects with the same relation still score target_true    (locality)
-                above target_new
+                above target_new (neighbours edited in the same batch are left out: their
+                answer was changed on purpose)
   fluency       n-gram entropy of generations from the subject (ROME: 2/3 · H₂ + 4/3 · H₃, halved),
                 which collapses when an edit makes the model repeat itself
 A score is the mean log-probability per token of the target after the prompt.
@@ -46,10 +47,13 @@ def _prefers_new(model, tokenizer, prompts: list[str], news: list[str], trues: l
 
 def _rate(model, tokenizer, records: list[dict], field: str) -> float:
     prompts, news, trues = [], [], []
+    edited = [r["requested_rewrite"]["subject"] for r in records]
     for r in records:
         new, true = _targets(r)
         ps = [r["requested_rewrite"]["prompt"].format(r["requested_rewrite"]["subject"])] if field == "rewrite" \
             else r.get(field, [])
+        if field == "neighborhood_prompts":  # a neighbour that was edited itself has no true answer left
+            ps = [p for p in ps if not any(s in p for s in edited)]
         prompts += ps
         news += [new] * len(ps)
         trues += [true] * len(ps)
