@@ -12,7 +12,7 @@ neighbourhood prompts whose next-token logits are bit-identical to the unedited 
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~3 min), ~15 min
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
 
-The trained model is cached in bench/.cache/editing_model (a Hugging Face checkpoint).
+The trained model is cached in the git-ignored bench/.cache/editing_model (a Hugging Face checkpoint).
 Last line: "min over sizes: ROME eff/para/neigh a/b/c  MEMIT a/b/c  GRACE eff/locality a/b".
 """
 
