@@ -7,7 +7,8 @@ MEMIT (one batch over two layers), FT-L (L∞-constrained fine-tuning of one dow
 GRACE codebook, and each is scored with CounterFact's measures on the edited records:
 efficacy, paraphrase, neighbourhood (locality) and fluency (n-gram entropy of generations).
 Size 1 is the mean of 5 separate single edits. GRACE also reports `unchanged`: the fraction of
-neighbourhood prompts whose next-token logits are bit-identical to the unedited model's.
+neighbourhood prompts (of subjects not edited) whose next-token logits are bit-identical to the
+unedited model's.
 
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~3 min), ~15 min
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
@@ -78,7 +79,8 @@ def grace_epsilon(model, tok, layer: int, records: list[dict]) -> float:
 
 @torch.no_grad()
 def unchanged_rate(model, edited_model, tok, records) -> float:
-    prompts = [p for r in records for p in r["neighborhood_prompts"]]
+    edited = [r["requested_rewrite"]["subject"] for r in records]  # as edit_scores: edited neighbours left out
+    prompts = [p for r in records for p in r["neighborhood_prompts"] if not any(s in p for s in edited)]
     ids = pad_right([tok.encode(p) for p in prompts])
     last = torch.tensor([len(tok.encode(p)) - 1 for p in prompts])
     a = model(ids).logits[torch.arange(len(prompts)), last]
