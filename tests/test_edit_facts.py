@@ -61,3 +61,16 @@ def test_cli_edit_facts_and_edit(tmp_path):
     assert (tmp_path / "graced" / "grace.safetensors").is_file()
     res = runner.invoke(cli, ["edit", str(tmp_path / "model"), "--method", "rome"])
     assert res.exit_code == 1 and "--prompt" in res.output
+
+
+def test_neighbourhood_leaves_out_neighbours_edited_in_the_same_batch():
+    _, records, tok = world_and_tokenizer()
+    r0 = records[0]
+    n_subject = next(r["requested_rewrite"]["subject"] for r in records
+                     if r["requested_rewrite"]["subject"] in " ".join(r0["neighborhood_prompts"]))
+    r1 = next(r for r in records if r["requested_rewrite"]["subject"] == n_subject)
+    kept = [p for p in r0["neighborhood_prompts"] if n_subject not in p]
+    model = tiny_model()
+    alone = edit_scores(model, tok, [{**r0, "neighborhood_prompts": kept}, {**r1, "neighborhood_prompts": []}])
+    both = edit_scores(model, tok, [r0, {**r1, "neighborhood_prompts": []}])
+    assert both.neighbourhood == alone.neighbourhood
