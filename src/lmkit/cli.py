@@ -27,6 +27,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.peft.commands",
     "lmkit.align.commands",
     "lmkit.compress.commands",
+    "lmkit.edit.edit_commands",
     "lmkit.eval.commands",
     "lmkit.inspect.commands",
     "lmkit.serve.commands",

@@ -1,0 +1,172 @@
+"""Model editing on a model trained here to know 220 synthetic facts (lmkit.edit; no peer library).
+
+A Llama-style DecoderLM (d_model 64, 4 layers) learns a world of 110 invented lands with a capital
+and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit; then 1, 10 and 100
+facts (distinct subjects) are rewritten to a false object by ROME (sequential rank-one updates),
+MEMIT (one batch over two layers), FT-L (L∞-constrained fine-tuning of one down_proj) and a
+GRACE codebook, and each is scored with CounterFact's measures on the edited records:
+efficacy, paraphrase, neighbourhood (locality) and fluency (n-gram entropy of generations).
+Size 1 is the mean of 5 separate single edits. GRACE also reports `unchanged`: the fraction of
+neighbourhood prompts (of subjects not edited) whose next-token logits are bit-identical to the
+unedited model's.
+
+    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~3 min), ~15 min
+    OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
+
+The trained model is cached in the git-ignored bench/.cache/editing_model (a Hugging Face checkpoint).
+Last line: "min over sizes: ROME eff/para/neigh a/b/c  MEMIT a/b/c  GRACE eff/locality a/b".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lmkit.edit.causal_tracing import layer_to_edit, trace_fact  # noqa: E402
+from lmkit.edit.facts import counterfact_records, distinct_subject_records, make_world  # noqa: E402
+from lmkit.edit.facts_model import FactsModelConfig, train_facts_model  # noqa: E402
+from lmkit.edit.ft_l import FineTuneConfig, apply_ft_l  # noqa: E402
+from lmkit.edit.grace import GraceEditor  # noqa: E402
+from lmkit.edit.key_statistics import key_second_moment  # noqa: E402
+from lmkit.edit.layer_hooks import block, record_inputs  # noqa: E402
+from lmkit.edit.memit import MemitConfig, apply_memit  # noqa: E402
+from lmkit.edit.metrics import edit_scores  # noqa: E402
+from lmkit.edit.prompt_tokens import pad_right  # noqa: E402
+from lmkit.edit.rome import RomeConfig, apply_rome  # noqa: E402
+from lmkit.edit.target_vector import EditRequest  # noqa: E402
+from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
+from lmkit.tokenizers import load_tokenizer  # noqa: E402
+
+
+def facts_model(world, cache: Path):
+    if (cache / "config.json").is_file():
+        return load_pretrained(cache), load_tokenizer(cache)
+    t = time.time()
+    model, tok = train_facts_model(world, FactsModelConfig(), progress=True)
+    print(f"trained the facts model in {time.time() - t:.0f} s", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_pretrained(model, cache, tokenizer=tok)
+    return model, tok
+
+
+@torch.no_grad()
+def last_token_keys(model, tok, layer: int, prompts: list[str]) -> torch.Tensor:
+    ids = [tok.encode(p) for p in prompts]
+    with record_inputs(block(model, layer)) as seen:
+        model(pad_right(ids))
+    return seen[0][torch.arange(len(ids)), torch.tensor([len(i) - 1 for i in ids])]
+
+
+def grace_epsilon(model, tok, layer: int, records: list[dict]) -> float:
+    """Half the smallest distance between a rewrite prompt's key and its neighbours' keys."""
+    rw = [r["requested_rewrite"]["prompt"].format(r["requested_rewrite"]["subject"]) for r in records]
+    keys = last_token_keys(model, tok, layer, rw)
+    dists = []
+    for key, r in zip(keys, records):
+        nk = last_token_keys(model, tok, layer, r["neighborhood_prompts"])
+        dists.append((nk - key).norm(dim=-1).min())
+    return 0.5 * float(torch.stack(dists).min())
+
+
+@torch.no_grad()
+def unchanged_rate(model, edited_model, tok, records) -> float:
+    edited = [r["requested_rewrite"]["subject"] for r in records]  # as edit_scores: edited neighbours left out
+    prompts = [p for r in records for p in r["neighborhood_prompts"] if not any(s in p for s in edited)]
+    ids = pad_right([tok.encode(p) for p in prompts])
+    last = torch.tensor([len(tok.encode(p)) - 1 for p in prompts])
+    a = model(ids).logits[torch.arange(len(prompts)), last]
+    b = edited_model(ids).logits[torch.arange(len(prompts)), last]
+    return float((a == b).all(-1).float().mean())
+
+
+def run(method: str, base, tok, records, ctx) -> dict:
+    model = copy.deepcopy(base)
+    reqs = [EditRequest.from_record(r) for r in records]
+    extra = {}
+    if method == "rome":
+        for r in reqs:
+            apply_rome(model, tok, r, ctx["C"][ctx["layer"]], ctx["prefixes"], RomeConfig(layer=ctx["layer"]))
+    elif method == "memit":
+        apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"], MemitConfig(layers=ctx["memit_layers"]))
+    elif method == "ft":
+        apply_ft_l(model, tok, reqs, FineTuneConfig(layer=ctx["layer"]))
+    elif method == "grace":
+        editor = GraceEditor(model, ctx["grace_layer"], ctx["epsilon"]).attach()
+        for r in reqs:
+            editor.add(tok, r)
+        extra["unchanged"] = unchanged_rate(base, model, tok, records)
+    scores = edit_scores(model, tok, records, with_fluency=True).as_dict()
+    return {**scores, **extra}
+
+
+def mean_rows(rows: list[dict]) -> dict:
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1,10,100")
+    ap.add_argument("--methods", default="rome,memit,ft,grace")
+    ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    world = make_world()
+    records = counterfact_records(world, seed=args.seed)
+    model, tok = facts_model(world, Path(args.cache))
+    print(f"world: {len(world.subjects)} subjects, {len(records)} facts; model: {model.num_parameters()} parameters")
+
+    t = time.time()
+    traces = [trace_fact(model, tok, r["requested_rewrite"]["prompt"], r["requested_rewrite"]["subject"],
+                         r["requested_rewrite"]["target_true"]["str"]) for r in records[:20]]
+    effect = torch.stack([tr.mlp_at_subject() for tr in traces]).mean(0)
+    layer = layer_to_edit(traces)
+    print(f"causal tracing ({time.time() - t:.0f} s): MLP indirect effect at the subject's last token by layer "
+          f"{[round(float(e), 3) for e in effect]} -> edit layer {layer}")
+    n_layers = len(model.layers)
+    ctx = {"layer": layer, "memit_layers": list(range(layer, min(layer + 2, n_layers))),
+           "C": key_second_moment(model, tok, world.statements(), list(range(n_layers))),
+           "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1}
+    ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
+    print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
+
+    results: dict[tuple[str, int], dict] = {}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    methods = args.methods.split(",")
+    pre = edit_scores(model, tok, distinct_subject_records(records, max(sizes), seed=args.seed), with_fluency=True)
+    print(f"unedited ({max(sizes)} records): {pre.as_dict()}")
+    print("| method | edits | efficacy | paraphrase | neighbourhood | fluency | unchanged | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        for method in methods:
+            t = time.time()
+            if n == 1:
+                rows = [run(method, model, tok, [r], ctx) for r in distinct_subject_records(records, 5, seed=args.seed + 1)]
+                row = mean_rows(rows)
+            else:
+                row = run(method, model, tok, distinct_subject_records(records, n, seed=args.seed + n), ctx)
+            results[(method, n)] = row
+            unchanged = f"{row['unchanged']:.3f}" if "unchanged" in row else ""
+            print(f"| {method} | {n} | {row['efficacy']:.3f} | {row['paraphrase']:.3f} | {row['neighbourhood']:.3f} "
+                  f"| {row['fluency']:.2f} | {unchanged} | {time.time() - t:.0f} |", flush=True)
+
+    def worst(method, keys):
+        rows = [results[(method, n)] for n in sizes if (method, n) in results]
+        return "/".join(f"{min(r[k] for r in rows):.2f}" for k in keys) if rows else "-"
+
+    print(f"min over sizes: ROME eff/para/neigh {worst('rome', ('efficacy', 'paraphrase', 'neighbourhood'))}  "
+          f"MEMIT {worst('memit', ('efficacy', 'paraphrase', 'neighbourhood'))}  "
+          f"GRACE eff/unchanged {worst('grace', ('efficacy', 'unchanged'))}")
+
+
+if __name__ == "__main__":
+    main()

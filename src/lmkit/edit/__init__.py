@@ -1,0 +1,1 @@
+"""Changing what a trained model knows: model editing (ROME, MEMIT, GRACE, FT-L) and merging."""

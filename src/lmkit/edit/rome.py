@@ -1,0 +1,78 @@
+"""ROME (Meng et al. 2022): rewrite one fact by a rank-one update of one MLP's down_proj.
+
+The MLP is read as a key-value memory: its down_proj maps the key k (the MLP's hidden activation at
+the subject's last token) to a value v added to the residual stream. ROME
+  1. takes k* = the mean key at the subject's last token over the prompt after random prefixes
+     (and bare, see mean_key);
+  2. finds v* = W k* + δ, where δ is the smallest change of the MLP output there that makes the new
+     object follow the prompt (target_vector.py, with a KL term that keeps the subject's essence);
+  3. solves  min ‖W' K - W K‖ (keys of ordinary text, second moment C = E[k kᵀ])  s.t. W' k* = v*:
+         W' = W + (v* - W k*) (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*)
+     so W' k* = v* exactly, and W' u = W u for every u with (C⁻¹k*)ᵀ u = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lmkit.edit.layer_hooks import at_positions, down_proj, record_inputs
+from lmkit.edit.prompt_tokens import pad_right
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_delta, rewrite_prompts
+
+
+@dataclass
+class RomeConfig:
+    layer: int = 1
+    target: TargetVectorConfig = field(default_factory=TargetVectorConfig)
+
+
+@dataclass
+class RankOneEdit:
+    """What one ROME edit wrote: W' = W + outer(residual, left), left = C⁻¹k* / ((C⁻¹k*)ᵀ k*)."""
+
+    layer: int
+    key: torch.Tensor
+    value: torch.Tensor
+    residual: torch.Tensor
+    left: torch.Tensor
+
+
+def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor, second_moment: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W', residual, left) with W' = W + residual ⊗ left mapping `key` to `value` (bias included),
+    left = C⁻¹k / (kᵀC⁻¹k): the change is invisible to every u with (C⁻¹k)ᵀ u = 0. Solved in float64."""
+    w, k, v = weight.double(), key.double(), value.double()
+    c_inv_k = torch.linalg.solve(second_moment.double(), k)
+    left = c_inv_k / (c_inv_k @ k)
+    residual = v - w @ k - (bias.double() if bias is not None else 0)
+    return (w + torch.outer(residual, left)).to(weight.dtype), residual, left
+
+
+@torch.no_grad()
+def mean_key(model: nn.Module, tokenizer, layer: int, request: EditRequest, prefixes: list[str]) -> torch.Tensor:
+    """k*: the down_proj input at the subject's last token, averaged over the prompt after each prefix,
+    with the bare prompt weighing as much as all prefixed ones together: a subject at the start of a
+    text has a key of its own (position 0 sees no context), and prompts are asked bare."""
+    prefixed = [p for p in prefixes if p]
+    prompts = rewrite_prompts(tokenizer, request, [""] + prefixed)
+    with record_inputs(down_proj(model, layer)) as seen:
+        model(pad_right([p.ids for p in prompts]))
+    keys = at_positions(seen[0], [p.subject_last for p in prompts])
+    return keys[0] if not prefixed else 0.5 * (keys[0] + keys[1:].mean(0))
+
+
+def apply_rome(model: nn.Module, tokenizer, request: EditRequest, second_moment: torch.Tensor,
+               prefixes: list[str], cfg: RomeConfig | None = None) -> RankOneEdit:
+    """Write `request` into `model` (in place) by one rank-one update of layers.{cfg.layer}.mlp.down_proj."""
+    cfg = cfg or RomeConfig()
+    proj = down_proj(model, cfg.layer)
+    key = mean_key(model, tokenizer, cfg.layer, request, prefixes)
+    _, delta = optimise_site_delta(model, tokenizer, proj, request, prefixes, cfg.target)
+    with torch.no_grad():
+        value = proj(key) + delta  # v* = W k* + δ: the MLP output at k*, moved as the optimisation asked
+        new_w, residual, left = rank_one_update(proj.weight, key, value, second_moment, proj.bias)
+        proj.weight.copy_(new_w)
+    return RankOneEdit(cfg.layer, key, value, residual.float(), left.float())

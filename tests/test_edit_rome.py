@@ -1,0 +1,84 @@
+"""ROME's rank-one update and MEMIT's least-squares update: the algebra on hand-built tensors, and
+the edit on a tiny model (the new target becomes the greedy answer; nothing else moves much)."""
+
+from __future__ import annotations
+
+import torch
+
+from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
+from lmkit.edit.key_statistics import key_second_moment
+from lmkit.edit.memit import MemitConfig, apply_memit, memit_update
+from lmkit.edit.rome import RomeConfig, apply_rome, rank_one_update
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig
+
+# an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
+FREE = TargetVectorConfig(steps=30, clamp_norm=1e4, weight_decay=0.0)
+
+
+def _moment(d: int, gen: torch.Generator) -> torch.Tensor:
+    a = torch.randn(d, 4 * d, generator=gen, dtype=torch.float64)
+    return a @ a.T / (4 * d) + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_rank_one_update_maps_key_to_value_and_keeps_the_null_space():
+    gen = torch.Generator().manual_seed(0)
+    w, k, v = torch.randn(8, 16, generator=gen), torch.randn(16, generator=gen), torch.randn(8, generator=gen)
+    c = _moment(16, gen)
+    new_w, residual, left = rank_one_update(w, k, v, c)
+    assert torch.allclose(new_w @ k, v, atol=1e-4)
+    c_inv_k = torch.linalg.solve(c, k.double())
+    for _ in range(5):  # any u with (C⁻¹k*)ᵀ u = 0 sees the old W
+        u = torch.randn(16, generator=gen, dtype=torch.float64)
+        u = u - (c_inv_k @ u) / (c_inv_k @ c_inv_k) * c_inv_k
+        assert torch.allclose(new_w.double() @ u, w.double() @ u, atol=1e-5)
+    assert torch.allclose(new_w.double() - w.double(), torch.outer(residual, left), atol=1e-5)  # rank one
+    bias = torch.randn(8, generator=gen)  # with a bias the output W'k + b is the value
+    assert torch.allclose(rank_one_update(w, k, v, c, bias)[0] @ k + bias, v, atol=1e-4)
+
+
+def test_memit_update_solves_its_normal_equations():
+    gen = torch.Generator().manual_seed(1)
+    c = _moment(16, gen)
+    keys, res = torch.randn(16, 5, generator=gen, dtype=torch.float64), torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    lam = 3.0
+    dw = memit_update(keys, res, c, lam)
+    assert torch.allclose(dw @ (lam * c + keys @ keys.T), res @ keys.T, atol=1e-8)
+    tiny = memit_update(keys, res, c, 1e-9)  # no covariance weight: the keys map exactly onto the residuals
+    assert torch.allclose(tiny @ keys, res, atol=1e-5)
+
+
+def _greedy(model, ids, n):
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids):]
+
+
+def _request(record) -> EditRequest:
+    """The record's edit asked as "Tell me about {}": the subject's last token is the last one, so an
+    edit there reaches the answer even through untrained attention."""
+    r = EditRequest.from_record(record)
+    return EditRequest(SUBJECT_LAST, r.subject, r.target_new, r.target_true)
+
+
+def test_rome_and_memit_make_the_new_target_the_greedy_answer():
+    world, records, tok = world_and_tokenizer()
+    model = tiny_model()
+    cov = key_second_moment(model, tok, world.statements(), [0, 1])
+    prefixes = world.statements()[:2]
+    req = _request(records[0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    edit = apply_rome(model, tok, req, cov[0], prefixes, RomeConfig(layer=0, target=FREE))
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == ["layers.0.mlp.down_proj.weight"]
+    assert torch.allclose(model.layers[0].mlp.down_proj(edit.key), edit.value, atol=1e-4)
+    tgt = tok.encode(" " + req.target_new)
+    assert _greedy(model, tok.encode(req.prompt.format(req.subject)), 1) == tgt[:1]
+
+    model = tiny_model()
+    reqs = [_request(r) for r in (records[2], records[5])]  # different subjects
+    updates = apply_memit(model, tok, reqs, cov, prefixes, MemitConfig(layers=[0, 1], target=FREE))
+    assert sorted(updates) == [0, 1]
+    for r in reqs:
+        assert _greedy(model, tok.encode(r.prompt.format(r.subject)), 1) == tok.encode(" " + r.target_new)[:1]
