@@ -101,13 +101,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--meta-steps", type=int, default=None)
-    ap.add_argument("--inner", type=int, default=5, help="inner steps per task (and the k-shot fine-tuning steps x4)")
-    ap.add_argument("--inner-lr", type=float, default=3e-3)
+    ap.add_argument("--inner", type=int, default=10, help="inner steps per task")
+    ap.add_argument("--test-steps", type=int, default=20, help="fine-tuning steps on the k examples of a held-out task")
+    ap.add_argument("--inner-lr", type=float, default=1e-2)
     ap.add_argument("--outer-lr", type=float, default=1.0)
     ap.add_argument("--k", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    meta_steps = args.meta_steps or (150 if args.quick else 600)
+    meta_steps = args.meta_steps or (100 if args.quick else 400)
     tasks_per_step, k = 4, args.k
     budget = meta_steps * tasks_per_step * args.inner  # inner gradient steps on k-example batches
     g = torch.Generator().manual_seed(123)
@@ -126,7 +127,7 @@ def main() -> None:
         inits[algo] = model.eval()
     print(f"budget: {budget} gradient steps on {k}-example batches per init ({time.time() - t0:.0f} s)")
 
-    steps, lr = 4 * args.inner, args.inner_lr
+    steps, lr = args.test_steps, args.inner_lr
     print(f"\n| init | accuracy on held-out ciphers after {steps} steps on k={k} examples | stdev over 30 tasks |")
     print("|---|---|---|")
     results = {}
