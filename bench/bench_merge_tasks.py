@@ -15,7 +15,7 @@ the merged model keeps:
 
     kept(task) = (acc_merged − acc_base) / (acc_finetuned − acc_base)     (answer-token accuracy)
 
-λ (the scale of the merged task vector) is picked per method from {0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2} on a
+λ (the scale of the merged task vector) is picked per method from {0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0} on a
 validation set (the largest worst-task kept fraction), as the task-arithmetic / TIES / DARE papers do; the table reports held-out
 test accuracy. linear = weight average (0.5, 0.5), slerp = t 0.5 between the two fine-tunes.
 
@@ -53,7 +53,7 @@ TASKS = {
     "sort_desc": lambda x: sorted(x, reverse=True),
 }
 PRETRAIN = ["copy", "add1", "reverse", "sort"]
-LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
+LAMBDAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0)
 NEW = ("reverse_add1", "sort_desc")
 
 

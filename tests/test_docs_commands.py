@@ -57,13 +57,14 @@ SKIP = {
     "lmkit rag ask my.index \"Why RAG?\" --base-url": "needs a served chat model (README's block runs "
                                                       "serve -> rag -> agent against one)",
 }
-PLACEHOLDERS = {"MODEL_DIR": "model", "TEACHER_DIR": "model", "sft_model/": "model/", "my-model": "model"}
+PLACEHOLDERS = {"MODEL_DIR": "model", "TEACHER_DIR": "model", "sft_model/": "model/", "my-model": "model",
+                "BASE_DIR": "model", "TUNED_A": "model", "TUNED_B": "model"}
 SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-steps 4"),
           (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2"),
           (r"--profile full", "--tiny")]  # the full speedrun is a benchmark (bench/bench_speedrun.py)
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
-DOCS = ["alignment.md", "compression.md", "data.md", "evaluation.md", "finetuning.md", "quantization.md", "rag.md",
-        "serving.md", "speedrun.md", "training.md"]
+DOCS = ["alignment.md", "compression.md", "data.md", "evaluation.md", "finetuning.md", "merging.md", "quantization.md",
+        "rag.md", "serving.md", "speedrun.md", "training.md"]
 
 
 def _tiny_inputs(cwd: Path) -> None:

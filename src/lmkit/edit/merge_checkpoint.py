@@ -103,8 +103,9 @@ def _merge_lora(adapters: Sequence[str], cfg: MergeConfig, out: Path, base: str 
             raise CheckpointError(f"the adapters change {missing[:4]}, which the base {base} does not have")
         sub_base = {k: base_state[k] for k in keys}
         tuned = [{k: sub_base[k].float() + d.get(k, torch.zeros(())) for k in keys} for d in deltas]
-        merged = merge_state_dicts(tuned, cfg, None if cfg.method in ("linear", "soup") else sub_base,
-                                   names=[str(base)] * (cfg.method not in ("linear", "soup")) + list(map(str, adapters)))
+        averaging = cfg.method in ("linear", "soup")  # these average the models and take no base
+        names = ([] if averaging else [str(base)]) + [str(a) for a in adapters]
+        merged = merge_state_dicts(tuned, cfg, None if averaging else sub_base, names=names)
         base_model.load_state_dict({**base_state, **merged}, strict=True)
         _save(base_model, out, Path(base))
         return {"kind": "checkpoint", "tensors": len(merged)}

@@ -44,14 +44,10 @@ def lora_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(k[: -len(A_SUFFIX)] for k in state if k.endswith(A_SUFFIX))
 
 
-def lora_scaling(config: LoraConfig) -> float:
-    return config.scaling
-
-
 def lora_task_vectors(adapter: Adapter) -> dict[str, torch.Tensor]:
     """{"<module>.weight": ΔW = s B A} of one adapter (float32)."""
     config, state = adapter
-    s = lora_scaling(config)
+    s = config.scaling
     return {f"{m}.weight": s * (state[m + B_SUFFIX].float() @ state[m + A_SUFFIX].float())
             for m in lora_modules(state)}
 
@@ -72,7 +68,7 @@ def combine_cat(adapters: Sequence[Adapter], weights: Sequence[float] | None = N
         As, Bs = [], []
         for (config, state), w in zip(adapters, weights):
             if m + A_SUFFIX in state:  # an adapter without this module contributes zeros
-                As.append(state[m + A_SUFFIX].float() * w * lora_scaling(config))
+                As.append(state[m + A_SUFFIX].float() * w * config.scaling)
                 Bs.append(state[m + B_SUFFIX].float())
             else:
                 As.append(torch.zeros(config.r, d_in))
@@ -95,7 +91,7 @@ def combine_linear(adapters: Sequence[Adapter], weights: Sequence[float] | None 
         for (config, state), w in zip(adapters, weights):
             if m + A_SUFFIX not in state:
                 continue
-            c = w * lora_scaling(config)
+            c = w * config.scaling
             root = math.sqrt(abs(c))
             a_sum = a_sum + (root if c >= 0 else -root) * state[m + A_SUFFIX].float()
             b_sum = b_sum + root * state[m + B_SUFFIX].float()
