@@ -148,3 +148,26 @@ def test_cli_refuses_mixed_inputs(full_checkpoints, peft_adapters, base_dir, tmp
     result = CliRunner().invoke(cli, ["merge-models", "--method", "linear", "--base", str(base_dir), "--models",
                                       str(full_checkpoints[0]), str(peft_adapters[1]["t1"]), "-o", str(tmp_path / "y")])
     assert result.exit_code == 1 and "not both" in result.output
+
+
+def test_cli_reads_lmkit_training_checkpoints(tmp_path):
+    """A training run directory (checkpoint-STEP with trainer_state.json) is a merge input too."""
+    from lmkit.models.decoder import DecoderLM
+    from lmkit.models.presets import preset
+    from lmkit.train import checkpoint as ckpt_io
+
+    runs = []
+    for i in range(2):
+        torch.manual_seed(i)
+        m = DecoderLM(preset("llama-tiny", vocab_size=V, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=48,
+                             max_seq_len=32))
+        writer = ckpt_io.CheckpointWriter(tmp_path / f"run{i}", 5)
+        writer.prepare()
+        writer.write_model(m.state_dict(), metadata={"step": "5", "format": "pt"})
+        writer.write_json(ckpt_io.STATE_FILE, {"step": 5, "model_config": m.config.to_dict()})
+        writer.commit(keep=1)
+        runs.append((tmp_path / f"run{i}", m))
+    run("--method", "linear", "--models", runs[0][0], runs[1][0], "-o", tmp_path / "avg")
+    merged = load_pretrained(tmp_path / "avg")
+    want = (runs[0][1].layers[0].mlp.up_proj.weight + runs[1][1].layers[0].mlp.up_proj.weight) / 2
+    assert torch.allclose(merged.layers[0].mlp.up_proj.weight, want, atol=1e-6)
