@@ -94,7 +94,7 @@ def test_cli_cat_adapter_loads_in_peft_with_their_logits(peft_adapters, base_dir
 
 def test_cli_lora_delta_task_arithmetic_folds_every_update(peft_adapters, base_dir, tmp_path):
     pm, dirs = peft_adapters
-    run("--method", "task_arithmetic", "--base", base_dir, "--models", dirs["t1"], dirs["t2"], "--weights", "1 0.5",
+    run("--method", "task_arithmetic", "--base", base_dir, "--models", dirs["t1"], dirs["t2"], "--weights", "1", "0.5",
         "-o", tmp_path / "delta")
     merged, base = load_pretrained(tmp_path / "delta"), load_pretrained(base_dir)
     la = pm.base_model.model.model.layers[0].self_attn.q_proj
@@ -171,3 +171,12 @@ def test_cli_reads_lmkit_training_checkpoints(tmp_path):
     merged = load_pretrained(tmp_path / "avg")
     want = (runs[0][1].layers[0].mlp.up_proj.weight + runs[1][1].layers[0].mlp.up_proj.weight) / 2
     assert torch.allclose(merged.layers[0].mlp.up_proj.weight, want, atol=1e-6)
+
+
+def test_cli_negative_weight_subtracts_a_task_vector(full_checkpoints, base_dir, tmp_path):
+    m0, m1 = full_checkpoints
+    run("--method", "task_arithmetic", "--base", base_dir, "--models", m0, m1, "--weights", "1", "-1",
+        "--lam", "0.5", "-o", tmp_path / "neg")
+    merged = load_pretrained(tmp_path / "neg").layers[0].mlp.down_proj.weight
+    b, x, y = (load_pretrained(d).layers[0].mlp.down_proj.weight for d in (base_dir, m0, m1))
+    assert torch.allclose(merged, b + 0.5 * ((x - b) - (y - b)), atol=1e-6)
