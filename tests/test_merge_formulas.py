@@ -183,3 +183,12 @@ def test_state_dicts_dtype_buffers_and_errors():
         merge_state_dicts([m1, m2], MergeConfig(method="slerp"), base)
     with pytest.raises(ConfigError, match="method"):
         MergeConfig(method="average")
+
+
+def test_tied_tensors_are_merged_once():
+    def state(seed):
+        w = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))
+        return {"embed.weight": w, "lm_head.weight": w}
+
+    out = merge_state_dicts([state(1), state(2)], MergeConfig(method="dare_linear", density=0.5, seed=3), state(0))
+    assert out["embed.weight"] is out["lm_head.weight"]

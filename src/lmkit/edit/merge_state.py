@@ -8,7 +8,8 @@ were fine-tuned from; linear and soup average the models (base not used); slerp 
 base (t = 0) to the one model, or from the first model to the second when there is no base.
 Every model must have the same tensor names and shapes. Floating tensors are merged in
 float32 and cast back to the dtype of the base (else the first model); other tensors (integer
-buffers) must be equal in every model and are copied.
+buffers) must be equal in every model and are copied. Names that share one tensor (tied
+embeddings) are merged once, so they stay tied (DARE's masks would otherwise differ by name).
 """
 
 from __future__ import annotations
@@ -116,7 +117,12 @@ def merge_state_dicts(models: Sequence[Mapping[str, torch.Tensor]], cfg: MergeCo
     labels = list(names) if names is not None else [f"model {i}" for i in range(len(everyone))]
     check_compatible(everyone, labels)
     out: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}  # tied weights (one tensor, two names) merge once
     for key, ref in everyone[0].items():
+        alias = seen.setdefault((ref.data_ptr(), tuple(ref.shape)), key) if ref.numel() else key
+        if alias != key:
+            out[key] = out[alias]
+            continue
         tensors = [m[key] for m in models]
         if not ref.is_floating_point():
             if any(not torch.equal(t, ref) for t in tensors):
