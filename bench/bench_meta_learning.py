@@ -6,8 +6,8 @@ Task family: each task is a random substitution cipher π over 8 symbols,
 
 so tasks contradict each other: no single set of weights does well on all of them, and what
 transfers is *how* to solve one (route each answer position to its input, then map it).
-Three initialisations of one tiny Llama-style DecoderLM get the same budget of gradient
-steps on 5-example batches drawn from training ciphers:
+Initialisations of one tiny Llama-style DecoderLM that get the same budget of gradient steps
+on 5-example batches drawn from training ciphers:
 
     multi-task   plain training, each step on 5 examples of a random training cipher
     Reptile      meta-steps of 4 tasks x `inner` Adam steps on 5 examples (θ ← θ − β(θ − φ̄))
