@@ -58,13 +58,14 @@ SKIP = {
                                                       "serve -> rag -> agent against one)",
 }
 PLACEHOLDERS = {"MODEL_DIR": "model", "TEACHER_DIR": "model", "sft_model/": "model/", "my-model": "model",
-                "DOMAIN_TEXT": "text.txt", "DOMAIN_SHARDS": "SHARDS", "GENERAL_SHARDS": "SHARDS"}
+                "DOMAIN_TEXT": "text.txt", "DOMAIN_SHARDS": "SHARDS", "GENERAL_SHARDS": "SHARDS",
+                "BASE_DIR": "model", "TUNED_A": "model", "TUNED_B": "model"}
 SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-steps 4"),
           (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2"),
           (r"--profile full", "--tiny")]  # the full speedrun is a benchmark (bench/bench_speedrun.py)
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
 DOCS = ["alignment.md", "compression.md", "continual-pretraining.md", "data.md", "evaluation.md", "finetuning.md",
-        "interpretability.md", "quantization.md", "rag.md", "safety.md", "serving.md", "speedrun.md",
+        "interpretability.md", "merging.md", "quantization.md", "rag.md", "safety.md", "serving.md", "speedrun.md",
         "training.md"]
 
 

@@ -28,6 +28,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.align.commands",
     "lmkit.compress.commands",
     "lmkit.edit.edit_commands",
+    "lmkit.edit.merge_commands",
     "lmkit.eval.commands",
     "lmkit.inspect.commands",
     "lmkit.serve.commands",
