@@ -20,11 +20,15 @@ the new tokens with far fewer operations, the way serving engines (vLLM, llama.c
 * bf16/fp16 models attend in fp32 on CPU (q, k, v upcast): PyTorch's CPU SDPA in bf16 is
   10-15x slower than in fp32 at decode shapes (1 query over 80 keys: 259 us vs 21 us with
   the upcast, 2.6 ms vs 0.25 ms over 512 keys, 16 heads / 4 kv heads, 1 thread);
-* RMSNorm as one `F.rms_norm` operator (computed in fp32).
+* RMSNorm as one `F.rms_norm` operator (computed in fp32);
+* on CPU, fp32 and bf16 products run through oneDNN's linear (`_OneDNNLinear`): torch.mm and
+  MKL's sgemv compute a one-row fp32 product on a single thread (and MKL takes a generic path on
+  AMD CPUs), oneDNN splits it over the threads and stays exact fp32; bf16 weights are reordered
+  once into its blocked layout.
 
 The merged matrices are copies (rebuilt automatically when a parameter changes): the
 fused step holds a second copy of the attention-input and FFN-input weights (of every
-weight for a bf16 model on CPU, whose matrices are prepacked for oneDNN); models over
+weight for a bf16 model on CPU, whose matrices are reordered for oneDNN); models over
 2 GiB run unfused (at that size the
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
@@ -145,8 +149,8 @@ class FusedDecoder:
             self.layers.append((qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b))
         self.norm_w, self.norm_b = model.norm.weight, getattr(model.norm, "bias", None)
         self.lm_w, self.lm_b = _plain(model.lm_head)
-        # what __call__ runs: bf16 dense weights prepacked for oneDNN on CPU (the same products,
-        # 2.3x faster than torch.mm at 1x1024 @ 1024x11264 on the benchmark CPU); else the tensors above
+        # what __call__ runs: fp32/bf16 dense CPU weights through oneDNN (the same products; 1x1024 @
+        # 1024x11264 bf16 2.3x faster than torch.mm, fp32 on both threads instead of one); else the tensors above
         self.run_layers = [tuple(_prepacked(t) if j % 2 == 0 else t for j, t in enumerate(ts)) for ts in self.layers]
         self.run_lm_w = _prepacked(self.lm_w)
         self.quantized = any(isinstance(t, _QuantProj) for ts in self.layers for t in ts) \
@@ -270,21 +274,34 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return t.device if t is not None else next(module.parameters()).device
 
 
-class _PackedBF16:
-    """A bf16 [in, out] weight view reordered once into oneDNN's blocked layout: y = x @ w_t (+ bias)."""
+class _OneDNNLinear:
+    """A CPU weight run through oneDNN's linear: y = x @ w_t (+ bias) (+ residual).
+
+    bf16 weights are reordered once into oneDNN's blocked layout (2.3x faster than torch.mm at
+    1x1024 @ 1024x11264); fp32 weights are used in place (no copy): oneDNN's fp32 GEMV splits
+    the output over the intra-op threads, whereas torch.mm / MKL's sgemv run a 1-row product on
+    one thread (measured: the second OpenMP thread stays idle), and it stays exact fp32 (no
+    reduced-precision math). The residual add rides along as a oneDNN post-op."""
 
     def __init__(self, w_t: torch.Tensor) -> None:
-        self.w = torch.ops.mkldnn._reorder_linear_weight(w_t.detach().t().contiguous(), 1)
+        w = w_t.detach().t()  # [out, in], as nn.Linear stores it
+        if w.dtype == torch.bfloat16:
+            w = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1)
+        self.w = w if w.is_mkldnn or w.is_contiguous() else w.contiguous()
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.w, bias, "none", [], "")
 
+    def residual(self, x: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x + (a @ w_t + bias)."""
+        return torch.ops.mkldnn._linear_pointwise(a, x, self.w, bias, "add")
+
 
 def _prepacked(w_t):
-    """`w_t` prepacked when it is a bf16 CPU weight and oneDNN is there; else `w_t` itself."""
-    if (isinstance(w_t, torch.Tensor) and w_t.dtype == torch.bfloat16 and w_t.device.type == "cpu"
+    """`w_t` as a `_OneDNNLinear` when it is a bf16 / fp32 CPU weight and oneDNN is there; else `w_t` itself."""
+    if (isinstance(w_t, torch.Tensor) and w_t.dtype in (torch.bfloat16, torch.float32) and w_t.device.type == "cpu"
             and _MKLDNN):
-        return _PackedBF16(w_t)
+        return _OneDNNLinear(w_t)
     return w_t
 
 
@@ -316,15 +333,17 @@ def _fold(norm, linears) -> tuple[object, torch.Tensor | None]:
 def _mm(x: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
     if isinstance(w_t, _QuantProj):
         return w_t(x)
-    if isinstance(w_t, _PackedBF16):
+    if isinstance(w_t, _OneDNNLinear):
         return w_t(x, bias)
     return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
 
 
 def _residual_mm(x: torch.Tensor, a: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
     """x + (a @ w_t + bias): the residual add rides along in the GEMM (addmm's beta term)."""
-    if isinstance(w_t, (_QuantProj, _PackedBF16)):
-        return x + (w_t(a) if bias is None else w_t(a, bias))
+    if isinstance(w_t, _OneDNNLinear):
+        return w_t.residual(x, a, bias)
+    if isinstance(w_t, _QuantProj):
+        return x + w_t(a)
     return torch.addmm(x, a, w_t) if bias is None else torch.addmm(x + bias, a, w_t)
 
 
