@@ -8,11 +8,10 @@ the new tokens with far fewer operations, the way serving engines (vLLM, llama.c
 * q/k/v projections merged into one matrix, gate/up into another (one GEMM instead of
   three / two), with the preceding norm's gain (and LayerNorm bias) folded into them:
   (n(x) * g + beta) @ W^T + b = n(x) @ (W * g)^T + (W @ beta + b);
-* o_proj, down_proj and lm_head are used in place (no copy); every GEMM is `mm(x, W.t())`
-  on [tokens, features] activations (the layout nn.Linear uses; a contiguous [in, out] copy
-  measured no faster on the benchmark CPU at 2 threads);
-* residual adds ride along in the GEMM (addmm's beta term); activations stay
-  [tokens, features], so nothing is reshaped between GEMMs;
+* off CPU (and where oneDNN is missing) o_proj, down_proj and lm_head are used in place (no
+  copy) and every GEMM is `mm(x, W.t())` on [tokens, features] activations (the layout
+  nn.Linear uses), with the residual add riding along (addmm's beta term); on CPU see the
+  oneDNN point below; activations stay [tokens, features], so nothing is reshaped between GEMMs;
 * rotary cos/sin read from a table built once (rotate_half(x) * sin is written as
   roll(x, D/2) * sin with the sign folded into the table);
 * the padding mask turned into an additive bias once per generation and sliced per step;
