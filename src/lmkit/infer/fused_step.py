@@ -276,7 +276,7 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 
 class _OneDNNLinear:
-    """A CPU weight reordered once into oneDNN's blocked layout: y = x @ w_t (+ bias) (+ residual).
+    """A CPU weight reordered once into oneDNN's blocked layout: y = x @ w_t (+ bias).
 
     oneDNN's fp32 GEMV splits the output over the intra-op threads, whereas torch.mm / MKL's
     sgemv run a one-row fp32 product on one thread (the second OpenMP thread stays idle), and
@@ -293,7 +293,6 @@ class _OneDNNLinear:
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.w, bias, "none", [], "")
-
 
 
 def _prepacked(w_t):
