@@ -11,7 +11,9 @@ small byte-level BPE tokenizer (the GGUF vocabulary is padded to 32000). Precisi
                                    files keep output.weight at higher precision too)
 
 Decode: a 16-token prompt, then 64 new tokens greedily (the time of the whole call, prompt
-included, for both); prompt processing: one 512-token prompt, logits of the last position.
+included, for both); prompt processing: one 512-token prompt, logits of the last position,
+run as `generate` prefills it (`ModelRunner.prefill`: the fused step for an unpadded prompt;
+`model.forward`'s figure is printed beside it).
 Each configuration runs --repeats times, lmkit and llama.cpp alternately, and the medians
 are printed with the ratio lmkit/llama.cpp (higher is better for lmkit). llama.cpp loads with
 extra buffer types off (its AMX repack path crashes on Q8_0 on the benchmark CPU). Where
@@ -87,11 +89,18 @@ def lmkit_decode(model, prompt: list[int]) -> float:
     return NEW / dt
 
 
-def lmkit_prompt(model, ids: list[int]) -> float:
+def lmkit_prompt(model, ids: list[int], forward: bool = False) -> float:
+    """tok/s of a prompt's prefill as `generate` runs it (the fused step when the prompt is unpadded),
+    or of `model.forward` with forward=True."""
+    from lmkit.infer.runner import ModelRunner
+
     x = torch.tensor([ids])
     with torch.inference_mode():
         t = time.perf_counter()
-        model(x, num_logits_to_keep=1)
+        if forward:
+            model(x, num_logits_to_keep=1)
+        else:
+            ModelRunner(model, 1, len(ids), None).prefill(x, model.make_cache(1, len(ids)))
         return len(ids) / (time.perf_counter() - t)
 
 
@@ -148,12 +157,14 @@ def gemv_ms(threads: int) -> dict[str, float]:
     torch.manual_seed(0)
     lin = torch.nn.Linear(1024, 11264, bias=False)
     x = torch.randn(1, 1024)
+    from lmkit.infer.fused_step import _prepacked
+
     fns = {"fp32": lambda: lin(x)}
+    packed32 = _prepacked(lin.weight.t())
+    fns["fp32 oneDNN (fused step)"] = lambda: packed32(x)
     lb = copy.deepcopy(lin).to(torch.bfloat16)
     xb = x.bfloat16()
     fns["bf16"] = lambda: lb(xb)
-    from lmkit.infer.fused_step import _prepacked
-
     packed = _prepacked(lb.weight.t())
     fns["bf16 prepacked (fused step)"] = lambda: packed(xb)
     q8 = Int8Linear.from_linear(lin)
@@ -218,10 +229,12 @@ def main() -> None:
             lmkit_decode(model, prompt)  # warm-up (kernel layouts, rotary tables)
             if llm is not None:
                 llama_decode(llm, prompt)
-            dec, pp, pdec, ppp = [], [], [], []
+            lmkit_prompt(model, long)
+            dec, pp, pfw, pdec, ppp = [], [], [], [], []
             for _ in range(args.repeats):
                 dec.append(lmkit_decode(model, prompt))
                 pp.append(lmkit_prompt(model, long))
+                pfw.append(lmkit_prompt(model, long, forward=True))
                 if llm is not None:
                     pdec.append(llama_decode(llm, prompt))
                     ppp.append(llama_prompt(llm, long))
@@ -231,7 +244,7 @@ def main() -> None:
                 pd, pq = statistics.median(pdec), statistics.median(ppp)
                 ratios.append(d / pd)
                 line += f"  llama.cpp {ftype.upper()} {pd:7.1f} tok/s  ratio {d / pd:.2f}"
-            line += f" | prompt {PP} lmkit {p:7.1f} tok/s"
+            line += f" | prompt {PP} lmkit {p:7.1f} tok/s (model.forward {statistics.median(pfw):7.1f})"
             if llm is not None:
                 line += f"  llama.cpp {pq:7.1f} tok/s  ratio {p / pq:.2f}"
             print(line, flush=True)

@@ -349,6 +349,24 @@ def test_fused_step_equals_model_forward(kind):
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_prefill_and_steps_without_padding(dtype):
+    """No padding: the prompt runs through the fused step too (oneDNN GEMMs on CPU), same logits."""
+    from lmkit.infer.runner import ModelRunner
+
+    model = _lmkit_model("llama-gqa").to(dtype)
+    prompt, new = torch.tensor([[3, 4, 5, 6, 7, 8, 9]]), torch.tensor([[11], [12]])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.05, atol=0.05)
+    with torch.inference_mode():
+        outs = []
+        for fused in (True, False):
+            cache = model.make_cache(1, 20)
+            runner = ModelRunner(model, 1, 20, None, fused)
+            logits = [runner.prefill(prompt, cache)] + [runner.step(t[None], cache) for t in new]
+            outs.append(torch.cat(logits, 1).float())
+    torch.testing.assert_close(outs[0], outs[1], **tol)
+
+
 def test_fused_step_falls_back_when_unsupported():
     from lmkit.infer.fused_step import FusedDecoder
     from lmkit.models.config import ModelConfig

@@ -8,11 +8,10 @@ the new tokens with far fewer operations, the way serving engines (vLLM, llama.c
 * q/k/v projections merged into one matrix, gate/up into another (one GEMM instead of
   three / two), with the preceding norm's gain (and LayerNorm bias) folded into them:
   (n(x) * g + beta) @ W^T + b = n(x) @ (W * g)^T + (W @ beta + b);
-* o_proj, down_proj and lm_head are used in place (no copy); every GEMM is `mm(x, W.t())`
-  on [tokens, features] activations (the layout nn.Linear uses; a contiguous [in, out] copy
-  measured no faster on the benchmark CPU at 2 threads);
-* residual adds ride along in the GEMM (addmm's beta term); activations stay
-  [tokens, features], so nothing is reshaped between GEMMs;
+* off CPU (and where oneDNN is missing) o_proj, down_proj and lm_head are used in place (no
+  copy) and every GEMM is `mm(x, W.t())` on [tokens, features] activations (the layout
+  nn.Linear uses), with the residual add riding along (addmm's beta term); on CPU see the
+  oneDNN point below; activations stay [tokens, features], so nothing is reshaped between GEMMs;
 * rotary cos/sin read from a table built once (rotate_half(x) * sin is written as
   roll(x, D/2) * sin with the sign folded into the table);
 * the padding mask turned into an additive bias once per generation and sliced per step;
@@ -20,11 +19,15 @@ the new tokens with far fewer operations, the way serving engines (vLLM, llama.c
 * bf16/fp16 models attend in fp32 on CPU (q, k, v upcast): PyTorch's CPU SDPA in bf16 is
   10-15x slower than in fp32 at decode shapes (1 query over 80 keys: 259 us vs 21 us with
   the upcast, 2.6 ms vs 0.25 ms over 512 keys, 16 heads / 4 kv heads, 1 thread);
-* RMSNorm as one `F.rms_norm` operator (computed in fp32).
+* RMSNorm as one `F.rms_norm` operator (computed in fp32);
+* on CPU, fp32 and bf16 products run through oneDNN's linear (`_OneDNNLinear`): torch.mm and
+  MKL's sgemv compute a one-row fp32 product on a single thread (and MKL takes a generic path on
+  AMD CPUs), oneDNN splits it over the threads and stays exact fp32; weights are reordered
+  once into its blocked layouts (1.5x / 2x faster GEMVs in fp32 / bf16 than the plain layout).
 
 The merged matrices are copies (rebuilt automatically when a parameter changes): the
 fused step holds a second copy of the attention-input and FFN-input weights (of every
-weight for a bf16 model on CPU, whose matrices are prepacked for oneDNN); models over
+weight for an fp32 or bf16 model on CPU, whose matrices are reordered for oneDNN); models over
 2 GiB run unfused (at that size the
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
@@ -145,8 +148,8 @@ class FusedDecoder:
             self.layers.append((qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b))
         self.norm_w, self.norm_b = model.norm.weight, getattr(model.norm, "bias", None)
         self.lm_w, self.lm_b = _plain(model.lm_head)
-        # what __call__ runs: bf16 dense weights prepacked for oneDNN on CPU (the same products,
-        # 2.3x faster than torch.mm at 1x1024 @ 1024x11264 on the benchmark CPU); else the tensors above
+        # what __call__ runs: fp32/bf16 dense CPU weights through oneDNN (the same products; 1x1024 @
+        # 1024x11264 bf16 2.3x faster than torch.mm, fp32 on both threads instead of one); else the tensors above
         self.run_layers = [tuple(_prepacked(t) if j % 2 == 0 else t for j, t in enumerate(ts)) for ts in self.layers]
         self.run_lm_w = _prepacked(self.lm_w)
         self.quantized = any(isinstance(t, _QuantProj) for ts in self.layers for t in ts) \
@@ -167,6 +170,8 @@ class FusedDecoder:
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """The norm without its gain/bias (those are folded into the next projection)."""
         if self.rms:
+            if _RMS_NORM and x.device.type == "cpu":  # one operator; computes in fp32 for bf16/fp16 input
+                return F.rms_norm(x, (x.shape[-1],), None, self.eps)  # (bitwise what the upcast below gives)
             xf = x.float()
             if _RMS_NORM:  # one operator instead of five, same formula
                 return F.rms_norm(xf, (xf.shape[-1],), None, self.eps).to(x.dtype)
@@ -270,21 +275,31 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return t.device if t is not None else next(module.parameters()).device
 
 
-class _PackedBF16:
-    """A bf16 [in, out] weight view reordered once into oneDNN's blocked layout: y = x @ w_t (+ bias)."""
+class _OneDNNLinear:
+    """A CPU weight reordered once into oneDNN's blocked layout: y = x @ w_t (+ bias).
+
+    oneDNN's fp32 GEMV splits the output over the intra-op threads, whereas torch.mm / MKL's
+    sgemv run a one-row fp32 product on one thread (the second OpenMP thread stays idle), and
+    it stays exact fp32 (no reduced-precision math). The layouts, measured on the benchmark
+    CPU (AMD EPYC, AVX-512) over the 185M model's weights, 1 thread: bf16 AB16b64a2b 15.3 ms
+    vs 30.1 ms unreordered (a plain sum over the same bytes: 14.3 ms); fp32 AB16b64a (batch
+    hint 2; hint 1 keeps the plain layout and an AVX2 kernel) 26.5 ms vs 38.4 ms (sum: 23.5 ms,
+    torch.mv 44.0 ms). (The residual add as oneDNN's binary post-op measured 35 us per call
+    slower than a separate add.)"""
 
     def __init__(self, w_t: torch.Tensor) -> None:
-        self.w = torch.ops.mkldnn._reorder_linear_weight(w_t.detach().t().contiguous(), 1)
+        hint = 1 if w_t.dtype == torch.bfloat16 else 2
+        self.w = torch.ops.mkldnn._reorder_linear_weight(w_t.detach().t().contiguous(), hint)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.w, bias, "none", [], "")
 
 
 def _prepacked(w_t):
-    """`w_t` prepacked when it is a bf16 CPU weight and oneDNN is there; else `w_t` itself."""
-    if (isinstance(w_t, torch.Tensor) and w_t.dtype == torch.bfloat16 and w_t.device.type == "cpu"
+    """`w_t` as a `_OneDNNLinear` when it is a bf16 / fp32 CPU weight and oneDNN is there; else `w_t` itself."""
+    if (isinstance(w_t, torch.Tensor) and w_t.dtype in (torch.bfloat16, torch.float32) and w_t.device.type == "cpu"
             and _MKLDNN):
-        return _PackedBF16(w_t)
+        return _OneDNNLinear(w_t)
     return w_t
 
 
@@ -316,14 +331,14 @@ def _fold(norm, linears) -> tuple[object, torch.Tensor | None]:
 def _mm(x: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
     if isinstance(w_t, _QuantProj):
         return w_t(x)
-    if isinstance(w_t, _PackedBF16):
+    if isinstance(w_t, _OneDNNLinear):
         return w_t(x, bias)
     return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
 
 
 def _residual_mm(x: torch.Tensor, a: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
     """x + (a @ w_t + bias): the residual add rides along in the GEMM (addmm's beta term)."""
-    if isinstance(w_t, (_QuantProj, _PackedBF16)):
+    if isinstance(w_t, (_QuantProj, _OneDNNLinear)):
         return x + (w_t(a) if bias is None else w_t(a, bias))
     return torch.addmm(x, a, w_t) if bias is None else torch.addmm(x + bias, a, w_t)
 

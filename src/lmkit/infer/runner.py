@@ -45,9 +45,11 @@ def forward_step(model, fast, ids: torch.Tensor, positions: torch.Tensor, cache,
 
 
 class ModelRunner:
-    """Feeds tokens to a model for one generation: prefill through `model.forward`, later steps
-    through `FusedDecoder` when the architecture allows (through the compiled `CompiledDecoder`
-    when compiled=True and it allows), else `model.forward`.
+    """Feeds tokens to a model for one generation: steps through `FusedDecoder` when the
+    architecture allows (through the compiled `CompiledDecoder` when compiled=True and it
+    allows; it runs prompts of several tokens eagerly), else `model.forward`. The prefill runs
+    through the fused step too when no row is padded, else through `model.forward` (whose
+    masking keeps fully padded query rows finite).
 
     mask [B, total] (1 real / 0 left padding, None when no row is padded) covers the prompt and
     every position still to be generated; positions are derived from it once.
@@ -83,6 +85,10 @@ class ModelRunner:
         pos = self.positions[:, :t] if self.mask is not None else None
         if self._switch is not None and int(self.positions[:, :t].max()) + 1 <= self._switch:
             self._short_ids = ids
+        if self.fused is not None and self.mask is None and cache.seq_len == 0:
+            # no padding: the fused step's causal prefill gives the same logits with its faster GEMMs
+            # (fp32 on CPU: oneDNN 2.7x faster than MKL's sgemm at 16 rows on the benchmark CPU)
+            return forward_step(self.model, self.fused, ids, self.positions[:, :t], cache, None, None)
         return self.model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache, num_logits_to_keep=1).logits
 
     def step(self, ids: torch.Tensor, cache, last_only: bool = True) -> torch.Tensor:
