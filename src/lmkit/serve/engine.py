@@ -661,6 +661,7 @@ class Engine:
             self._bias = padding_bias(mask, src0.dtype) if self.fused is not None else None
 
     # ---- paged KV: the loop, admission, chunked prefill, decode, preemption --------------
+    @torch.inference_mode()  # entered once for the thread, not per step
     def _paged_loop(self) -> None:
         while True:
             with self._lock:
@@ -673,12 +674,11 @@ class Engine:
                 # the head request does not fit an idle pool (submit rules this out): fail it, never spin
                 stuck = self._waiting.popleft() if not self._running and self._waiting else None
             try:
-                with torch.inference_mode():
-                    if stuck is not None:
-                        self._fail([stuck], PoolExhausted("the request does not fit in the KV cache"))
-                    self._prefill_step()
-                    if len(self._running) > len(self._prefilling):
-                        self._decode_step()
+                if stuck is not None:
+                    self._fail([stuck], PoolExhausted("the request does not fit in the KV cache"))
+                self._prefill_step()
+                if len(self._running) > len(self._prefilling):
+                    self._decode_step()
             except Exception as exc:  # the batched step failed (OOM, a bug): fail the requests in flight
                 self._fail(list(self._running), exc)
                 for r in list(self._running):
