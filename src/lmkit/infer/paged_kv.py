@@ -30,8 +30,9 @@ of every row gathered into a [B, kv_heads, S, head_dim] tensor, each row right-a
 first columns padding, hidden by the caller's attention mask) exactly like the contiguous
 cache of the serving engine, so `model.forward` and the fused step (fused_step.py) run on it
 unchanged and compute the same numbers. The gather is a copy of the row's keys per step
-(on a CPU it costs about what attention itself reads); a paged-attention kernel would read
-the blocks in place.
+(on a CPU it costs about what attention itself reads); `DecodeBatch` pays it once for a run
+of decode steps of the same rows (it keeps their keys/values contiguous and appends one
+column per step); a paged-attention kernel would read the blocks in place.
 """
 
 from __future__ import annotations

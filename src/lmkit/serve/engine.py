@@ -43,9 +43,11 @@ decode steps (chunks of similar length share one left-padded forward), so a huge
 never stalls the running rows or the small requests behind it (fair scheduling). Automatic prefix caching: every full block is hashed
 along the token prefix and shared read-only; a newcomer whose prompt starts with cached
 blocks prefills only the rest (positions continuing), and unreferenced cached blocks are
-evicted LRU when the pool needs room. Each decode step gathers the rows' blocks into a
-right-aligned [B, kv_heads, S, head_dim] view (`PagedKVView`): the same numbers as the
-contiguous layout below.
+evicted LRU when the pool needs room. Decode steps read the rows' blocks as one
+right-aligned [B, kv_heads, S, head_dim] tensor: the same numbers as the contiguous layout
+below. It is gathered once per batch (`DecodeBatch`: kept while the same rows decode, each
+step appending one column) and again when rows join or leave (`PagedKVView` gathers per
+step where the batch would be too large to keep, and for prefill chunks).
 
 KV cache layout (kv_cache="contiguous"). All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
 whose write position `cur` is common; row i holds its n_i cached tokens right-aligned in
