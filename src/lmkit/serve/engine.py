@@ -244,6 +244,7 @@ class Engine:
             given = kv_blocks is not None or kv_cache_mb is not None
             self.budget_tokens = BlockPool.for_model(model, **budget).n_blocks * block_size if given else None
         self._batch: DecodeBatch | None = None  # paged: the decoding rows' keys/values kept contiguous
+        self._last_rows: list[_Row] = []  # paged: the rows of the last decode step
         self._running: list[_Row] = []  # paged: admitted rows, oldest first (prefilling or decoding)
         self._prefilling: list[_Row] = []  # paged: admitted rows whose tokens are not all in the cache yet
         # multi-LoRA (serve/lora_adapters.py): per-row adapters; the fused step cannot run adapted layers
@@ -736,7 +737,7 @@ class Engine:
             r.table.blocks = []
         r.cached = 0
         if not self._running:
-            self._batch = None  # its buffers go with the last row
+            self._batch, self._last_rows = None, []  # its buffers go with the last row
 
     def _preempt(self, r: _Row) -> None:
         """Send running `r` back to the head of the queue; it is recomputed when blocks free up."""
@@ -888,12 +889,17 @@ class Engine:
                 self._finish(r)
 
     def _decode_batch(self, rows: list[_Row]) -> DecodeBatch | None:
-        """The `DecodeBatch` of `rows`: the last step's when it continues, else a new one
-        (None when its contiguous copy would be too large: the step gathers instead)."""
+        """The `DecodeBatch` of `rows`: the last step's when it continues, else a new one once
+        the same rows have decoded two steps in a row (while rows come and go at every step a
+        batch would be gathered and dropped each time); None: this step gathers instead (also
+        when the contiguous copy would be too large)."""
         lengths = [r.cached for r in rows]
         if self._batch is not None and self._batch.matches(rows, lengths):
             return self._batch
         self._batch = None
+        previous, self._last_rows = self._last_rows, rows
+        if len(previous) != len(rows) or any(a is not b for a, b in zip(previous, rows)):
+            return None
         pool = self.pool
         # the fused step upcasts a bf16/fp16 model's keys/values to fp32 on CPU: keep them in fp32
         kv_dtype = pool.keys[0].dtype if pool.keys[0] is not None else self.dtype
