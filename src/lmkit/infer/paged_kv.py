@@ -44,6 +44,7 @@ from array import array
 import torch
 
 from lmkit.errors import ConfigError, LmkitError
+from lmkit.infer.fused_step import padding_bias
 
 
 class PoolExhausted(LmkitError):
@@ -311,10 +312,7 @@ class DecodeBatch:
                 mask[j, : s - n] = 0
         self.padded = bool((mask == 0).any())
         self.mask = mask.to(device) if self.padded else None
-        self.bias = None
-        if self.padded and bias_dtype is not None:
-            zero = torch.zeros((), dtype=bias_dtype, device=device)
-            self.bias = torch.where(self.mask.bool(), zero, torch.finfo(bias_dtype).min)[:, None, None, :]
+        self.bias = padding_bias(self.mask, bias_dtype) if self.padded and bias_dtype is not None else None
         rows_idx = pool.rows(read.to(device))
         shape = (b, pool.n_kv_heads, s, pool.head_dim)
         self.keys, self.values = [], []
