@@ -11,7 +11,9 @@ as tests/test_gguf_llamacpp.py does: its AMX repack path crashed on this CPU, is
 The client is the official `openai` AsyncOpenAI: at concurrency C, C workers send streamed
 completion requests (greedy, --max-tokens each, prompts: corpus sentences, each request its
 own, so no prompt cache sees a repeat) until --requests are done. Per server and concurrency: requests/s, output tok/s (sum of generated tokens /
-wall time), p50/p99 time to first token (first streamed chunk carrying a token).
+wall time), p50/p99 time to first token (first streamed chunk carrying a token), and the server
+process's CPU time per generated token (all its threads: a figure the load of a shared machine
+moves far less than wall-clock throughput).
 
 Both servers run with OMP_WAIT_POLICY=PASSIVE (--omp-wait): both link libgomp, and on a shared
 2-core machine threads that spin at barriers stall each other (llama.cpp's first run here, with
@@ -133,6 +135,14 @@ class Server:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"server did not start in {timeout} s; see {self.log.name}")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used (user + system, all its threads; Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -258,11 +268,15 @@ def main() -> None:
                     start = 0
                     for conc, n in plan:
                         loads.append(float(loadavg().split()[0]))
+                        cpu0 = srv.cpu_seconds()
                         r = asyncio.run(drive(srv.url, prompts[start:start + n], conc, n, args.max_tokens))
+                        cpu1 = srv.cpu_seconds()
+                        r["cpu_ms"] = (cpu1 - cpu0) / r["tokens"] * 1000 if cpu0 is not None and cpu1 is not None else float("nan")
                         start += n
                         results.setdefault((p, name, conc), []).append(r)
                         print(f"round {rnd} {p:5s} {name:9s} c={conc:2d}: {r['rps']:.2f} req/s "
                               f"{r['tps']:7.1f} tok/s TTFT p50 {r['p50'] * 1000:7.0f} ms p99 {r['p99'] * 1000:7.0f} ms "
+                              f"server CPU {r['cpu_ms']:.2f} ms/token "
                               f"({r['tokens']} tokens; load {loadavg()})", flush=True)
                 finally:
                     srv.stop()
@@ -272,12 +286,14 @@ def main() -> None:
 
     print(f"\nmedians over {args.rounds} rounds (load average during the runs: "
           f"min {min(loads):.1f}, max {max(loads):.1f}, 2 cores)")
-    print(f"{'precision':9s} {'server':9s} {'conc':>4s} {'req/s':>7s} {'tok/s':>8s} {'TTFT p50':>9s} {'TTFT p99':>9s}")
+    print(f"{'precision':9s} {'server':9s} {'conc':>4s} {'req/s':>7s} {'tok/s':>8s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
+          f"{'CPU ms/tok':>10s}")
     for p in precisions:
         for conc, _ in plan:
             for name in ("lmkit", "llama.cpp"):
                 print(f"{p:9s} {name:9s} {conc:4d} {med(p, name, conc, 'rps'):7.2f} {med(p, name, conc, 'tps'):8.1f} "
-                      f"{med(p, name, conc, 'p50') * 1000:7.0f}ms {med(p, name, conc, 'p99') * 1000:7.0f}ms")
+                      f"{med(p, name, conc, 'p50') * 1000:7.0f}ms {med(p, name, conc, 'p99') * 1000:7.0f}ms "
+                      f"{med(p, name, conc, 'cpu_ms'):10.2f}")
     for p in precisions:
         for conc, _ in plan:
             print(f"{p} c={conc}: lmkit/llama.cpp output tok/s = "

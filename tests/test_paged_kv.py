@@ -234,3 +234,48 @@ def test_metrics_and_validation(llama):
                  'lmkit_time_to_first_token_seconds_bucket{le="+Inf"} 2', "lmkit_inter_token_latency_seconds_count 6",
                  "lmkit_preemptions_total 0", "lmkit_prefix_cache_evictions_total"):
         assert line in text, line
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_contiguous_decode_batch_equals_gathering_every_step(dtype, llama, monkeypatch):
+    """The decode steps keep the running rows' keys/values contiguous (DecodeBatch: built when
+    the rows change, grown past its room, fp32 for a bf16 model's fused step): the tokens equal
+    those of gathering the blocks at every step, with rows of different lengths joining and leaving."""
+    import copy
+
+    import lmkit.serve.engine as engine_module
+
+    model = copy.deepcopy(llama).to(dtype)
+    rng = random.Random(3)
+    prompts = [[rng.randrange(3, V) for _ in range(n)] for n in (5, 19, 33, 8)]
+    configs = [GenerationConfig(max_new_tokens=m, eos_token_id=[]) for m in (90, 12, 20, 3)]
+    results = []
+    for limit in (engine_module.DECODE_BATCH_LIMIT_BYTES, 0):
+        monkeypatch.setattr(engine_module, "DECODE_BATCH_LIMIT_BYTES", limit)
+        engine = Engine(model, None, max_batch_size=4, kv_blocks=64, block_size=4)
+        built, grown = [], []
+        real, real_grow = engine_module.DecodeBatch.__init__, engine_module.DecodeBatch._grow
+
+        def spy(self, *a, **k):
+            built.append(self)
+            real(self, *a, **k)
+
+        def spy_grow(self):
+            grown.append(self.cap)
+            real_grow(self)
+
+        monkeypatch.setattr(engine_module.DecodeBatch, "__init__", spy)
+        monkeypatch.setattr(engine_module.DecodeBatch, "_grow", spy_grow)
+        try:
+            results.append(_submit_all(engine, prompts, configs))
+        finally:
+            engine.stop()
+        monkeypatch.setattr(engine_module.DecodeBatch, "__init__", real)
+        monkeypatch.setattr(engine_module.DecodeBatch, "_grow", real_grow)
+        if limit:
+            assert 0 < len(built) < 10 and grown  # reused across steps, and grown past its room
+            assert all(b.keys[0].dtype == torch.float32 for b in built)
+        else:
+            assert not built
+        assert engine._batch is None and engine.pool.in_use == 0
+    assert results[0] == results[1]

@@ -30,8 +30,9 @@ of every row gathered into a [B, kv_heads, S, head_dim] tensor, each row right-a
 first columns padding, hidden by the caller's attention mask) exactly like the contiguous
 cache of the serving engine, so `model.forward` and the fused step (fused_step.py) run on it
 unchanged and compute the same numbers. The gather is a copy of the row's keys per step
-(on a CPU it costs about what attention itself reads); a paged-attention kernel would read
-the blocks in place.
+(on a CPU it costs about what attention itself reads); `DecodeBatch` pays it once for a run
+of decode steps of the same rows (it keeps their keys/values contiguous and appends one
+column per step); a paged-attention kernel would read the blocks in place.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from array import array
 import torch
 
 from lmkit.errors import ConfigError, LmkitError
+from lmkit.infer.fused_step import padding_bias
 
 
 class PoolExhausted(LmkitError):
@@ -270,3 +272,118 @@ class PagedKVView:
     def update(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.pool.write(i, self._write, k, v)
         return self.pool.read(i, self._read, self._shape)
+
+
+DECODE_BATCH_LIMIT_BYTES = 256 * 2**20  # a DecodeBatch's contiguous copy larger than this: gather per step instead
+
+
+class DecodeBatch:
+    """Decode steps of a fixed set of sequences over a `BlockPool`, their keys/values kept contiguous.
+
+    `PagedKVView` gathers every row's keys/values out of the pool at every step and layer (a
+    copy that grows with the context). While the same rows decode step after step, nothing
+    in those columns changes: this keeps them in one right-aligned [B, kv_heads, cap,
+    head_dim] buffer per layer (one gather when the batch is built), and each step writes the
+    new token into its pool slot AND into the next column, then attention reads a view of the
+    first S columns. Built again whenever the rows change (the engine checks `matches`).
+    The read slots, the padding mask and its additive bias are built once per batch too.
+
+    kv_dtype: the buffers' dtype: the pool's, or float32 for a bf16/fp16 model whose fused
+    step attends in fp32 on CPU (bf16 -> fp32 is exact, and its per-layer upcast becomes a
+    no-op). Implements the model's KV-cache protocol for one step at a time: `begin(slots)`
+    before the forward, `end()` after it.
+    """
+
+    def __init__(self, pool: BlockPool, rows: list, tables: list[list[int]], lengths: list[int],
+                 device: torch.device, kv_dtype: torch.dtype, bias_dtype: torch.dtype | None) -> None:
+        bs = pool.block_size
+        b, s = len(lengths), max(lengths)
+        self.pool, self.rows, self.lengths = pool, list(rows), list(lengths)
+        self.s = s
+        self.cap = -(-(s + 32) // 32) * 32  # room for 32 more steps before the buffers grow
+        read = torch.empty(b, s, dtype=torch.long)
+        mask = torch.ones(b, self.cap, dtype=torch.long)
+        for j, (blocks, n) in enumerate(zip(tables, lengths)):
+            t = torch.arange(n)
+            slots = torch.tensor(blocks[: -(-n // bs)], dtype=torch.long)[t // bs] * bs + t % bs
+            read[j, s - n:] = slots
+            if n < s:
+                read[j, : s - n] = slots[0]  # padding columns: any written slot (masked)
+                mask[j, : s - n] = 0
+        self.padded = bool((mask == 0).any())
+        self.mask = mask.to(device) if self.padded else None
+        self.bias = padding_bias(self.mask, bias_dtype) if self.padded and bias_dtype is not None else None
+        rows_idx = pool.rows(read.to(device))
+        shape = (b, pool.n_kv_heads, s, pool.head_dim)
+        self.keys, self.values = [], []
+        for i in range(pool.n_layers):
+            k, v = pool.read(i, rows_idx, shape)
+            kb = torch.empty(b, pool.n_kv_heads, self.cap, pool.head_dim, dtype=kv_dtype, device=device)
+            vb = torch.empty_like(kb)
+            kb[:, :, :s].copy_(k)
+            vb[:, :, :s].copy_(v)
+            self.keys.append(kb)
+            self.values.append(vb)
+        self._heads = torch.arange(pool.n_kv_heads, device=device)[None, :] * pool._n_slots
+        self._write: torch.Tensor | None = None
+
+    @staticmethod
+    def size_bytes(pool: BlockPool, n_rows: int, longest: int, kv_dtype: torch.dtype) -> int:
+        """Bytes of the buffers a batch of n_rows rows, the longest `longest` tokens, would hold."""
+        cap = -(-(longest + 32) // 32) * 32
+        size = torch.empty((), dtype=kv_dtype).element_size()
+        return 2 * pool.n_layers * n_rows * pool.n_kv_heads * cap * pool.head_dim * size
+
+    def matches(self, rows: list, lengths: list[int]) -> bool:
+        """Whether `rows` (the same objects, in order) with `lengths` tokens cached continue this batch."""
+        return (len(rows) == len(self.rows) and all(a is b for a, b in zip(rows, self.rows))
+                and lengths == self.lengths)
+
+    # ---- one step -----------------------------------------------------------------------
+    def begin(self, slots: list[int]) -> None:
+        """Before a forward: every row's new token goes to pool slot `slots[j]` (and column S)."""
+        if self.s + 1 > self.cap:
+            self._grow()
+        new = torch.tensor(slots, dtype=torch.long, device=self._heads.device)
+        self._write = (self._heads + new[:, None]).reshape(-1)  # [B * kv_heads] storage rows, [B, kv_heads] order
+
+    def end(self) -> None:
+        """After the forward: the new column is part of every row."""
+        self.s += 1
+        self.lengths = [n + 1 for n in self.lengths]
+        self._write = None
+
+    def _grow(self) -> None:
+        cap = 2 * self.cap
+        for layer in (self.keys, self.values):
+            for i, buf in enumerate(layer):
+                new = torch.empty(buf.shape[0], buf.shape[1], cap, buf.shape[3], dtype=buf.dtype, device=buf.device)
+                new[:, :, : self.s].copy_(buf[:, :, : self.s])
+                layer[i] = new
+        if self.mask is not None:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask)], dim=1)
+        if self.bias is not None:
+            self.bias = torch.cat([self.bias, torch.zeros_like(self.bias)], dim=-1)
+        self.cap = cap
+
+    # ---- the KV-cache protocol (one token per row) --------------------------------------
+    @property
+    def seq_len(self) -> int:
+        return self.s
+
+    def layer(self, i: int) -> _LayerView:
+        return _LayerView(self, i)
+
+    def update(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v [B, kv_heads, 1, D] -> the rows' keys/values [B, kv_heads, S + 1, D] (views)."""
+        pool = self.pool
+        if pool.keys[i] is None:
+            pool._allocate_storage(i, k.dtype, k.device)
+        d = k.shape[-1]
+        pool.keys[i].index_copy_(0, self._write, k.reshape(-1, d).to(pool.keys[i].dtype))
+        pool.values[i].index_copy_(0, self._write, v.reshape(-1, d).to(pool.values[i].dtype))
+        s = self.s
+        kb, vb = self.keys[i], self.values[i]
+        kb[:, :, s: s + 1].copy_(k)
+        vb[:, :, s: s + 1].copy_(v)
+        return kb[:, :, : s + 1], vb[:, :, : s + 1]

@@ -43,9 +43,11 @@ decode steps (chunks of similar length share one left-padded forward), so a huge
 never stalls the running rows or the small requests behind it (fair scheduling). Automatic prefix caching: every full block is hashed
 along the token prefix and shared read-only; a newcomer whose prompt starts with cached
 blocks prefills only the rest (positions continuing), and unreferenced cached blocks are
-evicted LRU when the pool needs room. Each decode step gathers the rows' blocks into a
-right-aligned [B, kv_heads, S, head_dim] view (`PagedKVView`): the same numbers as the
-contiguous layout below.
+evicted LRU when the pool needs room. Decode steps read the rows' blocks as one
+right-aligned [B, kv_heads, S, head_dim] tensor: the same numbers as the contiguous layout
+below. It is gathered once per batch (`DecodeBatch`: kept while the same rows decode, each
+step appending one column) and again when rows join or leave (`PagedKVView` gathers per
+step where the batch would be too large to keep, and for prefill chunks).
 
 KV cache layout (kv_cache="contiguous"). All running rows share one `KVCache` [B, kv_heads, capacity, head_dim]
 whose write position `cur` is common; row i holds its n_i cached tokens right-aligned in
@@ -79,7 +81,8 @@ from lmkit.infer.config import GenerationConfig
 from lmkit.infer.constraint import ConstraintArg, row_constraints
 from lmkit.infer.fused_step import padding_bias
 from lmkit.infer.inputs import check_fits, left_pad, resolve_config
-from lmkit.infer.paged_kv import BlockPool, BlockTable, PagedKVView, PoolExhausted, kv_bytes_per_token
+from lmkit.infer.paged_kv import (DECODE_BATCH_LIMIT_BYTES, BlockPool, BlockTable, DecodeBatch, PagedKVView,
+                                  PoolExhausted, kv_bytes_per_token)
 from lmkit.infer.runner import ModelRunner, fast_decoder, forward_step
 from lmkit.infer.sampling import build_logits_processors
 from lmkit.infer.select import make_generator, select_tokens
@@ -240,6 +243,8 @@ class Engine:
             self.pool = None
             given = kv_blocks is not None or kv_cache_mb is not None
             self.budget_tokens = BlockPool.for_model(model, **budget).n_blocks * block_size if given else None
+        self._batch: DecodeBatch | None = None  # paged: the decoding rows' keys/values kept contiguous
+        self._last_rows: list[_Row] = []  # paged: the rows of the last decode step
         self._running: list[_Row] = []  # paged: admitted rows, oldest first (prefilling or decoding)
         self._prefilling: list[_Row] = []  # paged: admitted rows whose tokens are not all in the cache yet
         # multi-LoRA (serve/lora_adapters.py): per-row adapters; the fused step cannot run adapted layers
@@ -659,6 +664,7 @@ class Engine:
             self._bias = padding_bias(mask, src0.dtype) if self.fused is not None else None
 
     # ---- paged KV: the loop, admission, chunked prefill, decode, preemption --------------
+    @torch.inference_mode()  # entered once for the thread, not per step
     def _paged_loop(self) -> None:
         while True:
             with self._lock:
@@ -671,12 +677,11 @@ class Engine:
                 # the head request does not fit an idle pool (submit rules this out): fail it, never spin
                 stuck = self._waiting.popleft() if not self._running and self._waiting else None
             try:
-                with torch.inference_mode():
-                    if stuck is not None:
-                        self._fail([stuck], PoolExhausted("the request does not fit in the KV cache"))
-                    self._prefill_step()
-                    if len(self._running) > len(self._prefilling):
-                        self._decode_step()
+                if stuck is not None:
+                    self._fail([stuck], PoolExhausted("the request does not fit in the KV cache"))
+                self._prefill_step()
+                if len(self._running) > len(self._prefilling):
+                    self._decode_step()
             except Exception as exc:  # the batched step failed (OOM, a bug): fail the requests in flight
                 self._fail(list(self._running), exc)
                 for r in list(self._running):
@@ -731,6 +736,8 @@ class Engine:
             self.pool.release(r.table.blocks)
             r.table.blocks = []
         r.cached = 0
+        if not self._running:
+            self._batch, self._last_rows = None, []  # its buffers go with the last row
 
     def _preempt(self, r: _Row) -> None:
         """Send running `r` back to the head of the queue; it is recomputed when blocks free up."""
@@ -851,27 +858,23 @@ class Engine:
         rows = [r for r in self._running if r not in self._prefilling]
         if not rows:
             return
-        b, s = len(rows), max(r.cached for r in rows) + 1
-        read = torch.empty(b, s, dtype=torch.long)
-        mask = torch.ones(b, s, dtype=torch.long) if any(r.cached + 1 < s for r in rows) else None
-        for j, r in enumerate(rows):
-            slots = self._slots(r, r.cached + 1)
-            read[j, s - r.cached - 1:] = slots
-            if mask is not None and r.cached + 1 < s:
-                read[j, : s - r.cached - 1] = slots[0]  # padding columns: any valid slot (masked)
-                mask[j, : s - r.cached - 1] = 0
-        read = read.to(self.device)
-        view = PagedKVView(pool, read[:, -1:], read)
         ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
         pos = torch.tensor([[r.cached] for r in rows], dtype=torch.long, device=self.device)
-        bias = None
-        if mask is not None:
-            mask = mask.to(self.device)
-            if self.fused is not None:
-                dtype = pool.keys[0].dtype if pool.keys[0] is not None else self.dtype
-                bias = padding_bias(mask, dtype)
-        with self._adapter_rows(rows):
-            logits = forward_step(self.model, self.fused, ids, pos, view, mask, bias)
+        batch = self._decode_batch(rows)
+        if batch is None:  # too large to keep contiguous: gather the rows' blocks for this step
+            view, mask, bias = self._gathered_view(rows)
+        else:
+            batch.begin([r.table.blocks[r.cached // bs] * bs + r.cached % bs for r in rows])
+            view, mask, bias = batch, batch.mask, batch.bias
+        try:
+            with self._adapter_rows(rows):
+                logits = forward_step(self.model, self.fused, ids, pos, view, mask, bias)
+        except BaseException:
+            self._batch = None
+            raise
+        if batch is not None:
+            batch.end()
+        b = len(rows)
         for r in rows:
             r.cached += 1
             self._register_full_blocks(r)
@@ -884,6 +887,52 @@ class Engine:
         for r in rows:
             if r.done:
                 self._finish(r)
+
+    def _decode_batch(self, rows: list[_Row]) -> DecodeBatch | None:
+        """The `DecodeBatch` of `rows`: the last step's when it continues, else a new one once
+        the same rows have decoded two steps in a row (while rows come and go at every step a
+        batch would be gathered and dropped each time); None: this step gathers instead (also
+        when the contiguous copy would be too large)."""
+        lengths = [r.cached for r in rows]
+        if self._batch is not None and self._batch.matches(rows, lengths):
+            return self._batch
+        self._batch = None
+        previous, self._last_rows = self._last_rows, rows
+        if len(previous) != len(rows) or any(a is not b for a, b in zip(previous, rows)):
+            return None
+        pool = self.pool
+        # the fused step upcasts a bf16/fp16 model's keys/values to fp32 on CPU: keep them in fp32
+        kv_dtype = pool.keys[0].dtype if pool.keys[0] is not None else self.dtype
+        if self.fused is not None and kv_dtype != torch.float32 and self.device.type == "cpu":
+            kv_dtype = torch.float32
+        if DecodeBatch.size_bytes(pool, len(rows), max(lengths), kv_dtype) > DECODE_BATCH_LIMIT_BYTES:
+            return None
+        bias_dtype = (pool.keys[0].dtype if pool.keys[0] is not None else self.dtype) if self.fused is not None else None
+        self._batch = DecodeBatch(pool, rows, [r.table.blocks for r in rows], lengths, self.device, kv_dtype,
+                                  bias_dtype)
+        return self._batch
+
+    def _gathered_view(self, rows: list[_Row]):
+        """(PagedKVView, mask, bias) of one decode step of `rows`, gathered from the pool."""
+        pool = self.pool
+        b, s = len(rows), max(r.cached for r in rows) + 1
+        read = torch.empty(b, s, dtype=torch.long)
+        mask = torch.ones(b, s, dtype=torch.long) if any(r.cached + 1 < s for r in rows) else None
+        for j, r in enumerate(rows):
+            slots = self._slots(r, r.cached + 1)
+            read[j, s - r.cached - 1:] = slots
+            if mask is not None and r.cached + 1 < s:
+                read[j, : s - r.cached - 1] = slots[0]  # padding columns: any valid slot (masked)
+                mask[j, : s - r.cached - 1] = 0
+        read = read.to(self.device)
+        view = PagedKVView(pool, read[:, -1:], read)
+        bias = None
+        if mask is not None:
+            mask = mask.to(self.device)
+            if self.fused is not None:
+                dtype = pool.keys[0].dtype if pool.keys[0] is not None else self.dtype
+                bias = padding_bias(mask, dtype)
+        return view, mask, bias
 
 
 def _padding_groups(chunks: list[tuple[_Row, int]]) -> list[list[tuple[_Row, int]]]:

@@ -140,3 +140,16 @@ def embedding_payload(vector, encoding_format: str) -> Any:
 def sse(obj: Any) -> bytes:
     """One Server-Sent Event holding `obj` as JSON."""
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+class ChunkEvents:
+    """Server-Sent Events of the chunks of one stream: `head`'s fields (id, object, created, model)
+    are encoded once, each token's event encodes only its choices. The bytes equal
+    `sse({**head, "choices": choices})`."""
+
+    def __init__(self, head: dict) -> None:
+        text = json.dumps({**head, "choices": None}, ensure_ascii=False)
+        self.prefix = b"data: " + text[: -len("null}")].encode("utf-8")
+
+    def __call__(self, choices: list) -> bytes:
+        return self.prefix + json.dumps(choices, ensure_ascii=False).encode("utf-8") + b"}\n\n"

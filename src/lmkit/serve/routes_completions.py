@@ -12,7 +12,7 @@ from lmkit.serve.engine_bridge import cancel_all, collect_choices, start_choices
 from lmkit.serve.event_stream import event_stream_response, failure_event
 from lmkit.serve.lora_adapters import select_adapter
 from lmkit.serve.moderation_gate import CONTENT_FILTER
-from lmkit.serve.openai_format import (SSE_DONE, choice_seed, completion_logprobs, generation_config,
+from lmkit.serve.openai_format import (SSE_DONE, ChunkEvents, choice_seed, completion_logprobs, generation_config,
                                        sse, stop_list, token_budget, usage, wants_usage)
 from lmkit.serve.rate_limit import charge_tokens
 from lmkit.serve.response_format import request_constraint
@@ -86,10 +86,10 @@ async def completions(req: schemas.CompletionRequest, request: Request, state: S
         return {**head, "choices": choices, "usage": usage(n_prompt, used), "system_fingerprint": None}
 
     queue, handles = start_choices(state.engine, jobs, adapter=adapter)
+    framed = ChunkEvents(head)
 
     def chunk(idx: int, text: str, logprobs=None, finish=None) -> bytes:
-        return sse({**head, "choices": [{"index": idx, "text": text, "logprobs": logprobs,
-                                         "finish_reason": finish}]})
+        return framed([{"index": idx, "text": text, "logprobs": logprobs, "finish_reason": finish}])
 
     guard = gate.stream_guard(len(jobs), "/v1/completions") if gate is not None else None
     texts = [""] * len(jobs)
