@@ -173,11 +173,14 @@ def _csv(value: str | None) -> list[str]:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for the cleaned shards (one per input file), their state files and clean_report.json.")
-@click.option("--filters", "filter_names", default="unicode,boilerplate,language,gopher_quality,gopher_repetition,pii",
-              show_default=True, help="Filters in order: unicode, boilerplate, language, gopher_quality, gopher_repetition, c4, pii.")
+@click.option("--preset", type=click.Choice(["web", "docs"]), default="web", show_default=True,
+              help="Thresholds for a kind of corpus: web (datatrove's Gopher defaults) or docs (prose mixed with code).")
+@click.option("--filters", "filter_names", default=None,
+              help="Filters in order: unicode, boilerplate, language, gopher_quality, gopher_repetition, c4, pii "
+                   "[default: the preset's: unicode,boilerplate,language,gopher_quality,gopher_repetition,pii].")
 @click.option("--dropped", "dropped_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for what was dropped and why (SHARD.dropped.jsonl).")
-@click.option("--languages", default="en,zh", show_default=True, help="Labels the language filter keeps (en, zh, code).")
+@click.option("--languages", default=None, help="Labels the language filter keeps (en, zh, code) [default: web en,zh; docs en,zh,code].")
 @click.option("--min-confidence", type=float, default=0.5, show_default=True, help="Language filter: least confidence.")
 @click.option("--form", type=click.Choice(["NFC", "NFKC", "none"]), default="NFKC", show_default=True, help="Unicode normal form.")
 @click.option("--pii", "pii_kinds", default="email,ip,id,phone", show_default=True, help="PII kinds to mask.")
@@ -185,15 +188,15 @@ def _csv(value: str | None) -> list[str]:
 @click.option("--field", default="text", show_default=True, help="Text field of JSON Lines / Parquet records.")
 @click.option("--split-by", type=click.Choice(["line", "paragraph", "file"]), default="paragraph", show_default=True,
               help="What one document of a text file is.")
-def data_clean(inputs, out_dir, filter_names, dropped_dir, languages, min_confidence, form, pii_kinds, no_resume, field,
-               split_by) -> None:
+def data_clean(inputs, out_dir, preset, filter_names, dropped_dir, languages, min_confidence, form, pii_kinds, no_resume,
+               field, split_by) -> None:
     """Clean INPUTS (JSON Lines, text or Parquet files/folders) through quality filters into OUT."""
     from lmkit.data.clean import CleanPipeline
-    from lmkit.data.filters import build_filters
+    from lmkit.data.filters import preset_filters
 
-    options = {"unicode": {"form": form}, "language": {"keep": _csv(languages), "min_confidence": min_confidence},
-               "pii": {"kinds": _csv(pii_kinds)}}
-    filters = build_filters(_csv(filter_names), options)
+    language = {"min_confidence": min_confidence, **({"keep": _csv(languages)} if languages else {})}
+    options = {"unicode": {"form": form}, "language": language, "pii": {"kinds": _csv(pii_kinds)}}
+    filters = preset_filters(preset, _csv(filter_names) or None, options)
     out = Path(out_dir)
     _refuse_overwriting_inputs(inputs, *(out / p.name for p in _input_files(inputs)))
     pipeline = CleanPipeline(filters, field, split_by)

@@ -7,6 +7,7 @@
 * `gopher_repetition`  Gopher's duplicate line/paragraph/n-gram rules
 * `c4`                 C4's line rules
 * `pii`                e-mail, phone, IP and ID-number masking
+* `presets`            named filter choices and thresholds per kind of corpus (web, docs)
 * `words`              the word split every word-counting rule shares (Han characters are words)
 """
 
@@ -18,6 +19,7 @@ from lmkit.data.filters.gopher_repetition import GopherRepetitionFilter
 from lmkit.data.filters.language import LanguageFilter, LanguageIdentifier, default_identifier
 from lmkit.data.filters.normalize import UnicodeNormalizer
 from lmkit.data.filters.pii import PIIMasker
+from lmkit.data.filters.presets import PRESETS, CleanPreset, get_preset, preset_filters
 
 #: the names `lmkit data clean --filters` accepts, in the order they run by default
 FILTERS = {
@@ -42,6 +44,8 @@ def build_filters(names: list[str], options: dict[str, dict] | None = None) -> l
 
 __all__ = [
     "FILTERS",
+    "PRESETS",
+    "CleanPreset",
     "BoilerplateLines",
     "C4QualityFilter",
     "DocumentFilter",
@@ -55,5 +59,7 @@ __all__ = [
     "PIIMasker",
     "UnicodeNormalizer",
     "build_filters",
+    "get_preset",
+    "preset_filters",
     "default_identifier",
 ]
