@@ -16,26 +16,14 @@ import time
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 
 from lmkit.vision.ddim import DDIMSampler
 from lmkit.vision.diffusion_sampling import sample_images
 from lmkit.vision.diffusion_training import DiffusionTrainConfig, train_diffusion
-from lmkit.vision.digits import load_digit_images, to_digit_pixels
+from lmkit.vision.digits import digit_classifier, load_digit_images, to_digit_pixels
 from lmkit.vision.image_grid import save_image_grid
 from lmkit.vision.noise_schedule import NoiseSchedule
 from lmkit.vision.unet import UNet, UNetConfig
-
-
-def digit_classifier() -> tuple[LogisticRegression, float]:
-    """Logistic regression on real digits, and its accuracy on held-out real digits."""
-    digits = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(digits.data, digits.target, test_size=0.25, random_state=0)
-    clf = LogisticRegression(max_iter=5000).fit(x_tr, y_tr)
-    held_out = clf.score(x_te, y_te)
-    return LogisticRegression(max_iter=5000).fit(digits.data, digits.target), held_out
 
 
 def main() -> None:

@@ -180,3 +180,17 @@ def test_cli_train_and_sample_write_png_grids(tmp_path):
     assert grid.mode == "L" and grid.size == ((5 * 9 + 1) * 4, (2 * 9 + 1) * 4)
     res = runner.invoke(cli, ["diffusion", "sample", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert res.exit_code != 0 and "not a diffusion model directory" in res.output
+
+
+def test_conditional_dcgan_trains_and_samples_per_label():
+    from lmkit.vision.gan import Discriminator, GANConfig, sample_gan, train_gan
+
+    cfg = GANConfig(steps=3, batch_size=8, width=32)
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    labels = torch.arange(16) % 10
+    generator = train_gan(images, labels, cfg, progress=False)
+    out = sample_gan(generator, torch.tensor([0, 9]), torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 8, 8) and out.abs().max() <= 1
+    assert Discriminator(cfg)(out, torch.tensor([0, 9])).shape == (2,)
+    with pytest.raises(ConfigError, match="power of two"):
+        GANConfig(image_size=12)
