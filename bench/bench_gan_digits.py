@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def main() -> None:
     grid_idx = torch.cat([torch.nonzero(wanted == d).flatten()[:10] for d in range(10)])
     save_image_grid(samples[grid_idx], out / "samples.png", nrow=10, scale=4)
     result = {"train_steps": args.steps, "params_generator": sum(p.numel() for p in generator.parameters()),
-              "train_seconds": round(train_s, 1), "classifier_real_heldout_acc": round(real_acc, 4),
+              "train_seconds": round(train_s, 1), "load_average_1min": round(os.getloadavg()[0], 1),
+              "classifier_real_heldout_acc": round(real_acc, 4),
               "per_digit_classified_as_intended": per_digit, "min_over_digits": min(per_digit.values()),
               "mean_over_digits": sum(per_digit.values()) / 10}
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ def diffusion_group() -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--image-size", type=click.IntRange(8), default=8, show_default=True, help="8, or larger (upsampled)")
-@click.option("--base-channels", type=click.IntRange(8), default=32, show_default=True)
+@click.option("--base-channels", type=click.IntRange(8), default=16, show_default=True)
 @click.option("--schedule", "beta_schedule", type=click.Choice(["linear", "scaled_linear", "squaredcos_cap_v2"]),
               default="squaredcos_cap_v2", show_default=True)
 @click.option("--prediction", type=click.Choice(["epsilon", "v_prediction", "sample"]), default="epsilon", show_default=True)
