@@ -15,13 +15,13 @@ def diffusion_group() -> None:
 
 @diffusion_group.command("train")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
-@click.option("--steps", type=click.IntRange(1), default=3000, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--image-size", type=click.IntRange(8), default=8, show_default=True, help="8, or larger (upsampled)")
 @click.option("--base-channels", type=click.IntRange(8), default=16, show_default=True)
 @click.option("--schedule", "beta_schedule", type=click.Choice(["linear", "scaled_linear", "squaredcos_cap_v2"]),
-              default="squaredcos_cap_v2", show_default=True)
+              default="linear", show_default=True)
 @click.option("--prediction", type=click.Choice(["epsilon", "v_prediction", "sample"]), default="epsilon", show_default=True)
 @click.option("--cond-drop", type=float, default=0.1, show_default=True, help="probability of training unconditionally")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -51,7 +51,7 @@ def train_cmd(out_dir, steps, batch_size, lr, image_size, base_channels, beta_sc
     save_diffusion(out_dir, model, schedule, image_size)
     click.echo(f"wrote {out_dir}")
     if grid_path:
-        _write_grid(model, schedule, image_size, grid_path, list(range(10)), 10, 25, 3.0, "ddim", 0.0, seed)
+        _write_grid(model, schedule, image_size, grid_path, list(range(10)), 10, 25, 2.0, "ddim", 0.0, seed)
 
 
 def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps, guidance, sampler_name, eta, seed):
@@ -80,7 +80,7 @@ def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps,
 @click.option("--digits", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="comma-separated digits, one row each")
 @click.option("--per-digit", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--steps", "num_steps", type=click.IntRange(1), default=25, show_default=True, help="sampling steps")
-@click.option("--guidance", type=float, default=3.0, show_default=True, help="classifier-free guidance scale (1 = none)")
+@click.option("--guidance", type=float, default=2.0, show_default=True, help="classifier-free guidance scale (1 = none)")
 @click.option("--sampler", "sampler_name", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM noise (0 = deterministic)")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -26,9 +26,9 @@ from lmkit.vision.unet import UNet
 
 @dataclass
 class DiffusionTrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
     cond_drop_prob: float = 0.1
