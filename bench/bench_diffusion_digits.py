@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lmkit.vision.ddim import DDIMSampler
+from lmkit.vision.ddpm import DDPMSampler
 from lmkit.vision.diffusion_checkpoint import load_diffusion, save_diffusion
 from lmkit.vision.diffusion_sampling import sample_images
 from lmkit.vision.diffusion_training import DiffusionTrainConfig, train_diffusion
@@ -33,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -60,7 +62,10 @@ def main() -> None:
         train_s = round(time.time() - start, 1)
         save_diffusion(out / "model", ema, schedule, 8)
 
-    sampler = DDIMSampler(schedule, timestep_spacing="trailing")
+    if args.sampler == "ddim":
+        sampler = DDIMSampler(schedule, timestep_spacing="trailing")
+    else:
+        sampler = DDPMSampler(schedule)
     sampler.set_timesteps(args.sample_steps)
     wanted = torch.arange(10).repeat_interleave(args.per_digit)
     start = time.time()
@@ -76,7 +81,7 @@ def main() -> None:
     result = {"train_steps": args.steps, "params": sum(p.numel() for p in ema.parameters()),
               "train_seconds": train_s, "sample_seconds": round(sample_s, 1),
               "load_average_1min": round(os.getloadavg()[0], 1),
-              "guidance_scale": args.guidance, "ddim_steps": args.sample_steps,
+              "guidance_scale": args.guidance, "sampler": args.sampler, "sample_steps": args.sample_steps,
               "schedule": args.schedule, "prediction": args.prediction, "lr": args.lr,
               "classifier_real_heldout_acc": round(real_acc, 4),
               "per_digit_classified_as_intended": per_digit, "min_over_digits": min(per_digit.values()),
