@@ -51,7 +51,7 @@ def train_cmd(out_dir, steps, batch_size, lr, image_size, base_channels, beta_sc
     save_diffusion(out_dir, model, schedule, image_size)
     click.echo(f"wrote {out_dir}")
     if grid_path:
-        _write_grid(model, schedule, image_size, grid_path, list(range(10)), 10, 25, 2.0, "ddim", 0.0, seed)
+        _write_grid(model, schedule, image_size, grid_path, list(range(10)), 10, 100, 2.0, "ddpm", 0.0, seed)
 
 
 def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps, guidance, sampler_name, eta, seed):
@@ -79,9 +79,9 @@ def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps,
 @click.option("--out", "grid_path", required=True, type=click.Path(dir_okay=False), help="PNG grid to write")
 @click.option("--digits", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="comma-separated digits, one row each")
 @click.option("--per-digit", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--steps", "num_steps", type=click.IntRange(1), default=25, show_default=True, help="sampling steps")
+@click.option("--steps", "num_steps", type=click.IntRange(1), default=100, show_default=True, help="sampling steps")
 @click.option("--guidance", type=float, default=2.0, show_default=True, help="classifier-free guidance scale (1 = none)")
-@click.option("--sampler", "sampler_name", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
+@click.option("--sampler", "sampler_name", type=click.Choice(["ddim", "ddpm"]), default="ddpm", show_default=True)
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM noise (0 = deterministic)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @progress_flags
