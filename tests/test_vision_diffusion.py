@@ -10,7 +10,9 @@ from lmkit.vision.ddim import DDIMSampler
 from lmkit.vision.ddpm import DDPMSampler
 from lmkit.vision.noise_schedule import NoiseSchedule
 
-diffusers = pytest.importorskip("diffusers")
+# the scheduler modules directly: `import diffusers` alone costs seconds more (its lazy top-level)
+DDPMScheduler = pytest.importorskip("diffusers.schedulers.scheduling_ddpm").DDPMScheduler
+DDIMScheduler = pytest.importorskip("diffusers.schedulers.scheduling_ddim").DDIMScheduler
 
 SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]
 PREDICTIONS = ["epsilon", "v_prediction", "sample"]
@@ -29,7 +31,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.mark.parametrize("kind", SCHEDULES)
 def test_add_noise_and_velocity_match_diffusers(kind):
     ours = NoiseSchedule(T, kind, beta_start=1e-4, beta_end=0.02)
-    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=1e-4, beta_end=0.02)
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=1e-4, beta_end=0.02)
     _close(ours.betas, ref.betas)
     x0, noise = _inputs()
     t = torch.tensor([0, T - 1])
@@ -42,7 +44,7 @@ def test_add_noise_and_velocity_match_diffusers(kind):
 @pytest.mark.parametrize("kind", SCHEDULES)
 def test_ddpm_step_matches_diffusers(kind, prediction, variance_type):
     schedule = NoiseSchedule(T, kind, prediction_type=prediction)
-    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, prediction_type=prediction,
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, prediction_type=prediction,
                                   variance_type=variance_type, clip_sample=True)
     ours = DDPMSampler(schedule, variance_type=variance_type, clip_sample=True)
     for num_steps in (None, 10):
@@ -64,7 +66,7 @@ def test_ddpm_step_matches_diffusers(kind, prediction, variance_type):
 @pytest.mark.parametrize("kind", SCHEDULES)
 def test_ddim_step_matches_diffusers(kind, prediction, spacing):
     schedule = NoiseSchedule(T, kind, prediction_type=prediction)
-    ref = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule=kind, prediction_type=prediction,
+    ref = DDIMScheduler(num_train_timesteps=T, beta_schedule=kind, prediction_type=prediction,
                                   timestep_spacing=spacing, clip_sample=True, set_alpha_to_one=False)
     ours = DDIMSampler(schedule, clip_sample=True, set_alpha_to_one=False, timestep_spacing=spacing)
     ref.set_timesteps(10)
