@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,6 @@ class UNetConfig:
     num_classes: int | None = None
     groups: int = 8
     dropout: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(self.channel_mults)
