@@ -29,6 +29,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.compress.commands",
     "lmkit.edit.edit_commands",
     "lmkit.edit.merge_commands",
+    "lmkit.vision.diffusion_commands",
     "lmkit.eval.commands",
     "lmkit.inspect.commands",
     "lmkit.serve.commands",

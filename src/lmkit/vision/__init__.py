@@ -1,0 +1,1 @@
+"""Vision: image encoders, CLIP, vision-language models, diffusion and GANs."""
