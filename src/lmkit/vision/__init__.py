@@ -1,0 +1,1 @@
+"""Vision: ViT image encoder, CLIP (and, in other files, diffusion). Import the modules directly."""
