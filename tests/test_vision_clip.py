@@ -118,3 +118,39 @@ def test_vit_mean_pooling_and_shape_errors():
 def test_config_round_trips_through_dict():
     cfg = tiny_config()
     assert CLIPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_digits_captions_tokenize_with_eos_and_padding():
+    from lmkit.vision.clip_digits import caption_tokenizer, digit_prompts
+
+    tok = caption_tokenizer()
+    ids, mask = digit_prompts(tok)
+    eos = tok.token_to_id("</s>")
+    assert eos != 2  # HF's legacy argmax-of-ids pooling must not apply
+    for row, m in zip(ids, mask):
+        n = int(m.sum())
+        assert row[0] == tok.token_to_id("<s>") and row[n - 1] == eos and (row[n:] == tok.token_to_id("<pad>")).all()
+    assert len({tuple(r.tolist()) for r in ids}) == 10
+
+
+def test_cli_clip_train_and_classify(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from lmkit.cli import cli
+
+    out = tmp_path / "clip"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["clip", "train", "-o", str(out), "--steps", "3", "--batch-size", "16",
+                            "--image-size", "8", "--d-model", "16", "--layers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "zero-shot accuracy" in r.output and (out / "model.safetensors").is_file()
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(img)
+    r = runner.invoke(cli, ["clip", "classify", str(out), str(img), "--eval-digits"])
+    assert r.exit_code == 0, r.output
+    line = r.output.strip().splitlines()[-1].split("\t")
+    assert line[0] == str(img) and line[1] in [str(d) for d in range(10)] and 0 < float(line[2]) <= 1
+    r = runner.invoke(cli, ["clip", "classify", str(tmp_path)])
+    assert r.exit_code != 0 and "no tokenizer.lmkit.json" in r.output or "give image files" in r.output

@@ -27,6 +27,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.peft.commands",
     "lmkit.align.commands",
     "lmkit.compress.commands",
+    "lmkit.vision.clip_commands",
     "lmkit.eval.commands",
     "lmkit.serve.commands",
     "lmkit.rag.commands",
