@@ -1,0 +1,93 @@
+"""CLIP trained on scikit-learn's digits: zero-shot accuracy on held-out digits, lmkit vs transformers.
+
+The same small CLIP (ViT 16x16 grey images, patch 4, d_model 64, 2 layers per tower) is built by
+lmkit; its initial weights are saved as a transformers `CLIPModel` folder and loaded by
+transformers, so both start from the same numbers. Each is trained with the same loop
+(lmkit.vision.clip_train.train_clip: AdamW, warm-up + cosine, the same random batches of
+image-caption pairs, symmetric InfoNCE) and scored on the 450 held-out digits by zero-shot
+classification with the prompts "a photo of the digit {d}".
+
+    OMP_NUM_THREADS=1 python3 bench/bench_clip_digits.py              # ~2 x 6 min on a busy 2-core CPU
+    OMP_NUM_THREADS=1 python3 bench/bench_clip_digits.py --no-peer    # lmkit only
+
+Last line: "ours/peer train time <r>  accuracy ours <a> peer <b>".
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+
+class PeerCLIP(torch.nn.Module):
+    """transformers' CLIPModel behind the interface train_clip and zero_shot_accuracy use."""
+
+    def __init__(self, hf) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, pixels, ids, mask, return_loss=False):
+        out = self.hf(pixel_values=pixels, input_ids=ids, attention_mask=mask, return_loss=return_loss)
+        return {"loss": out.loss, "logits_per_image": out.logits_per_image}
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        self.hf.logit_scale.clamp_(0, 4.6052)
+
+    @torch.no_grad()
+    def zero_shot_classify(self, pixels, prompt_ids, prompt_mask=None):
+        out = self.hf(pixel_values=pixels, input_ids=prompt_ids, attention_mask=prompt_mask)
+        return out.logits_per_image.softmax(-1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-peer", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    from lmkit.vision.clip_digits import (caption_tokenizer, digit_captions, digit_prompts, load_digit_split,
+                                          new_digits_clip, tokenize)
+    from lmkit.vision.clip_hub import save_clip
+    from lmkit.vision.clip_train import train_clip, zero_shot_accuracy
+
+    tok = caption_tokenizer()
+    split = load_digit_split(args.image_size, seed=args.seed)
+    ids, mask = tokenize(tok, digit_captions(split.train_labels, seed=args.seed))
+    prompts, prompt_mask = digit_prompts(tok)
+    ours = new_digits_clip(tok, seed=args.seed, image_size=args.image_size)
+    tmp = tempfile.TemporaryDirectory()
+    save_clip(ours, tmp.name)  # the peer starts from the same weights
+    print(f"train {len(split.train_labels)} digits, held out {len(split.test_labels)}, "
+          f"{sum(p.numel() for p in ours.parameters())} parameters, {args.steps} steps x {args.batch_size}")
+
+    kw = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    t0 = time.perf_counter()
+    r = train_clip(ours, split.train_pixels, ids, mask, **kw)
+    ours_s = time.perf_counter() - t0
+    acc = zero_shot_accuracy(ours, split.test_pixels, split.test_labels, prompts, prompt_mask)
+    print(f"lmkit:        {ours_s:7.1f} s  final loss {r.final_loss:.3f}  zero-shot accuracy {acc:.3f}")
+    if args.no_peer:
+        print(f"accuracy ours {acc:.3f}")
+        return
+
+    import transformers
+
+    peer = PeerCLIP(transformers.CLIPModel.from_pretrained(tmp.name))
+    t0 = time.perf_counter()
+    rp = train_clip(peer, split.train_pixels, ids, mask, **kw)
+    peer_s = time.perf_counter() - t0
+    peer_acc = zero_shot_accuracy(peer, split.test_pixels, split.test_labels, prompts, prompt_mask)
+    print(f"transformers: {peer_s:7.1f} s  final loss {rp.final_loss:.3f}  zero-shot accuracy {peer_acc:.3f}")
+    print(f"ours/peer train time {ours_s / peer_s:.2f}  accuracy ours {acc:.3f} peer {peer_acc:.3f}")
+
+
+if __name__ == "__main__":
+    main()
