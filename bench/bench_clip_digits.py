@@ -10,7 +10,10 @@ classification with the prompts "a photo of the digit {d}".
     OMP_NUM_THREADS=1 python3 bench/bench_clip_digits.py              # ~2 x 6 min on a busy 2-core CPU
     OMP_NUM_THREADS=1 python3 bench/bench_clip_digits.py --no-peer    # lmkit only
 
-Last line: "ours/peer train time <r>  accuracy ours <a> peer <b>".
+Also timed: one training step of each, alternating (the end-to-end times are minutes apart
+and a shared machine's load changes in between).
+
+Last line: "ours/peer step time <r>  accuracy ours <a> peer <b>".
 """
 
 from __future__ import annotations
@@ -86,7 +89,25 @@ def main() -> None:
     peer_s = time.perf_counter() - t0
     peer_acc = zero_shot_accuracy(peer, split.test_pixels, split.test_labels, prompts, prompt_mask)
     print(f"transformers: {peer_s:7.1f} s  final loss {rp.final_loss:.3f}  zero-shot accuracy {peer_acc:.3f}")
-    print(f"ours/peer train time {ours_s / peer_s:.2f}  accuracy ours {acc:.3f} peer {peer_acc:.3f}")
+    step_ratio = interleaved_step_ratio(ours, peer, split.train_pixels[: args.batch_size], ids[: args.batch_size],
+                                        mask[: args.batch_size])
+    print(f"end-to-end train time ours/peer {ours_s / peer_s:.2f} (the two runs are minutes apart: load noise)")
+    print(f"ours/peer step time {step_ratio:.2f}  accuracy ours {acc:.3f} peer {peer_acc:.3f}")
+
+
+def interleaved_step_ratio(ours, peer, pixels, ids, mask, reps: int = 20) -> float:
+    """Median time of one forward+backward training step, ours / peer, the two alternating
+    (so a machine shared with other jobs slows both alike)."""
+    times = {"ours": [], "peer": []}
+    for _ in range(reps):
+        for name, model in (("ours", ours), ("peer", peer)):
+            t0 = time.perf_counter()
+            model(pixels, ids, mask, return_loss=True)["loss"].backward()
+            times[name].append(time.perf_counter() - t0)
+    ours_t, peer_t = (sorted(v)[len(v) // 2] for v in (times["ours"], times["peer"]))
+    print(f"one training step (batch {pixels.shape[0]}, forward+backward, median of {reps}): "
+          f"ours {ours_t * 1000:.1f} ms, transformers {peer_t * 1000:.1f} ms")
+    return ours_t / peer_t
 
 
 if __name__ == "__main__":

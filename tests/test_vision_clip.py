@@ -152,5 +152,7 @@ def test_cli_clip_train_and_classify(tmp_path):
     assert r.exit_code == 0, r.output
     line = r.output.strip().splitlines()[-1].split("\t")
     assert line[0] == str(img) and line[1] in [str(d) for d in range(10)] and 0 < float(line[2]) <= 1
-    r = runner.invoke(cli, ["clip", "classify", str(tmp_path)])
-    assert r.exit_code != 0 and "no tokenizer.lmkit.json" in r.output or "give image files" in r.output
+    r = runner.invoke(cli, ["clip", "classify", str(out)])
+    assert r.exit_code != 0 and "give image files" in r.output
+    r = runner.invoke(cli, ["clip", "classify", str(tmp_path), str(img)])
+    assert r.exit_code != 0 and "no tokenizer.lmkit.json" in r.output
