@@ -10,7 +10,8 @@ classification with the prompts "a photo of the digit {d}".
     OMP_NUM_THREADS=1 python3 bench/bench_clip_digits.py              # ~2 x 6 min on a busy 2-core CPU
     OMP_NUM_THREADS=1 python3 bench/bench_clip_digits.py --no-peer    # lmkit only
 
-Also timed: one training step of each, alternating (the end-to-end times are minutes apart
+Subnormal floats are flushed to zero (both models; `--keep-denormals` to keep them: lmkit's
+run then slows ~2x in its later steps). Also timed: one training step of each, alternating (the end-to-end times are minutes apart
 and a shared machine's load changes in between).
 
 Last line: "ours/peer step time <r>  accuracy ours <a> peer <b>".
@@ -53,8 +54,11 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="do not flush subnormal floats to zero (ours then slows down ~2x late in training)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    torch.set_flush_denormal(not args.keep_denormals)  # for both models
 
     from lmkit.vision.clip_digits import (caption_tokenizer, digit_captions, digit_prompts, load_digit_split,
                                           new_digits_clip, tokenize)
