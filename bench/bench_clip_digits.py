@@ -58,7 +58,6 @@ def main() -> None:
                     help="do not flush subnormal floats to zero (ours then slows down ~2x late in training)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    torch.set_flush_denormal(not args.keep_denormals)  # for both models
 
     from lmkit.vision.clip_digits import (caption_tokenizer, digit_captions, digit_prompts, load_digit_split,
                                           new_digits_clip, tokenize)
@@ -75,7 +74,7 @@ def main() -> None:
     print(f"train {len(split.train_labels)} digits, held out {len(split.test_labels)}, "
           f"{sum(p.numel() for p in ours.parameters())} parameters, {args.steps} steps x {args.batch_size}")
 
-    kw = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    kw = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed, flush_denormals=not args.keep_denormals)
     t0 = time.perf_counter()
     r = train_clip(ours, split.train_pixels, ids, mask, **kw)
     ours_s = time.perf_counter() - t0

@@ -40,9 +40,6 @@ def train_command(out, steps, batch_size, lr, image_size, d_model, layers, seed)
     from lmkit.vision.clip_hub import save_clip
     from lmkit.vision.clip_train import train_clip, zero_shot_accuracy
 
-    import torch
-
-    torch.set_flush_denormal(True)  # subnormal floats appear late in training and slow CPU math ~2x
     tok = caption_tokenizer()
     split = load_digit_split(image_size, seed=seed)
     ids, mask = tokenize(tok, digit_captions(split.train_labels, seed=seed))

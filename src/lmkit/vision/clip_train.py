@@ -7,14 +7,31 @@ pairs is drawn each step. Progress goes through lmkit.progress.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from lmkit.progress import Progress
 from lmkit.vision.clip import CLIP
+
+
+@contextlib.contextmanager
+def denormals_flushed(enabled: bool = True) -> Iterator[None]:
+    """Inside: subnormal floats are flushed to zero. Late in CLIP training some values become
+    subnormal and CPU math on them is slow (measured: the whole run 1.8x slower); torch has no
+    getter for the setting, so on exit it goes back to torch's default (off)."""
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -27,9 +44,15 @@ class CLIPTrainResult:
 def train_clip(
     model: CLIP, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, steps: int = 400,
     batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 0.05, warmup: int = 20, seed: int = 0,
-    progress: bool | str | None = None,
+    progress: bool | str | None = None, flush_denormals: bool = True,
 ) -> CLIPTrainResult:
-    """Train on the matched pairs (pixels[i], ids[i]) with the symmetric InfoNCE loss."""
+    """Train on the matched pairs (pixels[i], ids[i]) with the symmetric InfoNCE loss
+    (with subnormals flushed to zero unless flush_denormals=False, see `denormals_flushed`)."""
+    with denormals_flushed(flush_denormals):
+        return _train(model, pixels, ids, mask, steps, batch_size, lr, weight_decay, warmup, seed, progress)
+
+
+def _train(model, pixels, ids, mask, steps, batch_size, lr, weight_decay, warmup, seed, progress) -> CLIPTrainResult:
     if not (pixels.shape[0] == ids.shape[0] == mask.shape[0]):
         raise ValueError(f"{pixels.shape[0]} images but {ids.shape[0]} captions: pairs must match")
     g = torch.Generator().manual_seed(seed)
