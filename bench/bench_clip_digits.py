@@ -59,8 +59,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from lmkit.vision.clip_digits import (caption_tokenizer, digit_captions, digit_prompts, load_digit_split,
-                                          new_digits_clip, tokenize)
+    from lmkit.vision.clip_digits import (TEMPLATES, caption_tokenizer, digit_captions, digit_prompt_ensemble,
+                                          digit_prompts, load_digit_split, new_digits_clip, tokenize)
     from lmkit.vision.clip_hub import save_clip
     from lmkit.vision.clip_train import train_clip, zero_shot_accuracy
 
@@ -79,9 +79,13 @@ def main() -> None:
     r = train_clip(ours, split.train_pixels, ids, mask, **kw)
     ours_s = time.perf_counter() - t0
     acc = zero_shot_accuracy(ours, split.test_pixels, split.test_labels, prompts, prompt_mask)
-    print(f"lmkit:        {ours_s:7.1f} s  final loss {r.final_loss:.3f}  zero-shot accuracy {acc:.3f}")
+    ens_ids, ens_mask = digit_prompt_ensemble(tok)
+    ens = zero_shot_accuracy(ours, split.test_pixels, split.test_labels, ens_ids, ens_mask,
+                             prompts_per_class=len(TEMPLATES))
+    print(f"lmkit:        {ours_s:7.1f} s  final loss {r.final_loss:.3f}  zero-shot accuracy {acc:.3f}"
+          f"  (ensemble of the {len(TEMPLATES)} caption templates: {ens:.3f})")
     if args.no_peer:
-        print(f"accuracy ours {acc:.3f}")
+        print(f"accuracy ours {acc:.3f} (prompt ensemble {ens:.3f})")
         return
 
     import transformers

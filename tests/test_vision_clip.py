@@ -104,6 +104,9 @@ def test_loss_is_symmetric_infonce_and_zero_shot_picks_best_prompt():
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
     sims = model.encode_image(pixels) @ model.encode_text(ids).t()
     assert torch.equal(probs.argmax(-1), sims.argmax(-1))
+    two = model.zero_shot_classify(pixels, ids, prompts_per_class=2)  # prompt ensembling: 2 classes x 2 prompts
+    classes = torch.nn.functional.normalize(model.encode_text(ids).view(2, 2, -1).mean(1), dim=-1)
+    torch.testing.assert_close(two, (model.logit_scale.exp() * model.encode_image(pixels) @ classes.t()).softmax(-1))
 
 
 def test_vit_mean_pooling_and_shape_errors():

@@ -121,10 +121,17 @@ class CLIP(nn.Module):
 
     @torch.no_grad()
     def zero_shot_classify(
-        self, pixel_values: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None = None
+        self, pixel_values: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None = None,
+        prompts_per_class: int = 1,
     ) -> torch.Tensor:
-        """Class probabilities [B, n_classes]: softmax over the images' similarity to one prompt per class
-        (prompt_ids [n_classes, T], e.g. the tokens of "a photo of the digit {c}")."""
+        """Class probabilities [B, n_classes]: softmax over the images' similarity to each class's prompt
+        (prompt_ids [n_classes * prompts_per_class, T], class-major: e.g. the tokens of "a photo of the
+        digit {c}"). With several prompts per class their normalised embeddings are averaged and
+        renormalised (CLIP's prompt ensembling)."""
+        n = prompt_ids.shape[0]
+        if n % prompts_per_class:
+            raise ValueError(f"{n} prompts do not split into groups of prompts_per_class={prompts_per_class}")
         classes = self.encode_text(prompt_ids, prompt_mask)
+        classes = F.normalize(classes.view(n // prompts_per_class, prompts_per_class, -1).mean(1), dim=-1)
         images = self.encode_image(pixel_values)
         return (self.logit_scale.exp() * images @ classes.t()).softmax(dim=-1)

@@ -93,6 +93,11 @@ def digit_prompts(tok: WhitespaceTokenizer) -> tuple[torch.Tensor, torch.Tensor]
     return tokenize(tok, [caption(d, PROMPT) for d in range(10)])
 
 
+def digit_prompt_ensemble(tok: WhitespaceTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every caption template for every digit, class-major (rows d*K .. d*K+K-1 for digit d)."""
+    return tokenize(tok, [caption(d, t) for d in range(10) for t in TEMPLATES])
+
+
 def digits_clip_config(tok: WhitespaceTokenizer, image_size: int = 16, d_model: int = 64,
                        n_layers: int = 2) -> CLIPConfig:
     """A small CLIP for grey digits (patch 4: 16 patches at 16x16)."""

@@ -84,12 +84,12 @@ def _train(model, pixels, ids, mask, steps, batch_size, lr, weight_decay, warmup
 @torch.no_grad()
 def zero_shot_accuracy(
     model: CLIP, pixels: torch.Tensor, labels: torch.Tensor, prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor | None = None, batch_size: int = 512,
+    prompt_mask: torch.Tensor | None = None, batch_size: int = 512, prompts_per_class: int = 1,
 ) -> float:
     """Fraction of images whose most similar class prompt (row c of prompt_ids is class c) is their label."""
     model.eval()
     right = 0
     for i in range(0, pixels.shape[0], batch_size):
-        probs = model.zero_shot_classify(pixels[i:i + batch_size], prompt_ids, prompt_mask)
+        probs = model.zero_shot_classify(pixels[i:i + batch_size], prompt_ids, prompt_mask, prompts_per_class)
         right += int((probs.argmax(-1) == labels[i:i + batch_size]).sum())
     return right / max(1, pixels.shape[0])
