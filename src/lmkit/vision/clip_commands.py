@@ -35,8 +35,8 @@ def train_command(out, steps, batch_size, lr, image_size, d_model, layers, seed)
     """Train a small CLIP on scikit-learn's digits with captions built from the labels."""
     from pathlib import Path
 
-    from lmkit.vision.clip_digits import (caption_tokenizer, digit_captions, digit_prompts, load_digit_split,
-                                          new_digits_clip, tokenize)
+    from lmkit.vision.clip_digits import (TEMPLATES, caption_tokenizer, digit_captions, digit_prompt_ensemble,
+                                          digit_prompts, load_digit_split, new_digits_clip, tokenize)
     from lmkit.vision.clip_hub import save_clip
     from lmkit.vision.clip_train import train_clip, zero_shot_accuracy
 
@@ -47,10 +47,14 @@ def train_command(out, steps, batch_size, lr, image_size, d_model, layers, seed)
     result = train_clip(model, split.train_pixels, ids, mask, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     prompts, prompt_mask = digit_prompts(tok)
     acc = zero_shot_accuracy(model, split.test_pixels, split.test_labels, prompts, prompt_mask)
+    ens_ids, ens_mask = digit_prompt_ensemble(tok)
+    ens = zero_shot_accuracy(model, split.test_pixels, split.test_labels, ens_ids, ens_mask,
+                             prompts_per_class=len(TEMPLATES))
     save_clip(model, out)
     tok.save(Path(out) / TOKENIZER_FILE)
     click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.3f}")
-    click.echo(f"zero-shot accuracy on {len(split.test_labels)} held-out digits: {acc:.3f}")
+    click.echo(f"zero-shot accuracy on {len(split.test_labels)} held-out digits: {acc:.3f} "
+               f"(prompt ensemble of the {len(TEMPLATES)} caption templates: {ens:.3f})")
     click.echo(f"saved to {out}")
 
 
