@@ -30,6 +30,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.edit.edit_commands",
     "lmkit.edit.merge_commands",
     "lmkit.vision.diffusion_commands",
+    "lmkit.vision.clip_commands",
     "lmkit.eval.commands",
     "lmkit.inspect.commands",
     "lmkit.serve.commands",

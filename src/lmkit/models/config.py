@@ -19,7 +19,7 @@ from lmkit.errors import ConfigError
 
 ARCHS = ("decoder", "encoder", "encoder_decoder", "lstm")
 NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "quick_gelu")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5_bias", "none")
 ROPE_SCALINGS = (None, "linear", "ntk", "dynamic", "llama3", "yarn", "longrope")
 # the parameters each RoPE scaling kind reads from ModelConfig.rope_params (besides the factor and the

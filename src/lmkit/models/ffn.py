@@ -22,6 +22,8 @@ def activation_fn(name: str):
         return lambda x: F.gelu(x, approximate="tanh")
     if name == "silu":
         return F.silu
+    if name == "quick_gelu":  # x * sigmoid(1.702 x): OpenAI CLIP's cheap GELU approximation
+        return lambda x: x * torch.sigmoid(1.702 * x)
     raise ValueError(f"unknown activation {name!r}")
 
 

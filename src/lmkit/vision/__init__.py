@@ -1,1 +1,1 @@
-"""Vision: image encoders, CLIP, vision-language models, diffusion and GANs."""
+"""Vision and multimodal models: ViT and CLIP (vit.py, clip*.py), diffusion (DDPM/DDIM, UNet, guidance) and a GAN."""
