@@ -64,9 +64,9 @@ SHRINK = [(r"--steps \d+", "--steps 3"), (r"--finetune-steps \d+", "--finetune-s
           (r"--prune-every \d+", "--prune-every 2"), (r"--n-prunes \d+", "--n-prunes 2"),
           (r"--profile full", "--tiny")]  # the full speedrun is a benchmark (bench/bench_speedrun.py)
 STEP_COMMANDS = ("sft", "finetune", "dpo", "ppo", "grpo", "reward-train", "distill")
-DOCS = ["alignment.md", "compression.md", "continual-pretraining.md", "data.md", "evaluation.md", "finetuning.md",
-        "interpretability.md", "merging.md", "quantization.md", "rag.md", "safety.md", "serving.md", "speedrun.md",
-        "training.md"]
+DOCS = ["alignment.md", "compression.md", "continual-pretraining.md", "data.md", "diffusion.md", "evaluation.md",
+        "finetuning.md", "interpretability.md", "merging.md", "multimodal.md", "quantization.md", "rag.md",
+        "safety.md", "serving.md", "speedrun.md", "training.md"]
 
 
 def _tiny_inputs(cwd: Path) -> None:
@@ -97,6 +97,9 @@ def _tiny_inputs(cwd: Path) -> None:
                           for p in letter_preferences(32, seed=3)])
     jsonl("math.jsonl", [{"prompt": p, "answers": a} for p, a in arithmetic_problems(8, max_operand=4)])
     (cwd / "prompts.txt").write_text("abc\nhgf\ndd\n", encoding="utf-8")
+    from PIL import Image  # a digit-like picture for `lmkit clip classify`
+
+    Image.new("L", (16, 16), 0).save(cwd / "my_digit.png")
     jsonl("task.jsonl", [{"context": "The opposite of hot is", "choices": ["cold", "red"], "gold": 0}])
     (cwd / "predictions.txt").write_text("Paris is the capital of France.\n", encoding="utf-8")
     jsonl("references.jsonl", [{"reference": "Paris is the capital of France.", "answers": ["Paris"],
