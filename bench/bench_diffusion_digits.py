@@ -24,7 +24,7 @@ from lmkit.vision.ddpm import DDPMSampler
 from lmkit.vision.diffusion_checkpoint import load_diffusion, save_diffusion
 from lmkit.vision.diffusion_sampling import sample_images
 from lmkit.vision.diffusion_training import DiffusionTrainConfig, train_diffusion
-from lmkit.vision.digits import digit_classifier, load_digit_images, to_digit_pixels
+from lmkit.vision.digits import digit_classifier, first_of_each_digit, judge_digit_samples, load_digit_images
 from lmkit.vision.image_grid import save_image_grid
 from lmkit.vision.noise_schedule import NoiseSchedule
 from lmkit.vision.unet import UNet, UNetConfig
@@ -74,9 +74,8 @@ def main() -> None:
     sample_s = time.time() - start
 
     clf, real_acc = digit_classifier()
-    predicted = torch.tensor(clf.predict(to_digit_pixels(samples).numpy()))
-    per_digit = {d: float((predicted[wanted == d] == d).float().mean()) for d in range(10)}
-    grid_idx = torch.cat([torch.nonzero(wanted == d).flatten()[:10] for d in range(10)])
+    per_digit = judge_digit_samples(samples, wanted, clf)
+    grid_idx = first_of_each_digit(wanted)
     save_image_grid(samples[grid_idx], out / "samples.png", nrow=10, scale=4)
     result = {"train_steps": args.steps, "params": sum(p.numel() for p in ema.parameters()),
               "train_seconds": train_s, "sample_seconds": round(sample_s, 1),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lmkit.vision.digits import digit_classifier, load_digit_images, to_digit_pixels
+from lmkit.vision.digits import digit_classifier, first_of_each_digit, judge_digit_samples, load_digit_images
 from lmkit.vision.gan import GANConfig, sample_gan, train_gan
 from lmkit.vision.image_grid import save_image_grid
 
@@ -35,9 +35,8 @@ def main() -> None:
     wanted = torch.arange(10).repeat_interleave(args.per_digit)
     samples = sample_gan(generator, wanted, torch.Generator().manual_seed(1))
     clf, real_acc = digit_classifier()
-    predicted = torch.tensor(clf.predict(to_digit_pixels(samples).numpy()))
-    per_digit = {d: float((predicted[wanted == d] == d).float().mean()) for d in range(10)}
-    grid_idx = torch.cat([torch.nonzero(wanted == d).flatten()[:10] for d in range(10)])
+    per_digit = judge_digit_samples(samples, wanted, clf)
+    grid_idx = first_of_each_digit(wanted)
     save_image_grid(samples[grid_idx], out / "samples.png", nrow=10, scale=4)
     result = {"train_steps": args.steps, "params_generator": sum(p.numel() for p in generator.parameters()),
               "train_seconds": round(train_s, 1), "load_average_1min": round(os.getloadavg()[0], 1),

@@ -43,3 +43,15 @@ def digit_classifier(seed: int = 0):
                                                               random_state=seed)
     held_out = linear_model.LogisticRegression(max_iter=5000).fit(x_tr, y_tr).score(x_te, y_te)
     return linear_model.LogisticRegression(max_iter=5000).fit(digits.data, digits.target), float(held_out)
+
+
+def judge_digit_samples(samples: torch.Tensor, wanted: torch.Tensor, classifier) -> dict[int, float]:
+    """Per digit, the share of the samples generated for it that `classifier` (see
+    `digit_classifier`) reads as that digit: the figure both generative benches report."""
+    predicted = torch.tensor(classifier.predict(to_digit_pixels(samples).numpy()))
+    return {d: float((predicted[wanted == d] == d).float().mean()) for d in range(10)}
+
+
+def first_of_each_digit(wanted: torch.Tensor, per_digit: int = 10) -> torch.Tensor:
+    """Indices of the first `per_digit` samples of each digit, in digit order: a 10-row grid."""
+    return torch.cat([torch.nonzero(wanted == d).flatten()[:per_digit] for d in range(10)])
