@@ -67,6 +67,9 @@ class TrainConfig:
     adv_epsilon: float = 1.0  # L2 radius of the perturbation per example (fgsm: its max-norm)
     adv_alpha: float = 0.3  # step size of pgd/freelb ascent steps (freelb: also its random start)
     adv_steps: int = 3  # ascent steps of pgd/freelb
+    # meta-learning mode (train/meta_learning.py): None, or {algorithm: reptile|fomaml, inner_steps, inner_lr,
+    # inner_optimizer, tasks_per_step, ...}; each step meta-updates over tasks_per_step episodes, lr = the outer lr
+    meta: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -130,6 +133,14 @@ class TrainConfig:
                 bad(name, "must be a positive number")
         if not isinstance(self.adv_steps, int) or self.adv_steps < 1:
             bad("adv_steps", "must be a positive integer")
+        if self.meta is not None:
+            from lmkit.train.meta_learning import trainer_meta_config
+
+            trainer_meta_config(self.meta)
+            if self.grad_accum_steps != 1:
+                bad("grad_accum_steps", "must be 1 with meta (a meta step draws meta.tasks_per_step episodes)")
+            if self.adversarial != "none":
+                bad("adversarial", "cannot be combined with meta")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

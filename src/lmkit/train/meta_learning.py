@@ -91,6 +91,88 @@ def adapt(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, steps: int,
     return float(loss.detach())
 
 
+TRAINER_MANAGED = {"outer_lr": "the outer step is the Trainer's optimizer: set TrainConfig.lr (and optimizer)"}
+
+
+def trainer_meta_config(meta: dict) -> MetaConfig:
+    """TrainConfig.meta -> MetaConfig (every MetaConfig key but outer_lr, which is TrainConfig.lr)."""
+    if not isinstance(meta, dict):
+        raise ConfigError(f"TrainConfig.meta={meta!r}: give a mapping such as {{algorithm: reptile, inner_steps: 5}}")
+    for key, why in TRAINER_MANAGED.items():
+        if key in meta:
+            raise ConfigError(f"TrainConfig.meta.{key}: {why}")
+    known = {f.name for f in dataclasses.fields(MetaConfig)} - set(TRAINER_MANAGED)
+    unknown = sorted(set(meta) - known)
+    if unknown:
+        raise ConfigError(f"TrainConfig.meta: unknown keys {unknown}; known keys are {sorted(known)}")
+    return MetaConfig(**meta)
+
+
+Episode = dict  # {"input_ids", "labels"} (the support set) + {"query_input_ids", "query_labels"} for FOMAML
+
+
+def sample_episode(task: Task, config: MetaConfig, generator: torch.Generator) -> Episode:
+    """One task's support batch (and, for FOMAML, its query batch), drawn from `generator`."""
+    ids, labels = task(config.support_size, generator)
+    episode = {"input_ids": ids, "labels": labels}
+    if config.algorithm == "fomaml":
+        episode["query_input_ids"], episode["query_labels"] = task(config.query_size, generator)
+    return episode
+
+
+def meta_gradient(model: nn.Module, params: Sequence[nn.Parameter], episodes: Sequence[Episode],
+                  config: MetaConfig) -> tuple[list[torch.Tensor], float]:
+    """The outer pseudo-gradient over `episodes` (one per task) and the mean inner (or query) loss.
+
+    Reptile: mean_i (θ − φ_i); FOMAML: mean_i ∇_φ L_query,i(φ_i). The model's `params` are
+    back at θ when this returns; an outer optimizer step on the result is the meta-update."""
+    theta = [p.detach().clone() for p in params]
+    grads = [torch.zeros_like(p) for p in params]
+    losses = []
+    for episode in episodes:
+        losses.append(adapt(model, episode["input_ids"], episode["labels"], config.inner_steps, config.inner_lr,
+                            config.inner_optimizer))
+        if config.algorithm == "reptile":
+            for g, p, t in zip(grads, params, theta):
+                g += (t - p.detach()) / len(episodes)
+        else:
+            if "query_input_ids" not in episode:
+                raise ConfigError("FOMAML needs a query batch per task: episodes with query_input_ids and query_labels")
+            model.train()
+            loss = model(episode["query_input_ids"], labels=episode["query_labels"]).loss
+            step_grads = torch.autograd.grad(loss, params, allow_unused=True)
+            model.eval()
+            losses[-1] = float(loss.detach())
+            for g, sg in zip(grads, step_grads):
+                if sg is not None:
+                    g += sg / len(episodes)
+        with torch.no_grad():  # back to θ for the next task
+            for p, t in zip(params, theta):
+                p.copy_(t)
+    return grads, sum(losses) / len(losses)
+
+
+def set_pseudo_gradient(params: Sequence[nn.Parameter], grads: Sequence[torch.Tensor]) -> None:
+    """Put the meta pseudo-gradient where an optimizer looks for it (p.grad)."""
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+class MetaEpisodes:
+    """An endless iterable of episode dicts for the Trainer's meta mode (TrainConfig.meta):
+    per meta step, `sample_tasks(tasks_per_step, generator)` tasks, each yielding one episode
+    (`sample_episode`). With the same seed it draws what `MetaLearner.train` draws."""
+
+    def __init__(self, sample_tasks: Callable[[int, torch.Generator], Sequence[Task]], config: MetaConfig) -> None:
+        self.sample_tasks, self.config = sample_tasks, config
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.config.seed)
+        while True:
+            for task in self.sample_tasks(self.config.tasks_per_step, generator):
+                yield sample_episode(task, self.config, generator)
+
+
 class MetaLearner:
     """Reptile / FOMAML meta-training of `model`'s trainable parameters (see the module docstring)."""
 
@@ -104,35 +186,13 @@ class MetaLearner:
 
     def meta_step(self, tasks: Sequence[Task]) -> float:
         """One outer update over `tasks` (each sampled once); the mean inner (or query) loss."""
-        cfg = self.config
-        theta = [p.detach().clone() for p in self.params]
-        grads = [torch.zeros_like(p) for p in self.params]
-        losses = []
-        for task in tasks:
-            ids, labels = task(cfg.support_size, self.generator)
-            losses.append(adapt(self.model, ids, labels, cfg.inner_steps, cfg.inner_lr, cfg.inner_optimizer))
-            if cfg.algorithm == "reptile":
-                for g, p, t in zip(grads, self.params, theta):
-                    g += (t - p.detach()) / len(tasks)
-            else:
-                q_ids, q_labels = task(cfg.query_size, self.generator)
-                self.model.train()
-                loss = self.model(q_ids, labels=q_labels).loss
-                step_grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                self.model.eval()
-                losses[-1] = float(loss)
-                for g, sg in zip(grads, step_grads):
-                    if sg is not None:
-                        g += sg / len(tasks)
-            with torch.no_grad():  # back to θ for the next task
-                for p, t in zip(self.params, theta):
-                    p.copy_(t)
-        for p, g in zip(self.params, grads):
-            p.grad = g
+        episodes = [sample_episode(task, self.config, self.generator) for task in tasks]
+        grads, loss = meta_gradient(self.model, self.params, episodes, self.config)
+        set_pseudo_gradient(self.params, grads)
         self.outer.step()
         self.outer.zero_grad(set_to_none=True)
         self.steps += 1
-        return sum(losses) / len(losses)
+        return loss
 
     def train(self, sample_tasks: Callable[[int, torch.Generator], Sequence[Task]], meta_steps: int,
               progress: bool | str | None = False) -> list[float]:

@@ -27,6 +27,14 @@ optimizer and scheduler state, all RNG states, the data position and the step. O
 that is stopped and resumed reproduces the uninterrupted run's losses bit for bit.
 Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and stops;
 a second Ctrl-C aborts at once.
+
+Meta-learning mode (TrainConfig.meta, e.g. {algorithm: reptile, inner_steps: 5, inner_lr: 1e-3,
+tasks_per_step: 4}): each step takes `tasks_per_step` episodes from train_data (dicts with a
+support batch input_ids/labels, and query_input_ids/query_labels for FOMAML; MetaEpisodes
+makes them from a task family), runs the inner loops and hands the Reptile / FOMAML
+pseudo-gradient (train/meta_learning.py, the same functions as MetaLearner) to the optimizer:
+TrainConfig.lr is the outer learning rate, with the usual schedule, clipping and checkpoints.
+Freeze all but LoRA first to meta-learn adapters only.
 """
 
 from __future__ import annotations
@@ -171,6 +179,13 @@ class Trainer:
             self.adversary = EmbeddingAdversary(self.raw_model, config.adversarial, config.adv_epsilon,
                                                 config.adv_alpha, config.adv_steps)
 
+        self.meta = None
+        if config.meta is not None:  # meta-learning mode: each step is a Reptile / FOMAML meta-update
+            self._check_meta(penalty)
+            from lmkit.train.meta_learning import trainer_meta_config
+
+            self.meta = trainer_meta_config(config.meta)
+
         self.train_data = D.shard_data(train_data, self.dist, self.strategy)
         self.eval_data = D.shard_data(eval_data, self.dist, self.strategy) if eval_data is not None else None
         self._resumable_data = callable(getattr(train_data, "state_dict", None)) and callable(
@@ -196,6 +211,14 @@ class Trainer:
                 "precision='fp16' needs a CUDA GPU (fp16 training needs loss scaling with "
                 "torch.amp.GradScaler, which lmkit runs on CUDA only); on CPU use 'bf16' or 'fp32'"
             )
+
+    def _check_meta(self, penalty) -> None:
+        if penalty is not None:
+            raise ConfigError("meta-learning and a weight penalty (EWC / L2-SP) cannot be combined yet")
+        if self.strategy != "none":
+            raise ConfigError(f"meta-learning runs on one process (strategy 'none'), not {self.strategy!r}")
+        if self.precision == "fp16":
+            raise ConfigError("meta-learning does not support fp16 loss scaling; use precision 'bf16' or 'fp32'")
 
     def _autocast(self):
         return autocast(self.precision, self.device)
@@ -450,9 +473,50 @@ class Trainer:
         with parallel_loss(self.strategy == "tp"):  # the backward of a vocabulary-parallel loss too
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
+    def _update(self) -> tuple[torch.Tensor, float]:
+        """Clip the accumulated gradients, take the optimizer and scheduler steps; (grad norm, lr)."""
+        cfg = self.config
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+        if self.strategy == "tp":  # DTensor and plain gradients side by side
+            grad_norm = clip_grad_norm(list(self.model.parameters()), max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, lr
+
+    def meta_train_step(self, episodes: list[dict[str, Any]]) -> dict[str, float]:
+        """One meta-update (TrainConfig.meta): inner loops on each episode's support batch, the
+        Reptile / FOMAML pseudo-gradient (train/meta_learning.py) as the parameters' gradient,
+        then the Trainer's optimizer step with its lr schedule and clipping."""
+        from lmkit.train.meta_learning import meta_gradient, set_pseudo_gradient, trainable
+
+        episodes = [to_device(e, self.device) for e in episodes]
+        params = trainable(self.raw_model)
+        with self._autocast():
+            grads, loss = meta_gradient(self.raw_model, params, episodes, self.meta)
+        self.raw_model.train()  # adapt() leaves the model in eval mode
+        set_pseudo_gradient(params, grads)
+        grad_norm, lr = self._update()
+        tokens = sum(int(e["input_ids"].numel()) for e in episodes)
+        self.tokens_seen += tokens
+        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens}
+
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer update over the given micro-batches; returns the step's metrics."""
         cfg = self.config
+        if self.meta is not None:
+            return self.meta_train_step(micro_batches)
         world = self.data_world
         batches = [to_device(b, self.device) for b in micro_batches]
         counts = [
@@ -488,23 +552,7 @@ class Trainer:
             loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
             loss_sum += loss.double().cpu() * (counts[i] if cfg.loss_weighting == "token" else 1.0)
 
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-        if self.strategy == "tp":  # DTensor and plain gradients side by side
-            grad_norm = clip_grad_norm(list(self.model.parameters()), max_norm)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = self._update()
 
         loss_total = self._reduce(loss_sum.reshape(1))[0].item()
         if cfg.loss_weighting == "token":
@@ -576,7 +624,8 @@ class Trainer:
         t_last, tokens_since = time.perf_counter(), 0
         try:
             while self.step < stop_at:
-                micro = [next(stream) for _ in range(cfg.grad_accum_steps)]
+                per_step = self.meta.tasks_per_step if self.meta is not None else cfg.grad_accum_steps
+                micro = [next(stream) for _ in range(per_step)]
                 progress = getattr(self.raw_model, "set_training_progress", None)
                 if callable(progress):  # e.g. DANN's gradient-reversal schedule (train/domain_adversarial.py)
                     progress(self.step / cfg.max_steps)
