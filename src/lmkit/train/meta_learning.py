@@ -15,6 +15,10 @@ The outer update is an optimizer step (SGD by default, lr β) on that pseudo-gra
 parameters with requires_grad take part, so LoRA meta-learning is: inject LoRA, freeze the
 base (`peft.mark_only_lora_trainable`), then meta-train — the adapters are what is learned.
 
+Two front ends compute the same update through `sample_episode` and `meta_gradient`:
+`MetaLearner` (its own loop) and the Trainer's meta mode (TrainConfig.meta, with
+`MetaEpisodes` as its training data, so the Trainer's optimizer, schedule and checkpoints apply).
+
 A task is any callable `task(n, generator) -> (input_ids [n, T], labels [n, T])` (labels
 -100 where no loss); the model is an lmkit LM whose forward takes `labels=` and returns `.loss`.
 """
