@@ -202,8 +202,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", choices=("full", "lora"), default=["full", "lora"])
     ap.add_argument("--ft-lr", type=float, default=5e-5, help="full fine-tunes' Adam lr")
     ap.add_argument("--ft-steps", type=int, default=None, help="full fine-tunes' steps (200; --quick 100)")
-    ap.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA fine-tunes' Adam lr")
-    ap.add_argument("--lora-steps", type=int, default=None, help="LoRA fine-tunes' steps (50; --quick 25)")
+    ap.add_argument("--lora-lr", type=float, default=3e-4, help="LoRA fine-tunes' Adam lr")
+    ap.add_argument("--lora-steps", type=int, default=None, help="LoRA fine-tunes' steps (200; --quick 100)")
     ap.add_argument("--rare", type=int, default=50,
                     help="pretrain on the two new tasks too, each 1/(4N+2) of the mixture (0: never seen)")
     ap.add_argument("--pre-steps", type=int, default=None)
@@ -211,8 +211,7 @@ def main() -> None:
     torch.set_num_threads(1)
     pre_steps, ft_steps = (500, 100) if args.quick else (1000, 200)
     pre_steps = args.pre_steps or pre_steps
-    lora_steps = args.lora_steps or ft_steps // 4
-    settings = {"full": (args.ft_lr, args.ft_steps or ft_steps), "lora": (args.lora_lr, lora_steps)}
+    settings = {"full": (args.ft_lr, args.ft_steps or ft_steps), "lora": (args.lora_lr, args.lora_steps or ft_steps)}
     t0 = time.time()
     torch.manual_seed(args.seed)
     base = DecoderLM(preset("llama-tiny", vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
