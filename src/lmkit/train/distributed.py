@@ -94,7 +94,7 @@ def choose_strategy(strategy: str, info: DistInfo) -> str:
     """'auto' -> 'ddp' when several processes run, else 'none'."""
     if strategy == "auto":
         return "ddp" if info.is_distributed else "none"
-    if strategy in ("ddp", "fsdp", "tp") and not info.is_distributed:
+    if strategy in ("ddp", "fsdp", "tp", "pp") and not info.is_distributed:
         return "none"  # one process: nothing to shard or average
     return strategy
 
@@ -194,13 +194,13 @@ def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a (float64 recommended) tensor over ranks; returns a new tensor."""
+def all_reduce_sum(values: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum a (float64 recommended) tensor over the ranks of `group` (default: all); returns a new tensor."""
     out = values.clone()
     if _initialized():
         if dist.get_backend() == "nccl" and out.device.type != "cuda":
             out = out.cuda()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out.cpu() if values.device.type == "cpu" else out
 
 
