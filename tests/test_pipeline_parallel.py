@@ -1,6 +1,8 @@
 """Pipeline parallelism on 2 gloo processes equals one process: the loss over 20 AdamW steps
 with the GPipe and 1F1B schedules (2 micro-batches), Llama- and Qwen3-shaped, one layer per
-stage; plus how layers are split and which models are refused."""
+stage; plus how layers are split and which models are refused, and `lmkit memory`'s per-process
+estimate for TP=2 (with and without SP) and PP=2 (GPipe, 1F1B) against the peak measured on
+each process."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.train.config import ParallelConfig, TrainConfig
+from lmkit.train.memory import measure_step_peak
+from lmkit.train.parallel_memory import estimate_parallel_memory
 from lmkit.train.parallel_plan import pipeline_loss
 from lmkit.train.pipeline_parallel import Pipeline, check_pipeline_parallel, clip_grad_norm, stage_layers
+from lmkit.train.tensor_parallel import apply_tensor_parallel, parallel_loss
 
 SHAPES = {
     "llama": dict(model_type="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64),
@@ -71,6 +76,44 @@ def _pipelined(shape: str, schedule: str) -> list[float]:
     return out
 
 
+# memory: big enough that the activations and the vocabulary matter, small enough for a test
+MEM = dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=128, dropout=0.0)
+MEM_BATCH, MEM_SEQ, MEM_MICRO = 8, 128, 4
+
+
+def _measure_memory(world: int) -> dict:
+    """This process's measured peak of one AdamW step (fp32) under TP=2 (+SP) and PP=2."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    ids = torch.randint(0, MEM["vocab_size"], (MEM_BATCH, MEM_SEQ), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for sp in (False, True):
+        torch.manual_seed(0)
+        model = apply_tensor_parallel(DecoderLM(ModelConfig(**MEM)), init_device_mesh("cpu", (world,)), sequence_parallel=sp)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+
+        def tp_step():
+            with parallel_loss():
+                model(ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out[("tp", sp)] = measure_step_peak(tp_step, list(model.parameters()), opt)
+    for schedule in SCHEDULES:
+        torch.manual_seed(0)
+        pipe = Pipeline(DecoderLM(ModelConfig(**MEM)), None, MEM_MICRO, schedule,
+                        loss_fn=pipeline_loss(0.0, True, [float(ids[:, 1:].numel())]))
+        opt = torch.optim.AdamW(pipe.module.parameters(), lr=1e-3, foreach=False)
+
+        def pp_step():
+            pipe.step(ids, ids)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out[("pp", schedule)] = measure_step_peak(pp_step, list(pipe.module.parameters()), opt)
+    return out
+
+
 def _worker(rank: int, world: int, port: int, queue) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -78,6 +121,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     result = {(shape, schedule): _pipelined(shape, schedule) for shape in SHAPES for schedule in SCHEDULES}
     # each stage holds its own layers under their whole-model names
     result["names"] = sorted(name for name, _ in Pipeline(_model("llama"), None, 2).module.named_parameters())
+    result["memory"] = _measure_memory(world)
     queue.put((rank, result))
     dist.destroy_process_group()
 
@@ -112,6 +156,36 @@ def test_pp2_stages_keep_whole_model_names(pp2_results):
     assert all(n.startswith("layers.0.") for n in first if n.startswith("layers."))
     assert all(n.startswith("layers.1.") for n in last if n.startswith("layers."))
     assert set(first) | set(last) == {n for n, _ in _model("llama").named_parameters()}
+
+
+@pytest.mark.parametrize("layout", [("tp", False), ("tp", True), ("pp", "gpipe"), ("pp", "1f1b")])
+def test_memory_estimate_within_10_percent_of_each_process_peak(pp2_results, layout):
+    kind, option = layout
+    for rank in (0, 1):
+        if kind == "tp":
+            est = estimate_parallel_memory(ModelConfig(**MEM), batch=MEM_BATCH, seq=MEM_SEQ, precision="fp32",
+                                           tp=2, sequence_parallel=option)
+        else:
+            est = estimate_parallel_memory(ModelConfig(**MEM), batch=MEM_BATCH, seq=MEM_SEQ, precision="fp32",
+                                           pp=2, microbatches=MEM_MICRO, schedule=option, stage=rank)
+        assert est.peak == pytest.approx(pp2_results[rank]["memory"][layout], rel=0.10), (layout, rank)
+
+
+def test_memory_cli_reports_the_busiest_process():
+    from click.testing import CliRunner
+
+    from lmkit.train.commands import memory_cmd
+
+    result = CliRunner().invoke(memory_cmd, ["llama-7b", "--tp", "2", "--pp", "2", "--sp", "--batch", "8",
+                                             "--seq", "4096", "--microbatches", "8"])
+    assert result.exit_code == 0, result.output
+    assert "tp=2 x pp=2" in result.output and "pipeline stage 0" in result.output
+    single = CliRunner().invoke(memory_cmd, ["llama-7b", "--json"])
+    split = CliRunner().invoke(memory_cmd, ["llama-7b", "--tp", "2", "--pp", "2", "--batch", "2", "--json"])
+    import json
+
+    # weights per process: a quarter of the model, give or take the embedding/head on the end stages
+    assert 0.2 < json.loads(split.output)["weights"] / json.loads(single.output)["weights"] < 0.3
 
 
 def test_stage_layers_split_evenly_first_stages_take_the_rest():

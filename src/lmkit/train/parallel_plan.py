@@ -179,10 +179,14 @@ def own_optimizer_state(named: dict[str, Any], own: set[str]) -> dict[str, Any]:
 def pipeline_loss(label_smoothing: float, shift: bool, denominator: list[float]):
     """The last stage's loss for one micro-batch: its summed token losses over the step's target
     count (``denominator[0]``, set before each step), so the micro-batches add up to the step's mean."""
-    from lmkit.train.losses import cross_entropy
+    import torch.nn.functional as F
+
+    from lmkit.train.losses import IGNORE_INDEX, cross_entropy
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        total = cross_entropy(logits, labels, label_smoothing=label_smoothing, shift=shift, reduction="sum")
+        if shift:  # shift the labels, not the logits: slicing the logits would copy the largest tensor
+            labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        total = cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
         return total / denominator[0]
 
     return loss_fn

@@ -148,7 +148,8 @@ class Pipeline:
                               f"{self.n_microbatches} equal micro-batches")
         losses: list[torch.Tensor] = []
         args = (input_ids,) if self.is_first else ()
-        run(*args, target=labels if self.is_last else None, losses=losses if self.is_last else None)
+        run(*args, target=labels if self.is_last else None, losses=losses if self.is_last else None,
+            return_outputs=False)  # the last stage would keep every micro-batch's logits otherwise
         return losses
 
 
