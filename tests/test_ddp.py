@@ -79,6 +79,11 @@ def worker(out: str) -> None:
         tr = Trainer(tiny_model(), config(Path(out) / strategy, strategy, accum), Batches(), resume=True)
         assert tr.step == STEPS - 1
         results[strategy] = [r["loss"] for r in first + tr.train()]
+        whole = tr.full_model()  # what `lmkit pretrain` exports: whole on rank 0 whatever the layout
+        if tr.dist.is_main:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in whole.state_dict().items()}, str(Path(out) / strategy / "whole.safetensors"))
     if tr.dist.is_main:
         (Path(out) / "losses.json").write_text(json.dumps(results))
     from lmkit.train.distributed import cleanup
@@ -124,6 +129,8 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
         assert dist_losses[strategy] == pytest.approx(single_losses, rel=1e-5), strategy
         got = load_file(tmp_path / strategy / f"checkpoint-{STEPS}" / "model.safetensors")
         assert set(got) == set(reference)
+        whole = load_file(tmp_path / strategy / "whole.safetensors")
+        assert all(torch.equal(whole[name], got[name]) for name in reference), strategy
         # TP sums each layer's partial products in another order; Adam divides a gradient by its own
         # size, so an element whose gradient is ~0 can move by lr x (rounding ratio): ~4e-6 here.
         atol = 2e-5 if strategy in ("tp", "pp") else 1e-6

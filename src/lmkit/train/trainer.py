@@ -345,6 +345,21 @@ class Trainer:
             rank_file = "rng_state_rank0.pt"  # resumed on more ranks than were saved
         ckpt_io.restore_rng_state(ckpt_io.read_torch(ckpt, rank_file))
 
+    def full_model(self) -> nn.Module | None:
+        """The whole trained model with plain tensors on rank 0 (None on the others): the module
+        itself when every rank holds it whole (none, ddp), else a fresh copy filled from the
+        gathered shards or stages (fsdp, tp, fsdp+tp, pp). Collective: call on every rank."""
+        if self.strategy in ("none", "ddp"):
+            return self.raw_model if self.dist.is_main else None
+        state = self._full_model_state()
+        if not self.dist.is_main:
+            return None
+        from lmkit.models.build import build_model
+
+        model = build_model(self.raw_model.config)
+        model.load_state_dict(state, strict=True)
+        return model
+
     def save_checkpoint(self) -> Path | None:
         """Write out_dir/checkpoint-STEP atomically (collective: call on every rank)."""
         model_state = self._full_model_state()
