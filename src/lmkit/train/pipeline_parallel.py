@@ -153,21 +153,12 @@ class Pipeline:
         return losses
 
 
-@torch.no_grad()
 def clip_grad_norm(parameters, max_norm: float, group=None) -> torch.Tensor:
     """Clip by the norm of the whole model's gradient when each stage holds some of it: the
-    squared norms of the stages are summed over `group` before the square root."""
+    squared norms of the stages are summed over `group` (default: all ranks) before the root."""
     import torch.distributed as dist
 
-    grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.zeros((), dtype=torch.float32)
-    for g in grads:
-        total += g.detach().float().norm(2) ** 2
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total, group=group)
-    total = total.sqrt()
-    coef = float(max_norm) / (float(total) + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g.mul_(coef)
-    return total
+    from lmkit.train.tensor_parallel import clip_grad_norm as clip
+
+    ready = dist.is_available() and dist.is_initialized()
+    return clip(parameters, max_norm, partial_over=(group or dist.group.WORLD) if ready else None)
