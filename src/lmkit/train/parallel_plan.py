@@ -58,8 +58,6 @@ def resolve_layout(config: TrainConfig, info) -> Layout:
     if config.parallel is None:
         strategy = choose_strategy(config.strategy, info)
         par = ParallelConfig(pp=world) if strategy == "pp" else None
-        if strategy == "pp" and not info.is_distributed:
-            strategy, par = "none", None
         data_world = world if strategy in ("ddp", "fsdp") else 1
         layout = Layout(strategy, par, data_rank=info.rank if data_world > 1 else 0, data_world=data_world)
         if strategy == "pp":
