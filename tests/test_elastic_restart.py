@@ -69,10 +69,10 @@ def worker(out: str) -> None:
 
 
 def _torchrun(out: Path, crash: bool) -> subprocess.CompletedProcess:
-    # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: the restarted workers get a fresh store; on the shared one a
-    # worker can read its peer's gloo address from the previous attempt (pytorch/pytorch#135712)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LMKIT_TEST_CRASH": "1" if crash else "0",
-           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    # no TORCH_DISABLE_SHARE_RDZV_TCP_STORE: init_distributed keeps the attempts apart on torchrun's
+    # shared store itself (without that a restarted worker failed to connect in 2 of 4 runs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LMKIT_TEST_CRASH": "1" if crash else "0"}
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "--monitor-interval=0.2", str(Path(__file__).resolve()), str(out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -81,8 +81,28 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
-        dist.init_process_group(backend=backend)
+        store = _attempt_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistInfo(rank, world, local_rank, dist.get_backend(), dev)
+
+
+def _attempt_store(world: int):
+    """Under torchrun's elastic agent, its store seen through a prefix naming this attempt, or None.
+
+    The agent lends the workers its rendezvous store and keeps it across restarts, so without a
+    prefix a restarted worker can read the address its peer published in the failed attempt and
+    fail to connect (pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT numbers the attempts.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"lmkit/attempt-{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def cleanup() -> None:
