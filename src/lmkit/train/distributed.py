@@ -18,6 +18,8 @@ Strategies
         all-gather/reduce-scatter are slow and there is no compute/communication overlap
         worth having; mixed precision policies (bf16 params) are not used on CPU. Use it on
         GPUs (NCCL) for real runs.
+  tp, pp, fsdp+tp and the `parallel:` section: train/parallel_plan.py (tensor_parallel.py,
+        pipeline_parallel.py) lay the processes out on a DeviceMesh.
 
 Data sharding: rank r takes element r of every group of `world_size` consecutive batches
 (`ShardedIterable`), so N ranks with grad_accum k see exactly the batches that one process
