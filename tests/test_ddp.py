@@ -2,7 +2,8 @@
 gradient accumulation over the same global batch — with DDP and with FSDP (fully_shard),
 each run stopped after 2 steps and resumed from its checkpoint for the last one. Tensor
 parallelism (strategy "tp"): the 2 processes split every layer and read the same batches,
-accumulating 2 per step like the single process.
+accumulating 2 per step like the single process. Pipeline parallelism (strategy "pp"): each
+process holds one layer, the 2 accumulated batches become the schedule's micro-batches.
 
 The test launches this file under torchrun (`python -m torch.distributed.run`); run as a
 script it is the worker.
@@ -25,6 +26,7 @@ from lmkit.train.distributed import ShardedIterable
 
 VOCAB = 64
 STEPS = 3
+STRATEGIES = ("ddp", "fsdp", "tp", "pp")
 
 
 def tiny_model() -> torch.nn.Module:
@@ -68,8 +70,8 @@ def config(out_dir, strategy: str, grad_accum: int) -> TrainConfig:
 def worker(out: str) -> None:
     """Runs on every rank: DDP then FSDP training; rank 0 saves checkpoints and losses."""
     results = {}
-    for strategy in ("ddp", "fsdp", "tp"):
-        accum = 2 if strategy == "tp" else 1
+    for strategy in STRATEGIES:
+        accum = 2 if strategy in ("tp", "pp") else 1
         # stop after 2 steps (checkpoint), resume in a fresh Trainer for the last one
         tr = Trainer(tiny_model(), config(Path(out) / strategy, strategy, accum), Batches())
         assert tr.strategy == strategy and tr.dist.world_size == 2
@@ -77,6 +79,11 @@ def worker(out: str) -> None:
         tr = Trainer(tiny_model(), config(Path(out) / strategy, strategy, accum), Batches(), resume=True)
         assert tr.step == STEPS - 1
         results[strategy] = [r["loss"] for r in first + tr.train()]
+        whole = tr.full_model()  # what `lmkit pretrain` exports: whole on rank 0 whatever the layout
+        if tr.dist.is_main:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in whole.state_dict().items()}, str(Path(out) / strategy / "whole.safetensors"))
     if tr.dist.is_main:
         (Path(out) / "losses.json").write_text(json.dumps(results))
     from lmkit.train.distributed import cleanup
@@ -118,13 +125,15 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
     single = Trainer(tiny_model(), config(tmp_path / "single", "none", 2), Batches())
     single_losses = [r["loss"] for r in single.train()]
     reference = single.raw_model.state_dict()
-    for strategy in ("ddp", "fsdp", "tp"):
+    for strategy in STRATEGIES:
         assert dist_losses[strategy] == pytest.approx(single_losses, rel=1e-5), strategy
         got = load_file(tmp_path / strategy / f"checkpoint-{STEPS}" / "model.safetensors")
         assert set(got) == set(reference)
+        whole = load_file(tmp_path / strategy / "whole.safetensors")
+        assert all(torch.equal(whole[name], got[name]) for name in reference), strategy
         # TP sums each layer's partial products in another order; Adam divides a gradient by its own
         # size, so an element whose gradient is ~0 can move by lr x (rounding ratio): ~4e-6 here.
-        atol = 2e-5 if strategy == "tp" else 1e-6
+        atol = 2e-5 if strategy in ("tp", "pp") else 1e-6
         for name, p in reference.items():
             torch.testing.assert_close(got[name], p, rtol=1e-5, atol=atol, msg=f"{strategy}: {name}")
     # the parameters really moved (the comparison is not vacuous)

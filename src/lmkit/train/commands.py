@@ -24,15 +24,24 @@ from lmkit.cli_grammar import progress_flags
 @click.option("--checkpointing/--no-checkpointing", default=False, help="gradient checkpointing (recompute)")
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True, help="ZeRO stage")
 @click.option("--devices", type=click.IntRange(1), default=1, show_default=True, help="data-parallel devices")
+@click.option("--tp", type=click.IntRange(1), default=1, show_default=True, help="tensor-parallel degree")
+@click.option("--pp", type=click.IntRange(1), default=1, show_default=True, help="pipeline-parallel stages")
+@click.option("--sp/--no-sp", "sp", default=False, help="sequence parallelism (with --tp)")
+@click.option("--microbatches", type=click.IntRange(0), default=0, show_default=True,
+              help="pipeline micro-batches per step (0: --pp); --batch is then the rows per step")
+@click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True,
+              help="pipeline schedule")
 @click.option("--lora-rank", type=int, default=8, show_default=True)
 @click.option("--lora-targets", default="q_proj,v_proj", show_default=True, help="comma-separated module names")
 @click.option("--unit", type=click.Choice(["GB", "GiB", "MB", "MiB"]), default="GB", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the estimate as JSON")
 def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, method, precision, optimizer,
-               checkpointing, zero, devices, lora_rank, lora_targets, unit, as_json) -> None:
+               checkpointing, zero, devices, tp, pp, sp, microbatches, schedule, lora_rank, lora_targets, unit,
+               as_json) -> None:
     """Estimate training memory per device for MODEL (a preset such as llama-7b, or a
     config.json) or for --params N with --layers/--hidden: weights, gradients, optimizer
-    states and activations."""
+    states and activations. With --tp/--pp/--sp: per process of that layout (its busiest
+    pipeline stage)."""
     import json as _json
 
     from lmkit.models.config import ModelConfig
@@ -49,6 +58,28 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
         )
     elif n_params is None:
         raise click.UsageError(f"give MODEL (a preset: {', '.join(sorted(PRESETS))}; or a config.json) or --params N")
+    if tp > 1 or pp > 1 or sp:
+        if config is None or method != "full" or zero:
+            raise click.UsageError("--tp/--pp/--sp need a model shape (MODEL or --layers/--hidden), "
+                                   "--method full and no --zero")
+        from dataclasses import replace
+
+        from lmkit.train.parallel_memory import estimate_parallel_memory
+
+        est = estimate_parallel_memory(
+            replace(config, tie_embeddings=False), batch=batch, seq=seq, precision=precision, optimizer=optimizer,
+            tp=tp, pp=pp, sequence_parallel=sp, microbatches=microbatches, schedule=schedule,
+            checkpointing=checkpointing,
+        )
+        if as_json:
+            click.echo(_json.dumps(est.to_dict(), indent=2))
+            return
+        d = est.details
+        click.echo(f"per process of tp={tp} x pp={pp}{' with sequence parallelism' if sp else ''}: the busiest is "
+                   f"pipeline stage {d['stage']} ({d['layers_on_stage']} layers, {d['in_flight']} micro-batch(es) "
+                   f"of {d['micro_batch']} rows in flight, {schedule})")
+        click.echo(est.table(unit))
+        return
     est = estimate_memory(
         config, n_params=int(n_params) if n_params else None, batch=batch, seq=seq, method=method,
         precision=precision, optimizer=optimizer, checkpointing=checkpointing, zero=zero, devices=devices,

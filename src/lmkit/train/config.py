@@ -19,8 +19,64 @@ from lmkit.errors import ConfigError
 OPTIMIZERS = ("adamw", "sgd", "momentum")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp")
+STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp", "pp")
 LOSS_WEIGHTINGS = ("token", "mean")
+PIPELINE_SCHEDULES = ("1f1b", "gpipe")
+
+
+@dataclass
+class ParallelConfig:
+    """How the processes of a run split the work: the ``parallel:`` section of a training config.
+
+    dp x tp x pp must equal the number of processes (dp=0: whatever tp and pp leave). The
+    processes form a DeviceMesh with named dims ("pp", "dp", "tp"), tp innermost so that a
+    tensor-parallel group is the closest processes (one node's GPUs). Supported layouts:
+    dp alone (DDP, or FSDP with ``fsdp: true``), tp alone (+ ``sequence_parallel``), dp x tp with
+    ``fsdp: true`` (FSDP over dp of a TP-sharded model), pp alone.
+    """
+
+    dp: int = 0
+    tp: int = 1
+    pp: int = 1
+    fsdp: bool = False  # shard parameters/grads/optimizer over the dp dim (fully_shard) instead of DDP
+    sequence_parallel: bool = False  # with tp: norms and the residual stream split along the sequence
+    pp_schedule: str = "1f1b"  # 1f1b | gpipe
+    pp_microbatches: int = 0  # micro-batches each step's batch is cut into (0: pp)
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"ParallelConfig.{name}={getattr(self, name)!r}: must be a positive integer")
+        for name in ("dp", "pp_microbatches"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"ParallelConfig.{name}={getattr(self, name)!r}: must be an integer >= 0")
+        if self.pp_schedule not in PIPELINE_SCHEDULES:
+            raise ConfigError(f"ParallelConfig.pp_schedule={self.pp_schedule!r}: must be one of {PIPELINE_SCHEDULES}")
+        if self.sequence_parallel and self.tp == 1:
+            raise ConfigError("ParallelConfig.sequence_parallel=True needs tp > 1")
+        if self.pp > 1 and (self.tp > 1 or self.dp > 1 or self.fsdp):
+            raise ConfigError("ParallelConfig: pp > 1 combined with dp or tp is not supported yet; "
+                              "use pp alone, or dp x tp")
+
+    def resolve(self, world_size: int) -> "ParallelConfig":
+        """A copy with dp filled in for `world_size` processes; refuses a product that does not fit."""
+        dp = self.dp or max(world_size // (self.tp * self.pp), 1)
+        if dp * self.tp * self.pp != world_size:
+            raise ConfigError(f"parallel: dp={dp} x tp={self.tp} x pp={self.pp} = {dp * self.tp * self.pp} "
+                              f"processes, but {world_size} were launched")
+        return dataclasses.replace(self, dp=dp)
+
+    @classmethod
+    def from_value(cls, value: "ParallelConfig | dict[str, Any]") -> "ParallelConfig":
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"TrainConfig.parallel: expected a mapping such as {{dp: 2, tp: 2}}, got {value!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"TrainConfig.parallel: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**value)
 
 
 @dataclass
@@ -50,6 +106,7 @@ class TrainConfig:
     compile: bool | str = "auto"  # auto: only runs of >= 5000 steps, where the compile time pays back (train/compile_choice.py)
     # distributed
     strategy: str = "auto"  # auto: DDP when launched by torchrun with >1 process, else none
+    parallel: ParallelConfig | dict | None = None  # dp/tp/pp layout (ParallelConfig); set it with strategy "auto"
     # evaluation, checkpoints, logging
     eval_every: int = 0  # 0: never
     eval_steps: int = 50  # batches per evaluation (0: the whole eval set)
@@ -84,6 +141,10 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}")
+        if self.parallel is not None:
+            self.parallel = ParallelConfig.from_value(self.parallel)
+            if self.strategy != "auto":
+                bad("strategy", "must be 'auto' when a parallel: section gives the layout")
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         if (

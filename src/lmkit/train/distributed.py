@@ -18,6 +18,8 @@ Strategies
         all-gather/reduce-scatter are slow and there is no compute/communication overlap
         worth having; mixed precision policies (bf16 params) are not used on CPU. Use it on
         GPUs (NCCL) for real runs.
+  tp, pp, fsdp+tp and the `parallel:` section: train/parallel_plan.py (tensor_parallel.py,
+        pipeline_parallel.py) lay the processes out on a DeviceMesh.
 
 Data sharding: rank r takes element r of every group of `world_size` consecutive batches
 (`ShardedIterable`), so N ranks with grad_accum k see exactly the batches that one process
@@ -81,8 +83,28 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
-        dist.init_process_group(backend=backend)
+        store = _attempt_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistInfo(rank, world, local_rank, dist.get_backend(), dev)
+
+
+def _attempt_store(world: int):
+    """Under torchrun's elastic agent, its store seen through a prefix naming this attempt, or None.
+
+    The agent lends the workers its rendezvous store and keeps it across restarts, so without a
+    prefix a restarted worker can read the address its peer published in the failed attempt and
+    fail to connect (pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT numbers the attempts.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"lmkit/attempt-{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def cleanup() -> None:
@@ -94,7 +116,7 @@ def choose_strategy(strategy: str, info: DistInfo) -> str:
     """'auto' -> 'ddp' when several processes run, else 'none'."""
     if strategy == "auto":
         return "ddp" if info.is_distributed else "none"
-    if strategy in ("ddp", "fsdp", "tp") and not info.is_distributed:
+    if strategy in ("ddp", "fsdp", "tp", "pp") and not info.is_distributed:
         return "none"  # one process: nothing to shard or average
     return strategy
 
@@ -194,13 +216,13 @@ def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a (float64 recommended) tensor over ranks; returns a new tensor."""
+def all_reduce_sum(values: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum a (float64 recommended) tensor over the ranks of `group` (default: all); returns a new tensor."""
     out = values.clone()
     if _initialized():
         if dist.get_backend() == "nccl" and out.device.type != "cuda":
             out = out.cuda()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out.cpu() if values.device.type == "cpu" else out
 
 

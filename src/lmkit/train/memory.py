@@ -196,8 +196,12 @@ def activation_bytes(
     method: str = "full",
     lora_rank: int = 8,
     lora_targets: Sequence[str] = ("q_proj", "v_proj"),
+    sequence_shards: int = 1,
 ) -> dict[str, float]:
     """Activation bytes of one micro-batch for lmkit's block (see the module docstring).
+
+    sequence_shards: the sequence-parallel degree; the norms and the residual stream keep
+    1/sequence_shards of the sequence (the Linears still save their gathered inputs).
 
     Returns per_layer (saved by one block), layers (all blocks, or their checkpointed
     inputs), outside (embeddings, RoPE tables, final norm, log-softmax), logits_transient,
@@ -223,6 +227,7 @@ def activation_bytes(
         return float(e)
 
     norm_x, norm_stats = _norm_bytes(cfg, precision, weight_trainable=full)
+    norm_x, norm_stats = norm_x / sequence_shards, norm_stats / sequence_shards
     # attention sub-block
     attn = norm_x + linear_input(("q_proj", "k_proj", "v_proj")) + 4 * a * e
     attn_bs = norm_stats + 4 * cfg.n_heads  # norm statistics + SDPA logsumexp (fp32)
@@ -244,7 +249,7 @@ def activation_bytes(
 
     residual = 2 if precision in ("bf16", "mixed") else 4  # the residual stream's dtype
     if checkpointing:  # each block keeps only its input; blocks are rebuilt one at a time
-        layers = cfg.n_layers * bs * h * residual
+        layers = cfg.n_layers * bs * h * residual / sequence_shards
     else:
         layers = cfg.n_layers * per_layer
     always = bs * 8  # token ids (int64)
@@ -617,3 +622,20 @@ def measure_training_step(
         saved_activations=sum(saved.values()),
         peak=weights + states + _allocation_peak(prof),
     )
+
+
+def measure_step_peak(step: Callable[[], Any], params: Sequence[torch.Tensor],
+                      optimizer: torch.optim.Optimizer) -> int:
+    """Peak bytes of one call of `step` (a whole training step, e.g. a pipeline schedule's
+    forward+backward then the optimizer update) above nothing: this process's weights +
+    optimizer states + the peak of what the step allocates. Runs a warm-up step first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    static = _storage_bytes(p.to_local() if hasattr(p, "to_local") else p for p in params) + _storage_bytes(
+        (v.to_local() if hasattr(v, "to_local") else v)
+        for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)
+    )
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    return static + _allocation_peak(prof)

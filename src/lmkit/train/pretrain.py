@@ -288,12 +288,14 @@ def run_continued_pretraining(cfg: PretrainConfig, tok, resume: bool | str = Fal
 def _finish(cfg: PretrainConfig, trainer, tok, result: dict[str, Any]) -> dict[str, Any]:
     from lmkit.hub.pretrained import save_pretrained
 
-    model, mcfg = trainer.raw_model, trainer.raw_model.config
+    mcfg = trainer.raw_model.config
     export = Path(cfg.export_dir or Path(cfg.train_config.out_dir) / "hf")
+    model = trainer.full_model()  # whole on rank 0 also after fsdp / tp / pp (collective)
     if trainer.dist.is_main and mcfg.model_type:
         model.requires_grad_(True)
         # with its tokenizer: tokenizer.json, tokenizer_config.json (chat template), eos / pad ids
-        save_pretrained(trainer.raw_model, export, tokenizer=tok if hasattr(tok, "save_hf_json") else None)
+        save_pretrained(model, export, tokenizer=tok if hasattr(tok, "save_hf_json") else None)
         result["export_dir"] = str(export)
-    result["parameters"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if model is not None:
+        result["parameters"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return result

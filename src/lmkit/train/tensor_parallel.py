@@ -153,12 +153,13 @@ def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+def clip_grad_norm(parameters, max_norm: float, partial_over=None) -> torch.Tensor:
     """Clip by the global gradient norm when some gradients are DTensors and some plain.
 
     Under plain TP the parameters no plan touches (the norms) keep ordinary tensors; their
     gradients are equal on every rank because the column-parallel layers all-reduce the gradient
-    of their input, so each counts once, as in the single-process norm.
+    of their input, so each counts once, as in the single-process norm. `partial_over`: a process
+    group whose ranks hold disjoint parameters (pipeline stages); their squared norms are summed.
     """
     from torch.distributed.tensor import DTensor
 
@@ -167,6 +168,10 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     for g in grads:
         n = g.detach().float().norm(2)
         total += (n.full_tensor() if isinstance(n, DTensor) else n) ** 2
+    if partial_over is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(total, group=partial_over)
     total = total.sqrt()
     coef = float(max_norm) / (float(total) + 1e-6)
     if coef < 1.0:

@@ -62,6 +62,8 @@ from lmkit.train.config import TrainConfig
 from lmkit.train.losses import count_targets, cross_entropy
 from lmkit.train.metrics_log import MetricsLogger
 from lmkit.train.optim import build_optimizer
+from lmkit.train import parallel_plan, pipeline_parallel
+from lmkit.train.parallel_plan import apply_layout, pipeline_loss, resolve_layout, sum_partial_grads
 from lmkit.train.precision import announce_precision, autocast, resolve_precision
 from lmkit.train.schedule import build_scheduler
 from lmkit.train.tensor_parallel import clip_grad_norm, parallel_loss
@@ -113,13 +115,15 @@ class Trainer:
         self.config = config
         self.dist = D.init_distributed(config.device)
         self.device = self.dist.device
-        self.strategy = D.choose_strategy(config.strategy, self.dist)
-        if penalty is not None and self.strategy in ("fsdp", "tp"):
+        self.layout = resolve_layout(config, self.dist)  # train/parallel_plan.py
+        self.strategy = self.layout.strategy
+        if penalty is not None and self.strategy not in ("none", "ddp"):
             raise ConfigError(
                 f"a weight penalty (EWC / L2-SP) needs whole parameters; use strategy 'ddp' or 'none', not {self.strategy!r}"
             )
-        # tensor-parallel ranks are one model replica: same data, same dropout masks, no averaging
-        self.data_world = 1 if self.strategy == "tp" else self.dist.world_size
+        # tensor-parallel ranks (and pipeline stages) are one model replica: same data, same
+        # dropout masks, no averaging; data parallelism spans the dp dim only
+        self.data_world = self.layout.data_world
         self.penalty = penalty
         self.out_dir = Path(config.out_dir)
         self.precision, why = resolve_precision(config.precision, self.device)
@@ -127,7 +131,7 @@ class Trainer:
         if self.dist.is_main:
             announce_precision(config.precision, self.precision, why)
 
-        set_seed(config.seed + (self.dist.rank if self.strategy != "tp" else 0))
+        set_seed(config.seed + self.layout.data_rank)
         self.raw_model = model.to(self.device)
         self.raw_model.train()
         # names/shapes before any wrapping (FSDP would shard them)
@@ -158,14 +162,20 @@ class Trainer:
                 )
             enable()
 
-        self.model = D.wrap_model(self.raw_model, self.dist, self.strategy)
+        self._pp_denominator = [1.0]  # the step's target count, read by the pipeline's loss
+        self.model, self.pipeline = apply_layout(
+            self.raw_model, self.layout, self.dist,
+            loss_fn=pipeline_loss(config.label_smoothing, config.shift_labels, self._pp_denominator),
+        )
+        if self.pipeline is not None:  # this rank's stage: the parameters it owns and updates
+            self.raw_model = self.model
         self.compiled, why = resolve_compile(config.compile, config.max_steps, self.device)
         if self.dist.is_main:
             announce_compile(config.compile, self.compiled, why, config.max_steps)
         if self.compiled:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, config)
-        if self.strategy == "tp":  # the multi-tensor kernels refuse DTensor and plain tensors in one list
+        if self.layout.tensor_parallel:  # the multi-tensor kernels refuse DTensor and plain tensors in one list
             for group in self.optimizer.param_groups:
                 group["foreach"] = False
         self.scheduler = build_scheduler(self.optimizer, config)
@@ -186,8 +196,8 @@ class Trainer:
 
             self.meta = trainer_meta_config(config.meta)
 
-        self.train_data = D.shard_data(train_data, self.dist, self.strategy)
-        self.eval_data = D.shard_data(eval_data, self.dist, self.strategy) if eval_data is not None else None
+        self.train_data = self._shard(train_data)
+        self.eval_data = self._shard(eval_data) if eval_data is not None else None
         self._resumable_data = callable(getattr(train_data, "state_dict", None)) and callable(
             getattr(train_data, "load_state_dict", None)
         )
@@ -222,6 +232,12 @@ class Trainer:
 
     def _autocast(self):
         return autocast(self.precision, self.device)
+
+    def _shard(self, data: Iterable) -> Iterable:
+        """This rank's batches: its share along the dp dim (all of them when dp is 1)."""
+        if self.layout.data_world <= 1:
+            return data
+        return D.ShardedIterable(data, self.layout.data_rank, self.layout.data_world)
 
     def _find_resume(self, resume: bool | str) -> Path | None:
         if resume is False or resume is None:
@@ -274,7 +290,9 @@ class Trainer:
 
     # ---- state (de)serialisation --------------------------------------------------------------
     def _full_model_state(self) -> dict[str, torch.Tensor]:
-        if self.strategy in ("fsdp", "tp"):
+        if self.strategy == "pp":  # each stage holds its own layers
+            return parallel_plan.gather_stage_states({k: v.cpu() for k, v in self.raw_model.state_dict().items()})
+        if self.strategy in ("fsdp", "tp", "fsdp+tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(
@@ -284,7 +302,7 @@ class Trainer:
 
     def _full_optimizer_state(self) -> dict[str, Any]:
         """Optimizer state keyed by parameter *name* (the same format as torch DCP's)."""
-        if self.strategy in ("fsdp", "tp"):
+        if self.strategy in ("fsdp", "tp", "fsdp+tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             return get_optimizer_state_dict(
@@ -293,13 +311,14 @@ class Trainer:
             )
         sd = self.optimizer.state_dict()
         order = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
-        return {
+        named = {
             "state": {order[i]: s for i, s in sd["state"].items()},
             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]],
         }
+        return parallel_plan.gather_stage_optimizer_states(named) if self.strategy == "pp" else named
 
     def _load_optimizer_state(self, named: dict[str, Any]) -> None:
-        if self.strategy in ("fsdp", "tp"):
+        if self.strategy in ("fsdp", "tp", "fsdp+tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(
@@ -309,6 +328,8 @@ class Trainer:
             return
         order = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
         index = {name: i for i, name in enumerate(order)}
+        if self.strategy == "pp":  # this stage's share of the whole model's state
+            named = parallel_plan.own_optimizer_state(named, set(order))
         try:
             sd = {
                 "state": {index[name]: s for name, s in named["state"].items()},
@@ -346,6 +367,21 @@ class Trainer:
         if not (ckpt / rank_file).is_file():
             rank_file = "rng_state_rank0.pt"  # resumed on more ranks than were saved
         ckpt_io.restore_rng_state(ckpt_io.read_torch(ckpt, rank_file))
+
+    def full_model(self) -> nn.Module | None:
+        """The whole trained model with plain tensors on rank 0 (None on the others): the module
+        itself when every rank holds it whole (none, ddp), else a fresh copy filled from the
+        gathered shards or stages (fsdp, tp, fsdp+tp, pp). Collective: call on every rank."""
+        if self.strategy in ("none", "ddp"):
+            return self.raw_model if self.dist.is_main else None
+        state = self._full_model_state()
+        if not self.dist.is_main:
+            return None
+        from lmkit.models.build import build_model
+
+        model = build_model(self.raw_model.config)
+        model.load_state_dict(state, strict=True)
+        return model
 
     def save_checkpoint(self) -> Path | None:
         """Write out_dir/checkpoint-STEP atomically (collective: call on every rank)."""
@@ -418,12 +454,14 @@ class Trainer:
         """The model's loss, or ours from the logits (label smoothing; no targets at all,
         where a mean over zero tokens would be NaN and poison the accumulated gradients).
         Under tensor parallelism the logits stay split over the vocabulary (loss_parallel)."""
-        with parallel_loss(self.strategy == "tp"):
+        with parallel_loss(self.layout.tensor_parallel):
             return self._loss_of(batch, own)
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum over the data-parallel ranks (tensor-parallel ranks hold the same numbers)."""
-        return values if self.strategy == "tp" else D.all_reduce_sum(values)
+        """Sum over the data-parallel ranks (tensor-parallel ranks and stages hold the same numbers)."""
+        if self.layout.data_world <= 1:
+            return values
+        return D.all_reduce_sum(values, group=self.layout.dp_group)
 
     def _loss_of(self, batch: dict[str, Any], own: bool) -> torch.Tensor:
         cfg = self.config
@@ -470,7 +508,7 @@ class Trainer:
             return self._loss(batch, own=own)
 
     def _backward(self, loss: torch.Tensor) -> None:
-        with parallel_loss(self.strategy == "tp"):  # the backward of a vocabulary-parallel loss too
+        with parallel_loss(self.layout.tensor_parallel):  # the backward of a vocabulary-parallel loss too
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _update(self) -> tuple[torch.Tensor, float]:
@@ -479,7 +517,8 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-        if self.strategy == "tp":  # DTensor and plain gradients side by side
+        if self.layout.tensor_parallel:  # DTensor and plain gradients side by side
+            sum_partial_grads(self.raw_model, self.layout)
             grad_norm = clip_grad_norm(list(self.model.parameters()), max_norm)
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -514,6 +553,8 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer update over the given micro-batches; returns the step's metrics."""
+        if self.pipeline is not None:
+            return self._pipeline_step(micro_batches)
         cfg = self.config
         if self.meta is not None:
             return self.meta_train_step(micro_batches)
@@ -567,6 +608,52 @@ class Trainer:
             metrics["adv_loss"] = sum(adv_losses) / len(adv_losses)
         return metrics
 
+    def _pipeline_rows(self, micro_batches: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's micro-batches as one batch of whole rows, which the schedule cuts again."""
+        batches = [to_device(b, self.device) for b in micro_batches]
+        for b in batches:
+            extra = set(b) - {"input_ids", "labels", "attention_mask"}
+            mask = b.get("attention_mask")
+            if extra or "labels" not in b or (mask is not None and not bool(mask.bool().all())):
+                raise ConfigError(
+                    "pipeline parallelism passes only input_ids between stages: batches need input_ids and "
+                    f"labels of whole rows (no padding, no {sorted(extra) or 'other keys'}); use packed pretraining data"
+                )
+        return torch.cat([b["input_ids"] for b in batches]), torch.cat([b["labels"] for b in batches])
+
+    def _pipeline_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
+        """One update through the pipeline schedule (train/pipeline_parallel.py): every stage
+        gets the same rows; the last computes the loss, each updates its own layers."""
+        cfg = self.config
+        ids, labels = self._pipeline_rows(micro_batches)
+        n_global = count_targets(labels, cfg.shift_labels)
+        self._pp_denominator[0] = float(max(n_global, 1))
+        with self._autocast():
+            losses = self.pipeline.step(ids, labels)
+        mine = sum(float(loss.detach()) for loss in losses)  # zero except on the last stage
+        step_loss = D.all_reduce_sum(torch.tensor([mine], dtype=torch.float64))[0].item()
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+        grad_norm = pipeline_parallel.clip_grad_norm(list(self.raw_model.parameters()), max_norm,
+                                                     group=self.pipeline.group)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.tokens_seen += int(ids.numel())
+        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(ids.numel())}
+
+    @torch.no_grad()
+    def _pipeline_evaluate(self) -> tuple[float, int]:
+        loss_sum, n_sum = 0.0, 0
+        self._pp_denominator[0] = 1.0  # summed token losses
+        for batch in itertools.islice(iter(self.eval_data), self.config.eval_steps or None):
+            ids, labels = self._pipeline_rows([batch])
+            with self._autocast():
+                losses = self.pipeline.evaluate(ids, labels)
+            loss_sum += sum(float(loss) for loss in losses)
+            n_sum += count_targets(labels, self.config.shift_labels)
+        return D.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0].item(), n_sum
+
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -577,13 +664,16 @@ class Trainer:
         loss_sum, n_sum = 0.0, 0
         limit = self.config.eval_steps or None
         try:
+            if self.pipeline is not None:
+                loss_sum, n_sum = self._pipeline_evaluate()
+                limit = 0
             for batch in itertools.islice(iter(self.eval_data), limit):
                 batch = to_device(batch, self.device)
                 labels = batch.get("labels")
                 if labels is None:
                     raise ConfigError("eval batches need 'labels'")
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
-                with self._autocast(), parallel_loss(self.strategy == "tp"):
+                with self._autocast(), parallel_loss(self.layout.tensor_parallel):
                     out = self.model(**inputs)
                     loss = cross_entropy(out.logits, labels, shift=self.config.shift_labels, reduction="sum")
                 loss_sum += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).item()
