@@ -8,7 +8,7 @@ held-out scenes for each image and reports image->text R@1 and R@5 (a caption is
 describes the scene exactly: `clip_shapes.caption_variants`), beside chance and the same
 figures for attribute-only matching. One thread, as on the 2-core CI machine.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python3 bench/bench_clip_shapes.py [--steps 1500] [--train-scenes 5000]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python3 bench/bench_clip_shapes.py [--steps 1200] [--train-scenes 5000]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-scenes", type=int, default=5000)
     ap.add_argument("--test-scenes", type=int, default=500)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--image-size", type=int, default=32)
