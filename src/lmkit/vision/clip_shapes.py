@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 
 from lmkit.tokenizers.simple import WhitespaceTokenizer
-from lmkit.vision.clip import CLIP, CLIPConfig, clip_vision_config
-from lmkit.vision.clip_digits import SPECIALS
-from lmkit.vision.clip_text import CLIPTextConfig
+from lmkit.vision.clip import CLIP, CLIPConfig
+from lmkit.vision.clip_digits import SPECIALS, word_clip_config
 from lmkit.vision.shapes import Scene, caption_words
 
 MAX_LEN = 12  # the longest caption has 8 words
@@ -39,15 +38,8 @@ def caption_variants(scene: Scene) -> set[str]:
 def shapes_clip_config(tok: WhitespaceTokenizer, image_size: int = 32, patch_size: int = 4, d_model: int = 64,
                        n_layers: int = 2) -> CLIPConfig:
     """A small CLIP for RGB scenes (patch 4: 64 patches at 32x32)."""
-    heads = max(1, d_model // 16)
-    return CLIPConfig(
-        vision=clip_vision_config(image_size=image_size, patch_size=patch_size, num_channels=3, d_model=d_model,
-                                  n_layers=n_layers, n_heads=heads, d_ff=4 * d_model),
-        text=CLIPTextConfig(vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, d_model=d_model, n_layers=n_layers,
-                            n_heads=heads, d_ff=4 * d_model, eos_token_id=tok.token_to_id("</s>"),
-                            pad_token_id=tok.token_to_id("<pad>"), bos_token_id=tok.token_to_id("<s>")),
-        projection_dim=d_model,
-    )
+    return word_clip_config(tok, max_len=MAX_LEN, image_size=image_size, patch_size=patch_size, num_channels=3,
+                            d_model=d_model, n_layers=n_layers)
 
 
 def new_shapes_clip(tok: WhitespaceTokenizer, seed: int = 0, **kw) -> CLIP:
