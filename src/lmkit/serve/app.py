@@ -29,11 +29,14 @@ from lmkit.serve.chat_model import resolve_template
 from lmkit.serve.engine import Engine
 
 
-def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "chatml",
+def create_app(engine: Engine | None, *, model_name: str = "lmkit", template: Any = "chatml",
                api_keys: list[str] | str | None = None, max_body_bytes: int = 1 << 20,
                default_max_tokens: int = 256, embedder=None, max_n: int = 16,
                shutdown_timeout: float | None = 60.0, watermark=None, moderation=None, rate_limits=None):
     """The FastAPI application serving `engine`'s model under the name `model_name`.
+
+    engine None: an embeddings-only server (e.g. a CLIP model, which generates nothing): it
+    needs `embedder` and serves /v1/embeddings, /v1/models, /health and /metrics only.
 
     api_keys: accepted Bearer keys (None or empty: no authentication).
     embedder: a `ModelEmbedder` for /v1/embeddings (default: the engine's model, pooled).
@@ -51,7 +54,9 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
     from lmkit.serve.request_tracking import RequestTracker
     from lmkit.serve.server_state import ServerState
 
-    if watermark is not None:
+    if engine is None and embedder is None:
+        raise ConfigError("an embeddings-only server (engine=None) needs an embedder")
+    if watermark is not None and engine is not None:
         from lmkit.infer.watermark import WatermarkConfig
 
         engine.watermark = WatermarkConfig.coerce(watermark)  # read by engine_bridge.submit
@@ -64,6 +69,9 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
 
     @asynccontextmanager
     async def lifespan(app):
+        if engine is None:  # embeddings only: nothing runs in the background
+            yield
+            return
         engine.start()
         yield
         # uvicorn has already waited for in-flight responses; let queued work drain, then stop
@@ -79,8 +87,11 @@ def create_app(engine: Engine, *, model_name: str = "lmkit", template: Any = "ch
         app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)  # inside the Guard
     app.add_middleware(Guard, api_keys=api_keys, max_body_bytes=max_body_bytes)
     app.add_middleware(RequestTracker, metrics=state.metrics)  # added last: the outermost
-    for routes in (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,
-                   routes_adapters, routes_moderations, routes_inspect):
+    mounted = (routes_web, routes_health, routes_models, routes_completions, routes_chat, routes_embeddings,
+               routes_adapters, routes_moderations, routes_inspect)
+    if engine is None:
+        mounted = (routes_health, routes_models, routes_embeddings)
+    for routes in mounted:
         app.include_router(routes.router)
     return app
 

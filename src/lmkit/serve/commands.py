@@ -159,10 +159,66 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
         if threads:
             torch.set_num_threads(threads)
+        from lmkit.vision.clip_folder import is_clip_folder
+
+        keys = list(api_keys) or ([os.environ["LMKIT_API_KEY"]] if os.environ.get("LMKIT_API_KEY") else [])
+        name = model_name or Path(model_dir).resolve().name
+        app = summary = None
+        if is_clip_folder(model_dir):  # a CLIP model: text and image embeddings, no generation
+            if adapter or loras or draft_model:
+                sock.close()
+                raise click.UsageError("a CLIP model serves embeddings only: no --adapter, --lora or --draft-model")
+            app, summary = _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits)
+    except LmkitError as exc:
+        sock.close()
+        raise click.ClickException(str(exc)) from exc
+    if app is None:
+        app, summary = _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_size, max_waiting,
+                                       kv_cache, kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk,
+                                       max_body_bytes, default_max_tokens, speculative, draft_model,
+                                       num_speculative_tokens, dtype, keep_quantized, device, loras, enable_lora,
+                                       watermark, moderation, rate_limits)
+    port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
+    auth = f"{len(keys)} API key(s)" if keys else "no API key (anyone who can reach the port may use it)"
+    where = "API: /v1" if summary.startswith("CLIP") else "web chat: /, API: /v1"
+    click.echo(f"serving {name!r} ({summary}) on http://{host}:{port}  [{where}, {auth}]", err=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=60))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    if not server.started:
+        raise click.ClickException(f"the server on http://{host}:{port} did not start (see the log above)")
+
+
+def _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits):
+    """An embeddings-only app for a CLIP folder (`lmkit clip train`'s output): texts and images."""
+    from lmkit.serve.app import create_app
+    from lmkit.serve.clip_embeddings import CLIPEmbedder
+    from lmkit.vision.clip_folder import load_clip_folder
+
+    model, tok = load_clip_folder(model_dir)
+    if device:
+        model = model.to(device)
+    app = create_app(None, model_name=name, api_keys=keys, max_body_bytes=max_body_bytes,
+                     embedder=CLIPEmbedder(model, tok), rate_limits=rate_limits)
+    return app, f"CLIP, /v1/embeddings of texts and images only, {model.config.projection_dim} dimensions"
+
+
+def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_size, max_waiting, kv_cache,
+                    kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
+                    default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, keep_quantized,
+                    device, loras, enable_lora, watermark, moderation, rate_limits):
+    """(app, summary) for a language model: the batching engine behind every route."""
+    from lmkit.errors import LmkitError
+
+    try:
+        from lmkit.infer.checkpoint_defaults import max_new_tokens_default
         from lmkit.serve.app import create_app
         from lmkit.serve.engine import Engine
-
-        from lmkit.infer.checkpoint_defaults import max_new_tokens_default
 
         model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         tpl = _chat_template(template, tok, model_dir, adapter)
@@ -170,8 +226,6 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
             default_max_tokens = max_new_tokens_default(model, 0, 256)
         if device:
             model = model.to(device)
-        keys = list(api_keys) or ([os.environ["LMKIT_API_KEY"]] if os.environ.get("LMKIT_API_KEY") else [])
-        name = model_name or Path(model_dir).resolve().name
         registry = None
         if loras or enable_lora:  # multi-LoRA: adapters chosen per request (serve/lora_adapters.py)
             from lmkit.serve.lora_adapters import AdapterRegistry
@@ -198,20 +252,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
     except LmkitError as exc:
         sock.close()
         raise click.ClickException(str(exc)) from exc
-    port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
-    auth = f"{len(keys)} API key(s)" if keys else "no API key (anyone who can reach the port may use it)"
-    click.echo(f"serving {name!r} ({type(model).__name__}, context {model.config.max_seq_len}) "
-               f"on http://{host}:{port}  [web chat: /, API: /v1, {auth}]", err=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=60))
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-    if not server.started:
-        raise click.ClickException(f"the server on http://{host}:{port} did not start (see the log above)")
+    return app, f"{type(model).__name__}, context {model.config.max_seq_len}"
 
 
 @click.command("chat")

@@ -1,4 +1,5 @@
-"""POST /v1/embeddings: sentence embeddings of texts or token ids, as floats or base64."""
+"""POST /v1/embeddings: sentence embeddings of texts or token ids, as floats or base64; with a CLIP
+model also image embeddings (data URLs) in the texts' space."""
 
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
@@ -32,15 +33,20 @@ async def embeddings(req: schemas.EmbeddingRequest, state: ServerState = Depends
     emb = embedder_of(state)
     if req.encoding_format not in ("float", "base64"):
         raise APIError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
+    items = req.mixed_items() if getattr(emb, "accepts_images", False) else None
     try:
-        inputs = req.token_lists(emb)
+        inputs = items if items is not None else req.token_lists(emb)
     except (ConfigError, TokenizerError) as exc:
         raise APIError(400, str(exc), param="input") from None
     if not inputs or len(inputs) > MAX_INPUTS:
         raise APIError(400, f"input must hold between 1 and {MAX_INPUTS} items", param="input")
     try:
-        vecs = await run_in_threadpool(emb.embed, inputs)
-    except ConfigError as exc:
+        if items is not None:  # a CLIP model: texts and images into one space
+            vecs, n_tok = await run_in_threadpool(emb.embed_inputs, items)
+        else:
+            vecs = await run_in_threadpool(emb.embed, inputs)
+            n_tok = sum(len(x) for x in inputs)
+    except (ConfigError, TokenizerError) as exc:
         raise APIError(400, str(exc), param="input") from None
     if req.dimensions is not None:
         if not 1 <= req.dimensions <= vecs.shape[1]:
@@ -50,7 +56,6 @@ async def embeddings(req: schemas.EmbeddingRequest, state: ServerState = Depends
         vecs = F.normalize(vecs[:, : req.dimensions], dim=-1)
     data = [{"object": "embedding", "index": i, "embedding": embedding_payload(v, req.encoding_format)}
             for i, v in enumerate(vecs)]
-    n_tok = sum(len(x) for x in inputs)
     state.metrics.add_tokens(n_tok, 0)
     return {"object": "list", "data": data, "model": state.model_name,
             "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}

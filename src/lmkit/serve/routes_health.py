@@ -11,6 +11,8 @@ router = APIRouter()
 @router.get("/health")
 async def health(state: ServerState = Depends(server_state)):
     engine = state.engine
+    if engine is None:  # an embeddings-only server has no generation queue
+        return {"status": "ok", "model": state.model_name, "running": 0, "waiting": 0}
     return {"status": "ok", "model": state.model_name, "running": engine.running, "waiting": engine.waiting}
 
 

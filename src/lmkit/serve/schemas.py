@@ -76,14 +76,25 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(_Open):
+    """`input`: texts or token ids; for a CLIP model also images, as data URLs or {"image": URL}
+    objects, mixed with texts (clip_embeddings.py)."""
+
     model: Optional[str] = None
-    input: Union[str, list[str], list[int], list[list[int]]]
+    input: Union[str, list[str], list[int], list[list[int]], dict[str, Any], list[Union[str, dict[str, Any]]]]
     encoding_format: str = "float"
     dimensions: Optional[int] = None
     user: Optional[str] = None
 
+    def mixed_items(self) -> list | None:
+        """The input as a list of texts and objects, when it holds no token ids (the CLIP path); else None."""
+        x = self.input
+        items = [x] if isinstance(x, (str, dict)) else list(x)
+        return items if all(isinstance(t, (str, dict)) for t in items) else None
+
     def token_lists(self, embedder) -> list[list[int]]:
         x = self.input
+        if isinstance(x, dict) or (isinstance(x, list) and any(isinstance(t, dict) for t in x)):
+            raise ConfigError("objects such as {\"image\": ...} need a CLIP model; this model embeds texts only")
         if isinstance(x, str):
             return embedder.encode_texts([x])
         if not x:

@@ -14,7 +14,7 @@ class ServerState:
     """The engine, the public model name and the request limits, shared by the routes.
 
     embedder: the `ModelEmbedder` behind /v1/embeddings (made from the engine's model on
-    first use when None).
+    first use when None). engine None: an embeddings-only server (a CLIP model).
     """
 
     engine: Any
@@ -37,6 +37,8 @@ class ServerState:
 
     @property
     def context(self) -> int:
+        if self.engine is None:  # an embeddings-only server: the embedder's input length
+            return self.embedder.max_len
         return self.model.config.max_seq_len
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import click
 
-TOKENIZER_FILE = "tokenizer.lmkit.json"
 
 
 @click.group("clip")
@@ -35,6 +34,7 @@ def train_command(out, steps, batch_size, lr, image_size, d_model, layers, seed)
     """Train a small CLIP on scikit-learn's digits with captions built from the labels."""
     from pathlib import Path
 
+    from lmkit.vision.clip_folder import TOKENIZER_FILE
     from lmkit.vision.clip_digits import (TEMPLATES, caption_tokenizer, digit_captions, digit_prompt_ensemble,
                                           digit_prompts, load_digit_split, new_digits_clip, tokenize)
     from lmkit.vision.clip_hub import save_clip
@@ -59,36 +59,18 @@ def train_command(out, steps, batch_size, lr, image_size, d_model, layers, seed)
 
 
 def _load(model_dir: str):
-    from pathlib import Path
+    from lmkit.vision.clip_folder import load_clip_folder
 
-    from lmkit.errors import CheckpointError
-    from lmkit.tokenizers.simple import WhitespaceTokenizer
-    from lmkit.vision.clip_hub import load_clip
-
-    path = Path(model_dir) / TOKENIZER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no {TOKENIZER_FILE} (the caption tokenizer `lmkit clip train` writes)")
-    return load_clip(model_dir).eval(), WhitespaceTokenizer.load(path)
+    return load_clip_folder(model_dir)
 
 
 def read_images(paths: list[str], image_size: int, channels: int):
     """Image files -> [N, channels, image_size, image_size] in [-1, 1] (Pillow; grey for one channel)."""
-    import numpy as np
     import torch
 
-    from lmkit.errors import MissingDependencyError
+    from lmkit.vision.image_input import image_pixels
 
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise MissingDependencyError("reading images needs Pillow: pip install pillow") from exc
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-        out.append(a[None] if channels == 1 else a.transpose(2, 0, 1))
-    return torch.as_tensor(np.stack(out)) * 2 - 1
+    return torch.stack([image_pixels(p, image_size, channels) for p in paths])
 
 
 @clip.command("classify")

@@ -98,18 +98,25 @@ def digit_prompt_ensemble(tok: WhitespaceTokenizer) -> tuple[torch.Tensor, torch
     return tokenize(tok, [caption(d, t) for d in range(10) for t in TEMPLATES])
 
 
-def digits_clip_config(tok: WhitespaceTokenizer, image_size: int = 16, d_model: int = 64,
-                       n_layers: int = 2) -> CLIPConfig:
-    """A small CLIP for grey digits (patch 4: 16 patches at 16x16)."""
+def word_clip_config(tok: WhitespaceTokenizer, *, max_len: int, image_size: int, patch_size: int, num_channels: int,
+                     d_model: int, n_layers: int) -> CLIPConfig:
+    """A small CLIP whose text tower reads `tok`'s ``<s> words </s>`` captions (one head per 16 dims)."""
     heads = max(1, d_model // 16)
     return CLIPConfig(
-        vision=clip_vision_config(image_size=image_size, patch_size=4, num_channels=1, d_model=d_model,
-                                  n_layers=n_layers, n_heads=heads, d_ff=4 * d_model),
-        text=CLIPTextConfig(vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, d_model=d_model, n_layers=n_layers,
+        vision=clip_vision_config(image_size=image_size, patch_size=patch_size, num_channels=num_channels,
+                                  d_model=d_model, n_layers=n_layers, n_heads=heads, d_ff=4 * d_model),
+        text=CLIPTextConfig(vocab_size=tok.vocab_size, max_seq_len=max_len, d_model=d_model, n_layers=n_layers,
                             n_heads=heads, d_ff=4 * d_model, eos_token_id=tok.token_to_id("</s>"),
                             pad_token_id=tok.token_to_id("<pad>"), bos_token_id=tok.token_to_id("<s>")),
         projection_dim=d_model,
     )
+
+
+def digits_clip_config(tok: WhitespaceTokenizer, image_size: int = 16, d_model: int = 64,
+                       n_layers: int = 2) -> CLIPConfig:
+    """A small CLIP for grey digits (patch 4: 16 patches at 16x16)."""
+    return word_clip_config(tok, max_len=MAX_LEN, image_size=image_size, patch_size=4, num_channels=1,
+                            d_model=d_model, n_layers=n_layers)
 
 
 def new_digits_clip(tok: WhitespaceTokenizer, seed: int = 0, **kw) -> CLIP:

@@ -1,5 +1,6 @@
-"""CLI: `lmkit diffusion train` (class-conditional diffusion on the scikit-learn digits) and
-`lmkit diffusion sample` (a PNG grid of generated digits, with classifier-free guidance)."""
+"""CLI: `lmkit diffusion train` (class-conditional diffusion on the scikit-learn digits, in pixel
+space or, with `--latent`, in the latent space of a VAE trained first) and `lmkit diffusion
+sample` (a PNG grid of generated digits, with classifier-free guidance)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,17 @@ def diffusion_group() -> None:
 @click.option("--prediction", type=click.Choice(["epsilon", "v_prediction", "sample"]), default="epsilon", show_default=True)
 @click.option("--cond-drop", type=float, default=0.1, show_default=True, help="probability of training unconditionally")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--latent", is_flag=True,
+              help="latent diffusion: train a VAE first (4x downsampling) and diffuse in its latent space")
+@click.option("--vae-steps", type=click.IntRange(1), default=None, help="VAE training steps (default: --steps)")
+@click.option("--latent-channels", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--kl-weight", type=click.FloatRange(0), default=1e-3, show_default=True,
+              help="beta, the weight of the VAE's KL term")
 @click.option("--samples", "grid_path", type=click.Path(dir_okay=False), default=None,
               help="also write a 10x10 grid of samples (one row per digit) to this PNG")
 @progress_flags
 def train_cmd(out_dir, steps, batch_size, lr, image_size, base_channels, beta_schedule, prediction, cond_drop, seed,
-              grid_path) -> None:
+              latent, vae_steps, latent_channels, kl_weight, grid_path) -> None:
     """Train a class-conditional diffusion model on the scikit-learn digits into OUT."""
     import torch
 
@@ -41,26 +48,49 @@ def train_cmd(out_dir, steps, batch_size, lr, image_size, base_channels, beta_sc
 
     torch.manual_seed(seed)
     images, labels = load_digit_images(image_size)
+    space = None
+    if latent:
+        if image_size % 4:
+            raise click.BadParameter(f"--latent needs an --image-size divisible by 4, got {image_size}")
+        space = _train_latent_space(images, vae_steps or steps, batch_size, latent_channels, kl_weight, seed)
+        images = space.encode(images)  # the UNet's data: scaled latents
     schedule = NoiseSchedule(1000, beta_schedule, prediction_type=prediction)
-    levels = 2 if image_size < 16 else 3
-    config = UNetConfig(num_classes=10, base_channels=base_channels, channel_mults=(1, 2, 2)[:levels],
+    levels = 2 if images.shape[-1] < 16 else 3
+    config = UNetConfig(in_channels=images.shape[1], out_channels=images.shape[1], num_classes=10,
+                        base_channels=base_channels, channel_mults=(1, 2, 2)[:levels],
                         attention_levels=(False, True, True)[:levels])
     model = train_diffusion(UNet(config), schedule, images, labels,
                             DiffusionTrainConfig(steps=steps, batch_size=batch_size, lr=lr, cond_drop_prob=cond_drop,
                                                  seed=seed))
-    save_diffusion(out_dir, model, schedule, image_size)
+    save_diffusion(out_dir, model, schedule, image_size, latent_space=space)
     click.echo(f"wrote {out_dir}")
     if grid_path:
-        _write_grid(model, schedule, image_size, grid_path, list(range(10)), 10, 100, 2.0, "ddpm", 0.0, seed)
+        _write_grid(model, schedule, image_size, grid_path, list(range(10)), 10, 100, 2.0, "ddpm", 0.0, seed, space)
 
 
-def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps, guidance, sampler_name, eta, seed):
+def _train_latent_space(images, steps, batch_size, latent_channels, kl_weight, seed):
+    """A VAE (4x downsampling) trained on `images`, with its scaling factor measured on them."""
+    from lmkit.vision.latent_diffusion import LatentSpace, scaling_factor_of
+    from lmkit.vision.vae import VAE, VAEConfig, VAETrainConfig, train_vae
+
+    vae = train_vae(VAE(VAEConfig(in_channels=images.shape[1], latent_channels=latent_channels,
+                                  channels=(16, 32, 32))), images,
+                    VAETrainConfig(steps=steps, batch_size=batch_size, beta=kl_weight, seed=seed))
+    space = LatentSpace(vae, scaling_factor_of(vae, images))
+    click.echo(f"VAE trained; latents {tuple(space.latent_shape(images.shape[-1]))}, "
+               f"scaling factor {space.scaling_factor:.4f}")
+    return space
+
+
+def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps, guidance, sampler_name, eta, seed,
+                space=None):
     import torch
 
     from lmkit.vision.ddim import DDIMSampler
     from lmkit.vision.ddpm import DDPMSampler
     from lmkit.vision.diffusion_sampling import sample_images
     from lmkit.vision.image_grid import save_image_grid
+    from lmkit.vision.latent_diffusion import sample_latent_images
 
     if sampler_name == "ddim":
         sampler = DDIMSampler(schedule, timestep_spacing="trailing")
@@ -68,8 +98,13 @@ def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps,
         sampler = DDPMSampler(schedule)
     sampler.set_timesteps(num_steps)
     labels = torch.tensor(digits).repeat_interleave(per_digit)
-    images = sample_images(model, sampler, (len(labels), model.config.in_channels, image_size, image_size), labels,
-                           guidance_scale=guidance, eta=eta, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if space is not None:
+        images = sample_latent_images(model, space, sampler, len(labels), image_size, labels, guidance_scale=guidance,
+                                      eta=eta, generator=generator)
+    else:
+        images = sample_images(model, sampler, (len(labels), model.config.in_channels, image_size, image_size),
+                               labels, guidance_scale=guidance, eta=eta, generator=generator)
     save_image_grid(images, path, nrow=per_digit)
     click.echo(f"wrote {path}")
 
@@ -87,7 +122,7 @@ def _write_grid(model, schedule, image_size, path, digits, per_digit, num_steps,
 @progress_flags
 def sample_cmd(model_dir, grid_path, digits, per_digit, num_steps, guidance, sampler_name, eta, seed) -> None:
     """Generate digits with the model in MODEL_DIR and save them as a PNG grid."""
-    from lmkit.vision.diffusion_checkpoint import load_diffusion
+    from lmkit.vision.diffusion_checkpoint import load_diffusion, load_latent_space
 
     try:
         wanted = [int(d) for d in digits.split(",") if d.strip()]
@@ -97,7 +132,8 @@ def sample_cmd(model_dir, grid_path, digits, per_digit, num_steps, guidance, sam
     bad = [d for d in wanted if not 0 <= d < (model.config.num_classes or 0)]
     if bad or not wanted:
         raise click.BadParameter(f"digits must be in 0..{(model.config.num_classes or 1) - 1}, got {digits!r}")
-    _write_grid(model, schedule, image_size, grid_path, wanted, per_digit, num_steps, guidance, sampler_name, eta, seed)
+    _write_grid(model, schedule, image_size, grid_path, wanted, per_digit, num_steps, guidance, sampler_name, eta, seed,
+                load_latent_space(model_dir))
 
 
 COMMANDS = [diffusion_group]

@@ -15,9 +15,11 @@ from lmkit.vision.unet import UNet
 @torch.no_grad()
 def sample_images(model: UNet, sampler: DDIMSampler | DDPMSampler, shape: tuple[int, ...],
                   labels: torch.Tensor | None = None, guidance_scale: float = 1.0, eta: float = 0.0,
-                  generator: torch.Generator | None = None, progress: bool | str | None = False) -> torch.Tensor:
+                  generator: torch.Generator | None = None, progress: bool | str | None = False,
+                  clamp: bool = True) -> torch.Tensor:
     """Images of `shape` (N, C, H, W) in [-1, 1] along `sampler.timesteps`; with `labels`,
-    guided by `guidance_scale` against the model's null label."""
+    guided by `guidance_scale` against the model's null label. `clamp=False` returns the last
+    sample unclamped (latents of latent diffusion are not in [-1, 1])."""
     model.eval()
     x = torch.randn(shape, generator=generator)
     null = model.null_labels(shape[0]) if labels is not None else None
@@ -32,4 +34,4 @@ def sample_images(model: UNet, sampler: DDIMSampler | DDPMSampler, shape: tuple[
             x = sampler.step(out, t, x, eta=eta, generator=generator).prev_sample
         else:
             x = sampler.step(out, t, x, generator=generator).prev_sample
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clamp else x
