@@ -64,6 +64,58 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("_", " "))
 
 
+def stdlib_docstring_sentences(skip: tuple[str, ...] = ("test", "tests", "idle_test", "site-packages")) -> list[list[str]]:
+    """Every docstring sentence (≥ 3 words) of the whole standard library, as word lists: the
+    unlabelled text the substitution sets are fitted on."""
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        if any(p in skip for p in path.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sent in re.split(r"(?<=[.!?])\s+", " ".join((ast.get_docstring(node) or "").split())):
+                    w = words(sent)
+                    if len(w) >= 3:
+                        out.append(w)
+    return out
+
+
+def cooccurrence_neighbours(texts: list[list[str]], vocab: "Vocab", k: int = 8, window: int = 3, dims: int = 64,
+                            min_count: int = 5) -> dict[int, list[int]]:
+    """{id: ids of its k nearest words}: cosine in a PPMI + SVD co-occurrence space (±window words)
+    fitted on `texts`. A stand-in for the counter-fitted word vectors that TextFooler-style
+    attacks draw synonyms from: it knows nothing of the labels or of any trained model, so the
+    attack is the same for every model and sees none of their training randomness. Words seen
+    fewer than min_count times get no substitutes."""
+    counts = Counter(w for t in texts for w in t)
+    rows = [i for i, w in enumerate(vocab.words) if counts[w] >= min_count]
+    row_of = {vocab.words[i]: r for r, i in enumerate(rows)}
+    context = {w: c for c, (w, _) in enumerate(counts.most_common(5000))}
+    m = torch.zeros(len(rows), len(context), dtype=torch.float64)
+    for t in texts:
+        for i, w in enumerate(t):
+            r = row_of.get(w)
+            if r is None:
+                continue
+            for u in t[max(0, i - window):i] + t[i + 1:i + 1 + window]:
+                c = context.get(u)
+                if c is not None:
+                    m[r, c] += 1.0
+    total = m.sum()
+    pmi = torch.log(m * total / (m.sum(1, keepdim=True) * m.sum(0, keepdim=True)).clamp(min=1e-12)).clamp(min=0.0)
+    pmi[m == 0] = 0.0
+    u, s, _ = torch.linalg.svd(pmi, full_matrices=False)
+    vec = torch.nn.functional.normalize((u[:, :dims] * s[:dims].sqrt()).float(), dim=-1)
+    sim = vec @ vec.T
+    sim.fill_diagonal_(-2.0)
+    top = sim.topk(k, dim=-1).indices
+    return {rows[r]: [rows[j] for j in top[r].tolist()] for r in range(len(rows))}
+
+
 def package_texts(pkg: str) -> tuple[list[list[str]], list[list[str]]]:
     """(docstring sentences, code lines) of one standard-library package, as word lists."""
     root = Path(sysconfig.get_paths()["stdlib"]) / pkg

@@ -63,10 +63,11 @@ class TrainConfig:
     progress: bool | str = True  # True/"auto": bar on a terminal, sparse lines otherwise; "json"; False/"off"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # adversarial training on the input embeddings (train/adversarial.py)
-    adversarial: str = "none"  # none | fgm | fgsm | pgd | freelb
+    adversarial: str = "none"  # none | fgm | fgsm | pgd | freelb | substitution (train/substitution_adversary.py)
     adv_epsilon: float = 1.0  # L2 radius of the perturbation per example (fgsm: its max-norm)
     adv_alpha: float = 0.3  # step size of pgd/freelb ascent steps (freelb: also its random start)
-    adv_steps: int = 3  # ascent steps of pgd/freelb
+    adv_steps: int = 3  # ascent steps of pgd/freelb/substitution
+    adv_positions: float = 1.0  # substitution: share of the substitutable positions moved each step
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -130,6 +131,8 @@ class TrainConfig:
                 bad(name, "must be a positive number")
         if not isinstance(self.adv_steps, int) or self.adv_steps < 1:
             bad("adv_steps", "must be a positive integer")
+        if not (isinstance(self.adv_positions, (int, float)) and 0.0 < self.adv_positions <= 1.0):
+            bad("adv_positions", "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
