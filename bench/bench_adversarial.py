@@ -19,7 +19,9 @@ substitution (≤ 3 words). The substitution sets: each word's 8 nearest words i
 co-occurrence space fitted on every docstring of the standard library (unlabelled text, no
 model involved), so the attack is the same for every arm and seed and sees none of the
 training randomness; substitution-aware training trains against those same sets (the threat
-model is known to the defender, as in ASCC / certified-robustness work).
+model is known to the defender, as in ASCC / certified-robustness work). A second
+substitution attack draws from each word's next 8 neighbours (ranks 9-16), a set disjoint
+from the one trained on: does the robustness carry over to substitutes never trained on?
 
 Part 2, DANN. Source domain (labelled): docstring sentences (85 % for training, 15 % held out
 to show the in-domain accuracy); target domain (unlabelled in training, labelled for the
@@ -247,7 +249,9 @@ def robustness(args, data, n, steps, seeds) -> None:
     """Part 1: plain vs adversarial training, clean and attacked accuracy, over seeds."""
     vocab = Vocab([t for d, c in data.values() for t in d + c])
     t0 = time.perf_counter()
-    substitutes = cooccurrence_neighbours(stdlib_docstring_sentences(), vocab, k=SUB_K)
+    ranked = cooccurrence_neighbours(stdlib_docstring_sentences(), vocab, k=2 * SUB_K)
+    substitutes = {i: v[:SUB_K] for i, v in ranked.items()}  # the threat model: trained against, attacked with
+    unseen = {i: v[SUB_K:] for i, v in ranked.items()}  # the next SUB_K words: a disjoint set no arm trains on
     print(f"part 1: vocabulary {len(vocab.words)} words, {len(substitutes)} with {SUB_K} substitutes "
           f"({time.perf_counter() - t0:.0f} s); e.g. " + "; ".join(
               f"{w} → {', '.join(vocab.words[j] for j in substitutes[vocab.index[w]][:4])}"
@@ -264,7 +268,7 @@ def robustness(args, data, n, steps, seeds) -> None:
     tids, tmask = vocab.encode([t for t, _ in test_rows])
     tlabels = torch.tensor([y for _, y in test_rows])
     print(f"  {len(train_rows)} training and {len(test_rows)} test sentences, {seeds} seed(s) per arm")
-    results = {name: {k: [] for k in ("clean", "pgd", "rel", "sub", "secs")} for name in ARMS}
+    results = {name: {k: [] for k in ("clean", "pgd", "rel", "sub", "unseen", "secs")} for name in ARMS}
     for seed in range(seeds):
         for name, adv in ARMS.items():
             model = classifier(len(vocab.words), seed)
@@ -275,21 +279,25 @@ def robustness(args, data, n, steps, seeds) -> None:
             rel = pgd_attack(model, tids, tlabels, tmask, epsilon=ATTACK_REL, steps=10, relative=True)
             sub = word_substitution_attack(model, tids, tlabels, substitutes, tmask, max_changes=SUB_WORDS,
                                            protected=[PAD, UNK])
+            other = word_substitution_attack(model, tids, tlabels, unseen, tmask, max_changes=SUB_WORDS,
+                                             protected=[PAD, UNK])
             r = dict(clean=pgd.clean_accuracy, pgd=pgd.attacked_accuracy, rel=rel.attacked_accuracy,
-                     sub=sub.attacked_accuracy, secs=secs)
+                     sub=sub.attacked_accuracy, unseen=other.attacked_accuracy, secs=secs)
             for k, v in r.items():
                 results[name][k].append(v)
             print(f"  seed {seed} {name:12s} clean {r['clean']:.3f}  PGD {r['pgd']:.3f}  PGD-relative {r['rel']:.3f}  "
-                  f"word substitution {r['sub']:.3f}  (train {secs:.1f} CPU s)", flush=True)
+                  f"word substitution {r['sub']:.3f}  (unseen sets {r['unseen']:.3f})  (train {secs:.1f} CPU s)", flush=True)
     print(f"  mean ± sd over {seeds} seed(s):")
     base = results["plain"]
     for name, r in results.items():
         line = (f"  {name:12s} clean {mean_sd(r['clean'])}  PGD {mean_sd(r['pgd'])}  PGD-relative {mean_sd(r['rel'])}  "
-                f"word substitution {mean_sd(r['sub'])}  train {statistics.mean(r['secs']):.1f} CPU s")
+                f"word substitution {mean_sd(r['sub'])} (unseen sets {mean_sd(r['unseen'])})  "
+                f"train {statistics.mean(r['secs']):.1f} CPU s")
         if name != "plain":
-            diff = {k: [a - b for a, b in zip(r[k], base[k])] for k in ("clean", "pgd", "rel", "sub")}
+            diff = {k: [a - b for a, b in zip(r[k], base[k])] for k in ("clean", "pgd", "rel", "sub", "unseen")}
             line += (f"\n  {'':12s} vs plain (paired by seed): clean {mean_sd(diff['clean'])}, PGD {mean_sd(diff['pgd'])}, "
-                     f"PGD-relative {mean_sd(diff['rel'])}, substitution {mean_sd(diff['sub'])}; "
+                     f"PGD-relative {mean_sd(diff['rel'])}, substitution {mean_sd(diff['sub'])} "
+                     f"(unseen sets {mean_sd(diff['unseen'])}); "
                      f"time x{statistics.mean(r['secs']) / statistics.mean(base['secs']):.1f}")
         print(line)
     print(f"{statistics.mean(results['substitution']['sub']) / max(statistics.mean(base['sub']), 1e-9):.3f}")
