@@ -219,6 +219,8 @@ def split(items: list, frac: float, seed: int) -> tuple[list, list]:
 
 
 def mean_sd(xs: list[float]) -> str:
+    if any(x != x for x in xs):  # nan: nothing was measured
+        return "n/a"
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
 
 
