@@ -136,7 +136,7 @@ def test_substitution_table_and_hull_training_in_the_trainer(tmp_path):
     adv = SubstitutionAdversary(model, subs, alpha=1.0, steps=2)
     clean, hull = adv.step(lambda: model(**b).loss, lambda loss: loss.backward(), mask=b["attention_mask"])
     assert hull > clean  # the ascent found a worse point in the hulls
-    with torch.no_grad():  # every vertex (a real substitution) lies in the hull, and the centre too
+    with torch.no_grad():  # a vertex of the hulls is a real substitution; their centre is not the clean input
         adv.mask, adv._eligible = b["attention_mask"], None
         with adv._active(torch.zeros(8, 6, 4)):
             centre = model(**b).logits
