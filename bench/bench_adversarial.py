@@ -9,23 +9,31 @@ with mean pooling and a linear head (peft/probing.py's SequenceClassifier), trai
 lmkit's Trainer (AdamW, lr 2e-3, batch 32, fp32, 1 thread), the same for every arm.
 
 Part 1, robustness. Source: sentences (≥ 8 words) of the packages' docstrings; 70/30 split.
-Arms: plain training, FGM (ε 0.3), PGD (ε 0.3, α 0.15, 3 steps), FreeLB (ε 0.3, α 0.1, 3
-steps), 400 steps each. Measured on the test split: clean accuracy; accuracy under embedding
-PGD (10 steps) with an absolute radius ε 0.2 and with a relative one (0.3 × the example's
-embedding norm: adversarial training grows the embeddings ahead of BERT's embedding
-LayerNorm, which shrinks a fixed ε in effect); accuracy under greedy word substitution (≤ 3
-words, candidates: the 8 nearest words of each word in the plain model's embedding table, the
-same candidates for every arm).
-Part 2, DANN. Source domain (labelled): docstring sentences; target domain (unlabelled in
-training, labelled for the test): code lines of the same packages (identifiers and comments,
-≥ 6 words). Source-only training vs DANN (gradient reversal, λ schedule to 0.3), 600 steps,
-target-domain test accuracy over 6 seeds, and a classifier trained on labelled target rows
-(the upper bound).
+Arms (400 steps each, every arm on the same seeds: seed s sets the initial weights and the
+batch order): plain training; FGM (ε 0.3); PGD (ε 0.3, α 0.15, 3 steps); FreeLB (ε 0.3,
+α 0.1, 3 steps); substitution-aware training (train/substitution_adversary.py: PGD in the
+convex hull of each word's substitution set, α 2, 5 steps). Measured on the test split:
+clean accuracy; accuracy under embedding PGD (10 steps) with an absolute radius ε 0.2 and
+with a relative one (0.3 × the example's embedding norm); accuracy under greedy word
+substitution (≤ 3 words). The substitution sets: each word's 8 nearest words in a PPMI + SVD
+co-occurrence space fitted on every docstring of the standard library (unlabelled text, no
+model involved), so the attack is the same for every arm and seed and sees none of the
+training randomness; substitution-aware training trains against those same sets (the threat
+model is known to the defender, as in ASCC / certified-robustness work). A second
+substitution attack draws from each word's next 8 neighbours (ranks 9-16), a set disjoint
+from the one trained on: does the robustness carry over to substitutes never trained on?
 
-    OMP_NUM_THREADS=1 python3 bench/bench_adversarial.py [--quick]
+Part 2, DANN. Source domain (labelled): docstring sentences (85 % for training, 15 % held out
+to show the in-domain accuracy; --holdout 0 trains on all of them); target domain (unlabelled in training, labelled for the
+test): code lines of the same packages (identifiers and comments, ≥ 6 words), classes
+balanced in both. Source-only training vs DANN (gradient reversal with the paper's λ ramp to
+λ_max 0.5, a domain classifier of 2 hidden layers of 256 on the pooled features the label head
+uses), 600 steps, over 5 seeds; and a classifier trained on labelled target rows (the upper
+bound). Part 2 builds its vocabulary from the source texts only.
 
-Part 2 builds its vocabulary from the source texts only. Last line of part 1: accuracy
-under PGD, adversarial (PGD-trained) / plain.
+    OMP_NUM_THREADS=1 python3 bench/bench_adversarial.py [--quick] [--part 1|2|all] [--seeds N]
+
+Last line: accuracy under word substitution, substitution-aware / plain training (means).
 """
 
 from __future__ import annotations
@@ -56,12 +64,68 @@ MAX_LEN = 24
 _WORD = re.compile(r"[a-z]+")
 PAD, UNK = 0, 1
 EPS = 0.3  # training perturbation radius (L2, per example)
-ATTACK_EPS, ATTACK_REL, SUB_WORDS = 0.2, 0.3, 3  # PGD radius; relative radius (x ‖e‖₂); words substituted
-DANN_LAMBDA = 0.3  # λ_max of the gradient reversal
+ATTACK_EPS, ATTACK_REL, SUB_WORDS, SUB_K = 0.2, 0.3, 3, 8  # PGD radius; relative radius (x ‖e‖₂); words; substitutes
+DANN_LAMBDA, DANN_HIDDEN, DANN_LAYERS = 0.5, 256, 2  # λ_max of the gradient reversal; domain classifier
 
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("_", " "))
+
+
+def stdlib_docstring_sentences(skip: tuple[str, ...] = ("test", "tests", "idle_test", "site-packages")) -> list[list[str]]:
+    """Every docstring sentence (≥ 3 words) of the whole standard library, as word lists: the
+    unlabelled text the substitution sets are fitted on."""
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        if any(p in skip for p in path.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sent in re.split(r"(?<=[.!?])\s+", " ".join((ast.get_docstring(node) or "").split())):
+                    w = words(sent)
+                    if len(w) >= 3:
+                        out.append(w)
+    return out
+
+
+def cooccurrence_neighbours(texts: list[list[str]], vocab: "Vocab", k: int = 8, window: int = 3, dims: int = 64,
+                            min_count: int = 5) -> dict[int, list[int]]:
+    """{id: ids of its k nearest words}: cosine in a PPMI + SVD co-occurrence space (±window words)
+    fitted on `texts`. A stand-in for the counter-fitted word vectors that TextFooler-style
+    attacks draw synonyms from: it knows nothing of the labels or of any trained model, so the
+    attack is the same for every model and sees none of their training randomness. Words seen
+    fewer than min_count times get no substitutes."""
+    counts = Counter(w for t in texts for w in t)
+    rows = [i for i, w in enumerate(vocab.words) if counts[w] >= min_count]
+    row_of = {vocab.words[i]: r for r, i in enumerate(rows)}
+    context = {w: c for c, (w, _) in enumerate(counts.most_common(5000))}
+    # every sentence's words as (row, context) ids, −1 where none; `window` blanks between sentences
+    flat_r, flat_c = [], []
+    for t in texts:
+        flat_r += [row_of.get(w, -1) for w in t] + [-1] * window
+        flat_c += [context.get(w, -1) for w in t] + [-1] * window
+    r_ids, c_ids = torch.tensor(flat_r), torch.tensor(flat_c)
+    m = torch.zeros(len(rows) * len(context), dtype=torch.float64)
+    for d in range(1, window + 1):  # the pairs d words apart, both ways
+        for a, b in ((r_ids[:-d], c_ids[d:]), (r_ids[d:], c_ids[:-d])):
+            keep = (a >= 0) & (b >= 0)
+            m.index_add_(0, a[keep] * len(context) + b[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+    m = m.view(len(rows), len(context))
+    total = m.sum()
+    pmi = torch.log(m * total / (m.sum(1, keepdim=True) * m.sum(0, keepdim=True)).clamp(min=1e-12)).clamp(min=0.0)
+    pmi[m == 0] = 0.0
+    pmi = pmi.float()
+    s2, u = torch.linalg.eigh(pmi @ pmi.T)  # the SVD's U and S² from the (rows x rows) Gram matrix: fast
+    u, s = u[:, -dims:], s2[-dims:].clamp(min=0.0).sqrt()
+    vec = torch.nn.functional.normalize(u * s.sqrt(), dim=-1)
+    sim = vec @ vec.T
+    sim.fill_diagonal_(-2.0)
+    top = sim.topk(k, dim=-1).indices
+    return {rows[r]: [rows[j] for j in top[r].tolist()] for r in range(len(rows))}
 
 
 def package_texts(pkg: str) -> tuple[list[list[str]], list[list[str]]]:
@@ -133,11 +197,11 @@ class Batches:
             yield {k: v[idx] for k, v in self.tensors.items()}
 
 
-def train(model, data, steps: int, out: str, **adv) -> float:
+def train(model, data, steps: int, out: str, seed: int = 0, substitutions=None, **adv) -> float:
     cfg = TrainConfig(max_steps=steps, lr=2e-3, warmup_steps=20, shift_labels=False, precision="fp32", compile=False,
-                      progress=False, out_dir=out, seed=0, **adv)
+                      progress=False, out_dir=out, seed=seed, **adv)
     t0 = time.process_time()  # CPU seconds of this one-thread process: robust to a busy machine
-    Trainer(model, cfg, data).train()
+    Trainer(model, cfg, data, substitutions=substitutions).train()
     return time.process_time() - t0
 
 
@@ -154,29 +218,48 @@ def split(items: list, frac: float, seed: int) -> tuple[list, list]:
     return items[:k], items[k:]
 
 
+def mean_sd(xs: list[float]) -> str:
+    if any(x != x for x in xs):  # nan: nothing was measured
+        return "n/a"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer steps and examples (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer steps, examples and seeds (a smoke run)")
     ap.add_argument("--out", default="/tmp/lmkit-bench-adversarial")
     ap.add_argument("--part", choices=["1", "2", "all"], default="all")
-    ap.add_argument("--seeds", type=int, default=6, help="DANN seeds")
+    ap.add_argument("--seeds", type=int, default=0, help="seeds per arm (default: part 1 four, part 2 five)")
+    ap.add_argument("--holdout", type=float, default=0.15,
+                    help="part 2: share of the source rows held out for the in-domain test (0: train on all)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    steps, dann_steps, seeds = (60, 80, 1) if args.quick else (400, 600, args.seeds)
     data = {pkg: package_texts(pkg) for pkg in PACKAGES}
-    vocab = Vocab([t for d, c in data.values() for t in d + c])
-    print(f"vocabulary {len(vocab.words)} words; " + ", ".join(
-        f"{p}: {len(d)} docstring sentences, {len(c)} code lines" for p, (d, c) in data.items()))
-
+    print(", ".join(f"{p}: {len(d)} docstring sentences, {len(c)} code lines" for p, (d, c) in data.items()))
     n = min(len(data[p][0]) for p in PACKAGES)  # balanced classes
     if args.part in ("1", "all"):
-        robustness(args, data, vocab, n, steps)
+        robustness(args, data, n, 60 if args.quick else 400, 1 if args.quick else (args.seeds or 4))
     if args.part in ("2", "all"):
-        domain_adaptation(args, data, n, dann_steps, seeds)
+        domain_adaptation(args, data, n, 80 if args.quick else 600, 1 if args.quick else (args.seeds or 5))
 
 
-def robustness(args, data, vocab, n, steps) -> None:
-    """Part 1: plain vs adversarial training, clean and attacked accuracy."""
+ARMS = {"plain": {}, "fgm": dict(adversarial="fgm", adv_epsilon=EPS),
+        "pgd": dict(adversarial="pgd", adv_epsilon=EPS, adv_alpha=EPS / 2, adv_steps=3),
+        "freelb": dict(adversarial="freelb", adv_epsilon=EPS, adv_alpha=EPS / 3, adv_steps=3),
+        "substitution": dict(adversarial="substitution", adv_alpha=2.0, adv_steps=5)}
+
+
+def robustness(args, data, n, steps, seeds) -> None:
+    """Part 1: plain vs adversarial training, clean and attacked accuracy, over seeds."""
+    vocab = Vocab([t for d, c in data.values() for t in d + c])
+    t0 = time.perf_counter()
+    ranked = cooccurrence_neighbours(stdlib_docstring_sentences(), vocab, k=2 * SUB_K)
+    substitutes = {i: v[:SUB_K] for i, v in ranked.items()}  # the threat model: trained against, attacked with
+    unseen = {i: v[SUB_K:] for i, v in ranked.items()}  # the next SUB_K words: a disjoint set no arm trains on
+    print(f"part 1: vocabulary {len(vocab.words)} words, {len(substitutes)} with {SUB_K} substitutes "
+          f"({time.perf_counter() - t0:.0f} s); e.g. " + "; ".join(
+              f"{w} → {', '.join(vocab.words[j] for j in substitutes[vocab.index[w]][:4])}"
+              for w in ("message", "loop", "returns") if vocab.index.get(w) in substitutes))
     train_rows, test_rows = [], []
     for label, pkg in enumerate(PACKAGES):
         tr, te = split(random.Random(label).sample(data[pkg][0], n), 0.7, seed=label)
@@ -188,75 +271,101 @@ def robustness(args, data, vocab, n, steps) -> None:
     labels = torch.tensor([y for _, y in train_rows])
     tids, tmask = vocab.encode([t for t, _ in test_rows])
     tlabels = torch.tensor([y for _, y in test_rows])
-    print(f"part 1: {len(train_rows)} training and {len(test_rows)} test sentences")
-    arms = {"plain": {}, "fgm": dict(adversarial="fgm", adv_epsilon=EPS),
-            "pgd": dict(adversarial="pgd", adv_epsilon=EPS, adv_alpha=EPS / 2, adv_steps=3),
-            "freelb": dict(adversarial="freelb", adv_epsilon=EPS, adv_alpha=EPS / 3, adv_steps=3)}
-    results, neighbours = {}, None
-    for name, adv in arms.items():
-        model = classifier(len(vocab.words), seed=0)
-        secs = train(model, Batches({"input_ids": ids, "attention_mask": mask, "labels": labels}, 32, 0), steps,
-                     f"{args.out}/{name}", **adv)
-        if neighbours is None:  # the plain model's neighbours: the same candidate words for every arm
-            neighbours = embedding_neighbours(model.base_model.embed_tokens.weight, k=8, exclude=[PAD, UNK])
-        pgd = pgd_attack(model, tids, tlabels, tmask, epsilon=ATTACK_EPS, steps=10)
-        rel = pgd_attack(model, tids, tlabels, tmask, epsilon=ATTACK_REL, steps=10, relative=True)
-        sub = word_substitution_attack(model, tids, tlabels, neighbours, tmask, max_changes=SUB_WORDS,
-                                       protected=[PAD, UNK])
-        results[name] = dict(clean=pgd.clean_accuracy, pgd=pgd.attacked_accuracy, rel=rel.attacked_accuracy,
-                             sub=sub.attacked_accuracy, secs=secs)
-        print(f"  {name:7s} clean {pgd.clean_accuracy:.3f}  PGD {pgd.attacked_accuracy:.3f}  "
-              f"PGD-relative {rel.attacked_accuracy:.3f}  word substitution {sub.attacked_accuracy:.3f}  "
-              f"(train {secs:.1f} CPU s)")
+    print(f"  {len(train_rows)} training and {len(test_rows)} test sentences, {seeds} seed(s) per arm")
+    results = {name: {k: [] for k in ("clean", "pgd", "rel", "sub", "unseen", "secs")} for name in ARMS}
+    for seed in range(seeds):
+        for name, adv in ARMS.items():
+            model = classifier(len(vocab.words), seed)
+            secs = train(model, Batches({"input_ids": ids, "attention_mask": mask, "labels": labels}, 32, seed), steps,
+                         f"{args.out}/{name}", seed=seed,
+                         substitutions=substitutes if adv.get("adversarial") == "substitution" else None, **adv)
+            pgd = pgd_attack(model, tids, tlabels, tmask, epsilon=ATTACK_EPS, steps=10)
+            rel = pgd_attack(model, tids, tlabels, tmask, epsilon=ATTACK_REL, steps=10, relative=True)
+            sub = word_substitution_attack(model, tids, tlabels, substitutes, tmask, max_changes=SUB_WORDS,
+                                           protected=[PAD, UNK])
+            other = word_substitution_attack(model, tids, tlabels, unseen, tmask, max_changes=SUB_WORDS,
+                                             protected=[PAD, UNK])
+            r = dict(clean=pgd.clean_accuracy, pgd=pgd.attacked_accuracy, rel=rel.attacked_accuracy,
+                     sub=sub.attacked_accuracy, unseen=other.attacked_accuracy, secs=secs)
+            for k, v in r.items():
+                results[name][k].append(v)
+            print(f"  seed {seed} {name:12s} clean {r['clean']:.3f}  PGD {r['pgd']:.3f}  PGD-relative {r['rel']:.3f}  "
+                  f"word substitution {r['sub']:.3f}  (unseen sets {r['unseen']:.3f})  (train {secs:.1f} CPU s)", flush=True)
+    print(f"  mean ± sd over {seeds} seed(s):")
     base = results["plain"]
-    for name in ("fgm", "pgd", "freelb"):
-        r = results[name]
-        print(f"  {name}: margins PGD {r['pgd'] - base['pgd']:+.3f}, PGD-relative {r['rel'] - base['rel']:+.3f}, "
-              f"substitution {r['sub'] - base['sub']:+.3f}; clean-accuracy cost {base['clean'] - r['clean']:+.3f}; "
-              f"training time x{r['secs'] / base['secs']:.1f}")
-
-    print(f"{results['pgd']['pgd'] / max(base['pgd'], 1e-9):.3f}")
+    for name, r in results.items():
+        line = (f"  {name:12s} clean {mean_sd(r['clean'])}  PGD {mean_sd(r['pgd'])}  PGD-relative {mean_sd(r['rel'])}  "
+                f"word substitution {mean_sd(r['sub'])} (unseen sets {mean_sd(r['unseen'])})  "
+                f"train {statistics.mean(r['secs']):.1f} CPU s")
+        if name != "plain":
+            diff = {k: [a - b for a, b in zip(r[k], base[k])] for k in ("clean", "pgd", "rel", "sub", "unseen")}
+            line += (f"\n  {'':12s} vs plain (paired by seed): clean {mean_sd(diff['clean'])}, PGD {mean_sd(diff['pgd'])}, "
+                     f"PGD-relative {mean_sd(diff['rel'])}, substitution {mean_sd(diff['sub'])} "
+                     f"(unseen sets {mean_sd(diff['unseen'])}); "
+                     f"time x{statistics.mean(r['secs']) / statistics.mean(base['secs']):.1f}")
+        print(line)
+    print(f"{statistics.mean(results['substitution']['sub']) / max(statistics.mean(base['sub']), 1e-9):.3f}")
 
 
 def domain_adaptation(args, data, n, dann_steps, seeds) -> None:
-    """Part 2: source-only vs DANN, accuracy on the target domain."""
+    """Part 2: source-only vs DANN, accuracy on the target domain, over seeds."""
     src_rows, tgt_rows = [], []
     m = min(len(data[p][1]) for p in PACKAGES)
     for label, pkg in enumerate(PACKAGES):
         src_rows += [(t, label) for t in random.Random(label).sample(data[pkg][0], n)]
         tgt_rows += [(t, label) for t in random.Random(label).sample(data[pkg][1], m)]
+    src_train, src_test = split(src_rows, 1.0 - args.holdout, seed=5) if args.holdout > 0 else (src_rows, src_rows[:0])
     tgt_train, tgt_test = split(tgt_rows, 0.5, seed=7)
     # the vocabulary of the labelled source only (target-only words are [unk]): a word seen only
     # in the target would be trained by nothing but the reversed domain gradient, which drives
     # it without bound (measured: DANN then predicts one class on the target)
-    vocab = Vocab([t for t, _ in src_rows])
+    vocab = Vocab([t for t, _ in src_train])
     if args.quick:
         tgt_test = tgt_test[:200]
-    sids, smask = vocab.encode([t for t, _ in src_rows])
-    slabels = torch.tensor([y for _, y in src_rows])
+    sids, smask = vocab.encode([t for t, _ in src_train])
+    slabels = torch.tensor([y for _, y in src_train])
+    hids, hmask = vocab.encode([t for t, _ in src_test])
+    hlabels = torch.tensor([y for _, y in src_test], dtype=torch.long)
     gids, gmask = vocab.encode([t for t, _ in tgt_train])
+    glabels = torch.tensor([y for _, y in tgt_train])
     eids, emask = vocab.encode([t for t, _ in tgt_test])
     elabels = torch.tensor([y for _, y in tgt_test])
     k = min(len(sids), len(gids))  # equal source and target rows in every batch
     mixed = {"input_ids": torch.cat([sids[:k], gids[:k]]), "attention_mask": torch.cat([smask[:k], gmask[:k]]),
              "labels": torch.cat([slabels[:k], torch.full((k,), -100)]),
              "domain_labels": torch.cat([torch.zeros(k, dtype=torch.long), torch.ones(k, dtype=torch.long)])}
-    print(f"part 2: {k} source + {k} unlabelled target rows for training, {len(tgt_test)} target rows for the test")
-    gains = []
+    unk = lambda i, mk: float((i == UNK).sum() / mk.sum())  # noqa: E731
+    print(f"part 2: {k} source + {k} unlabelled target rows for training; test: {len(src_test)} source rows (in-domain), "
+          f"{len(tgt_test)} target rows; share of class 1: source {float(slabels.float().mean()):.3f}, target "
+          f"{float(elabels.float().mean()):.3f}; [unk] share: source {unk(hids, hmask):.3f}, target {unk(eids, emask):.3f}")
+    res = {k_: [] for k_ in ("src_in", "src", "dann_in", "dann", "oracle", "domain_acc")}
     for seed in range(seeds):
         plain = classifier(len(vocab.words), seed)
         src_only = {"input_ids": sids[:k], "attention_mask": smask[:k], "labels": slabels[:k]}
-        train(plain, Batches(src_only, 32, seed), dann_steps, f"{args.out}/src{seed}")
-        dann = DomainAdversarial(classifier(len(vocab.words), seed), d_features=32, lam_max=DANN_LAMBDA)
-        train(dann, Batches(mixed, 64, seed), dann_steps, f"{args.out}/dann{seed}")
-        a, b = accuracy(plain, eids, emask, elabels), accuracy(dann.model, eids, emask, elabels)
-        gains.append(b - a)
-        print(f"  seed {seed}: target accuracy source-only {a:.3f}, DANN {b:.3f}")
-    print(f"  DANN gain on the target domain: {statistics.mean(gains):+.3f} (mean of {seeds} seeds)")
-    oracle = classifier(len(vocab.words), 0)  # the gap there is to close: trained on labelled target rows
-    train(oracle, Batches({"input_ids": gids, "attention_mask": gmask,
-                           "labels": torch.tensor([y for _, y in tgt_train])}, 32, 0), dann_steps, f"{args.out}/oracle")
-    print(f"  target-supervised upper bound: {accuracy(oracle, eids, emask, elabels):.3f}")
+        train(plain, Batches(src_only, 32, seed), dann_steps, f"{args.out}/src{seed}", seed=seed)
+        dann = DomainAdversarial(classifier(len(vocab.words), seed), d_features=32, lam_max=DANN_LAMBDA,
+                                 hidden=DANN_HIDDEN, layers=DANN_LAYERS)
+        train(dann, Batches(mixed, 64, seed), dann_steps, f"{args.out}/dann{seed}", seed=seed)
+        oracle = classifier(len(vocab.words), seed)  # the gap there is to close: trained on labelled target rows
+        train(oracle, Batches({"input_ids": gids, "attention_mask": gmask, "labels": glabels}, 32, seed), dann_steps,
+              f"{args.out}/oracle{seed}", seed=seed)
+        with torch.no_grad():  # how well the domain classifier still tells the domains apart (training rows)
+            dann.eval()
+            dom = dann.domain_head(dann(mixed["input_ids"], attention_mask=mixed["attention_mask"]).hidden_states)
+            res["domain_acc"].append(float((dom.argmax(-1) == mixed["domain_labels"]).float().mean()))
+        for key, model, (i, mk, y) in (("src_in", plain, (hids, hmask, hlabels)), ("src", plain, (eids, emask, elabels)),
+                                       ("dann_in", dann.model, (hids, hmask, hlabels)),
+                                       ("dann", dann.model, (eids, emask, elabels)),
+                                       ("oracle", oracle, (eids, emask, elabels))):
+            res[key].append(accuracy(model, i, mk, y) if len(y) else float("nan"))
+        print(f"  seed {seed}: source-only in-domain {res['src_in'][-1]:.3f}, target {res['src'][-1]:.3f}; DANN in-domain "
+              f"{res['dann_in'][-1]:.3f}, target {res['dann'][-1]:.3f}; target-trained {res['oracle'][-1]:.3f}; "
+              f"domain classifier accuracy {res['domain_acc'][-1]:.3f}", flush=True)
+    gains = [b - a for a, b in zip(res["src"], res["dann"])]
+    print(f"  mean ± sd over {seeds} seed(s): source-only in-domain {mean_sd(res['src_in'])}, target {mean_sd(res['src'])}; "
+          f"DANN target {mean_sd(res['dann'])} (in-domain {mean_sd(res['dann_in'])}); target-trained {mean_sd(res['oracle'])}")
+    print(f"  DANN gain on the target domain (paired by seed): {mean_sd(gains)}, {sum(g > 0 for g in gains)} of {seeds} "
+          f"seeds better")
 
 
 if __name__ == "__main__":

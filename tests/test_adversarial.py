@@ -122,3 +122,37 @@ def test_gradient_reversal_and_dann_in_the_trainer(tmp_path):
     assert model.grl.lam == pytest.approx(dann_lambda(3 / 4))  # the schedule followed the steps
     out = model(**b)
     assert out.loss is not None and out.hidden_states.shape == (8, 16)
+
+
+def test_substitution_table_and_hull_training_in_the_trainer(tmp_path):
+    from lmkit.train.substitution_adversary import SubstitutionAdversary, substitution_table
+
+    table = substitution_table({3: [4, 5, 3, 99], 4: [3], 0: [1]}, vocab_size=8, protected=[0, 5])
+    assert table.shape == (8, 2) and table[3].tolist() == [3, 4] and table[4].tolist() == [4, 3]
+    assert table[0].tolist() == [0, -1] and table[7].tolist() == [7, -1]  # protected / no substitutes
+
+    model, b = classifier(), batch()
+    subs = embedding_neighbours(model.base_model.embed_tokens.weight, k=3, exclude=[0])
+    adv = SubstitutionAdversary(model, subs, alpha=1.0, steps=2)
+    clean, hull = adv.step(lambda: model(**b).loss, lambda loss: loss.backward(), mask=b["attention_mask"])
+    assert hull > clean  # the ascent found a worse point in the hulls
+    with torch.no_grad():  # a vertex of the hulls is a real substitution; their centre is not the clean input
+        adv.mask, adv._eligible = b["attention_mask"], None
+        with adv._active(torch.zeros(8, 6, 4)):
+            centre = model(**b).logits
+        with adv._active(torch.full((8, 6, 4), -1e4).index_fill_(-1, torch.tensor([1]), 0.0)):
+            vertex = model(**b).logits
+        swapped = torch.where(b["attention_mask"].bool(), subs[b["input_ids"], 0], b["input_ids"])
+        assert torch.allclose(vertex, model(swapped, attention_mask=b["attention_mask"]).logits, atol=1e-5)
+        assert not torch.allclose(centre, model(**b).logits)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+    cfg = TrainConfig(max_steps=2, lr=1e-3, shift_labels=False, adversarial="substitution", adv_steps=2,
+                      adv_positions=0.5, out_dir=str(tmp_path), progress=False, precision="fp32", compile=False)
+    records = Trainer(classifier(), cfg, [b], substitutions=subs).train()
+    assert len(records) == 2 and records[0]["adv_loss"] > records[0]["loss"]
+    with pytest.raises(ConfigError, match="substitutions"):
+        Trainer(classifier(), cfg, [b])
+    with pytest.raises(ConfigError, match="adv_positions"):
+        TrainConfig(adversarial="substitution", adv_positions=0.0)

@@ -29,7 +29,8 @@ from torch import nn
 
 from lmkit.models.module_tree import token_embedding
 
-METHODS = ("none", "fgm", "fgsm", "pgd", "freelb")
+METHODS = ("none", "fgm", "fgsm", "pgd", "freelb", "substitution")  # substitution: train/substitution_adversary.py
+EMBEDDING_METHODS = ("fgm", "fgsm", "pgd", "freelb")
 
 
 def l2_normalize(g: torch.Tensor) -> torch.Tensor:
@@ -84,8 +85,8 @@ class EmbeddingAdversary:
 
     def __init__(self, model: nn.Module, method: str, epsilon: float = 1.0, alpha: float = 0.3,
                  steps: int = 3) -> None:
-        if method not in METHODS[1:]:
-            raise ValueError(f"adversarial method {method!r}: choose from {METHODS[1:]}")
+        if method not in EMBEDDING_METHODS:
+            raise ValueError(f"adversarial method {method!r}: choose from {EMBEDDING_METHODS}")
         self.perturb = EmbeddingPerturbation(model)
         self.method, self.epsilon, self.alpha, self.steps = method, epsilon, alpha, steps
 

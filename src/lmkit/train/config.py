@@ -120,10 +120,11 @@ class TrainConfig:
     progress: bool | str = True  # True/"auto": bar on a terminal, sparse lines otherwise; "json"; False/"off"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # adversarial training on the input embeddings (train/adversarial.py)
-    adversarial: str = "none"  # none | fgm | fgsm | pgd | freelb
+    adversarial: str = "none"  # none | fgm | fgsm | pgd | freelb | substitution (train/substitution_adversary.py)
     adv_epsilon: float = 1.0  # L2 radius of the perturbation per example (fgsm: its max-norm)
     adv_alpha: float = 0.3  # step size of pgd/freelb ascent steps (freelb: also its random start)
-    adv_steps: int = 3  # ascent steps of pgd/freelb
+    adv_steps: int = 3  # ascent steps of pgd/freelb/substitution
+    adv_positions: float = 1.0  # substitution: share of the substitutable positions moved each step
     # meta-learning mode (train/meta_learning.py): None, or {algorithm: reptile|fomaml, inner_steps, inner_lr,
     # inner_optimizer, tasks_per_step, ...}; each step meta-updates over tasks_per_step episodes, lr = the outer lr
     meta: dict[str, Any] | None = None
@@ -202,6 +203,8 @@ class TrainConfig:
                 bad("grad_accum_steps", "must be 1 with meta (a meta step draws meta.tasks_per_step episodes)")
             if self.adversarial != "none":
                 bad("adversarial", "cannot be combined with meta")
+        if not (isinstance(self.adv_positions, (int, float)) and 0.0 < self.adv_positions <= 1.0):
+            bad("adv_positions", "must be in (0, 1]")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

@@ -48,7 +48,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +98,8 @@ class Trainer:
     restored; otherwise the already consumed batches are skipped on resume.
     penalty: a callable ``penalty(model) -> scalar tensor`` added to each step's loss
     (train/forgetting_penalty.py: EWC, L2-SP); reported as the step's ``penalty``.
+    substitutions: the word-substitution sets ``{id: [ids]}`` or a [V, k] id tensor that
+    ``adversarial: substitution`` trains against (train/substitution_adversary.py).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Trainer:
         *,
         resume: bool | str = False,
         penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+        substitutions: Mapping[int, Sequence[int]] | torch.Tensor | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -183,7 +186,15 @@ class Trainer:
         self.adversary = None
         if config.adversarial != "none" and penalty is not None:
             raise ConfigError("adversarial training and a weight penalty (EWC / L2-SP) cannot be combined yet")
-        if config.adversarial != "none":
+        if (config.adversarial == "substitution") != (substitutions is not None):
+            raise ConfigError("adversarial='substitution' and the Trainer's `substitutions` (the word-substitution "
+                              "sets to train against) go together: give both or neither")
+        if config.adversarial == "substitution":
+            from lmkit.train.substitution_adversary import SubstitutionAdversary
+
+            self.adversary = SubstitutionAdversary(self.raw_model, substitutions, config.adv_alpha, config.adv_steps,
+                                                   config.adv_positions)
+        elif config.adversarial != "none":
             from lmkit.train.adversarial import EmbeddingAdversary
 
             self.adversary = EmbeddingAdversary(self.raw_model, config.adversarial, config.adv_epsilon,
