@@ -48,11 +48,11 @@ def tokenize(tok: WhitespaceTokenizer, texts: list[str], max_len: int = MAX_LEN)
 
 
 def decode_caption(tok: WhitespaceTokenizer, ids: torch.Tensor) -> str:
-    """Generated ids (first token [DEC]) -> the words before <sep>."""
-    sep = tok.token_to_id("<sep>")
+    """Generated ids (first token [DEC]) -> the words before <sep> (or padding)."""
+    stop = {tok.token_to_id("<sep>"), tok.token_to_id("<pad>")}
     words = []
     for i in ids.tolist()[1:]:
-        if i == sep:
+        if i in stop:
             break
         words.append(tok.id_to_token(i))
     return " ".join(words)
