@@ -11,7 +11,7 @@ The peer check: the trained captioner is saved as a transformers `BlipForConditi
 folder, transformers' own `generate` (greedy) captions the same held-out images, and the share
 of captions equal to ours is printed.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_blip_shapes.py                 # ~10 min on a busy 2-core CPU
+    OMP_NUM_THREADS=1 python3 bench/bench_blip_shapes.py                 # ~12 min on a busy 2-core CPU
     OMP_NUM_THREADS=1 python3 bench/bench_blip_shapes.py --steps 100     # a quick look
 
 Last line: "caption accuracy <a>  ITM AUC random <r> hard <h>  train <s> s  transformers generate agrees <g>".
@@ -29,19 +29,21 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-scenes", type=int, default=4000)
     ap.add_argument("--test-scenes", type=int, default=500)
     ap.add_argument("--patch-size", type=int, default=8)
+    ap.add_argument("--hard-share", type=float, default=None, help="share of ITM negatives drawn by similarity "
+                    "(default blip_shapes.HARD_SHARE; 1 = BLIP's, all hard)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     from lmkit.vision.blip_hub import save_blip
-    from lmkit.vision.blip_shapes import (caption_accuracy, decode_caption, itm_auc, new_shapes_blip,
+    from lmkit.vision.blip_shapes import (HARD_SHARE, caption_accuracy, decode_caption, itm_auc, new_shapes_blip,
                                           shapes_tokenizer, tokenize)
     from lmkit.vision.blip_train import train_blip
     from lmkit.vision.shapes import make_scenes, scene_pixels
@@ -57,7 +59,8 @@ def main() -> None:
           f"{sum(p.numel() for p in model.parameters())} parameters, {args.steps} steps x {args.batch_size}, "
           f"{torch.get_num_threads()} thread(s)")
     r = train_blip(model, pixels, ids, mask, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   enc_token_id=tok.token_to_id("<enc>"), seed=args.seed)
+                   enc_token_id=tok.token_to_id("<enc>"), seed=args.seed,
+                   hard_share=HARD_SHARE if args.hard_share is None else args.hard_share)
     print(f"trained in {r.seconds:.1f} s; last batch: " + ", ".join(f"{k} {v:.3f}" for k, v in r.final.items()))
     acc, captions = caption_accuracy(model, tok, test, test_pixels)
     aucs = itm_auc(model, tok, test, test_pixels, seed=args.seed)

@@ -1,6 +1,6 @@
 """`lmkit blip train` and `lmkit blip caption`: BLIP on the synthetic shapes scenes.
 
-    lmkit blip train -o OUT [--steps 1500 --batch-size 64 --train-scenes 4000 --test-scenes 500]
+    lmkit blip train -o OUT [--steps 1200 --batch-size 64 --train-scenes 4000 --test-scenes 500]
     lmkit blip caption MODEL_DIR [IMAGE.png ...] [--eval-scenes N]
 
 `train` writes OUT/captioning (a transformers `BlipForConditionalGeneration` folder),
@@ -38,7 +38,7 @@ def _figures(model, tok, n: int, seed: int) -> str:
 
 @blip.command("train")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="directory for the model")
-@click.option("--steps", type=click.IntRange(1), default=1500, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=1200, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--train-scenes", type=click.IntRange(2), default=4000, show_default=True)
@@ -46,8 +46,11 @@ def _figures(model, tok, n: int, seed: int) -> str:
 @click.option("--patch-size", type=click.IntRange(1), default=8, show_default=True, help="of the 32x32 scenes")
 @click.option("--d-model", type=click.IntRange(16), default=64, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--hard-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="share of ITM negatives drawn by ITC similarity (the rest uniformly; BLIP: 1)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_command(out, steps, batch_size, lr, train_scenes, test_scenes, patch_size, d_model, layers, seed) -> None:
+def train_command(out, steps, batch_size, lr, train_scenes, test_scenes, patch_size, d_model, layers, hard_share,
+                  seed) -> None:
     """Train a small BLIP on Pillow-rendered shapes scenes with their compositional captions."""
     from pathlib import Path
 
@@ -61,7 +64,7 @@ def train_command(out, steps, batch_size, lr, train_scenes, test_scenes, patch_s
     ids, mask = tokenize(tok, [s.caption() for s in scenes])
     model = new_shapes_blip(tok, seed=seed, patch_size=patch_size, d_model=d_model, n_layers=layers)
     result = train_blip(model, scene_pixels(scenes), ids, mask, steps=steps, batch_size=batch_size, lr=lr,
-                        enc_token_id=tok.token_to_id("<enc>"), seed=seed)
+                        enc_token_id=tok.token_to_id("<enc>"), hard_share=hard_share, seed=seed)
     save_blip(model, Path(out) / "captioning", "captioning")
     save_blip(model, Path(out) / "retrieval", "retrieval")
     tok.save(Path(out) / TOKENIZER_FILE)

@@ -27,6 +27,7 @@ from lmkit.vision.shapes import COLOURS, RELATIONS, SHAPES, Scene, caption_words
 
 SPECIALS = ("<pad>", "<cls>", "<enc>", "<dec>", "<sep>")
 MAX_LEN = 12  # "<cls> a red circle left of a blue square <sep>" is 10
+HARD_SHARE = 0.5  # half the ITM negatives drawn by ITC similarity, half uniformly (vision/blip_losses.py)
 _MIRROR = {"right of": "left of", "below": "above"}
 
 

@@ -30,7 +30,7 @@ class BLIPTrainResult:
 def train_blip(
     model: BLIP, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, steps: int = 1000,
     batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, warmup: int = 50,
-    enc_token_id: int | None = None, seed: int = 0, progress: bool | str | None = None,
+    enc_token_id: int | None = None, hard_share: float = 1.0, seed: int = 0, progress: bool | str | None = None,
     flush_denormals: bool = True,
 ) -> BLIPTrainResult:
     """Train on the matched pairs (pixels[i], ids[i]); ids start with [CLS] (see `blip_losses`)."""
@@ -53,7 +53,8 @@ def train_blip(
         bar = Progress(total=steps, desc="blip train", unit="step", progress=progress)
         for _ in bar.track(range(steps)):
             idx = torch.randperm(pixels.shape[0], generator=g)[:batch_size]
-            losses = blip_losses(model, pixels[idx], ids[idx], mask[idx], enc_token_id=enc_token_id, generator=g)
+            losses = blip_losses(model, pixels[idx], ids[idx], mask[idx], enc_token_id=enc_token_id, generator=g,
+                                 hard_share=hard_share)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
