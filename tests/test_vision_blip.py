@@ -144,6 +144,9 @@ def test_hard_negatives_avoid_same_caption_and_follow_similarity():
     assert (picks[:, 2] != 2).all()  # row 2 never picks itself
     alone = hard_negatives(torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool), g)
     assert alone.tolist() == [0, 1]  # no allowed column: the row keeps itself
+    mixed = torch.stack([hard_negatives(sim, same, g, hard_share=0.5) for _ in range(200)])
+    assert 0.05 < (mixed[:, 0] == 3).float().mean() < 0.5  # half uniform: column 3 now drawn ~1/4 of the time
+    assert (mixed[:, 0] != 0).all() and (mixed[:, 0] != 1).all()
 
 
 def test_blip_losses_and_generation():
