@@ -185,3 +185,32 @@ def test_shapes_caption_attributes():
     ids, mask = tokenize(tok, [s.caption() for s in make_scenes(5, seed=3)])
     assert (ids[:, 0] == tok.token_to_id("<cls>")).all() and (ids != tok.unk_id).all()
     assert auc(torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.8])) == pytest.approx(0.875)
+
+
+def test_config_round_trips_through_dict():
+    cfg = tiny_blip().config
+    assert BLIPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_blip_train_and_caption(tmp_path):
+    from click.testing import CliRunner
+
+    from lmkit.cli import cli
+    from lmkit.vision.shapes import make_scenes, render_scene
+
+    out = tmp_path / "blip"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["blip", "train", "-o", str(out), "--steps", "2", "--batch-size", "8", "--train-scenes", "16",
+                            "--test-scenes", "8", "--d-model", "16", "--layers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "caption exact-attribute accuracy" in r.output and "ITM AUC" in r.output
+    assert (out / "captioning" / "model.safetensors").is_file() and (out / "retrieval" / "config.json").is_file()
+    img = tmp_path / "scene.png"
+    render_scene(make_scenes(1, seed=4)[0]).save(img)
+    r = runner.invoke(cli, ["blip", "caption", str(out), str(img)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"{img}\t")
+    r = runner.invoke(cli, ["blip", "caption", str(out)])
+    assert r.exit_code != 0 and "give image files" in r.output
+    r = runner.invoke(cli, ["blip", "caption", str(tmp_path), str(img)])
+    assert r.exit_code != 0 and "no tokenizer.lmkit.json" in r.output
