@@ -171,7 +171,8 @@ class BLIP(nn.Module):
 
     @torch.no_grad()
     def generate_captions(self, pixel_values: torch.Tensor, max_new_tokens: int = 20) -> torch.Tensor:
-        """Greedy captions [B, <= 1 + max_new_tokens] (bos first; rows that ended are padded after sep)."""
+        """Greedy captions [B, <= 1 + max_new_tokens] (bos first; rows that ended are padded after sep).
+        Each step reruns the decoder over the whole prefix (no KV cache): captions here are a few tokens."""
         cfg = self.config.text
         states = self.image_states(pixel_values)
         b = states.shape[0]

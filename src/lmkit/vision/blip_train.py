@@ -36,6 +36,9 @@ def train_blip(
     """Train on the matched pairs (pixels[i], ids[i]); ids start with [CLS] (see `blip_losses`)."""
     if not (pixels.shape[0] == ids.shape[0] == mask.shape[0]):
         raise ValueError(f"{pixels.shape[0]} images but {ids.shape[0]} captions: pairs must match")
+    missing = [p for p in ("retrieval", "captioning") if p not in model.config.parts]
+    if missing:
+        raise ValueError(f"training with ITC + ITM + LM needs both BLIP parts; this model lacks {missing}")
     if batch_size < 2:
         raise ValueError(f"batch_size={batch_size}: ITC and ITM need at least 2 pairs per batch")
     with denormals_flushed(flush_denormals):
