@@ -41,6 +41,7 @@ def main() -> None:
                     help="start the ViT positions from N(0, 0.02) instead of the 2-D sine-cosine grid")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--save", default=None, help="also write the trained model here (as `lmkit blip train` does)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -71,6 +72,11 @@ def main() -> None:
         print(f"  true: {scene.caption():40s} generated: {cap}")
     print(f"caption exact-attribute accuracy {acc:.3f}; ITM AUC random negatives {aucs['random']:.3f}, "
           f"hard (one attribute changed) {aucs['hard']:.3f}")
+    print(breakdown(test, captions))
+    if args.save:
+        save_blip(model, f"{args.save}/captioning", "captioning")
+        save_blip(model, f"{args.save}/retrieval", "retrieval")
+        tok.save(f"{args.save}/tokenizer.lmkit.json")
     agree = float("nan")
     if not args.no_peer:
         import transformers
@@ -88,6 +94,24 @@ def main() -> None:
               f"{agree:.3f} of captions equal to ours")
     print(f"caption accuracy {acc:.3f}  ITM AUC random {aucs['random']:.3f} hard {aucs['hard']:.3f}  "
           f"train {r.seconds:.0f} s  transformers generate agrees {agree:.3f}")
+
+
+def breakdown(scenes, captions) -> str:
+    """Where the captions go wrong: one-shape scenes; two-shape scenes' objects (colour + shape, as a set)
+    and, where both objects are right, the relation."""
+    from lmkit.vision.blip_shapes import caption_attributes
+
+    one = [(s, c) for s, c in zip(scenes, captions) if len(s.objects) == 1]
+    two = [(s, c) for s, c in zip(scenes, captions) if len(s.objects) == 2]
+    one_ok = sum(caption_attributes(c) == caption_attributes(s.caption()) for s, c in one)
+    objects_ok, relation_ok = 0, 0
+    for s, c in two:
+        got, want = caption_attributes(c), caption_attributes(s.caption())
+        if got is not None and len(got) == 3 and {got[0], got[2]} == {want[0], want[2]}:
+            objects_ok += 1
+            relation_ok += got == want
+    return (f"one-shape scenes {one_ok}/{len(one)} right; two-shape scenes: both objects right {objects_ok}/{len(two)}, "
+            f"of those the relation right {relation_ok}/{max(1, objects_ok)}")
 
 
 if __name__ == "__main__":
