@@ -37,8 +37,6 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=8)
     ap.add_argument("--hard-share", type=float, default=None, help="share of ITM negatives drawn by similarity "
                     "(default blip_shapes.HARD_SHARE; 1 = BLIP's, all hard)")
-    ap.add_argument("--noise-positions", action="store_true",
-                    help="start the ViT positions from N(0, 0.02) instead of the 2-D sine-cosine grid")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--save", default=None, help="also write the trained model here (as `lmkit blip train` does)")
@@ -55,8 +53,7 @@ def main() -> None:
     train, test = make_scenes(args.train_scenes, args.seed), make_scenes(args.test_scenes, args.seed + 1)
     pixels, test_pixels = scene_pixels(train), scene_pixels(test)
     ids, mask = tokenize(tok, [s.caption() for s in train])
-    model = new_shapes_blip(tok, seed=args.seed, patch_size=args.patch_size,
-                            grid_positions=not args.noise_positions)
+    model = new_shapes_blip(tok, seed=args.seed, patch_size=args.patch_size)
     seen = {s.caption() for s in train}
     print(f"train {len(train)} scenes ({len(seen)} distinct captions), held out {len(test)} "
           f"({sum(s.caption() not in seen for s in test)} with a caption never seen in training); "

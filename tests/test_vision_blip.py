@@ -10,8 +10,8 @@ from lmkit.errors import CheckpointError, ConfigError  # noqa: E402
 from lmkit.vision.blip import BLIP, BLIPConfig, blip_vision_config  # noqa: E402
 from lmkit.vision.blip_hub import load_blip, save_blip  # noqa: E402
 from lmkit.vision.blip_losses import blip_losses, hard_negatives, same_rows  # noqa: E402
-from lmkit.vision.blip_shapes import (auc, caption_attributes, changed_caption, grid_position_table,  # noqa: E402
-                                      shapes_tokenizer, tokenize)
+from lmkit.vision.blip_shapes import (auc, caption_attributes, changed_caption, shapes_tokenizer,  # noqa: E402
+                                      tokenize)
 from lmkit.vision.blip_text import BLIPTextConfig  # noqa: E402
 from lmkit.vision.clip import clip_loss  # noqa: E402
 
@@ -185,9 +185,6 @@ def test_shapes_caption_attributes():
     ids, mask = tokenize(tok, [s.caption() for s in make_scenes(5, seed=3)])
     assert (ids[:, 0] == tok.token_to_id("<cls>")).all() and (ids != tok.unk_id).all()
     assert auc(torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.8])) == pytest.approx(0.875)
-    table = grid_position_table(4, 16)
-    assert table.shape == (17, 16) and (table[0] == 0).all()
-    assert torch.equal(table[1, :8], table[2, :8]) and torch.equal(table[1, 8:], table[5, 8:])  # same row / column
 
 
 def test_config_round_trips_through_dict():

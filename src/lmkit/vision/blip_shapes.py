@@ -20,7 +20,6 @@ import random
 
 import torch
 
-from lmkit.models.positional import sinusoidal_table
 from lmkit.tokenizers.simple import WhitespaceTokenizer
 from lmkit.vision.blip import BLIP, BLIPConfig, blip_vision_config
 from lmkit.vision.blip_text import BLIPTextConfig
@@ -76,30 +75,9 @@ def shapes_blip_config(tok: WhitespaceTokenizer, image_size: int = 32, patch_siz
     )
 
 
-def grid_position_table(side: int, dim: int) -> torch.Tensor:
-    """[1 + side * side, dim] 2-D sine-cosine positions (MAE's): the class token row is zero, patch (r, c)
-    gets the 1-D sinusoidal table of r in the first half of the dims and that of c in the second."""
-    half = sinusoidal_table(side, dim // 2)
-    rows = half[:, None, :].expand(side, side, -1)
-    cols = half[None, :, :].expand(side, side, -1)
-    grid = torch.cat([rows, cols], dim=-1).reshape(side * side, -1)
-    out = torch.zeros(1 + side * side, dim)
-    out[1:, : grid.shape[1]] = grid
-    return out
-
-
-def new_shapes_blip(tok: WhitespaceTokenizer, seed: int = 0, grid_positions: bool = True, **kw) -> BLIP:
-    """A fresh shapes BLIP. grid_positions: the ViT's (learned) position embeddings start from
-    `grid_position_table` instead of N(0, 0.02) noise, so which patch lies left of or above which is
-    readable from the first step (the captions' relations need it)."""
+def new_shapes_blip(tok: WhitespaceTokenizer, seed: int = 0, **kw) -> BLIP:
     torch.manual_seed(seed)
-    model = BLIP(shapes_blip_config(tok, **kw))
-    if grid_positions:
-        vcfg = model.config.vision
-        with torch.no_grad():
-            model.vision.embed_positions.weight.copy_(
-                grid_position_table(vcfg.image_size // vcfg.patch_size, vcfg.d_model))
-    return model
+    return BLIP(shapes_blip_config(tok, **kw))
 
 
 def caption_attributes(caption: str) -> tuple | None:
