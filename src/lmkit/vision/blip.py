@@ -101,9 +101,9 @@ class BLIP(nn.Module):
 
     def _needs(self, part: str) -> None:
         if part not in self.config.parts:
+            arch = "BlipForImageTextRetrieval" if part == "retrieval" else "BlipForConditionalGeneration"
             raise ValueError(f"this BLIP holds only {self.config.parts}; the {part} part is missing "
-                             f"(load a {'BlipForImageTextRetrieval' if part == 'retrieval' else 'BlipForConditionalGeneration'} "
-                             f"checkpoint or build it with parts including {part!r})")
+                             f"(load a {arch} checkpoint or build it with parts including {part!r})")
 
     # ---- image encoder -------------------------------------------------------------------
     def image_states(self, pixel_values: torch.Tensor) -> torch.Tensor:

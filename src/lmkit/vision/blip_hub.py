@@ -59,8 +59,9 @@ _TEXT_LAYER = [("self_attn.q_proj", "attention.self.query"), ("self_attn.k_proj"
                ("cross_attn.o_proj", "crossattention.output.dense"),
                ("cross_attn_norm", "crossattention.output.LayerNorm"),
                ("mlp.up_proj", "intermediate.dense"), ("mlp.down_proj", "output.dense"), ("mlp_norm", "output.LayerNorm")]
-_TEXT_TOP = [("embed_tokens", "embeddings.word_embeddings"), ("embed_positions", "embeddings.position_embeddings"),
-             ("embed_norm", "embeddings.LayerNorm")]
+_TEXT_TOP = [("embed_tokens.weight", "embeddings.word_embeddings.weight"),
+             ("embed_positions.weight", "embeddings.position_embeddings.weight"),
+             ("embed_norm.weight", "embeddings.LayerNorm.weight"), ("embed_norm.bias", "embeddings.LayerNorm.bias")]
 
 
 def _wb(ours: str, theirs: str) -> list[tuple[str, str]]:
@@ -75,8 +76,7 @@ def _pairs() -> list[tuple[str, str]]:
     for ours, theirs in _VISION_LAYER:
         pairs += _wb(f"vision.layers.{{i}}.{ours}", f"vision_model.encoder.layers.{{i}}.{theirs}")
     for ours, theirs in (("text_encoder", "text_encoder"), ("text_decoder", "text_decoder.bert")):
-        for a, b in _TEXT_TOP:
-            pairs += _wb(f"{ours}.{a}", f"{theirs}.{b}") if a == "embed_norm" else [(f"{ours}.{a}.weight", f"{theirs}.{b}.weight")]
+        pairs += [(f"{ours}.{a}", f"{theirs}.{b}") for a, b in _TEXT_TOP]
         for a, b in _TEXT_LAYER:
             pairs += _wb(f"{ours}.layers.{{i}}.{a}", f"{theirs}.encoder.layer.{{i}}.{b}")
     pairs += [*_wb("text_decoder.lm_head.dense", "text_decoder.cls.predictions.transform.dense"),
@@ -227,7 +227,8 @@ def save_blip(model: BLIP, directory: str | os.PathLike, part: str) -> None:
         raise ValueError(f"part={part!r}: choose one of {PARTS}")
     model._needs(part)
     if part == "captioning":  # the decoder's tied LM weight is the word embedding, written once
-        skip = ("text_encoder.", "vision_proj.", "text_proj.", "itm_head.", "logit_scale", "text_decoder.lm_head.decoder.")
+        skip = ("text_encoder.", "vision_proj.", "text_proj.", "itm_head.", "logit_scale",
+                "text_decoder.lm_head.decoder.")
     else:  # HF's retrieval model has no ITC scale parameter: it goes into config.json
         skip = ("text_decoder.", "logit_scale")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith(skip)}
