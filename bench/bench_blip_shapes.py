@@ -11,7 +11,7 @@ The peer check: the trained captioner is saved as a transformers `BlipForConditi
 folder, transformers' own `generate` (greedy) captions the same held-out images, and the share
 of captions equal to ours is printed.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_blip_shapes.py                 # ~12 min on a busy 2-core CPU
+    OMP_NUM_THREADS=1 python3 bench/bench_blip_shapes.py                 # ~8 min on a busy 2-core CPU
     OMP_NUM_THREADS=1 python3 bench/bench_blip_shapes.py --steps 100     # a quick look
 
 Last line: "caption accuracy <a>  ITM AUC random <r> hard <h>  train <s> s  transformers generate agrees <g>".
@@ -29,7 +29,7 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--train-scenes", type=int, default=4000)

@@ -1,6 +1,6 @@
 """`lmkit blip train` and `lmkit blip caption`: BLIP on the synthetic shapes scenes.
 
-    lmkit blip train -o OUT [--steps 1200 --batch-size 64 --train-scenes 4000 --test-scenes 500]
+    lmkit blip train -o OUT [--steps 2400 --batch-size 64 --train-scenes 4000 --test-scenes 500]
     lmkit blip caption MODEL_DIR [IMAGE.png ...] [--eval-scenes N]
 
 `train` writes OUT/captioning (a transformers `BlipForConditionalGeneration` folder),
@@ -38,7 +38,7 @@ def _figures(model, tok, n: int, seed: int) -> str:
 
 @blip.command("train")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="directory for the model")
-@click.option("--steps", type=click.IntRange(1), default=1200, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=2400, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--train-scenes", type=click.IntRange(2), default=4000, show_default=True)
