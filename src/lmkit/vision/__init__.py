@@ -1,1 +1,1 @@
-"""Vision and multimodal models: ViT and CLIP (vit.py, clip*.py), diffusion (DDPM/DDIM, UNet, guidance) and a GAN."""
+"""Vision and multimodal models: ViT, CLIP and BLIP (vit.py, clip*.py, blip*.py), diffusion (DDPM/DDIM, UNet, guidance) and a GAN."""
