@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lmkit.edit.causal_tracing import layer_to_edit, trace_fact  # noqa: E402
+from lmkit.edit.causal_tracing import layer_to_edit, layers_to_spread, trace_fact  # noqa: E402
 from lmkit.edit.facts import counterfact_records, distinct_subject_records, make_world  # noqa: E402
 from lmkit.edit.facts_model import FactsModelConfig, train_facts_model  # noqa: E402
 from lmkit.edit.ft_l import FineTuneConfig, apply_ft_l  # noqa: E402
@@ -41,8 +41,8 @@ from lmkit.edit.layer_hooks import block, record_inputs  # noqa: E402
 from lmkit.edit.memit import MemitConfig, apply_memit  # noqa: E402
 from lmkit.edit.metrics import edit_scores  # noqa: E402
 from lmkit.edit.prompt_tokens import pad_right  # noqa: E402
-from lmkit.edit.rome import RomeConfig, apply_rome  # noqa: E402
-from lmkit.edit.target_vector import EditRequest  # noqa: E402
+from lmkit.edit.rome import RomeConfig, apply_rome, keep_keys  # noqa: E402
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig  # noqa: E402
 from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
 from lmkit.tokenizers import load_tokenizer  # noqa: E402
 
@@ -92,11 +92,14 @@ def run(method: str, base, tok, records, ctx) -> dict:
     model = copy.deepcopy(base)
     reqs = [EditRequest.from_record(r) for r in records]
     extra = {}
-    if method == "rome":
+    if method == "rome":  # sequential: each update also keeps the keys of the edits before it
+        keys = []
         for r in reqs:
-            apply_rome(model, tok, r, ctx["C"][ctx["layer"]], ctx["prefixes"], RomeConfig(layer=ctx["layer"]))
+            c = keep_keys(ctx["C"][ctx["layer"]], keys, ctx["keep_weight"])
+            keys.append(apply_rome(model, tok, r, c, ctx["prefixes"], RomeConfig(ctx["layer"], ctx["target"])).key)
     elif method == "memit":
-        apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"], MemitConfig(layers=ctx["memit_layers"]))
+        apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"],
+                    MemitConfig(ctx["memit_layers"], ctx["cov_weight"], ctx["target"]))
     elif method == "ft":
         apply_ft_l(model, tok, reqs, FineTuneConfig(layer=ctx["layer"]))
     elif method == "grace":
@@ -118,6 +121,11 @@ def main() -> None:
     ap.add_argument("--methods", default="rome,memit,ft,grace")
     ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generic-paragraphs", type=int, default=1000, help="texts of 6 random statements for C")
+    ap.add_argument("--clamp", type=float, default=4.0, help="|delta| <= clamp * |h| for v* and z")
+    ap.add_argument("--weight-decay", type=float, default=0.5, help="weight of |delta|^2 / |h|^2")
+    ap.add_argument("--cov-weight", type=float, default=200.0, help="MEMIT's lambda on C")
+    ap.add_argument("--keep-weight", type=float, default=10.0, help="sequential ROME: weight of earlier edits' keys")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     world = make_world()
@@ -133,10 +141,15 @@ def main() -> None:
     print(f"causal tracing ({time.time() - t:.0f} s): MLP indirect effect at the subject's last token by layer "
           f"{[round(float(e), 3) for e in effect]} -> edit layer {layer}")
     n_layers = len(model.layers)
-    ctx = {"layer": layer, "memit_layers": list(range(layer, min(layer + 2, n_layers))),
-           "C": key_second_moment(model, tok, world.statements(), list(range(n_layers))),
-           "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1}
+    generic = world.statements() + world.paragraphs(args.generic_paragraphs, seed=args.seed)
+    ctx = {"layer": layer, "memit_layers": layers_to_spread(traces),
+           "C": key_second_moment(model, tok, generic, list(range(n_layers))),
+           "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
+           "target": TargetVectorConfig(clamp_norm=args.clamp, weight_decay=args.weight_decay),
+           "cov_weight": args.cov_weight, "keep_weight": args.keep_weight}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
+    print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; target clamp {args.clamp} x |h|, weight decay "
+          f"{args.weight_decay}; ROME keeps earlier keys with weight {args.keep_weight}; MEMIT lambda {args.cov_weight}")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}

@@ -51,6 +51,17 @@ def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return (w + torch.outer(residual, left)).to(weight.dtype), residual, left
 
 
+def keep_keys(second_moment: torch.Tensor, keys: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """C + weight · Σ k kᵀ: the second moment for the next of a sequence of ROME edits, with the
+    keys of the earlier edits counted as text to keep. The next rank-one update then moves
+    W k_i for an earlier k_i by ~1/weight as much as before, so the edits of a sequence stop
+    overwriting each other (weight 0 is plain ROME)."""
+    if not keys or weight == 0:
+        return second_moment
+    k = torch.stack([key.double() for key in keys])
+    return second_moment.double() + weight * k.T @ k
+
+
 @torch.no_grad()
 def mean_key(model: nn.Module, tokenizer, layer: int, request: EditRequest, prefixes: list[str]) -> torch.Tensor:
     """k*: the down_proj input at the subject's last token, averaged over the prompt after each prefix,
