@@ -96,7 +96,7 @@ def run(method: str, base, tok, records, ctx) -> dict:
         keys = []
         for r in reqs:
             c = keep_keys(ctx["C"][ctx["layer"]], keys, ctx["keep_weight"])
-            keys.append(apply_rome(model, tok, r, c, ctx["prefixes"], RomeConfig(ctx["layer"], ctx["target"])).key)
+            keys.append(apply_rome(model, tok, r, c, ctx["prefixes"], RomeConfig(ctx["layer"], ctx["rome_target"])).key)
     elif method == "memit":
         apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"],
                     MemitConfig(ctx["memit_layers"], ctx["cov_weight"], ctx["target"]))
@@ -122,9 +122,12 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generic-paragraphs", type=int, default=1000, help="texts of 6 random statements for C")
-    ap.add_argument("--clamp", type=float, default=4.0, help="|delta| <= clamp * |h| for v* and z")
+    ap.add_argument("--clamp", type=float, default=3.0, help="MEMIT: |delta| <= clamp * |h| for its targets z")
+    ap.add_argument("--rome-clamp", type=float, default=4.0, help="ROME: |delta| <= clamp * |h| for v*")
     ap.add_argument("--weight-decay", type=float, default=0.5, help="weight of |delta|^2 / |h|^2")
-    ap.add_argument("--cov-weight", type=float, default=200.0, help="MEMIT's lambda on C")
+    ap.add_argument("--stop-nll", type=float, default=0.3, help="MEMIT: stop optimising z once the target's NLL is below")
+    ap.add_argument("--rome-stop-nll", type=float, default=0.02, help="ROME: the same for v*")
+    ap.add_argument("--cov-weight", type=float, default=1000.0, help="MEMIT's lambda on C")
     ap.add_argument("--keep-weight", type=float, default=10.0, help="sequential ROME: weight of earlier edits' keys")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -145,11 +148,14 @@ def main() -> None:
     ctx = {"layer": layer, "memit_layers": layers_to_spread(traces),
            "C": key_second_moment(model, tok, generic, list(range(n_layers))),
            "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
-           "target": TargetVectorConfig(clamp_norm=args.clamp, weight_decay=args.weight_decay),
+           "target": TargetVectorConfig(clamp_norm=args.clamp, weight_decay=args.weight_decay, stop_nll=args.stop_nll),
+           "rome_target": TargetVectorConfig(clamp_norm=args.rome_clamp, weight_decay=args.weight_decay,
+                                             stop_nll=args.rome_stop_nll),
            "cov_weight": args.cov_weight, "keep_weight": args.keep_weight}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
-    print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; target clamp {args.clamp} x |h|, weight decay "
-          f"{args.weight_decay}; ROME keeps earlier keys with weight {args.keep_weight}; MEMIT lambda {args.cov_weight}")
+    print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
+          f"{args.rome_clamp} x |h|; weight decay "
+          f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys with weight {args.keep_weight}; MEMIT lambda {args.cov_weight}")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}
