@@ -1,14 +1,16 @@
 """Model editing on a model trained here to know 220 synthetic facts (lmkit.edit; no peer library).
 
 A Llama-style DecoderLM (d_model 64, 4 layers) learns a world of 110 invented lands with a capital
-and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit; then 1, 10 and 100
-facts (distinct subjects) are rewritten to a false object by ROME (sequential rank-one updates),
-MEMIT (one batch over two layers), FT-L (L∞-constrained fine-tuning of one down_proj) and a
-GRACE codebook, and each is scored with CounterFact's measures on the edited records:
-efficacy, paraphrase, neighbourhood (locality) and fluency (n-gram entropy of generations).
-Size 1 is the mean of 5 separate single edits. GRACE also reports `unchanged`: the fraction of
-neighbourhood prompts (of subjects not edited) whose next-token logits are bit-identical to the
-unedited model's.
+and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit (and MEMIT's layers:
+those where the subject's hidden state still carries the fact); then 1, 10 and 100 facts (distinct
+subjects) are rewritten to a false object by ROME (sequential rank-one updates, each keeping the
+keys of the edits before it), MEMIT (one batch spread over the traced layers), FT-L
+(L∞-constrained fine-tuning of one down_proj) and a GRACE codebook, and each is scored with
+CounterFact's measures on the edited records: efficacy, paraphrase, neighbourhood (locality) and
+fluency (n-gram entropy of generations). C = E[k kᵀ] comes from the world's statements plus 1000
+paragraphs of 6 random statements (~59k tokens). Size 1 is the mean of 5 separate single edits.
+GRACE also reports `unchanged`: the fraction of neighbourhood prompts (of subjects not edited)
+whose next-token logits are bit-identical to the unedited model's.
 
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~3 min), ~15 min
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
@@ -41,7 +43,7 @@ from lmkit.edit.layer_hooks import block, record_inputs  # noqa: E402
 from lmkit.edit.memit import MemitConfig, apply_memit  # noqa: E402
 from lmkit.edit.metrics import edit_scores  # noqa: E402
 from lmkit.edit.prompt_tokens import pad_right  # noqa: E402
-from lmkit.edit.rome import RomeConfig, apply_rome, keep_keys  # noqa: E402
+from lmkit.edit.rome import RomeConfig, apply_rome_sequence  # noqa: E402
 from lmkit.edit.target_vector import EditRequest, TargetVectorConfig  # noqa: E402
 from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
 from lmkit.tokenizers import load_tokenizer  # noqa: E402
@@ -93,13 +95,11 @@ def run(method: str, base, tok, records, ctx) -> dict:
     reqs = [EditRequest.from_record(r) for r in records]
     extra = {}
     if method == "rome":  # sequential: each update also keeps the keys of the edits before it
-        keys = []
-        for r in reqs:
-            c = keep_keys(ctx["C"][ctx["layer"]], keys, ctx["keep_weight"])
-            keys.append(apply_rome(model, tok, r, c, ctx["prefixes"], RomeConfig(ctx["layer"], ctx["rome_target"])).key)
+        apply_rome_sequence(model, tok, reqs, ctx["C"][ctx["layer"]], ctx["prefixes"],
+                            RomeConfig(ctx["layer"], ctx["rome_target"]), ctx["keep_weight"])
     elif method == "memit":
         apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"],
-                    MemitConfig(ctx["memit_layers"], ctx["cov_weight"], ctx["target"]))
+                    MemitConfig(ctx["memit_layers"], ctx["cov_weight_per_edit"] * len(reqs), ctx["target"]))
     elif method == "ft":
         apply_ft_l(model, tok, reqs, FineTuneConfig(layer=ctx["layer"]))
     elif method == "grace":
@@ -127,7 +127,8 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.5, help="weight of |delta|^2 / |h|^2")
     ap.add_argument("--stop-nll", type=float, default=0.3, help="MEMIT: stop optimising z once the target's NLL is below")
     ap.add_argument("--rome-stop-nll", type=float, default=0.02, help="ROME: the same for v*")
-    ap.add_argument("--cov-weight", type=float, default=1000.0, help="MEMIT's lambda on C")
+    ap.add_argument("--cov-weight-per-edit", type=float, default=10.0,
+                    help="MEMIT's lambda on C, per edit: K Kᵀ grows with the batch, so lambda does too")
     ap.add_argument("--keep-weight", type=float, default=10.0, help="sequential ROME: weight of earlier edits' keys")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -151,11 +152,11 @@ def main() -> None:
            "target": TargetVectorConfig(clamp_norm=args.clamp, weight_decay=args.weight_decay, stop_nll=args.stop_nll),
            "rome_target": TargetVectorConfig(clamp_norm=args.rome_clamp, weight_decay=args.weight_decay,
                                              stop_nll=args.rome_stop_nll),
-           "cov_weight": args.cov_weight, "keep_weight": args.keep_weight}
+           "cov_weight_per_edit": args.cov_weight_per_edit, "keep_weight": args.keep_weight}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
     print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
           f"{args.rome_clamp} x |h|; weight decay "
-          f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys with weight {args.keep_weight}; MEMIT lambda {args.cov_weight}")
+          f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys with weight {args.keep_weight}; MEMIT lambda {args.cov_weight_per_edit} x edits")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}

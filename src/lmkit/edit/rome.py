@@ -87,3 +87,14 @@ def apply_rome(model: nn.Module, tokenizer, request: EditRequest, second_moment:
         new_w, residual, left = rank_one_update(proj.weight, key, value, second_moment, proj.bias)
         proj.weight.copy_(new_w)
     return RankOneEdit(cfg.layer, key, value, residual.float(), left.float())
+
+
+def apply_rome_sequence(model: nn.Module, tokenizer, requests: list[EditRequest], second_moment: torch.Tensor,
+                        prefixes: list[str], cfg: RomeConfig | None = None,
+                        keep_weight: float = 10.0) -> list[RankOneEdit]:
+    """ROME edits one after another, each solved with `keep_keys` of the ones before it."""
+    edits: list[RankOneEdit] = []
+    for r in requests:
+        c = keep_keys(second_moment, [e.key for e in edits], keep_weight)
+        edits.append(apply_rome(model, tokenizer, r, c, prefixes, cfg))
+    return edits
