@@ -156,7 +156,8 @@ def main() -> None:
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
     print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
           f"{args.rome_clamp} x |h|; weight decay "
-          f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys with weight {args.keep_weight}; MEMIT lambda {args.cov_weight_per_edit} x edits")
+          f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys "
+          f"with weight {args.keep_weight}; MEMIT lambda {args.cov_weight_per_edit} x edits")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}
