@@ -54,8 +54,8 @@ def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 def keep_keys(second_moment: torch.Tensor, keys: list[torch.Tensor], weight: float) -> torch.Tensor:
     """C + weight · Σ k kᵀ: the second moment for the next of a sequence of ROME edits, with the
     keys of the earlier edits counted as text to keep. The next rank-one update then moves
-    W k_i for an earlier k_i by ~1/weight as much as before, so the edits of a sequence stop
-    overwriting each other (weight 0 is plain ROME)."""
+    W k_i for an earlier k_i about 1 + weight · k_iᵀC⁻¹k_i times less than plain ROME would, so the
+    edits of a sequence stop overwriting each other (weight 0 is plain ROME)."""
     if not keys or weight == 0:
         return second_moment
     k = torch.stack([key.double() for key in keys])
