@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--generic-paragraphs", type=int, default=1000, help="texts of 6 random statements for C")
     ap.add_argument("--clamp", type=float, default=3.0, help="MEMIT: |delta| <= clamp * |h| for its targets z")
-    ap.add_argument("--rome-clamp", type=float, default=4.0, help="ROME: |delta| <= clamp * |h| for v*")
+    ap.add_argument("--rome-clamp", type=float, default=2.0, help="ROME: |delta| <= clamp * |h| for v*")
     ap.add_argument("--weight-decay", type=float, default=0.5, help="weight of |delta|^2 / |h|^2")
     ap.add_argument("--stop-nll", type=float, default=0.3, help="MEMIT: stop optimising z once the target's NLL is below")
     ap.add_argument("--rome-stop-nll", type=float, default=0.02, help="ROME: the same for v*")
