@@ -12,7 +12,7 @@ paragraphs of 6 random statements (~59k tokens). Size 1 is the mean of 5 separat
 GRACE also reports `unchanged`: the fraction of neighbourhood prompts (of subjects not edited)
 whose next-token logits are bit-identical to the unedited model's.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~3 min), ~15 min
+    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~2-4 min), then ~5 min
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
 
 The trained model is cached in the git-ignored bench/.cache/editing_model (a Hugging Face checkpoint).
