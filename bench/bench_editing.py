@@ -1,16 +1,18 @@
 """Model editing on a model trained here to know 220 synthetic facts (lmkit.edit; no peer library).
 
 A Llama-style DecoderLM (d_model 64, 4 layers) learns a world of 110 invented lands with a capital
-and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit; then 1, 10 and 100
-facts (distinct subjects) are rewritten to a false object by ROME (sequential rank-one updates),
-MEMIT (one batch over two layers), FT-L (L∞-constrained fine-tuning of one down_proj) and a
-GRACE codebook, and each is scored with CounterFact's measures on the edited records:
-efficacy, paraphrase, neighbourhood (locality) and fluency (n-gram entropy of generations).
-Size 1 is the mean of 5 separate single edits. GRACE also reports `unchanged`: the fraction of
-neighbourhood prompts (of subjects not edited) whose next-token logits are bit-identical to the
-unedited model's.
+and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit (and MEMIT's layers:
+those where the subject's hidden state still carries the fact); then 1, 10 and 100 facts (distinct
+subjects) are rewritten to a false object by ROME (sequential rank-one updates, each keeping the
+keys of the edits before it), MEMIT (one batch spread over the traced layers), FT-L
+(L∞-constrained fine-tuning of one down_proj) and a GRACE codebook, and each is scored with
+CounterFact's measures on the edited records: efficacy, paraphrase, neighbourhood (locality) and
+fluency (n-gram entropy of generations). C = E[k kᵀ] comes from the world's statements plus 1000
+paragraphs of 6 random statements (~59k tokens). Size 1 is the mean of 5 separate single edits.
+GRACE also reports `unchanged`: the fraction of neighbourhood prompts (of subjects not edited)
+whose next-token logits are bit-identical to the unedited model's.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~3 min), ~15 min
+    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~2-4 min), then ~5 min
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
 
 The trained model is cached in the git-ignored bench/.cache/editing_model (a Hugging Face checkpoint).
@@ -31,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lmkit.edit.causal_tracing import layer_to_edit, trace_fact  # noqa: E402
+from lmkit.edit.causal_tracing import layer_to_edit, layers_to_spread, trace_fact  # noqa: E402
 from lmkit.edit.facts import counterfact_records, distinct_subject_records, make_world  # noqa: E402
 from lmkit.edit.facts_model import FactsModelConfig, train_facts_model  # noqa: E402
 from lmkit.edit.ft_l import FineTuneConfig, apply_ft_l  # noqa: E402
@@ -41,8 +43,8 @@ from lmkit.edit.layer_hooks import block, record_inputs  # noqa: E402
 from lmkit.edit.memit import MemitConfig, apply_memit  # noqa: E402
 from lmkit.edit.metrics import edit_scores  # noqa: E402
 from lmkit.edit.prompt_tokens import pad_right  # noqa: E402
-from lmkit.edit.rome import RomeConfig, apply_rome  # noqa: E402
-from lmkit.edit.target_vector import EditRequest  # noqa: E402
+from lmkit.edit.rome import RomeConfig, apply_rome_sequence  # noqa: E402
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig  # noqa: E402
 from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
 from lmkit.tokenizers import load_tokenizer  # noqa: E402
 
@@ -92,11 +94,12 @@ def run(method: str, base, tok, records, ctx) -> dict:
     model = copy.deepcopy(base)
     reqs = [EditRequest.from_record(r) for r in records]
     extra = {}
-    if method == "rome":
-        for r in reqs:
-            apply_rome(model, tok, r, ctx["C"][ctx["layer"]], ctx["prefixes"], RomeConfig(layer=ctx["layer"]))
+    if method == "rome":  # sequential: each update also keeps the keys of the edits before it
+        apply_rome_sequence(model, tok, reqs, ctx["C"][ctx["layer"]], ctx["prefixes"],
+                            RomeConfig(ctx["layer"], ctx["rome_target"]), ctx["keep_weight"])
     elif method == "memit":
-        apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"], MemitConfig(layers=ctx["memit_layers"]))
+        apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"],
+                    MemitConfig(ctx["memit_layers"], ctx["cov_weight_per_edit"] * len(reqs), ctx["target"]))
     elif method == "ft":
         apply_ft_l(model, tok, reqs, FineTuneConfig(layer=ctx["layer"]))
     elif method == "grace":
@@ -118,6 +121,15 @@ def main() -> None:
     ap.add_argument("--methods", default="rome,memit,ft,grace")
     ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generic-paragraphs", type=int, default=1000, help="texts of 6 random statements for C")
+    ap.add_argument("--clamp", type=float, default=3.0, help="MEMIT: |delta| <= clamp * |h| for its targets z")
+    ap.add_argument("--rome-clamp", type=float, default=2.0, help="ROME: |delta| <= clamp * |h| for v*")
+    ap.add_argument("--weight-decay", type=float, default=0.5, help="weight of |delta|^2 / |h|^2")
+    ap.add_argument("--stop-nll", type=float, default=0.3, help="MEMIT: stop optimising z once the target's NLL is below")
+    ap.add_argument("--rome-stop-nll", type=float, default=0.02, help="ROME: the same for v*")
+    ap.add_argument("--cov-weight-per-edit", type=float, default=10.0,
+                    help="MEMIT's lambda on C, per edit: K Kᵀ grows with the batch, so lambda does too")
+    ap.add_argument("--keep-weight", type=float, default=10.0, help="sequential ROME: weight of earlier edits' keys")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     world = make_world()
@@ -133,10 +145,19 @@ def main() -> None:
     print(f"causal tracing ({time.time() - t:.0f} s): MLP indirect effect at the subject's last token by layer "
           f"{[round(float(e), 3) for e in effect]} -> edit layer {layer}")
     n_layers = len(model.layers)
-    ctx = {"layer": layer, "memit_layers": list(range(layer, min(layer + 2, n_layers))),
-           "C": key_second_moment(model, tok, world.statements(), list(range(n_layers))),
-           "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1}
+    generic = world.statements() + world.paragraphs(args.generic_paragraphs, seed=args.seed)
+    ctx = {"layer": layer, "memit_layers": layers_to_spread(traces),
+           "C": key_second_moment(model, tok, generic, list(range(n_layers))),
+           "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
+           "target": TargetVectorConfig(clamp_norm=args.clamp, weight_decay=args.weight_decay, stop_nll=args.stop_nll),
+           "rome_target": TargetVectorConfig(clamp_norm=args.rome_clamp, weight_decay=args.weight_decay,
+                                             stop_nll=args.rome_stop_nll),
+           "cov_weight_per_edit": args.cov_weight_per_edit, "keep_weight": args.keep_weight}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
+    print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
+          f"{args.rome_clamp} x |h|; weight decay "
+          f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys "
+          f"with weight {args.keep_weight}; MEMIT lambda {args.cov_weight_per_edit} x edits")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}

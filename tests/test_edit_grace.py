@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
-from lmkit.edit.causal_tracing import layer_to_edit, trace_fact
+from lmkit.edit.causal_tracing import TraceResult, layer_to_edit, layers_to_spread, trace_fact
 from lmkit.edit.ft_l import FineTuneConfig, apply_ft_l
 from lmkit.edit.grace import GraceEditor
 from lmkit.edit.prompt_tokens import pad_right
@@ -80,3 +80,14 @@ def test_causal_tracing_restoring_the_last_layer_at_the_last_token_recovers_the_
     assert abs(res.hidden[-1, -1] - (res.clean - res.corrupted)) < 1e-5  # the whole clean state is back
     assert torch.all(res.hidden[:, : res.subject_first] .abs() < 1e-6)  # before the subject nothing was corrupted
     assert layer_to_edit([res]) in (0, 1)
+
+
+def test_layers_to_spread_run_from_the_traced_layer_while_the_subject_still_carries_the_fact():
+    def result(mlp_effect, hidden_effect):
+        n = len(mlp_effect)
+        mlp, hidden = torch.zeros(n, 3), torch.zeros(n, 3)
+        mlp[:, 1], hidden[:, 1] = torch.tensor(mlp_effect), torch.tensor(hidden_effect)
+        return TraceResult(hidden, mlp, 0.9, 0.1, 0, 1)
+
+    assert layers_to_spread([result([0.3, 0.05, 0.0, 0.0], [0.4, 0.38, 0.3, 0.02])]) == [0, 1, 2]
+    assert layers_to_spread([result([0.0, 0.3, 0.0, 0.0], [0.5, 0.5, 0.1, 0.0])]) == [1]

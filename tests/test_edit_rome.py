@@ -8,8 +8,8 @@ import torch
 from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
 from lmkit.edit.key_statistics import key_second_moment
 from lmkit.edit.memit import MemitConfig, apply_memit, memit_update
-from lmkit.edit.rome import RomeConfig, apply_rome, rank_one_update
-from lmkit.edit.target_vector import EditRequest, TargetVectorConfig
+from lmkit.edit.rome import RomeConfig, apply_rome, keep_keys, rank_one_update
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_delta, optimise_site_deltas
 
 # an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
 FREE = TargetVectorConfig(steps=30, clamp_norm=1e4, weight_decay=0.0)
@@ -82,3 +82,31 @@ def test_rome_and_memit_make_the_new_target_the_greedy_answer():
     assert sorted(updates) == [0, 1]
     for r in reqs:
         assert _greedy(model, tok.encode(r.prompt.format(r.subject)), 1) == tok.encode(" " + r.target_new)[:1]
+
+
+def test_keep_keys_stops_a_later_rank_one_update_from_moving_an_earlier_edit():
+    gen = torch.Generator().manual_seed(2)
+    w, c = torch.randn(8, 16, generator=gen, dtype=torch.float64), _moment(16, gen)
+    k1, v1 = torch.randn(16, generator=gen, dtype=torch.float64), torch.randn(8, generator=gen, dtype=torch.float64)
+    k2 = k1 + 0.3 * torch.randn(16, generator=gen, dtype=torch.float64)  # a similar second key
+    v2 = torch.randn(8, generator=gen, dtype=torch.float64)
+    w1 = rank_one_update(w, k1, v1, c)[0]
+    drift = {}
+    for weight in (0.0, 1e4):
+        w2 = rank_one_update(w1, k2, v2, keep_keys(c, [k1], weight))[0]
+        assert torch.allclose(w2 @ k2, v2, atol=1e-4)  # the new edit is still exact
+        drift[weight] = float((w2 @ k1 - v1).norm())
+    assert drift[1e4] < 1e-3 * drift[0.0]
+    assert torch.equal(keep_keys(c, [], 5.0), c)
+
+
+def test_batched_targets_equal_one_by_one():
+    world, records, tok = world_and_tokenizer()
+    model = tiny_model()
+    reqs = [EditRequest.from_record(r) for r in (records[0], records[3])]
+    site, prefixes = model.layers[1], world.statements()[:2]
+    cfg = TargetVectorConfig(steps=8, clamp_norm=1e4, weight_decay=0.01)
+    h, delta = optimise_site_deltas(model, tok, site, reqs, prefixes, cfg)
+    for i, r in enumerate(reqs):
+        h1, d1 = optimise_site_delta(model, tok, site, r, prefixes, cfg)
+        assert torch.allclose(h[i], h1, atol=1e-5) and torch.allclose(delta[i], d1, atol=1e-4)

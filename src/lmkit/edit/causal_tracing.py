@@ -90,3 +90,16 @@ def trace_fact(model: nn.Module, tokenizer, prompt: str, subject: str, answer: s
 def layer_to_edit(results: list[TraceResult]) -> int:
     """The layer whose MLP output at the subject's last token has the largest mean indirect effect."""
     return int(torch.stack([r.mlp_at_subject() for r in results]).mean(0).argmax())
+
+
+def layers_to_spread(results: list[TraceResult], fraction: float = 0.5) -> list[int]:
+    """MEMIT's layers: from `layer_to_edit` up to the last layer whose hidden state at the subject's
+    last token still carries the fact (mean indirect effect >= `fraction` of its peak). Above that
+    the answer has left the subject's position, so a target z there cannot reach every prompt."""
+    first = layer_to_edit(results)
+    hidden = torch.stack([r.hidden[:, r.subject_last] for r in results]).mean(0)
+    keep = hidden >= fraction * hidden.max()
+    last = first
+    while last + 1 < len(hidden) and bool(keep[last + 1]):
+        last += 1
+    return list(range(first, last + 1))

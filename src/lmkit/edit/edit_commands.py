@@ -115,11 +115,10 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         before = edit_scores(model, tok, records)
     editor = None
     if method == "rome":
-        from lmkit.edit.rome import RomeConfig, apply_rome
+        from lmkit.edit.rome import RomeConfig, apply_rome_sequence
 
         cov = _second_moments(model, tok, texts, [layer])[layer]
-        for r in requests:
-            apply_rome(model, tok, r, cov, prefixes, RomeConfig(layer=layer))
+        apply_rome_sequence(model, tok, requests, cov, prefixes, RomeConfig(layer=layer))
     elif method == "memit":
         from lmkit.edit.memit import MemitConfig, apply_memit
 

@@ -62,6 +62,13 @@ class FactWorld:
         """Every fact in every template of its relation: the training text of the facts model."""
         return [f.statement(t) for f in self.facts for t in RELATIONS[f.relation]]
 
+    def paragraphs(self, n: int, per_paragraph: int = 6, seed: int = 0) -> list[str]:
+        """`n` texts of `per_paragraph` random statements run together: the world's "generic text"
+        (as the model read it in training), whose keys ROME and MEMIT must leave alone."""
+        rng = random.Random(seed)
+        statements = self.statements()
+        return [" ".join(rng.sample(statements, per_paragraph)) for _ in range(n)]
+
     def truth(self, subject: str, relation: str) -> str:
         return self._index[(subject, relation)]
 

@@ -21,7 +21,7 @@ from torch import nn
 from lmkit.edit.layer_hooks import at_positions, block, down_proj, record_outputs
 from lmkit.edit.prompt_tokens import encode_subject_prompt, pad_right
 from lmkit.edit.rome import mean_key
-from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_delta
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_deltas
 from lmkit.errors import ConfigError
 
 
@@ -64,11 +64,8 @@ def apply_memit(model: nn.Module, tokenizer, requests: list[EditRequest], second
     if missing:
         raise ConfigError(f"MEMIT needs the key second moment of layers {missing}")
     last = layers[-1]
-    targets = []
-    for r in requests:
-        h, delta = optimise_site_delta(model, tokenizer, block(model, last), r, prefixes, cfg.target)
-        targets.append(h + delta)
-    z = torch.stack(targets)
+    h, delta = optimise_site_deltas(model, tokenizer, block(model, last), requests, prefixes, cfg.target)
+    z = h + delta
     updates = {}
     for i, layer in enumerate(layers):
         keys = torch.stack([mean_key(model, tokenizer, layer, r, prefixes) for r in requests])

@@ -51,6 +51,17 @@ def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return (w + torch.outer(residual, left)).to(weight.dtype), residual, left
 
 
+def keep_keys(second_moment: torch.Tensor, keys: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """C + weight · Σ k kᵀ: the second moment for the next of a sequence of ROME edits, with the
+    keys of the earlier edits counted as text to keep. The next rank-one update then moves
+    W k_i for an earlier k_i about 1 + weight · k_iᵀC⁻¹k_i times less than plain ROME would, so the
+    edits of a sequence stop overwriting each other (weight 0 is plain ROME)."""
+    if not keys or weight == 0:
+        return second_moment
+    k = torch.stack([key.double() for key in keys])
+    return second_moment.double() + weight * k.T @ k
+
+
 @torch.no_grad()
 def mean_key(model: nn.Module, tokenizer, layer: int, request: EditRequest, prefixes: list[str]) -> torch.Tensor:
     """k*: the down_proj input at the subject's last token, averaged over the prompt after each prefix,
@@ -76,3 +87,14 @@ def apply_rome(model: nn.Module, tokenizer, request: EditRequest, second_moment:
         new_w, residual, left = rank_one_update(proj.weight, key, value, second_moment, proj.bias)
         proj.weight.copy_(new_w)
     return RankOneEdit(cfg.layer, key, value, residual.float(), left.float())
+
+
+def apply_rome_sequence(model: nn.Module, tokenizer, requests: list[EditRequest], second_moment: torch.Tensor,
+                        prefixes: list[str], cfg: RomeConfig | None = None,
+                        keep_weight: float = 10.0) -> list[RankOneEdit]:
+    """ROME edits one after another, each solved with `keep_keys` of the ones before it."""
+    edits: list[RankOneEdit] = []
+    for r in requests:
+        c = keep_keys(second_moment, [e.key for e in edits], keep_weight)
+        edits.append(apply_rome(model, tokenizer, r, c, prefixes, cfg))
+    return edits

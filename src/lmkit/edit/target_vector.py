@@ -58,51 +58,83 @@ def optimise_site_delta(model: nn.Module, tokenizer, site: nn.Module, request: E
                         cfg: TargetVectorConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, δ): the site's output at the subject's last token in the bare prompt, and the change δ
     that, added there in every prompt, makes `request.target_new` follow the prompt."""
+    h, delta = optimise_site_deltas(model, tokenizer, site, [request], prefixes, cfg)
+    return h[0], delta[0]
+
+
+def optimise_site_deltas(model: nn.Module, tokenizer, site: nn.Module, requests: list[EditRequest],
+                         prefixes: list[str], cfg: TargetVectorConfig | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h [n, d], δ [n, d]) for independent requests, optimised together in one batch (each row of
+    δ acts only on its own request's prompts, so the result is that of n separate optimisations;
+    a request whose NLL is below cfg.stop_nll stops moving)."""
     cfg = cfg or TargetVectorConfig()
     prefixes = [""] + [p for p in prefixes if p]
-    prompts = rewrite_prompts(tokenizer, request, prefixes)
-    tgt = target_ids(tokenizer, request.target_new)
-    seqs = [p.ids + tgt[:-1] for p in prompts]
+    seqs, starts, subj, owner, tgts = [], [], [], [], []
+    ess_seqs, ess_last, ess_subj, ess_owner = [], [], [], []
+    for i, request in enumerate(requests):
+        tgt = target_ids(tokenizer, request.target_new)
+        for p in rewrite_prompts(tokenizer, request, prefixes):
+            seqs.append(p.ids + tgt[:-1])
+            starts.append(len(p.ids) - 1)
+            subj.append(p.subject_last)
+            owner.append(i)
+            tgts.append(tgt)
+        for t in request.essence_prompts:
+            e = encode_subject_prompt(tokenizer, t, request.subject)
+            ess_seqs.append(e.ids)
+            ess_last.append(len(e.ids) - 1)
+            ess_subj.append(e.subject_last)
+            ess_owner.append(i)
+    n = len(requests)
     ids = pad_right(seqs)
-    starts = [len(p.ids) - 1 for p in prompts]
-    subj = [p.subject_last for p in prompts]
-    essence = [encode_subject_prompt(tokenizer, t, request.subject) for t in request.essence_prompts]
-    ess_ids = pad_right([e.ids for e in essence]) if essence else None
-    ess_last = [len(e.ids) - 1 for e in essence]
+    owner_t, ess_owner_t = torch.tensor(owner), torch.tensor(ess_owner, dtype=torch.long)
+    bare = torch.tensor([prefixes.index("") + i * len(prefixes) for i in range(n)])  # each request's bare prompt
+    ess_ids = pad_right(ess_seqs) if ess_seqs else None
     with torch.no_grad(), record_outputs(site) as seen:
-        model(ids[:1])
-        h = at_positions(seen[0], subj[:1])[0].detach()
-        before = F.log_softmax(at_positions(model(ess_ids).logits, ess_last).float(), -1) if essence else None
+        model(ids[bare])
+        h = at_positions(seen[0], [subj[int(b)] for b in bare]).detach()
+        before = F.log_softmax(at_positions(model(ess_ids).logits, ess_last).float(), -1) if ess_seqs else None
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.lr)
-    rows = torch.arange(len(prompts))
-    tpos = torch.tensor(starts)[:, None] + torch.arange(len(tgt))[None]
-    tgt_t = torch.tensor(tgt)[None].expand(len(prompts), -1)
-    max_norm = cfg.clamp_norm * h.norm()
+    width = max(len(t) for t in tgts)
+    tpos = torch.tensor([[s + j if j < len(t) else s for j in range(width)] for s, t in zip(starts, tgts)])
+    tgt_t = torch.tensor([t + [0] * (width - len(t)) for t in tgts])
+    tmask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tgts])
+    rows = torch.arange(len(seqs))[:, None]
+    prompts_per = torch.zeros(n).index_add_(0, owner_t, torch.ones(len(seqs)))
+    ess_per = torch.zeros(n).index_add_(0, ess_owner_t, torch.ones(len(ess_seqs))).clamp(min=1)
+    h_sq = h.norm(dim=-1) ** 2
+    max_norm = cfg.clamp_norm * h.norm(dim=-1, keepdim=True)
+    done = torch.zeros(n, dtype=torch.bool)
 
-    def add_delta(positions):
+    def add_delta(positions, who):
         def fn(out):
             out = out.clone()
-            out[torch.arange(len(positions)), torch.tensor(positions)] += delta.to(out.dtype)
+            out[torch.arange(len(positions)), torch.tensor(positions)] += delta[who].to(out.dtype)
             return out
         return fn
 
     with only_trainable(model):
         for _ in range(cfg.steps):
-            with patch_output(site, add_delta(subj)):
+            with patch_output(site, add_delta(subj, owner_t)):
                 logp = F.log_softmax(model(ids).logits.float(), -1)
-            nll = -logp[rows[:, None], tpos, tgt_t].mean()
-            loss = nll + cfg.weight_decay * delta.norm() ** 2 / h.norm() ** 2
-            if essence:
-                with patch_output(site, add_delta([e.subject_last for e in essence])):
-                    after = F.log_softmax(at_positions(model(ess_ids).logits, ess_last).float(), -1)
-                loss = loss + cfg.kl_weight * F.kl_div(after, before, log_target=True, reduction="batchmean")
-            if nll.item() < cfg.stop_nll:
+            tok_nll = -(logp[rows, tpos, tgt_t] * tmask).sum(1) / tmask.sum(1)  # per prompt
+            nll = torch.zeros(n).index_add(0, owner_t, tok_nll) / prompts_per  # per request
+            done = done | (nll.detach() < cfg.stop_nll)
+            if bool(done.all()):
                 break
+            loss = nll + cfg.weight_decay * delta.norm(dim=-1) ** 2 / h_sq
+            if ess_seqs:
+                with patch_output(site, add_delta(ess_subj, ess_owner_t)):
+                    after = F.log_softmax(at_positions(model(ess_ids).logits, ess_last).float(), -1)
+                kl = (before.exp() * (before - after)).sum(-1)
+                loss = loss + cfg.kl_weight * torch.zeros(n).index_add(0, ess_owner_t, kl) / ess_per
+            frozen = delta.detach()[done].clone()
             opt.zero_grad()
-            loss.backward()
+            loss.sum().backward()
             opt.step()
             with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
+                delta.mul_(torch.clamp(max_norm / delta.norm(dim=-1, keepdim=True).clamp(min=1e-12), max=1.0))
+                delta[done] = frozen
     return h, delta.detach()
