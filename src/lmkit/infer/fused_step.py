@@ -155,6 +155,9 @@ class FusedDecoder:
         self.quantized = any(isinstance(t, _QuantProj) for ts in self.layers for t in ts) \
             or isinstance(self.lm_w, _QuantProj)
         self._cos = self._sin = None
+        # the one-token step (`_decode_token`): each projection bound to one call, no type checks per step
+        self.run_one = [(_in_call(qkv_w, qkv_b), _residual_call(o_w, o_b), _in_call(ff_w, ff_b), _residual_call(dn_w, dn_b))
+                        for qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b in self.run_layers]
 
     def reserve(self, n: int) -> None:
         """Build the rotary tables (cos, sign-folded sin [n, head_dim]) for positions 0..n-1."""
@@ -185,6 +188,8 @@ class FusedDecoder:
         Returns logits [B, 1, V] (last position) or [B, T, V] with last_only=False.
         """
         b, t = input_ids.shape
+        if t == 1 and self.run_one is not None:
+            return self._decode_token(input_ids, positions, cache, pad_bias)
         h, hkv, d = self.h, self.hkv, self.d
         past = cache.seq_len
         s = past + t
@@ -241,6 +246,70 @@ class FusedDecoder:
             h = h + self.norm_b
         logits = _mm(h, self.run_lm_w, self.lm_b).to(x.dtype)
         return logits.view(b, 1 if last_only else t, -1)
+
+    def _decode_token(self, input_ids: torch.Tensor, positions: torch.Tensor, cache,
+                      pad_bias: torch.Tensor | None) -> torch.Tensor:
+        """One new token per row (t == 1), the decode step proper: the same computation as the general
+        path with fewer operations per layer (about 25 instead of 50 torch calls): activations stay
+        [B, features] and are viewed as [B, heads, 1, d] (the same memory at one token), casts that do
+        nothing are not made. Bitwise the same logits as the general path."""
+        b = input_ids.shape[0]
+        h, hkv, d = self.h, self.hkv, self.d
+        s = cache.seq_len + 1
+        x = F.embedding(input_ids.view(b), self.embed)
+        dtype = x.dtype
+        if self.rope:
+            if self._cos is None:
+                self.reserve(int(positions.max()) + 1)
+            pos = positions.view(b)
+            cos = self._cos[pos].view(b, 1, 1, d)
+            sin = self._sin[pos].view(b, 1, 1, d)
+        else:
+            x = x + F.embedding(positions.view(b), self.pos_embed)
+        bias = None if pad_bias is None else pad_bias[..., :s]
+        attn_fp32 = dtype != torch.float32 and x.device.type == "cpu"
+        if attn_fp32 and bias is not None:
+            bias = bias.float()
+        gqa = hkv != h
+        half = d // 2
+        hq = h + hkv
+        norm = self._norm
+        for i, (qkv_f, o_f, ff_f, dn_f) in enumerate(self.run_one):
+            qkv = qkv_f(norm(x))
+            if qkv.dtype != dtype:  # a quantized kernel's bf16 result
+                qkv = qkv.to(dtype)
+            qkv = qkv.view(b, hq + hkv, 1, d)
+            qk = qkv[:, :hq]
+            if self.rope:
+                qk = qk * cos + qk.roll(half, -1) * sin
+            k_all, v_all = cache.update(i, qk[:, h:], qkv[:, hq:])
+            q = qk[:, :h]
+            if attn_fp32:  # CPU SDPA in bf16/fp16 is ~10x slower than in fp32 at decode shapes
+                q, k_all, v_all = q.float(), k_all.float(), v_all.float()
+            if gqa and _GQA:
+                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale, enable_gqa=True)
+            else:
+                if gqa:
+                    rep = h // hkv
+                    k_all = k_all.repeat_interleave(rep, dim=1)
+                    v_all = v_all.repeat_interleave(rep, dim=1)
+                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
+            o = o.reshape(b, h * d)
+            if o.dtype != dtype:
+                o = o.to(dtype)
+            x = o_f(x, o)
+            f = ff_f(norm(x))
+            if f.dtype != dtype:
+                f = f.to(dtype)
+            f = self.act(f[:, : self.d_ff]) * f[:, self.d_ff :] if self.gated else self.act(f)
+            x = dn_f(x, f)
+        hn = norm(x) * self.norm_w
+        if self.norm_b is not None:
+            hn = hn + self.norm_b
+        logits = _mm(hn, self.run_lm_w, self.lm_b)
+        if logits.dtype != dtype:
+            logits = logits.to(dtype)
+        return logits.view(b, 1, -1)
 
 
 class _QuantProj:
@@ -326,6 +395,22 @@ def _fold(norm, linears) -> tuple[object, torch.Tensor | None]:
         extra = w @ beta
         b = extra if b is None else b + extra
     return (w * norm.weight[None, :]).t(), b  # stored [out, in] like nn.Linear; used as its [in, out] view
+
+
+def _in_call(w_t, bias: torch.Tensor | None):
+    """`_mm(x, w_t, bias)` as one bound callable x -> y (chosen once instead of per call)."""
+    if isinstance(w_t, _QuantProj):
+        return w_t
+    if isinstance(w_t, _OneDNNLinear):
+        return w_t if bias is None else (lambda x: w_t(x, bias))
+    return (lambda x: torch.mm(x, w_t)) if bias is None else (lambda x: torch.addmm(bias, x, w_t))
+
+
+def _residual_call(w_t, bias: torch.Tensor | None):
+    """`_residual_mm(x, a, w_t, bias)` as one bound callable (x, a) -> x + a @ w_t + bias."""
+    if isinstance(w_t, (_QuantProj, _OneDNNLinear)):
+        return (lambda x, a: x + w_t(a)) if bias is None else (lambda x, a: x + w_t(a, bias))
+    return (lambda x, a: torch.addmm(x, a, w_t)) if bias is None else (lambda x, a: torch.addmm(x + bias, a, w_t))
 
 
 def _mm(x: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:
