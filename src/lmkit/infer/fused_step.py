@@ -120,6 +120,9 @@ class FusedDecoder:
         if hit is not None and hit[0] == key:
             return hit[1]
         fused = cls(model)
+        if fused.quantized:  # building the kernels may move int8 codes into huge pages (same values): key on what is there now
+            params = list(model.parameters()) + list(model.buffers())
+            key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in params)
         _CACHE[model] = (key, fused)
         return fused
 
