@@ -203,37 +203,21 @@ class FusedDecoder:
             cos = self._cos[positions][:, None]  # [B, 1, T, D]; positions must be < reserve()'d length
             sin = self._sin[positions][:, None]
         else:
+            cos = sin = None
             x = x + F.embedding(positions, self.pos_embed)
         bias = None if pad_bias is None else pad_bias[..., :s]
         if t > 1:  # new tokens see the cache and each other causally (bottom-right aligned)
             keep = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
             causal = torch.zeros(t, s, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
             bias = causal if bias is None else bias + causal
-        gqa = hkv != h
         attn_fp32 = x.dtype != torch.float32 and x.device.type == "cpu"
         if attn_fp32 and bias is not None:
             bias = bias.float()
-        half = d // 2
         n = b * t
         x = x.view(n, -1)  # activations stay [tokens, features]: one GEMM per projection
         for i, (qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b) in enumerate(self.run_layers):
             qkv = _mm(self._norm(x), qkv_w, qkv_b).to(x.dtype).view(b, t, h + 2 * hkv, d).transpose(1, 2)
-            qk = qkv[:, : h + hkv]
-            if self.rope:
-                qk = qk * cos + qk.roll(half, -1) * sin
-            k_all, v_all = cache.update(i, qk[:, h:], qkv[:, h + hkv :])
-            q = qk[:, :h]
-            if attn_fp32:  # CPU SDPA in bf16/fp16 is ~10x slower than in fp32 at decode shapes
-                q, k_all, v_all = q.float(), k_all.float(), v_all.float()
-            if gqa and _GQA:
-                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale, enable_gqa=True)
-            else:
-                if gqa:
-                    rep = h // hkv
-                    k_all = k_all.repeat_interleave(rep, dim=1)
-                    v_all = v_all.repeat_interleave(rep, dim=1)
-                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
-            o = o.to(x.dtype)
+            o = self._attend(i, qkv, cos, sin, cache, bias, attn_fp32).to(x.dtype)
             x = _residual_mm(x, o.transpose(1, 2).reshape(n, h * d), o_w, o_b)
             f = _mm(self._norm(x), ff_w, ff_b).to(x.dtype)
             if self.gated:
@@ -249,6 +233,26 @@ class FusedDecoder:
             h = h + self.norm_b
         logits = _mm(h, self.run_lm_w, self.lm_b).to(x.dtype)
         return logits.view(b, 1 if last_only else t, -1)
+
+    def _attend(self, i: int, qkv: torch.Tensor, cos, sin, cache, bias: torch.Tensor | None,
+                attn_fp32: bool) -> torch.Tensor:
+        """qkv [B, heads + 2 kv_heads, T, d] -> attention output [B, heads, T, d]: RoPE on q and k,
+        the new keys/values appended to layer i of the cache, SDPA over all of them."""
+        h, hkv = self.h, self.hkv
+        qk = qkv[:, : h + hkv]
+        if self.rope:
+            qk = qk * cos + qk.roll(self.d // 2, -1) * sin
+        k_all, v_all = cache.update(i, qk[:, h:], qkv[:, h + hkv :])
+        q = qk[:, :h]
+        if attn_fp32:  # CPU SDPA in bf16/fp16 is ~10x slower than in fp32 at decode shapes
+            q, k_all, v_all = q.float(), k_all.float(), v_all.float()
+        if hkv != h and _GQA:
+            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale, enable_gqa=True)
+        if hkv != h:
+            rep = h // hkv
+            k_all = k_all.repeat_interleave(rep, dim=1)
+            v_all = v_all.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
 
     def _decode_token(self, input_ids: torch.Tensor, positions: torch.Tensor, cache,
                       pad_bias: torch.Tensor | None) -> torch.Tensor:
@@ -268,36 +272,20 @@ class FusedDecoder:
             cos = self._cos[pos].view(b, 1, 1, d)
             sin = self._sin[pos].view(b, 1, 1, d)
         else:
+            cos = sin = None
             x = x + F.embedding(positions.view(b), self.pos_embed)
         bias = None if pad_bias is None else pad_bias[..., :s]
         attn_fp32 = dtype != torch.float32 and x.device.type == "cpu"
         if attn_fp32 and bias is not None:
             bias = bias.float()
-        gqa = hkv != h
-        half = d // 2
         hq = h + hkv
         norm = self._norm
         for i, (qkv_f, o_f, ff_f, dn_f) in enumerate(self.run_one):
             qkv = qkv_f(norm(x))
             if qkv.dtype != dtype:  # a quantized kernel's bf16 result
                 qkv = qkv.to(dtype)
-            qkv = qkv.view(b, hq + hkv, 1, d)
-            qk = qkv[:, :hq]
-            if self.rope:
-                qk = qk * cos + qk.roll(half, -1) * sin
-            k_all, v_all = cache.update(i, qk[:, h:], qkv[:, hq:])
-            q = qk[:, :h]
-            if attn_fp32:  # CPU SDPA in bf16/fp16 is ~10x slower than in fp32 at decode shapes
-                q, k_all, v_all = q.float(), k_all.float(), v_all.float()
-            if gqa and _GQA:
-                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale, enable_gqa=True)
-            else:
-                if gqa:
-                    rep = h // hkv
-                    k_all = k_all.repeat_interleave(rep, dim=1)
-                    v_all = v_all.repeat_interleave(rep, dim=1)
-                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
-            o = o.reshape(b, h * d)
+            qkv = qkv.reshape(b, hq + hkv, 1, d)  # a view (reshape only for an int4 kernel's padded slice)
+            o = self._attend(i, qkv, cos, sin, cache, bias, attn_fp32).reshape(b, h * d)
             if o.dtype != dtype:
                 o = o.to(dtype)
             x = o_f(x, o)
