@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from lmkit.models.ffn import activation_fn
 from lmkit.quant.linear import QUANT_LINEAR_TYPES, QuantLinearBase, merge_rows
+from lmkit.quant.weight_kernels import KERNEL_DTYPE
 
 MAX_FUSED_BYTES = 2 * 2**30  # larger models are bandwidth-bound anyway: not worth a second copy of the weights
 _GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -320,10 +321,16 @@ class _QuantProj:
                       and type(m).make_kernel is not QuantLinearBase.make_kernel else m for m in mods]
         self.gain = None if norm is None else norm.weight
         self.beta = None if norm is None else getattr(norm, "bias", None)
+        # every call a kernel (bf16 input): the gain product is written straight in bf16, one kernel
+        # instead of a product and a cast (the same fp32 product, rounded once: the same bits)
+        self.kernel_input = all(not isinstance(f, torch.nn.Module) for f in self.calls)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.gain is not None:
-            x = x * self.gain if self.beta is None else torch.addcmul(self.beta, x, self.gain)
+            out = None
+            if self.kernel_input and x.dtype != KERNEL_DTYPE:
+                out = torch.empty(x.shape, dtype=KERNEL_DTYPE, device=x.device)
+            x = torch.mul(x, self.gain, out=out) if self.beta is None else torch.addcmul(self.beta, x, self.gain, out=out)
         if len(self.calls) == 1:
             return self.calls[0](x)
         outs = [f(x) for f in self.calls]
