@@ -258,7 +258,8 @@ class FusedDecoder:
     def _decode_token(self, input_ids: torch.Tensor, positions: torch.Tensor, cache,
                       pad_bias: torch.Tensor | None) -> torch.Tensor:
         """One new token per row (t == 1), the decode step proper: the same computation as the general
-        path with fewer operations per layer (about 25 instead of 50 torch calls): activations stay
+        path with fewer operator calls (a one-layer bf16 step: 45 instead of 52) and less Python between
+        them (projections bound once, no type checks per call): activations stay
         [B, features] and are viewed as [B, heads, 1, d] (the same memory at one token), casts that do
         nothing are not made. Bitwise the same logits as the general path."""
         b = input_ids.shape[0]
