@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from lmkit.models.ffn import activation_fn
 from lmkit.quant.linear import QUANT_LINEAR_TYPES, QuantLinearBase, merge_rows
+from lmkit.quant.weight_kernels import KERNEL_DTYPE
 
 MAX_FUSED_BYTES = 2 * 2**30  # larger models are bandwidth-bound anyway: not worth a second copy of the weights
 _GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -120,6 +121,9 @@ class FusedDecoder:
         if hit is not None and hit[0] == key:
             return hit[1]
         fused = cls(model)
+        if fused.quantized:  # building the kernels may move int8 codes into huge pages (same values): key on what is there now
+            params = list(model.parameters()) + list(model.buffers())
+            key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in params)
         _CACHE[model] = (key, fused)
         return fused
 
@@ -155,6 +159,9 @@ class FusedDecoder:
         self.quantized = any(isinstance(t, _QuantProj) for ts in self.layers for t in ts) \
             or isinstance(self.lm_w, _QuantProj)
         self._cos = self._sin = None
+        # the one-token step (`_decode_token`): each projection bound to one call, no type checks per step
+        self.run_one = [(_in_call(qkv_w, qkv_b), _residual_call(o_w, o_b), _in_call(ff_w, ff_b), _residual_call(dn_w, dn_b))
+                        for qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b in self.run_layers]
 
     def reserve(self, n: int) -> None:
         """Build the rotary tables (cos, sign-folded sin [n, head_dim]) for positions 0..n-1."""
@@ -185,6 +192,8 @@ class FusedDecoder:
         Returns logits [B, 1, V] (last position) or [B, T, V] with last_only=False.
         """
         b, t = input_ids.shape
+        if t == 1 and self.run_one is not None:
+            return self._decode_token(input_ids, positions, cache, pad_bias)
         h, hkv, d = self.h, self.hkv, self.d
         past = cache.seq_len
         s = past + t
@@ -195,37 +204,21 @@ class FusedDecoder:
             cos = self._cos[positions][:, None]  # [B, 1, T, D]; positions must be < reserve()'d length
             sin = self._sin[positions][:, None]
         else:
+            cos = sin = None
             x = x + F.embedding(positions, self.pos_embed)
         bias = None if pad_bias is None else pad_bias[..., :s]
         if t > 1:  # new tokens see the cache and each other causally (bottom-right aligned)
             keep = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
             causal = torch.zeros(t, s, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
             bias = causal if bias is None else bias + causal
-        gqa = hkv != h
         attn_fp32 = x.dtype != torch.float32 and x.device.type == "cpu"
         if attn_fp32 and bias is not None:
             bias = bias.float()
-        half = d // 2
         n = b * t
         x = x.view(n, -1)  # activations stay [tokens, features]: one GEMM per projection
         for i, (qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b) in enumerate(self.run_layers):
             qkv = _mm(self._norm(x), qkv_w, qkv_b).to(x.dtype).view(b, t, h + 2 * hkv, d).transpose(1, 2)
-            qk = qkv[:, : h + hkv]
-            if self.rope:
-                qk = qk * cos + qk.roll(half, -1) * sin
-            k_all, v_all = cache.update(i, qk[:, h:], qkv[:, h + hkv :])
-            q = qk[:, :h]
-            if attn_fp32:  # CPU SDPA in bf16/fp16 is ~10x slower than in fp32 at decode shapes
-                q, k_all, v_all = q.float(), k_all.float(), v_all.float()
-            if gqa and _GQA:
-                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale, enable_gqa=True)
-            else:
-                if gqa:
-                    rep = h // hkv
-                    k_all = k_all.repeat_interleave(rep, dim=1)
-                    v_all = v_all.repeat_interleave(rep, dim=1)
-                o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
-            o = o.to(x.dtype)
+            o = self._attend(i, qkv, cos, sin, cache, bias, attn_fp32).to(x.dtype)
             x = _residual_mm(x, o.transpose(1, 2).reshape(n, h * d), o_w, o_b)
             f = _mm(self._norm(x), ff_w, ff_b).to(x.dtype)
             if self.gated:
@@ -241,6 +234,75 @@ class FusedDecoder:
             h = h + self.norm_b
         logits = _mm(h, self.run_lm_w, self.lm_b).to(x.dtype)
         return logits.view(b, 1 if last_only else t, -1)
+
+    def _attend(self, i: int, qkv: torch.Tensor, cos, sin, cache, bias: torch.Tensor | None,
+                attn_fp32: bool) -> torch.Tensor:
+        """qkv [B, heads + 2 kv_heads, T, d] -> attention output [B, heads, T, d]: RoPE on q and k,
+        the new keys/values appended to layer i of the cache, SDPA over all of them."""
+        h, hkv = self.h, self.hkv
+        qk = qkv[:, : h + hkv]
+        if self.rope:
+            qk = qk * cos + qk.roll(self.d // 2, -1) * sin
+        k_all, v_all = cache.update(i, qk[:, h:], qkv[:, h + hkv :])
+        q = qk[:, :h]
+        if attn_fp32:  # CPU SDPA in bf16/fp16 is ~10x slower than in fp32 at decode shapes
+            q, k_all, v_all = q.float(), k_all.float(), v_all.float()
+        if hkv != h and _GQA:
+            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale, enable_gqa=True)
+        if hkv != h:
+            rep = h // hkv
+            k_all = k_all.repeat_interleave(rep, dim=1)
+            v_all = v_all.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias, scale=self.scale)
+
+    def _decode_token(self, input_ids: torch.Tensor, positions: torch.Tensor, cache,
+                      pad_bias: torch.Tensor | None) -> torch.Tensor:
+        """One new token per row (t == 1), the decode step proper: the same computation as the general
+        path with fewer operator calls (a one-layer bf16 step: 45 instead of 52) and less Python between
+        them (projections bound once, no type checks per call): activations stay
+        [B, features] and are viewed as [B, heads, 1, d] (the same memory at one token), casts that do
+        nothing are not made. Bitwise the same logits as the general path."""
+        b = input_ids.shape[0]
+        h, hkv, d = self.h, self.hkv, self.d
+        s = cache.seq_len + 1
+        x = F.embedding(input_ids.view(b), self.embed)
+        dtype = x.dtype
+        if self.rope:
+            if self._cos is None:
+                self.reserve(int(positions.max()) + 1)
+            pos = positions.view(b)
+            cos = self._cos[pos].view(b, 1, 1, d)
+            sin = self._sin[pos].view(b, 1, 1, d)
+        else:
+            cos = sin = None
+            x = x + F.embedding(positions.view(b), self.pos_embed)
+        bias = None if pad_bias is None else pad_bias[..., :s]
+        attn_fp32 = dtype != torch.float32 and x.device.type == "cpu"
+        if attn_fp32 and bias is not None:
+            bias = bias.float()
+        hq = h + hkv
+        norm = self._norm
+        for i, (qkv_f, o_f, ff_f, dn_f) in enumerate(self.run_one):
+            qkv = qkv_f(norm(x))
+            if qkv.dtype != dtype:  # a quantized kernel's bf16 result
+                qkv = qkv.to(dtype)
+            qkv = qkv.reshape(b, hq + hkv, 1, d)  # a view (reshape only for an int4 kernel's padded slice)
+            o = self._attend(i, qkv, cos, sin, cache, bias, attn_fp32).reshape(b, h * d)
+            if o.dtype != dtype:
+                o = o.to(dtype)
+            x = o_f(x, o)
+            f = ff_f(norm(x))
+            if f.dtype != dtype:
+                f = f.to(dtype)
+            f = self.act(f[:, : self.d_ff]) * f[:, self.d_ff :] if self.gated else self.act(f)
+            x = dn_f(x, f)
+        hn = norm(x) * self.norm_w
+        if self.norm_b is not None:
+            hn = hn + self.norm_b
+        logits = _mm(hn, self.run_lm_w, self.lm_b)
+        if logits.dtype != dtype:
+            logits = logits.to(dtype)
+        return logits.view(b, 1, -1)
 
 
 class _QuantProj:
@@ -260,10 +322,16 @@ class _QuantProj:
                       and type(m).make_kernel is not QuantLinearBase.make_kernel else m for m in mods]
         self.gain = None if norm is None else norm.weight
         self.beta = None if norm is None else getattr(norm, "bias", None)
+        # every call a kernel (bf16 input): the gain product is written straight in bf16, one kernel
+        # instead of a product and a cast (the same fp32 product, rounded once: the same bits)
+        self.kernel_input = all(not isinstance(f, torch.nn.Module) for f in self.calls)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.gain is not None:
-            x = x * self.gain if self.beta is None else torch.addcmul(self.beta, x, self.gain)
+            out = None
+            if self.kernel_input and x.dtype != KERNEL_DTYPE:
+                out = torch.empty(x.shape, dtype=KERNEL_DTYPE, device=x.device)
+            x = torch.mul(x, self.gain, out=out) if self.beta is None else torch.addcmul(self.beta, x, self.gain, out=out)
         if len(self.calls) == 1:
             return self.calls[0](x)
         outs = [f(x) for f in self.calls]
@@ -326,6 +394,22 @@ def _fold(norm, linears) -> tuple[object, torch.Tensor | None]:
         extra = w @ beta
         b = extra if b is None else b + extra
     return (w * norm.weight[None, :]).t(), b  # stored [out, in] like nn.Linear; used as its [in, out] view
+
+
+def _in_call(w_t, bias: torch.Tensor | None):
+    """`_mm(x, w_t, bias)` as one bound callable x -> y (chosen once instead of per call)."""
+    if isinstance(w_t, _QuantProj):
+        return w_t
+    if isinstance(w_t, _OneDNNLinear):
+        return w_t if bias is None else (lambda x: w_t(x, bias))
+    return (lambda x: torch.mm(x, w_t)) if bias is None else (lambda x: torch.addmm(bias, x, w_t))
+
+
+def _residual_call(w_t, bias: torch.Tensor | None):
+    """`_residual_mm(x, a, w_t, bias)` as one bound callable (x, a) -> x + a @ w_t + bias."""
+    if isinstance(w_t, (_QuantProj, _OneDNNLinear)):
+        return (lambda x, a: x + w_t(a)) if bias is None else (lambda x, a: x + w_t(a, bias))
+    return (lambda x, a: torch.addmm(x, a, w_t)) if bias is None else (lambda x, a: torch.addmm(x + bias, a, w_t))
 
 
 def _mm(x: torch.Tensor, w_t, bias: torch.Tensor | None) -> torch.Tensor:

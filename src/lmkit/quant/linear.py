@@ -37,6 +37,7 @@ from lmkit.errors import QuantizationError
 from lmkit.quant.nf4 import NF4Tensor, quantize_nf4
 from lmkit.quant.double_quant import DQ_BLOCK_SIZE, DoubleQuantized
 from lmkit.quant import weight_kernels as wk
+from lmkit.quant.huge_pages import huge_page_copy
 
 
 def _bias_param(bias: torch.Tensor | None) -> nn.Parameter | None:
@@ -87,15 +88,20 @@ class QuantLinearBase(nn.Module):
 
     def kernel_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """`make_kernel()`, cached; rebuilt when a buffer or parameter is replaced or written in place."""
-        tensors = list(self._buffers.values()) + list(self._parameters.values())
-        key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
-                    for t in tensors if t is not None)  # inference tensors have no version counter
+        key = self._kernel_key()
         cached = self.__dict__.get("_kernel_cache")
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                cached = (key, self.make_kernel())
+                fn = self.make_kernel()
+            # make_kernel may have moved a buffer into huge pages (same values): key the result on what is there now
+            cached = (self._kernel_key(), fn)
             self.__dict__["_kernel_cache"] = cached
         return cached[1]
+
+    def _kernel_key(self) -> tuple:
+        tensors = list(self._buffers.values()) + list(self._parameters.values())
+        return tuple((t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
+                     for t in tensors if t is not None)  # inference tensors have no version counter
 
     def kernel_mm(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, in] (any floating dtype) -> x @ W.T + bias [M, out] in `wk.KERNEL_DTYPE`, on the fused kernel."""
@@ -224,6 +230,8 @@ class Int8Linear(QuantLinearBase):
         return wk.int8_kernel_reason(device)
 
     def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        # the kernel streams the codes themselves: move them into huge pages (same values, no second copy)
+        self.weight_int8 = huge_page_copy(self.weight_int8)
         return wk.int8_linear_fn(self.weight_int8, self.weight_scale, self.bias)
 
 

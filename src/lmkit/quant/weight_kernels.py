@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from lmkit.quant.huge_pages import huge_page_copy
+
 KERNEL_DTYPE = torch.bfloat16
 # From this many rows of activations on (prompt processing), int8 layers dequantize to bf16 and
 # run the dense bf16 GEMM instead (oneDNN/AMX): 1024x11264 at 1 thread, 64 rows 55 vs 83 ms,
@@ -113,7 +115,7 @@ def pack_int4_tinygemm(codes: torch.Tensor, scales: torch.Tensor, offsets: torch
         q = torch.cat([q, torch.zeros(pad, k, dtype=torch.int32, device=q.device)])
         s = torch.cat([s, torch.zeros(pad, s.shape[1], device=s.device)])
         z = torch.cat([z, torch.zeros(pad, z.shape[1], device=z.device)])
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    packed = huge_page_copy(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1))
     sz = torch.stack([s.t(), z.t()], dim=-1).to(KERNEL_DTYPE).contiguous()  # [K / group, N, 2]
     return packed, sz
 
