@@ -31,6 +31,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.edit.merge_commands",
     "lmkit.vision.diffusion_commands",
     "lmkit.vision.clip_commands",
+    "lmkit.vision.vlm_commands",
     "lmkit.eval.commands",
     "lmkit.inspect.commands",
     "lmkit.serve.commands",

@@ -57,6 +57,13 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
     gate = state.moderation  # content safety (moderation_gate.py), None when off
     if gate is not None:
         gate.check_input(message_texts(req.messages))
+    if any(isinstance(m.content, list) and any(isinstance(p, dict) and p.get("type") == "image_url"
+                                               for p in m.content) for m in req.messages):
+        from lmkit.serve.image_chat import image_chat_completion  # images: the vision-language path
+
+        result = await image_chat_completion(req, state)
+        charge_tokens(request, result["usage"]["total_tokens"])
+        return result
     prep = prepare(req, state)
     n_prompt = len(prep.prompt_ids)
     max_tokens = token_budget(n_prompt, chat_max_tokens(req), state.default_max_tokens, state.context, "messages")

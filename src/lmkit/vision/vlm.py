@@ -149,14 +149,17 @@ class VisionLanguageModel(nn.Module):
                                              config.projector_activation, config.projector_bias)
         self.language = DecoderLM(config.text)
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixels [B, C, H, W] -> projected image embeddings [B, n_image_tokens, d_text]."""
+    def vision_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixels [B, C, H, W] -> the selected vision hidden states [B, n_image_tokens, d_vision]
+        (before the projector: what a frozen tower gives, so training can compute it once)."""
         vit = self.vision
         x = vit.dropout(vit.pre_norm(vit.embed(pixel_values)))
         x, _ = run_layers(vit.layers[: self.config.vision_layers_run], x)
-        if self.config.feature_select == "default":
-            x = x[:, 1:]
-        return self.projector(x)
+        return x[:, 1:] if self.config.feature_select == "default" else x
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixels [B, C, H, W] -> projected image embeddings [B, n_image_tokens, d_text]."""
+        return self.projector(self.vision_states(pixel_values))
 
     def forward(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
@@ -171,13 +174,15 @@ class VisionLanguageModel(nn.Module):
             return self.language(input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], pixel_values: torch.Tensor | None = None,
+    def generate(self, prompts: Sequence[Sequence[int]], pixel_values: torch.Tensor | None = None, config=None, *,
                  tokenizer=None, **overrides: Any):
-        """`lmkit.infer.generate` on the decoder with the images written into the prompts' `<image>`
-        positions (eager steps: the fused step reads the embedding table without the hook)."""
+        """`lmkit.infer.generate` on the decoder (prompts: token id lists, one row each, with n_image_tokens
+        `<image>` ids per image; pixel_values [n_images, C, H, W] in the order of those runs), the images
+        written into the prompts' `<image>` positions. Steps run eagerly (fused=False): the fused step
+        reads the embedding table directly, past the hook."""
         from lmkit.infer import generate
 
         embeds = self.image_features(pixel_values) if pixel_values is not None else None
         with images_in(self.language, embeds, self.config.image_token_id):
-            return generate(self.language, [list(p) for p in prompts], tokenizer=tokenizer, fused=False,
-                            **overrides)
+            return generate(self.language, [list(p) for p in prompts], config, tokenizer=tokenizer,
+                            **{**overrides, "fused": False})

@@ -161,3 +161,23 @@ def is_llava_dir(directory: str | os.PathLike) -> bool:
         return json.loads(path.read_text(encoding="utf-8")).get("model_type") == "llava"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+TOKENIZER_FILE = "tokenizer.lmkit.json"  # lmkit's word-level tokenizer beside the LLaVA weights
+
+
+def save_vlm_dir(model: VisionLanguageModel, tokenizer, directory: str | os.PathLike) -> None:
+    """The LLaVA folder plus the lmkit tokenizer (`TOKENIZER_FILE`): what `lmkit vlm chat` and `lmkit serve` load."""
+    save_vlm(model, directory)
+    tokenizer.save(Path(directory) / TOKENIZER_FILE)
+
+
+def load_vlm_dir(directory: str | os.PathLike):
+    """(VisionLanguageModel, tokenizer) from a folder `save_vlm_dir` wrote."""
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {TOKENIZER_FILE} (the tokenizer `lmkit vlm train` writes beside "
+                              "the LLaVA weights)")
+    return load_vlm(directory), load_tokenizer(path)
