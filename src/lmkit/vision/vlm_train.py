@@ -63,6 +63,7 @@ class VLMTrainSettings:
     batch_size: int = 64
     lr: float = 3e-3
     lora_rank: int = 0  # > 0: stage 2 trains LoRA adapters of this rank instead of the whole decoder
+    tune_vision: bool = False  # stage 2 trains the vision tower too (LLaVA keeps it frozen)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -147,11 +148,11 @@ def _batch(examples, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return torch.tensor([e[0] for e in examples]), ids, attn, labels
 
 
-def train_stage(model: VisionLanguageModel, params: list[torch.nn.Parameter], states: torch.Tensor, examples,
+def train_stage(model: VisionLanguageModel, params: list[torch.nn.Parameter], images, examples,
                 pad_id: int, *, steps: int, batch_size: int, lr: float, seed: int, desc: str,
                 progress=None) -> float:
-    """AdamW (cosine decay after a short warm-up) on `params` over random batches of `examples`, whose
-    images are given by their precomputed vision hidden states `states`. -> the final loss."""
+    """AdamW (cosine decay after a short warm-up) on `params` over random batches of `examples`;
+    images(scene indices) gives their image embeddings. -> the final loss."""
     if steps == 0 or not examples:
         return float("nan")
     g = torch.Generator().manual_seed(seed)
@@ -165,7 +166,7 @@ def train_stage(model: VisionLanguageModel, params: list[torch.nn.Parameter], st
     for _ in bar.track(range(steps)):
         pick = torch.randperm(len(examples), generator=g)[:batch_size].tolist()
         scene_idx, ids, attn, labels = _batch([examples[i] for i in pick], pad_id)
-        embeds = model.projector(states[scene_idx])
+        embeds = images(scene_idx)
         loss = model(ids, attention_mask=attn, labels=labels, image_embeds=embeds).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,13 +205,14 @@ def train_shapes_vlm(s: VLMTrainSettings, progress=None) -> tuple[VisionLanguage
         model.vision.load_state_dict(clip.vision.state_dict())
         for p in model.vision.parameters():
             p.requires_grad_(False)
-        states = vision_states(model, pixels)
+        states = vision_states(model, pixels)  # the tower is frozen: its hidden states once per image
 
         t0 = time.perf_counter()
         for p in model.language.parameters():
             p.requires_grad_(False)
         report.losses["align"] = train_stage(
-            model, list(model.projector.parameters()), states, _examples(model, tok, scenes, "align"), pad,
+            model, list(model.projector.parameters()), lambda idx: model.projector(states[idx]),
+            _examples(model, tok, scenes, "align"), pad,
             steps=s.align_steps, batch_size=s.batch_size, lr=s.lr, seed=s.seed, desc="vlm align", progress=progress)
         report.seconds["align"] = time.perf_counter() - t0
 
@@ -224,8 +226,15 @@ def train_shapes_vlm(s: VLMTrainSettings, progress=None) -> tuple[VisionLanguage
             for p in model.language.parameters():
                 p.requires_grad_(True)
         params = [p for p in model.projector.parameters()] + [p for p in model.language.parameters() if p.requires_grad]
+        if s.tune_vision:
+            for p in model.vision.parameters():
+                p.requires_grad_(True)
+            params += list(model.vision.parameters())
+            images = lambda idx: model.image_features(pixels[idx])  # noqa: E731
+        else:
+            images = lambda idx: model.projector(states[idx])  # noqa: E731
         report.losses["instruct"] = train_stage(
-            model, params, states, _examples(model, tok, scenes, "instruct"), pad, steps=s.instruct_steps,
+            model, params, images, _examples(model, tok, scenes, "instruct"), pad, steps=s.instruct_steps,
             batch_size=s.batch_size, lr=s.lr, seed=s.seed + 1, desc="vlm instruct", progress=progress)
         if s.lora_rank:
             from lmkit.peft.lora import unload_lora
