@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=2000)
     ap.add_argument("--test-scenes", type=int, default=200)
     ap.add_argument("--lora-rank", type=int, default=0)
+    ap.add_argument("--tune-vision", action="store_true")
     ap.add_argument("--serve-questions", type=int, default=200, help="held-out questions asked through lmkit serve")
     ap.add_argument("--no-serve", action="store_true")
     ap.add_argument("--no-peer", action="store_true")
@@ -128,7 +129,8 @@ def main() -> None:
         model, tok = load_vlm_dir(model_dir)
     else:
         s = VLMTrainSettings(n_train=args.scenes, n_test=0, clip_steps=args.clip_steps, align_steps=args.align_steps,
-                             instruct_steps=args.steps, lora_rank=args.lora_rank, seed=args.seed)
+                             instruct_steps=args.steps, lora_rank=args.lora_rank, tune_vision=args.tune_vision,
+                             seed=args.seed)
         t0 = time.perf_counter()
         model, tok, report = train_shapes_vlm(s)
         total = time.perf_counter() - t0

@@ -38,20 +38,21 @@ def vlm() -> None:
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--lora-rank", type=click.IntRange(0), default=0, show_default=True,
               help="> 0: instruction tuning trains LoRA adapters of the decoder (merged when saved)")
+@click.option("--tune-vision", is_flag=True, help="instruction tuning trains the vision tower too (LLaVA freezes it)")
 @click.option("--image-size", type=click.IntRange(8), default=32, show_default=True)
 @click.option("--patch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--d-model", type=click.IntRange(16), default=64, show_default=True)
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_command(out, steps, align_steps, clip_steps, scenes, test_scenes, batch_size, lr, lora_rank, image_size,
-                  patch_size, d_model, layers, seed) -> None:
+def train_command(out, steps, align_steps, clip_steps, scenes, test_scenes, batch_size, lr, lora_rank, tune_vision,
+                  image_size, patch_size, d_model, layers, seed) -> None:
     """Train a small vision-language model on synthetic shapes scenes (three stages)."""
     from lmkit.vision.vlm_hub import save_vlm_dir
     from lmkit.vision.vlm_train import VLMTrainSettings, train_shapes_vlm
 
     s = VLMTrainSettings(image_size=image_size, patch_size=patch_size, d_model=d_model, layers=layers, n_train=scenes,
                          n_test=test_scenes, clip_steps=clip_steps, align_steps=align_steps, instruct_steps=steps,
-                         batch_size=batch_size, lr=lr, lora_rank=lora_rank, seed=seed)
+                         batch_size=batch_size, lr=lr, lora_rank=lora_rank, tune_vision=tune_vision, seed=seed)
     model, tok, report = train_shapes_vlm(s)
     save_vlm_dir(model, tok, out)
     times = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
