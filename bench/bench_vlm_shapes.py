@@ -108,8 +108,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="score this trained folder instead of training")
     ap.add_argument("--steps", type=int, default=1500, help="instruction-tuning steps")
     ap.add_argument("--align-steps", type=int, default=200)
-    ap.add_argument("--clip-steps", type=int, default=300)
-    ap.add_argument("--scenes", type=int, default=2000)
+    ap.add_argument("--clip-steps", type=int, default=1500)
+    ap.add_argument("--scenes", type=int, default=10000)
     ap.add_argument("--test-scenes", type=int, default=200)
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--tune-vision", action="store_true")
@@ -131,10 +131,10 @@ def main() -> None:
         s = VLMTrainSettings(n_train=args.scenes, n_test=0, clip_steps=args.clip_steps, align_steps=args.align_steps,
                              instruct_steps=args.steps, lora_rank=args.lora_rank, tune_vision=args.tune_vision,
                              seed=args.seed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model, tok, report = train_shapes_vlm(s)
-        total = time.perf_counter() - t0
-        print(f"trained on {args.scenes} scenes in {total:.1f} s (" +
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"trained on {args.scenes} scenes in {total:.1f} s wall, {cpu:.1f} s CPU of this process (" +
               ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()) + "); final losses " +
               ", ".join(f"{k} {v:.3f}" for k, v in report.losses.items()), flush=True)
         model_dir = args.out or tempfile.mkdtemp(prefix="vlm-shapes-")

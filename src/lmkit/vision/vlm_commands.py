@@ -1,6 +1,6 @@
 """`lmkit vlm train` and `lmkit vlm chat`: a LLaVA-style vision-language model on shapes scenes.
 
-    lmkit vlm train -o OUT [--steps 1500 --align-steps 200 --clip-steps 300 --scenes 2000 --test-scenes 200
+    lmkit vlm train -o OUT [--steps 1500 --align-steps 200 --clip-steps 1500 --scenes 10000 --test-scenes 200
                            --lora-rank 0 --image-size 32 --patch-size 8 --d-model 64 --layers 2]
     lmkit vlm chat MODEL_DIR --image IMAGE.png [-q "what colour is the circle?" ...]
     lmkit vlm chat MODEL_DIR --eval-shapes 100
@@ -30,9 +30,9 @@ def vlm() -> None:
 @click.option("--steps", type=click.IntRange(0), default=1500, show_default=True, help="instruction-tuning steps")
 @click.option("--align-steps", type=click.IntRange(0), default=200, show_default=True,
               help="projector-alignment steps (stage 1)")
-@click.option("--clip-steps", type=click.IntRange(0), default=300, show_default=True,
+@click.option("--clip-steps", type=click.IntRange(0), default=1500, show_default=True,
               help="contrastive steps of the CLIP vision tower (stage 0)")
-@click.option("--scenes", type=click.IntRange(1), default=2000, show_default=True, help="training scenes")
+@click.option("--scenes", type=click.IntRange(1), default=10000, show_default=True, help="training scenes")
 @click.option("--test-scenes", type=click.IntRange(0), default=200, show_default=True, help="held-out scenes scored")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=3e-3, show_default=True)

@@ -55,9 +55,9 @@ class VLMTrainSettings:
     patch_size: int = 8
     d_model: int = 64
     layers: int = 2
-    n_train: int = 2000  # training scenes
+    n_train: int = 10000  # training scenes
     n_test: int = 200  # held-out scenes
-    clip_steps: int = 300
+    clip_steps: int = 1500  # fewer leave the tower blind to shape (300 steps: shape answers at chance)
     align_steps: int = 200
     instruct_steps: int = 1500
     batch_size: int = 64
