@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--test-scenes", type=int, default=200)
     ap.add_argument("--lora-rank", type=int, default=0)
     ap.add_argument("--tune-vision", action="store_true")
-    ap.add_argument("--serve-questions", type=int, default=200, help="held-out questions asked through lmkit serve")
+    ap.add_argument("--serve-questions", type=int, default=0,
+                    help="held-out questions asked through lmkit serve (0: all of them)")
     ap.add_argument("--no-serve", action="store_true")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -148,7 +149,8 @@ def main() -> None:
           ", ".join(f"{k} {v:.3f}" for k, v in kinds.items()) + f")  [{time.perf_counter() - t0:.1f} s]", flush=True)
     serve_acc = float("nan")
     if not args.no_serve:
-        serve_acc, n, secs = serve_accuracy(model_dir, scenes, qa, model.config.vision.image_size, args.serve_questions)
+        limit = args.serve_questions or len(qa)
+        serve_acc, n, secs = serve_accuracy(model_dir, scenes, qa, model.config.vision.image_size, limit)
         print(f"lmkit serve + openai client (image_url data URLs): {n} questions, accuracy {serve_acc:.3f}  [{secs:.1f} s]",
               flush=True)
     peer = float("nan")
