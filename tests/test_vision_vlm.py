@@ -196,3 +196,20 @@ def test_serve_answers_an_image_through_the_openai_client(served_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+
+def test_vlm_chat_command_answers_about_an_image_file(served_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from lmkit.cli import cli
+
+    scene = make_scenes(1, seed=12)[0]
+    render_scene(scene, 16).save(tmp_path / "scene.png")
+    model, tok = load_vlm_dir(served_dir)
+    expected = answer(model, tok, scene_pixels([scene], 16), ["how many shapes are there?"], max_new_tokens=16)[0]
+    r = CliRunner().invoke(cli, ["vlm", "chat", str(served_dir), "--image", str(tmp_path / "scene.png"),
+                                 "-q", "how many shapes are there?"])
+    assert r.exit_code == 0, r.output
+    assert r.output == f"how many shapes are there?\t{expected}\n"
+    missing = CliRunner().invoke(cli, ["vlm", "chat", str(served_dir)])
+    assert missing.exit_code != 0 and "--image" in missing.output
