@@ -23,6 +23,7 @@ from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens,
 from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
 from lmkit.serve.tool_calls import tool_call_grammar
+from lmkit.vision.vlm_chat import has_images
 
 router = APIRouter()
 
@@ -57,8 +58,7 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
     gate = state.moderation  # content safety (moderation_gate.py), None when off
     if gate is not None:
         gate.check_input(message_texts(req.messages))
-    if any(isinstance(m.content, list) and any(isinstance(p, dict) and p.get("type") == "image_url"
-                                               for p in m.content) for m in req.messages):
+    if has_images([{"content": m.content} for m in req.messages]):
         from lmkit.serve.image_chat import image_chat_completion  # images: the vision-language path
 
         result = await image_chat_completion(req, state)
