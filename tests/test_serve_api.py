@@ -507,3 +507,10 @@ def test_graceful_shutdown_finishes_in_flight_streams(model_dir, local):
     assert engine._closed  # the engine thread drained and ended
     with pytest.raises(httpx.ConnectError):
         httpx.get(live.url + "/health", timeout=5)
+
+
+def test_image_parts_to_a_text_only_model_are_a_400(client):
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+             {"type": "text", "text": "what is this?"}]
+    with pytest.raises(openai.BadRequestError, match="does not take images"):
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": parts}], max_tokens=3)

@@ -32,6 +32,7 @@ AREA_COMMAND_MODULES = (
     "lmkit.vision.diffusion_commands",
     "lmkit.vision.clip_commands",
     "lmkit.vision.blip_commands",
+    "lmkit.vision.vlm_commands",
     "lmkit.eval.commands",
     "lmkit.inspect.commands",
     "lmkit.serve.commands",

@@ -32,7 +32,8 @@ from lmkit.serve.engine import Engine
 def create_app(engine: Engine | None, *, model_name: str = "lmkit", template: Any = "chatml",
                api_keys: list[str] | str | None = None, max_body_bytes: int = 1 << 20,
                default_max_tokens: int = 256, embedder=None, max_n: int = 16,
-               shutdown_timeout: float | None = 60.0, watermark=None, moderation=None, rate_limits=None):
+               shutdown_timeout: float | None = 60.0, watermark=None, moderation=None, rate_limits=None,
+               vision_model=None):
     """The FastAPI application serving `engine`'s model under the name `model_name`.
 
     engine None: an embeddings-only server (e.g. a CLIP model, which generates nothing): it
@@ -45,6 +46,8 @@ def create_app(engine: Engine | None, *, model_name: str = "lmkit", template: An
     watermark: a `WatermarkConfig` (or dict) applied to every generated choice (None: off).
     moderation: a `ModerationConfig` (or dict): prompts and replies are moderated (None: off;
     moderation_gate.py). rate_limits: a `RateLimitConfig`: per-key token buckets (rate_limit.py).
+    vision_model: a `VisionLanguageModel` whose decoder is the engine's model: chat messages with
+    image_url parts go through it (image_chat.py); None: images are refused with a 400.
     """
     fastapi = require("fastapi", "serve")
     from lmkit.serve import (routes_adapters, routes_chat, routes_completions, routes_embeddings, routes_health,
@@ -61,7 +64,7 @@ def create_app(engine: Engine | None, *, model_name: str = "lmkit", template: An
 
         engine.watermark = WatermarkConfig.coerce(watermark)  # read by engine_bridge.submit
     state = ServerState(engine, model_name, resolve_template(template), default_max_tokens=default_max_tokens,
-                        max_n=max_n, embedder=embedder)
+                        max_n=max_n, embedder=embedder, vision_model=vision_model)
     if moderation is not None:
         from lmkit.serve.moderation_gate import ModerationGate
 

@@ -61,6 +61,20 @@ def _load_model(model_dir: str, adapter: str | None, dtype: str = "auto", keep_q
     return load_model_for_inference(model_dir, adapter=adapter, dtype=dtype, quantized=keep_quantized)
 
 
+def _load_vision_model(model_dir: str, adapter, keep_quantized: bool, loras, draft_model, device):
+    """(VisionLanguageModel, tokenizer) when MODEL_DIR is a LLaVA folder (`lmkit vlm train`), else (None, None).
+    Served in float32 as saved; adapters, --lora, draft models and GGUF options do not apply to it."""
+    from lmkit.vision.vlm_hub import is_llava_dir, load_vlm_dir
+
+    if not is_llava_dir(model_dir):
+        return None, None
+    if adapter or keep_quantized or loras or draft_model:
+        raise click.UsageError("a vision-language (LLaVA) MODEL_DIR is served as it is: --adapter, --lora, "
+                               "--draft-model and --keep-quantized do not apply to it")
+    vlm, tok = load_vlm_dir(model_dir)
+    return (vlm.to(device) if device else vlm), tok
+
+
 def _special_ids(tokenizer) -> list[int]:
     """Ids of the tokenizer's special tokens: never printed by `generate` and `chat`."""
     specials = getattr(tokenizer, "special_tokens", None) or {}
@@ -220,11 +234,15 @@ def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_si
         from lmkit.serve.app import create_app
         from lmkit.serve.engine import Engine
 
-        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
+        vision_model, tok = _load_vision_model(model_dir, adapter, keep_quantized, loras, draft_model, device)
+        if vision_model is not None:  # a LLaVA folder: the engine runs its decoder, images go through it
+            model = vision_model.language
+        else:
+            model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         tpl = _chat_template(template, tok, model_dir, adapter)
         if default_max_tokens is None:
             default_max_tokens = max_new_tokens_default(model, 0, 256)
-        if device:
+        if device and vision_model is None:
             model = model.to(device)
         registry = None
         if loras or enable_lora:  # multi-LoRA: adapters chosen per request (serve/lora_adapters.py)
@@ -248,7 +266,7 @@ def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_si
                         speculator=speculator)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens, watermark=watermark, moderation=moderation,
-                         rate_limits=rate_limits)
+                         rate_limits=rate_limits, vision_model=vision_model)
     except LmkitError as exc:
         sock.close()
         raise click.ClickException(str(exc)) from exc

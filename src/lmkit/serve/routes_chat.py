@@ -23,6 +23,7 @@ from lmkit.serve.openai_format import (SSE_DONE, chat_logprobs, chat_max_tokens,
 from lmkit.serve.response_format import request_constraint
 from lmkit.serve.server_state import ServerState, server_state
 from lmkit.serve.tool_calls import tool_call_grammar
+from lmkit.vision.vlm_chat import has_images
 
 router = APIRouter()
 
@@ -57,6 +58,12 @@ async def chat_completions(req: schemas.ChatCompletionRequest, request: Request,
     gate = state.moderation  # content safety (moderation_gate.py), None when off
     if gate is not None:
         gate.check_input(message_texts(req.messages))
+    if has_images([{"content": m.content} for m in req.messages]):
+        from lmkit.serve.image_chat import image_chat_completion  # images: the vision-language path
+
+        result = await image_chat_completion(req, state)
+        charge_tokens(request, result["usage"]["total_tokens"])
+        return result
     prep = prepare(req, state)
     n_prompt = len(prep.prompt_ids)
     max_tokens = token_budget(n_prompt, chat_max_tokens(req), state.default_max_tokens, state.context, "messages")

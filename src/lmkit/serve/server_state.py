@@ -24,6 +24,7 @@ class ServerState:
     max_n: int = 16
     embedder: Any = None
     moderation: Any = None  # a ModerationGate (moderation_gate.py), or None: no moderation
+    vision_model: Any = None  # a VisionLanguageModel whose decoder the engine runs: chat with images (image_chat.py)
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
 
