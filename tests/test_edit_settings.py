@@ -35,9 +35,9 @@ def test_cli_memit_with_the_tuned_settings(tmp_path):
     save_pretrained(tiny_model(), tmp_path / "model", tokenizer=tok)
     write_records(records, tmp_path / "facts.jsonl")
     res = CliRunner().invoke(cli, ["edit", str(tmp_path / "model"), "--method", "memit", "--facts",
-                                   str(tmp_path / "facts.jsonl"), "--n-edits", "2", "--layers", "0,1",
+                                   str(tmp_path / "facts.jsonl"), "--n-edits", "2",
                                    "--generic-paragraphs", "10", "--clamp", "3", "--stop-nll", "0.3",
                                    "--cov-weight-per-edit", "10"])
     assert res.exit_code == 0, res.output
     report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
-    assert report["method"] == "memit" and report["edits"] == 2
+    assert report["method"] == "memit" and report["edits"] == 2 and "MEMIT layers" in res.output

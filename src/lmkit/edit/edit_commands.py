@@ -70,7 +70,9 @@ def _save(model, tok, src: Path, out: Path) -> None:
               help="CounterFact-shaped JSON lines: edit them and report efficacy, paraphrase, neighbourhood")
 @click.option("--n-edits", type=click.IntRange(1), default=None, help="how many facts of --facts (distinct subjects)")
 @click.option("--layer", type=click.IntRange(0), default=None, help="layer to edit (default: causal tracing picks it)")
-@click.option("--layers", default=None, help="MEMIT's layers, comma-separated (default: the traced layer and the next two)")
+@click.option("--layers", default=None,
+              help="MEMIT's layers, comma-separated (default: from the traced layer up to the last whose hidden state "
+                   "at the subject carries the fact; with --layer: it and the next two)")
 @click.option("--stats-text", type=click.Path(exists=True, dir_okay=False), default=None,
               help="generic text, one passage a line, for the key covariance (default: the facts' statements)")
 @click.option("--generic-paragraphs", type=click.IntRange(0), default=BENCH.generic_paragraphs, show_default=True,
@@ -99,7 +101,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
     ROME and MEMIT use the settings bench/bench_editing.py measured (lmkit.edit.edit_settings)."""
     import torch
 
-    from lmkit.edit.causal_tracing import layer_to_edit, trace_fact
+    from lmkit.edit.causal_tracing import layer_to_edit, layers_to_spread, trace_fact
     from lmkit.edit.facts import distinct_subject_records, read_records
     from lmkit.edit.target_vector import EditRequest
     from lmkit.errors import ConfigError
@@ -120,6 +122,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
     src = Path(model_dir)
     model = load_pretrained(src).float()
     tok = load_tokenizer(src)
+    traced = []
     if layer is None:
         traced = [trace_fact(model, tok, r.prompt, r.subject, r.target_true) for r in requests[:10] if r.target_true]
         if not traced:  # no known answer to trace: the model's own greedy answer
@@ -150,7 +153,11 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
     elif method == "memit":
         from lmkit.edit.memit import apply_memit
 
-        chosen = [int(x) for x in layers.split(",")] if layers else list(range(layer, min(layer + 3, len(model.layers))))
+        if layers:
+            chosen = [int(x) for x in layers.split(",")]
+        else:  # as the benchmark: the layers whose hidden state at the subject still carries the fact
+            chosen = layers_to_spread(traced) if traced else list(range(layer, min(layer + 3, len(model.layers))))
+            click.echo(f"MEMIT layers {chosen}")
         apply_memit(model, tok, requests, _second_moments(model, tok, texts, chosen), prefixes,
                     settings.memit_config(chosen, len(requests)))
     elif method == "ft":
