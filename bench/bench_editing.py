@@ -34,17 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lmkit.edit.causal_tracing import layer_to_edit, layers_to_spread, trace_fact  # noqa: E402
+from lmkit.edit.edit_settings import BENCH_SETTINGS as S  # noqa: E402
+from lmkit.edit.edit_settings import EditSettings  # noqa: E402
 from lmkit.edit.facts import counterfact_records, distinct_subject_records, make_world  # noqa: E402
 from lmkit.edit.facts_model import FactsModelConfig, train_facts_model  # noqa: E402
 from lmkit.edit.ft_l import FineTuneConfig, apply_ft_l  # noqa: E402
 from lmkit.edit.grace import GraceEditor  # noqa: E402
 from lmkit.edit.key_statistics import key_second_moment  # noqa: E402
 from lmkit.edit.layer_hooks import block, record_inputs  # noqa: E402
-from lmkit.edit.memit import MemitConfig, apply_memit  # noqa: E402
+from lmkit.edit.memit import apply_memit  # noqa: E402
 from lmkit.edit.metrics import edit_scores  # noqa: E402
 from lmkit.edit.prompt_tokens import pad_right  # noqa: E402
-from lmkit.edit.rome import RomeConfig, apply_rome_sequence  # noqa: E402
-from lmkit.edit.target_vector import EditRequest, TargetVectorConfig  # noqa: E402
+from lmkit.edit.rome import apply_rome_sequence  # noqa: E402
+from lmkit.edit.target_vector import EditRequest  # noqa: E402
 from lmkit.hub import load_pretrained, save_pretrained  # noqa: E402
 from lmkit.tokenizers import load_tokenizer  # noqa: E402
 
@@ -95,11 +97,12 @@ def run(method: str, base, tok, records, ctx) -> dict:
     reqs = [EditRequest.from_record(r) for r in records]
     extra = {}
     if method == "rome":  # sequential: each update also keeps the keys of the edits before it
+        settings = ctx["settings"]
         apply_rome_sequence(model, tok, reqs, ctx["C"][ctx["layer"]], ctx["prefixes"],
-                            RomeConfig(ctx["layer"], ctx["rome_target"]), ctx["keep_weight"])
+                            settings.rome_config(ctx["layer"]), settings.keep_weight)
     elif method == "memit":
         apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"],
-                    MemitConfig(ctx["memit_layers"], ctx["cov_weight_per_edit"] * len(reqs), ctx["target"]))
+                    ctx["settings"].memit_config(ctx["memit_layers"], len(reqs)))
     elif method == "ft":
         apply_ft_l(model, tok, reqs, FineTuneConfig(layer=ctx["layer"]))
     elif method == "grace":
@@ -121,15 +124,18 @@ def main() -> None:
     ap.add_argument("--methods", default="rome,memit,ft,grace")
     ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--generic-paragraphs", type=int, default=1000, help="texts of 6 random statements for C")
-    ap.add_argument("--clamp", type=float, default=3.0, help="MEMIT: |delta| <= clamp * |h| for its targets z")
-    ap.add_argument("--rome-clamp", type=float, default=2.0, help="ROME: |delta| <= clamp * |h| for v*")
-    ap.add_argument("--weight-decay", type=float, default=0.5, help="weight of |delta|^2 / |h|^2")
-    ap.add_argument("--stop-nll", type=float, default=0.3, help="MEMIT: stop optimising z once the target's NLL is below")
-    ap.add_argument("--rome-stop-nll", type=float, default=0.02, help="ROME: the same for v*")
-    ap.add_argument("--cov-weight-per-edit", type=float, default=10.0,
+    ap.add_argument("--generic-paragraphs", type=int, default=S.generic_paragraphs,
+                    help="texts of 6 random statements for C")
+    ap.add_argument("--clamp", type=float, default=S.clamp, help="MEMIT: |delta| <= clamp * |h| for its targets z")
+    ap.add_argument("--rome-clamp", type=float, default=S.rome_clamp, help="ROME: |delta| <= clamp * |h| for v*")
+    ap.add_argument("--weight-decay", type=float, default=S.weight_decay, help="weight of |delta|^2 / |h|^2")
+    ap.add_argument("--stop-nll", type=float, default=S.stop_nll,
+                    help="MEMIT: stop optimising z once the target's NLL is below")
+    ap.add_argument("--rome-stop-nll", type=float, default=S.rome_stop_nll, help="ROME: the same for v*")
+    ap.add_argument("--cov-weight-per-edit", type=float, default=S.cov_weight_per_edit,
                     help="MEMIT's lambda on C, per edit: K Kᵀ grows with the batch, so lambda does too")
-    ap.add_argument("--keep-weight", type=float, default=10.0, help="sequential ROME: weight of earlier edits' keys")
+    ap.add_argument("--keep-weight", type=float, default=S.keep_weight,
+                    help="sequential ROME: weight of earlier edits' keys")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     world = make_world()
@@ -149,10 +155,8 @@ def main() -> None:
     ctx = {"layer": layer, "memit_layers": layers_to_spread(traces),
            "C": key_second_moment(model, tok, generic, list(range(n_layers))),
            "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
-           "target": TargetVectorConfig(clamp_norm=args.clamp, weight_decay=args.weight_decay, stop_nll=args.stop_nll),
-           "rome_target": TargetVectorConfig(clamp_norm=args.rome_clamp, weight_decay=args.weight_decay,
-                                             stop_nll=args.rome_stop_nll),
-           "cov_weight_per_edit": args.cov_weight_per_edit, "keep_weight": args.keep_weight}
+           "settings": EditSettings(args.clamp, args.rome_clamp, args.weight_decay, args.stop_nll, args.rome_stop_nll,
+                                    args.cov_weight_per_edit, args.keep_weight, args.generic_paragraphs)}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
     print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
           f"{args.rome_clamp} x |h|; weight decay "

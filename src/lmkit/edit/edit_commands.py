@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import click
+
+from lmkit.edit.edit_settings import BENCH_SETTINGS as BENCH
+from lmkit.edit.facts import paragraphs_of
 
 METHODS = ("rome", "memit", "ft", "grace")
 
@@ -66,18 +70,38 @@ def _save(model, tok, src: Path, out: Path) -> None:
               help="CounterFact-shaped JSON lines: edit them and report efficacy, paraphrase, neighbourhood")
 @click.option("--n-edits", type=click.IntRange(1), default=None, help="how many facts of --facts (distinct subjects)")
 @click.option("--layer", type=click.IntRange(0), default=None, help="layer to edit (default: causal tracing picks it)")
-@click.option("--layers", default=None, help="MEMIT's layers, comma-separated (default: the traced layer and the next two)")
+@click.option("--layers", default=None,
+              help="MEMIT's layers, comma-separated (default: from the traced layer up to the last whose hidden state "
+                   "at the subject carries the fact; with --layer: it and the next two)")
 @click.option("--stats-text", type=click.Path(exists=True, dir_okay=False), default=None,
               help="generic text, one passage a line, for the key covariance (default: the facts' statements)")
+@click.option("--generic-paragraphs", type=click.IntRange(0), default=BENCH.generic_paragraphs, show_default=True,
+              help="with --facts and no --stats-text: also this many texts of 6 random statements "
+                   "for the key covariance")
+@click.option("--clamp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"ROME/MEMIT: |delta| <= clamp x |h| for the target vector (default: ROME {BENCH.rome_clamp}, "
+                   f"MEMIT {BENCH.clamp})")
+@click.option("--stop-nll", type=click.FloatRange(min=0), default=None,
+              help=f"ROME/MEMIT: stop optimising the target once its NLL is below "
+                   f"(default: ROME {BENCH.rome_stop_nll}, MEMIT {BENCH.stop_nll})")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=BENCH.weight_decay, show_default=True,
+              help="ROME/MEMIT: weight of |delta|^2 / |h|^2 in the target's optimisation")
+@click.option("--cov-weight-per-edit", type=click.FloatRange(min=0, min_open=True), default=BENCH.cov_weight_per_edit,
+              show_default=True, help="MEMIT: lambda on C per edit (lambda = this x the number of edits)")
+@click.option("--keep-weight", type=click.FloatRange(min=0), default=BENCH.keep_weight, show_default=True,
+              help="ROME: weight of the earlier edits' keys in a sequence of edits (0: plain ROME)")
 @click.option("--epsilon", type=float, default=None, help="GRACE's deferral radius (default: 0.1 x the key norm)")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="where to save the edited model")
 @click.option("--seed", type=int, default=0, show_default=True)
-def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, layer, layers, stats_text, epsilon, out,
+def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, layer, layers, stats_text,
+                 generic_paragraphs, clamp, stop_nll, weight_decay, cov_weight_per_edit, keep_weight, epsilon, out,
                  seed):
-    """Rewrite facts in MODEL_DIR (ROME, MEMIT, FT-L or a GRACE codebook) and show the effect."""
+    """Rewrite facts in MODEL_DIR (ROME, MEMIT, FT-L or a GRACE codebook) and show the effect.
+
+    ROME and MEMIT use the settings bench/bench_editing.py measured (lmkit.edit.edit_settings)."""
     import torch
 
-    from lmkit.edit.causal_tracing import layer_to_edit, trace_fact
+    from lmkit.edit.causal_tracing import layer_to_edit, layers_to_spread, trace_fact
     from lmkit.edit.facts import distinct_subject_records, read_records
     from lmkit.edit.target_vector import EditRequest
     from lmkit.errors import ConfigError
@@ -98,6 +122,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
     src = Path(model_dir)
     model = load_pretrained(src).float()
     tok = load_tokenizer(src)
+    traced = []
     if layer is None:
         traced = [trace_fact(model, tok, r.prompt, r.subject, r.target_true) for r in requests[:10] if r.target_true]
         if not traced:  # no known answer to trace: the model's own greedy answer
@@ -108,6 +133,12 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         click.echo(f"causal tracing: editing layer {layer}")
     texts = _generic_text(stats_text, all_records)
     prefixes = random.Random(seed).sample(texts, min(5, len(texts)))
+    if not stats_text:  # statements read after other statements, as the prefixed prompts are
+        texts = texts + paragraphs_of([t for t in texts if t.endswith(".")], generic_paragraphs, seed=seed)
+    settings = replace(BENCH, clamp=clamp or BENCH.clamp, rome_clamp=clamp or BENCH.rome_clamp,
+                       stop_nll=BENCH.stop_nll if stop_nll is None else stop_nll,
+                       rome_stop_nll=BENCH.rome_stop_nll if stop_nll is None else stop_nll,
+                       weight_decay=weight_decay, cov_weight_per_edit=cov_weight_per_edit, keep_weight=keep_weight)
     before = None
     if records:
         from lmkit.edit.metrics import edit_scores
@@ -115,16 +146,20 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         before = edit_scores(model, tok, records)
     editor = None
     if method == "rome":
-        from lmkit.edit.rome import RomeConfig, apply_rome_sequence
+        from lmkit.edit.rome import apply_rome_sequence
 
         cov = _second_moments(model, tok, texts, [layer])[layer]
-        apply_rome_sequence(model, tok, requests, cov, prefixes, RomeConfig(layer=layer))
+        apply_rome_sequence(model, tok, requests, cov, prefixes, settings.rome_config(layer), settings.keep_weight)
     elif method == "memit":
-        from lmkit.edit.memit import MemitConfig, apply_memit
+        from lmkit.edit.memit import apply_memit
 
-        chosen = [int(x) for x in layers.split(",")] if layers else list(range(layer, min(layer + 3, len(model.layers))))
+        if layers:
+            chosen = [int(x) for x in layers.split(",")]
+        else:  # as the benchmark: the layers whose hidden state at the subject still carries the fact
+            chosen = layers_to_spread(traced) if traced else list(range(layer, min(layer + 3, len(model.layers))))
+            click.echo(f"MEMIT layers {chosen}")
         apply_memit(model, tok, requests, _second_moments(model, tok, texts, chosen), prefixes,
-                    MemitConfig(layers=chosen))
+                    settings.memit_config(chosen, len(requests)))
     elif method == "ft":
         from lmkit.edit.ft_l import FineTuneConfig, apply_ft_l
 

@@ -65,9 +65,7 @@ class FactWorld:
     def paragraphs(self, n: int, per_paragraph: int = 6, seed: int = 0) -> list[str]:
         """`n` texts of `per_paragraph` random statements run together: the world's "generic text"
         (as the model read it in training), whose keys ROME and MEMIT must leave alone."""
-        rng = random.Random(seed)
-        statements = self.statements()
-        return [" ".join(rng.sample(statements, per_paragraph)) for _ in range(n)]
+        return paragraphs_of(self.statements(), n, per_paragraph, seed)
 
     def truth(self, subject: str, relation: str) -> str:
         return self._index[(subject, relation)]
@@ -75,6 +73,13 @@ class FactWorld:
     @property
     def _index(self) -> dict[tuple[str, str], str]:
         return {(f.subject, f.relation): f.obj for f in self.facts}
+
+
+def paragraphs_of(statements: list[str], n: int, per_paragraph: int = 6, seed: int = 0) -> list[str]:
+    """`n` texts of `per_paragraph` random `statements` run together (fewer if there are fewer)."""
+    rng = random.Random(seed)
+    k = min(per_paragraph, len(statements))
+    return [" ".join(rng.sample(statements, k)) for _ in range(n)] if k else []
 
 
 def _word(rng: random.Random, kind: str) -> str:

@@ -1,0 +1,56 @@
+"""The tuned editing settings that `bench/bench_editing.py` measured and `lmkit edit` uses: one place.
+
+The library's dataclass defaults (`TargetVectorConfig`, `MemitConfig.cov_weight`) suit one or a few
+edits; at 100 edits their large targets and fixed λ wreck the edited layer (docs/editing.md,
+"What was wrong"). These are the values the benchmark's sweep chose for 1 to 100 edits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch only when a config is built: `lmkit --help` reads these defaults
+    from lmkit.edit.memit import MemitConfig
+    from lmkit.edit.rome import RomeConfig
+    from lmkit.edit.target_vector import TargetVectorConfig
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """MEMIT: ‖z − h‖ ≤ clamp·‖h‖, stop at NLL stop_nll, λ = cov_weight_per_edit × edits (K Kᵀ grows
+    with the batch, so λ does too); ROME: its own clamp and stop, earlier keys kept with keep_weight;
+    C from the statements plus generic_paragraphs texts of 6 random statements."""
+
+    clamp: float = 3.0
+    rome_clamp: float = 2.0
+    weight_decay: float = 0.5
+    stop_nll: float = 0.3
+    rome_stop_nll: float = 0.02
+    cov_weight_per_edit: float = 10.0
+    keep_weight: float = 10.0
+    generic_paragraphs: int = 1000
+
+    def memit_target(self) -> TargetVectorConfig:
+        from lmkit.edit.target_vector import TargetVectorConfig
+
+        return TargetVectorConfig(clamp_norm=self.clamp, weight_decay=self.weight_decay, stop_nll=self.stop_nll)
+
+    def rome_target(self) -> TargetVectorConfig:
+        from lmkit.edit.target_vector import TargetVectorConfig
+
+        return TargetVectorConfig(clamp_norm=self.rome_clamp, weight_decay=self.weight_decay,
+                                  stop_nll=self.rome_stop_nll)
+
+    def memit_config(self, layers: list[int], n_edits: int) -> MemitConfig:
+        from lmkit.edit.memit import MemitConfig
+
+        return MemitConfig(layers, self.cov_weight_per_edit * n_edits, self.memit_target())
+
+    def rome_config(self, layer: int) -> RomeConfig:
+        from lmkit.edit.rome import RomeConfig
+
+        return RomeConfig(layer, self.rome_target())
+
+
+BENCH_SETTINGS = EditSettings()

@@ -1,0 +1,43 @@
+"""The benchmark's tuned ROME/MEMIT settings (lmkit.edit.edit_settings) and `lmkit edit --method memit` using them."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edit_tiny import tiny_model, world_and_tokenizer
+from lmkit.edit.edit_settings import BENCH_SETTINGS, EditSettings
+from lmkit.edit.facts import paragraphs_of
+
+
+def test_settings_build_the_benchmarks_configs():
+    memit = BENCH_SETTINGS.memit_config([0, 1], 100)
+    assert memit.layers == [0, 1] and memit.cov_weight == 1000.0  # λ = 10 × edits
+    assert (memit.target.clamp_norm, memit.target.weight_decay, memit.target.stop_nll) == (3.0, 0.5, 0.3)
+    rome = BENCH_SETTINGS.rome_config(2)
+    assert rome.layer == 2 and (rome.target.clamp_norm, rome.target.stop_nll) == (2.0, 0.02)
+    assert EditSettings(cov_weight_per_edit=1.0).memit_config([0], 7).cov_weight == 7.0
+
+
+def test_paragraphs_of_runs_statements_together():
+    out = paragraphs_of(["A b.", "C d.", "E f."], 4, per_paragraph=2, seed=1)
+    assert len(out) == 4 and all(len(p.split(". ")) == 2 for p in out)
+    assert paragraphs_of(["A b."], 2) == ["A b.", "A b."] and paragraphs_of([], 3) == []
+
+
+def test_cli_memit_with_the_tuned_settings(tmp_path):
+    from lmkit.cli import cli
+    from lmkit.edit.facts import write_records
+    from lmkit.hub import save_pretrained
+
+    _, records, tok = world_and_tokenizer()
+    save_pretrained(tiny_model(), tmp_path / "model", tokenizer=tok)
+    write_records(records, tmp_path / "facts.jsonl")
+    res = CliRunner().invoke(cli, ["edit", str(tmp_path / "model"), "--method", "memit", "--facts",
+                                   str(tmp_path / "facts.jsonl"), "--n-edits", "2",
+                                   "--generic-paragraphs", "10", "--clamp", "3", "--stop-nll", "0.3",
+                                   "--cov-weight-per-edit", "10"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
+    assert report["method"] == "memit" and report["edits"] == 2 and "MEMIT layers" in res.output
