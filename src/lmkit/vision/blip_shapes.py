@@ -23,6 +23,7 @@ import torch
 from lmkit.tokenizers.simple import WhitespaceTokenizer
 from lmkit.vision.blip import BLIP, BLIPConfig, blip_vision_config
 from lmkit.vision.blip_text import BLIPTextConfig
+from lmkit.vision.clip_digits import tokenize as framed_tokenize
 from lmkit.vision.shapes import COLOURS, RELATIONS, SHAPES, Scene, caption_words
 
 SPECIALS = ("<pad>", "<cls>", "<enc>", "<dec>", "<sep>")
@@ -38,14 +39,7 @@ def shapes_tokenizer() -> WhitespaceTokenizer:
 
 def tokenize(tok: WhitespaceTokenizer, texts: list[str], max_len: int = MAX_LEN) -> tuple[torch.Tensor, torch.Tensor]:
     """texts -> (ids [N, max_len] as ``<cls> words <sep> <pad>...``, attention mask [N, max_len])."""
-    cls, sep, pad = (tok.token_to_id(s) for s in ("<cls>", "<sep>", "<pad>"))
-    ids = torch.full((len(texts), max_len), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, text in enumerate(texts):
-        row = [cls, *tok.encode(text)][: max_len - 1] + [sep]
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    return framed_tokenize(tok, texts, max_len, start="<cls>", end="<sep>")
 
 
 def decode_caption(tok: WhitespaceTokenizer, ids: torch.Tensor) -> str:

@@ -40,9 +40,11 @@ def caption_tokenizer() -> WhitespaceTokenizer:
     return WhitespaceTokenizer.train(texts, special_tokens=SPECIALS, unk_token="<unk>")
 
 
-def tokenize(tok: WhitespaceTokenizer, texts: list[str], max_len: int = MAX_LEN) -> tuple[torch.Tensor, torch.Tensor]:
-    """texts -> (ids [N, max_len] as ``<s> words </s> <pad>...``, attention mask [N, max_len])."""
-    bos, eos, pad = (tok.token_to_id(s) for s in ("<s>", "</s>", "<pad>"))
+def tokenize(tok: WhitespaceTokenizer, texts: list[str], max_len: int = MAX_LEN, start: str = "<s>",
+             end: str = "</s>") -> tuple[torch.Tensor, torch.Tensor]:
+    """texts -> (ids [N, max_len] as ``<s> words </s> <pad>...``, attention mask [N, max_len]);
+    `start`/`end` name other framing tokens (BLIP's ``<cls> ... <sep>``)."""
+    bos, eos, pad = (tok.token_to_id(s) for s in (start, end, "<pad>"))
     ids = torch.full((len(texts), max_len), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, text in enumerate(texts):
