@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from live_server import free_port, start_serve, stop, wait_until_healthy
 from real_chat_templates import QWEN_3
 
 torch = pytest.importorskip("torch")
@@ -107,32 +105,14 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def server(checkpoint):
     """`lmkit serve` on the checkpoint (started once for this module)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(checkpoint[0]), "--port", str(port),
-                             "--model-name", "qwen-ckpt", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    port = free_port()
+    proc = start_serve(checkpoint[0], port, "--model-name", "qwen-ckpt", stdout=subprocess.DEVNULL, env=_env())
     yield proc, f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc, raise_on_timeout=False)
 
 
 def _wait_up(proc, url: str) -> None:
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() < deadline, "server did not come up"
-        time.sleep(0.2)
+    wait_until_healthy(proc, url, timeout=120, poll=0.2)
 
 
 def test_chat_cli_and_server_stop_where_transformers_stops(checkpoint, server):

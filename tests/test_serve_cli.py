@@ -7,10 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
+from live_server import free_port, start_serve, stop, wait_until_healthy
 from test_serve_util import GREETING_REPLY, cached_chat_dir
 
 httpx = pytest.importorskip("httpx")
@@ -44,38 +44,19 @@ def test_chat_command_bad_dir(tmp_path):
 
 
 def test_serve_command_with_env_key_and_sigterm(model_dir):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(model_dir), "--port", str(port),
-                             "--model-name", "cli-model", "--max-batch-size", "2", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(LMKIT_API_KEY="env-key"))
+    port = free_port()
+    proc = start_serve(model_dir, port, "--model-name", "cli-model", "--max-batch-size", "2",
+                       env=_env(LMKIT_API_KEY="env-key"))
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.3)
+        wait_until_healthy(proc, url)
         client = openai.OpenAI(base_url=url + "/v1", api_key="env-key", max_retries=0)
         r = client.chat.completions.create(model="cli-model", messages=[{"role": "user", "content": "Say hello."}],
                                            temperature=0, max_tokens=30)
         assert r.choices[0].message.content == GREETING_REPLY
         assert httpx.get(url + "/v1/models").status_code == 401  # the key from LMKIT_API_KEY is enforced
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop(proc)
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (exit by that signal)
     assert proc.returncode in (0, -signal.SIGTERM)
     assert "serving 'cli-model'" in proc.stderr.read()

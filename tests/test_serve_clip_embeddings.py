@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
+from live_server import free_port, start_serve, stop, wait_until_healthy
 
-httpx = pytest.importorskip("httpx")
+pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("PIL")
 
@@ -69,27 +64,13 @@ def test_clip_embedder_in_process(clip_dir):
 
 
 def test_lmkit_serve_clip_folder_embeds_texts_and_images(clip_dir):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(clip_dir), "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    port = free_port()
+    proc = start_serve(clip_dir, port)
     scenes = make_scenes(3, seed=5)
     urls = [_png_data_url(s) for s in scenes]
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.3)
+        wait_until_healthy(proc, url)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         texts = client.embeddings.create(model="shapes-clip", input=CAPTIONS)
         images = client.embeddings.create(model="shapes-clip", input=[urls[0], {"image": urls[1]}, urls[2]])
@@ -106,12 +87,7 @@ def test_lmkit_serve_clip_folder_embeds_texts_and_images(clip_dir):
             client.chat.completions.create(model="shapes-clip", messages=[{"role": "user", "content": "hi"}])
         assert client.models.list().data[0].id == "shapes-clip"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop(proc)
     assert "serving 'shapes-clip' (CLIP" in proc.stderr.read()
     model, tok = load_clip_folder(clip_dir)  # in-process: the same vectors, so the same cosines
     ids, mask = tokenize(tok, CAPTIONS, MAX_LEN)

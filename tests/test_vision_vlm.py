@@ -4,15 +4,10 @@ the official openai client."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
+from live_server import free_port, start_serve, stop, wait_until_healthy
 
 from lmkit.errors import ConfigError
 from lmkit.tokenizers.chat_template import CHATML
@@ -144,16 +139,8 @@ def served_dir(tmp_path_factory):
     return path
 
 
-def _free_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 def test_serve_answers_an_image_through_the_openai_client(served_dir):
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     openai = pytest.importorskip("openai")
     model, tok = load_vlm_dir(served_dir)
     scene = make_scenes(1, seed=11)[0]
@@ -161,23 +148,11 @@ def test_serve_answers_an_image_through_the_openai_client(served_dir):
     ids, _ = conversation_ids(model, tok, "what colour is the circle?", None)
     expected = model.generate([ids], scene_pixels([scene], 16), tokenizer=tok, max_new_tokens=5, do_sample=False,
                               eos_token_id=[tok.token_to_id("<|im_end|>")]).texts[0]
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(served_dir), "--port", str(port),
-                             "--model-name", "vlm", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    port = free_port()
+    proc = start_serve(served_dir, port, "--model-name", "vlm")
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 240
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.3)
+        wait_until_healthy(proc, base)
         client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
         message = image_message("what colour is the circle?", url)
         r = client.chat.completions.create(model="vlm", messages=[message], temperature=0, max_tokens=5)
@@ -190,12 +165,7 @@ def test_serve_answers_an_image_through_the_openai_client(served_dir):
                                                    temperature=0, max_tokens=3)  # the engine's text path still works
         assert text_only.choices[0].finish_reason in ("stop", "length")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop(proc)
 
 
 def test_vlm_chat_command_answers_about_an_image_file(served_dir, tmp_path):
