@@ -8,7 +8,6 @@ lmkit.progress.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +16,7 @@ import torch
 from lmkit.progress import Progress
 from lmkit.vision.blip import BLIP
 from lmkit.vision.blip_losses import blip_losses
-from lmkit.vision.clip_train import denormals_flushed
+from lmkit.vision.clip_train import denormals_flushed, warmup_cosine
 
 
 @dataclass
@@ -45,12 +44,7 @@ def train_blip(
         g = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
-        def lr_at(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, steps))
         model.train()
         start, losses = time.perf_counter(), {}
         bar = Progress(total=steps, desc="blip train", unit="step", progress=progress)

@@ -52,18 +52,20 @@ def train_clip(
         return _train(model, pixels, ids, mask, steps, batch_size, lr, weight_decay, warmup, seed, progress)
 
 
+def warmup_cosine(step: int, warmup: int, steps: int) -> float:
+    """LR factor of the vision trainers: linear warm-up from 1/warmup, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def _train(model, pixels, ids, mask, steps, batch_size, lr, weight_decay, warmup, seed, progress) -> CLIPTrainResult:
     if not (pixels.shape[0] == ids.shape[0] == mask.shape[0]):
         raise ValueError(f"{pixels.shape[0]} images but {ids.shape[0]} captions: pairs must match")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, steps))
     model.train()
     start, loss = time.perf_counter(), torch.tensor(float("nan"))
     bar = Progress(total=steps, desc="clip train", unit="step", progress=progress)

@@ -16,7 +16,6 @@ loop) on scenes held out from training (another seed of `shapes.make_scenes`).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from lmkit.tokenizers.simple import WhitespaceTokenizer
 from lmkit.vision.clip import CLIP, CLIPConfig, clip_vision_config
 from lmkit.vision.clip_digits import tokenize
 from lmkit.vision.clip_text import CLIPTextConfig
-from lmkit.vision.clip_train import denormals_flushed, train_clip
+from lmkit.vision.clip_train import denormals_flushed, train_clip, warmup_cosine
 from lmkit.vision.shapes import Scene, caption_words, make_scenes, scene_pixels
 from lmkit.vision.vlm import VisionLanguageModel, VLMConfig
 from lmkit.vision.vlm_chat import IMAGE_TOKEN, encode_vlm_chat
@@ -158,8 +157,7 @@ def train_stage(model: VisionLanguageModel, params: list[torch.nn.Parameter], im
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = min(50, max(1, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: (k + 1) / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / max(1, steps - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: warmup_cosine(k, warmup, steps))
     model.train()
     loss = torch.tensor(float("nan"))
     bar = Progress(total=steps, desc=desc, unit="step", progress=progress)
