@@ -482,11 +482,7 @@ class Engine:
             logits = forward_step(self.model, self.fused, ids, pos, cache, self._mask, self._bias)
         for r in rows:
             r.cached += 1
-        self.stats.decode_steps += 1
-        self.stats.batch_rows += b
-        if self._waiting:
-            self.stats.queued_steps += 1
-            self.stats.queued_rows += b
+        self._count_decode_step(b)
         self._choose(rows, logits[:, -1])
         self._retire_contiguous(rows)
 
@@ -566,6 +562,14 @@ class Engine:
         return self.lora.rows([r.adapter for r in rows], self.device)
 
     # ---- choosing tokens ----------------------------------------------------------------
+    def _count_decode_step(self, rows: int) -> None:
+        """Stats of one batched decode step (either KV layout)."""
+        self.stats.decode_steps += 1
+        self.stats.batch_rows += rows
+        if self._waiting:
+            self.stats.queued_steps += 1
+            self.stats.queued_rows += rows
+
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """logits [len(rows), V] -> one token per row, through each row's own processors.
 
@@ -797,7 +801,7 @@ class Engine:
         work = [(r, n) for r, n in group if n > 0]
         logits = None
         if work:
-            bs, pool = self.pool.block_size, self.pool
+            pool = self.pool
             k, t = len(work), max(n for _, n in work)
             s = max(r.cached + n for r, n in work)
             read = torch.empty(k, s, dtype=torch.long)
@@ -878,11 +882,7 @@ class Engine:
         for r in rows:
             r.cached += 1
             self._register_full_blocks(r)
-        self.stats.decode_steps += 1
-        self.stats.batch_rows += b
-        if self._waiting:
-            self.stats.queued_steps += 1
-            self.stats.queued_rows += b
+        self._count_decode_step(b)
         self._choose(rows, logits[:, -1])
         for r in rows:
             if r.done:
