@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from lmkit.eval.adversarial_attack import embedding_neighbours, pgd_attack, word_substitution_attack
+from lmkit.eval.adversarial_attack import pgd_attack, word_substitution_attack
 from lmkit.models.config import ModelConfig
 from lmkit.models.encoder import EncoderLM
 from lmkit.peft.probing import SequenceClassifier

@@ -31,7 +31,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 import torch.multiprocessing as mp
@@ -129,8 +128,8 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"| strategy | processes | step (s) | vs one process | sent per process per step (MB) |")
-    print(f"|---|---|---|---|---|")
+    print("| strategy | processes | step (s) | vs one process | sent per process per step (MB) |")
+    print("|---|---|---|---|---|")
     for name, (world, _, _) in LAYOUTS.items():
         if args.skip_4 and world == 4:
             continue

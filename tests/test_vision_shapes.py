@@ -1,7 +1,5 @@
 """The shapes scenes: seeded, unambiguous, and drawn where the caption says."""
 
-import random
-
 import pytest
 import torch
 

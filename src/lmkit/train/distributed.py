@@ -204,13 +204,6 @@ class ShardedIterable:
         self.source.load_state_dict(state)
 
 
-def shard_data(data: Iterable, info: DistInfo, strategy: str = "ddp") -> Iterable:
-    """Each data-parallel rank its own batches; tensor-parallel ranks all read the same ones."""
-    if not info.is_distributed or strategy == "tp":
-        return data
-    return ShardedIterable(data, info.rank, info.world_size)
-
-
 # ---- collectives that are no-ops in one process ------------------------------------------
 def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

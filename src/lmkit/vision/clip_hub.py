@@ -25,8 +25,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmkit.errors import CheckpointError, ConfigError
 from lmkit.hub.hf_config import read_json_object
 from lmkit.hub.name_map import NameMap
