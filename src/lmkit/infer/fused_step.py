@@ -72,6 +72,8 @@ class FusedDecoder:
             return "not a DecoderLM"
         if model.training:
             return "model is in training mode (dropout)"
+        if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+            return "tensor-parallel (DTensor) weights: model.forward runs their collectives"
         if cfg.n_experts:
             return "mixture-of-experts layers"
         if cfg.position not in ("rope", "learned"):

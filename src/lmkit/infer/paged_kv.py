@@ -45,6 +45,7 @@ import torch
 
 from lmkit.errors import ConfigError, LmkitError
 from lmkit.infer.fused_step import padding_bias
+from lmkit.models.kv_cache import local_kv_heads
 
 
 class PoolExhausted(LmkitError):
@@ -133,7 +134,7 @@ class BlockPool:
                                       f"({per_block} bytes each): give more memory")
             else:
                 n_blocks = -(-(default_tokens or cfg.max_seq_len) // block_size)
-        return cls(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_blocks, block_size, prefix_caching)
+        return cls(cfg.n_layers, local_kv_heads(model), cfg.head_dim, n_blocks, block_size, prefix_caching)
 
     # ---- accounting ---------------------------------------------------------------------
     @property

@@ -44,6 +44,13 @@ def _keep_quantized_option(f):
                              "dequantizing them; other GGUF types load as floats.")(f)
 
 
+def _tp_option(f):
+    return click.option("--tp", type=click.IntRange(1), default=1, show_default=True,
+                        help="Tensor parallelism: shard the model over N processes (started with torchrun, or the "
+                             "ones torchrun started); every rank computes its heads and its part of the "
+                             "vocabulary, rank 0 prints / listens. See docs/serving.md.")(f)
+
+
 def _kv_cache_dtype_option(f):
     return click.option("--kv-cache-dtype", type=click.Choice(["auto", "int8"]), default="auto", show_default=True,
                         help="int8: keep the KV cache as int8 with a scale per head and token (about a quarter "
@@ -145,12 +152,13 @@ _TEMPLATE_HELP = ("Chat template: the checkpoint's own (tokenizer_config.json / 
                    "repeatable. Requests for different adapters share one batch.")
 @click.option("--enable-lora", is_flag=True,
               help="Allow loading LoRA adapters at runtime (POST /v1/adapters) even with no --lora.")
+@_tp_option
 @watermark_options()
 @safety_options
 def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, max_batch_size, max_waiting, kv_cache,
               kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
               default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, keep_quantized, device,
-              threads, log_level, loras, enable_lora, watermark=None, moderation=None, rate_limits=None) -> None:
+              threads, log_level, loras, enable_lora, tp=1, watermark=None, moderation=None, rate_limits=None) -> None:
     """Serve MODEL_DIR (a Hugging Face checkpoint with tokenizer.json) over an OpenAI-compatible API.
 
     Open http://HOST:PORT/ for the web chat; point any OpenAI client at http://HOST:PORT/v1.
@@ -160,6 +168,16 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
 
     from lmkit.errors import LmkitError, require
 
+    engine_args = dict(max_batch_size=max_batch_size, max_waiting=max_waiting, kv_cache=kv_cache,
+                       kv_cache_mb=kv_cache_mb, kv_blocks=kv_blocks, block_size=block_size,
+                       prefix_caching=prefix_caching, prefill_chunk=prefill_chunk)
+    ranks = None
+    if tp > 1:
+        if loras or enable_lora or draft_model or speculative not in (None, "none"):
+            raise click.UsageError("--tp serves one model: no --lora, --enable-lora, --draft-model or --speculative")
+        ranks = _tensor_parallel_ranks(tp, device, threads)
+        if not ranks.leader:  # no server here: the same engine steps on this rank's shard
+            return _follow_leader(model_dir, adapter, dtype, keep_quantized, ranks, engine_args)
     try:
         uvicorn = require("uvicorn", "serve")
         require("fastapi", "serve")
@@ -179,19 +197,18 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
         name = model_name or Path(model_dir).resolve().name
         app = summary = None
         if is_clip_folder(model_dir):  # a CLIP model: text and image embeddings, no generation
-            if adapter or loras or draft_model:
+            if adapter or loras or draft_model or ranks is not None:
                 sock.close()
-                raise click.UsageError("a CLIP model serves embeddings only: no --adapter, --lora or --draft-model")
+                raise click.UsageError("a CLIP model serves embeddings only: no --adapter, --lora, --draft-model or --tp")
             app, summary = _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits)
     except LmkitError as exc:
         sock.close()
         raise click.ClickException(str(exc)) from exc
     if app is None:
-        app, summary = _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_size, max_waiting,
-                                       kv_cache, kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk,
-                                       max_body_bytes, default_max_tokens, speculative, draft_model,
-                                       num_speculative_tokens, dtype, keep_quantized, device, loras, enable_lora,
-                                       watermark, moderation, rate_limits)
+        app, summary = _generation_app(sock, model_dir, adapter, name, keys, template, engine_args, max_body_bytes,
+                                       default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype,
+                                       keep_quantized, device, loras, enable_lora, watermark, moderation,
+                                       rate_limits, ranks)
     port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
     auth = f"{len(keys)} API key(s)" if keys else "no API key (anyone who can reach the port may use it)"
     where = "API: /v1" if summary.startswith("CLIP") else "web chat: /, API: /v1"
@@ -204,6 +221,10 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
         pass
     finally:
         sock.close()
+        if ranks is not None:
+            from lmkit.serve.tensor_parallel import close_ranks
+
+            close_ranks()
     if not server.started:
         raise click.ClickException(f"the server on http://{host}:{port} did not start (see the log above)")
 
@@ -222,11 +243,48 @@ def _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits):
     return app, f"CLIP, /v1/embeddings of texts and images only, {model.config.projection_dim} dimensions"
 
 
-def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_size, max_waiting, kv_cache,
-                    kv_cache_mb, kv_blocks, block_size, prefix_caching, prefill_chunk, max_body_bytes,
+def _tensor_parallel_ranks(tp: int, device: str | None, threads: int | None):
+    """`--tp N`: start N workers under torchrun (this process is replaced), or, under torchrun, join them."""
+    from lmkit.errors import LmkitError
+    from lmkit.serve.tensor_parallel import init_ranks, relaunch_under_torchrun, under_torchrun
+
+    try:
+        if not under_torchrun():
+            relaunch_under_torchrun(tp)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return init_ranks(tp, device)
+    except LmkitError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _follow_leader(model_dir, adapter, dtype, keep_quantized, ranks, engine_args) -> None:
+    """`lmkit serve --tp N` on ranks > 0: run rank 0's engine steps on this rank's shard until it stops.
+    Ctrl-C and SIGTERM are left to rank 0, which drains its requests and then tells this rank to stop."""
+    import signal
+
+    from lmkit.errors import LmkitError
+    from lmkit.serve.tensor_parallel import close_ranks, shard_for_inference
+    from lmkit.serve.tensor_parallel_engine import TensorParallelEngine
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
+        TensorParallelEngine(shard_for_inference(model, ranks), tok, ranks=ranks, **engine_args).follow()
+    except LmkitError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        close_ranks()
+
+
+def _generation_app(sock, model_dir, adapter, name, keys, template, engine_args, max_body_bytes,
                     default_max_tokens, speculative, draft_model, num_speculative_tokens, dtype, keep_quantized,
-                    device, loras, enable_lora, watermark, moderation, rate_limits):
-    """(app, summary) for a language model: the batching engine behind every route."""
+                    device, loras, enable_lora, watermark, moderation, rate_limits, ranks=None):
+    """(app, summary) for a language model: the batching engine behind every route
+    (under --tp: rank 0's `TensorParallelEngine`, keeping the other ranks in step)."""
     from lmkit.errors import LmkitError
 
     try:
@@ -235,6 +293,8 @@ def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_si
         from lmkit.serve.engine import Engine
 
         vision_model, tok = _load_vision_model(model_dir, adapter, keep_quantized, loras, draft_model, device)
+        if vision_model is not None and ranks is not None:
+            raise click.UsageError("--tp serves decoder checkpoints; a vision-language (LLaVA) folder runs in one process")
         if vision_model is not None:  # a LLaVA folder: the engine runs its decoder, images go through it
             model = vision_model.language
         else:
@@ -242,7 +302,11 @@ def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_si
         tpl = _chat_template(template, tok, model_dir, adapter)
         if default_max_tokens is None:
             default_max_tokens = max_new_tokens_default(model, 0, 256)
-        if device and vision_model is None:
+        if ranks is not None:
+            from lmkit.serve.tensor_parallel import shard_for_inference
+
+            model = shard_for_inference(model, ranks)
+        elif device and vision_model is None:
             model = model.to(device)
         registry = None
         if loras or enable_lora:  # multi-LoRA: adapters chosen per request (serve/lora_adapters.py)
@@ -260,17 +324,20 @@ def _generation_app(sock, model_dir, adapter, name, keys, template, max_batch_si
             draft = draft.to(device)
         speculator = make_speculator(speculative, num_speculative_tokens, draft, model.config.vocab_size,
                                      renderable_size(tok))
-        engine = Engine(model, tok, max_batch_size=max_batch_size, max_waiting=max_waiting, kv_cache=kv_cache,
-                        kv_cache_mb=kv_cache_mb, kv_blocks=kv_blocks, block_size=block_size,
-                        prefix_caching=prefix_caching, prefill_chunk=prefill_chunk, lora=registry,
-                        speculator=speculator)
+        if ranks is not None:
+            from lmkit.serve.tensor_parallel_engine import TensorParallelEngine
+
+            engine = TensorParallelEngine(model, tok, ranks=ranks, **engine_args)
+        else:
+            engine = Engine(model, tok, lora=registry, speculator=speculator, **engine_args)
         app = create_app(engine, model_name=name, template=tpl, api_keys=keys, max_body_bytes=max_body_bytes,
                          default_max_tokens=default_max_tokens, watermark=watermark, moderation=moderation,
                          rate_limits=rate_limits, vision_model=vision_model)
     except LmkitError as exc:
         sock.close()
         raise click.ClickException(str(exc)) from exc
-    return app, f"{type(model).__name__}, context {model.config.max_seq_len}"
+    tp = f", tensor-parallel over {ranks.world} ranks" if ranks is not None else ""
+    return app, f"{type(model).__name__}, context {model.config.max_seq_len}{tp}"
 
 
 @click.command("chat")
@@ -390,11 +457,31 @@ def chat_cmd(model_dir, adapter, template, system, max_tokens, temperature, top_
 @_kv_cache_dtype_option
 @dtype_option()
 @_keep_quantized_option
+@_tp_option
 @watermark_options()
 def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-                 stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, watermark=None) -> None:
+                 stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, tp=1, watermark=None) -> None:
     """Continue PROMPT with the Hugging Face checkpoint in MODEL_DIR (and the tokenizer beside it),
-    or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR)."""
+    or with an adapter folder (its recorded base model, or MODEL_DIR --adapter DIR).
+    With --tp N the model is sharded over N processes; the output is the same."""
+    if tp == 1:
+        return _generate(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                         seed, stop, stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, watermark)
+    if compile_step:
+        raise click.UsageError("--compile is not supported with --tp (the sharded model runs model.forward)")
+    from lmkit.serve.tensor_parallel import close_ranks
+
+    ranks = _tensor_parallel_ranks(tp, None, None)
+    try:
+        _generate(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                  stop, stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, watermark, ranks)
+    finally:
+        close_ranks()
+
+
+def _generate(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
+              stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, watermark, ranks=None) -> None:
+    """`lmkit generate`, on one process or (ranks given) on every tensor-parallel rank, rank 0 printing."""
     import json
 
     from lmkit.infer import GenerationConfig, generate, iter_steps
@@ -403,8 +490,21 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     from lmkit.infer.inputs import resolve_config
     from lmkit.infer.streaming import TextStream, decode_output
 
-    text = sys.stdin.read() if prompt == "-" else prompt
-    model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
+    echo = click.echo if ranks is None or ranks.leader else (lambda *args, **kwargs: None)
+    if ranks is None:
+        text = sys.stdin.read() if prompt == "-" else prompt
+        model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
+    else:
+        from lmkit.errors import LmkitError
+        from lmkit.serve.tensor_parallel import leader_text, shard_for_inference, shared_seed
+
+        text = leader_text(prompt, ranks)  # stdin reaches rank 0 only
+        try:
+            model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
+            model = shard_for_inference(model, ranks)
+        except LmkitError as exc:
+            raise click.ClickException(str(exc)) from exc
+        seed = shared_seed(seed, ranks)
     sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,
                                  repetition_penalty=repetition_penalty, fallback={"temperature": 0.0})
     prompt_ids = encode_prompt(tok, text)
@@ -414,23 +514,23 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
     cfg = resolve_config(model, cfg)
     skip = [*cfg.eos_token_ids, *_special_ids(tok)]  # special tokens are never printed
     if stream:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
         out_stream = TextStream(tok, cfg.stop, skip_ids=skip)
         for step in iter_steps(model, [prompt_ids], cfg, tokenizer=tok):
             if step.done_before[0]:
                 break
-            click.echo(out_stream.push(step.tokens[0]), nl=False)
+            echo(out_stream.push(step.tokens[0]), nl=False)
             if out_stream.stopped or step.finished[0]:
                 break
-        click.echo(out_stream.finish())
+        echo(out_stream.finish())
         return
     out = generate(model, [prompt_ids], cfg, tokenizer=tok)
     reply = decode_output(tok, out.sequences[0], cfg.stop, skip)
     if as_json:
-        click.echo(json.dumps({"text": reply, "tokens": out.sequences[0],
-                               "finish_reason": out.finish_reasons[0]}, ensure_ascii=False))
+        echo(json.dumps({"text": reply, "tokens": out.sequences[0],
+                          "finish_reason": out.finish_reasons[0]}, ensure_ascii=False))
     else:
-        click.echo(text + reply)
+        echo(text + reply)
 
 
 COMMANDS = [serve_cmd, chat_cmd, generate_cmd]

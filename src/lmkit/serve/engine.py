@@ -318,7 +318,7 @@ class Engine:
                 f"the server has ({self.pool.n_blocks} blocks of {self.pool.block_size} tokens); "
                 "shorten the prompt or lower max_tokens")
         constraint = row_constraints(constraint, 1, cfg.eos_token_ids)[0]  # bound to the request's EOS ids
-        handle = RequestHandle(uuid.uuid4().hex)
+        handle = self._new_handle()
         row = _Row(handle, prompt, cfg, callback, constraint=constraint, tokens=list(prompt))
         with self._lock:
             if self._stopping:
@@ -327,13 +327,31 @@ class Engine:
                 raise EngineOverloaded(f"{len(self._waiting)} requests are already waiting; retry later")
             if adapter is not None:  # multi-LoRA: held until the request ends, so it cannot be unloaded under it
                 row.adapter, row.callback = self.lora.lease(adapter, handle, callback)
-            self._waiting.append(row)
-            self.stats.requests += 1
-            self.stats.prompt_tokens += len(prompt)
+            self._enqueue(row)
             self._lock.notify_all()
         if self._thread is None:
             self.start()
         return handle
+
+    def _new_handle(self) -> RequestHandle:
+        return RequestHandle(uuid.uuid4().hex)
+
+    def _enqueue(self, row: _Row) -> None:
+        """`row` joins the waiting queue (self._lock held). The tensor-parallel engine
+        (serve/tensor_parallel_engine.py) defers this to its next sync with the other ranks."""
+        self._waiting.append(row)
+        self.stats.requests += 1
+        self.stats.prompt_tokens += len(row.prompt)
+
+    def _await_work(self, busy: Callable[[], bool]) -> bool:
+        """(self._lock held) Block until `busy()` or a request waits; False: stopping and idle, end the loop.
+        The tensor-parallel engine also syncs the ranks here, once per loop iteration."""
+        while not busy() and not self._waiting:
+            if self._stopping:
+                self._closed = True
+                return False
+            self._lock.wait(0.5)
+        return True
 
     def generate(self, prompt_ids: list[int], config: GenerationConfig, timeout: float | None = None,
                  constraint: ConstraintArg = None, adapter: str | None = None) -> Completion:
@@ -366,11 +384,8 @@ class Engine:
             return self._paged_loop()
         while True:
             with self._lock:
-                while not self._rows and not self._waiting:
-                    if self._stopping:
-                        self._closed = True
-                        return
-                    self._lock.wait(0.5)
+                if not self._await_work(lambda: bool(self._rows)):
+                    return
                 room = self.max_batch_size - len(self._rows)
                 joining = []
                 while room > 0 and self._waiting:
@@ -672,11 +687,8 @@ class Engine:
     def _paged_loop(self) -> None:
         while True:
             with self._lock:
-                while not self._running and not self._waiting:
-                    if self._stopping:
-                        self._closed = True
-                        return
-                    self._lock.wait(0.5)
+                if not self._await_work(lambda: bool(self._running)):
+                    return
                 self._admit_paged()
                 # the head request does not fit an idle pool (submit rules this out): fail it, never spin
                 stuck = self._waiting.popleft() if not self._running and self._waiting else None

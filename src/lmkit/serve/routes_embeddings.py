@@ -19,6 +19,9 @@ def embedder_of(state: ServerState):
     """The server's embedder; the engine's model, pooled, unless one was given."""
     if state.embedder is None:
         from lmkit.serve.embeddings import ModelEmbedder
+        from lmkit.serve.tensor_parallel_engine import refuse_outside_engine
+
+        refuse_outside_engine(state.engine, "/v1/embeddings of a generation model")
 
         try:
             state.embedder = ModelEmbedder(state.model, state.tokenizer)

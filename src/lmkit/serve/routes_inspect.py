@@ -49,4 +49,7 @@ def attention_report(model, tokenizer, prompt: str, layer: int | None) -> dict:
 
 @router.post("/v1/inspect/attention")
 async def inspect_attention(req: AttentionRequest, state: ServerState = Depends(server_state)):
+    from lmkit.serve.tensor_parallel_engine import refuse_outside_engine
+
+    refuse_outside_engine(state.engine, "/v1/inspect/attention")
     return await run_in_threadpool(attention_report, state.model, state.tokenizer, req.prompt, req.layer)

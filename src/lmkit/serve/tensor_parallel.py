@@ -1,0 +1,135 @@
+"""`--tp N` for `lmkit generate` and `lmkit serve`: N processes, each holding 1/N of the model.
+
+As with vLLM's `--tensor-parallel-size`, the user gives one flag and the command starts its own
+workers: `lmkit generate MODEL --tp 2 ...` replaces itself with
+`torchrun --standalone --nproc-per-node 2 -m lmkit generate MODEL --tp 2 ...` (a rendezvous on a
+free local port). Started under torchrun already (`torchrun --nproc-per-node 2 -m lmkit ...`,
+e.g. with your own rendezvous flags) it uses the processes it finds.
+
+Every rank loads the whole checkpoint, then keeps its shard: column-parallel q/k/v/gate/up,
+row-parallel o/down, a vocabulary-parallel embedding and LM head whose logits are gathered, so
+every rank sees the full logits and picks the same token (train/tensor_parallel.py, on PyTorch's
+DTensor). Only rank 0 prints or listens. The backend is gloo on CPU and NCCL on CUDA; the
+small control messages of `lmkit serve` always go over a gloo group.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmkit.errors import ConfigError
+
+
+@dataclass
+class Ranks:
+    """This process's place among the tensor-parallel ranks."""
+
+    rank: int
+    world: int
+    mesh: Any  # the 1-D DeviceMesh the model is sharded over
+    control: Any  # a gloo process group for Python objects (requests, seeds)
+    device: torch.device
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def relaunch_under_torchrun(tp: int) -> None:
+    """Replace this process with torchrun starting `tp` copies of the same command (never returns).
+
+    The arguments are this process's own (sys.argv), so the command must have been started
+    from the command line (`lmkit ...` or `python -m lmkit ...`) and name --tp."""
+    args = sys.argv[1:]
+    if not any(a == "--tp" or a.startswith("--tp=") for a in args):
+        raise ConfigError("--tp starts its own workers from the command line; in a program, run the command "
+                          f"under `torchrun --nproc-per-node {tp} -m lmkit ...` instead")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc-per-node={tp}", "-m", "lmkit", *args])
+
+
+def init_ranks(tp: int, device: str | None = None) -> Ranks:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA) and build the 1-D mesh."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = int(os.environ["WORLD_SIZE"])
+    if world != tp:
+        raise ConfigError(f"--tp {tp} but torchrun started {world} processes: give --nproc-per-node {tp}")
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise ConfigError(f"--tp runs on cpu (gloo) or cuda (NCCL), not {dev.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    mesh = init_device_mesh(dev.type, (tp,))
+    control = dist.new_group(backend="gloo") if dev.type == "cuda" else dist.group.WORLD
+    return Ranks(dist.get_rank(), world, mesh, control, dev)
+
+
+def shard_for_inference(model: nn.Module, ranks: Ranks) -> nn.Module:
+    """Keep this rank's shard of `model` (a plain DecoderLM with the full weights), logits gathered.
+
+    Tied embeddings are untied first (inference never updates them, so this is exact); layers
+    that are not plain Linear/Embedding (quantized, adapter-wrapped) are refused by name."""
+    from lmkit.train.tensor_parallel import apply_tensor_parallel, check_tensor_parallel
+
+    if type(model).__name__ != "DecoderLM":
+        raise ConfigError(f"--tp serves plain decoder checkpoints (DecoderLM), got {type(model).__name__}")
+    planned = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if (leaf in planned and type(module) is not nn.Linear) or (leaf == "embed_tokens"
+                                                                    and type(module) is not nn.Embedding):
+            raise ConfigError(f"--tp shards plain Linear/Embedding layers; {name} is a {type(module).__name__} "
+                              "(a quantized or adapter-wrapped model): serve a merged float checkpoint instead")
+    cfg = model.config
+    if cfg.tie_embeddings:
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
+        cfg.tie_embeddings = False
+    check_tensor_parallel(cfg, ranks.world)
+    model = model.to(ranks.device).eval()
+    return apply_tensor_parallel(model, ranks.mesh, gather_logits=True)
+
+
+def shared_seed(seed: int | None, ranks: Ranks) -> int:
+    """`seed`, or one drawn on rank 0 and sent to all: sampling must draw the same tokens on every rank."""
+    import secrets
+
+    import torch.distributed as dist
+
+    if seed is not None:
+        return seed
+    box = [secrets.randbits(63) if ranks.leader else None]
+    dist.broadcast_object_list(box, src=0, group=ranks.control)
+    return int(box[0])
+
+
+def leader_text(prompt: str, ranks: Ranks) -> str:
+    """The prompt as rank 0 has it ('-': rank 0 reads stdin), on every rank."""
+    import torch.distributed as dist
+
+    box = [(sys.stdin.read() if prompt == "-" else prompt) if ranks.leader else None]
+    dist.broadcast_object_list(box, src=0, group=ranks.control)
+    return box[0]
+
+
+def close_ranks() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
