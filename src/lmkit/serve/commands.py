@@ -244,13 +244,14 @@ def _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits):
 
 
 def _tensor_parallel_ranks(tp: int, device: str | None, threads: int | None):
-    """`--tp N`: start N workers under torchrun (this process is replaced), or, under torchrun, join them."""
+    """`--tp N`: start N workers running this command and exit with them; in a worker (or under torchrun),
+    join the others."""
     from lmkit.errors import LmkitError
-    from lmkit.serve.tensor_parallel import init_ranks, relaunch_under_torchrun, under_torchrun
+    from lmkit.serve.tensor_parallel import init_ranks, launch_workers, under_torchrun
 
     try:
         if not under_torchrun():
-            relaunch_under_torchrun(tp)
+            launch_workers(tp)  # exits with the workers
         if threads:
             import torch
 
@@ -274,8 +275,8 @@ def _follow_leader(model_dir, adapter, dtype, keep_quantized, ranks, engine_args
     try:
         model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
         TensorParallelEngine(shard_for_inference(model, ranks), tok, ranks=ranks, **engine_args).follow()
-    except LmkitError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except LmkitError as exc:  # rank 0 fails alike and says why
+        raise SystemExit(1) from exc
     finally:
         close_ranks()
 
@@ -503,6 +504,8 @@ def _generate(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, to
             model, tok = _load_model(model_dir, adapter, dtype=dtype, keep_quantized=keep_quantized)
             model = shard_for_inference(model, ranks)
         except LmkitError as exc:
+            if not ranks.leader:  # every rank fails alike: rank 0 says why
+                raise SystemExit(1) from exc
             raise click.ClickException(str(exc)) from exc
         seed = shared_seed(seed, ranks)
     sampling = sampling_settings(model, temperature=temperature, top_p=top_p, top_k=top_k,

@@ -1,10 +1,10 @@
 """`--tp N` for `lmkit generate` and `lmkit serve`: N processes, each holding 1/N of the model.
 
 As with vLLM's `--tensor-parallel-size`, the user gives one flag and the command starts its own
-workers: `lmkit generate MODEL --tp 2 ...` replaces itself with
-`torchrun --standalone --nproc-per-node 2 -m lmkit generate MODEL --tp 2 ...` (a rendezvous on a
-free local port). Started under torchrun already (`torchrun --nproc-per-node 2 -m lmkit ...`,
-e.g. with your own rendezvous flags) it uses the processes it finds.
+workers: `lmkit generate MODEL --tp 2 ...` runs two copies of itself as ranks 0 and 1 (what
+`torchrun --standalone --nproc-per-node 2` would do: a rendezvous on a free loopback port) and
+waits for them. Started under torchrun already (`torchrun --nproc-per-node 2 -m lmkit ... --tp 2`,
+e.g. with your own rendezvous flags for several machines) it uses the processes it finds.
 
 Every rank loads the whole checkpoint, then keeps its shard: column-parallel q/k/v/gate/up,
 row-parallel o/down, a vocabulary-parallel embedding and LM head whose logits are gathered, so
@@ -45,19 +45,55 @@ def under_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def relaunch_under_torchrun(tp: int) -> None:
-    """Replace this process with torchrun starting `tp` copies of the same command (never returns).
+def launch_workers(tp: int) -> None:
+    """Run `tp` copies of this command as the ranks (what `torchrun --standalone` does) and exit with theirs.
 
-    The arguments are this process's own (sys.argv), so the command must have been started
-    from the command line (`lmkit ...` or `python -m lmkit ...`) and name --tp."""
+    Each copy gets RANK / LOCAL_RANK / WORLD_SIZE and a rendezvous on a free loopback port
+    (MASTER_ADDR / MASTER_PORT), and OMP_NUM_THREADS = cores / tp unless it is set. Ctrl-C and SIGTERM
+    are passed on (`lmkit serve`: rank 0 drains its requests, then stops the others); when one rank
+    fails the others are ended. The arguments are this process's own (sys.argv), so the command
+    must come from the command line (`lmkit ...` or `python -m lmkit ...`) and name --tp."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
     args = sys.argv[1:]
     if not any(a == "--tp" or a.startswith("--tp=") for a in args):
         raise ConfigError("--tp starts its own workers from the command line; in a program, run the command "
                           f"under `torchrun --nproc-per-node {tp} -m lmkit ...` instead")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(tp),
+               LOCAL_WORLD_SIZE=str(tp))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // tp)))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc-per-node={tp}", "-m", "lmkit", *args])
+    procs = [subprocess.Popen([sys.executable, "-m", "lmkit", *args],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(tp)]
+    asked: list[int] = []
+
+    def forward(signum, frame) -> None:
+        asked.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    failed_at = None
+    while any(p.poll() is None for p in procs):
+        if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+            failed_at = time.monotonic()  # one rank failed: give the others a moment, then end them
+        if failed_at is not None and time.monotonic() - failed_at > 5:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        time.sleep(0.1)
+    codes = [p.returncode for p in procs]
+    bad = [c for c in codes if c != 0 and not (asked and c < 0)]
+    sys.exit(bad[0] if bad and bad[0] > 0 else (1 if bad else 0))
 
 
 def init_ranks(tp: int, device: str | None = None) -> Ranks:

@@ -1,0 +1,107 @@
+"""`lmkit generate --tp 2` and `lmkit serve --tp 2` (2 gloo processes on loopback, one thread each)
+give the greedy text of one process: the CLI's output, and the server's answers to the official
+`openai` client, also for concurrent requests batched together."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lmkit.hub import save_pretrained
+from lmkit.models.config import ModelConfig
+from lmkit.models.decoder import DecoderLM
+from lmkit.tokenizers.bpe import BPETokenizer
+
+PROMPTS = ["the cat", "the dog sat on", "on the mat and the"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny GQA Llama with tied embeddings (--tp unties them) and a vocabulary padded to split in two."""
+    tok = BPETokenizer.train(["the cat sat on the mat and the dog sat on the log " * 20], vocab_size=300,
+                             special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    cfg = ModelConfig(arch="decoder", model_type="llama", vocab_size=-(-tok.vocab_size // 8) * 8, d_model=32,
+                      n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=128, norm="rmsnorm",
+                      activation="silu", gated_ffn=True, position="rope", tie_embeddings=True)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tp-model")
+    save_pretrained(DecoderLM(cfg).eval(), path)
+    tok.save_hf_json(path / "tokenizer.json")
+    return path
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _generate_args(model_dir, prompt: str) -> list[str]:
+    return ["generate", str(model_dir), "-p", prompt, "--max-new-tokens", "12", "--json"]
+
+
+def test_generate_tp2_prints_what_one_process_prints(model_dir):
+    from lmkit.serve.commands import generate_cmd
+
+    one = CliRunner().invoke(generate_cmd, _generate_args(model_dir, PROMPTS[1])[1:])
+    assert one.exit_code == 0, one.output
+    tp = subprocess.run([sys.executable, "-m", "lmkit", *_generate_args(model_dir, PROMPTS[1]), "--tp", "2"],
+                        capture_output=True, text=True, timeout=300, env=_env())
+    assert tp.returncode == 0, tp.stderr[-2000:]
+    assert tp.stdout == one.output  # rank 0 alone prints
+    assert len(json.loads(tp.stdout)["tokens"]) == 12
+
+
+def test_tp_that_does_not_split_the_heads_is_refused_once_by_name(model_dir):
+    proc = subprocess.run([sys.executable, "-m", "lmkit", *_generate_args(model_dir, "the"), "--tp", "3"],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("not divisible by the tensor-parallel degree 3") == 1
+
+
+@pytest.mark.slow
+def test_serve_tp2_answers_openai_clients_like_one_process(model_dir):
+    openai = pytest.importorskip("openai")
+    from live_server import free_port, start_serve, stop, wait_until_healthy
+
+    from lmkit.hub import load_pretrained
+    from lmkit.infer import GenerationConfig
+    from lmkit.serve.engine import Engine
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    engine = Engine(load_pretrained(model_dir), tok, max_batch_size=4)
+    try:
+        expected = [engine.generate(tok.encode(p), GenerationConfig(max_new_tokens=16)).text for p in PROMPTS]
+    finally:
+        engine.stop()
+    port = free_port()
+    proc = start_serve(model_dir, port, "--tp", "2", "--max-batch-size", "4", "--model-name", "tiny")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(proc, url)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+
+        def complete(prompt: str) -> str:
+            r = client.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0)
+            return r.choices[0].text
+
+        assert complete(PROMPTS[0]) == expected[0]
+        for _ in range(2):  # concurrent requests share batches (joining while others decode)
+            with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+                assert list(pool.map(complete, PROMPTS)) == expected
+        stream = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=16, temperature=0, stream=True)
+        assert "".join(chunk.choices[0].text for chunk in stream) == expected[2]
+        with pytest.raises(openai.BadRequestError, match="tensor parallelism"):
+            client.embeddings.create(model="tiny", input="the cat")
+        assert complete(PROMPTS[1]) == expected[1]  # the ranks are still in step
+    finally:
+        stop(proc)
+    assert proc.returncode in (0, -signal.SIGTERM), proc.stderr.read()[-2000:]
+    assert "tensor-parallel over 2 ranks" in proc.stderr.read()
