@@ -175,7 +175,7 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
     if tp > 1:
         if loras or enable_lora or draft_model or speculative not in (None, "none"):
             raise click.UsageError("--tp serves one model: no --lora, --enable-lora, --draft-model or --speculative")
-        ranks = _tensor_parallel_ranks(tp, device, threads)
+        ranks = _tensor_parallel_ranks(tp, model_dir, device, threads)
         if not ranks.leader:  # no server here: the same engine steps on this rank's shard
             return _follow_leader(model_dir, adapter, dtype, keep_quantized, ranks, engine_args)
     try:
@@ -243,14 +243,15 @@ def _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits):
     return app, f"CLIP, /v1/embeddings of texts and images only, {model.config.projection_dim} dimensions"
 
 
-def _tensor_parallel_ranks(tp: int, device: str | None, threads: int | None):
+def _tensor_parallel_ranks(tp: int, model_dir: str, device: str | None, threads: int | None):
     """`--tp N`: start N workers running this command and exit with them; in a worker (or under torchrun),
     join the others."""
     from lmkit.errors import LmkitError
-    from lmkit.serve.tensor_parallel import init_ranks, launch_workers, under_torchrun
+    from lmkit.serve.tensor_parallel import check_before_launch, init_ranks, launch_workers, under_torchrun
 
     try:
         if not under_torchrun():
+            check_before_launch(model_dir, tp)
             launch_workers(tp)  # exits with the workers
         if threads:
             import torch
@@ -472,7 +473,7 @@ def generate_cmd(model_dir, adapter, prompt, max_new_tokens, temperature, top_k,
         raise click.UsageError("--compile is not supported with --tp (the sharded model runs model.forward)")
     from lmkit.serve.tensor_parallel import close_ranks
 
-    ranks = _tensor_parallel_ranks(tp, None, None)
+    ranks = _tensor_parallel_ranks(tp, model_dir, None, None)
     try:
         _generate(model_dir, adapter, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                   stop, stream, as_json, compile_step, kv_cache_dtype, dtype, keep_quantized, watermark, ranks)

@@ -45,6 +45,26 @@ def under_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def check_before_launch(model_dir: str, tp: int) -> None:
+    """Refuse a checkpoint whose shapes do not split over `tp` ranks before starting any (its config
+    only; the ranks check the loaded model again). Folders without a config.json are left to them."""
+    import dataclasses
+    from pathlib import Path
+
+    from lmkit.hub.pretrained import arch_module, read_hf_config
+    from lmkit.train.tensor_parallel import check_tensor_parallel
+
+    if not (Path(model_dir) / "config.json").is_file():
+        return
+    try:
+        hf = read_hf_config(model_dir)
+        cfg = arch_module(hf.get("model_type")).config_from_hf(hf)
+    except Exception:  # loading will say what is wrong with it
+        return
+    if hasattr(cfg, "tie_embeddings"):
+        check_tensor_parallel(dataclasses.replace(cfg, tie_embeddings=False), tp)  # --tp unties them
+
+
 def launch_workers(tp: int) -> None:
     """Run `tp` copies of this command as the ranks (what `torchrun --standalone` does) and exit with theirs.
 
