@@ -89,7 +89,7 @@ from lmkit.infer.select import make_generator, select_tokens
 from lmkit.infer.stop import StopTracker
 from lmkit.infer.streaming import TextStream
 from lmkit.infer.vocab_padding import mask_unrenderable, renderable_size
-from lmkit.models.kv_cache import KVCache
+from lmkit.models.kv_cache import KVCache, local_kv_heads
 from lmkit.serve.metrics import Histogram
 
 DEFAULT_KV_CACHE_MB = 1024  # the default pool: max_batch_size full contexts, at most this much (and at least one context)
@@ -657,7 +657,7 @@ class Engine:
         cap = -(-cap // 16) * 16  # round up: fewer distinct shapes
         old_cache, old_cur = self._cache, (self._cache.seq_len if self._cache is not None else 0)
         src0 = (old_cache if old else new_cache).keys[0]  # the dtype the model writes (quantized models: float)
-        cache = KVCache(cfg.n_layers, len(rows), cfg.n_kv_heads, cfg.head_dim, cap, dtype=src0.dtype,
+        cache = KVCache(cfg.n_layers, len(rows), local_kv_heads(self.model), cfg.head_dim, cap, dtype=src0.dtype,
                         device=src0.device)
         for layer in range(cfg.n_layers):
             nk, nv = cache.keys[layer], cache.values[layer]
