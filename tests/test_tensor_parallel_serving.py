@@ -65,42 +65,60 @@ def test_tp_that_does_not_split_the_heads_is_refused_once_by_name(model_dir):
     assert proc.stderr.count("not divisible by the tensor-parallel degree 3") == 1
 
 
+def _ask(url: str) -> list:
+    """What the tests ask a server: one completion, twice three at once (they share batches, joining
+    while others decode), a stream, a JSON-schema chat (structured output), then one more."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+
+    def complete(prompt: str) -> str:
+        return client.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+
+    answers = [complete(PROMPTS[0])]
+    for _ in range(2):
+        with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+            answers.append(list(pool.map(complete, PROMPTS)))
+    stream = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=16, temperature=0, stream=True)
+    answers.append("".join(chunk.choices[0].text for chunk in stream))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "the cat"}], max_tokens=12, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    answers.append(chat.choices[0].message.content)
+    answers.append(complete(PROMPTS[1]))
+    return answers
+
+
 @pytest.mark.slow
-def test_serve_tp2_answers_openai_clients_like_one_process(model_dir):
+@pytest.mark.parametrize("kv_cache", ["paged", "contiguous"])
+def test_serve_tp2_answers_openai_clients_like_one_process(model_dir, kv_cache):
     openai = pytest.importorskip("openai")
+    pytest.importorskip("llguidance")
     from live_server import free_port, start_serve, stop, wait_until_healthy
+    from test_serve_util import LiveServer
 
     from lmkit.hub import load_pretrained
-    from lmkit.infer import GenerationConfig
+    from lmkit.serve.app import create_app
     from lmkit.serve.engine import Engine
     from lmkit.tokenizers.loading import load_tokenizer
 
     tok = load_tokenizer(model_dir)
-    engine = Engine(load_pretrained(model_dir), tok, max_batch_size=4)
-    try:
-        expected = [engine.generate(tok.encode(p), GenerationConfig(max_new_tokens=16)).text for p in PROMPTS]
-    finally:
-        engine.stop()
+    engine = Engine(load_pretrained(model_dir), tok, max_batch_size=4, kv_cache=kv_cache)
+    with LiveServer(create_app(engine, model_name="tiny", template="chatml")) as one:
+        expected = _ask(one.url)
+    assert expected[1] == expected[2] and expected[1][2] == expected[3]  # batched = alone, streamed = not
     port = free_port()
-    proc = start_serve(model_dir, port, "--tp", "2", "--max-batch-size", "4", "--model-name", "tiny")
+    proc = start_serve(model_dir, port, "--tp", "2", "--max-batch-size", "4", "--model-name", "tiny",
+                       "--kv-cache", kv_cache, "--template", "chatml")
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(proc, url)
+        assert _ask(url) == expected
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-
-        def complete(prompt: str) -> str:
-            r = client.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0)
-            return r.choices[0].text
-
-        assert complete(PROMPTS[0]) == expected[0]
-        for _ in range(2):  # concurrent requests share batches (joining while others decode)
-            with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
-                assert list(pool.map(complete, PROMPTS)) == expected
-        stream = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=16, temperature=0, stream=True)
-        assert "".join(chunk.choices[0].text for chunk in stream) == expected[2]
         with pytest.raises(openai.BadRequestError, match="tensor parallelism"):
             client.embeddings.create(model="tiny", input="the cat")
-        assert complete(PROMPTS[1]) == expected[1]  # the ranks are still in step
+        assert _ask(url)[-1] == expected[-1]  # the ranks are still in step
     finally:
         stop(proc)
     assert proc.returncode in (0, -signal.SIGTERM), proc.stderr.read()[-2000:]

@@ -123,13 +123,15 @@ class CompiledGrammar:
         llg = _llg()
         self.lltok, self.ll_eos = ll_tokenizer(tokenizer)
         self.vocab = self.lltok.vocab_size
-        self.description = description
+        self.grammar, self.description = grammar, description  # the source: other processes recompile it
         self._proto = llg.LLMatcher(self.lltok, grammar, log_level=0)
         if self._proto.is_error():
             raise GrammarError(f"invalid {description}: {self._proto.get_error()}")
 
     def constraint(self, eos_ids: Sequence[int]) -> "GrammarConstraint":
-        return GrammarConstraint(self._proto.deep_copy(), self.vocab, self.ll_eos, eos_ids)
+        c = GrammarConstraint(self._proto.deep_copy(), self.vocab, self.ll_eos, eos_ids)
+        c.source = (self.grammar, self.description)
+        return c
 
 
 class GrammarConstraint:
@@ -140,6 +142,7 @@ class GrammarConstraint:
         if not self.eos_ids:
             raise ConfigError("structured output needs an end-of-sequence token id to end on (set eos_token_id)")
         self.matcher, self.vocab, self.ll_eos = matcher, vocab, ll_eos
+        self.source: tuple[str, str] | None = None  # (grammar, description) when made by a CompiledGrammar
         self._words = torch.empty(1, (vocab + 31) // 32, dtype=torch.int32)
 
     @property
@@ -193,6 +196,13 @@ def _compiled(tokenizer, kind: str, grammar: str, description: str) -> CompiledG
         while len(_GRAMMARS) > MAX_CACHED_GRAMMARS:
             _GRAMMARS.popitem(last=False)
     return g
+
+
+def constraint_from_source(tokenizer, source: tuple[str, str], eos_ids: Sequence[int]) -> GrammarConstraint:
+    """A fresh `GrammarConstraint` from another process's `constraint.source` (llguidance's matcher
+    does not pickle; the grammar text does), compiled once per grammar for `tokenizer`."""
+    grammar, description = source
+    return _compiled(tokenizer, "source", grammar, description).constraint(eos_ids)
 
 
 def json_schema_grammar(schema: dict | bool) -> str:

@@ -29,7 +29,7 @@ import collections
 import pickle
 import secrets
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from lmkit.errors import ConfigError
 from lmkit.serve.api_errors import APIError
@@ -45,6 +45,23 @@ class _SyncedHandle(RequestHandle):
 
     def cancel(self) -> None:
         self._cancels.append(self.id)
+
+
+@dataclass(frozen=True)
+class _GrammarSource:
+    """A structured-output constraint on its way to the other ranks: its grammar text (llguidance's
+    compiled matcher does not pickle), compiled again there for the same tokenizer."""
+
+    source: tuple[str, str]
+    eos_ids: tuple[int, ...]
+
+
+def _portable(constraint):
+    """What rank 0 sends for a request's constraint: the grammar source when it has one, else itself."""
+    source = getattr(constraint, "source", None)
+    if source is not None:
+        return _GrammarSource(tuple(source), tuple(constraint.eos_ids))
+    return constraint
 
 
 def _ignore(event: TokenEvent) -> None:
@@ -79,7 +96,7 @@ class TensorParallelEngine(Engine):
         if row.cfg.do_sample and row.cfg.seed is None:
             row.cfg = replace(row.cfg, seed=secrets.randbits(63))
         try:
-            pickle.dumps((row.cfg, row.constraint))
+            pickle.dumps((row.cfg, _portable(row.constraint)))
         except Exception as exc:
             raise ConfigError(f"this request's settings cannot be sent to the other tensor-parallel ranks: {exc}") \
                 from None
@@ -104,14 +121,14 @@ class TensorParallelEngine(Engine):
         if self.ranks.leader:
             rows, self._outbox = self._outbox, []
             cancels = [self._cancels.popleft() for _ in range(len(self._cancels))]
-            box = [([(r.handle.id, r.prompt, r.cfg, r.constraint) for r in rows], cancels, self._stopping)]
+            box = [([(r.handle.id, r.prompt, r.cfg, _portable(r.constraint)) for r in rows], cancels, self._stopping)]
         else:
             box = [None]
         dist.broadcast_object_list(box, src=0, group=self.ranks.control)
         sent, cancels, stopping = box[0]
         if not self.ranks.leader:
-            rows = [_Row(RequestHandle(rid), prompt, cfg, _ignore, constraint=constraint, tokens=list(prompt))
-                    for rid, prompt, cfg, constraint in sent]
+            rows = [_Row(RequestHandle(rid), prompt, cfg, _ignore, constraint=self._rebuilt(constraint),
+                         tokens=list(prompt)) for rid, prompt, cfg, constraint in sent]
             self._stopping = stopping
         for row in rows:
             super()._enqueue(row)
@@ -121,6 +138,14 @@ class TensorParallelEngine(Engine):
                 if rid in live:
                     live[rid].handle.cancelled = True
         return stopping
+
+    def _rebuilt(self, sent):
+        """A constraint as rank 0 sent it: a grammar recompiled here (see `_portable`), or the object."""
+        if isinstance(sent, _GrammarSource):
+            from lmkit.infer.structured_output import constraint_from_source
+
+            return constraint_from_source(self.tokenizer, sent.source, sent.eos_ids)
+        return sent
 
     def follow(self) -> None:
         """Ranks > 0: run the engine loop here until rank 0 stops the server."""
