@@ -46,8 +46,8 @@ def _keep_quantized_option(f):
 
 def _tp_option(f):
     return click.option("--tp", type=click.IntRange(1), default=1, show_default=True,
-                        help="Tensor parallelism: shard the model over N processes (started with torchrun, or the "
-                             "ones torchrun started); every rank computes its heads and its part of the "
+                        help="Tensor parallelism: shard the model over N processes (this command starts them, or "
+                             "uses the ones torchrun started); each computes its share of the heads and of the "
                              "vocabulary, rank 0 prints / listens. See docs/serving.md.")(f)
 
 
@@ -199,7 +199,8 @@ def serve_cmd(model_dir, adapter, host, port, api_keys, model_name, template, ma
         if is_clip_folder(model_dir):  # a CLIP model: text and image embeddings, no generation
             if adapter or loras or draft_model or ranks is not None:
                 sock.close()
-                raise click.UsageError("a CLIP model serves embeddings only: no --adapter, --lora, --draft-model or --tp")
+                raise click.UsageError("a CLIP model serves embeddings only: no --adapter, --lora, --draft-model "
+                                       "or --tp")
             app, summary = _clip_app(model_dir, name, keys, max_body_bytes, device, rate_limits)
     except LmkitError as exc:
         sock.close()
@@ -296,7 +297,8 @@ def _generation_app(sock, model_dir, adapter, name, keys, template, engine_args,
 
         vision_model, tok = _load_vision_model(model_dir, adapter, keep_quantized, loras, draft_model, device)
         if vision_model is not None and ranks is not None:
-            raise click.UsageError("--tp serves decoder checkpoints; a vision-language (LLaVA) folder runs in one process")
+            raise click.UsageError("--tp serves decoder checkpoints; a vision-language (LLaVA) folder runs in "
+                                   "one process")
         if vision_model is not None:  # a LLaVA folder: the engine runs its decoder, images go through it
             model = vision_model.language
         else:

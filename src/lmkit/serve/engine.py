@@ -58,6 +58,9 @@ cache is re-laid out compactly (cur = max n_i, capacity = cur + the most tokens 
 may still add), a copy proportional to the cache, not to the model. Under a memory budget
 the contiguous layout must reserve that capacity for every row, so it admits fewer rows.
 
+Tensor parallelism (`lmkit serve --tp N`): serve/tensor_parallel_engine.py runs this loop on every
+rank in lockstep; its only hooks here are `_new_handle`, `_enqueue` and `_await_work`.
+
 Decode steps go through lmkit.infer's runner (`forward_step`: the fused step when the
 architecture allows it, else `model.forward` with the mask and positions); prefill uses
 `ModelRunner`. Text comes from `TextStream` (never splits a character, holds back possible
