@@ -65,6 +65,77 @@ def test_tp_that_does_not_split_the_heads_is_refused_once_by_name(model_dir):
     assert proc.stderr.count("not divisible by the tensor-parallel degree 3") == 1
 
 
+def test_engine_ranks_replaying_rank0s_messages_take_the_same_steps(model_dir, monkeypatch):
+    """The lockstep contract without processes: rank 0's engine (requests joining while others decode,
+    a cancellation, an unseeded sampled request, structured output) records what it broadcasts; a
+    rank-1 engine fed those messages takes the same steps and stops at the same sync."""
+    import pickle
+    import threading
+
+    import torch.distributed as dist
+
+    from lmkit.hub import load_pretrained
+    from lmkit.infer import GenerationConfig
+    from lmkit.infer.structured_output import compile_json_schema
+    from lmkit.serve.engine import Engine
+    from lmkit.serve.tensor_parallel import Ranks
+    from lmkit.serve.tensor_parallel_engine import TensorParallelEngine
+    from lmkit.tokenizers.loading import load_tokenizer
+
+    tok, model = load_tokenizer(model_dir), load_pretrained(model_dir)
+    sent: list = []
+
+    def record(box, src, group):  # rank 0: what the others would receive
+        sent.append(pickle.loads(pickle.dumps(box[0])))
+
+    monkeypatch.setattr(dist, "broadcast_object_list", record)
+    leader = TensorParallelEngine(model, tok, ranks=Ranks(0, 2, None, None, torch.device("cpu")), max_batch_size=2)
+    greedy = GenerationConfig(max_new_tokens=8)
+    prompts = [tok.encode(p) for p in PROMPTS]
+    done = threading.Event()
+    finished: list = []
+
+    def on_event(ev) -> None:
+        if ev.finish_reason or ev.error:
+            finished.append(ev)
+            if len(finished) == 4:
+                done.set()
+
+    handles = [leader.submit(p, greedy, on_event) for p in prompts]  # 3 requests, 2 rows: one waits
+    handles.append(leader.submit(prompts[0], GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.0), on_event))
+    long = leader.submit(prompts[1], GenerationConfig(max_new_tokens=60), lambda ev: None)
+    long.cancel()  # takes effect at the next sync, on every rank
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    json_ok = leader.generate(prompts[2], GenerationConfig(max_new_tokens=8, eos_token_id=[tok.vocab_size - 1]),
+                              constraint=compile_json_schema(tok, schema))
+    assert done.wait(120) and not any(ev.error for ev in finished)
+    alone = Engine(load_pretrained(model_dir), tok)
+    try:
+        assert alone.generate(prompts[0], greedy).text == leader.generate(prompts[0], greedy).text
+    finally:
+        alone.stop()
+    leader.stop()
+    assert sent[-1][2] is True and any(msg[1] for msg in sent)  # the stop and the cancellation went out
+    assert any(cfg.do_sample and cfg.seed is not None for msg in sent for _, _, cfg, _ in msg[0])  # seeded on rank 0
+    assert json_ok.text.startswith("{")
+
+    replay = list(sent)
+
+    def receive(box, src, group):  # rank 1: rank 0's messages, in order
+        box[0] = replay.pop(0)
+
+    monkeypatch.setattr(dist, "broadcast_object_list", receive)
+    follower = TensorParallelEngine(load_pretrained(model_dir), tok, ranks=Ranks(1, 2, None, None,
+                                                                                 torch.device("cpu")),
+                                    max_batch_size=2)
+    follower.follow()
+    assert replay == []  # it synced exactly as often as rank 0
+    a, b = leader.stats, follower.stats
+    assert a.batch_rows > a.decode_steps > 0 and a.errors == 0  # rows were batched; nothing failed
+    assert (a.requests, a.prefills, a.decode_steps, a.batch_rows, a.generated_tokens, a.errors) == \
+        (b.requests, b.prefills, b.decode_steps, b.batch_rows, b.generated_tokens, b.errors)
+
+
 def _ask(url: str) -> list:
     """What the tests ask a server: one completion, twice three at once (they share batches, joining
     while others decode), a stream, a JSON-schema chat (structured output), then one more."""
