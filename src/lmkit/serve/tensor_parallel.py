@@ -69,9 +69,9 @@ def launch_workers(tp: int) -> None:
     """Run `tp` copies of this command as the ranks (what `torchrun --standalone` does) and exit with theirs.
 
     Each copy gets RANK / LOCAL_RANK / WORLD_SIZE and a rendezvous on a free loopback port
-    (MASTER_ADDR / MASTER_PORT), and OMP_NUM_THREADS = cores / tp unless it is set. Ctrl-C and SIGTERM
-    are passed on (`lmkit serve`: rank 0 drains its requests, then stops the others); when one rank
-    fails the others are ended. The arguments are this process's own (sys.argv), so the command
+    (MASTER_ADDR / MASTER_PORT), and OMP_NUM_THREADS = cores / tp unless it is set. SIGTERM is passed
+    on and Ctrl-C reaches the ranks from the terminal (`lmkit serve`: rank 0 drains its requests,
+    then stops the others); when one rank fails the others are ended. The arguments are this process's own (sys.argv), so the command
     must come from the command line (`lmkit ...` or `python -m lmkit ...`) and name --tp."""
     import signal
     import socket
@@ -96,6 +96,8 @@ def launch_workers(tp: int) -> None:
 
     def forward(signum, frame) -> None:
         asked.append(signum)
+        if signum == signal.SIGINT:  # Ctrl-C reaches every process of the terminal's group already; a
+            return  # second one would make rank 0's server quit at once instead of draining
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
