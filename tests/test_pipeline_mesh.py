@@ -93,7 +93,13 @@ def reference(single) -> list[float]:
 @pytest.fixture(scope="module")
 def mesh4(tmp_path_factory) -> tuple[dict, str]:
     out = str(tmp_path_factory.mktemp("mesh4"))
-    return _spawn(4, out, ["pp2xdp2", "pp2xdp2-fsdp", "pp2xtp2"]), out
+    return _spawn(4, out, ["pp2xdp2", "pp2xtp2"]), out
+
+
+@pytest.fixture(scope="module")
+def mesh4_fsdp(tmp_path_factory) -> tuple[dict, str]:
+    out = str(tmp_path_factory.mktemp("mesh4_fsdp"))
+    return _spawn(4, out, ["pp2xdp2-fsdp"]), out
 
 
 def _check_curve(results: dict, name: str, reference: list[float]) -> None:
@@ -104,18 +110,28 @@ def _check_curve(results: dict, name: str, reference: list[float]) -> None:
         assert max(abs(a - b) for a, b in zip(reference, got)) < 1e-5, (name, rank)
 
 
-@pytest.mark.parametrize("name", ["pp2xdp2", "pp2xdp2-fsdp", "pp2xtp2"])
+@pytest.mark.parametrize("name", ["pp2xdp2", "pp2xtp2"])
 def test_pp_with_dp_or_tp_loss_curve_equals_one_process(mesh4, reference, name):
     _check_curve(mesh4[0], name, reference)
 
 
-@pytest.mark.parametrize("name", ["pp2xdp2", "pp2xdp2-fsdp", "pp2xtp2"])
+@pytest.mark.slow
+def test_pp_x_fsdp_loss_curve_and_checkpoint_equal_one_process(mesh4_fsdp, reference, single):
+    _check_curve(mesh4_fsdp[0], "pp2xdp2-fsdp", reference)
+    _check_checkpoint(mesh4_fsdp[1], "pp2xdp2-fsdp", single)
+
+
+@pytest.mark.parametrize("name", ["pp2xdp2", "pp2xtp2"])
 def test_pp_mesh_checkpoint_holds_the_whole_model_and_optimizer(mesh4, single, name):
-    """Each layout's final checkpoint (stages gathered, dp / tp shards made whole) equals the
+    _check_checkpoint(mesh4[1], name, single)
+
+
+def _check_checkpoint(out_dir: str, name: str, single: Trainer) -> None:
+    """The layout's final checkpoint (stages gathered, dp / tp shards made whole) equals the
     one-process run's weights and name-keyed optimizer state."""
     from lmkit.train import checkpoint as ckpt_io
 
-    ckpt = ckpt_io.latest_checkpoint(f"{mesh4[1]}/{name}")
+    ckpt = ckpt_io.latest_checkpoint(f"{out_dir}/{name}")
     assert ckpt is not None and ckpt.name.endswith(str(STEPS))
     weights, want = ckpt_io.read_model_state(ckpt), single.raw_model.state_dict()
     assert set(weights) == set(want)
@@ -141,5 +157,6 @@ def test_pp_x_tp_checkpoint_resumes_in_one_process(mesh4, tmp_path):
 
 
 @pytest.mark.slow
-def test_3d_mesh_pp2_dp2_tp2_loss_curve_equals_one_process(reference, tmp_path):
+def test_3d_mesh_pp2_dp2_tp2_loss_curve_equals_one_process(reference, single, tmp_path):
     _check_curve(_spawn(8, str(tmp_path), ["pp2xdp2xtp2"]), "pp2xdp2xtp2", reference)
+    _check_checkpoint(str(tmp_path), "pp2xdp2xtp2", single)

@@ -81,6 +81,28 @@ class ParallelConfig:
         return cls(**value)
 
 
+def parse_parallel(text: str) -> ParallelConfig:
+    """A ``parallel:`` section from the command line: ``dp=2,tp=2,fsdp=true`` (values parsed as
+    YAML scalars), or a .yaml/.json file whose ``parallel:`` mapping (top level, or inside its
+    ``train:`` section, as in a pretrain config) gives the layout."""
+    import yaml
+
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        section = data.get("parallel", (data.get("train") or {}).get("parallel")) if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: no parallel: mapping (at the top level or under train:)")
+        return ParallelConfig.from_value(section)
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"parallel {item!r}: expected KEY=VALUE such as tp=2 (or a config file with a parallel: section)")
+        values[key.strip()] = yaml.safe_load(value)
+    return ParallelConfig.from_value(values)
+
+
 @dataclass
 class TrainConfig:
     # optimizer
