@@ -52,6 +52,10 @@ def _run(name: str, out_dir: str) -> tuple[str, list[float]]:
     trainer = Trainer(_model(), _config(out_dir, parallel=parallel, grad_accum_steps=accum), _rows())
     losses = [r["loss"] for r in trainer.train()]
     trainer.full_model()  # collective: gathers the stages (and their shards) on rank 0
+    if name == "pp2xtp2":  # DCP: each rank writes its stage's tp shards
+        from lmkit.train.distributed_checkpoint import save_distributed
+
+        save_distributed(f"{out_dir}/dcp", trainer.raw_model, trainer.optimizer, step=STEPS)
     return trainer.strategy, losses
 
 
@@ -140,6 +144,19 @@ def _check_checkpoint(out_dir: str, name: str, single: Trainer) -> None:
     assert [sorted(g["params"]) for g in optim["param_groups"]] == [sorted(g["params"]) for g in want_optim["param_groups"]]
     for name_, state in want_optim["state"].items():
         assert float((optim["state"][name_]["exp_avg_sq"] - state["exp_avg_sq"]).abs().max()) < 1e-6
+
+
+def test_pp_x_tp_distributed_checkpoint_loads_whole_in_one_process(mesh4):
+    """A DCP checkpoint written by the pp2 x tp2 stages (each its own layers, as tp shards)
+    loads into one whole model with the weights of the Trainer's gathered checkpoint."""
+    from lmkit.train import checkpoint as ckpt_io
+    from lmkit.train.distributed_checkpoint import load_distributed
+
+    model = _model()
+    assert load_distributed(f"{mesh4[1]}/pp2xtp2/dcp", model) == STEPS
+    want = ckpt_io.read_model_state(ckpt_io.latest_checkpoint(f"{mesh4[1]}/pp2xtp2"))
+    got = model.state_dict()
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) == 0.0
 
 
 def test_pp_x_tp_checkpoint_resumes_in_one_process(mesh4, tmp_path):
