@@ -23,7 +23,8 @@ from lmkit.cli_grammar import progress_flags
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd", "momentum"]), default="adamw", show_default=True)
 @click.option("--checkpointing/--no-checkpointing", default=False, help="gradient checkpointing (recompute)")
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True, help="ZeRO stage")
-@click.option("--devices", type=click.IntRange(1), default=1, show_default=True, help="data-parallel devices (with --tp/--pp: the dp degree; --zero 3 for FSDP)")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="data-parallel devices (with --tp/--pp: the dp degree; --zero 3 for FSDP)")
 @click.option("--tp", type=click.IntRange(1), default=1, show_default=True, help="tensor-parallel degree")
 @click.option("--pp", type=click.IntRange(1), default=1, show_default=True, help="pipeline-parallel stages")
 @click.option("--sp/--no-sp", "sp", default=False, help="sequence parallelism (with --tp)")

@@ -98,7 +98,8 @@ def parse_parallel(text: str) -> ParallelConfig:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"parallel {item!r}: expected KEY=VALUE such as tp=2 (or a config file with a parallel: section)")
+            raise ConfigError(f"parallel {item!r}: expected KEY=VALUE such as tp=2 "
+                              "(or a config file with a parallel: section)")
         values[key.strip()] = yaml.safe_load(value)
     return ParallelConfig.from_value(values)
 

@@ -134,7 +134,8 @@ class Pipeline:
         self.module = split_model(model, pp, stage)
         self.is_first, self.is_last = stage == 0, stage == pp - 1
         self.n_microbatches = n_microbatches
-        self.stage = PipelineStage(wrap(self.module) if wrap else self.module, stage, pp, device or torch.device("cpu"), group=group)
+        self.stage = PipelineStage(wrap(self.module) if wrap else self.module, stage, pp,
+                                   device or torch.device("cpu"), group=group)
         kind = Schedule1F1B if schedule == "1f1b" else ScheduleGPipe
         self.schedule = kind(self.stage, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)
 
