@@ -42,15 +42,16 @@ def _rows():
 
 
 def _config(out_dir: str, max_steps: int = STEPS, **kw) -> TrainConfig:
+    """20 steps, evaluated on 4 held-out batches at steps 10 and 20."""
     return TrainConfig(max_steps=max_steps, lr=5e-3, schedule="constant", precision="fp32", progress=False,
-                       max_grad_norm=1.0, out_dir=out_dir, compile=False, **kw)
+                       max_grad_norm=1.0, out_dir=out_dir, compile=False, eval_every=10, **kw)
 
 
 def _run(name: str, out_dir: str) -> tuple[str, list[float]]:
     parallel, _ = LAYOUTS[name]
     accum = 2 // parallel.get("dp", 1)  # the same 4 rows per step as one process accumulating 2 batches
-    trainer = Trainer(_model(), _config(out_dir, parallel=parallel, grad_accum_steps=accum), _rows())
-    losses = [r["loss"] for r in trainer.train()]
+    trainer = Trainer(_model(), _config(out_dir, parallel=parallel, grad_accum_steps=accum), _rows(), _rows()[:4])
+    losses = [r["loss"] for r in trainer.train()] + [r["eval_loss"] for r in trainer.history if "eval_loss" in r]
     trainer.full_model()  # collective: gathers the stages (and their shards) on rank 0
     if name == "pp2xtp2":  # DCP: each rank writes its stage's tp shards
         from lmkit.train.distributed_checkpoint import save_distributed
@@ -84,14 +85,16 @@ def _spawn(world: int, out_dir: str, names: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Trainer:
-    trainer = Trainer(_model(), _config(str(tmp_path_factory.mktemp("single")), grad_accum_steps=2), _rows())
+    trainer = Trainer(_model(), _config(str(tmp_path_factory.mktemp("single")), grad_accum_steps=2), _rows(),
+                      _rows()[:4])
     trainer.train()
     return trainer
 
 
 @pytest.fixture(scope="module")
 def reference(single) -> list[float]:
-    return [r["loss"] for r in single.history]
+    """The step losses, then the two eval losses."""
+    return [r["loss"] for r in single.history] + [r["eval_loss"] for r in single.history if "eval_loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +110,10 @@ def mesh4_fsdp(tmp_path_factory) -> tuple[dict, str]:
 
 
 def _check_curve(results: dict, name: str, reference: list[float]) -> None:
-    assert reference[-1] < reference[0] - 0.1  # it learns, so the curves compare something
+    assert reference[STEPS - 1] < reference[0] - 0.1  # it learns, so the curves compare something
     for rank, result in results.items():
         strategy, got = result[name]
-        assert strategy == STRATEGY[name]
+        assert strategy == STRATEGY[name] and len(got) == len(reference) == STEPS + 2
         assert max(abs(a - b) for a, b in zip(reference, got)) < 1e-5, (name, rank)
 
 
