@@ -47,17 +47,20 @@ def _config(out_dir: str, max_steps: int = STEPS, **kw) -> TrainConfig:
                        max_grad_norm=1.0, out_dir=out_dir, compile=False, eval_every=10, **kw)
 
 
-def _run(name: str, out_dir: str) -> tuple[str, list[float]]:
+def _run(name: str, out_dir: str) -> tuple[str, list[float], bool]:
     parallel, _ = LAYOUTS[name]
     accum = 2 // parallel.get("dp", 1)  # the same 4 rows per step as one process accumulating 2 batches
     trainer = Trainer(_model(), _config(out_dir, parallel=parallel, grad_accum_steps=accum), _rows(), _rows()[:4])
     losses = [r["loss"] for r in trainer.train()] + [r["eval_loss"] for r in trainer.history if "eval_loss" in r]
-    trainer.full_model()  # collective: gathers the stages (and their shards) on rank 0
+    full = trainer.full_model()  # collective: gathers the stages (and their shards) on rank 0 (HF export)
+    if full is not None:  # a file: the queue's pipe would block on a state dict (the parent reads after join)
+        torch.save(full.state_dict(), f"{out_dir}/full_model.pt")
+    weights = full is not None
     if name == "pp2xtp2":  # DCP: each rank writes its stage's tp shards
         from lmkit.train.distributed_checkpoint import save_distributed
 
         save_distributed(f"{out_dir}/dcp", trainer.raw_model, trainer.optimizer, step=STEPS)
-    return trainer.strategy, losses
+    return trainer.strategy, losses, weights
 
 
 def _worker(rank: int, world: int, port: int, queue, out_dir: str, names: list[str]) -> None:
@@ -112,8 +115,9 @@ def mesh4_fsdp(tmp_path_factory) -> tuple[dict, str]:
 def _check_curve(results: dict, name: str, reference: list[float]) -> None:
     assert reference[STEPS - 1] < reference[0] - 0.1  # it learns, so the curves compare something
     for rank, result in results.items():
-        strategy, got = result[name]
+        strategy, got, weights = result[name]
         assert strategy == STRATEGY[name] and len(got) == len(reference) == STEPS + 2
+        assert weights == (rank == 0)  # Trainer.full_model(): the whole model on rank 0 only
         assert max(abs(a - b) for a, b in zip(reference, got)) < 1e-5, (name, rank)
 
 
@@ -125,24 +129,26 @@ def test_pp_with_dp_or_tp_loss_curve_equals_one_process(mesh4, reference, name):
 @pytest.mark.slow
 def test_pp_x_fsdp_loss_curve_and_checkpoint_equal_one_process(mesh4_fsdp, reference, single):
     _check_curve(mesh4_fsdp[0], "pp2xdp2-fsdp", reference)
-    _check_checkpoint(mesh4_fsdp[1], "pp2xdp2-fsdp", single)
+    _check_checkpoint(mesh4_fsdp, "pp2xdp2-fsdp", single)
 
 
 @pytest.mark.parametrize("name", ["pp2xdp2", "pp2xtp2"])
 def test_pp_mesh_checkpoint_holds_the_whole_model_and_optimizer(mesh4, single, name):
-    _check_checkpoint(mesh4[1], name, single)
+    _check_checkpoint(mesh4, name, single)
 
 
-def _check_checkpoint(out_dir: str, name: str, single: Trainer) -> None:
+def _check_checkpoint(results: tuple[dict, str], name: str, single: Trainer) -> None:
     """The layout's final checkpoint (stages gathered, dp / tp shards made whole) equals the
-    one-process run's weights and name-keyed optimizer state."""
+    one-process run's weights and name-keyed optimizer state, and `full_model()` equals it."""
     from lmkit.train import checkpoint as ckpt_io
 
-    ckpt = ckpt_io.latest_checkpoint(f"{out_dir}/{name}")
+    ckpt = ckpt_io.latest_checkpoint(f"{results[1]}/{name}")
     assert ckpt is not None and ckpt.name.endswith(str(STEPS))
     weights, want = ckpt_io.read_model_state(ckpt), single.raw_model.state_dict()
     assert set(weights) == set(want)
     assert max(float((weights[k] - want[k]).abs().max()) for k in want) < 1e-4
+    full = torch.load(f"{results[1]}/{name}/full_model.pt")
+    assert all(torch.equal(full[k], weights[k]) for k in weights)
     optim, want_optim = ckpt_io.read_torch(ckpt, "optimizer.pt"), single._full_optimizer_state()
     assert [sorted(g["params"]) for g in optim["param_groups"]] == [sorted(g["params"]) for g in want_optim["param_groups"]]
     for name_, state in want_optim["state"].items():
@@ -178,5 +184,6 @@ def test_pp_x_tp_checkpoint_resumes_in_one_process(mesh4, tmp_path):
 
 @pytest.mark.slow
 def test_3d_mesh_pp2_dp2_tp2_loss_curve_equals_one_process(reference, single, tmp_path):
-    _check_curve(_spawn(8, str(tmp_path), ["pp2xdp2xtp2"]), "pp2xdp2xtp2", reference)
-    _check_checkpoint(str(tmp_path), "pp2xdp2xtp2", single)
+    results = _spawn(8, str(tmp_path), ["pp2xdp2xtp2"])
+    _check_curve(results, "pp2xdp2xtp2", reference)
+    _check_checkpoint((results, str(tmp_path)), "pp2xdp2xtp2", single)
