@@ -16,8 +16,12 @@ in one process (grad_accum 2 over the same rows). Every process runs one torch t
   pp-gpipe   2           2 stages of 2 layers, 4 micro-batches of 2 rows
   pp-1f1b    2           the same with 1F1B
   fsdp x tp  4           dp 2 x tp 2 (4 processes on the cores there are)
+  pp x dp    4           pp 2 x dp 2: each dp rank 4 rows through 2 stages (2 micro-batches),
+                         stage gradients all-reduced over dp (torch's replicate)
+  pp x tp    4           pp 2 x tp 2: 8 rows through 2 stages (4 micro-batches), each
+                         stage's layers split in 2, the LM head gathering its logits
 
-    OMP_NUM_THREADS=1 python3 bench/bench_parallel_strategies.py [--steps 8] [--skip-4]
+    OMP_NUM_THREADS=1 python3 bench/bench_parallel_strategies.py [--steps 8] [--skip-4] [--only none,pp x dp]
 
 Last line: best 2-process step time / one-process step time.
 """
@@ -48,6 +52,8 @@ LAYOUTS = {  # name: (processes, TrainConfig keywords, rows per batch the data y
     "pp-gpipe": (2, dict(parallel={"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}), 8),
     "pp-1f1b": (2, dict(parallel={"pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 4}), 8),
     "fsdp x tp": (4, dict(parallel={"dp": 2, "tp": 2, "fsdp": True}), 4),
+    "pp x dp": (4, dict(parallel={"pp": 2, "dp": 2, "pp_microbatches": 2}), 4),
+    "pp x tp": (4, dict(parallel={"pp": 2, "tp": 2, "pp_microbatches": 4}), 8),
 }
 
 
@@ -114,32 +120,41 @@ def communication_mb(name: str) -> float:
         return 3 * 1 / 2 * params / 1e6
     if name in ("tp", "tp+sp"):  # 2 all-reduces per block forward + 2 backward, + embedding fwd, head input bwd
         return (4 * cfg.n_layers + 2) * 2 * 1 / 2 * act / 1e6
-    if name.startswith("pp"):  # stage 0 sends the hidden states of every micro-batch, stage 1 their gradients
+    if name in ("pp-gpipe", "pp-1f1b"):  # stage 0 sends the hidden states of every micro-batch, stage 1 their gradients
         return act / 1e6
     if name == "fsdp x tp":  # TP inside a pair on its 4 rows, FSDP over the half-size shards across pairs
         return ((4 * cfg.n_layers + 2) * 2 * 1 / 2 * act / 2 + 3 * 1 / 2 * params / 2) / 1e6
+    if name == "pp x dp":  # its half of the rows across the stage boundary, its stage's grads all-reduced
+        return (act / 2 + 2 * 1 / 2 * params / 2) / 1e6
+    if name == "pp x tp":  # the stage boundary, TP all-reduces on the stage's half of the layers (+ the
+        # embedding or the head input), and the last stage's logits all-gather over the vocabulary
+        logits = ROWS * SEQ * cfg.vocab_size * 4
+        return (act + (4 * cfg.n_layers // 2 + 1) * 2 * 1 / 2 * act + 1 / 2 * logits / 2) / 1e6
     raise KeyError(name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--skip-4", action="store_true", help="leave out the 4-process FSDP x TP run")
+    parser.add_argument("--skip-4", action="store_true", help="leave out the 4-process runs")
+    parser.add_argument("--only", default=None, help="comma-separated layouts to run (none is always run)")
     args = parser.parse_args()
+    only = None if args.only is None else {"none", *(n.strip() for n in args.only.split(","))}
     results = {}
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     print("| strategy | processes | step (s) | vs one process | sent per process per step (MB) |")
     print("|---|---|---|---|---|")
     for name, (world, _, _) in LAYOUTS.items():
-        if args.skip_4 and world == 4:
+        if (args.skip_4 and world == 4) or (only is not None and name not in only):
             continue
         results[name] = step_seconds(name, args.steps)
         print(f"| {name} | {world} | {results[name]:.3f} | {results[name] / results['none']:.2f} | "
               f"{communication_mb(name):.1f} |", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     print(json.dumps(results))
-    best = min(v for k, v in results.items() if LAYOUTS[k][0] == 2)
-    print(f"{best / results['none']:.3f}")
+    pairs = [v for k, v in results.items() if LAYOUTS[k][0] == 2]
+    if pairs:
+        print(f"{min(pairs) / results['none']:.3f}")
 
 
 if __name__ == "__main__":

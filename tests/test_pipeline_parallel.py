@@ -211,3 +211,29 @@ def test_parallel_section_is_validated_and_resolved():
         TrainConfig(parallel={"tp": 2}, strategy="ddp")
     with pytest.raises(ConfigError, match="pp_schedule"):
         ParallelConfig(pp=2, pp_schedule="zero-bubble")
+
+
+def test_memory_estimate_of_the_3d_mesh():
+    """dp x tp x pp: FSDP over dp divides the weights (and their gradient and optimizer state) by
+    dp again; DDP leaves them; under pp x tp the last stage keeps the gathered, whole logits."""
+    from click.testing import CliRunner
+
+    from lmkit.train.commands import memory_cmd
+
+    cfg = ModelConfig(**{**MEM, "n_layers": 4})
+    kw = dict(batch=MEM_BATCH, seq=MEM_SEQ, precision="fp32", tp=2, pp=2, microbatches=MEM_MICRO)
+    both = estimate_parallel_memory(cfg, **kw)
+    assert estimate_parallel_memory(cfg, **kw, dp=2).weights == both.weights  # DDP replicas
+    sharded = estimate_parallel_memory(cfg, **kw, dp=2, fsdp=True)
+    assert sharded.weights == pytest.approx(both.weights / 2) and sharded.peak < both.peak
+    micro = MEM_BATCH // MEM_MICRO
+    whole_logits = micro * MEM_SEQ * MEM["vocab_size"] * 4
+    last = estimate_parallel_memory(cfg, **kw, stage=1)
+    assert last.details["activations_per_micro_batch"] > 2 * whole_logits  # the logits and their log-softmax
+    result = CliRunner().invoke(memory_cmd, ["llama-7b", "--tp", "2", "--pp", "2", "--devices", "2", "--zero", "3",
+                                             "--batch", "8", "--seq", "512", "--json"])
+    single = CliRunner().invoke(memory_cmd, ["llama-7b", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert 0.1 < json.loads(result.output)["weights"] / json.loads(single.output)["weights"] < 0.15

@@ -97,7 +97,7 @@ def _method_config(method: str, r, alpha, dropout, targets, rslora, options: dic
 
 
 def _run(method, model_dir, data, eval_data, out, template, method_config, steps, lr, batch_size, seq_len, pack,
-         eval_fraction, seed, device, precision, max_len):
+         eval_fraction, seed, device, precision, max_len, parallel=None):
     from lmkit.cli_grammar import check_fits_context
     from lmkit.data.sft import load_sft_examples, sft_loader
     from lmkit.hub import load_pretrained
@@ -139,8 +139,10 @@ def _run(method, model_dir, data, eval_data, out, template, method_config, steps
     train = sft_loader(examples, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, seed=seed)
     held_loader = sft_loader(held, batch_size, pack=pack, seq_len=seq_len, pad_id=pad, shuffle=False)
     tc = SFT_DEFAULTS.train_config(method, steps, lr, out_dir=str(out / "run"), seed=seed, device=device,
-                                   precision=precision, eval_steps=0)
+                                   precision=precision, eval_steps=0, parallel=parallel)
     report = run_finetune(method, model, tokenizer, train, held_loader, method_config, tc)
+    if report is None:  # a rank other than 0 of a sharded run: rank 0 writes the gathered model
+        return None
     model = report.model
     out.mkdir(parents=True, exist_ok=True)
     base = str(model_dir.resolve())  # recorded, so `lmkit chat/serve/generate ADAPTER` finds the base
@@ -229,17 +231,29 @@ def finetune_cmd(model_dir, data, data_option, method, out, r, alpha, dropout, t
 @click.argument("model_dir", type=click.Path(exists=True))
 @click.argument("data", type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="output model directory")
+@click.option("--parallel", "parallel", default=None, metavar="SPEC",
+              help="under torchrun: the layout, as in a pretrain config's parallel: section; KEY=VALUE,... "
+                   "(e.g. tp=2 or dp=2,tp=2,fsdp=true) or a YAML/JSON file with a parallel: section "
+                   "(default: DDP over the launched processes)")
 @_train_options
-def sft_cmd(model_dir, data, out, steps, lr, batch_size, seq_len, pack, eval_data, eval_fraction, template, seed,
-            device, precision, max_len):
+def sft_cmd(model_dir, data, out, parallel, steps, lr, batch_size, seq_len, pack, eval_data, eval_fraction, template,
+            seed, device, precision, max_len):
     """Supervised fine-tuning: train every weight of MODEL_DIR on DATA (loss on assistant tokens only).
 
+    Under `torchrun --nproc-per-node N -m lmkit sft ... --parallel tp=2` the N processes split the
+    model as the parallel: section says (docs/training.md); rank 0 writes the gathered model.
     (The old order `lmkit sft DATA MODEL_DIR` still works, with a deprecation note.)"""
     from lmkit.cli_grammar import model_then_data
+    from lmkit.errors import ConfigError
+    from lmkit.train.config import parse_parallel
 
     model_dir, data = model_then_data(model_dir, data, "sft")
+    try:
+        layout = parse_parallel(parallel) if parallel else None
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--parallel") from exc
     _run("full", model_dir, data, eval_data, out, template, None, steps, lr, batch_size,
-         seq_len, pack, eval_fraction, seed, device, precision, max_len)
+         seq_len, pack, eval_fraction, seed, device, precision, max_len, parallel=layout)
 
 
 @click.command("merge")

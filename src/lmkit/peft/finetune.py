@@ -253,10 +253,13 @@ def run_finetune(
     train_config: TrainConfig | None = None,
     *,
     check_base: bool = True,
-) -> FinetuneReport:
+) -> FinetuneReport | None:
     """Fine-tune `model` in place with `method` on `train_data`; returns the measured report,
     whose `.model` is the trained model (the same object, or the wrapper a method such as
-    prompt tuning puts around it). `tokenizer` is accepted for methods that need one."""
+    prompt tuning puts around it). `tokenizer` is accepted for methods that need one.
+
+    Under a sharded layout (`train_config.parallel` with tp / pp / fsdp, method 'full') the
+    report's model is the gathered whole model, on rank 0; the other ranks get None."""
     from lmkit.train.trainer import Trainer
 
     if method not in all_methods():
@@ -293,6 +296,12 @@ def run_finetune(
     t0 = time.perf_counter()
     records = trainer.train()
     seconds = time.perf_counter() - t0
+    if trainer.strategy not in ("none", "ddp"):  # sharded or split: the whole model, on rank 0 only
+        if method != "full":
+            raise ConfigError(f"method {method!r} trains under one process or DDP; a parallel: layout needs 'full'")
+        model = trainer.full_model()
+        if model is None:
+            return None  # rank > 0: rank 0 reports and saves
     eval_loss = evaluate_loss(model, eval_data, device, train_config.eval_steps or None) if eval_data is not None else None
 
     extra: dict[str, Any] = {"config": config.to_dict() if hasattr(config, "to_dict") else None}

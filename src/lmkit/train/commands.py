@@ -23,7 +23,8 @@ from lmkit.cli_grammar import progress_flags
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd", "momentum"]), default="adamw", show_default=True)
 @click.option("--checkpointing/--no-checkpointing", default=False, help="gradient checkpointing (recompute)")
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True, help="ZeRO stage")
-@click.option("--devices", type=click.IntRange(1), default=1, show_default=True, help="data-parallel devices")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="data-parallel devices (with --tp/--pp: the dp degree; --zero 3 for FSDP)")
 @click.option("--tp", type=click.IntRange(1), default=1, show_default=True, help="tensor-parallel degree")
 @click.option("--pp", type=click.IntRange(1), default=1, show_default=True, help="pipeline-parallel stages")
 @click.option("--sp/--no-sp", "sp", default=False, help="sequence parallelism (with --tp)")
@@ -59,9 +60,9 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
     elif n_params is None:
         raise click.UsageError(f"give MODEL (a preset: {', '.join(sorted(PRESETS))}; or a config.json) or --params N")
     if tp > 1 or pp > 1 or sp:
-        if config is None or method != "full" or zero:
+        if config is None or method != "full" or zero not in (0, 3):
             raise click.UsageError("--tp/--pp/--sp need a model shape (MODEL or --layers/--hidden), "
-                                   "--method full and no --zero")
+                                   "--method full and --zero 0 (DDP over --devices) or 3 (FSDP over --devices)")
         from dataclasses import replace
 
         from lmkit.train.parallel_memory import estimate_parallel_memory
@@ -69,13 +70,14 @@ def memory_cmd(model, n_params, layers, hidden, heads, ffn, vocab, seq, batch, m
         est = estimate_parallel_memory(
             replace(config, tie_embeddings=False), batch=batch, seq=seq, precision=precision, optimizer=optimizer,
             tp=tp, pp=pp, sequence_parallel=sp, microbatches=microbatches, schedule=schedule,
-            checkpointing=checkpointing,
+            checkpointing=checkpointing, dp=devices, fsdp=zero == 3,
         )
         if as_json:
             click.echo(_json.dumps(est.to_dict(), indent=2))
             return
         d = est.details
-        click.echo(f"per process of tp={tp} x pp={pp}{' with sequence parallelism' if sp else ''}: the busiest is "
+        mesh = (f"dp={devices}{' (FSDP)' if zero == 3 else ''} x " if devices > 1 else "") + f"tp={tp} x pp={pp}"
+        click.echo(f"per process of {mesh}{' with sequence parallelism' if sp else ''}: the busiest is "
                    f"pipeline stage {d['stage']} ({d['layers_on_stage']} layers, {d['in_flight']} micro-batch(es) "
                    f"of {d['micro_batch']} rows in flight, {schedule})")
         click.echo(est.table(unit))

@@ -30,9 +30,11 @@ class ParallelConfig:
 
     dp x tp x pp must equal the number of processes (dp=0: whatever tp and pp leave). The
     processes form a DeviceMesh with named dims ("pp", "dp", "tp"), tp innermost so that a
-    tensor-parallel group is the closest processes (one node's GPUs). Supported layouts:
-    dp alone (DDP, or FSDP with ``fsdp: true``), tp alone (+ ``sequence_parallel``), dp x tp with
-    ``fsdp: true`` (FSDP over dp of a TP-sharded model), pp alone.
+    tensor-parallel group is the closest processes (one node's GPUs) and pipeline stages the
+    farthest (torchtitan's order). Supported layouts: dp alone (DDP, or FSDP with ``fsdp: true``),
+    tp alone (+ ``sequence_parallel``), dp x tp with ``fsdp: true`` (FSDP over dp of a TP-sharded
+    model), pp alone, and pp with any of those inside each stage (pp x dp, pp x tp, pp x dp x tp
+    with ``fsdp: true``; no sequence parallelism under pp).
     """
 
     dp: int = 0
@@ -54,9 +56,9 @@ class ParallelConfig:
             raise ConfigError(f"ParallelConfig.pp_schedule={self.pp_schedule!r}: must be one of {PIPELINE_SCHEDULES}")
         if self.sequence_parallel and self.tp == 1:
             raise ConfigError("ParallelConfig.sequence_parallel=True needs tp > 1")
-        if self.pp > 1 and (self.tp > 1 or self.dp > 1 or self.fsdp):
-            raise ConfigError("ParallelConfig: pp > 1 combined with dp or tp is not supported yet; "
-                              "use pp alone, or dp x tp")
+        if self.pp > 1 and self.sequence_parallel:
+            raise ConfigError("ParallelConfig: sequence_parallel with pp > 1 is not supported (a stage boundary "
+                              "would carry a sequence shard); drop sequence_parallel or pp")
 
     def resolve(self, world_size: int) -> "ParallelConfig":
         """A copy with dp filled in for `world_size` processes; refuses a product that does not fit."""
@@ -77,6 +79,29 @@ class ParallelConfig:
         if unknown:
             raise ConfigError(f"TrainConfig.parallel: unknown keys {unknown}; known keys are {sorted(known)}")
         return cls(**value)
+
+
+def parse_parallel(text: str) -> ParallelConfig:
+    """A ``parallel:`` section from the command line: ``dp=2,tp=2,fsdp=true`` (values parsed as
+    YAML scalars), or a .yaml/.json file whose ``parallel:`` mapping (top level, or inside its
+    ``train:`` section, as in a pretrain config) gives the layout."""
+    import yaml
+
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        section = data.get("parallel", (data.get("train") or {}).get("parallel")) if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: no parallel: mapping (at the top level or under train:)")
+        return ParallelConfig.from_value(section)
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"parallel {item!r}: expected KEY=VALUE such as tp=2 "
+                              "(or a config file with a parallel: section)")
+        values[key.strip()] = yaml.safe_load(value)
+    return ParallelConfig.from_value(values)
 
 
 @dataclass

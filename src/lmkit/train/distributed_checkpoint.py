@@ -3,7 +3,9 @@
 Each rank writes only the shards it holds, with metadata naming every tensor's global shape,
 so a run saved under one layout (TP=2, FSDP=4, one process) loads under another: DCP reads
 whichever byte ranges the new layout needs. Optimizer state is keyed by parameter name, not by
-position, so it follows the weights. `export_hf` turns such a checkpoint into a plain Hugging
+position, so it follows the weights. Pipeline stages (alone or with tp / dp inside) keep the
+whole model's parameter names, so each writes its own layers and the stages together make the
+whole model (tests/test_pipeline_mesh.py loads a pp2 x tp2 save into one process). `export_hf` turns such a checkpoint into a plain Hugging
 Face folder for `transformers` and every lmkit command.
 
 Atomicity: the checkpoint is written into `<dir>.tmp` and renamed once every rank has

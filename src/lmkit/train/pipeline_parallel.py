@@ -111,11 +111,16 @@ class Pipeline:
     back-propagated as it is (no division by the number of micro-batches): give it the
     micro-batch's share of the step's loss, e.g. its summed token losses over the step's
     target count, and the gradients equal one process's on the whole batch.
+
+    `wrap(stage) -> module` puts data parallelism around the stage (DDP, or `fully_shard` in
+    place) before the schedule sees it; torch's stage then syncs gradients on the last
+    micro-batch only. `module` stays the unwrapped stage (whole-model parameter names).
     """
 
     def __init__(self, model: nn.Module, group, n_microbatches: int, schedule: str = "1f1b",
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
         import torch.distributed as dist
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -129,7 +134,8 @@ class Pipeline:
         self.module = split_model(model, pp, stage)
         self.is_first, self.is_last = stage == 0, stage == pp - 1
         self.n_microbatches = n_microbatches
-        self.stage = PipelineStage(self.module, stage, pp, device or torch.device("cpu"), group=group)
+        self.stage = PipelineStage(wrap(self.module) if wrap else self.module, stage, pp,
+                                   device or torch.device("cpu"), group=group)
         kind = Schedule1F1B if schedule == "1f1b" else ScheduleGPipe
         self.schedule = kind(self.stage, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)
 

@@ -301,8 +301,10 @@ class Trainer:
 
     # ---- state (de)serialisation --------------------------------------------------------------
     def _full_model_state(self) -> dict[str, torch.Tensor]:
-        if self.strategy == "pp":  # each stage holds its own layers
-            return parallel_plan.gather_stage_states({k: v.cpu() for k, v in self.raw_model.state_dict().items()})
+        if self.layout.pipeline:  # each stage holds its own layers (tp / fsdp: as DTensors)
+            state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu()
+                     for k, v in self.raw_model.state_dict().items()}
+            return parallel_plan.gather_stage_states(state, self.layout.pp_group)
         if self.strategy in ("fsdp", "tp", "fsdp+tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -313,6 +315,12 @@ class Trainer:
 
     def _full_optimizer_state(self) -> dict[str, Any]:
         """Optimizer state keyed by parameter *name* (the same format as torch DCP's)."""
+        if self._dtensor_stage:  # every rank of the stage gets its full state, then the stages merge
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            named = get_optimizer_state_dict(self.raw_model, self.optimizer,
+                                             options=StateDictOptions(full_state_dict=True))
+            return parallel_plan.gather_stage_optimizer_states(named, self.layout.pp_group)
         if self.strategy in ("fsdp", "tp", "fsdp+tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -326,9 +334,23 @@ class Trainer:
             "state": {order[i]: s for i, s in sd["state"].items()},
             "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]],
         }
-        return parallel_plan.gather_stage_optimizer_states(named) if self.strategy == "pp" else named
+        return parallel_plan.gather_stage_optimizer_states(named, self.layout.pp_group) if self.layout.pipeline else named
+
+    @property
+    def _dtensor_stage(self) -> bool:
+        """A pipeline stage whose parameters are DTensors (tp or fsdp inside the stage)."""
+        return self.layout.pipeline and self.strategy != "pp"
 
     def _load_optimizer_state(self, named: dict[str, Any]) -> None:
+        if self._dtensor_stage:  # this stage's share of the whole model's state
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            own = {name for name, _ in self.raw_model.named_parameters()}
+            set_optimizer_state_dict(
+                self.raw_model, self.optimizer, optim_state_dict=parallel_plan.own_optimizer_state(named, own),
+                options=StateDictOptions(full_state_dict=True),
+            )
+            return
         if self.strategy in ("fsdp", "tp", "fsdp+tp"):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -339,13 +361,21 @@ class Trainer:
             return
         order = [self.param_names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
         index = {name: i for i, name in enumerate(order)}
-        if self.strategy == "pp":  # this stage's share of the whole model's state
+        if self.layout.pipeline:  # this stage's share of the whole model's state
             named = parallel_plan.own_optimizer_state(named, set(order))
+        # torch pairs saved and current parameters by position inside each group: list the saved
+        # names in this optimizer's order (a merged pipeline or DCP state may list them otherwise)
+        current = [[self.param_names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
         try:
-            sd = {
-                "state": {index[name]: s for name, s in named["state"].items()},
-                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]],
-            }
+            groups = []
+            for saved, names in zip(named["param_groups"], current):
+                if set(saved["params"]) != set(names):
+                    raise ValueError(f"a parameter group holds {sorted(set(saved['params']) ^ set(names))[:3]} "
+                                     "on one side only")
+                groups.append({**saved, "params": [index[n] for n in names]})
+            if len(named["param_groups"]) != len(current):
+                raise ValueError(f"{len(named['param_groups'])} parameter groups saved, {len(current)} here")
+            sd = {"state": {index[name]: s for name, s in named["state"].items()}, "param_groups": groups}
             self.optimizer.load_state_dict(sd)
         except (KeyError, ValueError) as exc:
             raise CheckpointError(
@@ -633,16 +663,22 @@ class Trainer:
         return torch.cat([b["input_ids"] for b in batches]), torch.cat([b["labels"] for b in batches])
 
     def _pipeline_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
-        """One update through the pipeline schedule (train/pipeline_parallel.py): every stage
-        gets the same rows; the last computes the loss, each updates its own layers."""
+        """One update through the pipeline schedule (train/pipeline_parallel.py): the stages of
+        one pipeline get the same rows (this dp rank's); the last computes the loss, each updates
+        its own layers (DDP / FSDP inside the stage average their gradients over dp)."""
         cfg = self.config
         ids, labels = self._pipeline_rows(micro_batches)
-        n_global = count_targets(labels, cfg.shift_labels)
-        self._pp_denominator[0] = float(max(n_global, 1))
+        totals = self._reduce(torch.tensor([float(count_targets(labels, cfg.shift_labels)), float(ids.numel())],
+                                           dtype=torch.float64))
+        n_global, tokens_global = max(totals[0].item(), 1.0), int(totals[1].item())
+        # the dp average of the gradients divides by data_world: each rank's share is scaled up by it
+        self._pp_denominator[0] = n_global / self.data_world
         with self._autocast():
             losses = self.pipeline.step(ids, labels)
         mine = sum(float(loss.detach()) for loss in losses)  # zero except on the last stage
-        step_loss = D.all_reduce_sum(torch.tensor([mine], dtype=torch.float64))[0].item()
+        mine = D.all_reduce_sum(torch.tensor([mine], dtype=torch.float64), group=self.pipeline.group)
+        step_loss = self._reduce(mine)[0].item() / self.data_world
+        sum_partial_grads(self.raw_model, self.layout)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
         grad_norm = pipeline_parallel.clip_grad_norm(list(self.raw_model.parameters()), max_norm,
                                                      group=self.pipeline.group)
@@ -650,11 +686,12 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.tokens_seen += int(ids.numel())
-        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": int(ids.numel())}
+        self.tokens_seen += tokens_global
+        return {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_global}
 
     @torch.no_grad()
     def _pipeline_evaluate(self) -> tuple[float, int]:
+        """This dp rank's summed token loss (gathered from its last stage) and target count."""
         loss_sum, n_sum = 0.0, 0
         self._pp_denominator[0] = 1.0  # summed token losses
         for batch in itertools.islice(iter(self.eval_data), self.config.eval_steps or None):
@@ -663,7 +700,8 @@ class Trainer:
                 losses = self.pipeline.evaluate(ids, labels)
             loss_sum += sum(float(loss) for loss in losses)
             n_sum += count_targets(labels, self.config.shift_labels)
-        return D.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))[0].item(), n_sum
+        total = D.all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64), group=self.pipeline.group)
+        return total[0].item(), n_sum
 
     # ---- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
