@@ -47,7 +47,11 @@ from lmkit.quant.weight_kernels import INT8_DENSE_ROWS, KERNEL_DTYPE, Int4Kernel
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _RECOMPILE_LIMIT = 64
-FP32_REDUCTION_ROWS = 4  # up to this many rows an fp32 projection is compiled as a reduction (see _StaticStep._linear)
+# fp32 models with more weight bytes than this decode faster eagerly: the eager fused step runs their GEMVs on
+# oneDNN over all threads, a frozen graph runs them on MKL's one-thread sgemv (and an fp32 GEMV written as a
+# reduction for the inductor measured slower still). The 246M bench model, 2 threads: eager 14 ms per token,
+# compiled 35 ms (MKL) / 41 ms (reduction). Tiny models, where per-operator overhead dominates, gain.
+MAX_COMPILED_FP32_BYTES = 64 * 2**20
 
 
 class _StaticStep(torch.nn.Module):
@@ -119,13 +123,7 @@ class _StaticStep(torch.nn.Module):
         bias = getattr(self, f"{name}_b")
         kind = self.kernels.get(name)
         if kind is None:
-            w = getattr(self, f"{name}_w")
-            if w.dtype == torch.float32 and x.shape[0] <= FP32_REDUCTION_ROWS:
-                # an fp32 GEMV as a broadcast product and a sum: the inductor writes one vectorised loop
-                # split over the threads; the frozen F.linear would be MKL's one-thread sgemv
-                y = (x[:, None, :] * w[None]).sum(-1)
-                return y if bias is None else y + bias
-            return F.linear(x, w, bias)
+            return F.linear(x, getattr(self, f"{name}_w"), bias)
         gain, beta = getattr(self, f"{name}_gain"), getattr(self, f"{name}_beta")
         xk = x if gain is None else (x * gain if beta is None else torch.addcmul(beta, x, gain))
         xk = xk.to(KERNEL_DTYPE)
@@ -243,6 +241,12 @@ class CompiledDecoder:
             return "no C++ compiler found (the inductor CPU backend needs one)"
         if model.config.position == "rope" and max_len is not None and max_len > model.config.max_seq_len:
             return f"max_len {max_len} exceeds the model's max_seq_len"
+        # the fp32 matrices a step multiplies by (the embedding table is only indexed, unless tied to the head)
+        mats = [m.weight for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32]
+        fp32 = sum(w.numel() * w.element_size() for w in {id(w): w for w in mats}.values())
+        if fp32 > MAX_COMPILED_FP32_BYTES:
+            return (f"{fp32 / 2**20:.0f} MB of fp32 weights: the eager fused step's oneDNN GEMVs are faster than a "
+                    "compiled graph's (see MAX_COMPILED_FP32_BYTES)")
         if any(isinstance(m, QuantLinearBase) for m in model.modules()):  # their kernels run inside the graph
             fused = FusedDecoder.for_model(model)
             for w in [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]:
