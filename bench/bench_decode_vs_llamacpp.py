@@ -11,7 +11,10 @@ small byte-level BPE tokenizer (the GGUF vocabulary is padded to 32000). Precisi
                                    files keep output.weight at higher precision too)
 
 Decode: a 16-token prompt, then 64 new tokens greedily (the time of the whole call, prompt
-included, for both); prompt processing: one 512-token prompt, logits of the last position,
+included, for both). lmkit's figure is `generate(..., compile=True)` (`lmkit generate --compile`:
+the static-cache step compiled by the inductor, the weight-only int8/int4 kernels called inside
+the graph), compiled once per precision before timing, as llama.cpp's own kernels are built before
+it runs; the eager fused step's figure is printed beside it. Prompt processing: one 512-token prompt, logits of the last position,
 run as `generate` prefills it (`ModelRunner.prefill`: the fused step for an unpadded prompt;
 `model.forward`'s figure is printed beside it).
 Each configuration runs --repeats times, lmkit and llama.cpp alternately, and the medians
@@ -79,11 +82,11 @@ def variant(base, name: str):
 
 
 # ---- lmkit ------------------------------------------------------------------------------------
-def lmkit_decode(model, prompt: list[int]) -> float:
+def lmkit_decode(model, prompt: list[int], compile: bool = False) -> float:
     from lmkit.infer import generate
 
     t = time.perf_counter()
-    out = generate(model, [prompt], max_new_tokens=NEW, do_sample=False, eos_token_id=[])
+    out = generate(model, [prompt], max_new_tokens=NEW, do_sample=False, eos_token_id=[], compile=compile)
     dt = time.perf_counter() - t
     assert len(out.sequences[0]) == NEW
     return NEW / dt
@@ -227,23 +230,28 @@ def main() -> None:
             elif peer:
                 print(f"{name}: lmkit's GGUF export has no {ftype.upper()} yet; llama.cpp side skipped")
             lmkit_decode(model, prompt)  # warm-up (kernel layouts, rotary tables)
+            t = time.perf_counter()
+            lmkit_decode(model, prompt, compile=True)  # compiles the static-cache step once for this shape
+            print(f"{name}: compiling lmkit's decode step took {time.perf_counter() - t:.0f} s", flush=True)
             if llm is not None:
                 llama_decode(llm, prompt)
             lmkit_prompt(model, long)
-            dec, pp, pfw, pdec, ppp = [], [], [], [], []
+            dec, ceager, pp, pfw, pdec, ppp = [], [], [], [], [], []
             for _ in range(args.repeats):
-                dec.append(lmkit_decode(model, prompt))
+                ceager.append(lmkit_decode(model, prompt))
+                dec.append(lmkit_decode(model, prompt, compile=True))
                 pp.append(lmkit_prompt(model, long))
                 pfw.append(lmkit_prompt(model, long, forward=True))
                 if llm is not None:
                     pdec.append(llama_decode(llm, prompt))
                     ppp.append(llama_prompt(llm, long))
             d, p = statistics.median(dec), statistics.median(pp)
-            line = f"{name:5s} decode lmkit {d:7.1f} tok/s"
+            e = statistics.median(ceager)
+            line = f"{name:5s} decode lmkit {d:7.1f} tok/s (eager step {e:7.1f})"
             if llm is not None:
                 pd, pq = statistics.median(pdec), statistics.median(ppp)
                 ratios.append(d / pd)
-                line += f"  llama.cpp {ftype.upper()} {pd:7.1f} tok/s  ratio {d / pd:.2f}"
+                line += f"  llama.cpp {ftype.upper()} {pd:7.1f} tok/s  ratio {d / pd:.2f} (eager {e / pd:.2f})"
             line += f" | prompt {PP} lmkit {p:7.1f} tok/s (model.forward {statistics.median(pfw):7.1f})"
             if llm is not None:
                 line += f"  llama.cpp {pq:7.1f} tok/s  ratio {p / pq:.2f}"

@@ -228,3 +228,67 @@ def test_generate_compile_flag_reaches_the_runner(monkeypatch):
     with pytest.raises(Exception, match="compile"):
         GenerationConfig(compile="yes")
     assert runner_mod.ModelRunner is not None
+
+
+@pytest.fixture(scope="module")
+def quantized_models():
+    """A tiny Llama with int8 weights, and one with int4 (group 32) weights and an int8 lm_head."""
+    import copy
+
+    from lmkit.models.build import build_model
+    from lmkit.models.config import ModelConfig
+    from lmkit.quant.quantize_model import quantize_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=96, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64,
+                      model_type="llama")
+    base = build_model(cfg).eval()
+    int8 = quantize_model(copy.deepcopy(base), "int8", skip=[])
+    int4 = quantize_model(copy.deepcopy(base), "int4", group_size=32)
+    quantize_model(int4, "int8", skip=[], targets=["lm_head"])
+    return {"base": base, "int8": int8, "int4": int4}
+
+
+def _step_logits(model, step, n=6):
+    """Prefill of 5 tokens, then n greedy decode steps through `step` (None: the eager fused step)."""
+    with torch.inference_mode():
+        runner = ModelRunner(model, 2, 5 + n, None, True)
+        if step is not None:
+            runner.fused = step
+        cache = model.make_cache(2, 5 + n)
+        out = [runner.prefill(torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]]), cache)]
+        for _ in range(n):
+            out.append(runner.step(out[-1][:, -1].argmax(-1, keepdim=True), cache))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_static_step_runs_the_quantized_kernels(quantized_models, kind):
+    """int8 / int4 layers run their fused weight-only kernels inside the static step: the same logits as
+    the eager fused step (which calls the same kernels), within bf16 rounding of the kernel outputs."""
+    model = quantized_models[kind]
+    assert cs.CompiledDecoder.unsupported(model, 32) is None
+    ref = _step_logits(model, None)
+    ours = _step_logits(model, cs.CompiledDecoder(model, compile=False))
+    torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_compiled_step_with_quantized_kernels(quantized_models):
+    """One compiled run over int4 blocks and an int8 lm_head (the kernels as extern calls in the graph)."""
+    model = quantized_models["int4"]
+    ref = _step_logits(model, None)
+    ours = _step_logits(model, cs.CompiledDecoder(model, compile=True))
+    torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_quantized_layers_without_a_kernel_are_refused(quantized_models):
+    import copy
+
+    from lmkit.quant.quantize_model import quantize_model
+
+    model = copy.deepcopy(quantized_models["base"])
+    quantize_model(model, "int8", skip=[], targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"])
+    quantize_model(model, "nf4", targets=["down_proj"])  # no fused kernel: the eager step dequantizes it
+    assert "kernel" in cs.CompiledDecoder.unsupported(model, 32)

@@ -41,11 +41,17 @@ import torch.nn.functional as F
 
 from lmkit.infer.fused_step import FusedDecoder
 from lmkit.quant.linear import QuantLinearBase
+from lmkit.quant.weight_kernels import INT8_DENSE_ROWS, KERNEL_DTYPE, Int4Kernel, Int8Kernel
 
 # per model: {(fused decoder id, batch, max_len, dtype, options...): (fused, step, module)}; dropped with the model
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _RECOMPILE_LIMIT = 64
+# fp32 models with more weight bytes than this decode faster eagerly: the eager fused step runs their GEMVs on
+# oneDNN over all threads, a frozen graph runs them on MKL's one-thread sgemv (and an fp32 GEMV written as a
+# reduction for the inductor measured slower still). The 246M bench model, 2 threads: eager 14 ms per token,
+# compiled 35 ms (MKL) / 41 ms (reduction). Tiny models, where per-operator overhead dominates, gain.
+MAX_COMPILED_FP32_BYTES = 64 * 2**20
 
 
 class _StaticStep(torch.nn.Module):
@@ -70,17 +76,67 @@ class _StaticStep(torch.nn.Module):
         if self.rope:
             self.register_buffer("cos", fused._cos.detach())
             self.register_buffer("sin", fused._sin.detach())
-        names = ("qkv_w", "qkv_b", "o_w", "o_b", "ff_w", "ff_b", "dn_w", "dn_b")
+        self.kernels: dict[str, tuple] = {}  # projection name -> ("int8",) / ("int4", group, out_features)
+        names = ("qkv", "o", "ff", "dn")
         for i, tensors in enumerate(fused.layers):
-            for name, t in zip(names, tensors):
-                # weights as [out, in] contiguous (what F.linear / the frozen mkldnn packer expect)
-                if t is not None and name.endswith("_w"):
-                    t = t.t().contiguous()
-                self.register_buffer(f"{name}{i}", None if t is None else t.detach())
+            for j, name in enumerate(names):
+                self._add_projection(f"{name}{i}", tensors[2 * j], tensors[2 * j + 1])
         self.register_buffer("norm_w", fused.norm_w.detach())
         self.register_buffer("norm_b", None if fused.norm_b is None else fused.norm_b.detach())
-        self.register_buffer("lm_w", fused.lm_w.t().detach())
-        self.register_buffer("lm_b", None if fused.lm_b is None else fused.lm_b.detach())
+        self._add_projection("lm", fused.lm_w, fused.lm_b)
+
+    @staticmethod
+    def unsupported_projection(w) -> str | None:
+        """Why one of the fused step's projections cannot be compiled here (None: it can)."""
+        if isinstance(w, torch.Tensor):
+            return None
+        calls = getattr(w, "calls", None)
+        if not calls or len(calls) != 1 or not isinstance(calls[0], (Int8Kernel, Int4Kernel)):
+            return "quantized layers without a fused weight-only kernel, or of mixed kinds in one projection"
+        return None
+
+    def _add_projection(self, name: str, w, bias) -> None:
+        """Buffers of one projection: a dense weight as [out, in] (what F.linear / the frozen packer
+        expect), or a quantized one's kernel layout with the norm gain it multiplies its input by."""
+        if isinstance(w, torch.Tensor):
+            self.register_buffer(f"{name}_w", w.t().contiguous().detach())
+            self.register_buffer(f"{name}_b", None if bias is None else bias.detach())
+            return
+        why = self.unsupported_projection(w)
+        if why is not None:
+            raise ValueError(f"{name}: {why}")
+        kernel = w.calls[0]
+        self.register_buffer(f"{name}_gain", None if w.gain is None else w.gain.detach())
+        self.register_buffer(f"{name}_beta", None if w.beta is None else w.beta.detach())
+        self.register_buffer(f"{name}_b", kernel.bias)
+        if isinstance(kernel, Int8Kernel):
+            self.register_buffer(f"{name}_q", kernel.w_int8)
+            self.register_buffer(f"{name}_s", kernel.scales)
+            self.kernels[name] = ("int8",)
+        else:
+            self.register_buffer(f"{name}_q", kernel.packed)
+            self.register_buffer(f"{name}_s", kernel.scales_and_zeros)
+            self.kernels[name] = ("int4", kernel.group, kernel.out_features)
+
+    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """x [B, in] @ the projection `name` -> [B, out] in x's dtype."""
+        bias = getattr(self, f"{name}_b")
+        kind = self.kernels.get(name)
+        if kind is None:
+            return F.linear(x, getattr(self, f"{name}_w"), bias)
+        gain, beta = getattr(self, f"{name}_gain"), getattr(self, f"{name}_beta")
+        xk = x if gain is None else (x * gain if beta is None else torch.addcmul(beta, x, gain))
+        xk = xk.to(KERNEL_DTYPE)
+        if kind[0] == "int8" and x.shape[0] >= INT8_DENSE_ROWS:
+            y = F.linear(xk, getattr(self, f"{name}_q").to(KERNEL_DTYPE) * getattr(self, f"{name}_s")[:, None])
+        elif kind[0] == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(xk, getattr(self, f"{name}_q"), getattr(self, f"{name}_s"))
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, getattr(self, f"{name}_q"), kind[1],
+                                                           getattr(self, f"{name}_s"))[:, : kind[2]]
+        if bias is not None:
+            y = y + bias
+        return y.to(x.dtype)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         if self.rms:
@@ -117,7 +173,7 @@ class _StaticStep(torch.nn.Module):
             x = x + F.embedding(pos.view(b), self.pos_embed)
         half = d // 2
         for i in range(self.n_layers):
-            qkv = F.linear(self._norm(x), getattr(self, f"qkv_w{i}"), getattr(self, f"qkv_b{i}"))
+            qkv = self._linear(self._norm(x), f"qkv{i}")
             qkv = qkv.view(b, 1, h + 2 * hkv, d).transpose(1, 2)  # [B, heads, 1, d]
             qk = qkv[:, : h + hkv]
             if self.rope:
@@ -126,14 +182,14 @@ class _StaticStep(torch.nn.Module):
             k_buf.index_copy_(2, cur, qk[:, h:])
             v_buf.index_copy_(2, cur, qkv[:, h + hkv :])
             o = self._attend(qk[:, :h], k_buf, v_buf, bias)
-            x = x + F.linear(o.reshape(b, h * d), getattr(self, f"o_w{i}"), getattr(self, f"o_b{i}"))
-            f = F.linear(self._norm(x), getattr(self, f"ff_w{i}"), getattr(self, f"ff_b{i}"))
+            x = x + self._linear(o.reshape(b, h * d), f"o{i}")
+            f = self._linear(self._norm(x), f"ff{i}")
             f = self.act(f[:, : self.d_ff]) * f[:, self.d_ff :] if self.gated else self.act(f)
-            x = x + F.linear(f, getattr(self, f"dn_w{i}"), getattr(self, f"dn_b{i}"))
+            x = x + self._linear(f, f"dn{i}")
         x = self._norm(x) * self.norm_w
         if self.norm_b is not None:
             x = x + self.norm_b
-        return F.linear(x, self.lm_w, self.lm_b).view(b, 1, -1)
+        return self._linear(x, "lm").view(b, 1, -1)
 
 
 def _static_bias(pad_bias: torch.Tensor | None, b: int, max_len: int, dtype, device) -> torch.Tensor:
@@ -174,8 +230,6 @@ class CompiledDecoder:
         why = FusedDecoder.unsupported(model, max_len)
         if why is not None:
             return why
-        if any(isinstance(m, QuantLinearBase) for m in model.modules()):
-            return "quantized linear layers (the eager fused step runs their kernels)"
         p = next(model.parameters())
         if p.device.type != "cpu":
             return f"compiled step is built and measured for CPU only (model on {p.device.type})"
@@ -187,6 +241,18 @@ class CompiledDecoder:
             return "no C++ compiler found (the inductor CPU backend needs one)"
         if model.config.position == "rope" and max_len is not None and max_len > model.config.max_seq_len:
             return f"max_len {max_len} exceeds the model's max_seq_len"
+        # the fp32 matrices a step multiplies by (the embedding table is only indexed, unless tied to the head)
+        mats = [m.weight for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32]
+        fp32 = sum(w.numel() * w.element_size() for w in {id(w): w for w in mats}.values())
+        if fp32 > MAX_COMPILED_FP32_BYTES:
+            return (f"{fp32 / 2**20:.0f} MB of fp32 weights: the eager fused step's oneDNN GEMVs are faster than a "
+                    "compiled graph's (see MAX_COMPILED_FP32_BYTES)")
+        if any(isinstance(m, QuantLinearBase) for m in model.modules()):  # their kernels run inside the graph
+            fused = FusedDecoder.for_model(model)
+            for w in [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]:
+                why = _StaticStep.unsupported_projection(w)
+                if why is not None:
+                    return why
         return None
 
     def reserve(self, n: int) -> None:

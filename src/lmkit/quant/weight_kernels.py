@@ -27,8 +27,6 @@ old torch, a group size the kernel refuses) the layers dequantize instead and sa
 from __future__ import annotations
 
 import warnings
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
@@ -131,44 +129,55 @@ def _kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.detach().to(KERNEL_DTYPE)
 
 
-def int8_linear_fn(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x [M, K] -> x @ (scales * w_int8).T + bias in KERNEL_DTYPE; from INT8_DENSE_ROWS rows on through a bf16
-    copy of the weight and the dense GEMM."""
-    s = scales.to(KERNEL_DTYPE).contiguous()
-    b = _kernel_bias(bias)
+class Int8Kernel:
+    """x [M, K] -> x @ (scales * w_int8).T + bias in KERNEL_DTYPE; from INT8_DENSE_ROWS rows on through a
+    bf16 copy of the weight and the dense GEMM. Its tensors are attributes, so a compiled decode step
+    (infer/compiled_step.py) can take them in as constants and call the same kernel."""
 
-    def mm(x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.w_int8 = w_int8
+        self.scales = scales.to(KERNEL_DTYPE).contiguous()
+        self.bias = _kernel_bias(bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(KERNEL_DTYPE).contiguous()
         if x.shape[0] >= INT8_DENSE_ROWS:
-            return F.linear(x, w_int8.to(KERNEL_DTYPE) * s[:, None], b)
-        y = int8_weight_mm(x, w_int8, s)
-        return y if b is None else y + b
+            return F.linear(x, self.w_int8.to(KERNEL_DTYPE) * self.scales[:, None], self.bias)
+        y = int8_weight_mm(x, self.w_int8, self.scales)
+        return y if self.bias is None else y + self.bias
 
-    return mm
+
+class Int4Kernel:
+    """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE on the packed int4 layout (`pack_int4_tinygemm`):
+    packed weight, scales_and_zeros, kernel group size, out_features (the packed rows are padded)."""
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int, out_features: int,
+                 bias: torch.Tensor | None) -> None:
+        self.packed, self.scales_and_zeros, self.group = packed, scales_and_zeros, group
+        self.out_features = out_features
+        self.bias = _kernel_bias(bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = int4_weight_mm(x.to(KERNEL_DTYPE).contiguous(), self.packed, self.group, self.scales_and_zeros,
+                           self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def int8_linear_fn(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> Int8Kernel:
+    """The int8 kernel of a layer (see `Int8Kernel`)."""
+    return Int8Kernel(w_int8, scales, bias)
 
 
 def int4_linear_fn(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                   bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+                   bias: torch.Tensor | None) -> Int4Kernel:
     """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for lmkit's 4-bit groups (codes uint8 [N, K] in 0..15)."""
     packed, sz, group = pack_int4(codes, scales, zeros, group_size)
-    return _int4_mm_fn(packed, sz, group, codes.shape[0], bias)
+    return Int4Kernel(packed, sz, group, codes.shape[0], bias)
 
 
 def int4_offset_linear_fn(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int,
-                          bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+                          bias: torch.Tensor | None) -> Int4Kernel:
     """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for w = (q - 8) * scale + offset in groups of `group`
     (a kernel group size), the kernel's own form (codes uint8 [N, K] in 0..15)."""
     packed, sz = pack_int4_tinygemm(codes, scales, offsets, group)
-    return _int4_mm_fn(packed, sz, group, codes.shape[0], bias)
-
-
-def _int4_mm_fn(packed: torch.Tensor, sz: torch.Tensor, group: int, n: int, bias: torch.Tensor | None
-                ) -> Callable[[torch.Tensor], torch.Tensor]:
-    b = _kernel_bias(bias)
-
-    def mm(x: torch.Tensor) -> torch.Tensor:
-        y = int4_weight_mm(x.to(KERNEL_DTYPE).contiguous(), packed, group, sz, n)
-        return y if b is None else y + b
-
-    return mm
+    return Int4Kernel(packed, sz, group, codes.shape[0], bias)
