@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--methods", default="rome,memit,ft,grace")
     ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--single-edits", type=int, default=20, help="size 1 is the mean of this many separate edits")
     ap.add_argument("--generic-paragraphs", type=int, default=S.generic_paragraphs,
                     help="texts of 6 random statements for C")
     ap.add_argument("--clamp", type=float, default=S.clamp, help="MEMIT: |delta| <= clamp * |h| for its targets z")
@@ -175,7 +176,8 @@ def main() -> None:
         for method in methods:
             t = time.time()
             if n == 1:
-                rows = [run(method, model, tok, [r], ctx) for r in distinct_subject_records(records, 5, seed=args.seed + 1)]
+                singles = distinct_subject_records(records, args.single_edits, seed=args.seed + 1)
+                rows = [run(method, model, tok, [r], ctx) for r in singles]
                 row = mean_rows(rows)
             else:
                 row = run(method, model, tok, distinct_subject_records(records, n, seed=args.seed + n), ctx)

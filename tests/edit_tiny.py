@@ -17,7 +17,7 @@ from lmkit.models.presets import preset
 
 @lru_cache(maxsize=1)
 def world_and_tokenizer():
-    world = make_world(n_subjects=12, n_objects=3, seed=0)
+    world = make_world(n_subjects=12, n_objects=3, seed=0, name_words=1)
     return world, counterfact_records(world, seed=0), train_facts_tokenizer(world, 300)
 
 
