@@ -22,12 +22,12 @@ class EditSettings:
     with the batch, so λ does too); ROME: its own clamp and stop, earlier keys kept with keep_weight;
     C from the statements plus generic_paragraphs texts of 6 random statements."""
 
-    clamp: float = 3.0
+    clamp: float = 6.0
     rome_clamp: float = 2.0
     weight_decay: float = 0.5
-    stop_nll: float = 0.3
+    stop_nll: float = 0.02
     rome_stop_nll: float = 0.02
-    cov_weight_per_edit: float = 10.0
+    cov_weight_per_edit: float = 2.0
     keep_weight: float = 10.0
     generic_paragraphs: int = 1000
 
