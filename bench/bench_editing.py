@@ -153,7 +153,7 @@ def main() -> None:
           f"{[round(float(e), 3) for e in effect]} -> edit layer {layer}")
     n_layers = len(model.layers)
     generic = world.statements() + world.paragraphs(args.generic_paragraphs, seed=args.seed)
-    ctx = {"layer": layer, "memit_layers": layers_to_spread(traces),
+    ctx = {"layer": layer, "memit_layers": layers_to_spread(traces, S.spread_fraction),
            "C": key_second_moment(model, tok, generic, list(range(n_layers))),
            "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
            "settings": EditSettings(args.clamp, args.rome_clamp, args.weight_decay, args.stop_nll, args.rome_stop_nll,

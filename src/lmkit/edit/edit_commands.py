@@ -156,7 +156,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         if layers:
             chosen = [int(x) for x in layers.split(",")]
         else:  # as the benchmark: the layers whose hidden state at the subject still carries the fact
-            chosen = layers_to_spread(traced) if traced else list(range(layer, min(layer + 3, len(model.layers))))
+            chosen = layers_to_spread(traced, BENCH.spread_fraction) if traced else list(range(layer, min(layer + 3, len(model.layers))))
             click.echo(f"MEMIT layers {chosen}")
         apply_memit(model, tok, requests, _second_moments(model, tok, texts, chosen), prefixes,
                     settings.memit_config(chosen, len(requests)))

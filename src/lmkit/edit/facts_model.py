@@ -24,10 +24,10 @@ END_OF_TEXT = "<|endoftext|>"
 
 @dataclass
 class FactsModelConfig:
-    d_model: int = 128
+    d_model: int = 64
     n_layers: int = 4
     n_heads: int = 4
-    d_ff: int = 512
+    d_ff: int = 1024
     vocab_size: int = 1000
     steps: int = 1500
     batch_size: int = 32
