@@ -1,18 +1,18 @@
-"""Model editing on a model trained here to know 220 synthetic facts (lmkit.edit; no peer library).
+"""Model editing on a model trained here to know 800 synthetic facts (lmkit.edit; no peer library).
 
-A Llama-style DecoderLM (d_model 64, 4 layers) learns a world of 110 invented lands with a capital
-and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit (and MEMIT's layers:
-those where the subject's hidden state still carries the fact); then 1, 10 and 100 facts (distinct
+A Llama-style DecoderLM (d_model 64, 4 layers, d_ff 1024) learns a world of 400 invented lands with a
+capital and a language each (lmkit.edit.facts). Causal tracing picks the layer to edit (and MEMIT's
+layers: those where the subject's hidden state keeps >= 0.9 of the peak effect); then 1, 10 and 100 facts (distinct
 subjects) are rewritten to a false object by ROME (sequential rank-one updates, each keeping the
 keys of the edits before it), MEMIT (one batch spread over the traced layers), FT-L
 (L∞-constrained fine-tuning of one down_proj) and a GRACE codebook, and each is scored with
 CounterFact's measures on the edited records: efficacy, paraphrase, neighbourhood (locality) and
 fluency (n-gram entropy of generations). C = E[k kᵀ] comes from the world's statements plus 1000
-paragraphs of 6 random statements (~59k tokens). Size 1 is the mean of 5 separate single edits.
+paragraphs of 6 random statements (~76k tokens). Size 1 is the mean of 20 separate single edits.
 GRACE also reports `unchanged`: the fraction of neighbourhood prompts (of subjects not edited)
 whose next-token logits are bit-identical to the unedited model's.
 
-    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~2-4 min), then ~5 min
+    OMP_NUM_THREADS=1 python3 bench/bench_editing.py            # trains the model once (~4 min), then ~5 min
     OMP_NUM_THREADS=1 python3 bench/bench_editing.py --sizes 1,10 --methods rome,grace   # quicker
 
 The trained model is cached in the git-ignored bench/.cache/editing_model (a Hugging Face checkpoint).
