@@ -52,10 +52,15 @@ from lmkit.tokenizers import load_tokenizer  # noqa: E402
 
 
 def facts_model(world, cache: Path):
-    if (cache / "config.json").is_file():
-        return load_pretrained(cache), load_tokenizer(cache)
+    cfg = FactsModelConfig()
+    if (cache / "config.json").is_file():  # a cache of another FactsModelConfig (an older world) is retrained
+        model = load_pretrained(cache)
+        c = model.config
+        if (c.d_model, c.n_layers, c.d_ff) == (cfg.d_model, cfg.n_layers, cfg.d_ff):
+            return model, load_tokenizer(cache)
+        print(f"cached model {cache} is not FactsModelConfig()'s shape: retraining", flush=True)
     t = time.time()
-    model, tok = train_facts_model(world, FactsModelConfig(), progress=True)
+    model, tok = train_facts_model(world, cfg, progress=True)
     print(f"trained the facts model in {time.time() - t:.0f} s", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
     save_pretrained(model, cache, tokenizer=tok)
