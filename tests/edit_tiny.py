@@ -1,7 +1,7 @@
 """A tiny fact world (12 lands, 24 facts), its tokenizer and an untrained tiny Llama-style model for
 the edit tests. Untrained attention does not carry the subject to a later answer, so the tests that
 need an edit to change the answer put the subject last in the prompt ("Tell me about {}"); the
-bench measures the trained 220-fact model."""
+bench measures the trained 800-fact model."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lmkit.models.presets import preset
 
 @lru_cache(maxsize=1)
 def world_and_tokenizer():
-    world = make_world(n_subjects=12, n_objects=3, seed=0)
+    world = make_world(n_subjects=12, n_objects=3, seed=0, name_words=1)
     return world, counterfact_records(world, seed=0), train_facts_tokenizer(world, 300)
 
 

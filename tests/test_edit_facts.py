@@ -28,6 +28,14 @@ def test_world_is_deterministic_and_records_have_counterfact_shape():
     assert len({r["requested_rewrite"]["subject"] for r in picked}) == 100
 
 
+def test_two_word_names_share_their_words():
+    world = make_world(n_subjects=50, seed=1, name_words=2)
+    assert len(set(world.subjects)) == 50 and all(len(s.split()) == 2 for s in world.subjects)
+    lasts = [s.split()[1] for s in world.subjects]
+    assert len(set(lasts)) < 50  # a land's last word alone does not say which land it is
+    assert not any(a != b and a in b for a in world.subjects for b in world.subjects)
+
+
 def test_n_gram_entropy_and_scores():
     assert n_gram_entropy("a a a a a a") == 0.0
     # 4 distinct bigrams and 3 distinct trigrams, each once: (2/3 * 2 + 4/3 * log2 3) / 2

@@ -13,8 +13,8 @@ from lmkit.edit.facts import paragraphs_of
 
 def test_settings_build_the_benchmarks_configs():
     memit = BENCH_SETTINGS.memit_config([0, 1], 100)
-    assert memit.layers == [0, 1] and memit.cov_weight == 1000.0  # λ = 10 × edits
-    assert (memit.target.clamp_norm, memit.target.weight_decay, memit.target.stop_nll) == (3.0, 0.5, 0.3)
+    assert memit.layers == [0, 1] and memit.cov_weight == 200.0  # λ = 2 × edits
+    assert (memit.target.clamp_norm, memit.target.weight_decay, memit.target.stop_nll) == (6.0, 0.5, 0.02)
     rome = BENCH_SETTINGS.rome_config(2)
     assert rome.layer == 2 and (rome.target.clamp_norm, rome.target.stop_nll) == (2.0, 0.02)
     assert EditSettings(cov_weight_per_edit=1.0).memit_config([0], 7).cov_weight == 7.0

@@ -2,7 +2,7 @@
 
     lmkit edit MODEL_DIR --method rome --prompt "The capital of {} is" --subject Zarnia --target Quell -o OUT
     lmkit edit MODEL_DIR --method memit --facts facts.jsonl --n-edits 10 -o OUT     (edits + CounterFact scores)
-    lmkit edit-facts OUT_DIR [--subjects 110] [--train]     (a synthetic facts world, and a model that knows it)
+    lmkit edit-facts OUT_DIR [--subjects 400] [--train]     (a synthetic facts world, and a model that knows it)
 
 ROME, MEMIT and FT-L change the weights and save a checkpoint (`transformers` loads it); GRACE keeps
 the weights and writes its codebook (grace.safetensors + grace.json) beside a copy of the model.
@@ -156,7 +156,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         if layers:
             chosen = [int(x) for x in layers.split(",")]
         else:  # as the benchmark: the layers whose hidden state at the subject still carries the fact
-            chosen = layers_to_spread(traced) if traced else list(range(layer, min(layer + 3, len(model.layers))))
+            chosen = layers_to_spread(traced, BENCH.spread_fraction) if traced else list(range(layer, min(layer + 3, len(model.layers))))
             click.echo(f"MEMIT layers {chosen}")
         apply_memit(model, tok, requests, _second_moments(model, tok, texts, chosen), prefixes,
                     settings.memit_config(chosen, len(requests)))
@@ -197,24 +197,26 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
 
 @click.command("edit-facts")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--subjects", type=click.IntRange(2), default=110, show_default=True, help="invented lands (2 facts each)")
+@click.option("--subjects", type=click.IntRange(2), default=400, show_default=True, help="invented lands (2 facts each)")
+@click.option("--name-words", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="words in a land's name (2: each word shared by a few lands; docs/editing.md)")
 @click.option("--train/--no-train", default=False, help="also train a small model that knows the facts (minutes)")
-@click.option("--steps", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=None, help="training steps (default: FactsModelConfig's)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def edit_facts_command(out_dir, subjects, train, steps, seed):
+def edit_facts_command(out_dir, subjects, name_words, train, steps, seed):
     """Write a synthetic facts world as CounterFact records (facts.jsonl), optionally with a model that knows it."""
     from lmkit.edit.facts import counterfact_records, make_world, write_records
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = make_world(subjects, seed=seed)
+    world = make_world(subjects, seed=seed, name_words=name_words)
     write_records(counterfact_records(world, seed=seed), out / "facts.jsonl")
     click.echo(f"{len(world.facts)} facts -> {out / 'facts.jsonl'}")
     if train:
         from lmkit.edit.facts_model import FactsModelConfig, train_facts_model
         from lmkit.hub import save_pretrained
 
-        model, tok = train_facts_model(world, FactsModelConfig(steps=steps, seed=seed), progress=True)
+        model, tok = train_facts_model(world, FactsModelConfig(seed=seed, **({"steps": steps} if steps else {})), progress=True)
         save_pretrained(model, out / "model", tokenizer=tok)
         click.echo(f"model -> {out / 'model'}")
 

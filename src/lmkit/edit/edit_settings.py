@@ -20,16 +20,18 @@ if TYPE_CHECKING:  # torch only when a config is built: `lmkit --help` reads the
 class EditSettings:
     """MEMIT: ‖z − h‖ ≤ clamp·‖h‖, stop at NLL stop_nll, λ = cov_weight_per_edit × edits (K Kᵀ grows
     with the batch, so λ does too); ROME: its own clamp and stop, earlier keys kept with keep_weight;
-    C from the statements plus generic_paragraphs texts of 6 random statements."""
+    C from the statements plus generic_paragraphs texts of 6 random statements; MEMIT's layers are
+    those whose hidden state at the subject keeps >= spread_fraction of the peak traced effect."""
 
-    clamp: float = 3.0
+    clamp: float = 6.0
     rome_clamp: float = 2.0
     weight_decay: float = 0.5
-    stop_nll: float = 0.3
+    stop_nll: float = 0.02
     rome_stop_nll: float = 0.02
-    cov_weight_per_edit: float = 10.0
+    cov_weight_per_edit: float = 2.0
     keep_weight: float = 10.0
     generic_paragraphs: int = 1000
+    spread_fraction: float = 0.9
 
     def memit_target(self) -> TargetVectorConfig:
         from lmkit.edit.target_vector import TargetVectorConfig

@@ -37,7 +37,8 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ea")
 _CODAS = ("", "n", "r", "l", "s", "th", "sk", "rm", "nd", "ll", "x")
 _SUFFIXES = {"subject": ("ia", "or", "and", "avia", "esh", "un"), "capital": ("", "", "holm", "grad", "ton"),
-             "language": ("ic", "ese", "ish", "ian")}
+             "language": ("ic", "ese", "ish", "ian"), "given": ("", "", "a", "o", "el")}
+PARTS_PER_NAME_WORD = 5  # two-word subjects: each word is shared by about this many subjects
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,32 @@ def _unique_words(rng: random.Random, kind: str, n: int, taken: set[str]) -> lis
     return out
 
 
-def make_world(n_subjects: int = 110, n_objects: int = 12, seed: int = 0) -> FactWorld:
+def _two_word_names(rng: random.Random, n: int, taken: set[str]) -> list[str]:
+    """`n` distinct names "Given Land" from two pools of about n / PARTS_PER_NAME_WORD words, so
+    each word belongs to several subjects and only the two together say which one is meant (as
+    "Danielle Darrieux"). Measured: the facts model then recalls at the answer position, not at
+    the subject, so the benchmark keeps one-word names (docs/editing.md, the second round)."""
+    pool = max(2, -(-n // PARTS_PER_NAME_WORD))
+    while pool * pool < n:
+        pool += 1
+    firsts = _unique_words(rng, "given", pool, taken)
+    seconds = _unique_words(rng, "subject", pool, taken)
+    pairs = rng.sample([(a, b) for a in range(pool) for b in range(pool)], n)
+    return [f"{firsts[a]} {seconds[b]}" for a, b in pairs]
+
+
+def make_world(n_subjects: int = 400, n_objects: int = 12, seed: int = 0, name_words: int = 1) -> FactWorld:
     """`n_subjects` lands, each with one object per relation drawn from a pool of `n_objects`
-    (so about n_subjects / n_objects subjects share each object: the neighbourhood)."""
+    (so about n_subjects / n_objects subjects share each object: the neighbourhood). With
+    `name_words=2` a land's name is two words, each shared with a few other lands."""
     if n_subjects < 2 or n_objects < 2:
         raise ConfigError(f"a fact world needs n_subjects >= 2 and n_objects >= 2, got {n_subjects}, {n_objects}")
+    if name_words not in (1, 2):
+        raise ConfigError(f"a land's name has 1 or 2 words, got name_words={name_words}")
     rng = random.Random(seed)
     taken: set[str] = set()
-    subjects = _unique_words(rng, "subject", n_subjects, taken)
+    subjects = (_unique_words(rng, "subject", n_subjects, taken) if name_words == 1
+                else _two_word_names(rng, n_subjects, taken))
     objects = {r: _unique_words(rng, r, n_objects, taken) for r in RELATIONS}
     facts = [Fact(s, r, rng.choice(objects[r])) for s in subjects for r in RELATIONS]
     return FactWorld(subjects, objects, facts)

@@ -27,9 +27,9 @@ class FactsModelConfig:
     d_model: int = 64
     n_layers: int = 4
     n_heads: int = 4
-    d_ff: int = 256
-    vocab_size: int = 700
-    steps: int = 600
+    d_ff: int = 1024
+    vocab_size: int = 1000
+    steps: int = 1500
     batch_size: int = 32
     seq_len: int = 48
     lr: float = 3e-3
