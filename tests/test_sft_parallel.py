@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lmkit.errors import ConfigError
 from lmkit.train.config import ParallelConfig, parse_parallel
