@@ -5,15 +5,15 @@ processes) trains through the Trainer with the same loss over 20 steps as one pr
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.train import TrainConfig, Trainer
+
+from gloo_ranks import spawn_ranks
 
 SHAPES = {
     "llama": dict(model_type="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64),
@@ -55,17 +55,9 @@ def _worker(rank: int, world: int, port: int, queue, out_dir: str) -> None:
     cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_fsdp_x_tp_2x2_loss_curve_equals_one_process(tmp_path):
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(4, _free_port(), queue, str(tmp_path)), nprocs=4)
-    results = dict(queue.get() for _ in range(4))
+    results = spawn_ranks(_worker, 4, str(tmp_path))
     for shape in SHAPES:
         single = Trainer(_model(shape), _config(str(tmp_path / f"single-{shape}"), grad_accum_steps=2), _rows())
         ref = [r["loss"] for r in single.train()]

@@ -7,15 +7,15 @@ process with the same next-step loss; and the 3-D pp2 x dp2 x tp2 mesh on 8 proc
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.train import TrainConfig, Trainer
+
+from gloo_ranks import spawn_ranks
 
 SHAPE = dict(model_type="qwen3", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
              max_seq_len=64, qk_norm="head", qkv_bias=False, tie_embeddings=False)
@@ -74,16 +74,8 @@ def _worker(rank: int, world: int, port: int, queue, out_dir: str, names: list[s
     cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, out_dir: str, names: list[str]) -> dict:
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(world, _free_port(), queue, out_dir, names), nprocs=world)
-    return dict(queue.get() for _ in range(world))
+    return spawn_ranks(_worker, world, out_dir, names)
 
 
 @pytest.fixture(scope="module")

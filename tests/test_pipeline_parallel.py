@@ -7,12 +7,10 @@ each process."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
@@ -23,6 +21,8 @@ from lmkit.train.parallel_memory import estimate_parallel_memory
 from lmkit.train.parallel_plan import pipeline_loss
 from lmkit.train.pipeline_parallel import Pipeline, check_pipeline_parallel, clip_grad_norm, stage_layers
 from lmkit.train.tensor_parallel import apply_tensor_parallel, parallel_loss
+
+from gloo_ranks import spawn_ranks
 
 SHAPES = {
     "llama": dict(model_type="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64),
@@ -126,17 +126,9 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def pp2_results():
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(2, _free_port(), queue), nprocs=2)
-    return dict(queue.get() for _ in range(2))
+    return spawn_ranks(_worker, 2)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

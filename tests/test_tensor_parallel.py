@@ -4,18 +4,18 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from lmkit.errors import ConfigError
 from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.train.distributed_checkpoint import export_hf, load_distributed, save_distributed
 from lmkit.train.tensor_parallel import apply_tensor_parallel, check_tensor_parallel, clip_grad_norm, parallel_loss
+
+from gloo_ranks import spawn_ranks
 
 SHAPES = {
     "llama": dict(model_type="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=64),
@@ -101,12 +101,6 @@ def _worker(rank: int, world: int, port: int, queue, ckpt_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("dcp") / "tp2-step5"
@@ -114,9 +108,7 @@ def ckpt_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tp2_results(ckpt_dir):
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(2, _free_port(), queue, str(ckpt_dir)), nprocs=2)
-    return dict(queue.get() for _ in range(2))
+    return spawn_ranks(_worker, 2, str(ckpt_dir))
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
