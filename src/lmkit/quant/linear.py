@@ -232,7 +232,7 @@ class Int8Linear(QuantLinearBase):
     def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
         # the kernel streams the codes themselves: move them into huge pages (same values, no second copy)
         self.weight_int8 = huge_page_copy(self.weight_int8)
-        return wk.int8_linear_fn(self.weight_int8, self.weight_scale, self.bias)
+        return wk.Int8Kernel(self.weight_int8, self.weight_scale, self.bias)
 
 
 # ---- LLM.int8() -----------------------------------------------------------------------------

@@ -163,11 +163,6 @@ class Int4Kernel:
         return y if self.bias is None else y + self.bias
 
 
-def int8_linear_fn(w_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> Int8Kernel:
-    """The int8 kernel of a layer (see `Int8Kernel`)."""
-    return Int8Kernel(w_int8, scales, bias)
-
-
 def int4_linear_fn(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
                    bias: torch.Tensor | None) -> Int4Kernel:
     """x [M, K] -> x @ W.T + bias in KERNEL_DTYPE for lmkit's 4-bit groups (codes uint8 [N, K] in 0..15)."""
