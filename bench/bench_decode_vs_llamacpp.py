@@ -7,6 +7,9 @@ small byte-level BPE tokenizer (the GGUF vocabulary is padded to 32000). Precisi
     lmkit fp32        vs  F32
     lmkit bf16        vs  F16     (model.to(torch.bfloat16))
     lmkit int8        vs  Q8_0    (quantize_model "int8", lm_head included, as Q8_0 does)
+    lmkit w8a8        vs  Q8_0    (quantize_model "w8a8": the same int8 weights, activations quantized
+                                   per token at run time, int8 x int8 products, as llama.cpp's Q8_0
+                                   dot products quantize theirs, in blocks of 32)
     lmkit int4        vs  Q4_0    (quantize_model "int4" group 32 + int8 lm_head; llama.cpp's Q4_0
                                    files keep output.weight at higher precision too)
 
@@ -41,9 +44,12 @@ import tempfile
 import time
 import warnings
 
-import torch
+# as the `lmkit` command does (lmkit/cli.py): torch's allocator puts the weights in 2 MiB pages
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-PRECISIONS = {"fp32": "f32", "bf16": "f16", "int8": "q8_0", "int4": "q4_0"}
+import torch  # noqa: E402
+
+PRECISIONS = {"fp32": "f32", "bf16": "f16", "int8": "q8_0", "w8a8": "q8_0", "int4": "q4_0"}
 NEW = 64
 PROMPT = 16
 PP = 512
@@ -74,8 +80,8 @@ def variant(base, name: str):
     m = copy.deepcopy(base)
     if name == "bf16":
         return m.to(torch.bfloat16)
-    if name == "int8":
-        return quantize_model(m, "int8", skip=[])
+    if name in ("int8", "w8a8"):
+        return quantize_model(m, name, skip=[])
     quantize_model(m, "int4", group_size=32)
     quantize_model(m, "int8", skip=[], targets=["lm_head"])
     return m
@@ -155,7 +161,7 @@ def llama_prompt(llm, ids: list[int]) -> float:
 
 def gemv_ms(threads: int) -> dict[str, float]:
     """ms for one [1, 1024] x [1024, 11264] product per precision (the merged gate+up weight)."""
-    from lmkit.quant.linear import GroupQuantLinear, Int8Linear
+    from lmkit.quant.linear import GroupQuantLinear, Int8DynamicLinear, Int8Linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(1024, 11264, bias=False)
@@ -172,6 +178,8 @@ def gemv_ms(threads: int) -> dict[str, float]:
     fns["bf16 prepacked (fused step)"] = lambda: packed(xb)
     q8 = Int8Linear.from_linear(lin)
     fns["int8"] = lambda: q8(x)
+    w8 = Int8DynamicLinear.from_linear(lin)
+    fns["w8a8"] = lambda: w8(x)
     q4 = GroupQuantLinear.from_linear(lin, bits=4, group_size=32)
     fns["int4 g32"] = lambda: q4(x)
     q4b = GroupQuantLinear.from_linear(lin, bits=4, group_size=128)

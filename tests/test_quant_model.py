@@ -14,10 +14,10 @@ from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.models.presets import preset
 from lmkit.quant.checkpoint import load_quantized, save_quantized
-from lmkit.quant.linear import GroupQuantLinear, Int8Linear, LLMInt8Linear, NF4Linear
+from lmkit.quant.linear import GroupQuantLinear, Int8DynamicLinear, Int8Linear, LLMInt8Linear, NF4Linear
 from lmkit.quant.quantize_model import quantize_model, quantized_weight_bytes
 
-TYPES = {"int8": Int8Linear, "llm-int8": LLMInt8Linear, "nf4": NF4Linear, "rtn": GroupQuantLinear}
+TYPES = {"int8": Int8Linear, "w8a8": Int8DynamicLinear, "llm-int8": LLMInt8Linear, "nf4": NF4Linear, "rtn": GroupQuantLinear}
 
 
 def tiny(**kw):
@@ -27,7 +27,7 @@ def tiny(**kw):
     return DecoderLM(cfg).eval()
 
 
-@pytest.mark.parametrize("method,tol", [("int8", 0.02), ("llm-int8", 0.03), ("nf4", 0.15), ("rtn", 0.2)])
+@pytest.mark.parametrize("method,tol", [("int8", 0.02), ("w8a8", 0.03), ("llm-int8", 0.03), ("nf4", 0.15), ("rtn", 0.2)])
 def test_quantize_model_methods(method, tol):
     model = tiny()
     ids = torch.randint(0, 96, (2, 12))
@@ -81,7 +81,7 @@ def test_bad_input():
         quantize_model(m, "int8")
 
 
-@pytest.mark.parametrize("method", ["int8", "llm-int8", "nf4", "rtn", "gptq"])
+@pytest.mark.parametrize("method", ["int8", "w8a8", "llm-int8", "nf4", "rtn", "gptq"])
 def test_checkpoint_round_trip(tmp_path, method):
     model = tiny()
     kw = {"calib": torch.randint(0, 96, (4, 12))} if method == "gptq" else {}

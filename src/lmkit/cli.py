@@ -9,11 +9,20 @@ by their commands).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-import click
+# Before anything imports torch: torch's CPU allocator puts allocations of 2 MiB and more in
+# transparent huge pages when THP_MEM_ALLOC_ENABLE is set at its start (it reads the variable
+# once). Batch-1 decoding streams every weight once per token, and on 4 KiB pages the bench
+# CPU's bandwidth moves by a third from one process to the next (the 246M fp32 weight walk:
+# 13.5-23 ms); in huge pages it is steady at 13 ms (docs/benchmarks.md, session 8). A value the
+# user set wins (THP_MEM_ALLOC_ENABLE=0 turns it off).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from lmkit.errors import LmkitError
+import click  # noqa: E402  (after the environment variable above)
+
+from lmkit.errors import LmkitError  # noqa: E402
 
 # Listed in the order of the package map (DESIGN.md). `lmkit quantize` lives in
 # hub/commands.py: it reads checkpoints, and quant sits above hub in the layering rule.

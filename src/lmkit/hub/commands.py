@@ -100,8 +100,9 @@ def _calibration_ids(path: str, model_dir: str, n: int, seq_len: int):
 @click.command("quantize", cls=RenamedOptionsCommand, renamed={"--output": "--out"})
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", "output", required=True, type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(["int8", "int4", "llm-int8", "nf4", "rtn", "gptq"]), required=True,
-              help="int8 / int4 (= rtn --bits 4) / gptq --bits 4 run on fused CPU kernels")
+@click.option("--method", type=click.Choice(["int8", "int4", "w8a8", "llm-int8", "nf4", "rtn", "gptq"]),
+              required=True, help="int8 / int4 (= rtn --bits 4) / gptq --bits 4 run on fused weight-only CPU "
+                                  "kernels; w8a8 also quantizes activations (int8 x int8, fastest on CPU)")
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None,
               help="text file of calibration data (GPTQ)")
 @click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="rtn / gptq")

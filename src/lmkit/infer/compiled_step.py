@@ -49,7 +49,8 @@ import torch.nn.functional as F
 
 from lmkit.infer.fused_step import FusedDecoder
 from lmkit.quant.linear import QuantLinearBase
-from lmkit.quant.weight_kernels import INT8_DENSE_ROWS, KERNEL_DTYPE, Int4Kernel, Int8Kernel
+from lmkit.quant.weight_kernels import (INT8_DENSE_ROWS, INT8_MM_OP, KERNEL_DTYPE, Int4Kernel, Int8DynamicKernel,
+                                        Int8Kernel, int8_dynamic_mm)
 
 # per model: {(fused decoder id, batch, max_len, dtype, options...): (fused, step, module)}; dropped with the model
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -84,7 +85,7 @@ class _StaticStep(torch.nn.Module):
         if self.rope:
             self.register_buffer("cos", fused._cos.detach())
             self.register_buffer("sin", fused._sin.detach())
-        self.kernels: dict[str, tuple] = {}  # projection name -> ("int8",) / ("int4", group, out_features)
+        self.kernels: dict[str, tuple] = {}  # projection name -> ("int8",) / ("w8a8",) / ("int4", group, out_features)
         names = ("qkv", "o", "ff", "dn")
         for i, tensors in enumerate(fused.layers):
             for j, name in enumerate(names):
@@ -99,8 +100,10 @@ class _StaticStep(torch.nn.Module):
         if isinstance(w, torch.Tensor):
             return None
         calls = getattr(w, "calls", None)
-        if not calls or len(calls) != 1 or not isinstance(calls[0], (Int8Kernel, Int4Kernel)):
-            return "quantized layers without a fused weight-only kernel, or of mixed kinds in one projection"
+        if not calls or len(calls) != 1 or not isinstance(calls[0], (Int8Kernel, Int4Kernel, Int8DynamicKernel)):
+            return "quantized layers without a fused kernel, or of mixed kinds in one projection"
+        if isinstance(calls[0], Int8DynamicKernel) and INT8_MM_OP is None:
+            return f"torch {torch.__version__} has no torch.library.register_fake to call the int8 x int8 kernel in a graph"
         return None
 
     def _add_projection(self, name: str, w, bias) -> None:
@@ -121,6 +124,10 @@ class _StaticStep(torch.nn.Module):
             self.register_buffer(f"{name}_q", kernel.w_int8)
             self.register_buffer(f"{name}_s", kernel.scales)
             self.kernels[name] = ("int8",)
+        elif isinstance(kernel, Int8DynamicKernel):
+            self.register_buffer(f"{name}_q", kernel.w_int8)
+            self.register_buffer(f"{name}_s", kernel.w_scale)
+            self.kernels[name] = ("w8a8",)
         else:
             self.register_buffer(f"{name}_q", kernel.packed)
             self.register_buffer(f"{name}_s", kernel.scales_and_zeros)
@@ -134,6 +141,9 @@ class _StaticStep(torch.nn.Module):
             return F.linear(x, getattr(self, f"{name}_w"), bias)
         gain, beta = getattr(self, f"{name}_gain"), getattr(self, f"{name}_beta")
         xk = x if gain is None else (x * gain if beta is None else torch.addcmul(beta, x, gain))
+        if kind[0] == "w8a8":  # quantized per row inside the graph (fused with the loops around it)
+            y = int8_dynamic_mm(xk, getattr(self, f"{name}_q"), getattr(self, f"{name}_s"), INT8_MM_OP)
+            return (y if bias is None else y + bias).to(x.dtype)
         xk = xk.to(KERNEL_DTYPE)
         if kind[0] == "int8" and x.shape[0] >= INT8_DENSE_ROWS:
             y = F.linear(xk, getattr(self, f"{name}_q").to(KERNEL_DTYPE) * getattr(self, f"{name}_s")[:, None])

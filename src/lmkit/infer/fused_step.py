@@ -326,7 +326,7 @@ class _QuantProj:
         self.beta = None if norm is None else getattr(norm, "bias", None)
         # every call a kernel (bf16 input): the gain product is written straight in bf16, one kernel
         # instead of a product and a cast (the same fp32 product, rounded once: the same bits)
-        self.kernel_input = all(not isinstance(f, torch.nn.Module) for f in self.calls)
+        self.kernel_input = all(getattr(f, "input_dtype", None) == KERNEL_DTYPE for f in self.calls)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.gain is not None:

@@ -2,6 +2,8 @@
 
   Int8Linear       weight-only int8, symmetric absmax per output channel (row of W);
                    forward dequantizes W to the input dtype and runs an ordinary matmul.
+  Int8DynamicLinear  W8A8: Int8Linear's weight, activations int8 per row at run time, exact int32
+                   products on torch._int_mm (the fastest int8 path on CPU; not weight-only).
   LLMInt8Linear    LLM.int8(): int8 weight (per output channel); activations quantized per
                    row at run time; input feature columns with any |x| > threshold go through
                    a floating-point matmul instead (mixed-precision decomposition).
@@ -235,6 +237,32 @@ class Int8Linear(QuantLinearBase):
         return wk.Int8Kernel(self.weight_int8, self.weight_scale, self.bias)
 
 
+class Int8DynamicLinear(Int8Linear):
+    """W8A8: Int8Linear's weight (absmax per output channel), and the activations quantized to int8 per
+    row (token) at run time; the product is an exact int32 sum on `torch._int_mm` (weight_kernels.py).
+    Not weight-only: the activation rounding adds error (measured in docs/quantization.md), and in
+    exchange it is the fastest int8 path on CPU, at decode and at prompt lengths alike. Without the
+    kernel it computes the same numbers by simulation (`vectorwise_int8_linear`)."""
+
+    method = "w8a8"
+
+    def kernel_reason(self, device: torch.device) -> str | None:
+        return wk.int8_dynamic_kernel_reason(device)
+
+    def make_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        self.weight_int8 = huge_page_copy(self.weight_int8)
+        return wk.Int8DynamicKernel(self.weight_int8, self.weight_scale, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point() and self.uses_kernel(x):
+            y = self.kernel_mm(x.reshape(-1, self.in_features))
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        from lmkit.quant.llm_int8 import vectorwise_int8_linear
+
+        y = vectorwise_int8_linear(x, self.weight_int8, self.weight_scale)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
 # ---- LLM.int8() -----------------------------------------------------------------------------
 class LLMInt8Linear(Int8Linear):
     """LLM.int8(): int8 weight per output row; activations int8 per row at run time, except the
@@ -420,7 +448,7 @@ class Int4OffsetLinear(QuantLinearBase):
         return super().extra_repr() + f", group_size={self.group_size}"
 
 
-QUANT_LINEAR_TYPES = (Int8Linear, LLMInt8Linear, NF4Linear, GroupQuantLinear, GPTQLinear, Int4OffsetLinear)
+QUANT_LINEAR_TYPES = (Int8Linear, Int8DynamicLinear, LLMInt8Linear, NF4Linear, GroupQuantLinear, GPTQLinear, Int4OffsetLinear)
 
 
 def merge_rows(linears: list[QuantLinearBase]) -> QuantLinearBase | None:
@@ -432,14 +460,14 @@ def merge_rows(linears: list[QuantLinearBase]) -> QuantLinearBase | None:
     kind = type(first)
     if len(linears) == 1:
         return first
-    if kind not in (Int8Linear, GroupQuantLinear, GPTQLinear, Int4OffsetLinear) or any(type(m) is not kind for m in linears):
+    if kind not in (Int8Linear, Int8DynamicLinear, GroupQuantLinear, GPTQLinear, Int4OffsetLinear) or any(type(m) is not kind for m in linears):
         return None
     if any(m.in_features != first.in_features or (m.bias is None) != (first.bias is None) for m in linears):
         return None
     out_f = sum(m.out_features for m in linears)
     bias = first.bias is not None
-    if kind is Int8Linear:
-        merged = Int8Linear(first.in_features, out_f, bias)
+    if kind in (Int8Linear, Int8DynamicLinear):
+        merged = kind(first.in_features, out_f, bias)
         names = ("weight_int8", "weight_scale")
     elif kind is Int4OffsetLinear:
         if any(m.group_size != first.group_size for m in linears):

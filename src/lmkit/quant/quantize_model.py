@@ -4,6 +4,8 @@ Methods (post-training quantization, PTQ / 训练后量化, weight quantization)
   int8       Int8Linear        weight-only int8, absmax per output channel (fused CPU kernel)
   int4       GroupQuantLinear  round-to-nearest 4-bit zero-point groups (fused CPU kernel);
                                the same as rtn with bits=4
+  w8a8       Int8DynamicLinear int8 weights per output channel + int8 activations per token at run
+                               time, exact int32 products (torch._int_mm): the fastest int8 on CPU
   llm-int8   LLMInt8Linear     LLM.int8(): int8 weights + int8 activations with fp outlier columns
   nf4        NF4Linear         QLoRA NF4, block 64, double quantization
   rtn        GroupQuantLinear  round-to-nearest b-bit (4 or 8) zero-point groups
@@ -33,13 +35,14 @@ from lmkit.models.module_tree import replace_module
 from lmkit.quant.linear import (
     GPTQLinear,
     GroupQuantLinear,
+    Int8DynamicLinear,
     Int8Linear,
     LLMInt8Linear,
     NF4Linear,
     QuantLinearBase,
 )
 
-METHODS = ("int8", "int4", "llm-int8", "nf4", "rtn", "gptq")
+METHODS = ("int8", "int4", "w8a8", "llm-int8", "nf4", "rtn", "gptq")
 DEFAULT_SKIP = ("lm_head",)
 
 
@@ -95,6 +98,8 @@ def make_quantized(linear: nn.Linear, method: str, *, block_size: int = 64, doub
         raise ValueError(f"cannot quantize a {type(linear).__name__}: only nn.Linear is supported")
     if method == "int8":
         return Int8Linear.from_linear(linear)
+    if method == "w8a8":
+        return Int8DynamicLinear.from_linear(linear)
     if method == "llm-int8":
         return LLMInt8Linear.from_linear(linear, threshold)
     if method == "nf4":
@@ -108,6 +113,8 @@ def empty_quantized(in_f: int, out_f: int, bias: bool, method: str, settings: di
     """A quantized module of the right shapes to load a saved state dict into."""
     if method == "int8":
         return Int8Linear(in_f, out_f, bias)
+    if method == "w8a8":
+        return Int8DynamicLinear(in_f, out_f, bias)
     if method == "llm-int8":
         return LLMInt8Linear(in_f, out_f, bias, settings.get("threshold", 6.0))
     if method == "nf4":
