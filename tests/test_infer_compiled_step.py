@@ -304,3 +304,21 @@ def test_quantized_layers_without_a_kernel_are_refused(quantized_models):
     quantize_model(model, "int8", skip=[], targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"])
     quantize_model(model, "nf4", targets=["down_proj"])  # no fused kernel: the eager step dequantizes it
     assert "kernel" in cs.CompiledDecoder.unsupported(model, 32)
+
+
+def test_large_fp32_models_call_the_prepacked_gemvs(quantized_models, monkeypatch):
+    """Above MAX_COMPILED_FP32_BYTES the graph calls the eager fused step's oneDNN-prepacked fp32 GEMVs
+    (`lmkit::prepacked_linear`) instead of freezing the weights in: the same logits as the eager step
+    (here with the limit lowered so that the tiny model counts as large)."""
+    if cs.PREPACKED_LINEAR_OP is None:
+        pytest.skip("no torch.library.register_fake")
+    model = quantized_models["base"]
+    monkeypatch.setattr(cs, "MAX_COMPILED_FP32_BYTES", 0)
+    if not cs._prepacked_fp32(FusedDecoder.for_model(model)):
+        pytest.skip("oneDNN is not available: large fp32 models are refused instead")
+    assert cs.CompiledDecoder.unsupported(model, 32) is None
+    step = cs.CompiledDecoder(model, compile=True)
+    ours = _step_logits(model, step)
+    module = next(v[2] for v in cs._COMPILED[model].values())
+    assert len(module.prepacked) == 4 * len(model.layers) + 1 and not hasattr(module, "qkv0_w")
+    torch.testing.assert_close(ours, _step_logits(model, None), rtol=1e-4, atol=1e-4)

@@ -29,8 +29,10 @@ Quantized models compile too: an int8 / int4 projection's fused weight-only kern
 an extern call inside the graph, with its norm-gain product and bf16 cast fused into the loops
 around it. On the 246M benchmark model (2 threads) that takes the bf16 / int8 / int4 decode step
 from 0.94 / 0.84 / 1.07x llama.cpp (eager fused step) to 1.03-1.08 / 0.90-0.97 / 1.22x
-(docs/benchmarks.md). Large fp32 models are refused (`MAX_COMPILED_FP32_BYTES`): frozen fp32
-linears run on MKL's one-thread sgemv, slower than the eager step's oneDNN GEMVs.
+(docs/benchmarks.md). w8a8 layers quantize their input rows inside the graph, around an opaque
+int8 x int8 product (`lmkit::int8_mm`). Large fp32 models (`MAX_COMPILED_FP32_BYTES`) keep their
+matrices out of the graph: frozen fp32 linears would run on MKL's one-thread sgemv, so the graph
+calls the eager step's oneDNN-prepacked GEMVs through `lmkit::prepacked_linear`.
 
 `CompiledDecoder(model)(input_ids, positions, cache, pad_bias, last_only)` has the same
 signature and result as `FusedDecoder.__call__`; `CompiledDecoder.unsupported(model,
@@ -39,6 +41,7 @@ max_len)` says when it cannot run (then use `FusedDecoder` / `model.forward`).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import threading
 import types
@@ -47,7 +50,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from lmkit.infer.fused_step import FusedDecoder
+from lmkit.infer.fused_step import FusedDecoder, _OneDNNLinear
 from lmkit.quant.linear import QuantLinearBase
 from lmkit.quant.weight_kernels import (INT8_DENSE_ROWS, INT8_MM_OP, KERNEL_DTYPE, Int4Kernel, Int8DynamicKernel,
                                         Int8Kernel, int8_dynamic_mm)
@@ -56,11 +59,45 @@ from lmkit.quant.weight_kernels import (INT8_DENSE_ROWS, INT8_MM_OP, KERNEL_DTYP
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _RECOMPILE_LIMIT = 64
-# fp32 models with more weight bytes than this decode faster eagerly: the eager fused step runs their GEMVs on
-# oneDNN over all threads, a frozen graph runs them on MKL's one-thread sgemv (and an fp32 GEMV written as a
-# reduction for the inductor measured slower still). The 246M bench model, 2 threads: eager 14 ms per token,
-# compiled 35 ms (MKL) / 41 ms (reduction). Tiny models, where per-operator overhead dominates, gain.
+# fp32 models with more weight bytes than this keep their matrices out of the graph: a frozen graph
+# would run them on MKL's one-thread sgemv (the 246M bench model, 2 threads: 35 ms per token against
+# the eager step's 14 ms; an fp32 GEMV written as a reduction for the inductor: 41 ms), so the graph
+# calls the eager fused step's oneDNN-prepacked GEMVs instead (`PREPACKED_LINEAR_OP`), which run on
+# every thread. Below it (tiny models) the inductor's own packing is as fast and has no call overhead.
 MAX_COMPILED_FP32_BYTES = 64 * 2**20
+
+
+_PREPACKED: "weakref.WeakValueDictionary[int, _OneDNNLinear]" = weakref.WeakValueDictionary()
+_HANDLES = itertools.count()
+
+
+def _register_prepacked_linear():
+    """`lmkit::prepacked_linear(x, handle, out_features)`: x @ the oneDNN-prepacked weight registered
+    under `handle`. An opaque oneDNN tensor cannot be a graph constant (tracing needs a storage), so
+    the graph holds an integer and the step module keeps the weight alive."""
+    if not hasattr(torch.library, "register_fake"):
+        return None
+    if not hasattr(torch.ops.lmkit, "prepacked_linear"):
+        lib = torch.library.Library("lmkit", "FRAGMENT")
+        lib.define("prepacked_linear(Tensor x, int handle, int out_features) -> Tensor")
+        lib.impl("prepacked_linear", lambda x, handle, n: _PREPACKED[handle](x.contiguous()), "CPU")
+        torch.library.register_fake("lmkit::prepacked_linear", lambda x, handle, n: x.new_empty((x.shape[0], n)),
+                                    lib=lib)
+        _LIBRARIES.append(lib)
+    return torch.ops.lmkit.prepacked_linear
+
+
+_LIBRARIES: list = []
+PREPACKED_LINEAR_OP = _register_prepacked_linear()
+
+
+def _prepacked_fp32(fused: FusedDecoder) -> bool:
+    """Whether the step calls `fused`'s prepacked fp32 GEMVs (large fp32 models, oneDNN there)."""
+    if PREPACKED_LINEAR_OP is None or not isinstance(fused.run_lm_w, _OneDNNLinear) or fused.embed.dtype != torch.float32:
+        return False
+    mats = [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]
+    size = sum(t.numel() * t.element_size() for t in mats if isinstance(t, torch.Tensor) and t.dtype == torch.float32)
+    return size > MAX_COMPILED_FP32_BYTES
 
 
 class _StaticStep(torch.nn.Module):
@@ -86,13 +123,17 @@ class _StaticStep(torch.nn.Module):
             self.register_buffer("cos", fused._cos.detach())
             self.register_buffer("sin", fused._sin.detach())
         self.kernels: dict[str, tuple] = {}  # projection name -> ("int8",) / ("w8a8",) / ("int4", group, out_features)
+        self.prepacked: dict[str, tuple[int, int]] = {}  # projection name -> (handle, out_features)
+        self._prepacked_refs: list[_OneDNNLinear] = []  # keeps the weights behind the handles alive
+        use_prepacked = _prepacked_fp32(fused)
         names = ("qkv", "o", "ff", "dn")
         for i, tensors in enumerate(fused.layers):
             for j, name in enumerate(names):
-                self._add_projection(f"{name}{i}", tensors[2 * j], tensors[2 * j + 1])
+                packed = fused.run_layers[i][2 * j] if use_prepacked else None
+                self._add_projection(f"{name}{i}", tensors[2 * j], tensors[2 * j + 1], packed)
         self.register_buffer("norm_w", fused.norm_w.detach())
         self.register_buffer("norm_b", None if fused.norm_b is None else fused.norm_b.detach())
-        self._add_projection("lm", fused.lm_w, fused.lm_b)
+        self._add_projection("lm", fused.lm_w, fused.lm_b, fused.run_lm_w if use_prepacked else None)
 
     @staticmethod
     def unsupported_projection(w) -> str | None:
@@ -106,9 +147,17 @@ class _StaticStep(torch.nn.Module):
             return f"torch {torch.__version__} has no torch.library.register_fake to call the int8 x int8 kernel in a graph"
         return None
 
-    def _add_projection(self, name: str, w, bias) -> None:
+    def _add_projection(self, name: str, w, bias, packed=None) -> None:
         """Buffers of one projection: a dense weight as [out, in] (what F.linear / the frozen packer
-        expect), or a quantized one's kernel layout with the norm gain it multiplies its input by."""
+        expect), a handle to its oneDNN-prepacked form (`packed`), or a quantized one's kernel layout
+        with the norm gain it multiplies its input by."""
+        if isinstance(packed, _OneDNNLinear) and isinstance(w, torch.Tensor):
+            handle = next(_HANDLES)
+            _PREPACKED[handle] = packed
+            self._prepacked_refs.append(packed)
+            self.prepacked[name] = (handle, w.shape[1])  # w is the [in, out] view
+            self.register_buffer(f"{name}_b", None if bias is None else bias.detach())
+            return
         if isinstance(w, torch.Tensor):
             self.register_buffer(f"{name}_w", w.t().contiguous().detach())
             self.register_buffer(f"{name}_b", None if bias is None else bias.detach())
@@ -136,6 +185,9 @@ class _StaticStep(torch.nn.Module):
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x [B, in] @ the projection `name` -> [B, out] in x's dtype."""
         bias = getattr(self, f"{name}_b")
+        if name in self.prepacked:
+            y = PREPACKED_LINEAR_OP(x, *self.prepacked[name])
+            return y if bias is None else y + bias
         kind = self.kernels.get(name)
         if kind is None:
             return F.linear(x, getattr(self, f"{name}_w"), bias)
@@ -262,9 +314,9 @@ class CompiledDecoder:
         # the fp32 matrices a step multiplies by (the embedding table is only indexed, unless tied to the head)
         mats = [m.weight for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32]
         fp32 = sum(w.numel() * w.element_size() for w in {id(w): w for w in mats}.values())
-        if fp32 > MAX_COMPILED_FP32_BYTES:
-            return (f"{fp32 / 2**20:.0f} MB of fp32 weights: the eager fused step's oneDNN GEMVs are faster than a "
-                    "compiled graph's (see MAX_COMPILED_FP32_BYTES)")
+        if fp32 > MAX_COMPILED_FP32_BYTES and not _prepacked_fp32(FusedDecoder.for_model(model)):
+            return (f"{fp32 / 2**20:.0f} MB of fp32 weights and no oneDNN here: the eager fused step is faster than "
+                    "a compiled graph (see MAX_COMPILED_FP32_BYTES)")
         if any(isinstance(m, QuantLinearBase) for m in model.modules()):  # their kernels run inside the graph
             fused = FusedDecoder.for_model(model)
             for w in [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]:
