@@ -306,6 +306,27 @@ def test_quantized_layers_without_a_kernel_are_refused(quantized_models):
     assert "kernel" in cs.CompiledDecoder.unsupported(model, 32)
 
 
+def test_static_cache_length_buckets():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(max_seq_len=1000))
+    assert [cs.static_cache_length(model, n) for n in (1, 64, 65, 80, 129, 600, 1000, 1200)] == \
+        [64, 64, 128, 128, 256, 1000, 1000, 1200]
+
+
+def test_generations_of_other_lengths_reuse_the_compiled_step(quantized_models):
+    """generate(compile=True) rounds the cache up (static_cache_length): another prompt length and budget
+    run the same compiled step (one compile), with the eager step's tokens."""
+    import copy
+
+    model = copy.deepcopy(quantized_models["base"])
+    runs = [([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]], 10), ([[1, 2, 3], [4, 5, 6]], 7), ([[3, 1, 4, 1, 5, 9, 2], [6] * 7], 20)]
+    for prompts, n in runs:
+        ours = generate(model, prompts, max_new_tokens=n, eos_token_id=[], do_sample=False, compile=True).sequences
+        assert ours == generate(model, prompts, max_new_tokens=n, eos_token_id=[], do_sample=False).sequences
+    assert [k[2] for k in cs._COMPILED[model]] == [64]  # one step, over a 64-slot cache
+
+
 def test_large_fp32_models_call_the_prepacked_gemvs(quantized_models, monkeypatch):
     """Above MAX_COMPILED_FP32_BYTES the graph calls the eager fused step's oneDNN-prepacked fp32 GEMVs
     (`lmkit::prepacked_linear`) instead of freezing the weights in: the same logits as the eager step

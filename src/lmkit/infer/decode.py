@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 
 from lmkit.errors import ConfigError
+from lmkit.infer import compiled_step
 from lmkit.infer.config import GenerationConfig
 from lmkit.infer.constraint import ConstraintArg, allowed_rows, row_constraints
 from lmkit.infer.inputs import left_pad
@@ -66,7 +67,9 @@ class Decoder:
     @torch.inference_mode()
     def steps(self) -> Iterator[Step]:
         cfg, model, b, t = self.cfg, self.model, self.b, self.t
-        cache = make_kv_cache(model, b, self.total, cfg.kv_cache_dtype)
+        # a compiled step is built per cache length: round it up so other lengths reuse it
+        length = compiled_step.static_cache_length(model, self.total) if cfg.compile else self.total
+        cache = make_kv_cache(model, b, length, cfg.kv_cache_dtype)
         runner = ModelRunner(model, b, self.total, self.mask, cfg.fused, compiled=cfg.compile)
         logits = runner.prefill(self.tokens[:, :t].clamp(min=0), cache)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
