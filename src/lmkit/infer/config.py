@@ -59,7 +59,8 @@ class GenerationConfig:
     # engine
     fused: bool = True  # lean fused decode step where the architecture allows (same results, less overhead)
     # torch.compile'd static-cache decode step (infer/compiled_step.py): fastest on CPU once compiled, but the
-    # first call per (batch, length) shape compiles for ~10 s; worth it for servers and benchmarks
+    # first call per (batch, cache length) compiles for ~10 s (generate rounds the length up to a power of
+    # two, so a few compiles cover every length); worth it for servers and benchmarks
     compile: bool = False
     # "int8": keys / values stored as int8 with a scale per (head, token) (models/quantized_kv_cache.py):
     # ~0.27x the memory of an fp32 cache for long contexts, at a small cost in accuracy and step time
