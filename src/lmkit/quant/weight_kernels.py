@@ -21,7 +21,7 @@ build has fused kernels that read the codes directly:
          (absmax / 127, as LLM.int8()'s vector-wise part), and y = acc * x_scale * w_scale.
          This is what llama.cpp's Q8_0 does on CPU (its dot products quantize the activations
          to 8-bit blocks of 32); the int8 weight-only kernel instead widens every code to float,
-         which costs more than reading it (185M weights: 6.4 ms per pass vs 4.9 ms, 2 threads).
+         which costs more than reading it (213M weights: 6.4 ms per pass vs 4.9 ms, 2 threads).
 
 Activations go through the kernels in bf16 (`KERNEL_DTYPE`, measured fastest on the benchmark
 CPU: 1x1024 @ 1024x11264 int8 0.36 ms, int4 0.30 ms vs fp32 dense 2.3 ms); results come back
