@@ -50,8 +50,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from lmkit.graph_ops import define_graph_op
 from lmkit.infer.fused_step import FusedDecoder, _OneDNNLinear
-from lmkit.quant.linear import QuantLinearBase
 from lmkit.quant.weight_kernels import (INT8_DENSE_ROWS, INT8_MM_OP, KERNEL_DTYPE, Int4Kernel, Int8DynamicKernel,
                                         Int8Kernel, int8_dynamic_mm)
 
@@ -71,33 +71,24 @@ _PREPACKED: "weakref.WeakValueDictionary[int, _OneDNNLinear]" = weakref.WeakValu
 _HANDLES = itertools.count()
 
 
-def _register_prepacked_linear():
-    """`lmkit::prepacked_linear(x, handle, out_features)`: x @ the oneDNN-prepacked weight registered
-    under `handle`. An opaque oneDNN tensor cannot be a graph constant (tracing needs a storage), so
-    the graph holds an integer and the step module keeps the weight alive."""
-    if not hasattr(torch.library, "register_fake"):
-        return None
-    if not hasattr(torch.ops.lmkit, "prepacked_linear"):
-        lib = torch.library.Library("lmkit", "FRAGMENT")
-        lib.define("prepacked_linear(Tensor x, int handle, int out_features) -> Tensor")
-        lib.impl("prepacked_linear", lambda x, handle, n: _PREPACKED[handle](x.contiguous()), "CPU")
-        torch.library.register_fake("lmkit::prepacked_linear", lambda x, handle, n: x.new_empty((x.shape[0], n)),
-                                    lib=lib)
-        _LIBRARIES.append(lib)
-    return torch.ops.lmkit.prepacked_linear
+# x @ the oneDNN-prepacked weight registered under `handle`: an opaque oneDNN tensor cannot be a
+# graph constant (tracing needs a storage), so the graph holds an integer and the step module keeps
+# the weight alive
+PREPACKED_LINEAR_OP = define_graph_op(
+    "prepacked_linear", "(Tensor x, int handle, int out_features) -> Tensor",
+    lambda x, handle, n: _PREPACKED[handle](x.contiguous()), lambda x, handle, n: x.new_empty((x.shape[0], n)))
 
 
-_LIBRARIES: list = []
-PREPACKED_LINEAR_OP = _register_prepacked_linear()
+def _fp32_matrix_bytes(fused: FusedDecoder) -> int:
+    """Bytes of the fp32 matrices a step multiplies by (the embedding only when it is the head)."""
+    mats = [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]
+    return sum(t.numel() * t.element_size() for t in mats if isinstance(t, torch.Tensor) and t.dtype == torch.float32)
 
 
 def _prepacked_fp32(fused: FusedDecoder) -> bool:
-    """Whether the step calls `fused`'s prepacked fp32 GEMVs (large fp32 models, oneDNN there)."""
-    if PREPACKED_LINEAR_OP is None or not isinstance(fused.run_lm_w, _OneDNNLinear) or fused.embed.dtype != torch.float32:
-        return False
-    mats = [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]
-    size = sum(t.numel() * t.element_size() for t in mats if isinstance(t, torch.Tensor) and t.dtype == torch.float32)
-    return size > MAX_COMPILED_FP32_BYTES
+    """Whether the step calls `fused`'s prepacked fp32 GEMVs: a large fp32 model, with oneDNN there."""
+    return (PREPACKED_LINEAR_OP is not None and isinstance(fused.run_lm_w, _OneDNNLinear)
+            and _fp32_matrix_bytes(fused) > MAX_COMPILED_FP32_BYTES)
 
 
 class _StaticStep(torch.nn.Module):
@@ -311,14 +302,12 @@ class CompiledDecoder:
             return "no C++ compiler found (the inductor CPU backend needs one)"
         if model.config.position == "rope" and max_len is not None and max_len > model.config.max_seq_len:
             return f"max_len {max_len} exceeds the model's max_seq_len"
-        # the fp32 matrices a step multiplies by (the embedding table is only indexed, unless tied to the head)
-        mats = [m.weight for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32]
-        fp32 = sum(w.numel() * w.element_size() for w in {id(w): w for w in mats}.values())
-        if fp32 > MAX_COMPILED_FP32_BYTES and not _prepacked_fp32(FusedDecoder.for_model(model)):
+        fused = FusedDecoder.for_model(model)
+        fp32 = _fp32_matrix_bytes(fused)
+        if fp32 > MAX_COMPILED_FP32_BYTES and not _prepacked_fp32(fused):
             return (f"{fp32 / 2**20:.0f} MB of fp32 weights and no oneDNN here: the eager fused step is faster than "
                     "a compiled graph (see MAX_COMPILED_FP32_BYTES)")
-        if any(isinstance(m, QuantLinearBase) for m in model.modules()):  # their kernels run inside the graph
-            fused = FusedDecoder.for_model(model)
+        if fused.quantized:  # their kernels run inside the graph
             for w in [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]:
                 why = _StaticStep.unsupported_projection(w)
                 if why is not None:

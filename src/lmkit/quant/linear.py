@@ -39,6 +39,7 @@ from lmkit.errors import QuantizationError
 from lmkit.quant.nf4 import NF4Tensor, quantize_nf4
 from lmkit.quant.double_quant import DQ_BLOCK_SIZE, DoubleQuantized
 from lmkit.quant import weight_kernels as wk
+from lmkit.quant.llm_int8 import vectorwise_int8_linear
 from lmkit.quant.huge_pages import huge_page_copy
 
 
@@ -125,6 +126,10 @@ class QuantLinearBase(nn.Module):
         if x.is_floating_point() and self.uses_kernel(x):
             y = self.kernel_mm(x.reshape(-1, self.in_features))
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return self.forward_without_kernel(x)
+
+    def forward_without_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """The same product where no fused kernel runs: dequantize, then matmul."""
         w = self.dequantize_weight(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
@@ -253,12 +258,8 @@ class Int8DynamicLinear(Int8Linear):
         self.weight_int8 = huge_page_copy(self.weight_int8)
         return wk.Int8DynamicKernel(self.weight_int8, self.weight_scale, self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_floating_point() and self.uses_kernel(x):
-            y = self.kernel_mm(x.reshape(-1, self.in_features))
-            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        from lmkit.quant.llm_int8 import vectorwise_int8_linear
-
+    def forward_without_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's own arithmetic, simulated (activations rounded too), not a dequantized matmul."""
         y = vectorwise_int8_linear(x, self.weight_int8, self.weight_scale)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

@@ -36,6 +36,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from lmkit.graph_ops import define_graph_op
 from lmkit.quant.huge_pages import huge_page_copy
 from lmkit.quant.llm_int8 import vectorwise_quantize
 
@@ -94,26 +95,12 @@ def int8_dynamic_kernel_reason(device: torch.device) -> str | None:
     return None
 
 
-def _register_int8_mm():
-    """`torch._int_mm` as an opaque operator for compiled graphs. The inductor's own `_int_mm` in a
-    frozen CPU graph, with the scale product after it, ran 25-300x slower than the oneDNN call (its
-    out= variant through the C++ wrapper, or a plain loop); an operator of our own stays an extern
-    call. Defined through `torch.library.Library` (a CPU kernel and a fake one for tracing), which
-    costs 3 us a call where `torch.library.custom_op` costs 4.6 (65 calls a decode step)."""
-    if not hasattr(torch, "_int_mm") or not hasattr(torch.library, "register_fake"):
-        return None
-    if not hasattr(torch.ops.lmkit, "int8_mm"):  # once per process (a module reload must not redefine it)
-        lib = torch.library.Library("lmkit", "FRAGMENT")
-        lib.define("int8_mm(Tensor x, Tensor w) -> Tensor")
-        lib.impl("int8_mm", lambda x, w: torch._int_mm(x, w.t()), "CPU")
-        torch.library.register_fake("lmkit::int8_mm", lambda x, w: x.new_empty((x.shape[0], w.shape[0]),
-                                                                                 dtype=torch.int32), lib=lib)
-        _LIBRARIES.append(lib)  # the operator lives as long as its Library object
-    return torch.ops.lmkit.int8_mm
-
-
-_LIBRARIES: list = []
-INT8_MM_OP = _register_int8_mm()  # (x int8 [M, K], w int8 [N, K]) -> int32 [M, N], for compiled graphs
+# (x int8 [M, K], w int8 [N, K]) -> int32 [M, N] for compiled graphs: the inductor's own `_int_mm` in a
+# frozen CPU graph, with the scale product after it, ran 25-300x slower than the oneDNN call (its out=
+# variant through the C++ wrapper, or a plain loop); an operator of our own stays an extern call.
+INT8_MM_OP = define_graph_op("int8_mm", "(Tensor x, Tensor w) -> Tensor", lambda x, w: torch._int_mm(x, w.t()),
+                             lambda x, w: x.new_empty((x.shape[0], w.shape[0]), dtype=torch.int32)) \
+    if hasattr(torch, "_int_mm") else None
 
 
 def int8_dynamic_mm(x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, mm=None) -> torch.Tensor:
