@@ -170,12 +170,12 @@ def gemv_ms(threads: int) -> dict[str, float]:
 
     fns = {"fp32": lambda: lin(x)}
     packed32 = _prepacked(lin.weight.t())
-    fns["fp32 oneDNN (fused step)"] = lambda: packed32(x)
+    fns["fp32 fused step"] = lambda: packed32(x)
     lb = copy.deepcopy(lin).to(torch.bfloat16)
     xb = x.bfloat16()
     fns["bf16"] = lambda: lb(xb)
     packed = _prepacked(lb.weight.t())
-    fns["bf16 prepacked (fused step)"] = lambda: packed(xb)
+    fns["bf16 fused step"] = lambda: packed(xb)
     q8 = Int8Linear.from_linear(lin)
     fns["int8"] = lambda: q8(x)
     w8 = Int8DynamicLinear.from_linear(lin)

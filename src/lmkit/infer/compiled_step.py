@@ -24,15 +24,16 @@ server or a benchmark pays the compile time once (a few seconds up to a minute: 
 docs/parts/infer-speed-benchmarks.md). Steps of more than one token (speculative decoding's
 verification) and caches of another size go to the eager `FusedDecoder`.
 
-Quantized models compile too: an int8 / int4 projection's fused weight-only kernel
-(`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`, quant/weight_kernels.py) is
-an extern call inside the graph, with its norm-gain product and bf16 cast fused into the loops
-around it. On the 246M benchmark model (2 threads) that takes the bf16 / int8 / int4 decode step
-from 0.94 / 0.84 / 1.07x llama.cpp (eager fused step) to 1.03-1.08 / 0.90-0.97 / 1.22x
-(docs/benchmarks.md). w8a8 layers quantize their input rows inside the graph, around an opaque
-int8 x int8 product (`lmkit::int8_mm`). Large fp32 models (`MAX_COMPILED_FP32_BYTES`) keep their
-matrices out of the graph: frozen fp32 linears would run on MKL's one-thread sgemv, so the graph
-calls the eager step's oneDNN-prepacked GEMVs through `lmkit::prepacked_linear`.
+Quantized models compile too: an int8 / int4 projection's fused weight-only kernel (lmkit's
+native int8 GEMV `lmkit::int8_gemv` where it builds, else `torch._weight_int8pack_mm`;
+`torch._weight_int4pack_mm_for_cpu`; quant/weight_kernels.py) is an extern call inside the graph,
+with its norm-gain product and casts fused into the loops around it. w8a8 layers quantize their
+input rows inside the graph, around an opaque int8 x int8 product (`lmkit::int8_mm`). Large
+dense models (`MAX_COMPILED_FP32_BYTES`: fp32, and bf16 where the native GEMV runs) keep their
+matrices out of the graph: frozen fp32 linears would run on MKL's one-thread sgemv, and the
+native GEMV streams bf16 faster than the graph's oneDNN product, so the graph calls the eager
+step's own GEMVs (`NativeLinear` / `_OneDNNLinear`) through `lmkit::prepacked_linear`. Figures
+against llama.cpp are in docs/benchmarks.md.
 
 `CompiledDecoder(model)(input_ids, positions, cache, pad_bias, last_only)` has the same
 signature and result as `FusedDecoder.__call__`; `CompiledDecoder.unsupported(model,
@@ -51,9 +52,10 @@ import torch
 import torch.nn.functional as F
 
 from lmkit.graph_ops import define_graph_op
-from lmkit.infer.fused_step import FusedDecoder, _OneDNNLinear
-from lmkit.quant.weight_kernels import (INT8_DENSE_ROWS, INT8_MM_OP, KERNEL_DTYPE, Int4Kernel, Int8DynamicKernel,
-                                        Int8Kernel, int8_dynamic_mm)
+from lmkit.infer.fused_step import PACKED_TYPES, FusedDecoder
+from lmkit.native_gemv import MAX_GEMV_ROWS, NativeLinear
+from lmkit.quant.weight_kernels import (INT8_DENSE_ROWS, INT8_GEMV_OP, INT8_MM_OP, KERNEL_DTYPE, Int4Kernel,
+                                        Int8DynamicKernel, Int8Kernel, int8_dynamic_mm)
 
 # per model: {(fused decoder id, batch, max_len, dtype, options...): (fused, step, module)}; dropped with the model
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -62,33 +64,39 @@ _RECOMPILE_LIMIT = 64
 # fp32 models with more weight bytes than this keep their matrices out of the graph: a frozen graph
 # would run them on MKL's one-thread sgemv (the 246M bench model, 2 threads: 35 ms per token against
 # the eager step's 14 ms; an fp32 GEMV written as a reduction for the inductor: 41 ms), so the graph
-# calls the eager fused step's oneDNN-prepacked GEMVs instead (`PREPACKED_LINEAR_OP`), which run on
-# every thread. Below it (tiny models) the inductor's own packing is as fast and has no call overhead.
+# calls the eager fused step's GEMVs instead (`PREPACKED_LINEAR_OP`), which run on every thread; so do
+# bf16 models where the native GEMV runs (`_prepacked_dense`). Below it (tiny models) the inductor's
+# own packing is as fast and has no call overhead.
 MAX_COMPILED_FP32_BYTES = 64 * 2**20
 
 
-_PREPACKED: "weakref.WeakValueDictionary[int, _OneDNNLinear]" = weakref.WeakValueDictionary()
+_PREPACKED: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _HANDLES = itertools.count()
 
 
-# x @ the oneDNN-prepacked weight registered under `handle`: an opaque oneDNN tensor cannot be a
-# graph constant (tracing needs a storage), so the graph holds an integer and the step module keeps
-# the weight alive
+# x @ the eager step's GEMV registered under `handle` (`NativeLinear` / `_OneDNNLinear`): an opaque oneDNN
+# tensor cannot be a graph constant (tracing needs a storage), and a native one must not be copied into
+# the graph, so the graph holds an integer and the step module keeps the weight alive
 PREPACKED_LINEAR_OP = define_graph_op(
     "prepacked_linear", "(Tensor x, int handle, int out_features) -> Tensor",
     lambda x, handle, n: _PREPACKED[handle](x.contiguous()), lambda x, handle, n: x.new_empty((x.shape[0], n)))
 
 
-def _fp32_matrix_bytes(fused: FusedDecoder) -> int:
-    """Bytes of the fp32 matrices a step multiplies by (the embedding only when it is the head)."""
+def _matrix_bytes(fused: FusedDecoder, dtypes: tuple = (torch.float32,)) -> int:
+    """Bytes of the `dtypes` matrices a step multiplies by (the embedding only when it is the head)."""
     mats = [t for ts in fused.layers for t in ts[::2]] + [fused.lm_w]
-    return sum(t.numel() * t.element_size() for t in mats if isinstance(t, torch.Tensor) and t.dtype == torch.float32)
+    return sum(t.numel() * t.element_size() for t in mats if isinstance(t, torch.Tensor) and t.dtype in dtypes)
 
 
-def _prepacked_fp32(fused: FusedDecoder) -> bool:
-    """Whether the step calls `fused`'s prepacked fp32 GEMVs: a large fp32 model, with oneDNN there."""
-    return (PREPACKED_LINEAR_OP is not None and isinstance(fused.run_lm_w, _OneDNNLinear)
-            and _fp32_matrix_bytes(fused) > MAX_COMPILED_FP32_BYTES)
+def _prepacked_dense(fused: FusedDecoder) -> bool:
+    """Whether the step calls `fused`'s own dense GEMVs: a large fp32 model (native or oneDNN GEMV), or a
+    large bf16 one where the native GEMV runs (it streams the weights faster than the frozen graph's
+    oneDNN product: the 246M bench model at 2 threads, 85 against 81 tok/s)."""
+    run = fused.run_lm_w
+    if PREPACKED_LINEAR_OP is None or not isinstance(run, PACKED_TYPES):
+        return False
+    dtypes = (torch.float32, torch.bfloat16) if isinstance(run, NativeLinear) else (torch.float32,)
+    return _matrix_bytes(fused, dtypes) > MAX_COMPILED_FP32_BYTES
 
 
 class _StaticStep(torch.nn.Module):
@@ -113,10 +121,10 @@ class _StaticStep(torch.nn.Module):
         if self.rope:
             self.register_buffer("cos", fused._cos.detach())
             self.register_buffer("sin", fused._sin.detach())
-        self.kernels: dict[str, tuple] = {}  # projection name -> ("int8",) / ("w8a8",) / ("int4", group, out_features)
+        self.kernels: dict[str, tuple] = {}  # projection name -> ("int8", native) / ("w8a8",) / ("int4", group, out_features)
         self.prepacked: dict[str, tuple[int, int]] = {}  # projection name -> (handle, out_features)
-        self._prepacked_refs: list[_OneDNNLinear] = []  # keeps the weights behind the handles alive
-        use_prepacked = _prepacked_fp32(fused)
+        self._prepacked_refs: list = []  # keeps the weights behind the handles alive
+        use_prepacked = _prepacked_dense(fused)
         names = ("qkv", "o", "ff", "dn")
         for i, tensors in enumerate(fused.layers):
             for j, name in enumerate(names):
@@ -140,9 +148,9 @@ class _StaticStep(torch.nn.Module):
 
     def _add_projection(self, name: str, w, bias, packed=None) -> None:
         """Buffers of one projection: a dense weight as [out, in] (what F.linear / the frozen packer
-        expect), a handle to its oneDNN-prepacked form (`packed`), or a quantized one's kernel layout
+        expect), a handle to the eager step's GEMV on it (`packed`), or a quantized one's kernel layout
         with the norm gain it multiplies its input by."""
-        if isinstance(packed, _OneDNNLinear) and isinstance(w, torch.Tensor):
+        if isinstance(packed, PACKED_TYPES) and isinstance(w, torch.Tensor):
             handle = next(_HANDLES)
             _PREPACKED[handle] = packed
             self._prepacked_refs.append(packed)
@@ -163,7 +171,8 @@ class _StaticStep(torch.nn.Module):
         if isinstance(kernel, Int8Kernel):
             self.register_buffer(f"{name}_q", kernel.w_int8)
             self.register_buffer(f"{name}_s", kernel.scales)
-            self.kernels[name] = ("int8",)
+            self.register_buffer(f"{name}_s32", kernel.scales_fp32)
+            self.kernels[name] = ("int8", kernel.native and INT8_GEMV_OP is not None)
         elif isinstance(kernel, Int8DynamicKernel):
             self.register_buffer(f"{name}_q", kernel.w_int8)
             self.register_buffer(f"{name}_s", kernel.w_scale)
@@ -186,6 +195,9 @@ class _StaticStep(torch.nn.Module):
         xk = x if gain is None else (x * gain if beta is None else torch.addcmul(beta, x, gain))
         if kind[0] == "w8a8":  # quantized per row inside the graph (fused with the loops around it)
             y = int8_dynamic_mm(xk, getattr(self, f"{name}_q"), getattr(self, f"{name}_s"), INT8_MM_OP)
+            return (y if bias is None else y + bias).to(x.dtype)
+        if kind[0] == "int8" and kind[1] and x.shape[0] <= MAX_GEMV_ROWS:  # the native GEMV, fp32 activations
+            y = INT8_GEMV_OP(xk.float(), getattr(self, f"{name}_q"), getattr(self, f"{name}_s32"))
             return (y if bias is None else y + bias).to(x.dtype)
         xk = xk.to(KERNEL_DTYPE)
         if kind[0] == "int8" and x.shape[0] >= INT8_DENSE_ROWS:
@@ -303,8 +315,8 @@ class CompiledDecoder:
         if model.config.position == "rope" and max_len is not None and max_len > model.config.max_seq_len:
             return f"max_len {max_len} exceeds the model's max_seq_len"
         fused = FusedDecoder.for_model(model)
-        fp32 = _fp32_matrix_bytes(fused)
-        if fp32 > MAX_COMPILED_FP32_BYTES and not _prepacked_fp32(fused):
+        fp32 = _matrix_bytes(fused)
+        if fp32 > MAX_COMPILED_FP32_BYTES and not _prepacked_dense(fused):
             return (f"{fp32 / 2**20:.0f} MB of fp32 weights and no oneDNN here: the eager fused step is faster than "
                     "a compiled graph (see MAX_COMPILED_FP32_BYTES)")
         if fused.quantized:  # their kernels run inside the graph
