@@ -108,9 +108,9 @@ def test_bad_input_gets_a_clear_error():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3, native_gemv.MAX_GEMV_ROWS + 1, 37])
+@pytest.mark.parametrize("rows", [1, 2, native_gemv.MAX_GEMV_ROWS + 1, 37])
 def test_native_linear_matches_linear_for_decode_and_prefill_rows(dtype, rows):
-    """A few rows through the native GEMV, more through oneDNN's GEMM on the same [out, in] weight (no copy)."""
+    """One or two rows through the native GEMV on the Linear's own weight, more through oneDNN's GEMM."""
     lin = torch.nn.Linear(48, 80, dtype=dtype)
     layer = NativeLinear(lin.weight.t())
     assert layer.w.data_ptr() == lin.weight.data_ptr()

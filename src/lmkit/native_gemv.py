@@ -5,8 +5,8 @@ GEMV reaches 90-95 % of a plain `sum` over the same bytes and costs 11 us a call
 65 calls); here each thread takes one contiguous block of weight rows, one dot product per row,
 which streams like the `sum` does and costs 3 us a call. The 246M bench model's 65 products per
 token, 2 threads, medians of 15 interleaved rounds: fp32 20.2 ms (oneDNN 22.1, `sum` 19.1), bf16
-12.0 ms (oneDNN 13.6, `sum` 11.2). It reads nn.Linear's [out, in] weight in place, so the fused
-step keeps no reordered copy. Weight-only int8 (`gemv_int8`) widens the codes to fp32 in
+12.0 ms (oneDNN 13.6, `sum` 11.2). It reads nn.Linear's [out, in] weight in place; from 3 rows on
+(prefill, batches) oneDNN's GEMM is faster and takes over (`NativeLinear`). Weight-only int8 (`gemv_int8`) widens the codes to fp32 in
 registers: 4.4 ms for the same model against 7.7 for torch's `_weight_int8pack_mm`.
 
 The kernel is C (no torch headers: it compiles in a quarter of a second), built with the
@@ -168,22 +168,37 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch
     for name, t in (("scale", scale), ("bias", bias)):
         if t is not None and (tuple(t.shape) != (n,) or t.dtype != torch.float32):
             raise ValueError(f"gemv_int8: {name} {tuple(t.shape)} {t.dtype} is not fp32 [{n}]")
-    x = x.float().contiguous()
-    q, scale = q.contiguous(), scale.contiguous()
-    y = torch.empty((x.shape[0], n), dtype=torch.float32)
-    lib.lmkit_gemv_int8(x.data_ptr(), q.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(),
-                        y.data_ptr(), x.shape[0], n, q.shape[1], torch.get_num_threads())
+    return gemv_int8_trusted(x, q.contiguous(), scale.contiguous(), bias)
+
+
+def gemv_int8_trusted(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`gemv_int8` for codes, scales and bias already checked (contiguous int8 [N, K], fp32 [N]) by the
+    kernel object that holds them: only x is checked, which saves 3 of the 6 us a decode call costs."""
+    if x.dim() != 2 or x.shape[1] != q.shape[1]:
+        raise ValueError(f"gemv_int8: x {tuple(x.shape)} does not match codes {tuple(q.shape)}")
+    if x.dtype != torch.float32:
+        x = x.float()
+    x = x.contiguous()
+    y = torch.empty((x.shape[0], q.shape[0]), dtype=torch.float32)
+    _library().lmkit_gemv_int8(x.data_ptr(), q.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(),
+                               y.data_ptr(), x.shape[0], q.shape[0], q.shape[1], torch.get_num_threads())
     return y
 
 
-MAX_GEMV_ROWS = 4  # more rows (prefill, wide batches) go to oneDNN's GEMM, which reuses weights across rows
+# Up to this many rows the native kernels beat oneDNN's reordered GEMM and torch's int8 kernel; more rows
+# reuse each weight across rows, which a GEMM blocks for (1024x5632, 8 weights in turn, 2 threads, ms per
+# product: fp32 1 row 0.53 vs 0.55, 2 rows 0.60 vs 0.58, 4 rows 0.72 vs 0.55, 8 rows 1.06 vs 0.56; int8
+# against `_weight_int8pack_mm` 1 row 0.13 vs 0.20, 3 rows 0.21 vs 0.24, 4 rows 0.28 vs 0.23)
+MAX_GEMV_ROWS = 2
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class NativeLinear:
     """y = x @ w_t (+ bias) (+ residual) on one CPU weight, called like the fused step's `_OneDNNLinear`:
-    a few rows through the native GEMV over nn.Linear's own [out, in] weight, more rows through
-    oneDNN's GEMM on that same weight (512 rows of 1024x5632: 13.3 ms against 12.9 with a reordered
-    copy, which this layer does not keep)."""
+    one or two rows (decoding) through the native GEMV over nn.Linear's own [out, in] weight, more rows
+    (prefill, batched decoding) through oneDNN's GEMM on a copy reordered into its blocked layout (8 rows
+    of 1024x5632 fp32: 0.56 ms against 1.10 on the plain layout)."""
 
     def __init__(self, w_t: torch.Tensor) -> None:
         lib = _library()
@@ -195,14 +210,15 @@ class NativeLinear:
         self.out_features, self.in_features = self.w.shape
         self.dtype = self.w.dtype
         self._fn = lib.lmkit_gemv_f32 if self.dtype == torch.float32 else lib.lmkit_gemv_bf16
-        self._gemm = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+        hint = 1 if self.dtype == torch.bfloat16 else 2  # the batch hints of fused_step._OneDNNLinear
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.w, hint) if _ONEDNN else None
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None,
                  residual: torch.Tensor | None = None) -> torch.Tensor:
         m = x.shape[0]
         if m > MAX_GEMV_ROWS or x.dtype != self.dtype or x.dim() != 2:
-            if self._gemm and x.dtype == self.dtype:
-                y = torch.ops.mkldnn._linear_pointwise(x, self.w, bias, "none", [], "")
+            if self.packed is not None and x.dtype == self.dtype and x.dim() == 2:
+                y = torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
             else:
                 y = torch.nn.functional.linear(x.to(self.dtype), self.w, bias)
             return y if residual is None else residual + y

@@ -20,18 +20,19 @@ the new tokens with far fewer operations, the way serving engines (vLLM, llama.c
   10-15x slower than in fp32 at decode shapes (1 query over 80 keys: 259 us vs 21 us with
   the upcast, 2.6 ms vs 0.25 ms over 512 keys, 16 heads / 4 kv heads, 1 thread);
 * RMSNorm as one `F.rms_norm` operator (computed in fp32);
-* on CPU, fp32 and bf16 products run on lmkit's native GEMV (`NativeLinear`, lmkit/native_gemv.py:
-  each thread streams a contiguous block of weight rows, 9-12 % faster than oneDNN's GEMV and a
-  quarter of its per-call cost) over the [out, in] weights in place, and through oneDNN's GEMM on
-  those same weights from a few rows on (prefill); where the native kernel cannot be built,
-  through oneDNN's linear on weights reordered once into its blocked layouts (`_OneDNNLinear`).
-  torch.mm and MKL's sgemv compute a one-row fp32 product on a single thread (and MKL takes a
-  generic path on AMD CPUs); both of ours split it over the threads and stay exact fp32.
+* on CPU, fp32 and bf16 products of one or two rows run on lmkit's native GEMV (`NativeLinear`,
+  lmkit/native_gemv.py: each thread streams a contiguous block of weight rows, 9-12 % faster
+  than oneDNN's GEMV at a quarter of its per-call cost) over the [out, in] weights in place; more
+  rows (prefill, batches), and every product where the native kernel cannot be built, run through
+  oneDNN's linear on weights reordered once into its blocked layouts (`_OneDNNLinear`; 1.5x / 2x
+  faster GEMVs in fp32 / bf16 than the plain layout). torch.mm and MKL's sgemv compute a one-row
+  fp32 product on a single thread (and MKL takes a generic path on AMD CPUs); both of ours split
+  it over the threads and stay exact fp32.
 
 The merged matrices are copies (rebuilt automatically when a parameter changes): the
 fused step holds a second copy of the attention-input and FFN-input weights (of every
-weight for an fp32 or bf16 model on CPU where the native GEMV is unavailable, whose matrices
-are then reordered for oneDNN); models over 2 GiB run unfused (at that size the
+weight for an fp32 or bf16 model on CPU, whose matrices are reordered for oneDNN); models over
+2 GiB run unfused (at that size the
 step is bandwidth-bound and the saved overhead matters little). It writes the model's own
 `KVCache`, so prefill by `model.forward` and decode steps by `FusedDecoder` mix freely.
 Quantized projections (quant/linear.py) run here too: their norm gain cannot be folded into

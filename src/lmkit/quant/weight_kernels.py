@@ -106,7 +106,7 @@ INT8_MM_OP = define_graph_op("int8_mm", "(Tensor x, Tensor w) -> Tensor", lambda
 
 # (x fp32 [M, K], codes int8 [N, K], scales fp32 [N]) -> fp32 [M, N] on the native GEMV, for compiled graphs
 INT8_GEMV_OP = define_graph_op("int8_gemv", "(Tensor x, Tensor w, Tensor scales) -> Tensor",
-                               lambda x, w, s: native_gemv.gemv_int8(x, w, s),
+                               lambda x, w, s: native_gemv.gemv_int8_trusted(x, w, s),
                                lambda x, w, s: x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32))
 
 
@@ -181,7 +181,8 @@ class Int8Kernel:
         self.w_int8 = w_int8
         self.scales = scales.to(KERNEL_DTYPE).contiguous()
         self.bias = _kernel_bias(bias)
-        self.native = w_int8.device.type == "cpu" and native_gemv.unavailable() is None
+        self.native = (w_int8.device.type == "cpu" and w_int8.dtype == torch.int8 and w_int8.dim() == 2
+                       and w_int8.is_contiguous() and native_gemv.unavailable() is None)
         # what the kernel computes in (callers may write its input in it directly); None: any float dtype
         self.input_dtype = None if self.native else KERNEL_DTYPE
         self.scales_fp32 = scales.float().contiguous() if self.native else None
@@ -189,7 +190,7 @@ class Int8Kernel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.native and x.shape[0] <= native_gemv.MAX_GEMV_ROWS:
-            return native_gemv.gemv_int8(x, self.w_int8, self.scales_fp32, self.bias_fp32)
+            return native_gemv.gemv_int8_trusted(x, self.w_int8, self.scales_fp32, self.bias_fp32)
         x = x.to(KERNEL_DTYPE).contiguous()
         if x.shape[0] >= INT8_DENSE_ROWS:
             return F.linear(x, self.w_int8.to(KERNEL_DTYPE) * self.scales[:, None], self.bias)
