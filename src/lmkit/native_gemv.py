@@ -164,11 +164,13 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch
     if x.dim() != 2 or q.dim() != 2 or x.shape[1] != q.shape[1] or q.dtype != torch.int8:
         raise ValueError(f"gemv_int8: x {tuple(x.shape)} and codes {tuple(q.shape)} {q.dtype} are not "
                          "[M, K] and int8 [N, K]")
+    if any(t is not None and t.device.type != "cpu" for t in (x, q, scale, bias)):
+        raise ValueError("gemv_int8 runs on CPU tensors")
     n = q.shape[0]
     for name, t in (("scale", scale), ("bias", bias)):
         if t is not None and (tuple(t.shape) != (n,) or t.dtype != torch.float32):
             raise ValueError(f"gemv_int8: {name} {tuple(t.shape)} {t.dtype} is not fp32 [{n}]")
-    return gemv_int8_trusted(x, q.contiguous(), scale.contiguous(), bias)
+    return gemv_int8_trusted(x, q.contiguous(), scale.contiguous(), None if bias is None else bias.contiguous())
 
 
 def gemv_int8_trusted(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
