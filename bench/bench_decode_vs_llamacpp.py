@@ -159,6 +159,19 @@ def llama_prompt(llm, ids: list[int]) -> float:
     return len(ids) / (time.perf_counter() - t)
 
 
+def huge_page_mb() -> str:
+    """AnonHugePages of this process (Linux): how much of lmkit's memory the kernel put in 2 MiB pages.
+    The decode walk over the weights is several % slower on 4 KiB pages; a run where the kernel had
+    none to give (fragmented memory) shows here."""
+    try:
+        for line in open("/proc/self/smaps_rollup"):
+            if line.startswith("AnonHugePages:"):
+                return f"{int(line.split()[1]) // 1024:,}"
+    except OSError:
+        pass
+    return "n/a"
+
+
 def gemv_ms(threads: int) -> dict[str, float]:
     """ms for one [1, 1024] x [1024, 11264] product per precision (the merged gate+up weight)."""
     from lmkit.quant.linear import GroupQuantLinear, Int8DynamicLinear, Int8Linear
@@ -240,7 +253,8 @@ def main() -> None:
             lmkit_decode(model, prompt)  # warm-up (kernel layouts, rotary tables)
             t = time.perf_counter()
             lmkit_decode(model, prompt, compile=True)  # compiles the static-cache step once for this shape
-            print(f"{name}: compiling lmkit's decode step took {time.perf_counter() - t:.0f} s", flush=True)
+            print(f"{name}: compiling lmkit's decode step took {time.perf_counter() - t:.0f} s; "
+                  f"{huge_page_mb()} MB of this process in 2 MiB pages", flush=True)
             if llm is not None:
                 llama_decode(llm, prompt)
             lmkit_prompt(model, long)
