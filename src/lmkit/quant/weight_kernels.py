@@ -23,9 +23,11 @@ build has fused kernels that read the codes directly:
          to 8-bit blocks of 32); the int8 weight-only kernel instead widens every code to float,
          which costs more than reading it (213M weights: 6.4 ms per pass vs 4.9 ms, 2 threads).
 
-Activations go through the kernels in bf16 (`KERNEL_DTYPE`, measured fastest on the benchmark
+Activations go through torch's kernels in bf16 (`KERNEL_DTYPE`, measured fastest on the benchmark
 CPU: 1x1024 @ 1024x11264 int8 0.36 ms, int4 0.30 ms vs fp32 dense 2.3 ms); results come back
-in bf16 and are cast to the caller's dtype by the layers. Where a kernel is missing (CUDA, an
+in bf16 and are cast to the caller's dtype by the layers. At one or two rows (decoding) int8 runs
+on lmkit's native GEMV instead where it builds (`lmkit.native_gemv.gemv_int8`: fp32 activations
+and result, 1.7x faster than `_weight_int8pack_mm` over the benchmark model's weights). Where a kernel is missing (CUDA, an
 old torch, a group size the kernel refuses) the layers dequantize instead and say so once
 (`warn_fallback`).
 """
