@@ -15,6 +15,22 @@
 /* below this many weights per call the threads cost more than they save */
 #define PARALLEL_MIN 32768
 
+/* Non-temporal prefetch of the weight bytes PREFETCH_AHEAD ahead of the loop, one per 64-byte line of the
+ * `bytes` the loop step reads (the weights are read once per token). The 246M bench model's 65 products
+ * per token, 2 threads, medians of 15 interleaved rounds, two processes each: bf16 8.9 / 11.5 ms against
+ * 9.6 / 12.2 without, int8 4.5 / 4.0 against 5.3 / 4.7; fp32 gained nothing (18.3 / 14.8 against
+ * 18.4 / 14.1: the hardware prefetcher keeps up with a loop that does less per byte), so it has none. */
+#define PREFETCH_AHEAD 8192
+#ifdef __AVX512F__
+#define PREFETCH_ROW(p, bytes)                                                          \
+  do {                                                                                  \
+    for (int pf_ = 0; pf_ < (bytes); pf_ += 64)                                         \
+      _mm_prefetch((const char*)(p) + PREFETCH_AHEAD + pf_, _MM_HINT_NTA);              \
+  } while (0)
+#else
+#define PREFETCH_ROW(p, bytes) do { } while (0)
+#endif
+
 static inline float dot_f32(const float* x, const float* w, int64_t K) {
   int64_t k = 0;
   float s = 0.f;
@@ -55,6 +71,7 @@ static inline float dot_bf16(const uint16_t* x, const uint16_t* w, int64_t K) {
 #if defined(__AVX512BF16__)
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
   for (; k + 64 <= K; k += 64) {
+    PREFETCH_ROW(w + k, 128);
     a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(w + k));
     a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(x + k + 32), (__m512bh)_mm512_loadu_si512(w + k + 32));
   }
@@ -82,6 +99,7 @@ static inline float dot_q8(const float* x, const int8_t* q, int64_t K) {
 #ifdef __AVX512F__
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
   for (; k + 64 <= K; k += 64) {
+    PREFETCH_ROW(q + k, 64);
     __m512i b = _mm512_loadu_si512((const void*)(q + k));
     __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(b)));
     __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 1)));
