@@ -22,6 +22,7 @@ kernels.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -40,6 +41,7 @@ _LOCK = threading.Lock()
 _STATE: dict = {}  # "lib": the loaded library or None, "reason": why not
 
 
+@functools.cache
 def _cpu_signature() -> str:
     """The CPU's model and flags (a cache shared by two machines must not mix -march=native builds)."""
     try:
