@@ -104,7 +104,7 @@ def run(method: str, base, tok, records, ctx) -> dict:
     if method == "rome":  # sequential: each update also keeps the keys of the edits before it
         settings = ctx["settings"]
         apply_rome_sequence(model, tok, reqs, ctx["C"][ctx["layer"]], ctx["prefixes"],
-                            settings.rome_config(ctx["layer"]), settings.keep_weight)
+                            settings.rome_config(ctx["layer"]), settings.keep_weight, settings.keep_max_cosine)
     elif method == "memit":
         apply_memit(model, tok, reqs, ctx["C"], ctx["prefixes"],
                     ctx["settings"].memit_config(ctx["memit_layers"], len(reqs)))
@@ -142,6 +142,8 @@ def main() -> None:
                     help="MEMIT's lambda on C, per edit: K Kᵀ grows with the batch, so lambda does too")
     ap.add_argument("--keep-weight", type=float, default=S.keep_weight,
                     help="sequential ROME: weight of earlier edits' keys")
+    ap.add_argument("--keep-max-cosine", type=float, default=S.keep_max_cosine,
+                    help="sequential ROME: an earlier key this close to the new one (C^-1-cosine) is not kept")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     world = make_world()
@@ -161,13 +163,15 @@ def main() -> None:
     ctx = {"layer": layer, "memit_layers": layers_to_spread(traces, S.spread_fraction),
            "C": key_second_moment(model, tok, generic, list(range(n_layers))),
            "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
-           "settings": EditSettings(args.clamp, args.rome_clamp, args.weight_decay, args.stop_nll, args.rome_stop_nll,
-                                    args.cov_weight_per_edit, args.keep_weight, args.generic_paragraphs)}
+           "settings": EditSettings(clamp=args.clamp, rome_clamp=args.rome_clamp, weight_decay=args.weight_decay,
+                                    stop_nll=args.stop_nll, rome_stop_nll=args.rome_stop_nll,
+                                    cov_weight_per_edit=args.cov_weight_per_edit, keep_weight=args.keep_weight,
+                                    keep_max_cosine=args.keep_max_cosine, generic_paragraphs=args.generic_paragraphs)}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
     print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
           f"{args.rome_clamp} x |h|; weight decay "
           f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys "
-          f"with weight {args.keep_weight}; MEMIT lambda {args.cov_weight_per_edit} x edits")
+          f"with weight {args.keep_weight} below C^-1-cosine {args.keep_max_cosine}; MEMIT lambda {args.cov_weight_per_edit} x edits")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}

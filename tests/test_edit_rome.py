@@ -8,7 +8,7 @@ import torch
 from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
 from lmkit.edit.key_statistics import key_second_moment
 from lmkit.edit.memit import MemitConfig, apply_memit, memit_update
-from lmkit.edit.rome import RomeConfig, apply_rome, keep_keys, rank_one_update
+from lmkit.edit.rome import RomeConfig, apply_rome, apply_rome_sequence, keep_keys, keys_to_keep, rank_one_update
 from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_delta, optimise_site_deltas
 
 # an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
@@ -98,6 +98,42 @@ def test_keep_keys_stops_a_later_rank_one_update_from_moving_an_earlier_edit():
         drift[weight] = float((w2 @ k1 - v1).norm())
     assert drift[1e4] < 1e-3 * drift[0.0]
     assert torch.equal(keep_keys(c, [], 5.0), c)
+
+
+def test_keys_to_keep_lets_go_of_an_earlier_key_too_close_to_the_new_one():
+    gen = torch.Generator().manual_seed(3)
+    d = 16
+    c = _moment(d, gen)
+    k = torch.randn(d, generator=gen, dtype=torch.float64)
+    near = k + 0.05 * torch.randn(d, generator=gen, dtype=torch.float64)  # C⁻¹-cosine 0.998: the same key, nearly
+    c_inv_k = torch.linalg.solve(c, k)
+    far = torch.randn(d, generator=gen, dtype=torch.float64)
+    far = far - (far @ c_inv_k) / (k @ c_inv_k) * k  # C⁻¹-orthogonal to k: cosine 0
+    assert [x is far for x in keys_to_keep(c, [near, far], k, 0.5)] == [True]
+    assert len(keys_to_keep(c, [near, far], k, 1.0)) == 2  # 1: keep every key
+    assert keys_to_keep(c, [], k, 0.5) == []
+    # the cosine is C⁻¹'s: scaling a key does not change it, and -k is as far as a key can be
+    assert len(keys_to_keep(c, [3.0 * near], k, 0.99)) == 0
+    assert len(keys_to_keep(c, [-k], k, 0.5)) == 1
+    # why: keeping `near` blows the update up (it must tell two equal keys apart); letting go does not
+    w, v = torch.randn(8, d, generator=gen, dtype=torch.float64), torch.randn(8, generator=gen, dtype=torch.float64)
+    kept = rank_one_update(w, k, v, keep_keys(c, [near], 10.0))[0] - w
+    let_go = rank_one_update(w, k, v, keep_keys(c, keys_to_keep(c, [near], k, 0.5), 10.0))[0] - w
+    assert kept.norm() > 3 * let_go.norm()  # 5.3x here; 4x on the benchmark's worst key
+
+
+def test_rome_sequence_with_and_without_letting_go_edits_every_fact():
+    world, records, tok = world_and_tokenizer()
+    prefixes = world.statements()[:2]
+    reqs = [_request(r) for r in (records[2], records[5])]  # different subjects
+    ids = [tok.encode(r.prompt.format(r.subject)) for r in reqs]
+    for max_cosine in (1.0, 0.5):
+        model = tiny_model()
+        cov = key_second_moment(model, tok, world.statements(), [0])[0]
+        edits = apply_rome_sequence(model, tok, reqs, cov, prefixes, RomeConfig(layer=0, target=FREE), 10.0, max_cosine)
+        assert [e.layer for e in edits] == [0, 0]
+        for r, i in zip(reqs, ids):
+            assert _greedy(model, i, 1) == tok.encode(" " + r.target_new)[:1]
 
 
 def test_batched_targets_equal_one_by_one():

@@ -17,6 +17,7 @@ def test_settings_build_the_benchmarks_configs():
     assert (memit.target.clamp_norm, memit.target.weight_decay, memit.target.stop_nll) == (6.0, 0.5, 0.02)
     rome = BENCH_SETTINGS.rome_config(2)
     assert rome.layer == 2 and (rome.target.clamp_norm, rome.target.stop_nll) == (2.0, 0.02)
+    assert BENCH_SETTINGS.keep_max_cosine == 0.5
     assert EditSettings(cov_weight_per_edit=1.0).memit_config([0], 7).cov_weight == 7.0
 
 
@@ -41,3 +42,21 @@ def test_cli_memit_with_the_tuned_settings(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
     assert report["method"] == "memit" and report["edits"] == 2 and "MEMIT layers" in res.output
+
+
+def test_cli_rome_sequence_takes_the_keep_options(tmp_path):
+    from lmkit.cli import cli
+    from lmkit.edit.facts import write_records
+    from lmkit.hub import save_pretrained
+
+    _, records, tok = world_and_tokenizer()
+    save_pretrained(tiny_model(), tmp_path / "model", tokenizer=tok)
+    write_records(records, tmp_path / "facts.jsonl")
+    args = ["edit", str(tmp_path / "model"), "--method", "rome", "--facts", str(tmp_path / "facts.jsonl"),
+            "--n-edits", "2", "--layer", "0", "--generic-paragraphs", "10", "--stop-nll", "0.3"]
+    res = CliRunner().invoke(cli, args + ["--keep-weight", "10", "--keep-max-cosine", "0.5"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
+    assert report["method"] == "rome" and report["edits"] == 2
+    res = CliRunner().invoke(cli, args + ["--keep-max-cosine", "1.5"])
+    assert res.exit_code == 2 and "--keep-max-cosine" in res.output

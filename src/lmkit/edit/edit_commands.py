@@ -90,12 +90,15 @@ def _save(model, tok, src: Path, out: Path) -> None:
               show_default=True, help="MEMIT: lambda on C per edit (lambda = this x the number of edits)")
 @click.option("--keep-weight", type=click.FloatRange(min=0), default=BENCH.keep_weight, show_default=True,
               help="ROME: weight of the earlier edits' keys in a sequence of edits (0: plain ROME)")
+@click.option("--keep-max-cosine", type=click.FloatRange(min=-1, max=1), default=BENCH.keep_max_cosine,
+              show_default=True, help="ROME: an earlier edit's key whose C^-1-cosine with the new key reaches this "
+                                      "is not kept (1: keep every one)")
 @click.option("--epsilon", type=float, default=None, help="GRACE's deferral radius (default: 0.1 x the key norm)")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="where to save the edited model")
 @click.option("--seed", type=int, default=0, show_default=True)
 def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, layer, layers, stats_text,
-                 generic_paragraphs, clamp, stop_nll, weight_decay, cov_weight_per_edit, keep_weight, epsilon, out,
-                 seed):
+                 generic_paragraphs, clamp, stop_nll, weight_decay, cov_weight_per_edit, keep_weight, keep_max_cosine,
+                 epsilon, out, seed):
     """Rewrite facts in MODEL_DIR (ROME, MEMIT, FT-L or a GRACE codebook) and show the effect.
 
     ROME and MEMIT use the settings bench/bench_editing.py measured (lmkit.edit.edit_settings)."""
@@ -138,7 +141,8 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
     settings = replace(BENCH, clamp=clamp or BENCH.clamp, rome_clamp=clamp or BENCH.rome_clamp,
                        stop_nll=BENCH.stop_nll if stop_nll is None else stop_nll,
                        rome_stop_nll=BENCH.rome_stop_nll if stop_nll is None else stop_nll,
-                       weight_decay=weight_decay, cov_weight_per_edit=cov_weight_per_edit, keep_weight=keep_weight)
+                       weight_decay=weight_decay, cov_weight_per_edit=cov_weight_per_edit, keep_weight=keep_weight,
+                       keep_max_cosine=keep_max_cosine)
     before = None
     if records:
         from lmkit.edit.metrics import edit_scores
@@ -149,7 +153,8 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
         from lmkit.edit.rome import apply_rome_sequence
 
         cov = _second_moments(model, tok, texts, [layer])[layer]
-        apply_rome_sequence(model, tok, requests, cov, prefixes, settings.rome_config(layer), settings.keep_weight)
+        apply_rome_sequence(model, tok, requests, cov, prefixes, settings.rome_config(layer), settings.keep_weight,
+                            settings.keep_max_cosine)
     elif method == "memit":
         from lmkit.edit.memit import apply_memit
 

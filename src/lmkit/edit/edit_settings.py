@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # torch only when a config is built: `lmkit --help` reads the
 @dataclass(frozen=True)
 class EditSettings:
     """MEMIT: ‖z − h‖ ≤ clamp·‖h‖, stop at NLL stop_nll, λ = cov_weight_per_edit × edits (K Kᵀ grows
-    with the batch, so λ does too); ROME: its own clamp and stop, earlier keys kept with keep_weight;
+    with the batch, so λ does too); ROME: its own clamp and stop, earlier keys kept with keep_weight
+    unless their C⁻¹-cosine with the new key reaches keep_max_cosine (rome.keys_to_keep);
     C from the statements plus generic_paragraphs texts of 6 random statements; MEMIT's layers are
     those whose hidden state at the subject keeps >= spread_fraction of the peak traced effect."""
 
@@ -30,6 +31,7 @@ class EditSettings:
     rome_stop_nll: float = 0.02
     cov_weight_per_edit: float = 2.0
     keep_weight: float = 10.0
+    keep_max_cosine: float = 0.5
     generic_paragraphs: int = 1000
     spread_fraction: float = 0.9
 
