@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--stop-nll", type=float, default=S.stop_nll,
                     help="MEMIT: stop optimising z once the target's NLL is below")
     ap.add_argument("--rome-stop-nll", type=float, default=S.rome_stop_nll, help="ROME: the same for v*")
+    ap.add_argument("--bare-weight", type=float, default=S.bare_weight,
+                    help="the bare prompt's share of the target's NLL (default: an equal share with each prefix)")
     ap.add_argument("--cov-weight-per-edit", type=float, default=S.cov_weight_per_edit,
                     help="MEMIT's lambda on C, per edit: K Kᵀ grows with the batch, so lambda does too")
     ap.add_argument("--keep-weight", type=float, default=S.keep_weight,
@@ -165,6 +167,7 @@ def main() -> None:
            "prefixes": random.Random(args.seed).sample(world.statements(), 5), "grace_layer": 1,
            "settings": EditSettings(clamp=args.clamp, rome_clamp=args.rome_clamp, weight_decay=args.weight_decay,
                                     stop_nll=args.stop_nll, rome_stop_nll=args.rome_stop_nll,
+                                    bare_weight=args.bare_weight,
                                     cov_weight_per_edit=args.cov_weight_per_edit, keep_weight=args.keep_weight,
                                     keep_max_cosine=args.keep_max_cosine, generic_paragraphs=args.generic_paragraphs)}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)

@@ -3,6 +3,7 @@ the edit on a tiny model (the new target becomes the greedy answer; nothing else
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
@@ -10,6 +11,7 @@ from lmkit.edit.key_statistics import key_second_moment
 from lmkit.edit.memit import MemitConfig, apply_memit, memit_update
 from lmkit.edit.rome import RomeConfig, apply_rome, apply_rome_sequence, keep_keys, keys_to_keep, rank_one_update
 from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_delta, optimise_site_deltas
+from lmkit.errors import ConfigError
 
 # an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
 FREE = TargetVectorConfig(steps=30, clamp_norm=1e4, weight_decay=0.0)
@@ -146,3 +148,21 @@ def test_batched_targets_equal_one_by_one():
     for i, r in enumerate(reqs):
         h1, d1 = optimise_site_delta(model, tok, site, r, prefixes, cfg)
         assert torch.allclose(h[i], h1, atol=1e-5) and torch.allclose(delta[i], d1, atol=1e-4)
+
+
+def test_bare_weight_shares_the_targets_nll_between_the_bare_and_the_prefixed_prompts():
+    world, records, tok = world_and_tokenizer()
+    model = tiny_model()
+    r = _request(records[0])
+    site, prefixes = model.layers[0].mlp.down_proj, world.statements()[:3]
+
+    def delta(bare_weight, prefixes=prefixes):
+        cfg = TargetVectorConfig(steps=8, clamp_norm=1e4, weight_decay=0.01, kl_weight=0.0, bare_weight=bare_weight)
+        return optimise_site_delta(model, tok, site, r, prefixes, cfg)[1]
+
+    equal = delta(None)
+    assert equal.norm() > 0 and torch.allclose(equal, delta(0.25), atol=1e-5)  # 1 bare + 3 prefixed: a quarter each
+    assert torch.allclose(delta(1.0), delta(None, prefixes=[]), atol=1e-5)  # all on the bare prompt
+    assert not torch.allclose(delta(1.0), equal, atol=1e-3)
+    with pytest.raises(ConfigError, match="bare_weight"):
+        TargetVectorConfig(bare_weight=1.5)

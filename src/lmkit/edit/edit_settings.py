@@ -29,6 +29,7 @@ class EditSettings:
     weight_decay: float = 0.5
     stop_nll: float = 0.02
     rome_stop_nll: float = 0.02
+    bare_weight: float | None = None  # 0.5 measured: docs/editing.md, "Five draws"
     cov_weight_per_edit: float = 2.0
     keep_weight: float = 10.0
     keep_max_cosine: float = 0.5
@@ -38,13 +39,14 @@ class EditSettings:
     def memit_target(self) -> TargetVectorConfig:
         from lmkit.edit.target_vector import TargetVectorConfig
 
-        return TargetVectorConfig(clamp_norm=self.clamp, weight_decay=self.weight_decay, stop_nll=self.stop_nll)
+        return TargetVectorConfig(clamp_norm=self.clamp, weight_decay=self.weight_decay, stop_nll=self.stop_nll,
+                                  bare_weight=self.bare_weight)
 
     def rome_target(self) -> TargetVectorConfig:
         from lmkit.edit.target_vector import TargetVectorConfig
 
         return TargetVectorConfig(clamp_norm=self.rome_clamp, weight_decay=self.weight_decay,
-                                  stop_nll=self.rome_stop_nll)
+                                  stop_nll=self.rome_stop_nll, bare_weight=self.bare_weight)
 
     def memit_config(self, layers: list[int], n_edits: int) -> MemitConfig:
         from lmkit.edit.memit import MemitConfig

@@ -18,6 +18,7 @@ from torch import nn
 
 from lmkit.edit.layer_hooks import at_positions, only_trainable, patch_output, record_outputs
 from lmkit.edit.prompt_tokens import SubjectPrompt, encode_subject_prompt, pad_right, target_ids
+from lmkit.errors import ConfigError
 
 
 @dataclass
@@ -28,6 +29,11 @@ class TargetVectorConfig:
     weight_decay: float = 0.05
     clamp_norm: float = 10.0
     stop_nll: float = 0.02  # stop once the mean NLL of the target is below this
+    bare_weight: float | None = None  # the bare prompt's share of the NLL (None: an equal share with each prefix)
+
+    def __post_init__(self) -> None:
+        if self.bare_weight is not None and not 0.0 <= self.bare_weight <= 1.0:
+            raise ConfigError(f"bare_weight is the bare prompt's share of the NLL, in [0, 1]; got {self.bare_weight}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,12 @@ def optimise_site_deltas(model: nn.Module, tokenizer, site: nn.Module, requests:
     tgt_t = torch.tensor([t + [0] * (width - len(t)) for t in tgts])
     tmask = torch.tensor([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tgts])
     rows = torch.arange(len(seqs))[:, None]
-    prompts_per = torch.zeros(n).index_add_(0, owner_t, torch.ones(len(seqs)))
+    prompt_weight = torch.ones(len(seqs))  # each request's weights sum to 1
+    if cfg.bare_weight is not None and len(prefixes) > 1:
+        prompt_weight.fill_((1 - cfg.bare_weight) / (len(prefixes) - 1))
+        prompt_weight[bare] = cfg.bare_weight
+    else:
+        prompt_weight /= len(prefixes)
     ess_per = torch.zeros(n).index_add_(0, ess_owner_t, torch.ones(len(ess_seqs))).clamp(min=1)
     h_sq = h.norm(dim=-1) ** 2
     max_norm = cfg.clamp_norm * h.norm(dim=-1, keepdim=True)
@@ -120,7 +131,7 @@ def optimise_site_deltas(model: nn.Module, tokenizer, site: nn.Module, requests:
             with patch_output(site, add_delta(subj, owner_t)):
                 logp = F.log_softmax(model(ids).logits.float(), -1)
             tok_nll = -(logp[rows, tpos, tgt_t] * tmask).sum(1) / tmask.sum(1)  # per prompt
-            nll = torch.zeros(n).index_add(0, owner_t, tok_nll) / prompts_per  # per request
+            nll = torch.zeros(n).index_add(0, owner_t, tok_nll * prompt_weight)  # per request
             done = done | (nll.detach() < cfg.stop_nll)
             if bool(done.all()):
                 break
