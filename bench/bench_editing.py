@@ -8,7 +8,8 @@ keys of the edits before it), MEMIT (one batch spread over the traced layers), F
 (L∞-constrained fine-tuning of one down_proj) and a GRACE codebook, and each is scored with
 CounterFact's measures on the edited records: efficacy, paraphrase, neighbourhood (locality) and
 fluency (n-gram entropy of generations). C = E[k kᵀ] comes from the world's statements plus 1000
-paragraphs of 6 random statements (~76k tokens). Size 1 is the mean of 20 separate single edits.
+paragraphs of 6 random statements (~76k tokens). Size 1 is the mean of 20 separate single edits
+(`--single-edits`), a larger size one batch (`--draws` averages several independent batches).
 GRACE also reports `unchanged`: the fraction of neighbourhood prompts (of subjects not edited)
 whose next-token logits are bit-identical to the unedited model's.
 
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / "bench" / ".cache" / "editing_model"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--single-edits", type=int, default=20, help="size 1 is the mean of this many separate edits")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="each size above 1 is the mean of this many independent batches of that size")
     ap.add_argument("--generic-paragraphs", type=int, default=S.generic_paragraphs,
                     help="texts of 6 random statements for C")
     ap.add_argument("--clamp", type=float, default=S.clamp, help="MEMIT: |delta| <= clamp * |h| for its targets z")
@@ -191,8 +194,9 @@ def main() -> None:
                 singles = distinct_subject_records(records, args.single_edits, seed=args.seed + 1)
                 rows = [run(method, model, tok, [r], ctx) for r in singles]
                 row = mean_rows(rows)
-            else:
-                row = run(method, model, tok, distinct_subject_records(records, n, seed=args.seed + n), ctx)
+            else:  # draw 0 is the batch of a single draw
+                batches = [distinct_subject_records(records, n, seed=args.seed + n + 7919 * j) for j in range(args.draws)]
+                row = mean_rows([run(method, model, tok, b, ctx) for b in batches])
             results[(method, n)] = row
             unchanged = f"{row['unchanged']:.3f}" if "unchanged" in row else ""
             print(f"| {method} | {n} | {row['efficacy']:.3f} | {row['paraphrase']:.3f} | {row['neighbourhood']:.3f} "
