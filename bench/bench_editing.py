@@ -177,7 +177,8 @@ def main() -> None:
     print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
           f"{args.rome_clamp} x |h|; weight decay "
           f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys "
-          f"with weight {args.keep_weight} below C^-1-cosine {args.keep_max_cosine}; MEMIT lambda {args.cov_weight_per_edit} x edits")
+          f"with weight {args.keep_weight} below C^-1-cosine {args.keep_max_cosine}; "
+          f"MEMIT lambda {args.cov_weight_per_edit} x edits")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}
@@ -195,7 +196,8 @@ def main() -> None:
                 rows = [run(method, model, tok, [r], ctx) for r in singles]
                 row = mean_rows(rows)
             else:  # draw 0 is the batch of a single draw
-                batches = [distinct_subject_records(records, n, seed=args.seed + n + 7919 * j) for j in range(args.draws)]
+                batches = [distinct_subject_records(records, n, seed=args.seed + n + 7919 * j)
+                           for j in range(args.draws)]
                 row = mean_rows([run(method, model, tok, b, ctx) for b in batches])
             results[(method, n)] = row
             unchanged = f"{row['unchanged']:.3f}" if "unchanged" in row else ""
