@@ -145,6 +145,9 @@ def main() -> None:
                     help="the bare prompt's share of the target's NLL (default: an equal share with each prefix)")
     ap.add_argument("--cov-weight-per-edit", type=float, default=S.cov_weight_per_edit,
                     help="MEMIT's lambda on C, per edit: K Kᵀ grows with the batch, so lambda does too")
+    ap.add_argument("--memit-keys", choices=("split", "mean"), default=S.memit_keys,
+                    help="MEMIT: the bare prompt's key and the prefixed prompts' mean key apart, or the paper's "
+                         "one mean key per fact")
     ap.add_argument("--keep-weight", type=float, default=S.keep_weight,
                     help="sequential ROME: weight of earlier edits' keys")
     ap.add_argument("--keep-max-cosine", type=float, default=S.keep_max_cosine,
@@ -171,14 +174,15 @@ def main() -> None:
            "settings": EditSettings(clamp=args.clamp, rome_clamp=args.rome_clamp, weight_decay=args.weight_decay,
                                     stop_nll=args.stop_nll, rome_stop_nll=args.rome_stop_nll,
                                     bare_weight=args.bare_weight,
-                                    cov_weight_per_edit=args.cov_weight_per_edit, keep_weight=args.keep_weight,
+                                    cov_weight_per_edit=args.cov_weight_per_edit, memit_keys=args.memit_keys,
+                                    keep_weight=args.keep_weight,
                                     keep_max_cosine=args.keep_max_cosine, generic_paragraphs=args.generic_paragraphs)}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
     print(f"C from {sum(len(tok.encode(t)) for t in generic)} tokens; clamp of delta: MEMIT {args.clamp}, ROME "
           f"{args.rome_clamp} x |h|; weight decay "
           f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys "
           f"with weight {args.keep_weight} below C^-1-cosine {args.keep_max_cosine}; "
-          f"MEMIT lambda {args.cov_weight_per_edit} x edits")
+          f"MEMIT lambda {args.cov_weight_per_edit} x edits, keys: {args.memit_keys}")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}

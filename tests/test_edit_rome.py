@@ -8,9 +8,12 @@ import torch
 
 from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
 from lmkit.edit.key_statistics import key_second_moment
+from lmkit.edit.layer_hooks import at_positions, block, record_outputs
 from lmkit.edit.memit import MemitConfig, apply_memit, memit_update
+from lmkit.edit.prompt_tokens import pad_right
 from lmkit.edit.rome import RomeConfig, apply_rome, apply_rome_sequence, keep_keys, keys_to_keep, rank_one_update
-from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_delta, optimise_site_deltas
+from lmkit.edit.target_vector import (EditRequest, TargetVectorConfig, optimise_site_delta, optimise_site_deltas,
+                                      rewrite_prompts)
 from lmkit.errors import ConfigError
 
 # an untrained model's MLP outputs are tiny next to its embeddings: no clamp on the change
@@ -49,6 +52,48 @@ def test_memit_update_solves_its_normal_equations():
     assert torch.allclose(tiny @ keys, res, atol=1e-5)
 
 
+def test_memit_update_weights_a_column_as_often_as_it_is_repeated():
+    gen = torch.Generator().manual_seed(3)
+    c = _moment(16, gen)
+    keys, res = torch.randn(16, 3, generator=gen, dtype=torch.float64), torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    weights = torch.tensor([2.0, 1.0, 3.0])
+    dw = memit_update(keys, res, c, 0.5, weights)
+    repeats = torch.tensor([2, 1, 3])
+    repeated = memit_update(keys.repeat_interleave(repeats, 1), res.repeat_interleave(repeats, 1), c, 0.5)
+    assert torch.allclose(dw, repeated, atol=1e-10)
+    kw = keys * weights.double()  # the weighted normal equations
+    assert torch.allclose(dw @ (0.5 * c + kw @ keys.T), res @ kw.T, atol=1e-8)
+    assert torch.allclose(memit_update(keys, res, c, 0.5, torch.ones(3)), memit_update(keys, res, c, 0.5))
+
+
+def _hidden_at_subject(model, site, prompts):
+    with torch.no_grad(), record_outputs(site) as seen:
+        model(pad_right([p.ids for p in prompts]))
+    return at_positions(seen[0], [p.subject_last for p in prompts])
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_memit_with_split_keys_moves_the_bare_prompt_and_the_prefixed_ones_by_delta(split):
+    """One layer, λ → 0: the update fits its keys exactly. With split keys the bare prompt's hidden state
+    moves by δ and so, on average, do the prefixed prompts'; the paper's one mean key per request moves
+    neither by δ (it is the key of no prompt)."""
+    world, records, tok = world_and_tokenizer()
+    model = tiny_model()
+    cov = key_second_moment(model, tok, world.statements(), [0, 1])
+    prefixes = world.statements()[:2]
+    req = _request(records[0])
+    prompts = rewrite_prompts(tok, req, ["", *prefixes])
+    before = _hidden_at_subject(model, block(model, 1), prompts)
+    _, delta = optimise_site_deltas(model, tok, block(model, 1), [req], prefixes, FREE)  # what apply_memit finds
+    apply_memit(model, tok, [req], cov, prefixes, MemitConfig([1], 1e-6, FREE, split_keys=split))
+    moved = _hidden_at_subject(model, block(model, 1), prompts) - before
+    miss = torch.stack([(moved[0] - delta[0]).norm(), (moved[1:].mean(0) - delta[0]).norm()]) / delta.norm()
+    if split:
+        assert float(miss.max()) < 1e-4
+    else:
+        assert float(miss.min()) > 0.03
+
+
 def _greedy(model, ids, n):
     out = list(ids)
     with torch.no_grad():
@@ -78,12 +123,14 @@ def test_rome_and_memit_make_the_new_target_the_greedy_answer():
     tgt = tok.encode(" " + req.target_new)
     assert _greedy(model, tok.encode(req.prompt.format(req.subject)), 1) == tgt[:1]
 
-    model = tiny_model()
     reqs = [_request(r) for r in (records[2], records[5])]  # different subjects
-    updates = apply_memit(model, tok, reqs, cov, prefixes, MemitConfig(layers=[0, 1], target=FREE))
-    assert sorted(updates) == [0, 1]
-    for r in reqs:
-        assert _greedy(model, tok.encode(r.prompt.format(r.subject)), 1) == tok.encode(" " + r.target_new)[:1]
+    for split in (True, False):
+        model = tiny_model()
+        updates = apply_memit(model, tok, reqs, cov, prefixes,
+                              MemitConfig(layers=[0, 1], split_keys=split, target=FREE))
+        assert sorted(updates) == [0, 1]
+        for r in reqs:
+            assert _greedy(model, tok.encode(r.prompt.format(r.subject)), 1) == tok.encode(" " + r.target_new)[:1]
 
 
 def test_keep_keys_stops_a_later_rank_one_update_from_moving_an_earlier_edit():

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from edit_tiny import tiny_model, world_and_tokenizer
 from lmkit.edit.edit_settings import BENCH_SETTINGS, EditSettings
 from lmkit.edit.facts import paragraphs_of
+from lmkit.errors import ConfigError
 
 
 def test_settings_build_the_benchmarks_configs():
     memit = BENCH_SETTINGS.memit_config([0, 1], 100)
-    assert memit.layers == [0, 1] and memit.cov_weight == 200.0  # λ = 2 × edits
+    assert memit.layers == [0, 1] and memit.cov_weight == 400.0  # λ = 4 × edits
     assert (memit.target.clamp_norm, memit.target.weight_decay, memit.target.stop_nll) == (6.0, 0.5, 0.02)
     rome = BENCH_SETTINGS.rome_config(2)
     assert rome.layer == 2 and (rome.target.clamp_norm, rome.target.stop_nll) == (2.0, 0.02)
     assert BENCH_SETTINGS.keep_max_cosine == 0.5
     assert EditSettings(cov_weight_per_edit=1.0).memit_config([0], 7).cov_weight == 7.0
+    assert memit.split_keys and not EditSettings(memit_keys="mean").memit_config([0], 1).split_keys
+    with pytest.raises(ConfigError, match="memit_keys"):
+        EditSettings(memit_keys="each")
 
 
 def test_paragraphs_of_runs_statements_together():
@@ -35,13 +40,16 @@ def test_cli_memit_with_the_tuned_settings(tmp_path):
     _, records, tok = world_and_tokenizer()
     save_pretrained(tiny_model(), tmp_path / "model", tokenizer=tok)
     write_records(records, tmp_path / "facts.jsonl")
-    res = CliRunner().invoke(cli, ["edit", str(tmp_path / "model"), "--method", "memit", "--facts",
-                                   str(tmp_path / "facts.jsonl"), "--n-edits", "2",
-                                   "--generic-paragraphs", "10", "--clamp", "3", "--stop-nll", "0.3",
-                                   "--cov-weight-per-edit", "10"])
-    assert res.exit_code == 0, res.output
-    report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
-    assert report["method"] == "memit" and report["edits"] == 2 and "MEMIT layers" in res.output
+    args = ["edit", str(tmp_path / "model"), "--method", "memit", "--facts", str(tmp_path / "facts.jsonl"),
+            "--n-edits", "2", "--generic-paragraphs", "10", "--clamp", "3", "--stop-nll", "0.3",
+            "--cov-weight-per-edit", "10"]
+    for keys in ("split", "mean"):
+        res = CliRunner().invoke(cli, args + ["--memit-keys", keys])
+        assert res.exit_code == 0, res.output
+        report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
+        assert report["method"] == "memit" and report["edits"] == 2 and "MEMIT layers" in res.output
+    res = CliRunner().invoke(cli, args + ["--memit-keys", "each"])
+    assert res.exit_code == 2 and "--memit-keys" in res.output
 
 
 def test_cli_rome_sequence_takes_the_keep_options(tmp_path):

@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # torch only when a config is built: `lmkit --help` reads the
 @dataclass(frozen=True)
 class EditSettings:
     """MEMIT: ‖z − h‖ ≤ clamp·‖h‖, stop at NLL stop_nll, λ = cov_weight_per_edit × edits (K Kᵀ grows
-    with the batch, so λ does too); ROME: its own clamp and stop, earlier keys kept with keep_weight
+    with the batch, so λ does too), the bare and the prefixed prompts' keys apart (memit_keys);
+    ROME: its own clamp and stop, earlier keys kept with keep_weight
     unless their C⁻¹-cosine with the new key reaches keep_max_cosine (rome.keys_to_keep);
     C from the statements plus generic_paragraphs texts of 6 random statements; MEMIT's layers are
     those whose hidden state at the subject keeps >= spread_fraction of the peak traced effect."""
@@ -30,11 +31,18 @@ class EditSettings:
     stop_nll: float = 0.02
     rome_stop_nll: float = 0.02
     bare_weight: float | None = None  # 0.5 measured: docs/editing.md, "Five draws"
-    cov_weight_per_edit: float = 2.0
+    cov_weight_per_edit: float = 4.0
+    memit_keys: str = "split"  # "split": bare and prefixed keys apart; "mean": the paper's mean key (memit.py)
     keep_weight: float = 10.0
     keep_max_cosine: float = 0.5
     generic_paragraphs: int = 1000
     spread_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.memit_keys not in ("split", "mean"):
+            from lmkit.errors import ConfigError
+
+            raise ConfigError(f'memit_keys is "split" or "mean", got {self.memit_keys!r}')
 
     def memit_target(self) -> TargetVectorConfig:
         from lmkit.edit.target_vector import TargetVectorConfig
@@ -51,7 +59,8 @@ class EditSettings:
     def memit_config(self, layers: list[int], n_edits: int) -> MemitConfig:
         from lmkit.edit.memit import MemitConfig
 
-        return MemitConfig(layers, self.cov_weight_per_edit * n_edits, self.memit_target())
+        return MemitConfig(layers, self.cov_weight_per_edit * n_edits, self.memit_target(),
+                           split_keys=self.memit_keys == "split")
 
     def rome_config(self, layer: int) -> RomeConfig:
         from lmkit.edit.rome import RomeConfig
