@@ -148,6 +148,9 @@ def main() -> None:
     ap.add_argument("--memit-keys", choices=("split", "mean"), default=S.memit_keys,
                     help="MEMIT: the bare prompt's key and the prefixed prompts' mean key apart, or the paper's "
                          "one mean key per fact")
+    ap.add_argument("--memit-reach-nll", type=float, default=S.memit_reach_nll,
+                    help="MEMIT: a fact whose target at the top layer leaves its NLL above this is written at the "
+                         "lowest layer alone (inf: never)")
     ap.add_argument("--keep-weight", type=float, default=S.keep_weight,
                     help="sequential ROME: weight of earlier edits' keys")
     ap.add_argument("--keep-max-cosine", type=float, default=S.keep_max_cosine,
@@ -175,6 +178,7 @@ def main() -> None:
                                     stop_nll=args.stop_nll, rome_stop_nll=args.rome_stop_nll,
                                     bare_weight=args.bare_weight,
                                     cov_weight_per_edit=args.cov_weight_per_edit, memit_keys=args.memit_keys,
+                                    memit_reach_nll=args.memit_reach_nll,
                                     keep_weight=args.keep_weight,
                                     keep_max_cosine=args.keep_max_cosine, generic_paragraphs=args.generic_paragraphs)}
     ctx["epsilon"] = grace_epsilon(model, tok, ctx["grace_layer"], records)
@@ -182,7 +186,7 @@ def main() -> None:
           f"{args.rome_clamp} x |h|; weight decay "
           f"{args.weight_decay}; stop at NLL: MEMIT {args.stop_nll}, ROME {args.rome_stop_nll}; ROME keeps earlier keys "
           f"with weight {args.keep_weight} below C^-1-cosine {args.keep_max_cosine}; "
-          f"MEMIT lambda {args.cov_weight_per_edit} x edits, keys: {args.memit_keys}")
+          f"MEMIT lambda {args.cov_weight_per_edit} x edits, keys: {args.memit_keys}, reach NLL {args.memit_reach_nll}")
     print(f"MEMIT layers {ctx['memit_layers']}; GRACE at block {ctx['grace_layer']} with epsilon {ctx['epsilon']:.3f}")
 
     results: dict[tuple[str, int], dict] = {}

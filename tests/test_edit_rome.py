@@ -8,7 +8,7 @@ import torch
 
 from edit_tiny import SUBJECT_LAST, tiny_model, world_and_tokenizer
 from lmkit.edit.key_statistics import key_second_moment
-from lmkit.edit.layer_hooks import at_positions, block, record_outputs
+from lmkit.edit.layer_hooks import at_positions, block, record_inputs, record_outputs
 from lmkit.edit.memit import MemitConfig, apply_memit, memit_update
 from lmkit.edit.prompt_tokens import pad_right
 from lmkit.edit.rome import RomeConfig, apply_rome, apply_rome_sequence, keep_keys, keys_to_keep, rank_one_update
@@ -92,6 +92,32 @@ def test_memit_with_split_keys_moves_the_bare_prompt_and_the_prefixed_ones_by_de
         assert float(miss.max()) < 1e-4
     else:
         assert float(miss.min()) > 0.03
+
+
+def test_memit_writes_a_fact_its_top_target_cannot_reach_at_the_lowest_layer_alone():
+    """reach_nll below any NLL: every fact counts as out of reach from the top layer, so its target is
+    set at block 0 and written there, and layer 1's update holds its keys still."""
+    world, records, tok = world_and_tokenizer()
+    cov = key_second_moment(tiny_model(), tok, world.statements(), [0, 1])
+    prefixes = world.statements()[:2]
+    reqs = [_request(r) for r in (records[2], records[5])]
+    model = tiny_model()
+    updates = apply_memit(model, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE, reach_nll=-1.0))
+    prompts = [p for r in reqs for p in rewrite_prompts(tok, r, ["", *prefixes])]
+    with torch.no_grad(), record_inputs(model.layers[1].mlp.down_proj) as seen:
+        model(pad_right([p.ids for p in prompts]))
+    keys = at_positions(seen[0], [p.subject_last for p in prompts])
+    bare = keys.view(2, 3, -1)[:, 0]
+    prefixed = keys.view(2, 3, -1)[:, 1:].mean(1)
+    for k in (bare, prefixed):
+        assert float((k.double() @ updates[1].T.double()).norm()) < 1e-4 * float(updates[0].norm())
+    for r in reqs:
+        assert _greedy(model, tok.encode(r.prompt.format(r.subject)), 1) == tok.encode(" " + r.target_new)[:1]
+    never = tiny_model()  # reach_nll = inf: every fact is written up to the top, as with None
+    apply_memit(never, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE, reach_nll=float("inf")))
+    plain = tiny_model()
+    apply_memit(plain, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE))
+    assert all(torch.equal(a, b) for a, b in zip(never.parameters(), plain.parameters()))
 
 
 def _greedy(model, ids, n):

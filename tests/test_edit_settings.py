@@ -22,6 +22,7 @@ def test_settings_build_the_benchmarks_configs():
     assert BENCH_SETTINGS.keep_max_cosine == 0.5
     assert EditSettings(cov_weight_per_edit=1.0).memit_config([0], 7).cov_weight == 7.0
     assert memit.split_keys and not EditSettings(memit_keys="mean").memit_config([0], 1).split_keys
+    assert memit.reach_nll == 0.693 and EditSettings(memit_reach_nll=None).memit_config([0], 1).reach_nll is None
     with pytest.raises(ConfigError, match="memit_keys"):
         EditSettings(memit_keys="each")
 
@@ -48,8 +49,12 @@ def test_cli_memit_with_the_tuned_settings(tmp_path):
         assert res.exit_code == 0, res.output
         report = json.loads(next(l for l in res.output.splitlines() if l.startswith("{")))
         assert report["method"] == "memit" and report["edits"] == 2 and "MEMIT layers" in res.output
+    res = CliRunner().invoke(cli, args + ["--memit-reach-nll", "inf"])
+    assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, args + ["--memit-keys", "each"])
     assert res.exit_code == 2 and "--memit-keys" in res.output
+    res = CliRunner().invoke(cli, args + ["--memit-reach-nll", "-1"])
+    assert res.exit_code == 2 and "--memit-reach-nll" in res.output
 
 
 def test_cli_rome_sequence_takes_the_keep_options(tmp_path):

@@ -91,6 +91,9 @@ def _save(model, tok, src: Path, out: Path) -> None:
 @click.option("--memit-keys", type=click.Choice(["split", "mean"]), default=BENCH.memit_keys, show_default=True,
               help="MEMIT: fit the bare prompt's key and the prefixed prompts' mean key apart, or the paper's "
                    "one mean key per fact")
+@click.option("--memit-reach-nll", type=click.FloatRange(min=0), default=BENCH.memit_reach_nll, show_default=True,
+              help="MEMIT: a fact whose target at the top layer leaves its NLL per token above this is written at "
+                   "the lowest layer alone (inf: never)")
 @click.option("--keep-weight", type=click.FloatRange(min=0), default=BENCH.keep_weight, show_default=True,
               help="ROME: weight of the earlier edits' keys in a sequence of edits (0: plain ROME)")
 @click.option("--keep-max-cosine", type=click.FloatRange(min=-1, max=1), default=BENCH.keep_max_cosine,
@@ -100,8 +103,8 @@ def _save(model, tok, src: Path, out: Path) -> None:
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="where to save the edited model")
 @click.option("--seed", type=int, default=0, show_default=True)
 def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, layer, layers, stats_text,
-                 generic_paragraphs, clamp, stop_nll, weight_decay, cov_weight_per_edit, memit_keys, keep_weight,
-                 keep_max_cosine, epsilon, out, seed):
+                 generic_paragraphs, clamp, stop_nll, weight_decay, cov_weight_per_edit, memit_keys, memit_reach_nll,
+                 keep_weight, keep_max_cosine, epsilon, out, seed):
     """Rewrite facts in MODEL_DIR (ROME, MEMIT, FT-L or a GRACE codebook) and show the effect.
 
     ROME and MEMIT use the settings bench/bench_editing.py measured (lmkit.edit.edit_settings)."""
@@ -145,6 +148,7 @@ def edit_command(model_dir, method, prompt, subject, target, facts, n_edits, lay
                        stop_nll=BENCH.stop_nll if stop_nll is None else stop_nll,
                        rome_stop_nll=BENCH.rome_stop_nll if stop_nll is None else stop_nll,
                        weight_decay=weight_decay, cov_weight_per_edit=cov_weight_per_edit, memit_keys=memit_keys,
+                       memit_reach_nll=memit_reach_nll,
                        keep_weight=keep_weight, keep_max_cosine=keep_max_cosine)
     before = None
     if records:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # torch only when a config is built: `lmkit --help` reads the
 @dataclass(frozen=True)
 class EditSettings:
     """MEMIT: ‖z − h‖ ≤ clamp·‖h‖, stop at NLL stop_nll, λ = cov_weight_per_edit × edits (K Kᵀ grows
-    with the batch, so λ does too), the bare and the prefixed prompts' keys apart (memit_keys);
+    with the batch, so λ does too), the bare and the prefixed prompts' keys apart (memit_keys), a
+    fact whose target at the top layer cannot reach its answer written at the lowest (memit_reach_nll);
     ROME: its own clamp and stop, earlier keys kept with keep_weight
     unless their C⁻¹-cosine with the new key reaches keep_max_cosine (rome.keys_to_keep);
     C from the statements plus generic_paragraphs texts of 6 random statements; MEMIT's layers are
@@ -33,6 +34,7 @@ class EditSettings:
     bare_weight: float | None = None  # 0.5 measured: docs/editing.md, "Five draws"
     cov_weight_per_edit: float = 4.0
     memit_keys: str = "split"  # "split": bare and prefixed keys apart; "mean": the paper's mean key (memit.py)
+    memit_reach_nll: float | None = 0.693  # ln 2: a fact whose top target leaves P(target) < 1/2 goes to layer 0
     keep_weight: float = 10.0
     keep_max_cosine: float = 0.5
     generic_paragraphs: int = 1000
@@ -60,7 +62,7 @@ class EditSettings:
         from lmkit.edit.memit import MemitConfig
 
         return MemitConfig(layers, self.cov_weight_per_edit * n_edits, self.memit_target(),
-                           split_keys=self.memit_keys == "split")
+                           split_keys=self.memit_keys == "split", reach_nll=self.memit_reach_nll)
 
     def rome_config(self, layer: int) -> RomeConfig:
         from lmkit.edit.rome import RomeConfig

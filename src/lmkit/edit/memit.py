@@ -17,6 +17,12 @@ A subject at the start of a text is cut into other pieces than after other text 
 "Sh|i|rand"), so the mean of the two keys is the key of neither and the paraphrases (the subject
 mid-sentence) were the first to miss: 0.67-0.815 at 1 and 10 edits on the benchmark's five draws,
 0.785-0.875 with the keys apart (docs/editing.md, "Two keys per fact").
+
+A fact's target z is set at the top layer L only where it can reach the answer. In a shallow model
+an early attention layer may already have carried the subject to the answer position, and then no
+change at the subject after that layer moves it. With `reach_nll` set, a fact whose δ at L leaves
+its target's NLL per token in the bare prompt above that value gets its target at the lowest layer
+instead and is written there alone, its keys held still (residual 0) in the layers above.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch import nn
 from lmkit.edit.layer_hooks import at_positions, block, down_proj, record_inputs, record_outputs
 from lmkit.edit.prompt_tokens import SubjectPrompt, encode_subject_prompt, pad_right
 from lmkit.edit.rome import mean_key
-from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, optimise_site_deltas
+from lmkit.edit.target_vector import EditRequest, TargetVectorConfig, bare_target_nll, optimise_site_deltas
 from lmkit.errors import ConfigError
 
 
@@ -39,6 +45,7 @@ class MemitConfig:
     cov_weight: float = 2.0
     target: TargetVectorConfig = field(default_factory=TargetVectorConfig)
     split_keys: bool = True  # False: the paper's one mean key per request, fitted at the bare prompt
+    reach_nll: float | None = None  # a fact whose target at the top leaves a bare NLL above this: lowest layer
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -74,6 +81,24 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, second_moment: tor
     return r @ adjusted.T
 
 
+@dataclass
+class _Writes:
+    """Facts whose targets z are set at the output of block `top`: their prompts (each fact's bare
+    prompt, then after each prefix) and z for each prompt."""
+
+    requests: list[EditRequest]
+    top: int
+    prompts: list[SubjectPrompt]
+    z: torch.Tensor
+
+
+def _writes(model: nn.Module, tokenizer, requests: list[EditRequest], top: int, delta: torch.Tensor,
+            contexts: list[str]) -> _Writes:
+    prompts = [encode_subject_prompt(tokenizer, r.prompt, r.subject, c) for r in requests for c in contexts]
+    z = _at_subject(model, block(model, top), prompts) + delta.repeat_interleave(len(contexts), 0)
+    return _Writes(requests, top, prompts, z)
+
+
 def apply_memit(model: nn.Module, tokenizer, requests: list[EditRequest], second_moments: dict[int, torch.Tensor],
                 prefixes: list[str], cfg: MemitConfig | None = None) -> dict[int, torch.Tensor]:
     """Write every request into `model` (in place); -> layer -> the ΔW added to its down_proj."""
@@ -82,23 +107,39 @@ def apply_memit(model: nn.Module, tokenizer, requests: list[EditRequest], second
     missing = [l for l in layers if l not in second_moments]
     if missing:
         raise ConfigError(f"MEMIT needs the key second moment of layers {missing}")
-    last = layers[-1]
-    _, delta = optimise_site_deltas(model, tokenizer, block(model, last), requests, prefixes, cfg.target)
-    n = len(requests)
+    first, last = layers[0], layers[-1]
     contexts = [""] + ([p for p in prefixes if p] if cfg.split_keys else [])
-    prompts = [encode_subject_prompt(tokenizer, r.prompt, r.subject, c) for r in requests for c in contexts]
-    z = _at_subject(model, block(model, last), prompts) + delta.repeat_interleave(len(contexts), 0)
-    groups = min(len(contexts), 2)  # split: the bare prompt and the prefixed ones, half the weight each
-    weights = torch.full((n * groups,), 1.0 / groups)
+    _, delta = optimise_site_deltas(model, tokenizer, block(model, last), requests, prefixes, cfg.target)
+    low = []
+    if cfg.reach_nll is not None and len(layers) > 1:
+        nll = bare_target_nll(model, tokenizer, block(model, last), requests, delta)
+        low = [i for i in range(len(requests)) if float(nll[i]) > cfg.reach_nll]
+    high = [i for i in range(len(requests)) if i not in low]
+    groups = []
+    if high:
+        groups.append(_writes(model, tokenizer, [requests[i] for i in high], last, delta[high], contexts))
+    if low:  # their targets at the top cannot reach the answer: set them at the lowest layer instead
+        low_requests = [requests[i] for i in low]
+        _, low_delta = optimise_site_deltas(model, tokenizer, block(model, first), low_requests, prefixes, cfg.target)
+        groups.append(_writes(model, tokenizer, low_requests, first, low_delta, contexts))
+    per_fact = min(len(contexts), 2)  # split: the bare prompt and the prefixed ones, half the weight each
     updates = {}
-    for i, layer in enumerate(layers):
-        if cfg.split_keys:
-            keys = _bare_and_prefixed(_at_subject(model, down_proj(model, layer), prompts, inputs=True), n)
-        else:
-            keys = torch.stack([mean_key(model, tokenizer, layer, r, prefixes) for r in requests])
-        still_missing = _bare_and_prefixed(z - _at_subject(model, block(model, last), prompts), n)
-        residual = still_missing / (len(layers) - i)
-        update = memit_update(keys.T, residual.T, second_moments[layer], cfg.cov_weight, weights)
+    for layer in layers:
+        keys, residuals = [], []
+        for g in groups:
+            n = len(g.requests)
+            if cfg.split_keys:
+                keys.append(_bare_and_prefixed(_at_subject(model, down_proj(model, layer), g.prompts, inputs=True), n))
+            else:
+                keys.append(torch.stack([mean_key(model, tokenizer, layer, r, prefixes) for r in g.requests]))
+            layers_left = sum(1 for l in layers if layer <= l <= g.top)
+            if layers_left:
+                still_missing = _bare_and_prefixed(g.z - _at_subject(model, block(model, g.top), g.prompts), n)
+                residuals.append(still_missing / layers_left)
+            else:  # written below this layer: its keys must not move here
+                residuals.append(torch.zeros(n * per_fact, g.z.shape[-1]))
+        k, r = torch.cat(keys), torch.cat(residuals)
+        update = memit_update(k.T, r.T, second_moments[layer], cfg.cov_weight, torch.full((len(k),), 1.0 / per_fact))
         with torch.no_grad():
             proj = down_proj(model, layer)
             proj.weight.add_(update.to(proj.weight.dtype))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkit.edit.layer_hooks import at_positions, only_trainable, patch_output, record_outputs
-from lmkit.edit.prompt_tokens import SubjectPrompt, encode_subject_prompt, pad_right, target_ids
+from lmkit.edit.prompt_tokens import SubjectPrompt, encode_subject_prompt, pad_right, target_ids, target_logprobs
 from lmkit.errors import ConfigError
 
 
@@ -149,3 +149,22 @@ def optimise_site_deltas(model: nn.Module, tokenizer, site: nn.Module, requests:
                 delta.mul_(torch.clamp(max_norm / delta.norm(dim=-1, keepdim=True).clamp(min=1e-12), max=1.0))
                 delta[done] = frozen
     return h, delta.detach()
+
+
+@torch.no_grad()
+def bare_target_nll(model: nn.Module, tokenizer, site: nn.Module, requests: list[EditRequest],
+                    delta: torch.Tensor) -> torch.Tensor:
+    """[n]: the NLL per token of each request's target_new after its bare prompt, with δ added to
+    `site`'s output at the subject: whether the target vector reaches the answer at all."""
+    prompts = [encode_subject_prompt(tokenizer, r.prompt, r.subject) for r in requests]
+    tgts = [target_ids(tokenizer, r.target_new) for r in requests]
+    positions = torch.tensor([p.subject_last for p in prompts])
+
+    def add_delta(out):
+        out = out.clone()
+        out[torch.arange(len(prompts)), positions] += delta.to(out.dtype)
+        return out
+
+    with patch_output(site, add_delta):
+        logits = model(pad_right([p.ids + t for p, t in zip(prompts, tgts)])).logits
+    return -target_logprobs(logits, [len(p.ids) for p in prompts], tgts)
