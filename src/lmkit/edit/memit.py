@@ -114,7 +114,7 @@ def apply_memit(model: nn.Module, tokenizer, requests: list[EditRequest], second
     if cfg.reach_nll is not None and len(layers) > 1:
         nll = bare_target_nll(model, tokenizer, block(model, last), requests, delta)
         low = [i for i in range(len(requests)) if float(nll[i]) > cfg.reach_nll]
-    high = [i for i in range(len(requests)) if i not in low]
+    high = sorted(set(range(len(requests))) - set(low))
     groups = []
     if high:
         groups.append(_writes(model, tokenizer, [requests[i] for i in high], last, delta[high], contexts))

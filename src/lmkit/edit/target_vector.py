@@ -60,6 +60,18 @@ def rewrite_prompts(tokenizer, request: EditRequest, prefixes: list[str]) -> lis
     return [encode_subject_prompt(tokenizer, request.prompt, request.subject, p) for p in prefixes]
 
 
+def _adding(positions: list[int], delta: torch.Tensor):
+    """A patch for `patch_output`: row i of the batch gets delta[i] added at position positions[i]."""
+    rows, index = torch.arange(len(positions)), torch.tensor(positions)
+
+    def fn(out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[rows, index] += delta.to(out.dtype)
+        return out
+
+    return fn
+
+
 def optimise_site_delta(model: nn.Module, tokenizer, site: nn.Module, request: EditRequest, prefixes: list[str],
                         cfg: TargetVectorConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, δ): the site's output at the subject's last token in the bare prompt, and the change δ
@@ -119,16 +131,9 @@ def optimise_site_deltas(model: nn.Module, tokenizer, site: nn.Module, requests:
     max_norm = cfg.clamp_norm * h.norm(dim=-1, keepdim=True)
     done = torch.zeros(n, dtype=torch.bool)
 
-    def add_delta(positions, who):
-        def fn(out):
-            out = out.clone()
-            out[torch.arange(len(positions)), torch.tensor(positions)] += delta[who].to(out.dtype)
-            return out
-        return fn
-
     with only_trainable(model):
         for _ in range(cfg.steps):
-            with patch_output(site, add_delta(subj, owner_t)):
+            with patch_output(site, _adding(subj, delta[owner_t])):
                 logp = F.log_softmax(model(ids).logits.float(), -1)
             tok_nll = -(logp[rows, tpos, tgt_t] * tmask).sum(1) / tmask.sum(1)  # per prompt
             nll = torch.zeros(n).index_add(0, owner_t, tok_nll * prompt_weight)  # per request
@@ -137,7 +142,7 @@ def optimise_site_deltas(model: nn.Module, tokenizer, site: nn.Module, requests:
                 break
             loss = nll + cfg.weight_decay * delta.norm(dim=-1) ** 2 / h_sq
             if ess_seqs:
-                with patch_output(site, add_delta(ess_subj, ess_owner_t)):
+                with patch_output(site, _adding(ess_subj, delta[ess_owner_t])):
                     after = F.log_softmax(at_positions(model(ess_ids).logits, ess_last).float(), -1)
                 kl = (before.exp() * (before - after)).sum(-1)
                 loss = loss + cfg.kl_weight * torch.zeros(n).index_add(0, ess_owner_t, kl) / ess_per
@@ -158,13 +163,6 @@ def bare_target_nll(model: nn.Module, tokenizer, site: nn.Module, requests: list
     `site`'s output at the subject: whether the target vector reaches the answer at all."""
     prompts = [encode_subject_prompt(tokenizer, r.prompt, r.subject) for r in requests]
     tgts = [target_ids(tokenizer, r.target_new) for r in requests]
-    positions = torch.tensor([p.subject_last for p in prompts])
-
-    def add_delta(out):
-        out = out.clone()
-        out[torch.arange(len(prompts)), positions] += delta.to(out.dtype)
-        return out
-
-    with patch_output(site, add_delta):
+    with patch_output(site, _adding([p.subject_last for p in prompts], delta)):
         logits = model(pad_right([p.ids + t for p, t in zip(prompts, tgts)])).logits
     return -target_logprobs(logits, [len(p.ids) for p in prompts], tgts)
