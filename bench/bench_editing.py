@@ -150,7 +150,7 @@ def main() -> None:
                          "one mean key per fact")
     ap.add_argument("--memit-reach-nll", type=float, default=S.memit_reach_nll,
                     help="MEMIT: a fact whose target at the top layer leaves its NLL above this is written at the "
-                         "lowest layer alone (inf: never)")
+                         "lowest layer alone, if its target there reaches the answer better (inf: never)")
     ap.add_argument("--keep-weight", type=float, default=S.keep_weight,
                     help="sequential ROME: weight of earlier edits' keys")
     ap.add_argument("--keep-max-cosine", type=float, default=S.keep_max_cosine,

@@ -120,6 +120,40 @@ def test_memit_writes_a_fact_its_top_target_cannot_reach_at_the_lowest_layer_alo
     assert all(torch.equal(a, b) for a, b in zip(never.parameters(), plain.parameters()))
 
 
+def _layer1_key_moves(model, tok, reqs, prefixes, update) -> list[float]:
+    """Per request: how far layer 1's update moves its bare key, relative to the update's size."""
+    prompts = [p for r in reqs for p in rewrite_prompts(tok, r, ["", *prefixes])]
+    with torch.no_grad(), record_inputs(model.layers[1].mlp.down_proj) as seen:
+        model(pad_right([p.ids for p in prompts]))
+    bare = at_positions(seen[0], [p.subject_last for p in prompts]).view(len(reqs), len(prefixes) + 1, -1)[:, 0]
+    return [float((k.double() @ update.T.double()).norm()) / float(update.norm()) for k in bare]
+
+
+def test_memit_moves_a_fact_to_the_lowest_layer_only_where_its_target_reaches_better_there(monkeypatch):
+    """Both facts miss reach_nll at the top (NLL 2); at the lowest layer the first reaches better (1 < 2)
+    and is written there alone, the second would be worse (3 > 2) and stays at the top: layer 1's update
+    holds the first fact's key still and moves the second's."""
+    import lmkit.edit.memit as memit
+
+    world, records, tok = world_and_tokenizer()
+    cov = key_second_moment(tiny_model(), tok, world.statements(), [0, 1])
+    prefixes = world.statements()[:2]
+    reqs = [_request(r) for r in (records[2], records[5])]
+    nlls = iter([torch.tensor([2.0, 2.0]), torch.tensor([1.0, 3.0])])  # top, then the lowest layer
+    asked = []
+
+    def fake_nll(model, tokenizer, site, requests, delta):
+        asked.append(len(requests))
+        return next(nlls)
+
+    monkeypatch.setattr(memit, "bare_target_nll", fake_nll)
+    model = tiny_model()
+    updates = apply_memit(model, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE, reach_nll=0.5))
+    assert asked == [2, 2]
+    held, moved = _layer1_key_moves(model, tok, reqs, prefixes, updates[1])
+    assert held < 1e-4 and moved > 1e3 * held
+
+
 def _greedy(model, ids, n):
     out = list(ids)
     with torch.no_grad():

@@ -93,7 +93,7 @@ def _save(model, tok, src: Path, out: Path) -> None:
                    "one mean key per fact")
 @click.option("--memit-reach-nll", type=click.FloatRange(min=0), default=BENCH.memit_reach_nll, show_default=True,
               help="MEMIT: a fact whose target at the top layer leaves its NLL per token above this is written at "
-                   "the lowest layer alone (inf: never)")
+                   "the lowest layer alone, if its target there reaches the answer better (inf: never)")
 @click.option("--keep-weight", type=click.FloatRange(min=0), default=BENCH.keep_weight, show_default=True,
               help="ROME: weight of the earlier edits' keys in a sequence of edits (0: plain ROME)")
 @click.option("--keep-max-cosine", type=click.FloatRange(min=-1, max=1), default=BENCH.keep_max_cosine,

@@ -22,7 +22,8 @@ A fact's target z is set at the top layer L only where it can reach the answer. 
 an early attention layer may already have carried the subject to the answer position, and then no
 change at the subject after that layer moves it. With `reach_nll` set, a fact whose δ at L leaves
 its target's NLL per token in the bare prompt above that value gets its target at the lowest layer
-instead and is written there alone, its keys held still (residual 0) in the layers above.
+instead and is written there alone, its keys held still (residual 0) in the layers above, if its
+target there reaches the answer better (a lower NLL) than the top one did; otherwise it stays at the top.
 """
 
 from __future__ import annotations
@@ -110,18 +111,22 @@ def apply_memit(model: nn.Module, tokenizer, requests: list[EditRequest], second
     first, last = layers[0], layers[-1]
     contexts = [""] + ([p for p in prefixes if p] if cfg.split_keys else [])
     _, delta = optimise_site_deltas(model, tokenizer, block(model, last), requests, prefixes, cfg.target)
-    low = []
+    low, low_delta = [], None
     if cfg.reach_nll is not None and len(layers) > 1:
         nll = bare_target_nll(model, tokenizer, block(model, last), requests, delta)
-        low = [i for i in range(len(requests)) if float(nll[i]) > cfg.reach_nll]
+        unreached = [i for i in range(len(requests)) if float(nll[i]) > cfg.reach_nll]
+        if unreached:  # try them at the lowest layer; move those that reach their answer better there
+            at_first = [requests[i] for i in unreached]
+            _, first_delta = optimise_site_deltas(model, tokenizer, block(model, first), at_first, prefixes, cfg.target)
+            first_nll = bare_target_nll(model, tokenizer, block(model, first), at_first, first_delta)
+            better = [j for j, i in enumerate(unreached) if float(first_nll[j]) < float(nll[i])]
+            low, low_delta = [unreached[j] for j in better], first_delta[better]
     high = sorted(set(range(len(requests))) - set(low))
     groups = []
     if high:
         groups.append(_writes(model, tokenizer, [requests[i] for i in high], last, delta[high], contexts))
     if low:  # their targets at the top cannot reach the answer: set them at the lowest layer instead
-        low_requests = [requests[i] for i in low]
-        _, low_delta = optimise_site_deltas(model, tokenizer, block(model, first), low_requests, prefixes, cfg.target)
-        groups.append(_writes(model, tokenizer, low_requests, first, low_delta, contexts))
+        groups.append(_writes(model, tokenizer, [requests[i] for i in low], first, low_delta, contexts))
     per_fact = min(len(contexts), 2)  # split: the bare prompt and the prefixed ones, half the weight each
     updates = {}
     for layer in layers:
