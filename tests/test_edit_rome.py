@@ -94,6 +94,15 @@ def test_memit_with_split_keys_moves_the_bare_prompt_and_the_prefixed_ones_by_de
         assert float(miss.min()) > 0.03
 
 
+def _layer1_keys(model, tok, reqs, prefixes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer 1's down_proj keys at each request's subject: ([n, d_ff] bare, [n, d_ff] mean after the prefixes)."""
+    prompts = [p for r in reqs for p in rewrite_prompts(tok, r, ["", *prefixes])]
+    with torch.no_grad(), record_inputs(model.layers[1].mlp.down_proj) as seen:
+        model(pad_right([p.ids for p in prompts]))
+    keys = at_positions(seen[0], [p.subject_last for p in prompts]).view(len(reqs), len(prefixes) + 1, -1)
+    return keys[:, 0], keys[:, 1:].mean(1)
+
+
 def test_memit_writes_a_fact_its_top_target_cannot_reach_at_the_lowest_layer_alone():
     """reach_nll below any NLL: every fact counts as out of reach from the top layer, so its target is
     set at block 0 and written there, and layer 1's update holds its keys still."""
@@ -103,13 +112,7 @@ def test_memit_writes_a_fact_its_top_target_cannot_reach_at_the_lowest_layer_alo
     reqs = [_request(r) for r in (records[2], records[5])]
     model = tiny_model()
     updates = apply_memit(model, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE, reach_nll=-1.0))
-    prompts = [p for r in reqs for p in rewrite_prompts(tok, r, ["", *prefixes])]
-    with torch.no_grad(), record_inputs(model.layers[1].mlp.down_proj) as seen:
-        model(pad_right([p.ids for p in prompts]))
-    keys = at_positions(seen[0], [p.subject_last for p in prompts])
-    bare = keys.view(2, 3, -1)[:, 0]
-    prefixed = keys.view(2, 3, -1)[:, 1:].mean(1)
-    for k in (bare, prefixed):
+    for k in _layer1_keys(model, tok, reqs, prefixes):
         assert float((k.double() @ updates[1].T.double()).norm()) < 1e-4 * float(updates[0].norm())
     for r in reqs:
         assert _greedy(model, tok.encode(r.prompt.format(r.subject)), 1) == tok.encode(" " + r.target_new)[:1]
@@ -118,15 +121,6 @@ def test_memit_writes_a_fact_its_top_target_cannot_reach_at_the_lowest_layer_alo
     plain = tiny_model()
     apply_memit(plain, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE))
     assert all(torch.equal(a, b) for a, b in zip(never.parameters(), plain.parameters()))
-
-
-def _layer1_key_moves(model, tok, reqs, prefixes, update) -> list[float]:
-    """Per request: how far layer 1's update moves its bare key, relative to the update's size."""
-    prompts = [p for r in reqs for p in rewrite_prompts(tok, r, ["", *prefixes])]
-    with torch.no_grad(), record_inputs(model.layers[1].mlp.down_proj) as seen:
-        model(pad_right([p.ids for p in prompts]))
-    bare = at_positions(seen[0], [p.subject_last for p in prompts]).view(len(reqs), len(prefixes) + 1, -1)[:, 0]
-    return [float((k.double() @ update.T.double()).norm()) / float(update.norm()) for k in bare]
 
 
 def test_memit_moves_a_fact_to_the_lowest_layer_only_where_its_target_reaches_better_there(monkeypatch):
@@ -150,7 +144,8 @@ def test_memit_moves_a_fact_to_the_lowest_layer_only_where_its_target_reaches_be
     model = tiny_model()
     updates = apply_memit(model, tok, reqs, cov, prefixes, MemitConfig([0, 1], 1e-6, FREE, reach_nll=0.5))
     assert asked == [2, 2]
-    held, moved = _layer1_key_moves(model, tok, reqs, prefixes, updates[1])
+    bare, _ = _layer1_keys(model, tok, reqs, prefixes)
+    held, moved = (float((k.double() @ updates[1].T.double()).norm()) / float(updates[1].norm()) for k in bare)
     assert held < 1e-4 and moved > 1e3 * held
 
 

@@ -125,7 +125,7 @@ def apply_memit(model: nn.Module, tokenizer, requests: list[EditRequest], second
     groups = []
     if high:
         groups.append(_writes(model, tokenizer, [requests[i] for i in high], last, delta[high], contexts))
-    if low:  # their targets at the top cannot reach the answer: set them at the lowest layer instead
+    if low:  # their targets reach the answer better at the lowest layer: written there alone
         groups.append(_writes(model, tokenizer, [requests[i] for i in low], first, low_delta, contexts))
     per_fact = min(len(contexts), 2)  # split: the bare prompt and the prefixed ones, half the weight each
     updates = {}
