@@ -1,4 +1,5 @@
-/* Matrix-vector products for batch-1 decoding on the CPU: y = x @ W^T (+ bias) (+ residual).
+/* Matrix-vector products for batch-1 decoding on the CPU: y = x @ W^T (+ bias) (+ residual), and at the end
+ * of the file the whole fp32 decode step of one sequence built on them (infer/native_step.py).
  *
  * W is nn.Linear's [N, K] row-major weight, used in place (no reordered copy). Each output is one
  * dot product over a contiguous weight row, and each thread takes a contiguous block of rows, so
@@ -161,5 +162,238 @@ void lmkit_gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias,
       if (residual) out = f32_to_bf16(bf16_to_f32(residual[m * N + n]) + bf16_to_f32(out));
       y[m * N + n] = out;
     }
+  }
+}
+
+/* ---- the whole decode step of one sequence in one parallel region ---------------------------------------
+ * A decode step is ~65 products with norms, rotary and attention between them. Called one by one (ctypes or
+ * an inductor graph), every product is a parallel region of its own and the small operations between run on
+ * one thread while the other waits: ~0.5 ms of a ~21 ms fp32 step on the bench model. Here the threads stay
+ * in one region for the whole token and meet at a barrier only where the next phase needs every thread's
+ * output (5 per layer). Each thread normalises the residual stream for itself (a 1024-wide norm costs less
+ * than a barrier), takes a contiguous block of rows of every matrix (gate and up blocks with the same rows,
+ * so it applies the activation to its own block), and a slice of the heads for rotary, the cache write and
+ * attention. fp32 throughout; the layout and arithmetic are FusedDecoder's (infer/fused_step.py), whose norm
+ * gains are already folded into the q/k/v and gate/up matrices. */
+#include <math.h>
+#include <omp.h>
+
+typedef struct {
+  const float *qkv_w, *qkv_b, *o_w, *o_b, *ff_w, *ff_b, *dn_w, *dn_b; /* [out, in]; biases NULL or [out] */
+} lmkit_layer_f32;
+
+typedef struct {
+  int64_t n_layers, dim, n_heads, n_kv_heads, head_dim, d_ff, vocab;
+  float eps, scale;
+  int rms;   /* 1 RMSNorm, 0 LayerNorm (gain/bias folded into the next matrix) */
+  int gated; /* act(gate) * up, else act(up) */
+  int act;   /* 0 silu, 1 relu, 2 gelu_tanh, 3 quick_gelu */
+  const lmkit_layer_f32* layers;
+  const float *embed, *pos_embed; /* pos_embed NULL: rotary */
+  const float *norm_w, *norm_b, *lm_w, *lm_b;
+} lmkit_model_f32;
+
+#ifdef __AVX512F__
+/* e^x to ~1 ulp: x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, scaled by 2^n */
+static inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-103.9f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* y[n] = x . w[n] (+ b[n]) (+ residual: y[n] += ...) for rows [n0, n1) */
+static inline void rows_f32(const float* x, const float* w, const float* b, float* y, int64_t n0, int64_t n1,
+                            int64_t K, int accumulate) {
+  for (int64_t n = n0; n < n1; ++n) {
+    float s = dot_f32(x, w + n * K, K);
+    if (b) s += b[n];
+    y[n] = accumulate ? y[n] + s : s;
+  }
+}
+
+/* the norm without gain: RMSNorm x / sqrt(mean(x^2) + eps), LayerNorm (x - mean) / sqrt(var + eps) */
+static void norm_f32(const float* x, float* out, int64_t D, float eps, int rms) {
+  double mean = 0.0, sq = 0.0;
+  float fs = 0.f, fq = 0.f;
+  int64_t k = 0;
+#ifdef __AVX512F__
+  __m512 s = _mm512_setzero_ps(), q = _mm512_setzero_ps();
+  for (; k + 16 <= D; k += 16) {
+    __m512 v = _mm512_loadu_ps(x + k);
+    s = _mm512_add_ps(s, v);
+    q = _mm512_fmadd_ps(v, v, q);
+  }
+  fs = _mm512_reduce_add_ps(s);
+  fq = _mm512_reduce_add_ps(q);
+#endif
+  for (; k < D; ++k) { fs += x[k]; fq += x[k] * x[k]; }
+  float shift = 0.f, inv;
+  if (rms) {
+    inv = 1.f / sqrtf(fq / (float)D + eps);
+  } else {
+    mean = (double)fs / D;
+    sq = 0.0;
+    for (k = 0; k < D; ++k) { double c = x[k] - mean; sq += c * c; }
+    shift = (float)mean;
+    inv = 1.f / sqrtf((float)(sq / D) + eps);
+  }
+  for (k = 0; k < D; ++k) out[k] = (x[k] - shift) * inv;
+}
+
+static inline float act_f32(float g, int act) {
+  switch (act) {
+    case 1: return g > 0.f ? g : 0.f;
+    case 2: return 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    case 3: return g / (1.f + expf(-1.702f * g));
+    default: return g / (1.f + expf(-g));
+  }
+}
+
+/* h[i] = act(g[i]) * u[i] (u NULL: act(g[i])) for i in [i0, i1) */
+static void act_rows_f32(const float* g, const float* u, float* h, int64_t i0, int64_t i1, int act) {
+  int64_t i = i0;
+#ifdef __AVX512F__
+  if (act == 0) {  /* silu, vectorised: the one every current family uses */
+    for (; i + 16 <= i1; i += 16) {
+      __m512 gv = _mm512_loadu_ps(g + i);
+      __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+      __m512 r = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+      if (u) r = _mm512_mul_ps(r, _mm512_loadu_ps(u + i));
+      _mm512_storeu_ps(h + i, r);
+    }
+  }
+#endif
+  for (; i < i1; ++i) h[i] = u ? act_f32(g[i], act) * u[i] : act_f32(g[i], act);
+}
+
+/* rotate one head in place: v * cos + roll(v, d/2) * sin (sin's first half negated, as FusedDecoder's table) */
+static inline void rope_head(float* v, const float* cos, const float* sin, int64_t d) {
+  int64_t half = d / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    float a = v[j], b = v[j + half];
+    v[j] = a * cos[j] + b * sin[j];
+    v[j + half] = b * cos[j + half] + a * sin[j + half];
+  }
+}
+
+/* one query head over keys/values [0, n) of its cache head: out = softmax(q k^T * scale) v */
+static void attend_head(const float* q, const float* kc, const float* vc, float* out, float* p, int64_t n,
+                        int64_t d, float scale) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = dot_f32(q, kc + i * d, d) * scale;
+    if (p[i] > mx) mx = p[i];
+  }
+  float total = 0.f;
+  int64_t i = 0;
+#ifdef __AVX512F__
+  __m512 m = _mm512_set1_ps(mx), t = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p + i), m));
+    _mm512_storeu_ps(p + i, e);
+    t = _mm512_add_ps(t, e);
+  }
+  total = _mm512_reduce_add_ps(t);
+#endif
+  for (; i < n; ++i) { p[i] = expf(p[i] - mx); total += p[i]; }
+  float inv = 1.f / total;
+  for (int64_t j = 0; j < d; ++j) out[j] = 0.f;
+  for (i = 0; i < n; ++i) {
+    const float* v = vc + i * d;
+    float w = p[i] * inv;
+    int64_t j = 0;
+#ifdef __AVX512F__
+    __m512 wv = _mm512_set1_ps(w);
+    for (; j + 16 <= d; j += 16)
+      _mm512_storeu_ps(out + j, _mm512_fmadd_ps(wv, _mm512_loadu_ps(v + j), _mm512_loadu_ps(out + j)));
+#endif
+    for (; j < d; ++j) out[j] += w * v[j];
+  }
+}
+
+/* the rows [a, b) of N that thread t of T takes in an even split */
+#define SPLIT(N, t, T, a, b) int64_t a = (N) * (t) / (T), b = (N) * ((t) + 1) / (T)
+
+/* One token of one sequence: logits [vocab] of token `id` at position `pos`, its key and value written to
+ * `slot` of every layer's cache (k_caches[l], v_caches[l]: [kv_heads, max_len, head_dim]), attending over slots
+ * [0, slot]. cos/sin: the rotary rows of `pos` (NULL with learned positions). scratch: dim + (heads + 2 kv_heads)
+ * * head_dim + heads * head_dim + 2 d_ff + threads * (dim + max_len) floats. */
+void lmkit_step_f32(const lmkit_model_f32* m, float* const* k_caches, float* const* v_caches, int64_t max_len,
+                    int64_t id, int64_t pos, int64_t slot, const float* cos, const float* sin, float* logits,
+                    float* scratch, int threads) {
+  const int64_t D = m->dim, H = m->n_heads, HKV = m->n_kv_heads, HD = m->head_dim, F = m->d_ff;
+  const int64_t NQKV = (H + 2 * HKV) * HD, group = H / HKV;
+  float* x = scratch;
+  float* qkv = x + D;
+  float* att = qkv + NQKV;
+  float* hid = att + H * HD;
+  float* up = hid + F;
+  float* local = up + F;
+  memcpy(x, m->embed + id * D, D * sizeof(float));
+  if (m->pos_embed)
+    for (int64_t k = 0; k < D; ++k) x[k] += m->pos_embed[pos * D + k];
+  #pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    float* xn = local + t * (D + max_len);
+    float* p = xn + D;
+    for (int64_t l = 0; l < m->n_layers; ++l) {
+      const lmkit_layer_f32* L = m->layers + l;
+      float* kc = k_caches[l];
+      float* vc = v_caches[l];
+      norm_f32(x, xn, D, m->eps, m->rms);
+      { SPLIT(NQKV, t, T, a, b); rows_f32(xn, L->qkv_w, L->qkv_b, qkv, a, b, D, 0); }
+      #pragma omp barrier
+      { /* rotary on this thread's query heads and kv heads; its keys and values into `slot` */
+        SPLIT(H, t, T, a, b);
+        if (cos) for (int64_t hq = a; hq < b; ++hq) rope_head(qkv + hq * HD, cos, sin, HD);
+        SPLIT(HKV, t, T, c, e);
+        for (int64_t g = c; g < e; ++g) {
+          float* k = qkv + (H + g) * HD;
+          if (cos) rope_head(k, cos, sin, HD);
+          memcpy(kc + (g * max_len + slot) * HD, k, HD * sizeof(float));
+          memcpy(vc + (g * max_len + slot) * HD, qkv + (H + HKV + g) * HD, HD * sizeof(float));
+        }
+      }
+      #pragma omp barrier
+      {
+        SPLIT(H, t, T, a, b);
+        for (int64_t hq = a; hq < b; ++hq) {
+          int64_t g = hq / group;
+          attend_head(qkv + hq * HD, kc + g * max_len * HD, vc + g * max_len * HD, att + hq * HD, p, slot + 1, HD,
+                      m->scale);
+        }
+      }
+      #pragma omp barrier
+      { SPLIT(D, t, T, a, b); rows_f32(att, L->o_w, L->o_b, x, a, b, H * HD, 1); }
+      #pragma omp barrier
+      norm_f32(x, xn, D, m->eps, m->rms);
+      { /* this thread's gate rows, then the same rows of up, then the activation of its block */
+        SPLIT(F, t, T, a, b);
+        rows_f32(xn, L->ff_w, L->ff_b, hid, a, b, D, 0);
+        if (m->gated) rows_f32(xn, L->ff_w + F * D, L->ff_b ? L->ff_b + F : NULL, up, a, b, D, 0);
+        act_rows_f32(hid, m->gated ? up : NULL, hid, a, b, m->act);
+      }
+      #pragma omp barrier
+      { SPLIT(D, t, T, a, b); rows_f32(hid, L->dn_w, L->dn_b, x, a, b, F, 1); }
+      #pragma omp barrier
+    }
+    norm_f32(x, xn, D, m->eps, m->rms);
+    for (int64_t k = 0; k < D; ++k) {
+      xn[k] *= m->norm_w[k];
+      if (m->norm_b) xn[k] += m->norm_b[k];
+    }
+    { SPLIT(m->vocab, t, T, a, b); rows_f32(xn, m->lm_w, m->lm_b, logits, a, b, D, 0); }
   }
 }

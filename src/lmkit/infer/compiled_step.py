@@ -370,6 +370,9 @@ class CompiledDecoder:
         if (t != 1 or k0 is None or past + 1 > cache.max_len or k0.shape[0] != b
                 or any(n != past for n in cache.lengths)):
             return self.fused(input_ids, positions, cache, pad_bias, last_only)
+        native = self.fused.native  # one native call per token: no graph to gain over it
+        if b == 1 and native is not None and native.accepts(cache, pad_bias):
+            return native(input_ids, positions, cache)
         max_len = cache.max_len
         shape = (b, max_len, k0.dtype, k0.device)
         if self._memo is None or self._memo[0] != shape:  # weights are checked once per shape per decoder

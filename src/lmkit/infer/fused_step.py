@@ -44,7 +44,8 @@ Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK and
 sliding window, Gemma's (1 + w) norms / soft-capping / per-layer attention types, training
 mode, adapted layers, forward hooks) are reported by
 `FusedDecoder.unsupported(model)` and run through `model.forward` instead. `ModelRunner`
-(runner.py) picks the step.
+(runner.py) picks the step. A one-token step of one unpadded fp32 sequence goes to `NativeStep`
+(native_step.py), which runs these same matrices in one native call.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkit import native_gemv
+from lmkit.infer.native_step import NativeStep
 from lmkit.native_gemv import NativeLinear
 from lmkit.models.ffn import activation_fn
 from lmkit.quant.linear import QUANT_LINEAR_TYPES, QuantLinearBase, merge_rows
@@ -170,6 +172,8 @@ class FusedDecoder:
         # the one-token step (`_decode_token`): each projection bound to one call, no type checks per step
         self.run_one = [(_in_call(qkv_w, qkv_b), _residual_call(o_w, o_b), _in_call(ff_w, ff_b), _residual_call(dn_w, dn_b))
                         for qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b in self.run_layers]
+        # one unpadded fp32 sequence: the whole step as one native call (native_step.py)
+        self.native = NativeStep(self) if NativeStep.unsupported(self) is None else None
 
     def reserve(self, n: int) -> None:
         """Build the rotary tables (cos, sign-folded sin [n, head_dim]) for positions 0..n-1."""
@@ -200,6 +204,8 @@ class FusedDecoder:
         Returns logits [B, 1, V] (last position) or [B, T, V] with last_only=False.
         """
         b, t = input_ids.shape
+        if t == 1 and b == 1 and self.native is not None and self.native.accepts(cache, pad_bias):
+            return self.native(input_ids, positions, cache)
         if t == 1 and self.run_one is not None:
             return self._decode_token(input_ids, positions, cache, pad_bias)
         h, hkv, d = self.h, self.hkv, self.d
