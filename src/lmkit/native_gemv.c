@@ -168,19 +168,20 @@ void lmkit_gemv_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* bias,
 /* ---- the whole decode step of one sequence in one parallel region ---------------------------------------
  * A decode step is ~65 products with norms, rotary and attention between them. Called one by one (ctypes or
  * an inductor graph), every product is a parallel region of its own and the small operations between run on
- * one thread while the other waits: ~0.5 ms of a ~21 ms fp32 step on the bench model. Here the threads stay
- * in one region for the whole token and meet at a barrier only where the next phase needs every thread's
- * output (5 per layer). Each thread normalises the residual stream for itself (a 1024-wide norm costs less
- * than a barrier), takes a contiguous block of rows of every matrix (gate and up blocks with the same rows,
- * so it applies the activation to its own block), and a slice of the heads for rotary, the cache write and
- * attention. fp32 throughout; the layout and arithmetic are FusedDecoder's (infer/fused_step.py), whose norm
- * gains are already folded into the q/k/v and gate/up matrices. */
+ * one thread while the other waits. Here the threads stay in one region for the whole token and meet at a
+ * barrier only where the next phase needs every thread's output (5 per layer). Each thread normalises the
+ * residual stream for itself (a 1024-wide norm costs less than a barrier), takes a contiguous block of rows of
+ * every matrix (gate and up blocks with the same rows, so it applies the activation to its own block), and a
+ * slice of the heads for rotary, the cache write and attention. The layout and arithmetic are FusedDecoder's
+ * (infer/fused_step.py), whose norm gains are already folded into the q/k/v and gate/up matrices: fp32
+ * throughout, or bf16 rounded where the fused step's bf16 tensors round (after every product, norm, rotary
+ * product and sum, activation and residual add) with attention in fp32 over the bf16 cache. */
 #include <math.h>
 #include <omp.h>
 
 typedef struct {
-  const float *qkv_w, *qkv_b, *o_w, *o_b, *ff_w, *ff_b, *dn_w, *dn_b; /* [out, in]; biases NULL or [out] */
-} lmkit_layer_f32;
+  const void *qkv_w, *qkv_b, *o_w, *o_b, *ff_w, *ff_b, *dn_w, *dn_b; /* [out, in]; biases NULL or [out] */
+} lmkit_layer;
 
 typedef struct {
   int64_t n_layers, dim, n_heads, n_kv_heads, head_dim, d_ff, vocab;
@@ -188,10 +189,11 @@ typedef struct {
   int rms;   /* 1 RMSNorm, 0 LayerNorm (gain/bias folded into the next matrix) */
   int gated; /* act(gate) * up, else act(up) */
   int act;   /* 0 silu, 1 relu, 2 gelu_tanh, 3 quick_gelu */
-  const lmkit_layer_f32* layers;
-  const float *embed, *pos_embed; /* pos_embed NULL: rotary */
-  const float *norm_w, *norm_b, *lm_w, *lm_b;
-} lmkit_model_f32;
+  int bf16;  /* weights, activations, cache and logits in bfloat16 (else fp32) */
+  const lmkit_layer* layers;
+  const void *embed, *pos_embed; /* pos_embed NULL: rotary */
+  const void *norm_w, *norm_b, *lm_w, *lm_b;
+} lmkit_model;
 
 #ifdef __AVX512F__
 /* e^x to ~1 ulp: x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial in r, scaled by 2^n */
@@ -212,43 +214,65 @@ static inline __m512 exp512(__m512 x) {
 }
 #endif
 
-/* y[n] = x . w[n] (+ b[n]) (+ residual: y[n] += ...) for rows [n0, n1) */
-static inline void rows_f32(const float* x, const float* w, const float* b, float* y, int64_t n0, int64_t n1,
-                            int64_t K, int accumulate) {
+/* element i of an fp32 or bf16 array as fp32, and a store rounded to the array's type */
+static inline float ld(const void* a, int64_t i, int bf) {
+  return bf ? bf16_to_f32(((const uint16_t*)a)[i]) : ((const float*)a)[i];
+}
+static inline void st(void* a, int64_t i, float v, int bf) {
+  if (bf) ((uint16_t*)a)[i] = f32_to_bf16(v);
+  else ((float*)a)[i] = v;
+}
+/* v as stored in the array's type (bf16: rounded) */
+static inline float rnd(float v, int bf) { return bf ? bf16_to_f32(f32_to_bf16(v)) : v; }
+
+/* y[n] = x . w[n] (+ b[n]) for rows [n0, n1), or y[n] += that (accumulate: the residual stream). bf16: the
+ * product rounded once, then the sum with the residual rounded again, as lmkit_gemv_bf16 does */
+static inline void rows(const void* x, const void* w, const void* b, void* y, int64_t n0, int64_t n1, int64_t K,
+                        int accumulate, int bf) {
   for (int64_t n = n0; n < n1; ++n) {
-    float s = dot_f32(x, w + n * K, K);
-    if (b) s += b[n];
-    y[n] = accumulate ? y[n] + s : s;
+    float s = bf ? dot_bf16((const uint16_t*)x, (const uint16_t*)w + n * K, K)
+                 : dot_f32((const float*)x, (const float*)w + n * K, K);
+    if (b) s += ld(b, n, bf);
+    if (accumulate) s = ld(y, n, bf) + rnd(s, bf);
+    st(y, n, s, bf);
   }
 }
 
-/* the norm without gain: RMSNorm x / sqrt(mean(x^2) + eps), LayerNorm (x - mean) / sqrt(var + eps) */
-static void norm_f32(const float* x, float* out, int64_t D, float eps, int rms) {
-  double mean = 0.0, sq = 0.0;
+/* the norm without gain, computed in fp32: RMSNorm x / sqrt(mean(x^2) + eps), LayerNorm (x - mean) /
+ * sqrt(var + eps) */
+static void norm_rows(const void* x, void* out, int64_t D, float eps, int rms, int bf) {
   float fs = 0.f, fq = 0.f;
   int64_t k = 0;
 #ifdef __AVX512F__
-  __m512 s = _mm512_setzero_ps(), q = _mm512_setzero_ps();
+  __m512 sv = _mm512_setzero_ps(), qv = _mm512_setzero_ps();
   for (; k + 16 <= D; k += 16) {
-    __m512 v = _mm512_loadu_ps(x + k);
-    s = _mm512_add_ps(s, v);
-    q = _mm512_fmadd_ps(v, v, q);
+    __m512 v = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)x + k))), 16))
+                  : _mm512_loadu_ps((const float*)x + k);
+    sv = _mm512_add_ps(sv, v);
+    qv = _mm512_fmadd_ps(v, v, qv);
   }
-  fs = _mm512_reduce_add_ps(s);
-  fq = _mm512_reduce_add_ps(q);
+  fs = _mm512_reduce_add_ps(sv);
+  fq = _mm512_reduce_add_ps(qv);
 #endif
-  for (; k < D; ++k) { fs += x[k]; fq += x[k] * x[k]; }
+  for (; k < D; ++k) {
+    float v = ld(x, k, bf);
+    fs += v;
+    fq += v * v;
+  }
   float shift = 0.f, inv;
   if (rms) {
     inv = 1.f / sqrtf(fq / (float)D + eps);
   } else {
-    mean = (double)fs / D;
-    sq = 0.0;
-    for (k = 0; k < D; ++k) { double c = x[k] - mean; sq += c * c; }
+    double mean = (double)fs / D, sq = 0.0;
+    for (k = 0; k < D; ++k) {
+      double c = ld(x, k, bf) - mean;
+      sq += c * c;
+    }
     shift = (float)mean;
     inv = 1.f / sqrtf((float)(sq / D) + eps);
   }
-  for (k = 0; k < D; ++k) out[k] = (x[k] - shift) * inv;
+  for (k = 0; k < D; ++k) st(out, k, (ld(x, k, bf) - shift) * inv, bf);
 }
 
 static inline float act_f32(float g, int act) {
@@ -260,39 +284,70 @@ static inline float act_f32(float g, int act) {
   }
 }
 
-/* h[i] = act(g[i]) * u[i] (u NULL: act(g[i])) for i in [i0, i1) */
-static void act_rows_f32(const float* g, const float* u, float* h, int64_t i0, int64_t i1, int act) {
+/* h[i] = act(g[i]) * u[i] (u NULL: act(g[i])) for i in [i0, i1); bf16 rounds the activation, then the product */
+static void act_rows(const void* g, const void* u, void* h, int64_t i0, int64_t i1, int act, int bf) {
   int64_t i = i0;
 #ifdef __AVX512F__
-  if (act == 0) {  /* silu, vectorised: the one every current family uses */
+  if (act == 0 && !bf) {  /* silu, vectorised: the one every current family uses */
+    const float *gf = (const float*)g, *uf = (const float*)u;
+    float* hf = (float*)h;
     for (; i + 16 <= i1; i += 16) {
-      __m512 gv = _mm512_loadu_ps(g + i);
+      __m512 gv = _mm512_loadu_ps(gf + i);
       __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
       __m512 r = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e));
-      if (u) r = _mm512_mul_ps(r, _mm512_loadu_ps(u + i));
-      _mm512_storeu_ps(h + i, r);
+      if (uf) r = _mm512_mul_ps(r, _mm512_loadu_ps(uf + i));
+      _mm512_storeu_ps(hf + i, r);
     }
   }
 #endif
-  for (; i < i1; ++i) h[i] = u ? act_f32(g[i], act) * u[i] : act_f32(g[i], act);
-}
-
-/* rotate one head in place: v * cos + roll(v, d/2) * sin (sin's first half negated, as FusedDecoder's table) */
-static inline void rope_head(float* v, const float* cos, const float* sin, int64_t d) {
-  int64_t half = d / 2;
-  for (int64_t j = 0; j < half; ++j) {
-    float a = v[j], b = v[j + half];
-    v[j] = a * cos[j] + b * sin[j];
-    v[j + half] = b * cos[j + half] + a * sin[j + half];
+  for (; i < i1; ++i) {
+    float gi = ld(g, i, bf), a;
+    if (act == 3 && bf) {  /* x * sigmoid(1.702 x) as three bf16 operations, each rounded */
+      float z = rnd(1.702f * gi, bf);
+      a = rnd(gi * rnd(1.f / (1.f + expf(-z)), bf), bf);
+    } else {
+      a = rnd(act_f32(gi, act), bf);
+    }
+    st(h, i, u ? a * ld(u, i, bf) : a, bf);
   }
 }
 
-/* one query head over keys/values [0, n) of its cache head: out = softmax(q k^T * scale) v */
-static void attend_head(const float* q, const float* kc, const float* vc, float* out, float* p, int64_t n,
-                        int64_t d, float scale) {
+/* rotate one head in place: v * cos + roll(v, d/2) * sin (sin's first half negated, as FusedDecoder's table);
+ * bf16 rounds each product and the sum */
+static inline void rope_head(void* v, const void* cos, const void* sin, int64_t d, int bf) {
+  int64_t half = d / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    float a = ld(v, j, bf), b = ld(v, j + half, bf);
+    st(v, j, rnd(a * ld(cos, j, bf), bf) + rnd(b * ld(sin, j, bf), bf), bf);
+    st(v, j + half, rnd(b * ld(cos, j + half, bf), bf) + rnd(a * ld(sin, j + half, bf), bf), bf);
+  }
+}
+
+/* q . k over d, fp32 q against an fp32 or bf16 cached key */
+static inline float dot_key(const float* q, const void* k, int64_t d, int bf) {
+  if (!bf) return dot_f32(q, (const float*)k, d);
+  const uint16_t* kb = (const uint16_t*)k;
+  int64_t j = 0;
+  float s = 0.f;
+#ifdef __AVX512F__
+  __m512 acc = _mm512_setzero_ps();
+  for (; j + 16 <= d; j += 16) {
+    __m512 kv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(kb + j))), 16));
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), kv, acc);
+  }
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; j < d; ++j) s += q[j] * bf16_to_f32(kb[j]);
+  return s;
+}
+
+/* one query head (fp32) over keys/values [0, n) of its cache head: out = softmax(q k^T * scale) v, in fp32 */
+static void attend_head(const float* q, const void* kc, const void* vc, float* out, float* p, int64_t n, int64_t d,
+                        float scale, int bf) {
+  const int64_t es = bf ? 2 : 4;
   float mx = -INFINITY;
   for (int64_t i = 0; i < n; ++i) {
-    p[i] = dot_f32(q, kc + i * d, d) * scale;
+    p[i] = dot_key(q, (const char*)kc + i * d * es, d, bf) * scale;
     if (p[i] > mx) mx = p[i];
   }
   float total = 0.f;
@@ -310,60 +365,70 @@ static void attend_head(const float* q, const float* kc, const float* vc, float*
   float inv = 1.f / total;
   for (int64_t j = 0; j < d; ++j) out[j] = 0.f;
   for (i = 0; i < n; ++i) {
-    const float* v = vc + i * d;
+    const void* v = (const char*)vc + i * d * es;
     float w = p[i] * inv;
     int64_t j = 0;
 #ifdef __AVX512F__
     __m512 wv = _mm512_set1_ps(w);
-    for (; j + 16 <= d; j += 16)
-      _mm512_storeu_ps(out + j, _mm512_fmadd_ps(wv, _mm512_loadu_ps(v + j), _mm512_loadu_ps(out + j)));
+    for (; j + 16 <= d; j += 16) {
+      __m512 vv = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                           _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)v + j))), 16))
+                     : _mm512_loadu_ps((const float*)v + j);
+      _mm512_storeu_ps(out + j, _mm512_fmadd_ps(wv, vv, _mm512_loadu_ps(out + j)));
+    }
 #endif
-    for (; j < d; ++j) out[j] += w * v[j];
+    for (; j < d; ++j) out[j] += w * ld(v, j, bf);
   }
 }
 
 /* the rows [a, b) of N that thread t of T takes in an even split */
 #define SPLIT(N, t, T, a, b) int64_t a = (N) * (t) / (T), b = (N) * ((t) + 1) / (T)
 
-/* One token of one sequence: logits [vocab] of token `id` at position `pos`, its key and value written to
- * `slot` of every layer's cache (k_caches[l], v_caches[l]: [kv_heads, max_len, head_dim]), attending over slots
- * [0, slot]. cos/sin: the rotary rows of `pos` (NULL with learned positions). scratch: dim + (heads + 2 kv_heads)
- * * head_dim + heads * head_dim + 2 d_ff + threads * (dim + max_len) floats. */
-void lmkit_step_f32(const lmkit_model_f32* m, float* const* k_caches, float* const* v_caches, int64_t max_len,
-                    int64_t id, int64_t pos, int64_t slot, const float* cos, const float* sin, float* logits,
-                    float* scratch, int threads) {
+/* One token of one sequence: logits [vocab] of token `id` at position `pos` (fp32 or bf16, the model's type),
+ * its key and value written to `slot` of every layer's cache (k_caches[l], v_caches[l]: [kv_heads, max_len,
+ * head_dim] in the model's type), attending over slots [0, slot]. cos/sin: the rotary rows of `pos` in the
+ * model's type (NULL with learned positions). scratch: 4-byte slots, dim + (heads + 2 kv_heads) * head_dim +
+ * heads * head_dim + 2 d_ff + threads * (dim + head_dim + head_dim + max_len) of them. */
+void lmkit_step(const lmkit_model* m, void* const* k_caches, void* const* v_caches, int64_t max_len, int64_t id,
+                int64_t pos, int64_t slot, const void* cos, const void* sin, void* logits, float* scratch,
+                int threads) {
   const int64_t D = m->dim, H = m->n_heads, HKV = m->n_kv_heads, HD = m->head_dim, F = m->d_ff;
   const int64_t NQKV = (H + 2 * HKV) * HD, group = H / HKV;
-  float* x = scratch;
+  const int bf = m->bf16;
+  const int64_t es = bf ? 2 : 4;
+  float* x = scratch; /* the residual stream, in the model's type (as are xn, qkv, att, hid, up) */
   float* qkv = x + D;
   float* att = qkv + NQKV;
   float* hid = att + H * HD;
   float* up = hid + F;
   float* local = up + F;
-  memcpy(x, m->embed + id * D, D * sizeof(float));
-  if (m->pos_embed)
-    for (int64_t k = 0; k < D; ++k) x[k] += m->pos_embed[pos * D + k];
+  for (int64_t k = 0; k < D; ++k) {
+    float v = ld(m->embed, id * D + k, bf);
+    st(x, k, m->pos_embed ? v + ld(m->pos_embed, pos * D + k, bf) : v, bf);
+  }
   #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    float* xn = local + t * (D + max_len);
-    float* p = xn + D;
+    float* xn = local + t * (D + 2 * HD + max_len);
+    float* q32 = xn + D;  /* one query head in fp32 */
+    float* o32 = q32 + HD;  /* its attention output in fp32 */
+    float* p = o32 + HD;
     for (int64_t l = 0; l < m->n_layers; ++l) {
-      const lmkit_layer_f32* L = m->layers + l;
-      float* kc = k_caches[l];
-      float* vc = v_caches[l];
-      norm_f32(x, xn, D, m->eps, m->rms);
-      { SPLIT(NQKV, t, T, a, b); rows_f32(xn, L->qkv_w, L->qkv_b, qkv, a, b, D, 0); }
+      const lmkit_layer* L = m->layers + l;
+      char* kc = (char*)k_caches[l];
+      char* vc = (char*)v_caches[l];
+      norm_rows(x, xn, D, m->eps, m->rms, bf);
+      { SPLIT(NQKV, t, T, a, b); rows(xn, L->qkv_w, L->qkv_b, qkv, a, b, D, 0, bf); }
       #pragma omp barrier
       { /* rotary on this thread's query heads and kv heads; its keys and values into `slot` */
         SPLIT(H, t, T, a, b);
-        if (cos) for (int64_t hq = a; hq < b; ++hq) rope_head(qkv + hq * HD, cos, sin, HD);
+        if (cos) for (int64_t hq = a; hq < b; ++hq) rope_head((char*)qkv + hq * HD * es, cos, sin, HD, bf);
         SPLIT(HKV, t, T, c, e);
         for (int64_t g = c; g < e; ++g) {
-          float* k = qkv + (H + g) * HD;
-          if (cos) rope_head(k, cos, sin, HD);
-          memcpy(kc + (g * max_len + slot) * HD, k, HD * sizeof(float));
-          memcpy(vc + (g * max_len + slot) * HD, qkv + (H + HKV + g) * HD, HD * sizeof(float));
+          char* k = (char*)qkv + (H + g) * HD * es;
+          if (cos) rope_head(k, cos, sin, HD, bf);
+          memcpy(kc + (g * max_len + slot) * HD * es, k, HD * es);
+          memcpy(vc + (g * max_len + slot) * HD * es, (char*)qkv + (H + HKV + g) * HD * es, HD * es);
         }
       }
       #pragma omp barrier
@@ -371,29 +436,32 @@ void lmkit_step_f32(const lmkit_model_f32* m, float* const* k_caches, float* con
         SPLIT(H, t, T, a, b);
         for (int64_t hq = a; hq < b; ++hq) {
           int64_t g = hq / group;
-          attend_head(qkv + hq * HD, kc + g * max_len * HD, vc + g * max_len * HD, att + hq * HD, p, slot + 1, HD,
-                      m->scale);
+          for (int64_t j = 0; j < HD; ++j) q32[j] = ld(qkv, hq * HD + j, bf);
+          attend_head(q32, kc + g * max_len * HD * es, vc + g * max_len * HD * es, o32, p, slot + 1, HD, m->scale, bf);
+          for (int64_t j = 0; j < HD; ++j) st(att, hq * HD + j, o32[j], bf);
         }
       }
       #pragma omp barrier
-      { SPLIT(D, t, T, a, b); rows_f32(att, L->o_w, L->o_b, x, a, b, H * HD, 1); }
+      { SPLIT(D, t, T, a, b); rows(att, L->o_w, L->o_b, x, a, b, H * HD, 1, bf); }
       #pragma omp barrier
-      norm_f32(x, xn, D, m->eps, m->rms);
+      norm_rows(x, xn, D, m->eps, m->rms, bf);
       { /* this thread's gate rows, then the same rows of up, then the activation of its block */
         SPLIT(F, t, T, a, b);
-        rows_f32(xn, L->ff_w, L->ff_b, hid, a, b, D, 0);
-        if (m->gated) rows_f32(xn, L->ff_w + F * D, L->ff_b ? L->ff_b + F : NULL, up, a, b, D, 0);
-        act_rows_f32(hid, m->gated ? up : NULL, hid, a, b, m->act);
+        rows(xn, L->ff_w, L->ff_b, hid, a, b, D, 0, bf);
+        if (m->gated)
+          rows(xn, (const char*)L->ff_w + F * D * es, L->ff_b ? (const char*)L->ff_b + F * es : NULL,
+               up, a, b, D, 0, bf);
+        act_rows(hid, m->gated ? up : NULL, hid, a, b, m->act, bf);
       }
       #pragma omp barrier
-      { SPLIT(D, t, T, a, b); rows_f32(hid, L->dn_w, L->dn_b, x, a, b, F, 1); }
+      { SPLIT(D, t, T, a, b); rows(hid, L->dn_w, L->dn_b, x, a, b, F, 1, bf); }
       #pragma omp barrier
     }
-    norm_f32(x, xn, D, m->eps, m->rms);
+    norm_rows(x, xn, D, m->eps, m->rms, bf);
     for (int64_t k = 0; k < D; ++k) {
-      xn[k] *= m->norm_w[k];
-      if (m->norm_b) xn[k] += m->norm_b[k];
+      float v = rnd(ld(xn, k, bf) * ld(m->norm_w, k, bf), bf);
+      st(xn, k, m->norm_b ? v + ld(m->norm_b, k, bf) : v, bf);
     }
-    { SPLIT(m->vocab, t, T, a, b); rows_f32(xn, m->lm_w, m->lm_b, logits, a, b, D, 0); }
+    { SPLIT(m->vocab, t, T, a, b); rows(xn, m->lm_w, m->lm_b, logits, a, b, D, 0, bf); }
   }
 }

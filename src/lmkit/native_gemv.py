@@ -8,7 +8,7 @@ token, 2 threads, medians of 15 interleaved rounds: fp32 20.2 ms (oneDNN 22.1, `
 12.0 ms (oneDNN 13.6, `sum` 11.2). It reads nn.Linear's [out, in] weight in place; from 3 rows on
 (prefill, batches) oneDNN's GEMM is faster and takes over (`NativeLinear`). Weight-only int8 (`gemv_int8`) widens the codes to fp32 in
 registers: 4.4 ms for the same model against 7.7 for torch's `_weight_int8pack_mm`. The same file holds
-`lmkit_step_f32`, a whole fp32 decode step of one sequence in one call (infer/native_step.py).
+`lmkit_step`, a whole fp32 or bf16 decode step of one sequence in one call (infer/native_step.py).
 
 The kernel is C (no torch headers: it compiles in a quarter of a second), built with the
 system's C compiler (`cc -O3 -march=native -fopenmp`, `$CC` to choose another) into
@@ -102,8 +102,8 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    lib.lmkit_step_f32.restype = None  # the whole decode step (infer/native_step.py)
-    lib.lmkit_step_f32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
+    lib.lmkit_step.restype = None  # the whole decode step (infer/native_step.py)
+    lib.lmkit_step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
     return lib, None
 
 

@@ -1,4 +1,4 @@
-"""The whole fp32 decode step of one sequence as one native call (`lmkit_step_f32` in lmkit/native_gemv.c).
+"""The whole fp32 or bf16 decode step of one sequence as one native call (`lmkit_step` in lmkit/native_gemv.c).
 
 At batch 1 a token streams every weight once, so a step is as fast as memory allows only if nothing
 but the weight stream takes time. The fused step (fused_step.py) calls ~65 native GEMVs, each a parallel
@@ -12,13 +12,15 @@ takes 19.4 (docs/benchmarks.md, "One native call per token").
 
 It runs the fused step's own matrices (norm gains folded in, q/k/v and gate/up merged: the
 `NativeLinear` weights, no copy) and writes the model's `KVCache` in place, so prefill by the fused
-step or `model.forward`, eager steps and native steps mix freely. Covered: fp32 weights on CPU, one
-sequence without padding, RMSNorm or LayerNorm, rotary (no scaling that depends on the length) or
-learned positions, SiLU / ReLU / tanh-GELU / quick-GELU, gated or not, biases anywhere — the models
-FusedDecoder covers, less quantized layers, bf16, erf-GELU and batches, which keep the fused or
-compiled step. `LMKIT_NATIVE_STEP=0` turns it off. The results are the fused step's within fp32
-rounding (its own summation order for norms and softmax: max relative logit difference ~1e-6 on
-the bench model, the same greedy tokens).
+step or `model.forward`, eager steps and native steps mix freely. Covered: fp32 or bf16 weights on
+CPU, one sequence without padding, RMSNorm or LayerNorm, rotary (no scaling that depends on the
+length) or learned positions, SiLU / ReLU / tanh-GELU / quick-GELU, gated or not, biases anywhere —
+the models FusedDecoder covers, less quantized layers, erf-GELU and batches, which keep the fused or
+compiled step. `LMKIT_NATIVE_STEP=0` turns it off. fp32 results are the fused step's within fp32
+rounding (its own summation order for norms and softmax: max relative logit difference ~1e-6 on the
+bench model, the same greedy tokens); bf16 rounds where the fused step's bf16 tensors round (every
+product, norm, rotary product and sum, activation, residual add; attention in fp32), so it differs
+from it only where an fp32 difference of that size crosses a bf16 rounding boundary.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _ACTIVATIONS = {"silu": 0, "relu": 1, "gelu_tanh": 2, "quick_gelu": 3}
 # below this many weight bytes per token a second thread costs more (barriers) than it streams
 _PARALLEL_BYTES = 4 * 2**20
 _P = ctypes.c_void_p
+_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class _Layer(ctypes.Structure):
@@ -47,7 +50,7 @@ class _Layer(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int64) for n in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab")]
                 + [("eps", ctypes.c_float), ("scale", ctypes.c_float), ("rms", ctypes.c_int), ("gated", ctypes.c_int),
-                   ("act", ctypes.c_int), ("layers", ctypes.POINTER(_Layer))]
+                   ("act", ctypes.c_int), ("bf16", ctypes.c_int), ("layers", ctypes.POINTER(_Layer))]
                 + [(n, _P) for n in ("embed", "pos_embed", "norm_w", "norm_b", "lm_w", "lm_b")])
 
 
@@ -67,13 +70,18 @@ class NativeStep:
         if why is not None:
             return why
         cfg = fused.cfg
-        if fused.embed.dtype != torch.float32 or fused.embed.device.type != "cpu":
-            return "not an fp32 CPU model"
+        dtype = fused.embed.dtype
+        if dtype not in _DTYPES or fused.embed.device.type != "cpu":
+            return "not an fp32 or bf16 CPU model"
         if cfg.activation not in _ACTIVATIONS:
             return f"{cfg.activation} activation"
         mats = [t for ts in fused.run_layers for t in ts[::2]] + [fused.run_lm_w]
-        if any(not isinstance(t, NativeLinear) or t.dtype != torch.float32 for t in mats):
+        if any(not isinstance(t, NativeLinear) or t.dtype != dtype for t in mats):
             return "quantized or non-native projections"
+        others = [fused.pos_embed, fused.norm_w, fused.norm_b, fused.lm_b, fused._cos, fused._sin]
+        others += [b for ts in fused.run_layers for b in ts[1::2]]
+        if any(t is not None and t.dtype != dtype for t in others):
+            return "tensors of mixed dtypes"
         if fused.h % fused.hkv:
             return "query heads not a multiple of the kv heads"
         return None
@@ -92,26 +100,30 @@ class NativeStep:
                 setattr(slot, name, _ptr(t))
                 keep.append(t)
         self._keep = keep  # the step reads these tensors' memory: held as long as the step is
+        self.dtype = fused.embed.dtype
         self._model = _Model(len(fused.run_layers), cfg.d_model, fused.h, fused.hkv, fused.d, fused.d_ff,
                              fused.run_lm_w.out_features, fused.eps, fused.scale, int(fused.rms), int(fused.gated),
-                             _ACTIVATIONS[cfg.activation], self._layers, _ptr(fused.embed), _ptr(fused.pos_embed),
+                             _ACTIVATIONS[cfg.activation], int(self.dtype == torch.bfloat16), self._layers, _ptr(fused.embed), _ptr(fused.pos_embed),
                              _ptr(fused.norm_w), _ptr(fused.norm_b), _ptr(fused.run_lm_w.w), _ptr(fused.lm_b))
         self._model_ref = ctypes.byref(self._model)
         self.vocab = fused.run_lm_w.out_features
-        self._scratch_base = cfg.d_model + (2 * fused.h + 2 * fused.hkv) * fused.d + 2 * fused.d_ff  # lmkit_step_f32's
-        weight_bytes = sum(t.w.numel() * 4 for ts in fused.run_layers for t in ts[::2]) + fused.run_lm_w.w.numel() * 4
+        self._scratch_base = cfg.d_model + (2 * fused.h + 2 * fused.hkv) * fused.d + 2 * fused.d_ff  # lmkit_step's
+        self._per_thread = cfg.d_model + 2 * fused.d
+        weight_bytes = sum(t.w.numel() * t.w.element_size() for ts in fused.run_layers for t in ts[::2])
+        weight_bytes += fused.run_lm_w.w.numel() * fused.run_lm_w.w.element_size()
         self._parallel = weight_bytes >= _PARALLEL_BYTES
         self._caches: "weakref.WeakKeyDictionary[KVCache, tuple]" = weakref.WeakKeyDictionary()
 
     def accepts(self, cache, pad_bias) -> bool:
-        """Whether this step can continue `cache` by one token (one unpadded fp32 sequence, room left)."""
+        """Whether this step can continue `cache` by one token (one unpadded sequence in the model's dtype, room
+        left)."""
         if not ENABLED or pad_bias is not None or type(cache) is not KVCache or cache.batch_size != 1:
             return False
         past = cache.lengths[0]
         if past + 1 > cache.max_len or any(n != past for n in cache.lengths):
             return False
         k0 = cache.keys[0]
-        return k0 is None or (k0.dtype == torch.float32 and k0.device.type == "cpu")
+        return k0 is None or (k0.dtype == self.dtype and k0.device.type == "cpu")
 
     def _cache_pointers(self, cache: KVCache) -> tuple:
         """(keys, values) pointer arrays of `cache`'s layers, rebuilt when its buffers change."""
@@ -121,7 +133,7 @@ class NativeStep:
             return hit[2], hit[3]
         for i, k in enumerate(cache.keys):
             if k is None:
-                cache._allocate(i, torch.float32, torch.device("cpu"))
+                cache._allocate(i, self.dtype, torch.device("cpu"))
         for t in cache.keys + cache.values:
             if not t.is_contiguous():
                 raise ValueError("native step: KV cache buffers are not contiguous")
@@ -147,9 +159,9 @@ class NativeStep:
         elif not 0 <= pos < fused.pos_embed.shape[0]:
             raise IndexError(f"position {pos} is beyond the {fused.pos_embed.shape[0]} learned positions")
         threads = torch.get_num_threads() if self._parallel else 1
-        scratch = torch.empty(self._scratch_base + threads * (fused.cfg.d_model + cache.max_len))
-        logits = torch.empty((1, 1, self.vocab))
-        self._lib.lmkit_step_f32(self._model_ref, keys, values, cache.max_len, token, pos, slot, cos, sin,
+        scratch = torch.empty(self._scratch_base + threads * (self._per_thread + cache.max_len))
+        logits = torch.empty((1, 1, self.vocab), dtype=self.dtype)
+        self._lib.lmkit_step(self._model_ref, keys, values, cache.max_len, token, pos, slot, cos, sin,
                                  logits.data_ptr(), scratch.data_ptr(), threads)
         cache.lengths = [slot + 1] * cache.n_layers
         return logits
