@@ -44,7 +44,7 @@ Architectures it does not cover (MoE, ALiBi, T5 bias, post-norm, dynamic NTK and
 sliding window, Gemma's (1 + w) norms / soft-capping / per-layer attention types, training
 mode, adapted layers, forward hooks) are reported by
 `FusedDecoder.unsupported(model)` and run through `model.forward` instead. `ModelRunner`
-(runner.py) picks the step. A one-token step of one unpadded fp32 sequence goes to `NativeStep`
+(runner.py) picks the step. A one-token step of one unpadded fp32 or bf16 sequence goes to `NativeStep`
 (native_step.py), which runs these same matrices in one native call.
 """
 
@@ -172,7 +172,7 @@ class FusedDecoder:
         # the one-token step (`_decode_token`): each projection bound to one call, no type checks per step
         self.run_one = [(_in_call(qkv_w, qkv_b), _residual_call(o_w, o_b), _in_call(ff_w, ff_b), _residual_call(dn_w, dn_b))
                         for qkv_w, qkv_b, o_w, o_b, ff_w, ff_b, dn_w, dn_b in self.run_layers]
-        # one unpadded fp32 sequence: the whole step as one native call (native_step.py)
+        # one unpadded fp32 or bf16 sequence: the whole step as one native call (native_step.py)
         self.native = NativeStep(self) if NativeStep.unsupported(self) is None else None
 
     def reserve(self, n: int) -> None:

@@ -7,7 +7,7 @@ Three ways to compute the logits of new tokens over a `KVCache`, all with the sa
     compiled  `CompiledDecoder` (compiled_step.py): the fused step torch.compile'd over a
               static cache (GenerationConfig.compile)
 
-Both of the last two hand a one-token step of one unpadded fp32 sequence to `NativeStep`
+Both of the last two hand a one-token step of one unpadded fp32 or bf16 sequence to `NativeStep`
 (native_step.py): the whole step as one native call.
 
 `fast_decoder` and `forward_step` are the choice and the call; `ModelRunner` adds what one
