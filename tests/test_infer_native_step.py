@@ -9,9 +9,9 @@ from lmkit import native_gemv
 from lmkit.infer import generate
 from lmkit.infer import native_step as ns
 from lmkit.infer.fused_step import FusedDecoder
-from lmkit.models.config import ModelConfig
 from lmkit.models.decoder import DecoderLM
 from lmkit.models.kv_cache import KVCache
+from test_decoder import make as make_decoder
 
 pytestmark = pytest.mark.skipif(native_gemv.unavailable() is not None,
                                 reason=f"native kernels unavailable: {native_gemv.unavailable()}")
@@ -27,14 +27,8 @@ VARIANTS = {
 
 
 def make(dtype=torch.float32, **kw) -> DecoderLM:
-    base = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=80)
-    base.update(kw)
-    torch.manual_seed(0)
-    model = DecoderLM(ModelConfig(**base)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.to(dtype)
+    """test_decoder's tiny perturbed decoder, here with V tokens and 80 positions, in `dtype`."""
+    return make_decoder(**{"vocab_size": V, "max_seq_len": 80, **kw}).to(dtype)
 
 
 def steps(model, fused, native: bool, ids: torch.Tensor, prompt: int = 5, cache_len: int = 40):
