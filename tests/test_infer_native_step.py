@@ -148,6 +148,8 @@ def test_bad_ids_and_positions_get_a_clear_error():
     step = FusedDecoder.for_model(learned).native
     with torch.inference_mode(), pytest.raises(IndexError, match="position 80 is beyond the 80 learned"):
         step(torch.tensor([[1]]), torch.tensor([[80]]), KVCache.for_model(learned, 1, 8))
+    with torch.inference_mode(), pytest.raises(IndexError, match="position -1 is negative"):
+        fused.native(torch.tensor([[1]]), torch.tensor([[-1]]), cache)
     # rotary: positions past the table grow it, as the fused step does
     with torch.inference_mode():
         far = fused.native(torch.tensor([[1]]), torch.tensor([[300]]), KVCache.for_model(model, 1, 8))

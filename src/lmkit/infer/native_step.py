@@ -82,10 +82,12 @@ class NativeStep:
         mats = [t for ts in fused.run_layers for t in ts[::2]] + [fused.run_lm_w]
         if any(not isinstance(t, NativeLinear) or t.dtype != dtype for t in mats):
             return "quantized or non-native projections"
-        others = [fused.pos_embed, fused.norm_w, fused.norm_b, fused.lm_b, fused._cos, fused._sin]
+        others = [fused.embed, fused.pos_embed, fused.norm_w, fused.norm_b, fused.lm_b, fused._cos, fused._sin]
         others += [b for ts in fused.run_layers for b in ts[1::2]]
         if any(t is not None and t.dtype != dtype for t in others):
             return "tensors of mixed dtypes"
+        if any(t is not None and not t.is_contiguous() for t in others):
+            return "non-contiguous embeddings, norm or bias tensors"
         if fused.h % fused.hkv:
             return "query heads not a multiple of the kv heads"
         return None
@@ -99,9 +101,7 @@ class NativeStep:
         for slot, (qkv, qkv_b, o, o_b, ff, ff_b, dn, dn_b) in zip(self._layers, fused.run_layers):
             for name, t in (("qkv_w", qkv.w), ("qkv_b", qkv_b), ("o_w", o.w), ("o_b", o_b), ("ff_w", ff.w),
                             ("ff_b", ff_b), ("dn_w", dn.w), ("dn_b", dn_b)):
-                if t is not None and not t.is_contiguous():
-                    raise ValueError(f"native step: {name} is not contiguous")
-                setattr(slot, name, _ptr(t))
+                setattr(slot, name, _ptr(t))  # contiguous: NativeLinear's own copy, biases checked by unsupported()
                 keep.append(t)
         self._keep = keep  # the step reads these tensors' memory: held as long as the step is
         self.dtype = fused.embed.dtype
@@ -155,6 +155,8 @@ class NativeStep:
         token = int(input_ids.view(-1)[0])
         if not 0 <= token < fused.embed.shape[0]:
             raise IndexError(f"token id {token} is out of range for an embedding of {fused.embed.shape[0]} rows")
+        if pos < 0:
+            raise IndexError(f"position {pos} is negative")
         cos = sin = None
         if fused.rope:
             if fused._cos is None or fused._cos.shape[0] <= pos:
