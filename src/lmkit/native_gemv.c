@@ -66,6 +66,13 @@ static inline uint16_t f32_to_bf16(float f) {
   return (uint16_t)(bits >> 16);
 }
 
+#ifdef __AVX512F__
+/* 16 bfloat16 values widened to fp32 (exact: a bf16 is the top half of an fp32) */
+static inline __m512 bf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+#endif
+
 static inline float dot_bf16(const uint16_t* x, const uint16_t* w, int64_t K) {
   int64_t k = 0;
   float s = 0.f;
@@ -82,9 +89,7 @@ static inline float dot_bf16(const uint16_t* x, const uint16_t* w, int64_t K) {
 #elif defined(__AVX512F__)
   __m512 a0 = _mm512_setzero_ps();
   for (; k + 16 <= K; k += 16) {
-    __m512 xv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(x + k))), 16));
-    __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(w + k))), 16));
-    a0 = _mm512_fmadd_ps(xv, wv, a0);
+    a0 = _mm512_fmadd_ps(bf16x16(x + k), bf16x16(w + k), a0);
   }
   s = _mm512_reduce_add_ps(a0);
 #endif
@@ -222,6 +227,12 @@ static inline void st(void* a, int64_t i, float v, int bf) {
   if (bf) ((uint16_t*)a)[i] = f32_to_bf16(v);
   else ((float*)a)[i] = v;
 }
+#ifdef __AVX512F__
+/* elements [i, i + 16) of an fp32 or bf16 array as fp32 */
+static inline __m512 ld16(const void* a, int64_t i, int bf) {
+  return bf ? bf16x16((const uint16_t*)a + i) : _mm512_loadu_ps((const float*)a + i);
+}
+#endif
 /* v as stored in the array's type (bf16: rounded) */
 static inline float rnd(float v, int bf) { return bf ? bf16_to_f32(f32_to_bf16(v)) : v; }
 
@@ -246,9 +257,7 @@ static void norm_rows(const void* x, void* out, int64_t D, float eps, int rms, i
 #ifdef __AVX512F__
   __m512 sv = _mm512_setzero_ps(), qv = _mm512_setzero_ps();
   for (; k + 16 <= D; k += 16) {
-    __m512 v = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)x + k))), 16))
-                  : _mm512_loadu_ps((const float*)x + k);
+    __m512 v = ld16(x, k, bf);
     sv = _mm512_add_ps(sv, v);
     qv = _mm512_fmadd_ps(v, v, qv);
   }
@@ -332,8 +341,7 @@ static inline float dot_key(const float* q, const void* k, int64_t d, int bf) {
 #ifdef __AVX512F__
   __m512 acc = _mm512_setzero_ps();
   for (; j + 16 <= d; j += 16) {
-    __m512 kv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(kb + j))), 16));
-    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), kv, acc);
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), bf16x16(kb + j), acc);
   }
   s = _mm512_reduce_add_ps(acc);
 #endif
@@ -370,12 +378,7 @@ static void attend_head(const float* q, const void* kc, const void* vc, float* o
     int64_t j = 0;
 #ifdef __AVX512F__
     __m512 wv = _mm512_set1_ps(w);
-    for (; j + 16 <= d; j += 16) {
-      __m512 vv = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                           _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)v + j))), 16))
-                     : _mm512_loadu_ps((const float*)v + j);
-      _mm512_storeu_ps(out + j, _mm512_fmadd_ps(wv, vv, _mm512_loadu_ps(out + j)));
-    }
+    for (; j + 16 <= d; j += 16) _mm512_storeu_ps(out + j, _mm512_fmadd_ps(wv, ld16(v, j, bf), _mm512_loadu_ps(out + j)));
 #endif
     for (; j < d; ++j) out[j] += w * ld(v, j, bf);
   }

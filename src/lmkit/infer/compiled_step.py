@@ -365,14 +365,14 @@ class CompiledDecoder:
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, cache, pad_bias: torch.Tensor | None = None,
                  last_only: bool = True) -> torch.Tensor:
         b, t = input_ids.shape
+        native = self.fused.native  # one native call per token: no graph to gain over it
+        if t == 1 and b == 1 and native is not None and native.accepts(cache, pad_bias):
+            return native(input_ids, positions, cache)
         past = cache.seq_len
         k0 = cache.keys[0] if cache.keys else None
         if (t != 1 or k0 is None or past + 1 > cache.max_len or k0.shape[0] != b
                 or any(n != past for n in cache.lengths)):
             return self.fused(input_ids, positions, cache, pad_bias, last_only)
-        native = self.fused.native  # one native call per token: no graph to gain over it
-        if b == 1 and native is not None and native.accepts(cache, pad_bias):
-            return native(input_ids, positions, cache)
         max_len = cache.max_len
         shape = (b, max_len, k0.dtype, k0.device)
         if self._memo is None or self._memo[0] != shape:  # weights are checked once per shape per decoder
